@@ -1,0 +1,103 @@
+"""Fixtures every test package builds on.
+
+Session-scoped fixtures are synchronous (servers, processes, namespaces); anything
+async is function-scoped and lives in the test's own event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from apex_testkit.provisioning import postgres, redis
+from apex_testkit.run import Run
+from apex_testkit.settings import RUN, SETTINGS, KitSettings, Level
+from apex_testkit.sut import DeployedPlatform, InProcessPlatform, Platform, ProcessPlatform, migrate
+from apex_testkit.worker import Worker, worker_slot
+
+
+@pytest.fixture(scope="session")
+def apex_settings(pytestconfig: pytest.Config) -> KitSettings:
+    """Level, target and provider chains of this run."""
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def apex_level(apex_settings: KitSettings) -> Level:
+    """The level this run wires the platform for."""
+    return apex_settings.level
+
+
+@pytest.fixture(scope="session")
+def apex_run(pytestconfig: pytest.Config) -> Run:
+    return pytestconfig.stash[RUN]
+
+
+@pytest.fixture(scope="session")
+def apex_worker(
+    apex_run: Run, apex_settings: KitSettings, pytestconfig: pytest.Config
+) -> Iterator[Worker]:
+    """This process's namespaces in the run's servers (made on first use)."""
+    worker = Worker(apex_run, apex_settings, migrate, worker_slot(pytestconfig))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def redis_namespace(apex_worker: Worker) -> redis.RedisNamespace:
+    """This worker's Redis: `.url` (its own logical database) and `.prefix` for keys."""
+    return apex_worker.redis_namespace()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(apex_worker: Worker) -> str:
+    """DSN of this worker's PostgreSQL database, migrated to the platform's newest schema."""
+    return apex_worker.postgres_database()
+
+
+@pytest.fixture
+def empty_database(apex_worker: Worker, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh, empty PostgreSQL database, dropped after the test."""
+    server = apex_worker.server("postgres")
+    name = f"{apex_worker.run.name}_e{apex_worker.slot}_{secrets.token_hex(3)}"
+    if not server.owned:
+        apex_worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
+    dsn = postgres.create_database(server, name)
+    yield dsn
+    postgres.drop_database(server.url, name)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_database(apex_worker: Worker) -> str:
+    """URL of this worker's own ClickHouse database."""
+    return apex_worker.clickhouse_database()
+
+
+@pytest.fixture(scope="session")
+def platform(apex_settings: KitSettings, apex_worker: Worker) -> Iterator[Platform]:
+    """The platform wired for the run's level: `async with platform.client("auth") as c`."""
+    wired: Platform
+    if apex_settings.level is Level.L4:
+        assert apex_settings.target is not None  # settings refuse L4 without one
+        wired = DeployedPlatform(apex_settings.target)
+    elif apex_settings.level is Level.L3:
+        wired = ProcessPlatform(apex_worker)
+    else:
+        wired = InProcessPlatform(apex_worker)
+    yield wired
+    wired.close()
+
+
+@pytest.fixture
+def clean_platform(platform: Platform) -> Platform:
+    """The platform, with the state earlier tests left in this worker's namespaces gone."""
+    platform.reset()
+    return platform
+
+
+@pytest.fixture(scope="session")
+def admin_token(platform: Platform) -> str:
+    """Bearer token of the platform's admin API."""
+    return platform.admin_token

@@ -1,0 +1,203 @@
+"""ClickHouse: one server per run, a database per worker."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from clickhouse_driver import Client
+from clickhouse_driver.errors import Error as ClickHouseError
+
+from apex_testkit.provisioning import _docker
+from apex_testkit.provisioning._binaries import find_binary, start_server
+from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit.run import Run, register_cleaner
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# `<yandex>` is the root element 18.x knows; current releases still accept it.
+_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <tcp_port>{port}</tcp_port>
+    <path>{dir}/data/</path>
+    <tmp_path>{dir}/tmp/</tmp_path>
+    <user_files_path>{dir}/user_files/</user_files_path>
+    <format_schema_path>{dir}/format_schemas/</format_schema_path>
+    <users_config>{dir}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>67108864</mark_cache_size>
+    <max_concurrent_queries>200</max_concurrent_queries>
+    <uncompressed_cache_size>67108864</uncompressed_cache_size>
+</yandex>
+"""
+# max_execution_time bounds every query, so SIGTERM (which waits for running queries)
+# can never hang a run's teardown for long.
+_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_execution_time>60</max_execution_time></default></profiles>
+    <users><default>
+        <password></password>
+        <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+        <profile>default</profile><quota>default</quota>
+    </default></users>
+    <quotas><default></default></quotas>
+</yandex>
+"""
+
+
+def client(url: str, **settings: Any) -> Client:
+    """A native-protocol client for `clickhouse://user:password@host:port/database`."""
+    parts = urlsplit(url)
+    return Client(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 9000,
+        user=unquote(parts.username or "default"),
+        password=unquote(parts.password or ""),
+        database=parts.path.lstrip("/") or "default",
+        connect_timeout=2,
+        send_receive_timeout=60,
+        settings=settings,
+    )
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def _answers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        # A plain TCP probe first: the driver logs a traceback for every refused connect.
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 9000), 1).close()
+    except OSError:
+        return False
+    conn = client(url)
+    try:
+        return bool(conn.execute("SELECT 1"))
+    except (ClickHouseError, OSError, EOFError):
+        return False
+    finally:
+        conn.disconnect()
+
+
+def _local(run: Run) -> Server:
+    binary = find_binary(["clickhouse-server", "clickhouse"])
+    prefix = [str(binary)] if binary.name == "clickhouse-server" else [str(binary), "server"]
+    folder = run.path / "clickhouse"
+    for sub in ("data", "tmp", "user_files", "format_schemas"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "users.xml").write_text(_USERS)
+
+    def argv(port: int) -> list[str]:
+        config = folder / "config.xml"
+        config.write_text(_CONFIG.format(port=port, dir=folder))
+        return [*prefix, f"--config-file={config}"]
+
+    port = start_server(
+        run,
+        "clickhouse-server",
+        argv,
+        lambda port: _answers(f"clickhouse://default@127.0.0.1:{port}/default"),
+        log=folder / "server.log",
+        grace=2.0,
+    )
+    url = f"clickhouse://default@127.0.0.1:{port}/default"
+    conn = client(url)
+    try:
+        version = str(conn.execute("SELECT version()")[0][0])
+    finally:
+        conn.disconnect()
+    return Server("clickhouse", "local", url, version)
+
+
+def _embedded(run: Run) -> Server:
+    raise Unavailable("no wheel ships a ClickHouse server (chdb is in-process only, no protocol)")
+
+
+def _url(run: Run) -> Server:
+    url = external_url(SERVICE)
+    if not _answers(url):
+        raise Unavailable(f"{url} does not answer on the native protocol")
+    return Server("clickhouse", "url", url, owned=False)
+
+
+def _docker_provider(run: Run) -> Server:
+    _docker.engine()
+    from testcontainers.clickhouse import ClickHouseContainer  # noqa: PLC0415
+
+    container = ClickHouseContainer("clickhouse/clickhouse-server:24.8", username="default", password="")
+    host, port = _docker.start(run, "clickhouse-container", container, 9000)
+    return Server("clickhouse", "docker", f"clickhouse://default@{host}:{port}/default")
+
+
+SERVICE = Service(
+    name="clickhouse",
+    title="ClickHouse",
+    url_env="APEX_TEST_CLICKHOUSE_URL",
+    fix="apt-get install -y clickhouse-server",
+    providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+)
+
+
+def _checked(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"not a safe database name: {name!r}")
+    return name
+
+
+def worker_database(run: Run, server: Server, slot: int) -> str:
+    """The URL of worker `slot`'s own, empty database."""
+    name = f"{run.name}_w{slot}"
+    if not server.owned:
+        run.record(f"ch-db-w{slot}", "ch_database", url=server.url, name=name)
+    conn = client(server.url)
+    try:
+        conn.execute(f"DROP DATABASE IF EXISTS {_checked(name)}")
+        conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.disconnect()
+    return with_database(server.url, name)
+
+
+@dataclass
+class DatabaseReset:
+    """Empties every table of one database (views excepted)."""
+
+    url: str
+
+    def __call__(self) -> list[str]:
+        database = _checked(urlsplit(self.url).path.lstrip("/"))
+        conn = client(self.url)
+        try:
+            tables = [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT name FROM system.tables WHERE database = %(db)s "
+                    "AND engine NOT LIKE '%%View'",
+                    {"db": database},
+                )
+            ]
+            for table in tables:
+                conn.execute(f"TRUNCATE TABLE {database}.`{table}`")
+        finally:
+            conn.disconnect()
+        return tables
+
+
+def _drop_recorded(record: dict[str, Any]) -> None:
+    conn = client(record["url"])
+    try:
+        conn.execute(f"DROP DATABASE IF EXISTS {_checked(record['name'])}")
+    finally:
+        conn.disconnect()
+
+
+register_cleaner("ch_database", _drop_recorded)
+
+__all__ = ["SERVICE", "DatabaseReset", "client", "with_database", "worker_database"]

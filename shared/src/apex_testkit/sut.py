@@ -1,0 +1,233 @@
+"""The system under test, wired by level: a test asks for a client, the level decides
+what is behind it.
+
+- L2: the service's ASGI app, imported and started in the test's own event loop.
+- L3: the service as a separate process (`python -m apex.<service> --fd N`) on a socket.
+- L4: the deployment a --target file names.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from apex_testkit import _loop
+from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn
+from apex_testkit.run import Run, record_process
+from apex_testkit.settings import Level
+from apex_testkit.target import Target
+from apex_testkit.waiting import wait_for
+from apex_testkit.worker import Worker
+
+# What each platform service reads from which server (its APEX_* settings).
+SERVICE_NEEDS: dict[str, tuple[str, ...]] = {"auth": ("postgres", "redis")}
+
+
+def migrate(dsn: str) -> None:
+    """Bring an empty database to the platform's newest schema (the template's init)."""
+    from apex.data.migrations import migrate as apply  # noqa: PLC0415 - the SUT, on demand
+
+    _loop.run(apply(dsn))
+
+
+def run_secrets(run: Run) -> dict[str, str]:
+    """Signing key and admin token shared by every service instance of this run."""
+    with run.lock("secrets"):
+        stored = run.read("secrets")
+        if stored is None:
+            from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+            from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+            stored = {"jwt_private_key": pem, "admin_token": secrets.token_urlsafe(24)}
+            run.store("secrets", stored)
+    return {str(k): str(v) for k, v in stored.items()}
+
+
+def service_env(worker: Worker, service: str) -> dict[str, str]:
+    """The APEX_* settings that point one service at this worker's namespaces."""
+    shared = run_secrets(worker.run)
+    env = {
+        "APEX_JWT_PRIVATE_KEY": shared["jwt_private_key"],
+        "APEX_ADMIN_TOKEN": shared["admin_token"],
+        "APEX_LOG_LEVEL": "WARNING",
+    }
+    needs = SERVICE_NEEDS.get(service, ())
+    if "postgres" in needs:
+        env["APEX_DATABASE_URL"] = worker.postgres_database()
+    if "redis" in needs:
+        namespace = worker.redis_namespace()
+        env["APEX_REDIS_URL"] = namespace.url
+        env["APEX_REDIS_PREFIX"] = namespace.prefix
+    if "clickhouse" in needs:
+        env["APEX_CLICKHOUSE_URL"] = worker.clickhouse_database()
+    return env
+
+
+class Platform(abc.ABC):
+    """The platform as the tests see it, whatever the level."""
+
+    level: Level
+
+    @property
+    @abc.abstractmethod
+    def admin_token(self) -> str:
+        """Bearer token of the admin API, with which tests create their own users."""
+
+    @abc.abstractmethod
+    def client(
+        self, service: str, **settings: str
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        """An HTTP client of `service`; `settings` override its APEX_* env (L2/L3 only)."""
+
+    def reset(self) -> None:
+        """Empty the platform's state before a test (a no-op against a deployment)."""
+
+    def close(self) -> None:
+        """Stop what this platform started."""
+
+
+class InProcessPlatform(Platform):
+    """L2: each client gets a fresh app instance in the test's event loop."""
+
+    level = Level.L2
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    @property
+    def admin_token(self) -> str:
+        return run_secrets(self.worker.run)["admin_token"]
+
+    @asynccontextmanager
+    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+        from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
+
+        env = {**service_env(self.worker, service), **settings}
+        app = importlib.import_module(f"apex.{service}").create_app(Settings.from_env(env))
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            base = f"http://{service}.apex.test"
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                yield client
+
+    def reset(self) -> None:
+        self.worker.reset()
+
+
+class ServiceProcess:
+    """One instance of a platform service as an OS process on a loopback socket."""
+
+    def __init__(self, run: Run, service: str, env: Mapping[str, str], name: str) -> None:
+        self.run, self.service, self.env, self.name = run, service, dict(env), name
+        self.log = run.path / f"{name}.log"
+        self.url = ""
+        self._ref: ProcessRef | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start it and wait until /healthz answers 200; return its base URL."""
+        sock = listening_socket()
+        host, port = sock.getsockname()[:2]
+        argv = [sys.executable, "-m", f"apex.{self.service}", "--fd", str(sock.fileno())]
+        env = {**os.environ, **self.env}
+        process = spawn(argv, log=self.log, env=env, pass_fds=[sock.fileno()], die_with_parent=True)
+        sock.close()
+        self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
+        self.url = f"http://{host}:{port}"
+
+        def state() -> str | None:
+            if process.poll() is not None:
+                return "exited"
+            try:
+                healthy = httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            return "ready" if healthy else None
+
+        outcome = wait_for(state, timeout=timeout, interval=0.02, raise_on_timeout=False)
+        if outcome != "ready":
+            self.stop()
+            what = f"exited with code {process.returncode}" if outcome else "never became healthy"
+            raise RuntimeError(f"apex.{self.service} ({self.name}) {what}:\n{log_tail(self.log)}")
+        return self.url
+
+    def stop(self) -> None:
+        if self._ref is not None:
+            self._ref.stop(grace=10.0)
+            self.run.forget(self.name)
+            self._ref = None
+
+
+class ProcessPlatform(Platform):
+    """L3: each service runs as its own process, started on first use, one per worker."""
+
+    level = Level.L3
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._instances: dict[tuple[str, tuple[tuple[str, str], ...]], ServiceProcess] = {}
+
+    @property
+    def admin_token(self) -> str:
+        return run_secrets(self.worker.run)["admin_token"]
+
+    def instance(self, service: str, **settings: str) -> ServiceProcess:
+        """The running process of `service` with these settings (started if need be)."""
+        key = (service, tuple(sorted(settings.items())))
+        if key not in self._instances:
+            env = {**service_env(self.worker, service), **settings}
+            name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
+            process = ServiceProcess(self.worker.run, service, env, name)
+            process.start()
+            self._instances[key] = process
+        return self._instances[key]
+
+    @asynccontextmanager
+    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+        url = self.instance(service, **settings).url
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield client
+
+    def reset(self) -> None:
+        self.worker.reset()
+
+    def close(self) -> None:
+        for process in self._instances.values():
+            process.stop()
+        self._instances.clear()
+
+
+class DeployedPlatform(Platform):
+    """L4: a running deployment; nothing is started, reset or stopped."""
+
+    level = Level.L4
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @property
+    def admin_token(self) -> str:
+        return self.target.require_admin_token()
+
+    @asynccontextmanager
+    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+        if settings:
+            raise RuntimeError(
+                f"a deployed {service} cannot be reconfigured ({', '.join(settings)}): "
+                "mark the test for L2/L3 only"
+            )
+        async with httpx.AsyncClient(base_url=self.target.url(service), timeout=30) as client:
+            yield client

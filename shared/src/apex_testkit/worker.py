@@ -1,0 +1,77 @@
+"""One pytest process's share of the run: its namespaces, made on first use, reset per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from apex_testkit.provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
+from apex_testkit.run import Run
+from apex_testkit.settings import KitSettings
+
+
+def worker_slot(config: pytest.Config) -> int:
+    """0 for a single process or xdist worker gw0, N for gwN."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    worker = str(workerinput["workerid"]) if workerinput else ""
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+class Worker:
+    """Namespaces of the run's servers that belong to this process alone.
+
+    Nothing is started until a test asks for it; what was made is reset before each test
+    that uses the platform (`reset`) and released at the end (`close`).
+    """
+
+    def __init__(
+        self, run: Run, settings: KitSettings, migrate: Callable[[str], None], slot: int
+    ) -> None:
+        self.run = run
+        self.settings = settings
+        self.slot = slot
+        self._migrate = migrate
+        self._redis: redis.RedisNamespace | None = None
+        self._postgres: str | None = None
+        self._clickhouse: str | None = None
+        self._resets: list[Callable[[], object]] = []
+        self._closers: list[Callable[[], None]] = []
+
+    def server(self, service: str) -> Server:
+        """The run's server of `service` (started by whichever process asks first)."""
+        return obtain(self.run, SERVICES[service], self.settings.chain(service))
+
+    def redis_namespace(self) -> redis.RedisNamespace:
+        if self._redis is None:
+            self._redis = redis.namespace(self.run, self.server("redis"), self.slot)
+            self._redis.reset()
+            self._resets.append(self._redis.reset)
+        return self._redis
+
+    def postgres_database(self) -> str:
+        """DSN of this worker's database: a clone of the run's migrated template."""
+        if self._postgres is None:
+            server = self.server("postgres")
+            self._postgres = postgres.worker_database(self.run, server, self.slot, self._migrate)
+            reset = postgres.DatabaseReset(self._postgres)
+            self._resets.append(reset)
+            self._closers.append(reset.close)
+        return self._postgres
+
+    def clickhouse_database(self) -> str:
+        if self._clickhouse is None:
+            server = self.server("clickhouse")
+            self._clickhouse = clickhouse.worker_database(self.run, server, self.slot)
+            self._resets.append(clickhouse.DatabaseReset(self._clickhouse))
+        return self._clickhouse
+
+    def reset(self) -> None:
+        """Bring every namespace this worker made back to its initial state."""
+        for reset in self._resets:
+            reset()
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()

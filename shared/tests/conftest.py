@@ -1,0 +1,77 @@
+"""Selftests of apex-testkit: they run pytest inside pytest against real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+INI = """
+[pytest]
+apex_test_packages = pkg_tests
+asyncio_default_fixture_loop_scope = function
+"""
+
+
+def inner_env(**extra: str) -> dict[str, str]:
+    """The environment of an inner pytest run: none of the outer run's xdist identity."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "APEX_TEST_"))}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env | extra
+
+
+InnerRun = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def test_package(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a module into a throwaway test package `pkg_tests`; return the project dir."""
+    (tmp_path / "pytest.ini").write_text(INI)
+    package = tmp_path / "pkg_tests"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").touch()
+
+    def write(name: str, source: str) -> Path:
+        (package / name).write_text(textwrap.dedent(source))
+        return tmp_path
+
+    return write
+
+
+@pytest.fixture
+def inner_pytest(tmp_path: Path) -> InnerRun:
+    """Start `python -m pytest ARGS` in the project dir; the caller waits for it."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", *args],
+            cwd=tmp_path,
+            env=env or inner_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start  # type: ignore[misc]
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
+    """Wait for an inner run; return its exit code and output."""
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
