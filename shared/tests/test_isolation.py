@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import asyncpg
+from conftest import finish, inner_env
 
 from apex_testkit import _loop
 from apex_testkit.provisioning.clickhouse import client as clickhouse_client
 from apex_testkit.waiting import wait_for
-from conftest import finish, inner_env
 
-WORKERS_WRITE = '''
+WORKERS_WRITE = """
 import json, os, pytest
 import asyncpg
 from apex_testkit import _loop
@@ -23,7 +23,9 @@ bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 @pytest.mark.L2
 @bvj
 @pytest.mark.parametrize("n", range(6))
-def test_write_and_see_only_own(n, worker_id, postgres_database, redis_namespace, clickhouse_database, clean_platform):
+def test_write_and_see_only_own(
+    n, worker_id, postgres_database, redis_namespace, clickhouse_database, clean_platform
+):
     async def pg():
         conn = await asyncpg.connect(postgres_database)
         try:
@@ -45,10 +47,11 @@ def test_write_and_see_only_own(n, worker_id, postgres_database, redis_namespace
     ch.execute("INSERT INTO marks VALUES", [(worker_id,)])
     out = os.environ["OUT_DIR"]
     with open(f"{out}/{worker_id}-{n}.json", "w") as f:
-        json.dump({"pg": postgres_database, "redis": redis_namespace.url, "ch": clickhouse_database}, f)
-'''
+        seen = {"pg": postgres_database, "redis": redis_namespace.url, "ch": clickhouse_database}
+        json.dump(seen, f)
+"""
 
-HOLD = '''
+HOLD = """
 import json, os, pytest
 from pathlib import Path
 from apex_testkit.waiting import wait_for
@@ -63,7 +66,7 @@ def test_hold(postgres_database, redis_namespace, apex_run):
         {"run": str(apex_run.path), "pg": postgres_database, "redis": redis_namespace.url}))
     # Hold the run open until the outer test says so (or kills us).
     wait_for(lambda: (out / f"{os.environ['NAME']}.release").exists(), timeout=120)
-'''
+"""
 
 
 def test_each_worker_has_its_own_namespaces(test_package, inner_pytest, tmp_path: Path):
@@ -116,8 +119,10 @@ def test_two_runs_at_once_never_meet(test_package, inner_pytest, tmp_path: Path)
     for run in runs:
         code, text = finish(run)
         assert code == 0, text
-    assert _run_dir_gone(first) and _run_dir_gone(second)
-    assert _server_down(first["pg"]) and _server_down(second["pg"])
+    assert _run_dir_gone(first)
+    assert _run_dir_gone(second)
+    assert _server_down(first["pg"])
+    assert _server_down(second["pg"])
 
 
 def test_kill_9_of_a_run_leaves_nothing(test_package, inner_pytest, tmp_path: Path):
@@ -184,11 +189,15 @@ def test_ctrl_c_cleans_up(test_package, inner_pytest, tmp_path: Path):
     assert _server_down(info["pg"])
 
 
-def test_reset_empties_what_a_test_wrote(apex_worker, postgres_database, redis_namespace, clickhouse_database):
+def test_reset_empties_what_a_test_wrote(
+    apex_worker, postgres_database, redis_namespace, clickhouse_database
+):
     async def write() -> None:
         conn = await asyncpg.connect(postgres_database)
         try:
-            await conn.execute("INSERT INTO audit_events (action, subject, actor) VALUES ('x', 'y', 'selftest')")
+            await conn.execute(
+                "INSERT INTO audit_events (action, subject, actor) VALUES ('x', 'y', 'selftest')"
+            )
         finally:
             await conn.close()
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from apex_testkit.provisioning import PROVIDERS, parse_services
-from apex_testkit.provisioning import _binaries, _docker
-from apex_testkit.provisioning._chain import Unavailable
 from conftest import finish, inner_env
 
-USES_SERVICES = '''
+from apex_testkit.provisioning import PROVIDERS, _binaries, _docker, parse_services
+from apex_testkit.provisioning._chain import Unavailable
+
+USES_SERVICES = """
 import pytest
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
@@ -26,7 +25,7 @@ def test_redis(redis_namespace):
 def test_clickhouse(clickhouse_database):
     from apex_testkit.provisioning.clickhouse import client
     assert client(clickhouse_database).execute("SELECT 1") == [(1,)]
-'''
+"""
 
 
 def test_parse_services():
@@ -43,7 +42,8 @@ def test_parse_services():
 def test_unknown_service_is_a_usage_error(test_package, inner_pytest):
     project = test_package("test_s.py", USES_SERVICES)
     code, out = finish(inner_pytest(str(project), "--services", "mysql=local"))
-    assert code == 4 and "unknown service(s) mysql; known: redis, postgres, clickhouse" in out, out
+    assert code == 4, out
+    assert "unknown service(s) mysql; known: redis, postgres, clickhouse" in out, out
 
 
 def test_local_binaries_are_used_by_default(test_package, inner_pytest):
@@ -68,16 +68,21 @@ def test_nothing_available_names_every_provider_and_the_fix(test_package, inner_
     assert "- docker: no Docker engine answers" in out
     assert "Fix: apt-get install -y clickhouse-server" in out
     assert "APEX_TEST_CLICKHOUSE_URL" in out
-    assert "Traceback" not in out and "site-packages/apex_testkit" not in out
+    assert "Traceback" not in out
+    assert "site-packages/apex_testkit" not in out
 
 
 def test_url_provider_needs_its_variable_and_an_answer(test_package, inner_pytest):
     project = test_package("test_s.py", USES_SERVICES)
     code, out = finish(inner_pytest(str(project), "-k", "redis", "--services", "redis=url"))
-    assert code == 1 and "- url: APEX_TEST_REDIS_URL is not set" in out, out
+    assert code == 1, out
+    assert "- url: APEX_TEST_REDIS_URL is not set" in out, out
     env = inner_env(APEX_TEST_REDIS_URL="redis://127.0.0.1:9/0")
-    code, out = finish(inner_pytest(str(project), "-k", "redis", "--services", "redis=url", env=env))
-    assert code == 1 and "- url: redis://127.0.0.1:9/0 does not answer PING" in out, out
+    code, out = finish(
+        inner_pytest(str(project), "-k", "redis", "--services", "redis=url", env=env)
+    )
+    assert code == 1, out
+    assert "- url: redis://127.0.0.1:9/0 does not answer PING" in out, out
 
 
 def test_url_provider_uses_the_server_and_leaves_it_clean(
@@ -111,3 +116,43 @@ def test_no_docker_engine_is_unavailable_not_a_crash(monkeypatch):
 
 def test_default_chain_order():
     assert PROVIDERS == ("url", "local", "embedded", "docker")
+
+
+def test_postgres_url_provider_clones_and_drops_its_databases(
+    test_package, inner_pytest, postgres_database
+):
+    """Against an external server the run makes its databases there and drops them all."""
+    from apex_testkit import _loop
+    from apex_testkit.provisioning.postgres import with_database
+
+    server_url = with_database(postgres_database, "postgres")
+    project = test_package(
+        "test_pg.py",
+        """
+        import pytest
+
+        @pytest.mark.L2
+        @pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
+        def test_uses_postgres(postgres_database):
+            assert "/t" in postgres_database
+        """,
+    )
+    code, out = finish(inner_pytest(str(project), env=inner_env(APEX_TEST_POSTGRES_URL=server_url)))
+    assert code == 0, out
+    assert f"postgres: url {server_url}" in out
+
+    async def databases() -> list[str]:
+        import asyncpg
+
+        conn = await asyncpg.connect(server_url)
+        try:
+            rows = await conn.fetch("SELECT datname FROM pg_database")
+        finally:
+            await conn.close()
+        return [row["datname"] for row in rows]
+
+    import re
+
+    mine = postgres_database.rsplit("/", 1)[1].split("_")[0]
+    run_databases = [n for n in _loop.run(databases()) if re.match(r"^t[0-9a-f]{8}_", n)]
+    assert [n for n in run_databases if not n.startswith(mine)] == [], "inner run's leftovers"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import finish
 
 from apex_testkit.target import TargetError, load_target
-from conftest import finish
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -37,8 +37,10 @@ def test_a_good_target(tmp_path, monkeypatch):
         ('name = "x"\n', "needs a [services.<name>] table"),
         ("[services.auth]\nport = 1\n", '[services.auth] needs url = "..."'),
         ('[services.auth]\nurl = "ftp://x"\n', "is not an http/https/ws/wss URL"),
-        ('[services.auth]\nurl = "http://a"\n[credentials]\nadmin_token_env = "NOPE_UNSET"\n',
-         "reads the admin token from $NOPE_UNSET, which is unset"),
+        (
+            '[services.auth]\nurl = "http://a"\n[credentials]\nadmin_token_env = "NOPE_UNSET"\n',
+            "reads the admin token from $NOPE_UNSET, which is unset",
+        ),
     ],
 )
 def test_bad_targets_say_what_is_wrong(tmp_path, text, says):
@@ -64,6 +66,8 @@ def test_a_service_the_target_lacks(tmp_path):
 def test_l4_without_target_and_bad_target_are_usage_errors(test_package, inner_pytest, tmp_path):
     project = test_package("test_x.py", "def test_x():\n    pass\n")
     code, out = finish(inner_pytest(str(project), "--level", "L4"))
-    assert code == 4 and "--level L4 needs --target FILE" in out, out
+    assert code == 4, out
+    assert "--level L4 needs --target FILE" in out, out
     code, out = finish(inner_pytest(str(project), "--level", "L4", "--target", "missing.toml"))
-    assert code == 4 and "target file missing.toml does not exist" in out, out
+    assert code == 4, out
+    assert "target file missing.toml does not exist" in out, out

@@ -4,6 +4,7 @@ keeps only the tests of the selected level."""
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from functools import cache
 from importlib.metadata import entry_points
 
@@ -72,7 +73,9 @@ def problems(item: pytest.Item) -> list[str]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     """Turn an undeclared test into a collection error of its module, naming the test."""
     report: pytest.CollectReport = yield
     if report.passed and in_test_package(collector):
@@ -94,11 +97,12 @@ def select(items: list[pytest.Item], settings: KitSettings) -> list[pytest.Item]
     """The tests to deselect: other levels, destructive ones at L4, perf without --perf."""
     dropped = []
     for item in items:
-        if item.get_closest_marker("perf") and not settings.perf:
-            dropped.append(item)
-        elif in_test_package(item) and (
-            not item.get_closest_marker(settings.level.value)
-            or (settings.level is Level.L4 and item.get_closest_marker("destructive"))
+        if (item.get_closest_marker("perf") and not settings.perf) or (
+            in_test_package(item)
+            and (
+                not item.get_closest_marker(settings.level.value)
+                or (settings.level is Level.L4 and item.get_closest_marker("destructive"))
+            )
         ):
             dropped.append(item)
     return dropped

@@ -24,5 +24,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
     with _lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="apex-testkit-loop", daemon=True).start()
+            threading.Thread(
+                target=_loop.run_forever, name="apex-testkit-loop", daemon=True
+            ).start()
     return asyncio.run_coroutine_threadsafe(coro, _loop).result(timeout)

@@ -14,7 +14,14 @@ import pytest
 from apex_testkit.provisioning import postgres, redis
 from apex_testkit.run import Run
 from apex_testkit.settings import RUN, SETTINGS, KitSettings, Level
-from apex_testkit.sut import DeployedPlatform, InProcessPlatform, Platform, ProcessPlatform, migrate
+from apex_testkit.sut import (
+    DeployedPlatform,
+    InProcessPlatform,
+    Platform,
+    ProcessPlatform,
+    migrate,
+    run_secrets,
+)
 from apex_testkit.worker import Worker, worker_slot
 
 
@@ -79,8 +86,7 @@ def clickhouse_database(apex_worker: Worker) -> str:
 def platform(apex_settings: KitSettings, apex_worker: Worker) -> Iterator[Platform]:
     """The platform wired for the run's level: `async with platform.client("auth") as c`."""
     wired: Platform
-    if apex_settings.level is Level.L4:
-        assert apex_settings.target is not None  # settings refuse L4 without one
+    if apex_settings.target is not None and apex_settings.level is Level.L4:
         wired = DeployedPlatform(apex_settings.target)
     elif apex_settings.level is Level.L3:
         wired = ProcessPlatform(apex_worker)
@@ -95,6 +101,15 @@ def clean_platform(platform: Platform) -> Platform:
     """The platform, with the state earlier tests left in this worker's namespaces gone."""
     platform.reset()
     return platform
+
+
+@pytest.fixture(scope="session")
+def jwt_signing_key(apex_run: Run, apex_level: Level) -> str:
+    """PEM of the private key the platform signs tokens with (L2/L3: the run made it), so
+    tests can forge correctly signed tokens with bad claims. A deployment keeps its own."""
+    if apex_level is Level.L4:
+        pytest.fail("jwt_signing_key exists at L2/L3 only: mark the test so", pytrace=False)
+    return run_secrets(apex_run)["jwt_private_key"]
 
 
 @pytest.fixture(scope="session")

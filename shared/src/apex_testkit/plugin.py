@@ -7,6 +7,7 @@ through workerinput, so the whole session shares one server per service.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -89,7 +90,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A service no provider could supply, or a target lacking a key, is reported as its
     message alone: the traceback through the kit says nothing the message does not."""
     report: pytest.TestReport = yield
@@ -112,9 +115,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for name in SERVICES:
         server = run.read(f"server-{name}")
         if server and "error" not in server:
+            version = server["version"] or "version unknown"
             lines.append(
-                f"{name}: {server['provider']} {server['url']} "
-                f"({server['version'] or 'version unknown'}), ready in {server['ready_seconds']:.3f} s"
+                f"{name}: {server['provider']} {server['url']} ({version}), "
+                f"ready in {server['ready_seconds']:.3f} s"
             )
     if lines:
         terminalreporter.write_sep("-", "apex-testkit servers")

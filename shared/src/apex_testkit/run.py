@@ -94,12 +94,12 @@ class Run:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def record(self, name: str, kind: str, **data: Any) -> None:
+    def record(self, resource: str, kind: str, **data: Any) -> None:
         """Remember a resource so that it is removed when the run ends, however it ends."""
-        _write_json(self.path / RESOURCES / f"{name}.json", {"kind": kind, **data})
+        _write_json(self.path / RESOURCES / f"{resource}.json", {"kind": kind, **data})
 
-    def forget(self, name: str) -> None:
-        (self.path / RESOURCES / f"{name}.json").unlink(missing_ok=True)
+    def forget(self, resource: str) -> None:
+        (self.path / RESOURCES / f"{resource}.json").unlink(missing_ok=True)
 
     def read(self, name: str) -> dict[str, Any] | None:
         """A value another process of this run stored with `store`."""
@@ -120,7 +120,7 @@ class Run:
     def _start_watchdog(self, owner: ProcessRef) -> None:
         argv = [sys.executable, "-m", "apex_testkit._watchdog", str(self.path), str(owner.pid)]
         argv.append(str(owner.started))
-        subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -229,4 +229,12 @@ def record_process(
     return ref
 
 
-__all__ = ["Run", "base_dir", "cleanup", "record_process", "register_cleaner", "start_time", "sweep"]
+__all__ = [
+    "Run",
+    "base_dir",
+    "cleanup",
+    "record_process",
+    "register_cleaner",
+    "start_time",
+    "sweep",
+]

@@ -49,7 +49,7 @@ def run_stack(
             _say(f"target file: {target_out}")
         if command:
             _say(f"running: {' '.join(command)}")
-            return subprocess.run(list(command), check=False).returncode  # noqa: S603
+            return subprocess.run(list(command), check=False).returncode
         _say("running; press Ctrl-C to stop")
         code = stack.wait()
         _say(f"the platform stack exited with code {code}:\n{log_tail(run.path / 'stack.log')}")
@@ -90,7 +90,9 @@ def _start(
 
     outcome = wait_for(state, timeout=timeout, interval=0.02, raise_on_timeout=False)
     if outcome != "ready":
-        what = f"exited with code {process.returncode}" if outcome else f"not ready in {timeout:g} s"
+        what = (
+            f"exited with code {process.returncode}" if outcome else f"not ready in {timeout:g} s"
+        )
         raise RuntimeError(f"the platform stack {what}:\n{log_tail(log, 30)}")
     target = load_target(manifest)
     for service, url in sorted(target.services.items()):

@@ -89,14 +89,18 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     def client(
-        self, service: str, **settings: str
+        self, service: str, *, instance: int = 0, **settings: str
     ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        """An HTTP client of `service`; `settings` override its APEX_* env (L2/L3 only)."""
+        """An HTTP client of instance `instance` of `service`.
 
-    def reset(self) -> None:
+        Instances share the worker's servers, so a test can check what one instance sees
+        of another's work; `settings` override the service's APEX_* env (L2/L3 only).
+        """
+
+    def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op is the right default (L2, L4)
         """Stop what this platform started."""
 
 
@@ -113,7 +117,10 @@ class InProcessPlatform(Platform):
         return run_secrets(self.worker.run)["admin_token"]
 
     @asynccontextmanager
-    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+    async def client(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        # Every client is an app instance of its own, whatever `instance` says.
         from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
 
         env = {**service_env(self.worker, service), **settings}
@@ -178,15 +185,15 @@ class ProcessPlatform(Platform):
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self._instances: dict[tuple[str, tuple[tuple[str, str], ...]], ServiceProcess] = {}
+        self._instances: dict[tuple[str, int, tuple[tuple[str, str], ...]], ServiceProcess] = {}
 
     @property
     def admin_token(self) -> str:
         return run_secrets(self.worker.run)["admin_token"]
 
-    def instance(self, service: str, **settings: str) -> ServiceProcess:
-        """The running process of `service` with these settings (started if need be)."""
-        key = (service, tuple(sorted(settings.items())))
+    def instance(self, service: str, instance: int = 0, **settings: str) -> ServiceProcess:
+        """Process number `instance` of `service` with these settings (started if need be)."""
+        key = (service, instance, tuple(sorted(settings.items())))
         if key not in self._instances:
             env = {**service_env(self.worker, service), **settings}
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
@@ -196,8 +203,10 @@ class ProcessPlatform(Platform):
         return self._instances[key]
 
     @asynccontextmanager
-    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
-        url = self.instance(service, **settings).url
+    async def client(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        url = self.instance(service, instance, **settings).url
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
 
@@ -223,7 +232,10 @@ class DeployedPlatform(Platform):
         return self.target.require_admin_token()
 
     @asynccontextmanager
-    async def client(self, service: str, **settings: str) -> AsyncIterator[httpx.AsyncClient]:
+    async def client(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        # A deployment is one URL per service (its load balancer picks the instance).
         if settings:
             raise RuntimeError(
                 f"a deployed {service} cannot be reconfigured ({', '.join(settings)}): "

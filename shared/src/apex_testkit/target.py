@@ -79,7 +79,7 @@ def load_target(path: str | os.PathLike[str]) -> Target:
 def _checked_url(file: Path, name: str, table: Any) -> str:
     url = table.get("url") if isinstance(table, dict) else None
     if not isinstance(url, str):
-        raise TargetError(f"target file {file}: [services.{name}] needs url = \"...\"")
+        raise TargetError(f'target file {file}: [services.{name}] needs url = "..."')
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES or not parts.hostname:
         raise TargetError(
@@ -96,7 +96,9 @@ def _admin_token(file: Path, credentials: Any) -> str | None:
         name = str(credentials["admin_token_env"])
         value = os.environ.get(name)
         if not value:
-            raise TargetError(f"target file {file} reads the admin token from ${name}, which is unset")
+            raise TargetError(
+                f"target file {file} reads the admin token from ${name}, which is unset"
+            )
         return value
     token = credentials.get("admin_token")
     return str(token) if token else None

@@ -25,7 +25,9 @@ def engine() -> docker.DockerClient:
     try:
         import docker  # noqa: PLC0415 - only needed when the chain reaches docker
     except ImportError:
-        raise Unavailable("the 'docker' package is not installed (pip install testcontainers)") from None
+        raise Unavailable(
+            "the 'docker' package is not installed (pip install testcontainers)"
+        ) from None
     try:
         client = docker.from_env(timeout=5)
         client.ping()

@@ -131,7 +131,9 @@ def _docker_provider(run: Run) -> Server:
     _docker.engine()
     from testcontainers.clickhouse import ClickHouseContainer  # noqa: PLC0415
 
-    container = ClickHouseContainer("clickhouse/clickhouse-server:24.8", username="default", password="")
+    container = ClickHouseContainer(
+        "clickhouse/clickhouse-server:24.8", username="default", password=""
+    )
     host, port = _docker.start(run, "clickhouse-container", container, 9000)
     return Server("clickhouse", "docker", f"clickhouse://default@{host}:{port}/default")
 

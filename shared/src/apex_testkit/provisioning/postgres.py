@@ -101,7 +101,7 @@ def _cluster_template(bin_dir: Path, run_as: RunAs | None) -> Path:
                 str(bin_dir / "initdb"), "-D", str(building), "-U", "postgres", "--auth=trust",
                 "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C",
             ]  # fmt: skip
-            done = subprocess.run(  # noqa: S603 - the initdb we located
+            done = subprocess.run(
                 argv,
                 capture_output=True,
                 text=True,
@@ -122,9 +122,7 @@ def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
     folder.mkdir(mode=0o755, exist_ok=True)
     data = folder / "data"
     # cp -a keeps the owner and the 0700 mode PostgreSQL insists on.
-    subprocess.run(  # noqa: S603, S607
-        ["cp", "-a", str(_cluster_template(bin_dir, run_as)), str(data)], check=True
-    )
+    subprocess.run(["cp", "-a", str(_cluster_template(bin_dir, run_as)), str(data)], check=True)
     if run_as:
         run_as.own(folder)
 
@@ -175,7 +173,8 @@ def _docker_provider(run: Run) -> Server:
     _docker.engine()
     from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
 
-    container = PostgresContainer("postgres:15", username="postgres", password="postgres")
+    # A throwaway container's well-known password, reachable only from this machine.
+    container = PostgresContainer("postgres:15", username="postgres", password="postgres")  # noqa: S106
     host, port = _docker.start(run, "postgres-container", container, 5432)
     return Server("postgres", "docker", f"postgresql://postgres:postgres@{host}:{port}/postgres")
 
@@ -235,8 +234,8 @@ def worker_database(run: Run, server: Server, slot: int, init: Callable[[str], N
 
 
 # One round trip: find the tables holding rows (tests may have created tables of their
-# own since the last reset) and truncate just those. TRUNCATE also ignores row-level
-# security, which a DELETE by the table owner would not.
+# own since the last reset) and empty just those. Without superuser rights, TRUNCATE:
+# it ignores row-level security, which a DELETE by the table owner would not.
 _RESET = """
 DO $reset$
 DECLARE
@@ -251,7 +250,18 @@ BEGIN
             touched := touched || t;
         END IF;
     END LOOP;
-    IF cardinality(touched) > 0 THEN
+    IF cardinality(touched) = 0 THEN
+        RETURN;
+    END IF;
+    IF current_setting('is_superuser') = 'on' THEN
+        -- A superuser bypasses row-level security, and with replication role "replica"
+        -- no foreign-key trigger fires: DELETE in any order, a few times cheaper than
+        -- TRUNCATE on small tables (which makes new files for each).
+        SET LOCAL session_replication_role = replica;
+        FOREACH t IN ARRAY touched LOOP
+            EXECUTE 'DELETE FROM ' || t;
+        END LOOP;
+    ELSE
         EXECUTE 'TRUNCATE ' || array_to_string(touched, ', ') || ' RESTART IDENTITY CASCADE';
     END IF;
 END

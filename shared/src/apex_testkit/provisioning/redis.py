@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,7 +44,9 @@ def _start_binary(run: Run, binary: str, provider: str) -> Server:
         log=folder / "server.log",
         grace=5.0,
     )
-    return Server("redis", provider, f"redis://127.0.0.1:{port}/0", version_of([binary, "--version"]))
+    return Server(
+        "redis", provider, f"redis://127.0.0.1:{port}/0", version_of([binary, "--version"])
+    )
 
 
 def _local(run: Run) -> Server:
@@ -86,7 +88,7 @@ SERVICE = Service(
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class RedisNamespace:
     """A worker's share of the run's Redis: a URL (with its logical DB) and a key prefix.
 
@@ -97,17 +99,20 @@ class RedisNamespace:
     url: str
     prefix: str
     exclusive: bool  # the logical database is this namespace's alone
+    _admin: redis.Redis | None = field(default=None, repr=False, compare=False)
 
     def client(self) -> redis.Redis:
+        """A new client of this namespace's database (keys still need `prefix`)."""
         return redis.Redis.from_url(self.url, decode_responses=True)
 
     def reset(self) -> None:
         """Forget every key of this namespace: FLUSHDB when the database is ours alone."""
-        with redis.Redis.from_url(self.url) as client:
-            if self.exclusive:
-                client.flushdb()
-            else:
-                _delete_prefix(client, self.prefix)
+        if self._admin is None:
+            self._admin = redis.Redis.from_url(self.url)
+        if self.exclusive:
+            self._admin.flushdb()
+        else:
+            _delete_prefix(self._admin, self.prefix)
 
 
 def _delete_prefix(client: redis.Redis, prefix: str) -> None:

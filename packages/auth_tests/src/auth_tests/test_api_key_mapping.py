@@ -1,0 +1,260 @@
+"""001#10 API key to user mapping: key validation, user context, rate limiting, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from auth_tests.fixtures import AuthAdmin, KeyUser, error_of, exchange, login
+
+BVJ = pytest.mark.bvj(
+    segment="mid", goal="Automation: service accounts authenticate with API keys", mrr=8000,
+    scenario="001#10",
+)  # fmt: skip
+pytestmark = [BVJ]
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_key_maps_to_its_user_and_context(auth_client, auth_admin: AuthAdmin):
+    tenant = str(uuid.uuid4())
+    owner = await auth_admin.key_user(
+        tier="enterprise", scopes=("agents:run", "billing:read"), tenant_id=tenant
+    )
+
+    tokens = await login(auth_client, owner.api_key)
+    me = await auth_client.get("/me", headers=tokens.bearer)
+
+    assert me.status_code == 200, me.text
+    assert me.json() == {
+        "user_id": owner.user_id,
+        "email": owner.user["email"],
+        "tier": "enterprise",
+        "tenant_id": tenant,
+        "session_id": tokens.session_id,
+        "api_key_id": owner.key_id,
+        "scopes": ["agents:run", "billing:read"],
+    }
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_each_key_maps_to_its_own_user(auth_client, auth_admin: AuthAdmin):
+    alice = await auth_admin.key_user()
+    bob = await auth_admin.key_user()
+    second_of_alice = await auth_admin.create_api_key(alice.user_id, scopes=["read"])
+
+    seen = {}
+    for name, api_key in (
+        ("alice", alice.api_key),
+        ("bob", bob.api_key),
+        ("alice2", second_of_alice["api_key"]),
+    ):
+        tokens = await login(auth_client, api_key)
+        seen[name] = (await auth_client.get("/me", headers=tokens.bearer)).json()
+
+    assert seen["alice"]["user_id"] == alice.user_id
+    assert seen["bob"]["user_id"] == bob.user_id
+    assert seen["alice2"]["user_id"] == alice.user_id
+    assert seen["alice2"]["api_key_id"] == second_of_alice["id"] != alice.key_id
+    assert seen["alice2"]["scopes"] == ["read"]
+
+
+def _wrong_secret(key: KeyUser) -> str:
+    prefix, _, secret = key.api_key.rpartition("_")
+    flipped = ("A" if secret[0] != "A" else "B") + secret[1:]
+    return f"{prefix}_{flipped}"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@pytest.mark.parametrize(
+    "make_bad_key",
+    [
+        pytest.param(lambda key: "", id="empty"),
+        pytest.param(lambda key: "not-an-api-key", id="malformed"),
+        pytest.param(lambda key: key.api_key[:-4], id="truncated"),
+        pytest.param(_wrong_secret, id="wrong-secret"),
+        pytest.param(
+            lambda key: "apx_" + "z" * 12 + "_" + key.api_key.rpartition("_")[2], id="unknown-id"
+        ),
+        pytest.param(lambda key: key.api_key + "\u0000", id="nul-byte"),
+    ],
+)
+async def test_bad_keys_are_rejected(auth_client, key_user: KeyUser, make_bad_key):
+    response = await exchange(auth_client, make_bad_key(key_user))
+
+    assert response.status_code == 401, response.text
+    assert error_of(response) == "invalid_api_key"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "access_token" not in response.json()
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_oversized_and_non_json_bodies_are_client_errors(auth_client):
+    too_long = await exchange(auth_client, "apx_" + "a" * 5000)
+    as_form = await auth_client.post(
+        "/auth/token",
+        content=b"api_key=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    broken = await auth_client.post(
+        "/auth/token", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    as_number = await auth_client.post("/auth/token", json={"api_key": 12})
+
+    assert too_long.status_code in (401, 422), too_long.text
+    assert as_form.status_code == 415, as_form.text
+    assert broken.status_code in (400, 422), broken.text
+    assert as_number.status_code == 422, as_number.text
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_revoked_key_is_rejected_and_its_sessions_end(
+    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
+):
+    tokens = await login(auth_client, key_user.api_key)
+    assert (await auth_client.get("/me", headers=tokens.bearer)).status_code == 200
+
+    await auth_admin.revoke_api_key(key_user.key_id)
+
+    again = await exchange(auth_client, key_user.api_key)
+    assert again.status_code == 401
+    assert error_of(again) == "invalid_api_key"
+    me = await auth_client.get("/me", headers=tokens.bearer)
+    assert me.status_code == 401
+    assert error_of(me) == "session_revoked"
+    refreshed = await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
+    assert refreshed.status_code == 401
+    assert (await auth_admin.api_key(key_user.key_id))["revoked_at"] is not None
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_revoking_one_key_leaves_the_users_other_keys_working(
+    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
+):
+    other = await auth_admin.create_api_key(key_user.user_id)
+    other_tokens = await login(auth_client, other["api_key"])
+
+    await auth_admin.revoke_api_key(key_user.key_id)
+
+    assert (await auth_client.get("/me", headers=other_tokens.bearer)).status_code == 200
+    assert (await exchange(auth_client, other["api_key"])).status_code == 200
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_key_use_and_rejection_are_audited(
+    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
+):
+    before = await auth_admin.api_key(key_user.key_id)
+    assert before["last_used_at"] is None
+
+    tokens = await login(auth_client, key_user.api_key)
+    await exchange(auth_client, _wrong_secret(key_user))
+
+    events = await auth_admin.audit(key_user.key_id)
+    actions = [event["action"] for event in events]
+    assert actions[0] == "api_key.created"
+    assert actions.count("api_key.used") == 1
+    assert actions.count("api_key.rejected") == 1
+    used = next(e for e in events if e["action"] == "api_key.used")
+    assert used["detail"]["session_id"] == tokens.session_id
+    rejected = next(e for e in events if e["action"] == "api_key.rejected")
+    assert rejected["detail"]["reason"] == "wrong_secret"
+    assert (await auth_admin.api_key(key_user.key_id))["last_used_at"] is not None
+    assert key_user.api_key.rpartition("_")[2] not in str(events), "secret in the audit trail"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_keys_are_stored_hashed_never_in_clear(
+    auth_client, auth_admin: AuthAdmin, key_user: KeyUser, auth_db
+):
+    await login(auth_client, key_user.api_key)
+    secret = key_user.api_key.rpartition("_")[2]
+
+    row = await auth_db.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_user.key_id)
+    assert row is not None
+    assert all(secret not in str(value) for value in dict(row).values())
+    dump = await auth_db.fetchval("SELECT string_agg(t::text, ' ') FROM audit_events t")
+    assert secret not in dump
+    admin_view = await auth_admin.api_key(key_user.key_id)
+    assert admin_view["id"] == key_user.key_id
+    assert secret not in str(admin_view)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_admin_api_needs_the_admin_token(auth_client):
+    no_token = await auth_client.post(
+        "/admin/users", json={"email": "x@tests.apex.invalid", "tier": "free"}
+    )
+    wrong = await auth_client.post(
+        "/admin/users", json={"email": "x@tests.apex.invalid", "tier": "free"},
+        headers={"Authorization": "Bearer not-the-admin-token"},
+    )  # fmt: skip
+    assert no_token.status_code in (401, 403)
+    assert wrong.status_code in (401, 403)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_free_tier_exchanges_are_rate_limited_per_key(auth_client, auth_admin: AuthAdmin):
+    """The default free tier allows 10 exchanges a minute per key (APEX_AUTH_RATE_LIMITS)."""
+    free = await auth_admin.key_user(tier="free")
+    other_free = await auth_admin.key_user(tier="free")
+
+    statuses = [(await exchange(auth_client, free.api_key)).status_code for _ in range(10)]
+    over = await exchange(auth_client, free.api_key)
+
+    assert statuses == [200] * 10
+    assert over.status_code == 429
+    assert error_of(over) == "rate_limited"
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert (await exchange(auth_client, other_free.api_key)).status_code == 200, (
+        "limits are per key"
+    )
+    events = await auth_admin.audit(free.key_id)
+    assert [e["detail"].get("reason") for e in events if e["action"] == "api_key.rejected"] == [
+        "rate_limited"
+    ]
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_concurrent_burst_gets_exactly_the_limit(auth_client, auth_admin: AuthAdmin):
+    free = await auth_admin.key_user(tier="free")
+
+    responses = await asyncio.gather(*(exchange(auth_client, free.api_key) for _ in range(30)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 20, statuses
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_tier_upgrade_lifts_the_limit_at_once(auth_client, auth_admin: AuthAdmin):
+    user = await auth_admin.key_user(tier="free")
+    for _ in range(10):
+        await login(auth_client, user.api_key)
+    assert (await exchange(auth_client, user.api_key)).status_code == 429
+
+    await auth_admin.set_tier(user.user_id, "pro")
+
+    tokens = await login(auth_client, user.api_key)
+    assert (await auth_client.get("/me", headers=tokens.bearer)).json()["tier"] == "pro"
