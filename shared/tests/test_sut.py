@@ -1,0 +1,82 @@
+"""Level wiring of the platform and the local stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apex_testkit.sut import ProcessPlatform, ServiceProcess, service_env
+from apex_testkit.target import load_target
+
+
+def test_a_service_that_dies_at_start_is_a_clear_error(apex_worker):
+    process = ServiceProcess(apex_worker.run, "no_such_service", {}, "selftest-broken")
+    with pytest.raises(RuntimeError) as caught:
+        process.start(timeout=30)
+    message = str(caught.value)
+    assert "apex.no_such_service (selftest-broken) exited with code 1" in message
+    assert "No module named apex.no_such_service" in message
+
+
+def test_a_service_with_bad_settings_shows_its_own_error(apex_worker):
+    env = service_env(apex_worker, "auth") | {"APEX_JWT_ACCESS_TTL": "soon"}
+    process = ServiceProcess(apex_worker.run, "auth", env, "selftest-bad-settings")
+    with pytest.raises(RuntimeError, match="APEX_JWT_ACCESS_TTL"):
+        process.start(timeout=30)
+
+
+def test_l3_instances_are_processes_reused_and_stopped(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    try:
+        first = platform.instance("auth")
+        assert platform.instance("auth") is first, "one process per instance and settings"
+        second = platform.instance("auth", 1)
+        assert second.url != first.url
+        assert httpx.get(f"{first.url}/healthz").json()["status"] == "ok"
+        assert httpx.get(f"{second.url}/healthz").json()["status"] == "ok"
+    finally:
+        platform.close()
+    for process in (first, second):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{process.url}/healthz", timeout=2)
+
+
+def _stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "apex_testkit.cli", "stack", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_stack_runs_a_command_against_the_platform(tmp_path: Path):
+    target = tmp_path / "target.toml"
+    check = (
+        "import sys, httpx, tomllib; t = tomllib.load(open(sys.argv[1], 'rb'));"
+        "r = httpx.get(t['services']['auth']['url'] + '/healthz');"
+        "print('HEALTH', r.status_code); sys.exit(3)"
+    )
+    done = _stack(
+        "--target-out", str(target), "--", sys.executable, "-c", check, str(target), cwd=tmp_path
+    )
+    assert done.returncode == 3, done.stderr  # the command's exit code, passed through
+    assert "HEALTH 200" in done.stdout
+    assert "platform ready in" in done.stderr
+    assert "stopped and cleaned up" in done.stderr
+    loaded = load_target(target)
+    assert loaded.admin_token
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{loaded.url('auth')}/healthz", timeout=2)
+
+
+def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
+    done = _stack("--services", "redis=podman", "--", "true", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "bad --services entry 'redis=podman'" in done.stderr
