@@ -1,0 +1,135 @@
+"""The apex.auth ASGI app: wiring, lifespan, health and JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from apex.auth import account, admin
+from apex.auth.context import AuthContext
+from apex.auth.ratelimit import SlidingWindowLimiter
+from apex.auth.sessions import SessionStore
+from apex.auth.tokens import Signer
+from apex.common.config import ConfigError, Settings
+from apex.common.http import BodyLimitMiddleware, install_error_handlers
+from apex.data.migrations import load_migrations
+from apex.data.pool import create_pool
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "apex.auth"
+HEALTH_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The apex.auth app; PostgreSQL and Redis are opened by its lifespan."""
+    database_url = settings.require("database_url", service=SERVICE)
+    redis_url = settings.require("redis_url", service=SERVICE)
+    try:
+        signer = Signer.from_pem(
+            settings.jwt_private_key, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+    except ValueError as exc:
+        raise ConfigError(f"APEX_JWT_PRIVATE_KEY: {exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            pool = await create_pool(database_url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise RuntimeError(
+                f"{SERVICE}: cannot connect to PostgreSQL (APEX_DATABASE_URL): {exc!r}"
+            ) from None
+        redis = Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5
+        )
+        try:
+            await _check_schema(pool)
+            try:
+                await redis.ping()
+            except RedisError as exc:
+                raise RuntimeError(
+                    f"{SERVICE}: cannot connect to Redis (APEX_REDIS_URL): {exc!r}"
+                ) from None
+            app.state.auth = AuthContext(
+                settings=settings,
+                signer=signer,
+                pool=pool,
+                redis=redis,
+                sessions=SessionStore(
+                    redis, prefix=settings.redis_prefix, ttl=settings.jwt_refresh_ttl
+                ),
+                limiter=SlidingWindowLimiter(redis, prefix=settings.redis_prefix),
+            )
+            log.info("%s ready (signing key %s)", SERVICE, signer.kid)
+            yield
+        finally:
+            app.state.auth = None
+            await redis.aclose()
+            await pool.close()
+
+    app = FastAPI(title=SERVICE, version="0.1.0", lifespan=lifespan)
+    app.state.auth = None
+    app.state.signer = signer
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.include_router(admin.router)
+    app.include_router(account.router)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when PostgreSQL and Redis answer, else 503 naming the failing check."""
+        context = request.app.state.auth
+        if not isinstance(context, AuthContext):
+            checks = {"postgres": "not started", "redis": "not started"}
+        else:
+            postgres, redis_check = await asyncio.gather(
+                _probe(context.pool.fetchval("SELECT 1")), _probe(context.redis.ping())
+            )
+            checks = {"postgres": postgres, "redis": redis_check}
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "checks": checks},
+            status_code=200 if healthy else 503,
+        )
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks(request: Request) -> JSONResponse:
+        """The public key that verifies our access tokens."""
+        return JSONResponse(signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    return app
+
+
+async def _probe(awaitable: Any) -> str:
+    try:
+        await asyncio.wait_for(awaitable, HEALTH_CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - any failure is a failed check, reported by type
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def _check_schema(pool: asyncpg.Pool) -> None:
+    """Refuse to start on a database that lacks this code's migrations."""
+    head = load_migrations()[-1].version
+    current = 0
+    if await pool.fetchval("SELECT to_regclass('apex_schema_migrations') IS NOT NULL"):
+        current = await pool.fetchval(
+            "SELECT coalesce(max(version), 0) FROM apex_schema_migrations"
+        )
+    if current < head:
+        raise RuntimeError(
+            f"the database schema is at version {current}, {SERVICE} needs {head}: "
+            "run `python -m apex.data migrate` (with the same APEX_DATABASE_URL)"
+        )

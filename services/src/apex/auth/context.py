@@ -1,0 +1,101 @@
+"""What the endpoints of apex.auth share: the service context and the auth dependencies."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+
+import asyncpg
+from fastapi import Request
+from redis.asyncio import Redis
+
+from apex.auth import audit
+from apex.auth.ratelimit import SlidingWindowLimiter
+from apex.auth.sessions import Session, SessionStore
+from apex.auth.tokens import AccessClaims, Signer, TokenError
+from apex.common.config import Settings
+from apex.common.http import ApiError, bearer_token
+
+__all__ = ["AuthContext", "Principal", "authenticated", "get_context", "require_admin"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AuthContext:
+    """The resources of a running apex.auth app (created by its lifespan)."""
+
+    settings: Settings
+    signer: Signer
+    pool: asyncpg.Pool
+    redis: Redis
+    sessions: SessionStore
+    limiter: SlidingWindowLimiter
+
+    @property
+    def events_channel(self) -> str:
+        """Pub/sub channel announcing session revocations to other services."""
+        return f"{self.settings.redis_prefix}auth:events"
+
+    async def session_revoked(self, session: Session, *, actor: str, reason: str) -> None:
+        """Audit the end of ``session`` and announce it to subscribers (gateways caching it)."""
+        log.info("session %s revoked (%s)", session.id, reason)
+        async with self.pool.acquire() as conn:
+            await audit.record(
+                conn,
+                "session.revoked",
+                # Session events are filed under the API key that opened the session
+                # (and found by user id through user_id).
+                subject=session.api_key_id,
+                actor=actor,
+                user_id=session.user_id,
+                detail={"session_id": session.id, "reason": reason},
+            )
+        message = {
+            "event": "session.revoked",
+            "session_id": session.id,
+            "user_id": session.user_id,
+            "reason": reason,
+        }
+        await self.redis.publish(self.events_channel, json.dumps(message))
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """The caller behind a valid access token, and its live session."""
+
+    claims: AccessClaims
+    session: Session
+
+
+def get_context(request: Request) -> AuthContext:
+    """Dependency: the app's context; 503 if its lifespan has not run."""
+    context = getattr(request.app.state, "auth", None)
+    if not isinstance(context, AuthContext):
+        raise ApiError(503, "unavailable", "service not started: its lifespan has not run")
+    return context
+
+
+def require_admin(request: Request) -> None:
+    """Dependency: the caller presents APEX_ADMIN_TOKEN as a bearer token."""
+    expected = get_context(request).settings.admin_token
+    if not expected:
+        raise ApiError(403, "forbidden", "admin API disabled")
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid_token", "wrong admin token")
+
+
+async def authenticated(request: Request) -> Principal:
+    """Dependency: the caller presents a valid access token of a live session."""
+    context = get_context(request)
+    try:
+        claims = context.signer.verify(bearer_token(request))
+    except TokenError as exc:
+        raise ApiError(401, exc.code, exc.detail) from None
+    session = await context.sessions.get(claims.session_id)
+    if session is None or session.user_id != claims.subject:
+        raise ApiError(401, "session_revoked", "the session of this token has ended")
+    return Principal(claims=claims, session=session)

@@ -1,0 +1,193 @@
+"""Access tokens: RS256 JWTs signed with the service's RSA key, and its JWKS.
+
+Verification pins the algorithm to RS256 (no ``none``, no HS256 signed with the
+public key as an HMAC secret), requires the claims the platform relies on, and
+checks issuer, audience and the signing key id.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from apex.common.config import load_private_key
+
+__all__ = ["ALGORITHM", "AccessClaims", "Signer", "TokenError"]
+
+log = logging.getLogger(__name__)
+
+ALGORITHM: Final = "RS256"
+REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "iat", "nbf", "exp")
+# Far beyond any token we issue (about 1 KiB): refuse before parsing.
+MAX_TOKEN_LENGTH: Final = 4096
+
+
+class TokenError(Exception):
+    """A token was rejected; ``code`` is the API error code (invalid_token, token_expired)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessClaims:
+    """The verified claims of an access token."""
+
+    subject: str
+    session_id: str
+    tenant_id: str | None
+    tier: str
+    scopes: list[str]
+    api_key_id: str
+    issued_at: int
+    expires_at: int
+    token_id: str
+
+
+class Signer:
+    """Signs and verifies access tokens with one RSA key pair."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey, *, issuer: str, audience: str) -> None:
+        self._private_key = private_key
+        self.public_key = private_key.public_key()
+        self.issuer = issuer
+        self.audience = audience
+        self.kid = _thumbprint(self.public_key)
+
+    @classmethod
+    def from_pem(cls, pem: str | None, *, issuer: str, audience: str) -> Signer:
+        """A signer for the PEM private key, or for a fresh ephemeral key when ``pem`` is None."""
+        if pem is None:
+            log.warning(
+                "APEX_JWT_PRIVATE_KEY is not set: signing with an ephemeral key; tokens will not "
+                "verify after a restart or on another instance"
+            )
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            loaded = load_private_key(pem)
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise ValueError("APEX_JWT_PRIVATE_KEY must be an RSA private key")
+            key = loaded
+        return cls(key, issuer=issuer, audience=audience)
+
+    def jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set that verifies our tokens."""
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.public_key))
+        jwk.update({"kid": self.kid, "alg": ALGORITHM, "use": "sig"})
+        return {"keys": [jwk]}
+
+    def issue(
+        self,
+        *,
+        subject: str,
+        session_id: str,
+        tenant_id: str | None,
+        tier: str,
+        scopes: Sequence[str],
+        api_key_id: str,
+        ttl: int,
+        now: int | None = None,
+    ) -> str:
+        """A signed access token valid for ``ttl`` seconds."""
+        issued_at = int(time.time()) if now is None else now
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "sid": session_id,
+            "tid": tenant_id,
+            "tier": tier,
+            "scopes": list(scopes),
+            "kid": api_key_id,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
+
+    def verify(self, token: str) -> AccessClaims:
+        """The claims of a valid token; raise TokenError otherwise."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise TokenError("invalid_token", "token too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("invalid_token", "malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise TokenError("invalid_token", f"tokens must be signed with {ALGORITHM}")
+        if header.get("kid") != self.kid:
+            raise TokenError("invalid_token", "token signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                self.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token_expired", "token expired") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("invalid_token", "token issued for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("invalid_token", "token issued by another issuer") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("invalid_token", "bad token signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError("invalid_token", f"token lacks the {exc.claim!r} claim") from None
+        except jwt.PyJWTError:
+            raise TokenError("invalid_token", "invalid token") from None
+        return _access_claims(claims)
+
+
+def _access_claims(claims: dict[str, Any]) -> AccessClaims:
+    sub, sid, tid = claims.get("sub"), claims.get("sid"), claims.get("tid")
+    scopes, kid = claims.get("scopes", []), claims.get("kid")
+    if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(kid, str)):
+        raise TokenError("invalid_token", "token claims sub, sid and kid must be strings")
+    if tid is not None and not isinstance(tid, str):
+        raise TokenError("invalid_token", "token claim tid must be a string")
+    if not (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes)):
+        raise TokenError("invalid_token", "token claim scopes must be a list of strings")
+    return AccessClaims(
+        subject=sub,
+        session_id=sid,
+        tenant_id=tid,
+        tier=str(claims.get("tier", "")),
+        scopes=scopes,
+        api_key_id=kid,
+        issued_at=int(claims["iat"]),
+        expires_at=int(claims["exp"]),
+        token_id=str(claims.get("jti", "")),
+    )
+
+
+def _thumbprint(public_key: rsa.RSAPublicKey) -> str:
+    """The RFC 7638 JWK thumbprint: a key id that is the same wherever the key is loaded."""
+    numbers = public_key.public_numbers()
+
+    def b64(value: int) -> str:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    canonical = json.dumps(
+        {"e": b64(numbers.e), "kty": "RSA", "n": b64(numbers.n)}, separators=(",", ":")
+    )
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+    )

@@ -1,0 +1,89 @@
+"""Users: the ``users`` table and e-mail normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from typing import Any, Final
+
+import asyncpg
+
+__all__ = ["DuplicateEmail", "User", "create_user", "get_user", "normalize_email", "set_tier"]
+
+MAX_EMAIL_LENGTH: Final = 254
+# Deliberately loose: one "@", no spaces, a dot in the domain. Whether an address
+# really receives mail is for a confirmation e-mail to find out, not a regex.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class DuplicateEmail(Exception):
+    """Another user already has this e-mail address."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    """A row of ``users``."""
+
+    id: uuid.UUID
+    email: str
+    tier: str
+    tenant_id: uuid.UUID | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's view of the user."""
+        return {
+            "id": str(self.id),
+            "email": self.email,
+            "tier": self.tier,
+            "tenant_id": str(self.tenant_id) if self.tenant_id is not None else None,
+        }
+
+
+def normalize_email(value: str) -> str:
+    """``value`` trimmed and lower-cased; ValueError if it does not look like an address."""
+    email = value.strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
+        raise ValueError("not an e-mail address")
+    return email
+
+
+async def create_user(
+    conn: asyncpg.Connection, email: str, tier: str, tenant_id: uuid.UUID | None
+) -> User:
+    """Insert a user; raise DuplicateEmail when the address is taken."""
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO users (id, email, tier, tenant_id) VALUES ($1, $2, $3, $4) "
+            "RETURNING id, email, tier, tenant_id",
+            uuid.uuid4(),
+            email,
+            tier,
+            tenant_id,
+        )
+    except asyncpg.UniqueViolationError:
+        raise DuplicateEmail(email) from None
+    if row is None:
+        raise RuntimeError("INSERT ... RETURNING returned no row")
+    return _user(row)
+
+
+async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> User | None:
+    """The user ``user_id``, or None."""
+    row = await conn.fetchrow("SELECT id, email, tier, tenant_id FROM users WHERE id = $1", user_id)
+    return _user(row) if row is not None else None
+
+
+async def set_tier(conn: asyncpg.Connection, user_id: uuid.UUID, tier: str) -> User | None:
+    """Change the tier of ``user_id``; None if there is no such user."""
+    row = await conn.fetchrow(
+        "UPDATE users SET tier = $2, updated_at = now() WHERE id = $1 "
+        "RETURNING id, email, tier, tenant_id",
+        user_id,
+        tier,
+    )
+    return _user(row) if row is not None else None
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(id=row["id"], email=row["email"], tier=row["tier"], tenant_id=row["tenant_id"])

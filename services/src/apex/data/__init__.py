@@ -1,0 +1,1 @@
+"""The data layer: PostgreSQL pools and migrations, ClickHouse client, tenant isolation."""

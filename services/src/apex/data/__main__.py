@@ -1,0 +1,80 @@
+"""``python -m apex.data migrate [--to N] | rollback --to N | status`` on APEX_DATABASE_URL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from apex.common.config import ConfigError, Settings
+from apex.data.migrations import MigrationError, migrate, rollback, status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apex.data", description="Manage the PostgreSQL schema at APEX_DATABASE_URL."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("migrate", help="apply pending migrations")
+    up.add_argument(
+        "--to", type=int, default=None, metavar="N", help="stop at version N (default: newest)"
+    )
+    down = commands.add_parser("rollback", help="revert migrations newer than a version")
+    down.add_argument(
+        "--to", type=int, required=True, metavar="N", help="revert every version above N (0: all)"
+    )
+    commands.add_parser("status", help="list migrations and whether each is applied")
+    return parser
+
+
+async def _run(args: argparse.Namespace, dsn: str) -> None:
+    if args.command == "migrate":
+        versions = await migrate(dsn, args.to)
+        print(
+            f"applied {_versions(versions)}"
+            if versions
+            else "nothing to apply: the schema is up to date"
+        )
+    elif args.command == "rollback":
+        versions = await rollback(dsn, args.to)
+        print(
+            f"reverted {_versions(versions)}"
+            if versions
+            else f"nothing to revert above version {args.to}"
+        )
+    else:
+        for version, name, applied in await status(dsn):
+            print(f"{version:04d}  {'applied' if applied else 'pending':7}  {name}")
+
+
+def _versions(versions: Sequence[int]) -> str:
+    return ", ".join(f"{v:04d}" for v in versions)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return its exit code (2: configuration, 1: migration or connection error)."""
+    args = _parser().parse_args(argv)
+    try:
+        dsn = Settings.from_env().require("database_url", service="python -m apex.data")
+    except ConfigError as exc:
+        print(f"apex.data: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(args, dsn))
+    except MigrationError as exc:
+        print(f"apex.data: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(
+            f"apex.data: cannot reach PostgreSQL at APEX_DATABASE_URL: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Row-level tenant isolation: run queries as one tenant.
+
+Tables with per-tenant rows (``tenant_settings`` first) have ROW LEVEL SECURITY
+enabled and forced, with a policy comparing ``tenant_id`` to the transaction-local
+setting ``apex.tenant_id``; :func:`tenant_transaction` sets it. Superusers and roles
+with BYPASSRLS are not subject to policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+__all__ = ["TENANT_SETTING", "tenant_transaction"]
+
+TENANT_SETTING = "apex.tenant_id"
+
+
+@contextlib.asynccontextmanager
+async def tenant_transaction(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID | str
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``conn`` in which RLS policies see ``tenant_id`` as the current tenant."""
+    try:
+        tenant = uuid.UUID(str(tenant_id))
+    except ValueError:
+        raise ValueError(f"tenant_id must be a UUID, got {tenant_id!r}") from None
+    async with conn.transaction():
+        # is_local=true: the setting ends with the transaction, so a pooled
+        # connection never carries one tenant's identity into the next user's work.
+        await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, str(tenant))
+        yield conn
