@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
+import asyncpg
+import httpx
 import pytest
 
 from auth_tests.fixtures import AuthAdmin, KeyUser, error_of, exchange, login
@@ -19,7 +22,10 @@ pytestmark = [BVJ]
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_key_maps_to_its_user_and_context(auth_client, auth_admin: AuthAdmin):
+async def test_key_maps_to_its_user_and_context(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
     tenant = str(uuid.uuid4())
     owner = await auth_admin.key_user(
         tier="enterprise", scopes=("agents:run", "billing:read"), tenant_id=tenant
@@ -43,7 +49,10 @@ async def test_key_maps_to_its_user_and_context(auth_client, auth_admin: AuthAdm
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_each_key_maps_to_its_own_user(auth_client, auth_admin: AuthAdmin):
+async def test_each_key_maps_to_its_own_user(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
     alice = await auth_admin.key_user()
     bob = await auth_admin.key_user()
     second_of_alice = await auth_admin.create_api_key(alice.user_id, scopes=["read"])
@@ -86,7 +95,11 @@ def _wrong_secret(key: KeyUser) -> str:
         pytest.param(lambda key: key.api_key + "\u0000", id="nul-byte"),
     ],
 )
-async def test_bad_keys_are_rejected(auth_client, key_user: KeyUser, make_bad_key):
+async def test_bad_keys_are_rejected(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+    make_bad_key: Callable[[KeyUser], str],
+) -> None:
     response = await exchange(auth_client, make_bad_key(key_user))
 
     assert response.status_code == 401, response.text
@@ -98,7 +111,9 @@ async def test_bad_keys_are_rejected(auth_client, key_user: KeyUser, make_bad_ke
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_oversized_and_non_json_bodies_are_client_errors(auth_client):
+async def test_oversized_and_non_json_bodies_are_client_errors(
+    auth_client: httpx.AsyncClient,
+) -> None:
     too_long = await exchange(auth_client, "apx_" + "a" * 5000)
     as_form = await auth_client.post(
         "/auth/token",
@@ -120,8 +135,10 @@ async def test_oversized_and_non_json_bodies_are_client_errors(auth_client):
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_revoked_key_is_rejected_and_its_sessions_end(
-    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
-):
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    key_user: KeyUser,
+) -> None:
     tokens = await login(auth_client, key_user.api_key)
     assert (await auth_client.get("/me", headers=tokens.bearer)).status_code == 200
 
@@ -142,8 +159,10 @@ async def test_revoked_key_is_rejected_and_its_sessions_end(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_revoking_one_key_leaves_the_users_other_keys_working(
-    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
-):
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    key_user: KeyUser,
+) -> None:
     other = await auth_admin.create_api_key(key_user.user_id)
     other_tokens = await login(auth_client, other["api_key"])
 
@@ -157,8 +176,10 @@ async def test_revoking_one_key_leaves_the_users_other_keys_working(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_key_use_and_rejection_are_audited(
-    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
-):
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    key_user: KeyUser,
+) -> None:
     before = await auth_admin.api_key(key_user.key_id)
     assert before["last_used_at"] is None
 
@@ -181,8 +202,11 @@ async def test_key_use_and_rejection_are_audited(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_keys_are_stored_hashed_never_in_clear(
-    auth_client, auth_admin: AuthAdmin, key_user: KeyUser, auth_db
-):
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    key_user: KeyUser,
+    auth_db: asyncpg.Connection,
+) -> None:
     await login(auth_client, key_user.api_key)
     secret = key_user.api_key.rpartition("_")[2]
 
@@ -199,7 +223,7 @@ async def test_keys_are_stored_hashed_never_in_clear(
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_admin_api_needs_the_admin_token(auth_client):
+async def test_admin_api_needs_the_admin_token(auth_client: httpx.AsyncClient) -> None:
     no_token = await auth_client.post(
         "/admin/users", json={"email": "x@tests.apex.invalid", "tier": "free"}
     )
@@ -213,7 +237,10 @@ async def test_admin_api_needs_the_admin_token(auth_client):
 
 @pytest.mark.L2
 @pytest.mark.L3
-async def test_free_tier_exchanges_are_rate_limited_per_key(auth_client, auth_admin: AuthAdmin):
+async def test_free_tier_exchanges_are_rate_limited_per_key(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
     """The default free tier allows 10 exchanges a minute per key (APEX_AUTH_RATE_LIMITS)."""
     free = await auth_admin.key_user(tier="free")
     other_free = await auth_admin.key_user(tier="free")
@@ -236,7 +263,10 @@ async def test_free_tier_exchanges_are_rate_limited_per_key(auth_client, auth_ad
 
 @pytest.mark.L2
 @pytest.mark.L3
-async def test_concurrent_burst_gets_exactly_the_limit(auth_client, auth_admin: AuthAdmin):
+async def test_concurrent_burst_gets_exactly_the_limit(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
     free = await auth_admin.key_user(tier="free")
 
     responses = await asyncio.gather(*(exchange(auth_client, free.api_key) for _ in range(30)))
@@ -248,7 +278,10 @@ async def test_concurrent_burst_gets_exactly_the_limit(auth_client, auth_admin: 
 
 @pytest.mark.L2
 @pytest.mark.L3
-async def test_tier_upgrade_lifts_the_limit_at_once(auth_client, auth_admin: AuthAdmin):
+async def test_tier_upgrade_lifts_the_limit_at_once(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
     user = await auth_admin.key_user(tier="free")
     for _ in range(10):
         await login(auth_client, user.api_key)

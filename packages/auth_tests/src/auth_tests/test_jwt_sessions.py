@@ -8,12 +8,16 @@ import hmac
 import json
 import time
 import uuid
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from apex_testkit.provisioning.redis import RedisNamespace
+from apex_testkit.sut import Platform
 from apex_testkit.waiting import eventually
 from auth_tests.fixtures import AuthAdmin, KeyUser, Tokens, error_of, login
 
@@ -29,17 +33,19 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _parts(token: str) -> tuple[dict, dict, str]:
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Header, claims and signature of a JWT, unverified."""
     header, payload, signature = token.split(".")
-    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return (
-        json.loads(base64.urlsafe_b64decode(pad(header))),
-        json.loads(base64.urlsafe_b64decode(pad(payload))),
-        signature,
-    )
+    return json.loads(_unb64(header)), json.loads(_unb64(payload)), signature
 
 
-async def _status(auth_client, tokens_or_token) -> tuple[int, str | None]:
+async def _status(
+    auth_client: httpx.AsyncClient, tokens_or_token: Tokens | str
+) -> tuple[int, str | None]:
     token = tokens_or_token.access if isinstance(tokens_or_token, Tokens) else tokens_or_token
     response = await auth_client.get("/me", headers={"Authorization": f"Bearer {token}"})
     return response.status_code, (None if response.status_code == 200 else error_of(response))
@@ -48,7 +54,10 @@ async def _status(auth_client, tokens_or_token) -> tuple[int, str | None]:
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_issued_token_verifies_against_the_published_jwks(auth_client, key_user: KeyUser):
+async def test_issued_token_verifies_against_the_published_jwks(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+) -> None:
     tokens = await login(auth_client, key_user.api_key)
     jwks = (await auth_client.get("/.well-known/jwks.json")).json()
 
@@ -69,7 +78,11 @@ async def test_issued_token_verifies_against_the_published_jwks(auth_client, key
 
 @pytest.mark.L2
 @pytest.mark.L3
-async def test_session_lives_in_redis_until_logout(auth_client, key_user: KeyUser, redis_namespace):
+async def test_session_lives_in_redis_until_logout(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+    redis_namespace: RedisNamespace,
+) -> None:
     redis = redis_namespace.client()
     tokens = await login(auth_client, key_user.api_key)
     key = f"{redis_namespace.prefix}sess:{tokens.session_id}"
@@ -85,7 +98,10 @@ async def test_session_lives_in_redis_until_logout(auth_client, key_user: KeyUse
 
 @pytest.mark.L2
 @pytest.mark.L3
-async def test_sessions_are_shared_by_every_instance(clean_platform, key_user: KeyUser):
+async def test_sessions_are_shared_by_every_instance(
+    clean_platform: Platform,
+    key_user: KeyUser,
+) -> None:
     """A token from one auth instance works on another; a logout on one ends it on all."""
     async with (
         clean_platform.client("auth", instance=0) as first,
@@ -100,7 +116,10 @@ async def test_sessions_are_shared_by_every_instance(clean_platform, key_user: K
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_refresh_rotates_both_tokens(auth_client, key_user: KeyUser):
+async def test_refresh_rotates_both_tokens(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+) -> None:
     first = await login(auth_client, key_user.api_key)
 
     response = await auth_client.post("/auth/refresh", json={"refresh_token": first.refresh})
@@ -119,7 +138,10 @@ async def test_refresh_rotates_both_tokens(auth_client, key_user: KeyUser):
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_reused_refresh_token_revokes_the_session(auth_client, key_user: KeyUser):
+async def test_reused_refresh_token_revokes_the_session(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+) -> None:
     first = await login(auth_client, key_user.api_key)
     second = Tokens.of(
         await auth_client.post("/auth/refresh", json={"refresh_token": first.refresh})
@@ -140,7 +162,10 @@ async def test_reused_refresh_token_revokes_the_session(auth_client, key_user: K
 @pytest.mark.parametrize(
     "refresh_token", ["", "garbage", "apr_" + "0" * 22 + "_" + "x" * 43, "a" * 300]
 )
-async def test_bad_refresh_tokens_are_rejected(auth_client, refresh_token):
+async def test_bad_refresh_tokens_are_rejected(
+    auth_client: httpx.AsyncClient,
+    refresh_token: str,
+) -> None:
     response = await auth_client.post("/auth/refresh", json={"refresh_token": refresh_token})
     assert response.status_code in (401, 422), response.text
     if response.status_code == 401:
@@ -150,7 +175,10 @@ async def test_bad_refresh_tokens_are_rejected(auth_client, refresh_token):
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_logout_revokes_the_session(auth_client, key_user: KeyUser):
+async def test_logout_revokes_the_session(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+) -> None:
     tokens = await login(auth_client, key_user.api_key)
     other_device = await login(auth_client, key_user.api_key)
 
@@ -167,8 +195,10 @@ async def test_logout_revokes_the_session(auth_client, key_user: KeyUser):
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_sessions_can_be_listed_and_ended_one_by_one(
-    auth_client, auth_admin: AuthAdmin, key_user: KeyUser
-):
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    key_user: KeyUser,
+) -> None:
     laptop = await login(auth_client, key_user.api_key)
     phone = await login(auth_client, key_user.api_key)
     stranger = await login(auth_client, (await auth_admin.key_user()).api_key)
@@ -190,7 +220,7 @@ async def test_sessions_can_be_listed_and_ended_one_by_one(
 @pytest.mark.L3
 @pytest.mark.L4
 @pytest.mark.slow
-async def test_access_token_expires(auth_client, key_user: KeyUser):
+async def test_access_token_expires(auth_client: httpx.AsyncClient, key_user: KeyUser) -> None:
     tokens = await login(auth_client, key_user.api_key, ttl=1)
     assert tokens.expires_in == 1
     assert (await _status(auth_client, tokens))[0] in (200, 401)  # may already be past 1 s
@@ -209,14 +239,17 @@ async def test_access_token_expires(auth_client, key_user: KeyUser):
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_requested_ttl_is_capped_by_the_platform(auth_client, key_user: KeyUser):
+async def test_requested_ttl_is_capped_by_the_platform(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+) -> None:
     tokens = await login(auth_client, key_user.api_key, ttl=10**9)
     _, claims, _ = _parts(tokens.access)
     assert tokens.expires_in < 10**9
     assert claims["exp"] - claims["iat"] == tokens.expires_in
 
 
-def _encode(obj: dict) -> str:
+def _encode(obj: dict[str, Any]) -> str:
     return _b64(json.dumps(obj).encode())
 
 
@@ -239,12 +272,13 @@ def _forgeries(token: str, public_pem: bytes) -> dict[str, str]:
     }
 
 
-async def _public_pem(auth_client) -> bytes:
+async def _public_pem(auth_client: httpx.AsyncClient) -> bytes:
     jwks = (await auth_client.get("/.well-known/jwks.json")).json()
     key = jwt.PyJWKSet.from_dict(jwks).keys[0].key
-    return key.public_bytes(
+    pem: bytes = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return pem
 
 
 @pytest.mark.L2
@@ -255,7 +289,11 @@ async def _public_pem(auth_client) -> bytes:
     ["tampered-payload", "alg-none", "foreign-key-same-kid", "hs256-keyed-with-the-public-key",
      "truncated", "not-a-jwt"],
 )  # fmt: skip
-async def test_forged_tokens_are_refused(auth_client, key_user: KeyUser, forgery):
+async def test_forged_tokens_are_refused(
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+    forgery: str,
+) -> None:
     tokens = await login(auth_client, key_user.api_key)
     forged = _forgeries(tokens.access, await _public_pem(auth_client))[forgery]
 
@@ -287,8 +325,12 @@ async def test_forged_tokens_are_refused(auth_client, key_user: KeyUser, forgery
     ],
 )
 async def test_correctly_signed_tokens_with_bad_claims_are_refused(
-    auth_client, key_user: KeyUser, jwt_signing_key: str, change, error
-):
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+    jwt_signing_key: str,
+    change: dict[str, Any],
+    error: str,
+) -> None:
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
     forged_claims = {k: v for k, v in {**claims, **change}.items() if v is not None}
@@ -302,8 +344,10 @@ async def test_correctly_signed_tokens_with_bad_claims_are_refused(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_token_signed_with_the_real_key_but_unchanged_claims_works(
-    auth_client, key_user: KeyUser, jwt_signing_key: str
-):
+    auth_client: httpx.AsyncClient,
+    key_user: KeyUser,
+    jwt_signing_key: str,
+) -> None:
     """The control for the test above: re-signing alone changes nothing."""
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
@@ -327,7 +371,10 @@ async def test_a_token_signed_with_the_real_key_but_unchanged_claims_works(
         "Token abc",
     ],
 )
-async def test_malformed_authorization_is_a_401_not_a_500(auth_client, authorization):
+async def test_malformed_authorization_is_a_401_not_a_500(
+    auth_client: httpx.AsyncClient,
+    authorization: str | None,
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     response = await auth_client.get("/me", headers=headers)
     assert response.status_code in (401, 431), response.text

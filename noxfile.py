@@ -1,0 +1,373 @@
+"""Nox sessions of the Apex monorepo: tests by level and package, lint, coverage, CI.
+
+Test packages are discovered, not listed: every ``packages/*/pyproject.toml`` that
+declares an ``[project.entry-points.apex_test_packages]`` entry (``auth = "auth_tests"``)
+gets ``l2-<area>``, ``l3-<area>`` and ``l4-<area>`` sessions, generated in a loop the
+way nox's own noxfile generates its sessions. ``nox -l`` shows what exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nox
+
+nox.needs_version = ">=2026.10.20"
+nox.options.default_venv_backend = "uv|virtualenv"
+# Warm runs reuse each session's venv; the local dists are reinstalled every run.
+nox.options.reuse_venv = "yes"
+# Bare `nox` runs the main job.
+nox.options.sessions = ["l2"]
+
+ROOT = Path(__file__).parent
+REPORTS = Path("reports")
+COVERAGE_DIR = REPORTS / "coverage"
+LEVELS = ("l2", "l3", "l4")
+# Distributions built from this repo; always reinstalled so code changes are picked up.
+SHARED = "./shared"
+SERVICES = "./services"
+LOCAL_DISTS = {"apex-testkit": SHARED, "apex-platform": SERVICES}
+TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10")
+INSTALL_ENV = {"UV_COMPILE_BYTECODE": "1"}  # this machine sets PYTHONDONTWRITEBYTECODE=1
+JOBS_ENV = "APEX_NOX_JOBS"
+# Ctrl-C: give pytest and the stack time to stop their servers before nox escalates.
+STOP_TIMEOUTS: dict[str, Any] = {"interrupt_timeout": 30.0, "terminate_timeout": 10.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class TestPackage:
+    """One team's installable test package, as declared in its pyproject.toml."""
+
+    area: str  # entry point name in the apex_test_packages group: "auth"
+    module: str  # import name: "auth_tests"
+    dist: str  # distribution name: "apex-auth-tests"
+    path: str  # "./packages/auth_tests"
+    team: str  # [tool.apex] team
+
+
+def discover_packages(root: Path = ROOT) -> list[TestPackage]:
+    """Read every packages/*/pyproject.toml that registers an apex test package."""
+    found = []
+    for pyproject in sorted(root.glob("packages/*/pyproject.toml")):
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        project = data.get("project", {})
+        entries = project.get("entry-points", {}).get("apex_test_packages", {})
+        team = data.get("tool", {}).get("apex", {}).get("team", "")
+        for area, module in entries.items():
+            found.append(
+                TestPackage(
+                    area=area,
+                    module=module,
+                    dist=project["name"],
+                    path=f"./{pyproject.parent.relative_to(root).as_posix()}",
+                    team=team,
+                )
+            )
+    return found
+
+
+PACKAGES = discover_packages()
+
+
+# -- how many sessions run at once (nox -j) -------------------------------------------
+#
+# `nox -j N` runs each session in a child `nox ... --parallel 1 --parallel-worker`
+# process (nox/_parallel.py), so a session cannot see N: its own config says 1. The
+# children inherit the parent's environment, though, and the parent imports this file
+# before it spawns them. So the parent parses its own command line with nox's option
+# parser (the same one `nox` used, which also honours NOX_PARALLEL and "auto"), works out
+# how many sessions can really run together (N, capped by how many parallel-allowed
+# sessions are selected) and exports it as APEX_NOX_JOBS for the children.
+
+
+def _selected(names: Iterable[str], tags: Iterable[str]) -> set[str]:
+    """Session names selected by -s/-t, with the sessions they require."""
+    # `l2-auth-3.12` under --force-python is `l2-auth` here.
+    names = {re.sub(r"-\d+(\.\d+)*$", "", name) for name in names}
+    tags = set(tags)
+    chosen = {s.name for s in SESSIONS if s.name in names or tags & set(s.tags)}
+    requires = {s.name: s.requires for s in SESSIONS}
+    todo = list(chosen)
+    while todo:
+        for dep in requires.get(todo.pop(), ()):
+            if dep not in chosen:
+                chosen.add(dep)
+                todo.append(dep)
+    return chosen
+
+
+def _concurrent_sessions(argv: Sequence[str]) -> int:
+    """How many sessions the nox invocation `argv` runs at once (1 if unknown)."""
+    from nox import _options  # noqa: PLC0415 - nox's own parser; private, hence guarded
+
+    try:
+        config = _options.options.parse_args(list(argv))
+    except (Exception, SystemExit):  # noqa: BLE001 - never break loading the noxfile
+        return 1
+    jobs = config.parallel or 1
+    if jobs == 1 or config.keywords:
+        return jobs  # -k: too costly to evaluate here; assume the worst
+    names = config.sessions
+    if names is None and config.tags is None:
+        names = nox.options.sessions or [s.name for s in SESSIONS]
+    selected = _selected(names or (), config.tags or ())
+    if not selected:
+        return jobs
+    return max(1, min(jobs, sum(s.allow_parallel for s in SESSIONS if s.name in selected)))
+
+
+def xdist_workers(posargs: Sequence[str]) -> list[str]:
+    """The `-n` option for pytest: APEX_TEST_WORKERS, else what the -j siblings leave."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in posargs):
+        return []  # the caller chose
+    workers = os.environ.get("APEX_TEST_WORKERS")
+    if not workers:
+        jobs = int(os.environ.get(JOBS_ENV, "1"))
+        workers = "auto" if jobs <= 1 else str(max(1, (os.cpu_count() or 1) // jobs))
+    return ["-n", workers]
+
+
+# -- shared session steps ---------------------------------------------------------------
+
+
+def install(session: nox.Session, *dists: str, extra: Sequence[str] = ()) -> None:
+    """Install local dists (paths, non-editable) plus `extra` requirements.
+
+    Local dists are always reinstalled: version numbers do not change with the code.
+    """
+    names = [name for name, path in LOCAL_DISTS.items() if path in dists]
+    names += [p.dist for p in PACKAGES if p.path in dists]
+    if session.venv_backend == "uv":
+        reinstall = [arg for name in names for arg in ("--reinstall-package", name)]
+        session.install(*reinstall, *dists, *extra, env=INSTALL_ENV)
+    else:
+        session.install(*dists, *extra, env=INSTALL_ENV)
+        session.install("--force-reinstall", "--no-deps", *dists, env=INSTALL_ENV)
+
+
+def coverage_env(session: nox.Session) -> dict[str, str]:
+    """Measure every Python process of the run into this session's data files.
+
+    COVERAGE_PROCESS_START makes coverage's .pth hook measure each Python process of
+    the venv from its first line: pytest, its xdist workers, the SUT processes at L3/L4
+    (also those of the L4 stack, which are not pytest's children) and what they start.
+    Each writes reports/coverage/.coverage.<session>.<host>.<pid>.<random>.
+    pytest-cov is not used: it starts after the pytest11 plugins (apex_testkit,
+    <area>_tests.fixtures) are imported, missing their import-time lines, and creating
+    its Coverage object switches the .pth measurement of its own process off.
+    """
+    COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
+    data_file = COVERAGE_DIR / f".coverage.{session.name}"
+    # Exactly this session's files: `.coverage.l2.*` does not match `.coverage.l2-auth`.
+    for stale in [data_file, *COVERAGE_DIR.glob(f"{data_file.name}.*")]:
+        stale.unlink(missing_ok=True)
+    return {
+        "COVERAGE_FILE": str(data_file.resolve()),
+        "COVERAGE_PROCESS_START": str((ROOT / "pyproject.toml").resolve()),
+    }
+
+
+def run_measured(session: nox.Session, *args: str, env: dict[str, str]) -> None:
+    """Run a command under coverage_env, then merge its per-process data files."""
+    try:
+        session.run(*args, env=env, **STOP_TIMEOUTS)
+    finally:
+        # One file per session (`.coverage.<session>`), even when the tests failed.
+        combine_env = {"COVERAGE_FILE": env["COVERAGE_FILE"], "COVERAGE_PROCESS_START": None}
+        session.run("coverage", "combine", "--quiet", env=combine_env, success_codes=[0, 1])
+
+
+def pytest_args(session: nox.Session) -> list[str]:
+    """Options every measured pytest run gets: junit, xdist, then posargs."""
+    junit = REPORTS / "junit" / f"{session.name}.xml"
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    return [f"--junitxml={junit}", *xdist_workers(session.posargs), *session.posargs]
+
+
+def has_target(posargs: Sequence[str]) -> bool:
+    """Whether L4 runs against a given deployment rather than a local stack."""
+    return bool(os.environ.get("APEX_TEST_TARGET")) or any(
+        a == "--target" or a.startswith("--target=") for a in posargs
+    )
+
+
+def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
+    """Run `packages` at `level` (l2, l3 or l4)."""
+    install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
+    env = coverage_env(session)
+    pytest = [
+        "pytest",
+        "--pyargs",
+        *(p.module for p in packages),
+        f"--level={level.upper()}",
+        *pytest_args(session),
+    ]
+    if level != "l4" or has_target(session.posargs):
+        run_measured(session, *pytest, env=env)
+        return
+    # No deployment given: start the whole platform as a local stack around the run.
+    target = REPORTS / "l4" / f"{session.name}.toml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stack = ["apex-testkit", "stack", f"--target-out={target}", "--"]
+    run_measured(session, *stack, *pytest, f"--target={target}", env=env)
+
+
+def combine_coverage(session: nox.Session, sources: Sequence[str]) -> None:
+    """Combine coverage data files (or directories of them) into terminal, HTML, XML."""
+    session.install("coverage>=7.10", env=INSTALL_ENV)
+    # Not beside the sessions' files: every report command would combine those again
+    # (and delete them).
+    data_file = COVERAGE_DIR / "combined" / ".coverage"
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data_file.unlink(missing_ok=True)
+    env = {"COVERAGE_FILE": str(data_file)}
+    # --keep: the sessions' files stay, so `nox -s coverage` can be run again.
+    session.run("coverage", "combine", "--keep", *sources, env=env)
+    session.run("coverage", "report", env=env)
+    session.run("coverage", "html", "-q", f"--directory={COVERAGE_DIR / 'html'}", env=env)
+    session.run("coverage", "xml", "-q", "-o", str(COVERAGE_DIR / "coverage.xml"), env=env)
+    summary = COVERAGE_DIR / "summary.md"
+    with summary.open("w", encoding="utf-8") as out:
+        session.run("coverage", "report", "--format=markdown", env=env, stdout=out)
+    session.log(f"HTML: {COVERAGE_DIR / 'html' / 'index.html'}, Markdown: {summary}")
+
+
+# -- sessions ---------------------------------------------------------------------------
+#
+# SESSIONS mirrors what is registered, for the -j arithmetic above.
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionInfo:
+    name: str
+    tags: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    allow_parallel: bool = False
+
+
+SESSIONS: list[SessionInfo] = []
+
+
+def register(
+    name: str,
+    *,
+    tags: Sequence[str] = (),
+    requires: Sequence[str] = (),
+    allow_parallel: bool = False,
+) -> Callable[[Callable[[nox.Session], None]], Any]:
+    """nox.session, plus the bookkeeping the -j sizing needs."""
+    SESSIONS.append(SessionInfo(name, tuple(tags), tuple(requires), allow_parallel))
+    return nox.session(
+        name=name, tags=list(tags), requires=list(requires), allow_parallel=allow_parallel
+    )
+
+
+def _define_level_sessions(level: str) -> None:
+    """`lX` (every package) and `lX-<area>` (one package) for one level."""
+
+    def all_packages(session: nox.Session) -> None:
+        if not PACKAGES:
+            session.skip("no test packages under packages/")
+        run_level(session, level, PACKAGES)
+
+    # Docstrings before decorating: nox copies the function per Python (--force-python).
+    all_packages.__doc__ = f"{level.upper()} tests of every test package in one run."
+    register(level, tags=["aggregate"], allow_parallel=True)(all_packages)
+
+    for package in PACKAGES:
+
+        def one_package(session: nox.Session, package: TestPackage = package) -> None:
+            run_level(session, level, [package])
+
+        one_package.__doc__ = f"{level.upper()} tests of {package.module} ({package.team})."
+        register(f"{level}-{package.area}", tags=[level, package.area], allow_parallel=True)(
+            one_package
+        )
+
+
+for _level in LEVELS:
+    _define_level_sessions(_level)
+
+
+@register("selftest", tags=["ci-once"], allow_parallel=True)
+def selftest(session: nox.Session) -> None:
+    """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
+    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox"])  # nox: tools/tests
+    paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
+    run_measured(session, "pytest", *paths, *pytest_args(session), env=coverage_env(session))
+
+
+@register("unit", tags=["ci-each-python"], allow_parallel=True)
+def unit(session: nox.Session) -> None:
+    """Unit tests of the platform (services/tests), some on the test kit's real servers."""
+    install(session, SHARED, SERVICES, extra=["./services[test]", *TEST_TOOLS])
+    run_measured(
+        session, "pytest", "services/tests", *pytest_args(session), env=coverage_env(session)
+    )
+
+
+@register("bench", tags=["perf"])
+def bench(session: nox.Session) -> None:
+    """Benchmarks (tests marked perf): numbers printed and written to reports/bench/."""
+    install(session, SHARED, SERVICES, *(p.path for p in PACKAGES), extra=TEST_TOOLS)
+    (REPORTS / "bench").mkdir(parents=True, exist_ok=True)
+    # One process, no coverage, no xdist: nothing competes with the measurements.
+    # `--pyargs` takes the path too: what does not import as a module is a path.
+    pytest = ["pytest", "--perf", "-m", "perf", "-p", "no:xdist", "--pyargs", "shared/tests"]
+    # Exit code 5 (no test marked perf yet) is not a failure; pytest says so.
+    session.run(*pytest, *(p.module for p in PACKAGES), *session.posargs, success_codes=[0, 5])
+
+
+@register("lint", tags=["ci-once"], allow_parallel=True)
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy."""
+    install(
+        session,
+        SHARED,
+        SERVICES,
+        *(p.path for p in PACKAGES),
+        extra=["ruff", "mypy", "nox", "coverage>=7.10"],
+    )
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    sources = [str(p) for p in ("shared/src", "services/src") if Path(p).is_dir()]
+    packages = sorted(str(p) for p in Path("packages").glob("*/src"))
+    # Each src dir is an import root (MYPYPATH), the packages' too.
+    mypypath = os.pathsep.join([*sources, *packages])
+    session.run("mypy", *sources, *packages, "noxfile.py", "tools", env={"MYPYPATH": mypypath})
+
+
+@register("coverage", tags=["report"])
+def coverage(session: nox.Session) -> None:
+    """Combine the coverage data of every session run so far: terminal, HTML, XML.
+
+    Posargs: data files or directories to combine instead of reports/coverage/.
+    """
+    combine_coverage(session, session.posargs or [str(COVERAGE_DIR)])
+
+
+@register("ci", requires=["lint", "selftest", "unit", "l2", "l3", "l4"])
+def ci(session: nox.Session) -> None:
+    """The project's tests: lint, selftest, unit, l2, l3, l4, then the coverage report."""
+    # The report is this session's own body, so it runs only after every requirement,
+    # with or without -j (a `coverage` requirement could start alongside l4).
+    combine_coverage(session, [str(COVERAGE_DIR)])
+
+
+@register("stack", tags=["dev"])
+def stack(session: nox.Session) -> None:
+    """The whole platform on this machine (servers + services) until Ctrl-C."""
+    install(session, SHARED, SERVICES)
+    session.run("apex-testkit", "stack", *session.posargs, **STOP_TIMEOUTS)
+
+
+# Only nox's parent process (not a `--parallel-worker` child) knows the job count.
+if "--parallel-worker" not in sys.argv[1:] and Path(sys.argv[0]).name in {"nox", "__main__.py"}:
+    os.environ[JOBS_ENV] = str(_concurrent_sessions(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""CI helper scripts (run as `python tools/<script>.py`) and their tests."""

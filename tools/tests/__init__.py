@@ -1,0 +1,1 @@
+"""Tests of the CI helpers and of the noxfile."""

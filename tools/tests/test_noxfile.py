@@ -1,0 +1,140 @@
+"""The noxfile's own logic: package discovery, tags, -j job count, xdist sizing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(name="noxfile", scope="module")
+def _noxfile() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("apex_noxfile", ROOT / "noxfile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_package(root: Path, area: str, team: str) -> None:
+    package = root / "packages" / f"{area}_tests"
+    package.mkdir(parents=True)
+    (package / "pyproject.toml").write_text(
+        f"""
+[project]
+name = "apex-{area}-tests"
+version = "0.1.0"
+[project.entry-points.apex_test_packages]
+{area} = "{area}_tests"
+[tool.apex]
+team = "{team}"
+""",
+        encoding="utf-8",
+    )
+
+
+def test_packages_are_discovered_from_their_pyproject(noxfile: ModuleType, tmp_path: Path) -> None:
+    write_package(tmp_path, "auth", "identity")
+    write_package(tmp_path, "billing", "revenue")
+    (tmp_path / "packages" / "notes").mkdir()  # no pyproject: not a package
+
+    found = noxfile.discover_packages(tmp_path)
+
+    assert [(p.area, p.module, p.dist, p.path, p.team) for p in found] == [
+        ("auth", "auth_tests", "apex-auth-tests", "./packages/auth_tests", "identity"),
+        ("billing", "billing_tests", "apex-billing-tests", "./packages/billing_tests", "revenue"),
+    ]
+
+
+def test_each_package_has_one_session_per_level(noxfile: ModuleType) -> None:
+    names = {s.name for s in noxfile.SESSIONS}
+    for package in noxfile.PACKAGES:
+        for level in ("l2", "l3", "l4"):
+            assert f"{level}-{package.area}" in names
+
+
+def test_a_level_tag_selects_each_package_once_and_no_aggregate(noxfile: ModuleType) -> None:
+    for level in ("l2", "l3", "l4"):
+        tagged = [s.name for s in noxfile.SESSIONS if level in s.tags]
+        assert sorted(tagged) == sorted(f"{level}-{p.area}" for p in noxfile.PACKAGES)
+
+
+def test_ci_requires_the_project_tests_in_order(noxfile: ModuleType) -> None:
+    (ci,) = [s for s in noxfile.SESSIONS if s.name == "ci"]
+    assert ci.requires == ("lint", "selftest", "unit", "l2", "l3", "l4")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-s", "l2"], 1),
+        (["-j", "2", "-s", "l2-auth"], 1),  # one session: it gets every core
+        (["-j", "4", "-s", "lint", "selftest", "unit"], 3),
+        (["--parallel=2", "-s", "ci"], 2),  # ci's requirements run side by side
+        (["-j", "3", "-s", "stack"], 1),  # not parallel: runs alone
+        (["-j", "8", "-k", "auth"], 8),  # -k: not evaluated, assume the worst
+        (["--bogus-option"], 1),
+    ],
+)
+def test_concurrent_sessions(noxfile: ModuleType, argv: list[str], expected: int) -> None:
+    assert noxfile._concurrent_sessions(argv) == expected
+
+
+def test_a_level_tag_with_jobs_counts_the_packages(noxfile: ModuleType) -> None:
+    per_level = len(noxfile.PACKAGES)
+    assert noxfile._concurrent_sessions(["-j", "16", "-t", "l2", "l3"]) == 2 * per_level
+
+
+def test_nox_parallel_env_counts_like_the_option(
+    noxfile: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOX_PARALLEL", "2")
+    assert noxfile._concurrent_sessions(["-s", "selftest", "unit"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "posargs", "expected"),
+    [
+        ({}, [], ["-n", "auto"]),
+        ({"APEX_NOX_JOBS": "1"}, [], ["-n", "auto"]),
+        ({"APEX_NOX_JOBS": "2"}, [], ["-n", "4"]),
+        ({"APEX_NOX_JOBS": "3"}, [], ["-n", "2"]),
+        ({"APEX_NOX_JOBS": "16"}, [], ["-n", "1"]),
+        ({"APEX_NOX_JOBS": "2", "APEX_TEST_WORKERS": "7"}, [], ["-n", "7"]),
+        ({}, ["-n", "0"], []),
+        ({}, ["-n3"], []),
+        ({}, ["--numprocesses=3"], []),
+    ],
+)
+def test_xdist_workers(
+    noxfile: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    posargs: list[str],
+    expected: list[str],
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("APEX_NOX_JOBS", raising=False)
+    monkeypatch.delenv("APEX_TEST_WORKERS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    assert noxfile.xdist_workers(posargs) == expected
+
+
+def test_a_target_is_given_by_option_or_env(
+    noxfile: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("APEX_TEST_TARGET", raising=False)
+    assert not noxfile.has_target(["-x"])
+    assert noxfile.has_target(["--target", "staging.toml"])
+    assert noxfile.has_target(["--target=staging.toml"])
+    monkeypatch.setenv("APEX_TEST_TARGET", "staging.toml")
+    assert noxfile.has_target([])
