@@ -80,3 +80,18 @@ def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
     done = _stack("--services", "redis=podman", "--", "true", cwd=tmp_path)
     assert done.returncode == 2
     assert "bad --services entry 'redis=podman'" in done.stderr
+
+
+async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker):
+    from apex_testkit.sut import InProcessPlatform
+
+    platform = InProcessPlatform(apex_worker)
+    async with platform.serve("auth") as url:
+        assert url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/healthz")).json()["status"] == "ok"
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+            assert jwks["keys"][0]["kty"] == "RSA"
+    async with httpx.AsyncClient(base_url=url) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/healthz")

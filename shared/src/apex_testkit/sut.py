@@ -9,6 +9,8 @@ what is behind it.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import importlib
 import os
 import secrets
@@ -24,11 +26,22 @@ from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spaw
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import Level
 from apex_testkit.target import Target
-from apex_testkit.waiting import wait_for
+from apex_testkit.waiting import eventually, wait_for
 from apex_testkit.worker import Worker
 
 # What each platform service reads from which server (its APEX_* settings).
-SERVICE_NEEDS: dict[str, tuple[str, ...]] = {"auth": ("postgres", "redis")}
+SERVICE_NEEDS: dict[str, tuple[str, ...]] = {
+    "auth": ("postgres", "redis"),
+    "gateway": ("postgres", "redis"),
+}
+# Services a service calls, and the variable that tells it where: started first.
+SERVICE_DEPENDS: dict[str, dict[str, str]] = {"gateway": {"auth": "APEX_AUTH_URL"}}
+# Services whose clients speak WebSocket: their URLs are ws:// ones.
+WEBSOCKET_SERVICES = frozenset({"gateway"})
+
+
+def _scheme(service: str, http_url: str) -> str:
+    return http_url.replace("http", "ws", 1) if service in WEBSOCKET_SERVICES else http_url
 
 
 def migrate(dsn: str) -> None:
@@ -97,6 +110,17 @@ class Platform(abc.ABC):
         of another's work; `settings` override the service's APEX_* env (L2/L3 only).
         """
 
+    @abc.abstractmethod
+    def serve(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AbstractAsyncContextManager[str]:
+        """The base URL of `service` on a real socket (http:// or ws://), for clients that
+        need a network peer (WebSocket clients, other services); with its dependencies.
+
+        L2 serves it (and them) on loopback ports inside the test's event loop, L3 gives
+        the worker's process, L4 the target's URL.
+        """
+
     def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
 
@@ -131,8 +155,61 @@ class InProcessPlatform(Platform):
             async with httpx.AsyncClient(transport=transport, base_url=base) as client:
                 yield client
 
+    @asynccontextmanager
+    async def serve(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[str]:
+        async with contextlib.AsyncExitStack() as stack:
+            env = {**service_env(self.worker, service), **settings}
+            for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
+                env[variable] = await stack.enter_async_context(self.serve(dependency))
+            yield await stack.enter_async_context(_serve_in_loop(service, env))
+
     def reset(self) -> None:
         self.worker.reset()
+
+
+@asynccontextmanager
+async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[str]:
+    """Serve `apex.<service>` in the running event loop on an ephemeral loopback port.
+
+    An ASGI service (`create_app`) runs under uvicorn; a service with its own server
+    (`create_gateway(settings)` whose `serving(sock=...)` is an async context manager)
+    serves the socket itself.
+    """
+    from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
+
+    module = importlib.import_module(f"apex.{service}")
+    sock = listening_socket()
+    host, port = sock.getsockname()[:2]
+    url = _scheme(service, f"http://{host}:{port}")
+    try:
+        if hasattr(module, "create_app"):
+            import uvicorn  # noqa: PLC0415 - only L2 serving needs it
+
+            app = module.create_app(Settings.from_env(env))
+            config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+            server = uvicorn.Server(config)
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+
+            async def started() -> bool:
+                if task.done():  # it stopped during start-up: say why
+                    task.result()
+                    raise RuntimeError(f"apex.{service} exited during start-up")
+                return bool(server.started)
+
+            try:
+                await eventually(started, timeout=30, message=f"apex.{service} serving")
+                yield url
+            finally:
+                server.should_exit = True
+                await task
+        else:
+            gateway = module.create_gateway(env)
+            async with gateway.serving(sock=sock):
+                yield url
+    finally:
+        sock.close()
 
 
 class ServiceProcess:
@@ -196,6 +273,8 @@ class ProcessPlatform(Platform):
         key = (service, instance, tuple(sorted(settings.items())))
         if key not in self._instances:
             env = {**service_env(self.worker, service), **settings}
+            for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
+                env.setdefault(variable, self.instance(dependency).url)
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
             process = ServiceProcess(self.worker.run, service, env, name)
             process.start()
@@ -210,11 +289,18 @@ class ProcessPlatform(Platform):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
 
+    @asynccontextmanager
+    async def serve(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[str]:
+        yield _scheme(service, self.instance(service, instance, **settings).url)
+
     def reset(self) -> None:
         self.worker.reset()
 
     def close(self) -> None:
-        for process in self._instances.values():
+        # Dependents first: a gateway stops before the auth service it calls.
+        for process in reversed(list(self._instances.values())):
             process.stop()
         self._instances.clear()
 
@@ -243,3 +329,11 @@ class DeployedPlatform(Platform):
             )
         async with httpx.AsyncClient(base_url=self.target.url(service), timeout=30) as client:
             yield client
+
+    @asynccontextmanager
+    async def serve(
+        self, service: str, *, instance: int = 0, **settings: str
+    ) -> AsyncIterator[str]:
+        if settings:
+            raise RuntimeError(f"a deployed {service} cannot be reconfigured: mark the test L2/L3")
+        yield self.target.url(service)
