@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import secrets
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -249,8 +250,16 @@ class ServiceProcess:
         return self.url
 
     def stop(self) -> None:
+        """Graceful: SIGTERM (the service drains and exits), SIGKILL after 10 s."""
         if self._ref is not None:
             self._ref.stop(grace=10.0)
+            self.run.forget(self.name)
+            self._ref = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no goodbye to clients (for failover tests)."""
+        if self._ref is not None:
+            self._ref.stop(grace=0.0, sig=signal.SIGKILL)
             self.run.forget(self.name)
             self._ref = None
 
