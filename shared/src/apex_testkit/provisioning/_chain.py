@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from apex_testkit.run import Run
 
 PROVIDERS = ("url", "local", "embedded", "docker")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class Unavailable(Exception):
@@ -116,3 +118,10 @@ def external_url(service: Service) -> str:
     if not url:
         raise Unavailable(f"{service.url_env} is not set")
     return url
+
+
+def safe_identifier(name: str) -> str:
+    """`name`, if it can go unquoted into SQL as a database name (the kit makes them)."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a safe database name: {name!r}")
+    return name

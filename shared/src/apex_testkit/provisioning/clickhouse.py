@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +12,14 @@ from clickhouse_driver.errors import Error as ClickHouseError
 
 from apex_testkit.provisioning import _docker
 from apex_testkit.provisioning._binaries import find_binary, start_server
-from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit.provisioning._chain import (
+    Server,
+    Service,
+    Unavailable,
+    external_url,
+    safe_identifier,
+)
 from apex_testkit.run import Run, register_cleaner
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 # `<yandex>` is the root element 18.x knows; current releases still accept it.
 _CONFIG = """<?xml version="1.0"?>
@@ -147,12 +150,6 @@ SERVICE = Service(
 )
 
 
-def _checked(name: str) -> str:
-    if not _NAME.match(name):
-        raise ValueError(f"not a safe database name: {name!r}")
-    return name
-
-
 def worker_database(run: Run, server: Server, slot: int) -> str:
     """The URL of worker `slot`'s own, empty database."""
     name = f"{run.name}_w{slot}"
@@ -160,7 +157,7 @@ def worker_database(run: Run, server: Server, slot: int) -> str:
         run.record(f"ch-db-w{slot}", "ch_database", url=server.url, name=name)
     conn = client(server.url)
     try:
-        conn.execute(f"DROP DATABASE IF EXISTS {_checked(name)}")
+        conn.execute(f"DROP DATABASE IF EXISTS {safe_identifier(name)}")
         conn.execute(f"CREATE DATABASE {name}")
     finally:
         conn.disconnect()
@@ -174,7 +171,7 @@ class DatabaseReset:
     url: str
 
     def __call__(self) -> list[str]:
-        database = _checked(urlsplit(self.url).path.lstrip("/"))
+        database = safe_identifier(urlsplit(self.url).path.lstrip("/"))
         conn = client(self.url)
         try:
             tables = [
@@ -195,7 +192,7 @@ class DatabaseReset:
 def _drop_recorded(record: dict[str, Any]) -> None:
     conn = client(record["url"])
     try:
-        conn.execute(f"DROP DATABASE IF EXISTS {_checked(record['name'])}")
+        conn.execute(f"DROP DATABASE IF EXISTS {safe_identifier(record['name'])}")
     finally:
         conn.disconnect()
 

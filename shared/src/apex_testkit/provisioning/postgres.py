@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import re
 import shutil
 import signal
 import subprocess
@@ -21,11 +20,16 @@ from apex_testkit import _loop
 from apex_testkit._processes import RunAs
 from apex_testkit.provisioning import _docker
 from apex_testkit.provisioning._binaries import start_server, version_of
-from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit.provisioning._chain import (
+    Server,
+    Service,
+    Unavailable,
+    external_url,
+    safe_identifier,
+)
 from apex_testkit.run import Run, base_dir, register_cleaner
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Durability is worth nothing in a test run; these make start-up and writes fast.
 SERVER_SETTINGS = (
     "listen_addresses=127.0.0.1", "unix_socket_directories=", "fsync=off",
@@ -191,21 +195,15 @@ SERVICE = Service(
 # --- databases -------------------------------------------------------------------------
 
 
-def _checked(name: str) -> str:
-    if not _NAME.match(name):
-        raise ValueError(f"not a safe database name: {name!r}")
-    return name
-
-
 def create_database(server: Server, name: str, template: str | None = None) -> str:
     """Create database `name` (from `template`) and return its DSN."""
-    source = f" TEMPLATE {_checked(template)}" if template else ""
-    _loop.run(_execute(server.url, f"CREATE DATABASE {_checked(name)}{source}"))
+    source = f" TEMPLATE {safe_identifier(template)}" if template else ""
+    _loop.run(_execute(server.url, f"CREATE DATABASE {safe_identifier(name)}{source}"))
     return with_database(server.url, name)
 
 
 def drop_database(server_url: str, name: str) -> None:
-    _loop.run(_execute(server_url, f"DROP DATABASE IF EXISTS {_checked(name)} WITH (FORCE)"))
+    _loop.run(_execute(server_url, f"DROP DATABASE IF EXISTS {safe_identifier(name)} WITH (FORCE)"))
 
 
 def template_database(run: Run, server: Server, init: Callable[[str], None]) -> str:
@@ -284,7 +282,8 @@ class DatabaseReset:
     async def _reset(self) -> None:
         if self._conn is None or self._conn.is_closed():
             self._conn = await _connect(self.dsn)
-        keep = "ARRAY[" + ", ".join(f"'{_checked(name)}'" for name in self.keep) + "]::text[]"
+        kept = ", ".join(f"'{safe_identifier(name)}'" for name in self.keep)
+        keep = f"ARRAY[{kept}]::text[]"
         await self._conn.execute(_RESET.replace("$keep$", keep))
 
     def close(self) -> None:
