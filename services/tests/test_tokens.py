@@ -99,7 +99,9 @@ def test_issued_token_verifies_with_all_claims(signer: Signer) -> None:
         "nbf",
         "exp",
         "jti",
+        "amr",
     }
+    assert raw["amr"] == ["api_key"]
 
 
 def test_jwks_verifies_our_tokens(signer: Signer) -> None:

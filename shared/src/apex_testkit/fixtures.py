@@ -7,10 +7,12 @@ async is function-scoped and lives in the test's own event loop.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
+from apex_testkit.faults import FaultProxy
 from apex_testkit.provisioning import postgres, redis
 from apex_testkit.run import Run
 from apex_testkit.settings import RUN, SETTINGS, KitSettings, Level
@@ -23,6 +25,13 @@ from apex_testkit.sut import (
     run_secrets,
 )
 from apex_testkit.worker import Worker, worker_slot
+
+if TYPE_CHECKING:
+    from apex_testkit.fakes import FakeClient
+    from apex_testkit.fakes.oidc import FakeIdp
+    from apex_testkit.fakes.saml import FakeSamlIdp
+    from apex_testkit.fakes.sms import FakeSms
+    from apex_testkit.fakes.smtp import Mailbox
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +125,57 @@ def jwt_signing_key(apex_run: Run, apex_level: Level) -> str:
 def admin_token(platform: Platform) -> str:
     """Bearer token of the platform's admin API."""
     return platform.admin_token
+
+
+def _fake(worker: Worker, level: Level, name: str) -> FakeClient:
+    if level is Level.L4:
+        pytest.fail(f"the {name} fake exists at L2/L3 only: mark the test so", pytrace=False)
+    fake = worker.fake(name)
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def fake_idp(apex_worker: Worker, apex_level: Level) -> FakeIdp:
+    """The worker's OIDC provider (the one the platform's auth uses), reset: `issuer`,
+    `client_id`, `client_secret`, `login_as(sub, email, groups, tenant)`,
+    `next_id_token(expired=..., ...)`, `fail_next_token(error)`, `rotate_keys()`,
+    `requests`. L2/L3 only."""
+    return cast("FakeIdp", _fake(apex_worker, apex_level, "oidc"))
+
+
+@pytest.fixture
+def fake_saml_idp(apex_worker: Worker, apex_level: Level) -> FakeSamlIdp:
+    """The worker's SAML IdP, reset: `entity_id`, `metadata_url`, `sso_url`, `cert_pem`,
+    `login_as(name_id, email, groups)`, `authn_requests`, `response_for(...)`."""
+    return cast("FakeSamlIdp", _fake(apex_worker, apex_level, "saml"))
+
+
+@pytest.fixture
+def mailbox(apex_worker: Worker, apex_level: Level) -> Mailbox:
+    """The worker's SMTP server, emptied: `messages`, `await wait_for(to=..., timeout=5)`,
+    `fail_next(451|550, times=1)`, `smtp_url`."""
+    return cast("Mailbox", _fake(apex_worker, apex_level, "smtp"))
+
+
+@pytest.fixture
+def fake_sms(apex_worker: Worker, apex_level: Level) -> FakeSms:
+    """The worker's Twilio-compatible SMS API, emptied: `messages`,
+    `await wait_for(to=..., timeout=5)`, `fail_next(500|429)`, credentials."""
+    return cast("FakeSms", _fake(apex_worker, apex_level, "sms"))
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
+    """A factory: `fault_proxy(upstream_url)` starts a FaultProxy to it (use
+    `proxy.url_for(upstream_url)` as the new URL); every one is stopped after the test."""
+    started: list[FaultProxy] = []
+
+    def start(upstream: str) -> FaultProxy:
+        proxy = FaultProxy(upstream, name=f"fixture-{len(started)}").start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

@@ -16,14 +16,16 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import cast
 
 import httpx
 from asgi_lifespan import LifespanManager
 
 from apex_testkit import _loop
 from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn
+from apex_testkit.faults import FaultProxy
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import Level
 from apex_testkit.target import Target
@@ -39,6 +41,18 @@ SERVICE_NEEDS: dict[str, tuple[str, ...]] = {
 SERVICE_DEPENDS: dict[str, dict[str, str]] = {"gateway": {"auth": "APEX_AUTH_URL"}}
 # Services whose clients speak WebSocket: their URLs are ws:// ones.
 WEBSOCKET_SERVICES = frozenset({"gateway"})
+# The third parties each service talks to; at L2/L3 the worker's fakes stand in for them.
+SERVICE_FAKES: dict[str, tuple[str, ...]] = {"auth": ("oidc", "saml", "smtp", "sms")}
+# The setting that names each dependency an L3 instance can reach through a FaultProxy.
+PROXIED_SETTINGS: dict[str, str] = {
+    "redis": "APEX_REDIS_URL",
+    "postgres": "APEX_DATABASE_URL",
+    "clickhouse": "APEX_CLICKHOUSE_URL",
+    "idp": "APEX_IDP_ISSUER",
+    "saml": "APEX_SAML_IDP_METADATA_URL",
+    "smtp": "APEX_SMTP_URL",
+    "sms": "APEX_SMS_BASE_URL",
+}
 
 
 def _scheme(service: str, http_url: str) -> str:
@@ -88,7 +102,38 @@ def service_env(worker: Worker, service: str) -> dict[str, str]:
         env["APEX_REDIS_PREFIX"] = namespace.prefix
     if "clickhouse" in needs:
         env["APEX_CLICKHOUSE_URL"] = worker.clickhouse_database()
+    if worker.settings.level in (Level.L2, Level.L3):
+        for fake in SERVICE_FAKES.get(service, ()):
+            env |= fake_env(worker, fake)
     return env
+
+
+def fake_env(worker: Worker, fake: str) -> dict[str, str]:
+    """The APEX_* settings that point a service at this worker's fake `fake`."""
+    from apex_testkit.fakes.oidc import FakeIdp  # noqa: PLC0415 - servers, on demand
+    from apex_testkit.fakes.saml import FakeSamlIdp  # noqa: PLC0415
+    from apex_testkit.fakes.sms import FakeSms  # noqa: PLC0415
+    from apex_testkit.fakes.smtp import Mailbox  # noqa: PLC0415
+
+    client = worker.fake(fake)
+    if fake == "oidc":
+        idp = cast(FakeIdp, client)
+        return {
+            "APEX_IDP_ISSUER": idp.issuer,
+            "APEX_IDP_CLIENT_ID": idp.client_id,
+            "APEX_IDP_CLIENT_SECRET": idp.client_secret,
+        }
+    if fake == "saml":
+        return {"APEX_SAML_IDP_METADATA_URL": cast(FakeSamlIdp, client).metadata_url}
+    if fake == "smtp":
+        return {"APEX_SMTP_URL": cast(Mailbox, client).smtp_url}
+    sms = cast(FakeSms, client)
+    return {
+        "APEX_SMS_BASE_URL": sms.base_url,
+        "APEX_SMS_ACCOUNT_SID": sms.account_sid,
+        "APEX_SMS_AUTH_TOKEN": sms.auth_token,
+        "APEX_SMS_FROM": sms.from_number,
+    }
 
 
 class Platform(abc.ABC):
@@ -174,9 +219,9 @@ class InProcessPlatform(Platform):
 async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[str]:
     """Serve `apex.<service>` in the running event loop on an ephemeral loopback port.
 
-    An ASGI service (`create_app`) runs under uvicorn; a service with its own server
-    (`create_gateway(settings)` whose `serving(sock=...)` is an async context manager)
-    serves the socket itself.
+    An ASGI service (`create_app(Settings)`) runs under uvicorn; the gateway, which has
+    its own server, serves the socket itself (`create_gateway(GatewaySettings)`, then
+    `serving(sock=...)`).
     """
     from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
 
@@ -206,7 +251,7 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[str
                 server.should_exit = True
                 await task
         else:
-            gateway = module.create_gateway(env)
+            gateway = module.create_gateway(module.GatewaySettings.from_env(env))
             async with gateway.serving(sock=sock):
                 yield url
     finally:
@@ -271,17 +316,38 @@ class ProcessPlatform(Platform):
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self._instances: dict[tuple[str, int, tuple[tuple[str, str], ...]], ServiceProcess] = {}
+        self._instances: dict[
+            tuple[str, int, tuple[tuple[str, str], ...], tuple[str, ...]], ServiceProcess
+        ] = {}
+        self._proxies: dict[tuple[str, int, str], FaultProxy] = {}
+        self._all_proxies: list[FaultProxy] = []
 
     @property
     def admin_token(self) -> str:
         return run_secrets(self.worker.run)["admin_token"]
 
-    def instance(self, service: str, instance: int = 0, **settings: str) -> ServiceProcess:
-        """Process number `instance` of `service` with these settings (started if need be)."""
-        key = (service, instance, tuple(sorted(settings.items())))
+    def instance(
+        self, service: str, instance: int = 0, *, via_proxy: Sequence[str] = (), **settings: str
+    ) -> ServiceProcess:
+        """Process number `instance` of `service` with these settings (started if need be).
+
+        `via_proxy` names dependencies ("redis", "postgres", "idp", "saml", "smtp", "sms")
+        this instance reaches through a FaultProxy of its own: `proxy(service, N, name)`.
+        """
+        key = (service, instance, tuple(sorted(settings.items())), tuple(via_proxy))
         if key not in self._instances:
             env = {**service_env(self.worker, service), **settings}
+            for dependency in via_proxy:
+                variable = PROXIED_SETTINGS.get(dependency)
+                if variable is None or not env.get(variable):
+                    raise ValueError(
+                        f"{service} has no {dependency!r} to proxy; "
+                        f"known: {', '.join(PROXIED_SETTINGS)}"
+                    )
+                proxy = FaultProxy(env[variable], name=f"{service}-{instance}-{dependency}")
+                self._all_proxies.append(proxy.start())
+                self._proxies[(service, instance, dependency)] = proxy
+                env[variable] = proxy.url_for(env[variable])
             for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
                 env.setdefault(variable, self.instance(dependency).url)
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
@@ -304,14 +370,33 @@ class ProcessPlatform(Platform):
     ) -> AsyncIterator[str]:
         yield _scheme(service, self.instance(service, instance, **settings).url)
 
+    def proxy(self, service: str, instance: int, name: str) -> FaultProxy:
+        """The fault proxy between instance `instance` of `service` and its dependency
+        `name` (the instance was started with `via_proxy=(name, ...)`)."""
+        try:
+            return self._proxies[(service, instance, name)]
+        except KeyError:
+            raise LookupError(
+                f"no proxy to {name} for {service} instance {instance}: start it with "
+                f"platform.instance({service!r}, {instance}, via_proxy=({name!r},))"
+            ) from None
+
     def reset(self) -> None:
+        """The worker's namespaces and fakes, and no fault left in any proxy."""
         self.worker.reset()
+        for proxy in self._all_proxies:
+            proxy.clear()
+            proxy.reset_stats()
 
     def close(self) -> None:
         # Dependents first: a gateway stops before the auth service it calls.
         for process in reversed(list(self._instances.values())):
             process.stop()
         self._instances.clear()
+        for proxy in self._all_proxies:
+            proxy.stop()
+        self._all_proxies.clear()
+        self._proxies.clear()
 
 
 class DeployedPlatform(Platform):

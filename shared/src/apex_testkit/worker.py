@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from apex_testkit.provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
 from apex_testkit.run import Run
-from apex_testkit.settings import KitSettings
+from apex_testkit.settings import KitSettings, Level
+
+if TYPE_CHECKING:
+    from apex_testkit.fakes import FakeClient
 
 
 def worker_slot(config: pytest.Config) -> int:
@@ -36,6 +39,7 @@ class Worker:
         self._redis: redis.RedisNamespace | None = None
         self._postgres: str | None = None
         self._clickhouse: str | None = None
+        self._fakes: dict[str, FakeClient] = {}
         self._resets: list[Callable[[], object]] = []
         self._closers: list[Callable[[], None]] = []
 
@@ -66,6 +70,22 @@ class Worker:
             self._clickhouse = clickhouse.worker_database(self.run, server, self.slot)
             self._resets.append(clickhouse.DatabaseReset(self._clickhouse))
         return self._clickhouse
+
+    def fake(self, name: str) -> FakeClient:
+        """This worker's fake third party `name` (oidc, saml, smtp, sms), started on first
+        use: in a thread at L2, as a process of the run at L3; reset with the rest."""
+        if name not in self._fakes:
+            if self.settings.level is Level.L4:
+                raise RuntimeError(
+                    f"the {name} fake exists at L2/L3 only: mark the test that needs it so"
+                )
+            from apex_testkit import fakes  # noqa: PLC0415 - servers and XML, on demand
+
+            client = fakes.start(self.run, name, process=self.settings.level is Level.L3)
+            self._fakes[name] = client
+            self._resets.append(client.reset)
+            self._closers.append(client.close)
+        return self._fakes[name]
 
     def reset(self) -> None:
         """Bring every namespace this worker made back to its initial state."""

@@ -43,6 +43,8 @@ async def test_key_maps_to_its_user_and_context(
         "session_id": tokens.session_id,
         "api_key_id": owner.key_id,
         "scopes": ["agents:run", "billing:read"],
+        "auth_method": "api_key",
+        "mfa": False,
     }
 
 

@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from apex.auth import audit, keys
+from apex.auth import audit, keys, logins
 from apex.auth.context import AuthContext, Principal, authenticated, get_context
 from apex.auth.sessions import is_session_id, parse_refresh_token
 from apex.common.http import ApiError, require_json_body
@@ -123,6 +123,8 @@ async def refresh(body: RefreshRequest, context: Context) -> dict[str, Any]:
     session, refresh_token = result.session, result.refresh_token
     if result.status != "ok" or session is None or refresh_token is None:
         raise _invalid_refresh("unknown, expired or revoked refresh token")
+    if session.api_key_id is None:  # an interactive login (issue 3): no key to check
+        return await logins.refresh_interactive(context, session, refresh_token)
 
     async with context.pool.acquire() as conn:
         owner = await keys.find_owner(conn, session.api_key_id)
@@ -158,8 +160,11 @@ async def me(caller: Caller, context: Context) -> dict[str, Any]:
     """Who the caller is: the user behind the token, its session and the key it came from."""
     async with context.pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT u.email, u.tier, u.tenant_id, k.revoked_at IS NOT NULL AS revoked "
-            "FROM users u JOIN api_keys k ON k.user_id = u.id WHERE u.id = $1 AND k.id = $2",
+            # Sessions of interactive logins have no key ($2 NULL): only the user counts.
+            "SELECT u.email, u.tier, u.tenant_id, "
+            "($2::text IS NOT NULL AND (k.id IS NULL OR k.revoked_at IS NOT NULL)) AS revoked "
+            "FROM users u LEFT JOIN api_keys k ON k.user_id = u.id AND k.id = $2 "
+            "WHERE u.id = $1",
             uuid.UUID(caller.session.user_id),
             caller.session.api_key_id,
         )
@@ -181,6 +186,8 @@ async def me(caller: Caller, context: Context) -> dict[str, Any]:
         "session_id": caller.session.id,
         "api_key_id": caller.session.api_key_id,
         "scopes": caller.session.scopes,
+        "auth_method": caller.session.method,
+        "mfa": "otp" in caller.session.amr,
     }
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from apex.auth import audit, keys, users
+from apex.auth import audit, keys, passwords, users
 from apex.auth.context import AuthContext, get_context, require_admin
 from apex.common.http import ApiError, require_json_body
 
@@ -33,6 +33,14 @@ class CreateUser(_Body):
     email: str = Field(max_length=users.MAX_EMAIL_LENGTH)
     tier: Tier
     tenant_id: uuid.UUID | None = None
+    # Issue 3: optional password (login by e-mail) and phone (E.164, for SMS codes).
+    password: str | None = Field(default=None, max_length=passwords.MAX_PASSWORD_LENGTH)
+    phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$")
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        return passwords.check_password_policy(value) if value is not None else None
 
     @field_validator("email")
     @classmethod
@@ -60,9 +68,17 @@ class CreateApiKey(_Body):
 @router.post("/users", status_code=201)
 async def create_user(body: CreateUser, context: Context) -> dict[str, Any]:
     """Create a user."""
+    password_hash = await passwords.hash_password(body.password) if body.password else None
     async with context.pool.acquire() as conn, conn.transaction():
         try:
-            user = await users.create_user(conn, body.email, body.tier, body.tenant_id)
+            user = await users.create_user(
+                conn,
+                body.email,
+                body.tier,
+                body.tenant_id,
+                password_hash=password_hash,
+                phone=body.phone,
+            )
         except users.DuplicateEmail:
             raise ApiError(
                 409, "duplicate_email", "a user with this e-mail address exists"

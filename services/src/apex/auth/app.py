@@ -12,10 +12,14 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from apex.auth import account, admin
+from apex.auth import account, admin, authz, login_routes, sso_routes, teams, tenants
 from apex.auth.context import AuthContext
+from apex.auth.guard import Guard, GuardMiddleware
+from apex.auth.logins import IdentityServices
 from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.auth.sessions import SessionStore
 from apex.auth.tokens import Signer
@@ -52,7 +56,17 @@ def create_app(settings: Settings) -> FastAPI:
                 f"{SERVICE}: cannot connect to PostgreSQL (APEX_DATABASE_URL): {exc!r}"
             ) from None
         redis = Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=5,
+            # One quick reconnect (a pooled connection may predate a Redis restart), not
+            # redis-py's default ten: failover must notice an outage fast (apex.auth.guard).
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            # uvloop reports a connection the peer dropped as RuntimeError("handler is
+            # closed"): retrying drops that connection and opens a new one, instead of
+            # taking a healthy Redis for an outage.
+            retry_on_error=[RuntimeError],
         )
         try:
             await _check_schema(pool)
@@ -72,10 +86,16 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
                 limiter=SlidingWindowLimiter(redis, prefix=settings.redis_prefix),
             )
+            app.state.auth.guard = await Guard.start(app.state.auth, loader=teams.load_permissions)
             log.info("%s ready (signing key %s)", SERVICE, signer.kid)
+            app.state.identity = IdentityServices.create(settings, redis)
             yield
         finally:
+            if isinstance(app.state.auth, AuthContext) and app.state.auth.guard is not None:
+                await app.state.auth.guard.stop()
             app.state.auth = None
+            if isinstance(identity := getattr(app.state, "identity", None), IdentityServices):
+                await identity.aclose()
             await redis.aclose()
             await pool.close()
 
@@ -84,23 +104,35 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.signer = signer
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(GuardMiddleware)
     app.include_router(admin.router)
     app.include_router(account.router)
+    app.include_router(login_routes.router)
+    app.include_router(sso_routes.router)
+    app.include_router(teams.router)
+    app.include_router(authz.router)
+    app.include_router(tenants.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
         """200 when PostgreSQL and Redis answer, else 503 naming the failing check."""
         context = request.app.state.auth
+        mode = "normal"
         if not isinstance(context, AuthContext):
             checks = {"postgres": "not started", "redis": "not started"}
         else:
+            # With a guard, the Redis check is a probe: it also ends degraded mode.
+            redis_probe = context.guard.resilience.probe() if context.guard else None
             postgres, redis_check = await asyncio.gather(
-                _probe(context.pool.fetchval("SELECT 1")), _probe(context.redis.ping())
+                _probe(context.pool.fetchval("SELECT 1")),
+                redis_probe or _probe(context.redis.ping()),
             )
             checks = {"postgres": postgres, "redis": redis_check}
+            if context.guard is not None:
+                mode = context.guard.resilience.mode
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks},
+            {"status": "ok" if healthy else "unavailable", "checks": checks, "mode": mode},
             status_code=200 if healthy else 503,
         )
 

@@ -17,6 +17,33 @@ import asyncpg
 
 __all__ = ["ACTIONS", "events_for", "record"]
 
+IDENTITY_ACTIONS: Final = (
+    "login.succeeded",
+    "login.failed",
+    "account.locked",
+    "mfa.enabled",
+    "mfa.disabled",
+    "mfa.sms_sent",
+    "password.reset_requested",
+    "password.reset",
+    "mail.failed",
+    "sms.failed",
+    "identity.linked",
+    "identity.groups_synced",
+)
+AUTHZ_ACTIONS: Final = (
+    "team.created",
+    "team.updated",
+    "team.deleted",
+    "team.member_set",
+    "team.member_removed",
+    "team.grant_set",
+    "team.grant_removed",
+    "user.grant_set",
+    "user.grant_removed",
+    "tenant.setting_set",
+    "tenant.setting_deleted",
+)
 ACTIONS: Final = frozenset(
     {
         "user.created",
@@ -25,6 +52,10 @@ ACTIONS: Final = frozenset(
         "api_key.rejected",
         "api_key.revoked",
         "session.revoked",
+        # Issue 3, identity flows (apex.auth.logins and friends).
+        *IDENTITY_ACTIONS,
+        # Issue 3, authorization and tenant settings (apex.auth.teams, apex.auth.tenants).
+        *AUTHZ_ACTIONS,
     }
 )
 ADMIN: Final = "admin"

@@ -6,6 +6,7 @@ import dataclasses
 import hmac
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import asyncpg
 from fastapi import Request
@@ -17,6 +18,9 @@ from apex.auth.sessions import Session, SessionStore
 from apex.auth.tokens import AccessClaims, Signer, TokenError
 from apex.common.config import Settings
 from apex.common.http import ApiError, bearer_token
+
+if TYPE_CHECKING:
+    from apex.auth.guard import Guard
 
 __all__ = ["AuthContext", "Principal", "authenticated", "get_context", "require_admin"]
 
@@ -33,6 +37,8 @@ class AuthContext:
     redis: Redis
     sessions: SessionStore
     limiter: SlidingWindowLimiter
+    # Failover, permission cache, API limits (apex.auth.guard); set by the lifespan.
+    guard: Guard | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def events_channel(self) -> str:
@@ -47,12 +53,14 @@ class AuthContext:
                 conn,
                 "session.revoked",
                 # Session events are filed under the API key that opened the session
-                # (and found by user id through user_id).
-                subject=session.api_key_id,
+                # (and found by user id through user_id); interactive logins under the user.
+                subject=session.api_key_id or session.user_id,
                 actor=actor,
                 user_id=session.user_id,
                 detail={"session_id": session.id, "reason": reason},
             )
+        if self.guard is not None:
+            await self.guard.session_revoked(session)
         message = {
             "event": "session.revoked",
             "session_id": session.id,
@@ -95,7 +103,13 @@ async def authenticated(request: Request) -> Principal:
         claims = context.signer.verify(bearer_token(request))
     except TokenError as exc:
         raise ApiError(401, exc.code, exc.detail) from None
-    session = await context.sessions.get(claims.session_id)
+    if context.guard is not None:
+        # Falls back to a stateless check on /me and /authz/check while Redis is down.
+        session = await context.guard.session_for(request, context, claims)
+    else:
+        session = await context.sessions.get(claims.session_id)
     if session is None or session.user_id != claims.subject:
         raise ApiError(401, "session_revoked", "the session of this token has ended")
+    if context.guard is not None:
+        await context.guard.charge(request, claims)  # per-user API rate limit
     return Principal(claims=claims, session=session)

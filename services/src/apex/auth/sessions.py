@@ -49,7 +49,11 @@ _FIELDS: Final = (
     "expires_at",
     "refreshed_at",
     "access_ttl",
+    "method",
+    "amr",
 )
+# How a session was opened (issue 3); sessions stored before carry no method: api_key.
+METHODS: Final = ("api_key", "oidc", "saml", "password")
 
 # Rotation must be atomic: two requests presenting the same refresh token must not
 # both get a new pair. Comparing hashes (not secrets) in Lua leaks nothing useful
@@ -83,13 +87,15 @@ class Session:
 
     id: str
     user_id: str
-    api_key_id: str
+    api_key_id: str | None
     tenant_id: str | None
     scopes: list[str]
     created_at: float
     expires_at: float
     refreshed_at: float | None
     access_ttl: int
+    method: str = "api_key"
+    amr: tuple[str, ...] = ("api_key",)
 
     def to_json(self, *, current_id: str | None = None) -> dict[str, Any]:
         """The API's view of the session."""
@@ -100,6 +106,7 @@ class Session:
             "refreshed_at": _iso(self.refreshed_at) if self.refreshed_at is not None else None,
             "expires_at": _iso(self.expires_at),
             "current": self.id == current_id,
+            "method": self.method,
         }
 
 
@@ -153,12 +160,17 @@ class SessionStore:
         self,
         *,
         user_id: str,
-        api_key_id: str,
+        api_key_id: str | None,
         tenant_id: str | None,
         scopes: Sequence[str],
         access_ttl: int,
+        method: str = "api_key",
+        amr: Sequence[str] = ("api_key",),
     ) -> tuple[Session, str]:
-        """Start a session; return it and its first refresh token."""
+        """Start a session; return it and its first refresh token.
+
+        ``api_key_id`` is None unless ``method`` is api_key (the key that opened it).
+        """
         session_id = uuid.uuid4().hex
         secret = _new_secret()
         now = time.time()
@@ -172,10 +184,14 @@ class SessionStore:
             expires_at=now + self.ttl,
             refreshed_at=None,
             access_ttl=access_ttl,
+            method=method,
+            amr=tuple(amr),
         )
         mapping: dict[FieldT, EncodableT] = {
             "user_id": user_id,
-            "api_key_id": api_key_id,
+            "api_key_id": api_key_id or "",
+            "method": method,
+            "amr": json.dumps(list(amr)),
             "tenant_id": tenant_id or "",
             "scopes": json.dumps(list(scopes)),
             "created_at": repr(now),
@@ -189,7 +205,10 @@ class SessionStore:
             pipe.expire(key, self.ttl)
             # The index sets live as long as their newest session; members whose
             # session expired are pruned when read.
-            for index in (self.user_index_key(user_id), self.key_index_key(api_key_id)):
+            indexes = [self.user_index_key(user_id)]
+            if api_key_id:
+                indexes.append(self.key_index_key(api_key_id))
+            for index in indexes:
                 pipe.sadd(index, session_id)
                 pipe.expire(index, self.ttl)
             await pipe.execute()
@@ -228,7 +247,8 @@ class SessionStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.session_key(session_id))
             pipe.srem(self.user_index_key(session.user_id), session_id)
-            pipe.srem(self.key_index_key(session.api_key_id), session_id)
+            if session.api_key_id:
+                pipe.srem(self.key_index_key(session.api_key_id), session_id)
             deleted, *_ = await pipe.execute()
         # Two concurrent revocations both read the session; only the one whose
         # DEL removed it reports it (so it is audited once).
@@ -238,7 +258,8 @@ class SessionStore:
         """Drop a deleted session's id from its index sets."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(self.user_index_key(session.user_id), session.id)
-            pipe.srem(self.key_index_key(session.api_key_id), session.id)
+            if session.api_key_id:
+                pipe.srem(self.key_index_key(session.api_key_id), session.id)
             await pipe.execute()
 
     async def revoke_for_key(self, api_key_id: str) -> list[Session]:
@@ -279,8 +300,9 @@ def _session(session_id: str, values: Sequence[bytes | str | None]) -> Session |
         name: _text(value) if value is not None else None
         for name, value in zip(_FIELDS, values, strict=True)
     }
-    user_id, api_key_id = fields["user_id"], fields["api_key_id"]
-    if not user_id or not api_key_id:
+    user_id, api_key_id = fields["user_id"], fields["api_key_id"] or None
+    method = fields["method"] or "api_key"
+    if not user_id or (method == "api_key" and not api_key_id):
         return None
     refreshed = fields["refreshed_at"]
     return Session(
@@ -293,6 +315,8 @@ def _session(session_id: str, values: Sequence[bytes | str | None]) -> Session |
         expires_at=float(fields["expires_at"] or 0),
         refreshed_at=float(refreshed) if refreshed else None,
         access_ttl=int(fields["access_ttl"] or 0),
+        method=method,
+        amr=tuple(json.loads(fields["amr"])) if fields["amr"] else (method,),
     )
 
 

@@ -51,10 +51,11 @@ class AccessClaims:
     tenant_id: str | None
     tier: str
     scopes: list[str]
-    api_key_id: str
+    api_key_id: str | None
     issued_at: int
     expires_at: int
     token_id: str
+    amr: list[str] = dataclasses.field(default_factory=list)
 
 
 class Signer:
@@ -97,11 +98,16 @@ class Signer:
         tenant_id: str | None,
         tier: str,
         scopes: Sequence[str],
-        api_key_id: str,
+        api_key_id: str | None,
         ttl: int,
         now: int | None = None,
+        amr: Sequence[str] = ("api_key",),
     ) -> str:
-        """A signed access token valid for ``ttl`` seconds."""
+        """A signed access token valid for ``ttl`` seconds.
+
+        ``kid`` (the API key id) is null for sessions not opened with an API key;
+        ``amr`` names how the user authenticated (RFC 8176 style: pwd, otp, oidc, ...).
+        """
         issued_at = int(time.time()) if now is None else now
         claims = {
             "iss": self.issuer,
@@ -116,8 +122,15 @@ class Signer:
             "nbf": issued_at,
             "exp": issued_at + ttl,
             "jti": uuid.uuid4().hex,
+            "amr": list(amr),
         }
         return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
+
+    def sign(self, claims: dict[str, Any], *, typ: str) -> str:
+        """Sign other kinds of tokens (``typ`` header, e.g. context tokens) with our key."""
+        return jwt.encode(
+            claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": typ}
+        )
 
     def verify(self, token: str) -> AccessClaims:
         """The claims of a valid token; raise TokenError otherwise."""
@@ -158,8 +171,13 @@ class Signer:
 def _access_claims(claims: dict[str, Any]) -> AccessClaims:
     sub, sid, tid = claims.get("sub"), claims.get("sid"), claims.get("tid")
     scopes, kid = claims.get("scopes", []), claims.get("kid")
-    if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(kid, str)):
-        raise TokenError("invalid_token", "token claims sub, sid and kid must be strings")
+    if not (isinstance(sub, str) and isinstance(sid, str)):
+        raise TokenError("invalid_token", "token claims sub and sid must be strings")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenError("invalid_token", "token claim kid must be a string or null")
+    amr = claims.get("amr", [])
+    if not (isinstance(amr, list) and all(isinstance(a, str) for a in amr)):
+        raise TokenError("invalid_token", "token claim amr must be a list of strings")
     if tid is not None and not isinstance(tid, str):
         raise TokenError("invalid_token", "token claim tid must be a string")
     if not (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes)):
@@ -174,6 +192,7 @@ def _access_claims(claims: dict[str, Any]) -> AccessClaims:
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
         token_id=str(claims.get("jti", "")),
+        amr=amr,
     )
 
 

@@ -49,17 +49,26 @@ def normalize_email(value: str) -> str:
 
 
 async def create_user(
-    conn: asyncpg.Connection, email: str, tier: str, tenant_id: uuid.UUID | None
+    conn: asyncpg.Connection,
+    email: str,
+    tier: str,
+    tenant_id: uuid.UUID | None,
+    *,
+    password_hash: str | None = None,
+    phone: str | None = None,
 ) -> User:
     """Insert a user; raise DuplicateEmail when the address is taken."""
     try:
         row = await conn.fetchrow(
-            "INSERT INTO users (id, email, tier, tenant_id) VALUES ($1, $2, $3, $4) "
+            "INSERT INTO users (id, email, tier, tenant_id, password_hash, phone) "
+            "VALUES ($1, $2, $3, $4, $5, $6) "
             "RETURNING id, email, tier, tenant_id",
             uuid.uuid4(),
             email,
             tier,
             tenant_id,
+            password_hash,
+            phone,
         )
     except asyncpg.UniqueViolationError:
         raise DuplicateEmail(email) from None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -22,6 +22,8 @@ __all__ = ["TIERS", "ConfigError", "RateLimit", "Settings", "parse_rate_limits"]
 
 TIERS: Final = ("free", "pro", "enterprise")
 DEFAULT_RATE_LIMITS: Final = "free=10/60,pro=100/60,enterprise=1000/60"
+DEFAULT_DEVICE_LIMITS: Final = "free=2,pro=5,enterprise=20"
+DEFAULT_PUBLIC_URL: Final = "http://auth.apex.test"
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -55,6 +57,31 @@ class Settings:
         default_factory=lambda: dict(_DEFAULT_LIMITS)
     )
     log_level: str = "INFO"
+    # Issue 3, identity flows (owner A).
+    public_url: str = DEFAULT_PUBLIC_URL
+    idp_issuer: str | None = None
+    idp_client_id: str | None = None
+    idp_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    saml_idp_metadata_url: str | None = None
+    saml_sp_entity_id: str = "apex-auth"
+    smtp_url: str | None = None
+    mail_from: str = "no-reply@apex.test"
+    sms_base_url: str | None = None
+    sms_account_sid: str | None = None
+    sms_auth_token: str | None = dataclasses.field(default=None, repr=False)
+    sms_from: str | None = None
+    device_limits: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: dict(_DEFAULT_DEVICE_LIMITS)
+    )
+    login_lockout: RateLimit = RateLimit(count=5, window=900)
+    password_reset_ttl: int = 900
+    # Issue 3, authorization, limits, resilience (owner B).
+    api_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
+        default_factory=lambda: dict(_DEFAULT_API_LIMITS)
+    )
+    failover_max_staleness: float = 300.0
+    redis_probe_interval: float = 1.0
+    context_token_ttl: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +124,8 @@ class Settings:
                 get("APEX_AUTH_RATE_LIMITS") or DEFAULT_RATE_LIMITS, "APEX_AUTH_RATE_LIMITS"
             ),
             log_level=_parse_log_level(get("APEX_LOG_LEVEL")),
+            **_identity_settings(get),
+            **_resilience_settings(get),
         )
 
     def require(self, field: str, *, service: str) -> str:
@@ -219,6 +248,108 @@ def _parse_log_level(value: str | None) -> str:
     return level
 
 
+def _identity_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The identity-flow settings of apex.auth (issue 3: OIDC, SAML, mail, SMS, logins)."""
+    lockout = get("APEX_LOGIN_LOCKOUT") or "5/900"
+    count_text, slash, window_text = lockout.partition("/")
+    try:
+        login_lockout = RateLimit(count=int(count_text), window=int(window_text))
+    except ValueError:
+        login_lockout = RateLimit(0, 0)
+    if not slash or login_lockout.count < 1 or login_lockout.window < 1:
+        raise ConfigError(
+            f"APEX_LOGIN_LOCKOUT must be attempts/seconds with both at least 1 (e.g. 5/900), "
+            f"got {lockout!r}"
+        )
+    idp = [get(f"APEX_IDP_{name}") for name in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET")]
+    if any(idp) and not all(idp):
+        raise ConfigError(
+            "APEX_IDP_ISSUER, APEX_IDP_CLIENT_ID and APEX_IDP_CLIENT_SECRET must be set together"
+        )
+    http = ("http", "https")
+    return {
+        "public_url": (
+            _parse_url(get("APEX_PUBLIC_URL"), "APEX_PUBLIC_URL", http) or DEFAULT_PUBLIC_URL
+        ).rstrip("/"),
+        "idp_issuer": _parse_url(idp[0], "APEX_IDP_ISSUER", http),
+        "idp_client_id": idp[1],
+        "idp_client_secret": idp[2],
+        "saml_idp_metadata_url": _parse_url(
+            get("APEX_SAML_IDP_METADATA_URL"), "APEX_SAML_IDP_METADATA_URL", http
+        ),
+        "saml_sp_entity_id": get("APEX_SAML_SP_ENTITY_ID") or "apex-auth",
+        "smtp_url": _parse_url(get("APEX_SMTP_URL"), "APEX_SMTP_URL", ("smtp",)),
+        "mail_from": get("APEX_MAIL_FROM") or "no-reply@apex.test",
+        "sms_base_url": _parse_url(get("APEX_SMS_BASE_URL"), "APEX_SMS_BASE_URL", http),
+        "sms_account_sid": get("APEX_SMS_ACCOUNT_SID"),
+        "sms_auth_token": get("APEX_SMS_AUTH_TOKEN"),
+        "sms_from": get("APEX_SMS_FROM"),
+        "device_limits": parse_device_limits(get("APEX_DEVICE_LIMITS") or DEFAULT_DEVICE_LIMITS),
+        "login_lockout": login_lockout,
+        "password_reset_ttl": _parse_positive_int(
+            get("APEX_PASSWORD_RESET_TTL"), "APEX_PASSWORD_RESET_TTL", 900
+        ),
+    }
+
+
+def parse_device_limits(text: str, variable: str = "APEX_DEVICE_LIMITS") -> dict[str, int]:
+    """Parse ``"free=2,pro=5"`` into live sessions per tier; tiers left out keep their default."""
+    limits: dict[str, int] = {}
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            continue
+        tier, sep, count_text = (part.strip() for part in item.partition("="))
+        if not sep or tier not in TIERS:
+            raise ConfigError(
+                f"{variable}: {item!r} is not tier=count with a tier among {', '.join(TIERS)}"
+            )
+        try:
+            count = int(count_text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f"{variable}: {item!r} needs a whole number of sessions, at least 1")
+        limits[tier] = count
+    return {**_DEFAULT_DEVICE_LIMITS, **limits}
+
+
+def _resilience_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """apex.auth's API limits, failover and context-token settings (issue 3, owner B)."""
+    return {
+        "api_rate_limits": {
+            **_DEFAULT_API_LIMITS,
+            **_parse_limit_items(get("APEX_API_RATE_LIMITS") or "", "APEX_API_RATE_LIMITS"),
+        },
+        "failover_max_staleness": _parse_positive_seconds(
+            get("APEX_FAILOVER_MAX_STALENESS"), "APEX_FAILOVER_MAX_STALENESS", 300.0
+        ),
+        "redis_probe_interval": _parse_positive_seconds(
+            get("APEX_REDIS_PROBE_INTERVAL"), "APEX_REDIS_PROBE_INTERVAL", 1.0
+        ),
+        "context_token_ttl": _parse_positive_int(
+            get("APEX_CONTEXT_TOKEN_TTL"), "APEX_CONTEXT_TOKEN_TTL", 60
+        ),
+    }
+
+
+def _parse_positive_seconds(value: str | None, variable: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a number of seconds, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise ConfigError(f"{variable} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+_DEFAULT_DEVICE_LIMITS: Final[dict[str, int]] = {"free": 2, "pro": 5, "enterprise": 20}
 _DEFAULT_LIMITS: Final[dict[str, RateLimit]] = _parse_limit_items(
     DEFAULT_RATE_LIMITS, "DEFAULT_RATE_LIMITS"
+)
+DEFAULT_API_RATE_LIMITS: Final = "free=100/60,pro=1000/60,enterprise=10000/60"
+_DEFAULT_API_LIMITS: Final[dict[str, RateLimit]] = _parse_limit_items(
+    DEFAULT_API_RATE_LIMITS, "DEFAULT_API_RATE_LIMITS"
 )

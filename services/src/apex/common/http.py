@@ -150,6 +150,10 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
+        # uvloop's answer to writing on a connection the peer dropped (e.g. Redis went
+        # away mid-request); redis-py does not convert it to a ConnectionError.
+        return await _unavailable(request, exc)
     log.exception("unhandled error during %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error")
 

@@ -2,8 +2,10 @@
 
 Tables with per-tenant rows (``tenant_settings`` first) have ROW LEVEL SECURITY
 enabled and forced, with a policy comparing ``tenant_id`` to the transaction-local
-setting ``apex.tenant_id``; :func:`tenant_transaction` sets it. Superusers and roles
-with BYPASSRLS are not subject to policies.
+setting ``apex.tenant_id``; :func:`tenant_transaction` sets it and switches to the
+role ``apex_tenant`` (migration 0008) for the rest of the transaction: superusers and
+roles with BYPASSRLS are not subject to policies, so the service's own (possibly
+superuser) connection would otherwise see every tenant's rows.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-__all__ = ["TENANT_SETTING", "tenant_transaction"]
+__all__ = ["TENANT_ROLE", "TENANT_SETTING", "tenant_transaction"]
 
 TENANT_SETTING = "apex.tenant_id"
+# Neither superuser nor BYPASSRLS; may only read and write the tenant tables.
+TENANT_ROLE = "apex_tenant"
 
 
 @contextlib.asynccontextmanager
@@ -32,4 +36,6 @@ async def tenant_transaction(
         # is_local=true: the setting ends with the transaction, so a pooled
         # connection never carries one tenant's identity into the next user's work.
         await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, str(tenant))
+        # SET LOCAL: back to the connection's own role when the transaction ends.
+        await conn.execute(f"SET LOCAL ROLE {TENANT_ROLE}")
         yield conn

@@ -9,6 +9,7 @@ Migrations are not run here: the caller runs ``python -m apex.data migrate``.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,10 @@ from apex.common.config import ConfigError, Settings
 from apex.stack.manifest import render_manifest, write_manifest
 from apex.stack.supervisor import Child, StackError, bind_listener, spawn_service
 
-SERVICES = ("auth",)
+SERVICES = ("auth", "gateway")
+# Services whose manifest URL is not http:// (the gateway's /healthz is plain HTTP on
+# the same port, so the stack still checks it over http://).
+URL_SCHEMES = {"gateway": "ws"}
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for service in SERVICES:
             listener = bind_listener(args.host, getattr(args, f"{service}_port"))
             try:
-                children.append(spawn_service(service, listener))
+                children.append(spawn_service(service, listener, env=_child_env(service, children)))
             finally:
                 # The child holds its own copy. Ours would keep accepting (and
                 # hanging) connections if the child died.
@@ -94,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
         write_manifest(
             args.manifest,
-            render_manifest({child.name: child.url for child in children}, settings.admin_token),
+            render_manifest(
+                {child.name: _public_url(child) for child in children}, settings.admin_token
+            ),
         )
         urls = ", ".join(f"{child.name} at {child.url}" for child in children)
         print(f"apex.stack: ready: {urls}; manifest {args.manifest}", file=sys.stderr, flush=True)
@@ -113,6 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _stop_all(children)
+
+
+def _child_env(service: str, children: Sequence[Child]) -> dict[str, str] | None:
+    """The gateway verifies tokens with the JWKS of the auth child started before it."""
+    auth = next((child for child in children if child.name == "auth"), None)
+    if service != "gateway" or auth is None:
+        return None
+    return {**os.environ, "APEX_AUTH_URL": auth.url}
+
+
+def _public_url(child: Child) -> str:
+    scheme = URL_SCHEMES.get(child.name)
+    return child.url.replace("http://", f"{scheme}://", 1) if scheme else child.url
 
 
 def _stop_all(children: Sequence[Child]) -> None:

@@ -1,0 +1,541 @@
+"""001#14 2FA code verification: TOTP setup/confirm/verify (RFC 6238, computed here, not by the
+platform's library), same-code replay, backup codes (single use, stored hashed), SMS fallback
+through the `fake_sms` Twilio fake, and brute force -> lockout (423).
+
+L2/L3 only: SMS goes to the test kit's fake; lockout tests need a fresh user per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from apex_testkit.fakes.sms import FakeSms
+from apex_testkit.sut import Platform
+from apex_testkit.waiting import eventually
+from auth_tests.fixtures import (
+    AuthAdmin,
+    PasswordUser,
+    Tokens,
+    create_password_user,
+    error_of,
+    me,
+    me_status,
+    password_login,
+    totp_code,
+)
+
+BVJ = pytest.mark.bvj(
+    segment="enterprise", goal="Compliance: a second factor that cannot be replayed or guessed",
+    mrr=8000, scenario="001#14",
+)  # fmt: skip
+pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
+
+PHONE = "+15555550123"
+
+
+@dataclass
+class Enrolled:
+    """A password user with TOTP confirmed: its secret, backup codes, last TOTP step used."""
+
+    person: PasswordUser
+    secret: str
+    backup_codes: list[str]
+    step: int
+
+    def next_code(self) -> str:
+        """A TOTP code of a step not used yet (the next one; valid_window=1 accepts it)."""
+        self.step += 1
+        return totp_code(self.secret, at=self.step * 30)
+
+    def wrong_code(self) -> str:
+        """A 6-digit code that no step near now matches."""
+        now = int(time.time()) // 30
+        near = {totp_code(self.secret, at=(now + k) * 30) for k in range(-3, 4)}
+        return next(c for c in ("000000", "111111", "123456", "999999") if c not in near)
+
+
+async def _bearer_login(client: httpx.AsyncClient, person: PasswordUser) -> Tokens:
+    return Tokens.of(await password_login(client, person.email, person.password))
+
+
+async def _enroll(client: httpx.AsyncClient, person: PasswordUser) -> Enrolled:
+    tokens = await _bearer_login(client, person)
+    setup = await client.post("/me/2fa/totp", headers=tokens.bearer)
+    assert setup.status_code == 200, setup.text
+    secret = setup.json()["secret"]
+    step = int(time.time()) // 30
+    confirm = await client.post(
+        "/me/2fa/totp/confirm",
+        json={"code": totp_code(secret, at=step * 30)},
+        headers=tokens.bearer,
+    )
+    assert confirm.status_code == 200, confirm.text
+    return Enrolled(person, secret, list(confirm.json()["backup_codes"]), step)
+
+
+async def _challenge(client: httpx.AsyncClient, person: PasswordUser) -> dict[str, Any]:
+    """Password login of a user with 2FA: the mfa_required answer."""
+    response = await password_login(client, person.email, person.password)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body.get("mfa_required") is True, body
+    assert "access_token" not in body, "tokens before 2FA"
+    assert "refresh_token" not in body, "tokens before 2FA"
+    return body
+
+
+async def _verify(client: httpx.AsyncClient, mfa_token: str, code: str) -> httpx.Response:
+    return await client.post("/auth/mfa/verify", json={"mfa_token": mfa_token, "code": code})
+
+
+def _secret_bytes(secret: str) -> bytes:
+    return base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+
+
+def _claims(access: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(access, options={"verify_signature": False})
+    return claims
+
+
+@pytest.fixture
+async def person(auth_admin: AuthAdmin) -> PasswordUser:
+    return await create_password_user(auth_admin, phone=PHONE)
+
+
+async def test_totp_setup_confirm_then_login_needs_the_second_factor(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    before = await _bearer_login(auth_client, person)
+    profile = (await me(auth_client, before.access)).json()
+    assert (profile["auth_method"], profile["mfa"]) == ("password", False)
+    assert _claims(before.access)["amr"] == ["pwd"]
+
+    setup = await auth_client.post("/me/2fa/totp", headers=before.bearer)
+    assert setup.status_code == 200, setup.text
+    secret = setup.json()["secret"]
+    uri = urlsplit(setup.json()["otpauth_uri"])
+    assert (uri.scheme, uri.netloc) == ("otpauth", "totp")
+    assert parse_qs(uri.query)["secret"] == [secret]
+    assert len(_secret_bytes(secret)) >= 16, "an RFC 4226 secret of 128+ bits"
+    # Not enabled until confirmed: a half-done setup must not lock the user out.
+    assert (
+        "access_token" in (await password_login(auth_client, person.email, person.password)).json()
+    )
+
+    step = int(time.time()) // 30
+    confirm = await auth_client.post(
+        "/me/2fa/totp/confirm",
+        json={"code": totp_code(secret, at=step * 30)},
+        headers=before.bearer,
+    )
+    assert confirm.status_code == 200, confirm.text
+    codes = confirm.json()["backup_codes"]
+    assert len(codes) == 10
+    assert len(set(codes)) == 10
+
+    challenge = await _challenge(auth_client, person)
+    assert {"totp", "backup_code", "sms"} <= set(challenge["methods"])
+    after = Tokens.of(
+        await _verify(auth_client, challenge["mfa_token"], totp_code(secret, at=(step + 1) * 30))
+    )
+    profile = (await me(auth_client, after.access)).json()
+    assert (profile["user_id"], profile["auth_method"], profile["mfa"]) == (
+        person.user_id,
+        "password",
+        True,
+    )
+    assert _claims(after.access)["amr"] == ["pwd", "otp"]
+    assert secret not in str(profile), "the TOTP secret is never returned again"
+
+
+async def test_a_wrong_confirmation_code_does_not_enable_2fa(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    tokens = await _bearer_login(auth_client, person)
+    secret = (await auth_client.post("/me/2fa/totp", headers=tokens.bearer)).json()["secret"]
+    wrong = Enrolled(person, secret, [], 0).wrong_code()
+
+    confirm = await auth_client.post(
+        "/me/2fa/totp/confirm", json={"code": wrong}, headers=tokens.bearer
+    )
+
+    assert confirm.status_code in (400, 401, 422), confirm.text
+    login = await password_login(auth_client, person.email, person.password)
+    assert "access_token" in login.json(), "2FA enabled by a wrong code"
+
+
+async def test_the_same_totp_code_twice_is_refused_as_reused(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    code = enrolled.next_code()
+    first = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
+    assert first.status_code == 200, first.text
+
+    replay = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
+
+    assert (replay.status_code, error_of(replay)) == (401, "code_reused")
+
+
+async def test_a_wrong_code_is_refused_and_the_challenge_survives(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+
+    wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
+    assert (wrong.status_code, error_of(wrong)) == (401, "invalid_code")
+
+    right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
+    assert right.status_code == 200, "a typo must not burn the challenge"
+
+
+async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    assert (
+        await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
+    ).status_code == 200
+
+    again = await _verify(auth_client, challenge["mfa_token"], enrolled.backup_codes[0])
+    forged = await _verify(auth_client, "x" * 43, enrolled.backup_codes[0])
+
+    assert again.status_code == 401, "a used mfa_token gave a second session"
+    assert forged.status_code == 401
+    # Neither attempt spent the backup code.
+    fresh = await _challenge(auth_client, person)
+    assert (
+        await _verify(auth_client, fresh["mfa_token"], enrolled.backup_codes[0])
+    ).status_code == 200
+
+
+async def test_backup_codes_work_once_each(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    first, second = enrolled.backup_codes[:2]
+
+    used = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
+    assert used.status_code == 200, used.text
+    profile = (await me(auth_client, Tokens.of(used).access)).json()
+    assert profile["mfa"] is True
+
+    reused = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
+    assert (reused.status_code, error_of(reused)) == (401, "invalid_code")
+    other = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], second)
+    assert other.status_code == 200, "using one backup code must not spend the others"
+
+
+async def test_backup_codes_are_stored_hashed_and_marked_used(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+    auth_db: asyncpg.Connection,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    used = enrolled.backup_codes[3]
+    assert (
+        await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], used)
+    ).status_code == 200
+
+    rows = await auth_db.fetch(
+        "SELECT code_sha256::text AS stored, used_at FROM mfa_backup_codes WHERE user_id = $1",
+        uuid.UUID(person.user_id),
+    )
+
+    stored = {r["stored"].lower().replace("\\x", ""): r["used_at"] for r in rows}
+    assert len(stored) == 10
+    plain = {c.lower() for c in enrolled.backup_codes} | {
+        c.lower().replace("-", "") for c in enrolled.backup_codes
+    }
+    assert not any(code in s for code in plain for s in stored), "a backup code in clear"
+    # SHA-256 of the code as shown or as normalised (dashes dropped): either is a hash.
+    digests = {hashlib.sha256(form.encode()).hexdigest() for form in (used, used.replace("-", ""))}
+    spent = [s for s in stored if any(d in s for d in digests)]
+    assert len(spent) == 1, "backup codes are stored as SHA-256"
+    assert stored[spent[0]] is not None
+    assert sum(v is not None for v in stored.values()) == 1
+
+
+def _sms_to(fake_sms: FakeSms, phone: str) -> list[str]:
+    """Bodies of the text messages the SMS fake received for this number."""
+    return [m.body for m in fake_sms.messages if m.to == phone]
+
+
+async def test_sms_fallback_sends_a_single_use_code(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+    fake_sms: FakeSms,
+) -> None:
+    await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    assert "sms" in challenge["methods"]
+
+    sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+    assert sent.status_code == 202, sent.text
+
+    async def delivered() -> list[str]:
+        return _sms_to(fake_sms, PHONE)
+
+    bodies = await eventually(delivered, timeout=10, message=f"an SMS to {PHONE}")
+    assert len(bodies) == 1
+    codes = re.findall(r"\b\d{6}\b", bodies[0])
+    assert len(codes) == 1, bodies[0]
+    verified = await _verify(auth_client, challenge["mfa_token"], codes[0])
+    tokens = Tokens.of(verified)
+    assert (await me(auth_client, tokens.access)).json()["mfa"] is True
+
+    again = await _challenge(auth_client, person)
+    reused = await _verify(auth_client, again["mfa_token"], codes[0])
+    assert reused.status_code == 401, "an SMS code worked twice"
+
+
+async def test_sms_code_of_one_user_does_not_open_another_account(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    fake_sms: FakeSms,
+) -> None:
+    alice = await create_password_user(auth_admin, phone="+15555550101")
+    bob = await create_password_user(auth_admin, phone="+15555550102")
+    await _enroll(auth_client, alice)
+    await _enroll(auth_client, bob)
+    alice_challenge = await _challenge(auth_client, alice)
+    bob_challenge = await _challenge(auth_client, bob)
+    sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": alice_challenge["mfa_token"]})
+    assert sent.status_code == 202
+
+    async def delivered() -> list[str]:
+        return _sms_to(fake_sms, "+15555550101")
+
+    code = re.findall(r"\b\d{6}\b", (await eventually(delivered, timeout=10))[0])[0]
+
+    stolen = await _verify(auth_client, bob_challenge["mfa_token"], code)
+    assert stolen.status_code == 401, "alice's SMS code signed bob in"
+    assert _sms_to(fake_sms, "+15555550102") == []
+
+
+async def test_sms_without_a_phone_is_a_conflict(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    fake_sms: FakeSms,
+) -> None:
+    phoneless = await create_password_user(auth_admin)
+    await _enroll(auth_client, phoneless)
+    challenge = await _challenge(auth_client, phoneless)
+    assert "sms" not in challenge["methods"]
+
+    response = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+
+    assert (response.status_code, error_of(response)) == (409, "no_phone")
+    assert list(fake_sms.messages) == []
+
+
+@pytest.mark.parametrize("phone", ["5555550123", "+1 555 555 0123", "phone", "+" + "1" * 20])
+async def test_phone_numbers_must_be_e164(auth_admin: AuthAdmin, phone: str) -> None:
+    response = await auth_admin.client.post(
+        "/admin/users",
+        json={"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": "pro", "phone": phone},
+        headers=auth_admin.headers,
+    )
+    assert response.status_code == 422, response.text
+
+
+async def test_brute_forcing_the_code_locks_the_account(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    bystander = await create_password_user(auth_admin)
+    challenge = await _challenge(auth_client, person)
+
+    statuses = []
+    for _ in range(5):
+        statuses.append(
+            (await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())).status_code
+        )
+    assert statuses[:4] == [401] * 4, statuses
+    assert statuses[4] in (401, 423), statuses
+
+    right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
+    assert (right.status_code, error_of(right)) == (423, "account_locked")
+    assert 0 < int(right.headers["Retry-After"]) <= 900
+    password = await password_login(auth_client, person.email, person.password)
+    assert (password.status_code, error_of(password)) == (423, "account_locked")
+    assert (
+        await password_login(auth_client, bystander.email, bystander.password)
+    ).status_code == 200
+
+
+async def test_password_and_code_failures_count_together(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    """An attacker cannot reset the counter by alternating between the two factors."""
+    enrolled = await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    for _ in range(3):
+        assert (
+            await password_login(auth_client, person.email, "not the password!")
+        ).status_code == 401
+    for _ in range(2):
+        wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
+        assert wrong.status_code in (401, 423)
+
+    locked = await password_login(auth_client, person.email, person.password)
+    assert (locked.status_code, error_of(locked)) == (423, "account_locked")
+
+
+async def test_unknown_email_and_wrong_password_look_the_same(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    wrong = await password_login(auth_client, person.email, "not the password!")
+    unknown = await password_login(auth_client, f"{uuid.uuid4().hex}@tests.apex.invalid", "x" * 12)
+
+    assert (wrong.status_code, error_of(wrong)) == (401, "invalid_credentials")
+    assert (unknown.status_code, unknown.json()) == (401, wrong.json())
+
+
+async def test_disabling_2fa_needs_a_valid_code(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    tokens = Tokens.of(
+        await _verify(
+            auth_client,
+            (await _challenge(auth_client, person))["mfa_token"],
+            enrolled.backup_codes[0],
+        )
+    )
+
+    refused = await auth_client.request(
+        "DELETE", "/me/2fa", json={"code": enrolled.wrong_code()}, headers=tokens.bearer
+    )
+    assert refused.status_code in (400, 401), refused.text
+    assert (await password_login(auth_client, person.email, person.password)).json().get(
+        "mfa_required"
+    ) is True
+
+    done = await auth_client.request(
+        "DELETE", "/me/2fa", json={"code": enrolled.next_code()}, headers=tokens.bearer
+    )
+    assert done.status_code in (200, 204), done.text
+    plain = Tokens.of(await password_login(auth_client, person.email, person.password))
+    assert await me_status(auth_client, plain.access) == (200, None)
+    assert (await me(auth_client, plain.access)).json()["mfa"] is False
+
+
+async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    """A phished code used by the attacker and the user at the same moment: only one wins."""
+    enrolled = await _enroll(auth_client, person)
+    challenges = [await _challenge(auth_client, person) for _ in range(3)]
+    code = enrolled.next_code()
+
+    responses = await asyncio.gather(
+        *(_verify(auth_client, c["mfa_token"], code) for c in challenges)
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 401, 401]
+    assert {error_of(r) for r in responses if r.status_code == 401} == {"code_reused"}
+
+
+async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    enrolled = await _enroll(auth_client, person)
+    challenges = [await _challenge(auth_client, person) for _ in range(3)]
+
+    responses = await asyncio.gather(
+        *(_verify(auth_client, c["mfa_token"], enrolled.backup_codes[0]) for c in challenges)
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 401, 401]
+
+
+async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+) -> None:
+    """The mfa_token is single use even when two valid codes arrive together."""
+    enrolled = await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+
+    responses = await asyncio.gather(
+        *(_verify(auth_client, challenge["mfa_token"], c) for c in enrolled.backup_codes[:3])
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 401, 401]
+
+
+async def test_an_sms_provider_failure_is_reported_and_the_challenge_survives(
+    auth_client: httpx.AsyncClient,
+    person: PasswordUser,
+    fake_sms: FakeSms,
+) -> None:
+    """Twilio answering 500: the caller gets a clean error (SUT_NOTES: 502 `sms_failed`), not
+    a 500, and can still finish the login with another factor."""
+    enrolled = await _enroll(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    fake_sms.fail_next(status=500)
+
+    sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+
+    assert (sent.status_code, error_of(sent)) == (502, "sms_failed")
+    assert fake_sms.messages == []
+    done = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
+    assert done.status_code == 200, done.text
+
+
+@pytest.fixture
+async def short_lockout_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """apex.auth that locks after 3 failures for 2 seconds."""
+    async with clean_platform.client("auth", APEX_LOGIN_LOCKOUT="3/2") as client:
+        yield client
+
+
+@pytest.mark.slow
+async def test_the_lockout_follows_its_settings_and_ends_after_its_window(
+    short_lockout_client: httpx.AsyncClient,
+    admin_token: str,
+) -> None:
+    person = await create_password_user(AuthAdmin(short_lockout_client, admin_token))
+    for _ in range(3):
+        failed = await password_login(short_lockout_client, person.email, "not the password!")
+        assert failed.status_code == 401
+    locked = await password_login(short_lockout_client, person.email, person.password)
+    assert (locked.status_code, error_of(locked)) == (423, "account_locked")
+    assert 1 <= int(locked.headers["Retry-After"]) <= 2
+
+    async def unlocked() -> bool:
+        response = await password_login(short_lockout_client, person.email, person.password)
+        assert response.status_code in (200, 423), response.text
+        return response.status_code == 200
+
+    await eventually(unlocked, timeout=15, message="the 2 s lockout to end")

@@ -1,0 +1,173 @@
+"""Just-in-time provisioning of users from an identity provider, and IdP groups -> teams.
+
+A login through an IdP (provider "oidc" or "saml", subject = its ``sub`` / NameID)
+finds the user linked to that external identity, else links the user with the same
+e-mail address, else creates one (tier free, tenant from the IdP's ``tenant`` if it is
+a UUID). Then the user's memberships in IdP-mapped teams (``teams.idp_group``) follow
+the IdP's groups: added as "member" to mapped teams it is in, removed from mapped teams
+it is no longer in (teams without idp_group are never touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from apex.auth import audit, users
+from apex.auth.logins import LoginUser, load_user
+
+__all__ = [
+    "ExternalProfile",
+    "ProvisioningError",
+    "provision",
+    "sync_groups",
+]
+
+MAX_GROUPS = 500
+# permcache keeps permver:<uid> for twice its cache TTL (300 s).
+
+
+class ProvisioningError(Exception):
+    """The IdP's profile cannot be mapped to a user (e.g. no e-mail address)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalProfile:
+    """Who the IdP says the user is."""
+
+    provider: str
+    subject: str
+    email: str | None
+    groups: tuple[str, ...] = ()
+    tenant: str | None = None
+    email_verified: bool | None = None
+
+
+async def provision(conn: asyncpg.Connection, profile: ExternalProfile) -> LoginUser:
+    """The user of ``profile`` (found, linked or created), in the caller's transaction."""
+    # One provisioning per external identity at a time: two first logins must not
+    # create two users.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))", f"{profile.provider}:{profile.subject}"
+    )
+    user_id = await conn.fetchval(
+        "UPDATE external_identities SET last_login_at = now() "
+        "WHERE provider = $1 AND subject = $2 RETURNING user_id",
+        profile.provider,
+        profile.subject,
+    )
+    if user_id is None:
+        user_id = await _link_or_create(conn, profile)
+    user = await load_user(conn, user_id=user_id)
+    if user is None:  # pragma: no cover - the row was found or written in this transaction
+        raise ProvisioningError("the provisioned user vanished")
+    return user
+
+
+async def _link_or_create(conn: asyncpg.Connection, profile: ExternalProfile) -> uuid.UUID:
+    if not profile.email:
+        raise ProvisioningError("the identity provider sent no e-mail address")
+    try:
+        email = users.normalize_email(profile.email)
+    except ValueError:
+        raise ProvisioningError("the identity provider sent an invalid e-mail address") from None
+    actor = f"idp:{profile.provider}"
+    existing = await load_user(conn, email=email)
+    if existing is not None:
+        if profile.email_verified is False:
+            raise ProvisioningError(
+                "the identity provider has not verified this e-mail address; "
+                "it cannot be linked to the existing account"
+            )
+        user_id = existing.id
+    else:
+        tenant_id = _uuid_or_none(profile.tenant)
+        try:
+            async with conn.transaction():  # a savepoint: a racing admin may take the address
+                created = await users.create_user(conn, email, "free", tenant_id)
+        except users.DuplicateEmail:
+            raise ProvisioningError(
+                "a user with this e-mail address was created meanwhile"
+            ) from None
+        user_id = created.id
+        await audit.record(
+            conn,
+            "user.created",
+            subject=str(user_id),
+            actor=actor,
+            user_id=user_id,
+            detail={
+                "tier": "free",
+                "tenant_id": str(tenant_id) if tenant_id else None,
+                "provider": profile.provider,
+                "jit": True,
+            },
+        )
+    await conn.execute(
+        "INSERT INTO external_identities (provider, subject, user_id, last_login_at) "
+        "VALUES ($1, $2, $3, now())",
+        profile.provider,
+        profile.subject,
+        user_id,
+    )
+    await audit.record(
+        conn,
+        "identity.linked",
+        subject=str(user_id),
+        actor=actor,
+        user_id=user_id,
+        detail={"provider": profile.provider, "subject": profile.subject[:200]},
+    )
+    return user_id
+
+
+async def sync_groups(
+    conn: asyncpg.Connection, user_id: uuid.UUID, groups: Sequence[str], *, provider: str
+) -> tuple[list[str], list[str]]:
+    """Make the user's memberships in IdP-mapped teams match ``groups``.
+
+    Returns the team ids joined and left; when they changed, the caller invalidates the
+    user's cached permissions (the guard's PermissionCache) after its transaction commits.
+    A database without teams (before migration 0007) has nothing to sync.
+    """
+    if not await conn.fetchval("SELECT to_regclass('team_members') IS NOT NULL"):
+        return [], []
+    wanted = sorted({g for g in groups if isinstance(g, str) and g})[:MAX_GROUPS]
+    added = await conn.fetch(
+        "INSERT INTO team_members (team_id, user_id, role) "
+        "SELECT id, $1, 'member' FROM teams WHERE idp_group = ANY($2::text[]) "
+        "ON CONFLICT (team_id, user_id) DO NOTHING RETURNING team_id",
+        user_id,
+        wanted,
+    )
+    removed = await conn.fetch(
+        "DELETE FROM team_members m USING teams t "
+        "WHERE m.team_id = t.id AND m.user_id = $1 AND t.idp_group IS NOT NULL "
+        "AND NOT (t.idp_group = ANY($2::text[])) RETURNING m.team_id",
+        user_id,
+        wanted,
+    )
+    joined = sorted(str(row["team_id"]) for row in added)
+    left = sorted(str(row["team_id"]) for row in removed)
+    if joined or left:
+        await audit.record(
+            conn,
+            "identity.groups_synced",
+            subject=str(user_id),
+            actor=f"idp:{provider}",
+            user_id=user_id,
+            detail={"provider": provider, "joined": joined, "left": left},
+        )
+    return joined, left
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None

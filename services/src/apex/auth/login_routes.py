@@ -1,0 +1,449 @@
+"""Password login, second factors (TOTP, backup codes, SMS) and password reset by e-mail."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from typing import Annotated, Any, Final
+
+import asyncpg
+from fastapi import APIRouter, BackgroundTasks, Depends, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from apex.auth import audit, mfa, passwords, users
+from apex.auth.context import AuthContext, Principal, authenticated, get_context
+from apex.auth.logins import (
+    AMR,
+    IdentityServices,
+    LoginUser,
+    finish_login,
+    get_identity,
+    load_user,
+    open_session,
+)
+from apex.auth.notify import DeliveryError
+from apex.common.http import ApiError, require_json_body
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(dependencies=[Depends(require_json_body)])
+
+Context = Annotated[AuthContext, Depends(get_context)]
+Identity = Annotated[IdentityServices, Depends(get_identity)]
+Caller = Annotated[Principal, Depends(authenticated)]
+
+RESET_SUBJECT: Final = "Apex password reset"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_Body):
+    email: str = Field(max_length=users.MAX_EMAIL_LENGTH)
+    password: str = Field(max_length=passwords.MAX_PASSWORD_LENGTH)
+
+
+class MfaVerifyRequest(_Body):
+    mfa_token: str = Field(max_length=256)
+    code: str = Field(max_length=32)
+
+
+class MfaTokenRequest(_Body):
+    mfa_token: str = Field(max_length=256)
+
+
+class CodeRequest(_Body):
+    code: str = Field(max_length=32)
+
+
+class ForgotRequest(_Body):
+    email: str = Field(max_length=1000)
+
+
+class ResetRequest(_Body):
+    token: str = Field(max_length=256)
+    new_password: str = Field(max_length=passwords.MAX_PASSWORD_LENGTH)
+
+
+# --- password login -----------------------------------------------------------------
+
+
+@router.post("/auth/login")
+async def login(body: LoginRequest, context: Context, identity: Identity) -> dict[str, Any]:
+    """E-mail + password: tokens, or an mfa challenge when the user has 2FA."""
+    try:
+        email = users.normalize_email(body.email)
+    except ValueError:
+        email = body.email.strip().lower()
+    async with context.pool.acquire() as conn:
+        user = await load_user(conn, email=email)
+        user_id = user.id if user is not None else None
+        state = await identity.lockout.state(conn, user_id, email)
+        if state.locked:
+            raise _locked(state.retry_after)
+        password_hash = user.password_hash if user is not None else None
+        if user is None or not await passwords.verify_password(body.password, password_hash):
+            await _failed(conn, identity, user, email, reason="wrong_password", method="password")
+            # One answer for unknown addresses and wrong passwords.
+            raise ApiError(401, "invalid_credentials", "unknown e-mail address or wrong password")
+        await identity.lockout.reset_failures(user.id)
+    return await finish_login(context, identity, user, "password")
+
+
+# --- second factor ------------------------------------------------------------------
+
+
+@router.post("/auth/mfa/verify")
+async def mfa_verify(
+    body: MfaVerifyRequest, context: Context, identity: Identity
+) -> dict[str, Any]:
+    """Answer an mfa_token with a TOTP code, a backup code or an SMS code: tokens."""
+    pending = await identity.mfa.pending(body.mfa_token)
+    if pending is None:
+        raise _invalid_mfa_token()
+    code = body.code.strip()
+    async with context.pool.acquire() as conn:
+        user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
+        if user is None:
+            raise _invalid_mfa_token()
+        state = await identity.lockout.state(conn, user.id, user.email)
+        if state.locked:
+            raise _locked(state.retry_after)
+        accepted, reused = False, False
+        if user.totp_enabled and user.totp_secret:
+            step = mfa.match_totp(user.totp_secret, code).step
+            if step is not None:
+                accepted = await identity.mfa.claim_totp_step(str(user.id), step)
+                reused = not accepted
+        if not accepted and not reused:
+            accepted = await identity.mfa.check_sms_code(pending, code)
+        if not accepted and not reused:
+            accepted = await mfa.use_backup_code(conn, user.id, code)
+        if not accepted:
+            reason = "code_reused" if reused else "invalid_code"
+            await _failed(conn, identity, user, user.email, reason=reason, method=pending.method)
+            if reused:
+                raise ApiError(401, "code_reused", "this code's time step has been used already")
+            raise ApiError(401, "invalid_code", "wrong or expired code")
+        if not await identity.mfa.consume(pending):
+            raise _invalid_mfa_token()
+        await identity.lockout.reset_failures(user.id)
+    return await open_session(
+        context, user, method=pending.method, amr=[AMR[pending.method], "otp"]
+    )
+
+
+@router.post("/auth/mfa/sms", status_code=202)
+async def mfa_sms(body: MfaTokenRequest, context: Context, identity: Identity) -> dict[str, Any]:
+    """Text a one-time code to the phone of the user behind an mfa_token."""
+    pending = await identity.mfa.pending(body.mfa_token)
+    if pending is None:
+        raise _invalid_mfa_token()
+    if identity.sms is None:
+        raise ApiError(503, "not_configured", "SMS is not configured (APEX_SMS_*)")
+    async with context.pool.acquire() as conn:
+        user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
+        if user is None:
+            raise _invalid_mfa_token()
+        if not user.phone:
+            raise ApiError(409, "no_phone", "this account has no phone number for SMS codes")
+        code = await identity.mfa.new_sms_code(pending)
+        try:
+            sid = await identity.sms.send(user.phone, f"Your Apex verification code is {code}")
+        except DeliveryError as exc:
+            log.warning("SMS to user %s failed: %s", user.id, exc.reason)
+            await audit.record(
+                conn,
+                "sms.failed",
+                subject=str(user.id),
+                actor=audit.SYSTEM,
+                user_id=user.id,
+                detail={"reason": exc.reason},
+            )
+            raise ApiError(
+                502, "sms_failed", "the SMS provider did not accept the message"
+            ) from None
+        await audit.record(
+            conn,
+            "mfa.sms_sent",
+            subject=str(user.id),
+            actor=audit.SYSTEM,
+            user_id=user.id,
+            detail={"to": _mask_phone(user.phone), "sid": sid},
+        )
+    return {"status": "sent", "to": _mask_phone(user.phone)}
+
+
+@router.post("/me/2fa/totp")
+async def totp_enroll(caller: Caller, context: Context) -> dict[str, Any]:
+    """Start TOTP enrolment: a new secret, active once confirmed with a code."""
+    user_id = uuid.UUID(caller.session.user_id)
+    secret = mfa.new_totp_secret()
+    async with context.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "UPDATE users SET totp_secret = $2, updated_at = now() "
+            "WHERE id = $1 AND NOT totp_enabled RETURNING email",
+            user_id,
+            secret,
+        )
+        if row is None:
+            if await load_user(conn, user_id=user_id) is None:
+                raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+            raise ApiError(409, "totp_enabled", "TOTP is already enabled; disable it first")
+    return {"secret": secret, "otpauth_uri": mfa.provisioning_uri(secret, row["email"])}
+
+
+@router.post("/me/2fa/totp/confirm")
+async def totp_confirm(body: CodeRequest, caller: Caller, context: Context) -> dict[str, Any]:
+    """Confirm enrolment with a current code: TOTP is on, and here are the backup codes."""
+    user_id = uuid.UUID(caller.session.user_id)
+    async with context.pool.acquire() as conn, conn.transaction():
+        user = await _user_for_update(conn, user_id)
+        if user.totp_enabled:
+            raise ApiError(409, "totp_enabled", "TOTP is already enabled")
+        if not user.totp_secret:
+            raise ApiError(409, "no_totp_enrollment", "start with POST /me/2fa/totp")
+        if mfa.match_totp(user.totp_secret, body.code.strip()).step is None:
+            raise ApiError(400, "invalid_code", "wrong or expired code")
+        await conn.execute(
+            "UPDATE users SET totp_enabled = true, updated_at = now() WHERE id = $1", user_id
+        )
+        codes = await mfa.replace_backup_codes(conn, user_id)
+        await audit.record(
+            conn,
+            "mfa.enabled",
+            subject=str(user_id),
+            actor=audit.user_actor(user_id),
+            user_id=user_id,
+            detail={"method": "totp", "backup_codes": len(codes)},
+        )
+    return {"backup_codes": codes}
+
+
+@router.delete("/me/2fa", status_code=204)
+async def totp_disable(
+    body: CodeRequest, caller: Caller, context: Context, identity: Identity
+) -> Response:
+    """Turn 2FA off, proven with a current TOTP code or a backup code."""
+    user_id = uuid.UUID(caller.session.user_id)
+    async with context.pool.acquire() as conn, conn.transaction():
+        user = await _user_for_update(conn, user_id)
+        if not user.totp_enabled or not user.totp_secret:
+            raise ApiError(409, "totp_not_enabled", "2FA is not enabled")
+        code = body.code.strip()
+        if mfa.match_totp(user.totp_secret, code).step is None and not await mfa.use_backup_code(
+            conn, user_id, code
+        ):
+            raise ApiError(400, "invalid_code", "wrong or expired code")
+        await conn.execute(
+            "UPDATE users SET totp_enabled = false, totp_secret = NULL, updated_at = now() "
+            "WHERE id = $1",
+            user_id,
+        )
+        await conn.execute("DELETE FROM mfa_backup_codes WHERE user_id = $1", user_id)
+        await audit.record(
+            conn,
+            "mfa.disabled",
+            subject=str(user_id),
+            actor=audit.user_actor(user_id),
+            user_id=user_id,
+        )
+    await identity.mfa.forget_totp_steps(str(user_id))
+    return Response(status_code=204)
+
+
+# --- password reset -----------------------------------------------------------------
+
+
+@router.post("/auth/password/forgot", status_code=202)
+async def forgot_password(
+    body: ForgotRequest, background: BackgroundTasks, context: Context, identity: Identity
+) -> JSONResponse:
+    """Mail a reset link to a known address; the answer is the same for unknown ones."""
+    accepted = JSONResponse({"status": "accepted"}, status_code=202)
+    try:
+        email = users.normalize_email(body.email)
+    except ValueError:
+        return accepted
+    token = secrets.token_urlsafe(32)
+    async with context.pool.acquire() as conn, conn.transaction():
+        user = await load_user(conn, email=email)
+        if user is None:
+            return accepted
+        # A new request invalidates the user's older tokens.
+        await conn.execute(
+            "UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+            user.id,
+        )
+        await conn.execute(
+            "INSERT INTO password_resets (token_sha256, user_id, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3))",
+            _sha(token),
+            user.id,
+            float(context.settings.password_reset_ttl),
+        )
+        await audit.record(
+            conn,
+            "password.reset_requested",
+            subject=str(user.id),
+            actor=audit.SYSTEM,
+            user_id=user.id,
+            detail={"expires_in": context.settings.password_reset_ttl},
+        )
+    # After the response: the caller must not learn from the timing whether mail went out.
+    background.add_task(_send_reset_mail, context, identity, user, token)
+    return accepted
+
+
+@router.post("/auth/password/reset", status_code=204)
+async def reset_password(body: ResetRequest, context: Context, identity: Identity) -> Response:
+    """Set a new password with a mailed token; every session of the user ends."""
+    try:
+        passwords.check_password_policy(body.new_password)
+    except ValueError as exc:
+        raise ApiError(422, "weak_password", str(exc)) from None
+    password_hash = await passwords.hash_password(body.new_password)
+    async with context.pool.acquire() as conn:
+        async with conn.transaction():
+            user_id = await conn.fetchval(
+                "UPDATE password_resets SET used_at = now() "
+                "WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > now() "
+                "RETURNING user_id",
+                _sha(body.token),
+            )
+            if user_id is None:
+                raise ApiError(400, "invalid_token", "unknown, used or expired reset token")
+            await conn.execute(
+                "UPDATE users SET password_hash = $2, locked_until = NULL, updated_at = now() "
+                "WHERE id = $1",
+                user_id,
+                password_hash,
+            )
+            await audit.record(
+                conn,
+                "password.reset",
+                subject=str(user_id),
+                actor=audit.user_actor(user_id),
+                user_id=user_id,
+            )
+        await identity.lockout.clear(conn, user_id)
+    for session in await context.sessions.list_for_user(str(user_id)):
+        revoked = await context.sessions.revoke(session.id)
+        if revoked is not None:
+            await context.session_revoked(
+                revoked, actor=audit.user_actor(user_id), reason="password_reset"
+            )
+    return Response(status_code=204)
+
+
+def reset_mail_body(public_url: str, token: str, ttl: int) -> str:
+    """The text of the reset e-mail: a link and the bare token."""
+    minutes = max(1, ttl // 60)
+    return (
+        "Someone (hopefully you) asked to reset the password of your Apex account.\n"
+        f"Open this link within {minutes} minutes to choose a new password:\n\n"
+        f"{public_url}/reset?token={token}\n\n"
+        f"Token: {token}\n\n"
+        "If you did not ask for this, ignore this message: your password stays as it is.\n"
+    )
+
+
+async def _send_reset_mail(
+    context: AuthContext, identity: IdentityServices, user: LoginUser, token: str
+) -> None:
+    settings = context.settings
+    reason = None
+    if identity.mailer is None:
+        reason = "mail is not configured (APEX_SMTP_URL)"
+    else:
+        body = reset_mail_body(settings.public_url, token, settings.password_reset_ttl)
+        try:
+            await identity.mailer.send(user.email, RESET_SUBJECT, body)
+        except DeliveryError as exc:
+            reason = exc.reason
+    if reason is None:
+        return
+    log.warning("password reset mail to user %s failed: %s", user.id, reason)
+    try:
+        async with context.pool.acquire() as conn:
+            await audit.record(
+                conn,
+                "mail.failed",
+                subject=str(user.id),
+                actor=audit.SYSTEM,
+                user_id=user.id,
+                detail={"purpose": "password_reset", "reason": reason},
+            )
+    except (OSError, asyncpg.PostgresError):  # pragma: no cover - logged above already
+        log.exception("could not audit the failed mail")
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+async def _failed(
+    conn: asyncpg.Connection,
+    identity: IdentityServices,
+    user: LoginUser | None,
+    email: str,
+    *,
+    reason: str,
+    method: str,
+) -> None:
+    """Count a failed attempt; audit it (and the lockout it caused) for known users."""
+    locked = await identity.lockout.failed(conn, user.id if user else None, email)
+    if user is None:
+        return
+    await audit.record(
+        conn,
+        "login.failed",
+        subject=str(user.id),
+        actor=audit.SYSTEM,
+        user_id=user.id,
+        detail={"reason": reason, "method": method},
+    )
+    if locked:
+        limit = identity.lockout.limit
+        await audit.record(
+            conn,
+            "account.locked",
+            subject=str(user.id),
+            actor=audit.SYSTEM,
+            user_id=user.id,
+            detail={"failures": limit.count, "seconds": limit.window},
+        )
+
+
+async def _user_for_update(conn: asyncpg.Connection, user_id: uuid.UUID) -> LoginUser:
+    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+    user = await load_user(conn, user_id=user_id)
+    if user is None:
+        raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+    return user
+
+
+def _locked(retry_after: int) -> ApiError:
+    return ApiError(
+        423,
+        "account_locked",
+        f"too many failed attempts: try again in {retry_after} s",
+        headers={"Retry-After": str(max(1, retry_after))},
+    )
+
+
+def _invalid_mfa_token() -> ApiError:
+    return ApiError(401, "invalid_mfa_token", "unknown, expired or used mfa_token")
+
+
+def _mask_phone(phone: str) -> str:
+    return phone[:3] + "*" * max(0, len(phone) - 5) + phone[-2:]
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,122 @@
+"""Per-user message logs in Redis: sequence numbers, streams, and the fan-out channel.
+
+Publishing to a user is one Lua script, so the sequence number, the stream entry and
+the notification cannot disagree: ``INCR <prefix>ws:seq:<uid>`` gives the seq, the
+message is appended to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0``
+(capped at the replay buffer), and only then is it announced on the fan-out channel.
+Pub/sub only notifies: a gateway that missed announcements reads the stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from redis.asyncio import Redis
+
+__all__ = ["Entry", "MessageLog", "message_frame"]
+
+READ_BATCH: Final = 500
+
+_PUBLISH: Final = """
+-- KEYS[1]: seq counter, KEYS[2]: stream. ARGV[1]: message body (JSON), ARGV[2]: stream
+-- length cap, ARGV[3]: fan-out channel, ARGV[4]: recipient user id.
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
+redis.call('PUBLISH', ARGV[3], cjson.encode({u = ARGV[4], s = seq, m = ARGV[1]}))
+return seq
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One message of a user's log: its seq and its body (JSON without type and seq)."""
+
+    seq: int
+    body: str
+
+
+def message_frame(seq: int, body: str) -> str:
+    """The ``{"type":"message","seq":N,...}`` text frame of a logged body."""
+    # The body is a non-empty JSON object: splice type and seq in without re-encoding it.
+    return f'{{"type":"message","seq":{seq},{body[1:]}'
+
+
+class MessageLog:
+    """The users' message logs in one Redis namespace."""
+
+    def __init__(self, redis: Redis, *, prefix: str, buffer: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._buffer = buffer
+        self._publish = redis.register_script(_PUBLISH)
+        self.channel = f"{prefix}ws:fanout"
+        self.online_key = f"{prefix}ws:online"
+
+    def _seq_key(self, user_id: str) -> str:
+        return f"{self._prefix}ws:seq:{user_id}"
+
+    def _stream_key(self, user_id: str) -> str:
+        return f"{self._prefix}ws:stream:{user_id}"
+
+    @staticmethod
+    def body(*, message_id: Any, sender: str, to: str, data: Any) -> str:
+        """The logged body of a message."""
+        return json.dumps(
+            {"id": message_id, "from": sender, "to": to, "data": data}, separators=(",", ":")
+        )
+
+    async def append(self, user_id: str, body: str) -> int:
+        """Log ``body`` for ``user_id`` and announce it; return its seq."""
+        seq = await self._publish(
+            keys=[self._seq_key(user_id), self._stream_key(user_id)],
+            args=[body, self._buffer, self.channel, user_id],
+        )
+        return int(seq)
+
+    async def append_many(self, user_ids: Iterable[str], body: str) -> int:
+        """Log ``body`` for each user (a broadcast); return how many got it."""
+        users = list(user_ids)
+        if not users:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in users:
+                await self._publish(
+                    keys=[self._seq_key(user_id), self._stream_key(user_id)],
+                    args=[body, self._buffer, self.channel, user_id],
+                    client=pipe,
+                )
+            await pipe.execute()
+        return len(users)
+
+    async def current_seq(self, user_id: str) -> int:
+        """The seq of the user's newest message (0: none yet)."""
+        value = await self._redis.get(self._seq_key(user_id))
+        return int(value) if value else 0
+
+    async def read(self, user_id: str, after: int, upto: int | None = None) -> list[Entry]:
+        """The logged messages with ``after < seq <= upto`` that are still in the buffer."""
+        entries: list[Entry] = []
+        start = after + 1
+        end = f"{upto}-0" if upto is not None else "+"
+        while upto is None or start <= upto:
+            rows: Sequence[Any] = await self._redis.xrange(  # type: ignore[assignment]
+                self._stream_key(user_id), min=f"{start}-0", max=end, count=READ_BATCH
+            )
+            for stream_id, fields in rows:
+                entries.append(Entry(int(str(stream_id).partition("-")[0]), str(fields["m"])))
+            if len(rows) < READ_BATCH:
+                break
+            start = entries[-1].seq + 1
+        return entries
+
+    async def oldest_seq(self, user_id: str) -> int | None:
+        """The seq of the oldest message still in the buffer, or None if it is empty."""
+        rows = await self._redis.xrange(self._stream_key(user_id), count=1)
+        return int(str(rows[0][0]).partition("-")[0]) if rows else None
+
+    async def online_users(self) -> list[str]:
+        """Users with at least one connection on some gateway (the broadcast audience)."""
+        return sorted(str(member) for member in await self._redis.smembers(self.online_key))
