@@ -137,7 +137,7 @@ async def test_revocations_reach_other_instances(redis: tuple[Redis, str]) -> No
         assert res_b.is_revoked("s1")
         # ... or from the event.
         await client.publish(
-            res_a.channel, '{"event": "session.revoked", "session_id": "s2", "user_id": "u"}'
+            res_a.channel, '{"type": "session.revoked", "session_id": "s2", "user_id": "u"}'
         )
         for _ in range(100):
             if res_b.is_revoked("s2"):

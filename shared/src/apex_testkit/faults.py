@@ -153,18 +153,19 @@ class _Connection:
                 writer.write_eof()
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes, counter: str) -> None:
-        # Counted once handed to the socket: a peer may have read it before drain returns.
+        # Counted just before it is handed to the socket: the peer may read it (and a test
+        # read the stats) before this thread runs again after write().
         rate = self.proxy._faults.bandwidth
         if rate is None:
-            writer.write(data)
             self.proxy._count(**{counter: len(data)})
+            writer.write(data)
             await writer.drain()
             return
         step = max(1, rate // 20)
         for start in range(0, len(data), step):
             piece = data[start : start + step]
-            writer.write(piece)
             self.proxy._count(**{counter: len(piece)})
+            writer.write(piece)
             await writer.drain()
             await asyncio.sleep(len(piece) / rate)  # the bandwidth limit itself
 

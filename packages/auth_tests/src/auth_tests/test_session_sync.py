@@ -54,7 +54,7 @@ async def _me(client: httpx.AsyncClient, tokens: Tokens) -> tuple[int, str | Non
 
 def _is_revocation_of(session_id: str) -> Any:
     def match(event: dict[str, Any]) -> bool:
-        kind = event.get("event", event.get("type"))
+        kind = event.get("type")
         return kind == "session.revoked" and event.get("session_id") == session_id
 
     return match

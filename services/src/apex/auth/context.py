@@ -62,7 +62,7 @@ class AuthContext:
         if self.guard is not None:
             await self.guard.session_revoked(session)
         message = {
-            "event": "session.revoked",
+            "type": "session.revoked",
             "session_id": session.id,
             "user_id": session.user_id,
             "reason": reason,

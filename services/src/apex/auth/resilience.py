@@ -279,7 +279,7 @@ class Resilience:
             return
         if not isinstance(message, dict):
             return
-        event_type = message.get("type") or message.get("event")
+        event_type = message.get("type")
         if event_type == "session.revoked":
             session_id = message.get("session_id")
             if isinstance(session_id, str):

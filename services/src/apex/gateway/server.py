@@ -401,7 +401,7 @@ class Gateway:
             self._on_auth_event(event)
 
     def _on_auth_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("type") or event.get("event")
+        kind = event.get("type")
         if kind == "session.revoked":
             session_id = event.get("session_id")
             for conn in list(self.connections.values()):

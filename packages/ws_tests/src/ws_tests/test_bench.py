@@ -1,0 +1,185 @@
+"""Benchmarks of the gateway (marker perf; `nox -s bench`, or `pytest --perf -m perf -s`).
+
+001#76 concurrent connections held (target 1,000 on 2 cores) and 001#77 fan-out
+throughput (target 10,000 messages/s delivered) with p50/p99 delivery latency, with and
+without permessage-deflate. A benchmark reports numbers (a table on stdout, JSON in
+$APEX_BENCH_DIR/gateway.json, default reports/bench); it never fails on speed, only on
+correctness (every connection welcomed, every message delivered once, in order).
+Sizes: APEX_BENCH_CONNECTIONS (1000), APEX_BENCH_RECEIVERS (50), APEX_BENCH_MESSAGES (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apex_testkit.settings import Level
+from ws_tests.fixtures import Connect, Gateways, HandshakeRefused, WsClient, WsUser
+
+CONCURRENT = pytest.mark.bvj(
+    segment="enterprise", goal="Scale support: a thousand live users per gateway",
+    mrr=12000, scenario="001#76",
+)  # fmt: skip
+THROUGHPUT = pytest.mark.bvj(
+    segment="enterprise", goal="High-volume real-time delivery for enterprise workloads",
+    mrr=10000, scenario="001#77",
+)  # fmt: skip
+pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3]
+
+MakeUser = Callable[..., Awaitable[WsUser]]
+FAST = {"APEX_WS_RATE": "1000000/1", "APEX_WS_SEND_QUEUE": "100000"}
+
+
+def _size(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _report(section: str, rows: dict[str, Any], level: Level) -> None:
+    """Merge `rows` into gateway.json under `section` and print them as a table."""
+    directory = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gateway.json"
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = {"level": level.value, "cpus": os.cpu_count(), **rows}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    width = max(len(k) for k in rows)
+    print(f"\n== gateway benchmark: {section} ({level.value}) -> {path}")
+    for key, value in rows.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value}"
+        print(f"  {key:<{width}}  {shown}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@CONCURRENT
+async def test_bench_concurrent_connections(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser, apex_level: Level
+) -> None:
+    target = _size("APEX_BENCH_CONNECTIONS", 1000)
+    per_user = 10
+    gateway = await gateways.start(**FAST)
+    users = [await make_ws_user() for _ in range(max(1, target // per_user))]
+    tokens = [u.token for u in users for _ in range(per_user)][:target]
+
+    started = time.monotonic()
+    semaphore = asyncio.Semaphore(100)  # handshakes in flight at once
+
+    refusals: dict[str, int] = {}
+
+    async def one(token: str) -> WsClient:
+        """Connect like a real client: a 503 is retried (and counted in the report)."""
+        async with semaphore:
+            for _ in range(50):
+                try:
+                    return await ws_open(gateway.url, token)
+                except HandshakeRefused as refused:
+                    if refused.status != 503:
+                        raise
+                    key = f"{refused.status} {refused.body.get('error')}"
+                    refusals[key] = refusals.get(key, 0) + 1
+                    await asyncio.sleep(0.05)  # a client's back-off, not a synchronisation
+            raise AssertionError(f"still refused after 50 attempts: {refusals}")
+
+    clients = await asyncio.gather(*(one(t) for t in tokens))
+    connect_seconds = time.monotonic() - started
+    assert all(c.welcome["type"] == "welcome" for c in clients)
+    health = (await gateway.healthz()).json()
+    assert health["connections"] == target
+
+    reply = await clients[0].request("publish", to="broadcast", data={"bench": "hello"})
+    assert reply["type"] == "ack"
+    sent = time.monotonic()
+    frames = await asyncio.gather(*(c.expect("message", timeout=120) for c in clients))
+    broadcast_seconds = time.monotonic() - sent
+    assert all(f["data"] == {"bench": "hello"} for f in frames)
+
+    _report(
+        "concurrent_connections",
+        {
+            "connections_target": 1000,
+            "connections_held": len(clients),
+            "users": len(users),
+            "connect_seconds": connect_seconds,
+            "handshakes_per_second": len(clients) / connect_seconds,
+            "broadcast_to_all_seconds": broadcast_seconds,
+            "healthz_connections": health["connections"],
+            "handshakes_refused_then_retried": refusals or 0,
+        },
+        apex_level,
+    )
+
+
+async def _fan_out(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser, *, compression: bool
+) -> dict[str, Any]:
+    receivers_count = _size("APEX_BENCH_RECEIVERS", 50)
+    messages = _size("APEX_BENCH_MESSAGES", 400)
+    gateway = await gateways.start(APEX_WS_COMPRESSION="on" if compression else "off", **FAST)
+    option = "deflate" if compression else None
+    publisher_user = await make_ws_user()
+    publisher = await ws_open(gateway.url, publisher_user.token, compression=option)
+    users = [await make_ws_user() for _ in range(receivers_count)]
+    receivers = [await ws_open(gateway.url, u.token, compression=option) for u in users]
+    assert publisher.ws.response is not None
+    negotiated = publisher.ws.response.headers.get("Sec-WebSocket-Extensions") is not None
+    payload = "x" * 400  # a typical small event, compressible
+
+    latencies: list[float] = []
+
+    async def receive(client: WsClient) -> list[int]:
+        got = []
+        for _ in range(messages):
+            frame = await client.expect("message", timeout=120)
+            latencies.append(time.perf_counter() - frame["data"]["t"])
+            got.append(frame["data"]["n"])
+        return got
+
+    readers = [asyncio.create_task(receive(c)) for c in receivers]
+    started = time.perf_counter()
+    for n in range(messages):
+        await publisher.send(
+            "publish", to="broadcast", data={"n": n, "t": time.perf_counter(), "p": payload}
+        )
+    got = await asyncio.gather(*readers)
+    elapsed = time.perf_counter() - started
+    acks = [await publisher.expect("ack", timeout=60) for _ in range(messages)]
+
+    assert len(acks) == messages
+    assert all(g == list(range(messages)) for g in got), "lost or reordered deliveries"
+    delivered = receivers_count * messages
+    return {
+        "compression": compression,
+        "deflate_negotiated": negotiated,
+        "receivers": receivers_count,
+        "messages_published": messages,
+        "deliveries": delivered,
+        "seconds": elapsed,
+        "deliveries_per_second": delivered / elapsed,
+        "target_deliveries_per_second": 10_000,
+        "latency_p50_ms": statistics.median(latencies) * 1000,
+        "latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+@THROUGHPUT
+async def test_bench_fan_out_throughput_and_latency(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser, apex_level: Level
+) -> None:
+    rows: dict[str, Any] = {}
+    for compression in (False, True):
+        result = await _fan_out(gateways, ws_open, make_ws_user, compression=compression)
+        assert result["deflate_negotiated"] is compression
+        tag = "deflate" if compression else "plain"
+        rows.update({f"{tag}.{k}": v for k, v in result.items()})
+    _report("fan_out", rows, apex_level)

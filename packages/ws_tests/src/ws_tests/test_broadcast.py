@@ -1,0 +1,199 @@
+"""001#17 Message queue to WebSocket broadcast: targeted messages, broadcast, delivery.
+
+A message to `user:<uid>` reaches every connection of that user, on every gateway instance,
+and nobody else; a broadcast reaches every connected user once per connection, each with
+that user's own sequence number; the sender gets an ack; a malformed target is refused.
+Absence is checked with a sentinel: a later message to the same recipient must be the next
+one it delivers (the recipient's stream is ordered, so a stray copy would come first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import pytest
+
+from ws_tests.fixtures import (
+    Connect,
+    Frame,
+    WsUser,
+    next_message_is,
+    publish,
+    to_user,
+)
+
+BVJ = pytest.mark.bvj(
+    segment="early", goal="Real-time updates keep users engaged", mrr=8000, scenario="001#17"
+)
+pytestmark = [BVJ]
+
+Serve = Callable[..., Awaitable[str]]
+MakeUser = Callable[..., Awaitable[WsUser]]
+
+
+def assert_delivered(frame: Frame, *, seq: int, message_id: str, sender: str, to: str,
+                     data: Mapping[str, object]) -> None:  # fmt: skip
+    assert frame["type"] == "message", frame
+    assert frame["seq"] == seq, frame
+    assert frame["id"] == message_id, frame
+    assert frame["from"] == sender, frame
+    assert frame["to"] == to, frame
+    assert frame["data"] == data, frame
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_a_targeted_message_reaches_every_connection_of_the_target_and_nobody_else(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    url = await serve_gateway()
+    alice, bob, carol = await make_ws_user(), await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+    bob_tabs = [await ws_open(url, bob.token) for _ in range(3)]
+    carol_tab = await ws_open(url, carol.token)
+    data = {"text": "your report is ready", "report": {"id": 7, "rows": [1, 2, 3]}}
+
+    message_id = await publish(alice_tab, to_user(bob), data)
+
+    for tab in bob_tabs:
+        frame = await tab.expect("message")
+        assert_delivered(frame, seq=1, message_id=message_id, sender=alice.user_id,
+                         to=to_user(bob), data=data)  # fmt: skip
+    # Nobody else: the next message carol and alice get is one sent to them afterwards,
+    # numbered 1 in their own streams.
+    to_carol = await publish(alice_tab, to_user(carol), {"n": "carol"})
+    assert (await next_message_is(carol_tab, to_carol))["seq"] == 1
+    to_alice = await publish(carol_tab, to_user(alice), {"n": "alice"})
+    assert (await next_message_is(alice_tab, to_alice))["seq"] == 1
+    # And each of bob's tabs got it once: the next one there is the next one sent.
+    again = await publish(alice_tab, to_user(bob), {"n": 2})
+    for tab in bob_tabs:
+        assert (await next_message_is(tab, again))["seq"] == 2
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_targeted_message_reaches_the_target_on_every_gateway_instance(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    first, second = await serve_gateway(instance=0), await serve_gateway(instance=1)
+    alice, bob = await make_ws_user(), await make_ws_user()
+    alice_on_first = await ws_open(first, alice.token)
+    alice_on_second = await ws_open(second, alice.token)
+    bob_tabs = [await ws_open(first, bob.token), await ws_open(second, bob.token)]
+    assert bob_tabs[0].welcome["instance"] != bob_tabs[1].welcome["instance"]
+
+    sent = [
+        await publish(alice_on_first, to_user(bob), {"via": "first"}),
+        await publish(alice_on_second, to_user(bob), {"via": "second"}),
+    ]
+
+    for tab in bob_tabs:
+        frames = await tab.messages(2)
+        assert [(f["seq"], f["id"]) for f in frames] == [(1, sent[0]), (2, sent[1])]
+        assert [f["data"]["via"] for f in frames] == ["first", "second"]
+        assert {f["from"] for f in frames} == {alice.user_id}
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_broadcast_reaches_every_connected_user_once_per_connection(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    first, second = await serve_gateway(instance=0), await serve_gateway(instance=1)
+    alice, bob, carol = await make_ws_user(), await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(first, alice.token)
+    bob_tabs = [await ws_open(first, bob.token), await ws_open(second, bob.token)]
+    carol_tab = await ws_open(second, carol.token)
+    # Bob's stream already holds two messages: the broadcast is his third.
+    for n in range(2):
+        await publish(carol_tab, to_user(bob), {"n": n})
+    for tab in bob_tabs:
+        assert [f["seq"] for f in await tab.messages(2)] == [1, 2]
+    data = {"announcement": "maintenance at 02:00 UTC"}
+
+    message_id = await publish(alice_tab, "broadcast", data)
+
+    expected_seq = {alice.user_id: 1, bob.user_id: 3, carol.user_id: 1}
+    for tab in [alice_tab, *bob_tabs, carol_tab]:
+        frame = await tab.expect("message")
+        assert_delivered(frame, seq=expected_seq[tab.user_id], message_id=message_id,
+                         sender=alice.user_id, to="broadcast", data=data)  # fmt: skip
+    # Once per connection: the next message on each connection is the next one sent.
+    for user, tabs in ((alice, [alice_tab]), (bob, bob_tabs), (carol, [carol_tab])):
+        sentinel = await publish(alice_tab, to_user(user), {"sentinel": True})
+        for tab in tabs:
+            frame = await next_message_is(tab, sentinel)
+            assert frame["seq"] == expected_seq[user.user_id] + 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_broadcast_is_not_kept_for_users_who_were_not_connected(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    """ "Every connected user": someone who signs in later does not find it in their stream."""
+    url = await serve_gateway()
+    alice, bob, dave = await make_ws_user(), await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+    bob_tab = await ws_open(url, bob.token)
+    await publish(alice_tab, "broadcast", {"n": 1})
+    await bob_tab.expect("message", to="broadcast")
+
+    dave_tab = await ws_open(url, dave.token, last_seq=0)
+
+    assert dave_tab.welcome["last_seq"] == 0
+    sentinel = await publish(alice_tab, to_user(dave), {"first": True})
+    assert (await next_message_is(dave_tab, sentinel))["seq"] == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@pytest.mark.parametrize(
+    "to",
+    ["", "user:", "user", "team:ops", "broadcast:all", "users:x", None, 42, ["broadcast"]],
+)
+async def test_a_malformed_target_is_refused_and_routes_nothing(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser, to: object
+) -> None:
+    url = await serve_gateway()
+    alice, bob = await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+    bob_tab = await ws_open(url, bob.token)
+    fields: dict[str, Any] = {"data": {"x": 1}}
+    if to is not None:
+        fields["to"] = to
+
+    reply = await alice_tab.request("publish", **fields)
+
+    assert reply["type"] == "error", reply
+    assert reply["code"] == "invalid", reply
+    # The connection stays usable and no stream got a message out of it.
+    assert (await alice_tab.request("ping"))["type"] == "pong"
+    for sender, recipient in ((alice_tab, bob_tab), (bob_tab, alice_tab)):
+        sentinel = await publish(sender, to_user(recipient.user_id), {"sentinel": True})
+        assert (await next_message_is(recipient, sentinel))["seq"] == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_messages_to_an_offline_user_wait_in_their_stream(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    """Delivery does not depend on the target being online: acked means kept."""
+    url = await serve_gateway()
+    alice, bob = await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+    sent = [await publish(alice_tab, to_user(bob), {"n": n}) for n in range(3)]
+
+    bob_tab = await ws_open(url, bob.token, last_seq=0)
+
+    assert bob_tab.welcome["last_seq"] == 3
+    frames = await bob_tab.messages(3)
+    assert [(f["seq"], f["id"], f["data"]) for f in frames] == [
+        (n + 1, sent[n], {"n": n}) for n in range(3)
+    ]

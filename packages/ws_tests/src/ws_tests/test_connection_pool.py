@@ -1,0 +1,113 @@
+"""001#25 connection pool management: pool sizing, idle cleanup, burst handling.
+
+The rules under test (CONTRACT4): a user holds at most APEX_WS_MAX_CONNECTIONS_PER_USER
+connections (429 `too_many_connections` beyond); /healthz (and /instances) count the
+instance's connections; connections that stop answering pings are reaped and give their
+slot back, while idle but healthy ones are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from apex_testkit.waiting import eventually
+from ws_tests.fixtures import (
+    Connect,
+    GatewayHandle,
+    Gateways,
+    HandshakeRefused,
+    WsUser,
+    freeze,
+    stays_open,
+)
+
+POOL = pytest.mark.bvj(
+    segment="platform", goal="Resource efficiency: bounded, self-cleaning connection pools",
+    mrr=7000, scenario="001#25",
+)  # fmt: skip
+pytestmark = [POOL, pytest.mark.L2, pytest.mark.L3]
+
+MakeUser = Callable[..., Awaitable[WsUser]]
+
+
+async def _connections(gateway: GatewayHandle) -> int:
+    response = await gateway.healthz()
+    assert response.status_code == 200, response.text
+    count: int = response.json()["connections"]
+    return count
+
+
+async def _count_becomes(gateway: GatewayHandle, expected: int, timeout: float = 5) -> None:
+    async def reached() -> bool:
+        return await _connections(gateway) == expected
+
+    await eventually(reached, timeout=timeout, message=f"healthz connections == {expected}")
+
+
+async def test_one_user_fills_the_pool_up_to_the_limit_and_no_further(
+    gateways: Gateways, ws_open: Connect, ws_user: WsUser
+) -> None:
+    gateway = await gateways.start(APEX_WS_MAX_CONNECTIONS_PER_USER="10")
+
+    tabs = await asyncio.gather(*(ws_open(gateway.url, ws_user.token) for _ in range(10)))
+
+    assert len({t.welcome["connection_id"] for t in tabs}) == 10
+    assert sum(t.welcome["leader"] for t in tabs) == 1
+    await _count_becomes(gateway, 10)
+
+    async def listed() -> bool:  # /instances is refreshed by the registry heartbeat
+        mine = [i for i in await gateway.instances() if i["id"] == tabs[0].welcome["instance"]]
+        return [i["connections"] for i in mine] == [10]
+
+    await eventually(listed, timeout=10, message="/instances counts 10 connections")
+    with pytest.raises(HandshakeRefused) as refused:
+        await ws_open(gateway.url, ws_user.token)
+    assert (refused.value.status, refused.value.body["error"]) == (429, "too_many_connections")
+    for tab in tabs:
+        assert (await tab.request("ping"))["type"] == "pong"
+
+
+async def test_a_burst_of_connections_is_admitted_and_released(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    gateway = await gateways.start()
+    users = [await make_ws_user() for _ in range(20)]
+
+    clients = await asyncio.gather(*(ws_open(gateway.url, u.token) for u in users * 2))
+
+    assert {c.user_id for c in clients} == {u.user_id for u in users}
+    await _count_becomes(gateway, 40)
+    # Each user: two tabs, exactly one leader.
+    for user in users:
+        mine = [c for c in clients if c.user_id == user.user_id]
+        assert sorted(c.welcome["leader"] for c in mine) == [False, True]
+
+    await asyncio.gather(*(c.close() for c in clients))
+    await _count_becomes(gateway, 0)
+
+
+async def test_dead_connections_are_reaped_and_give_their_slots_back(
+    gateways: Gateways, ws_open: Connect, ws_user: WsUser, make_ws_user: MakeUser
+) -> None:
+    gateway = await gateways.start(
+        APEX_WS_MAX_CONNECTIONS_PER_USER="3",
+        APEX_WS_PING_INTERVAL="0.5",
+        APEX_WS_PING_TIMEOUT="0.5",
+    )
+    dead = [await ws_open(gateway.url, ws_user.token) for _ in range(3)]
+    idle = await ws_open(gateway.url, (await make_ws_user()).token)  # never sends anything
+    with pytest.raises(HandshakeRefused):
+        await ws_open(gateway.url, ws_user.token)
+
+    for client in dead:
+        freeze(client)
+    await _count_becomes(gateway, 1, timeout=10)
+
+    # The pool freed the user's slots: three new tabs fit again.
+    fresh = [await ws_open(gateway.url, ws_user.token) for _ in range(3)]
+    assert sum(t.welcome["leader"] for t in fresh) == 1
+    await _count_becomes(gateway, 4)
+    await stays_open(idle, 1.0)  # idle is not dead: it answers pings

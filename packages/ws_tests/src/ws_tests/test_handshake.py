@@ -1,0 +1,454 @@
+"""001#26 WebSocket authentication handshake and 004#3 the complete OAuth -> JWT -> WebSocket flow.
+
+The rules under test (CONTRACT4, Handshake): the token comes in `Authorization: Bearer` or
+`?access_token=`, is verified locally against auth's JWKS (RS256, iss, aud, exp) and its
+session must be live. Refusals are HTTP answers to the upgrade with `{"error","detail"}`:
+401 missing_token / invalid_token / token_expired / session_revoked, 429
+too_many_connections. On a live connection `refresh` swaps the token (same user and
+session only); a token that expires without a refresh ends the connection with 4001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+from auth_tests.fixtures import AuthAdmin, Tokens, login
+from websockets.exceptions import ConnectionClosed
+
+from apex_testkit.fakes.oidc import FakeIdp
+from apex_testkit.waiting import eventually
+from ws_tests.fixtures import (
+    Connect,
+    Gateways,
+    HandshakeRefused,
+    WsClient,
+    WsUser,
+    forge,
+    stays_open,
+)
+
+HANDSHAKE = pytest.mark.bvj(
+    segment="platform", goal="Secure connections: only live sessions reach real-time features",
+    mrr=9000, scenario="001#26",
+)  # fmt: skip
+COMPLETE_FLOW = pytest.mark.bvj(
+    segment="enterprise", goal="SSO users get a real-time session bound to their login",
+    mrr=18000, scenario="004#3",
+)  # fmt: skip
+
+MakeUser = Callable[..., Awaitable[WsUser]]
+
+
+def _claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+async def _refused(connect: Connect, token: str | None, **options: Any) -> HandshakeRefused:
+    """The refusal of a handshake that must be refused."""
+    with pytest.raises(HandshakeRefused) as refused:
+        await connect(token, **options)
+    assert isinstance(refused.value.body.get("detail"), str), refused.value.body
+    return refused.value
+
+
+def _tampered_signature(token: str) -> str:
+    head, body, signature = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+    raw[len(raw) // 2] ^= 0xFF
+    return f"{head}.{body}.{base64.urlsafe_b64encode(bytes(raw)).rstrip(b'=').decode()}"
+
+
+# --- accepted handshakes ------------------------------------------------------------------
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_bearer_header_token_is_welcomed_with_the_session_it_belongs_to(
+    ws_connect: Connect, ws_user: WsUser
+) -> None:
+    client = await ws_connect(ws_user.token)
+
+    welcome = client.welcome
+    assert welcome["type"] == "welcome"
+    assert welcome["user_id"] == ws_user.user_id
+    assert welcome["session_id"] == ws_user.tokens.session_id
+    assert isinstance(welcome["connection_id"], str)
+    assert welcome["connection_id"]
+    assert isinstance(welcome["instance"], str)
+    assert welcome["instance"]
+    assert welcome["last_seq"] == 0  # a new user has no stream yet
+    assert welcome["leader"] is True  # the user's only connection
+    assert welcome["heartbeat"]["interval"] > 0
+    assert welcome["heartbeat"]["timeout"] > 0
+    assert client.ws.subprotocol == "apex.v1"
+    assert (await client.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_query_string_token_is_accepted_for_browsers(
+    ws_connect: Connect, ws_user: WsUser
+) -> None:
+    client = await ws_connect(ws_user.token, token_in_query=True)
+
+    assert client.welcome["user_id"] == ws_user.user_id
+    assert client.welcome["session_id"] == ws_user.tokens.session_id
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_missing_token_is_refused_with_401_missing_token(ws_connect: Connect) -> None:
+    refused = await _refused(ws_connect, None)
+
+    assert (refused.status, refused.body["error"]) == (401, "missing_token")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+@pytest.mark.parametrize("in_query", [False, True], ids=["header", "query"])
+@pytest.mark.parametrize(
+    "token",
+    ["not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."],
+    ids=["garbage", "parts", "alg-none"],
+)
+async def test_malformed_token_is_refused_with_401_invalid_token(
+    ws_connect: Connect, token: str, in_query: bool
+) -> None:
+    refused = await _refused(ws_connect, token, token_in_query=in_query)
+
+    assert (refused.status, refused.body["error"]) == (401, "invalid_token")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_bad_signature_is_refused_with_401_invalid_token(
+    ws_connect: Connect, ws_user: WsUser
+) -> None:
+    refused = await _refused(ws_connect, _tampered_signature(ws_user.token))
+
+    assert (refused.status, refused.body["error"]) == (401, "invalid_token")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_token_signed_by_another_key_is_refused(ws_connect: Connect, ws_user: WsUser) -> None:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    refused = await _refused(ws_connect, forge(ws_user.token, pem))  # same kid, wrong key
+
+    assert (refused.status, refused.body["error"]) == (401, "invalid_token")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+@pytest.mark.parametrize(
+    "claims",
+    [{"aud": "someone-else"}, {"iss": "evil-auth"}, {"aud": None}, {"sub": None}, {"sid": None}],
+    ids=["wrong-aud", "wrong-iss", "no-aud", "no-sub", "no-sid"],
+)
+async def test_well_signed_token_with_bad_claims_is_refused_with_invalid_token(
+    ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str, claims: dict[str, Any]
+) -> None:
+    # The control: the same forging with no change is accepted (so the key and kid are right).
+    accepted = await ws_connect(forge(ws_user.token, jwt_signing_key))
+    assert accepted.welcome["user_id"] == ws_user.user_id
+
+    refused = await _refused(ws_connect, forge(ws_user.token, jwt_signing_key, **claims))
+
+    assert (refused.status, refused.body["error"]) == (401, "invalid_token")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_expired_token_is_refused_with_401_token_expired(
+    ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
+) -> None:
+    now = int(time.time())
+    expired = forge(ws_user.token, jwt_signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
+
+    refused = await _refused(ws_connect, expired)
+
+    assert (refused.status, refused.body["error"]) == (401, "token_expired")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_token_refused_once_it_has_expired(
+    ws_connect: Connect, make_ws_user: MakeUser
+) -> None:
+    user = await make_ws_user(ttl=1)
+    exp = _claims(user.token)["exp"]
+
+    async def expired_refusal() -> HandshakeRefused | None:
+        try:
+            client = await ws_connect(user.token)
+        except HandshakeRefused as refused:
+            return refused
+        except ConnectionClosed:  # it expired between the upgrade and the welcome: 4001
+            return None
+        await client.close()
+        return None
+
+    refused = await eventually(expired_refusal, timeout=10, message="refusal of an expired token")
+
+    assert refused is not None
+    assert time.time() >= exp  # never refused before it expired
+    assert (refused.status, refused.body["error"]) == (401, "token_expired")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_token_of_a_logged_out_session_is_refused_with_session_revoked(
+    ws_connect: Connect, auth_client: httpx.AsyncClient, ws_user: WsUser
+) -> None:
+    logout = await auth_client.post("/auth/logout", headers=ws_user.tokens.bearer)
+    assert logout.status_code == 204, logout.text
+
+    refused = await _refused(ws_connect, ws_user.token)
+
+    assert (refused.status, refused.body["error"]) == (401, "session_revoked")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_connections_over_the_per_user_limit_are_refused_with_429(
+    gateways: Gateways, ws_open: Callable[..., Awaitable[WsClient]], make_ws_user: MakeUser
+) -> None:
+    gateway = await gateways.start(APEX_WS_MAX_CONNECTIONS_PER_USER="3")
+    user, other = await make_ws_user(), await make_ws_user()
+    tabs = [await ws_open(gateway.url, user.token) for _ in range(3)]
+
+    with pytest.raises(HandshakeRefused) as refused:
+        await ws_open(gateway.url, user.token)
+    assert (refused.value.status, refused.value.body["error"]) == (429, "too_many_connections")
+    # The limit is per user: someone else still gets in.
+    assert (await ws_open(gateway.url, other.token)).welcome["user_id"] == other.user_id
+
+    await tabs[0].close()
+
+    refusals: list[str] = []
+
+    async def admitted() -> WsClient | None:
+        try:
+            return await ws_open(gateway.url, user.token)
+        except HandshakeRefused as again:
+            refusals.append(again.body["error"])
+            return None
+
+    newcomer = await eventually(admitted, timeout=5)
+    assert newcomer is not None
+    assert newcomer.welcome["user_id"] == user.user_id
+    assert set(refusals) <= {"too_many_connections"}, refusals
+
+
+# --- refresh and expiry on a live connection ------------------------------------------
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_refresh_on_a_live_connection_swaps_the_token(
+    ws_connect: Connect, auth_client: httpx.AsyncClient, ws_user: WsUser
+) -> None:
+    client = await ws_connect(ws_user.token)
+    response = await auth_client.post(
+        "/auth/refresh", json={"refresh_token": ws_user.tokens.refresh}
+    )
+    fresh = Tokens.of(response)
+
+    reply = await client.request("refresh", access_token=fresh.access)
+
+    assert reply["type"] == "refreshed", reply
+    assert reply["exp"] == _claims(fresh.access)["exp"]
+    assert (await client.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_refreshed_connection_outlives_its_first_token(
+    ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
+) -> None:
+    now = int(time.time())
+    short = forge(ws_user.token, jwt_signing_key, exp=now + 2)
+    long = forge(ws_user.token, jwt_signing_key, exp=now + 3600)
+    client = await ws_connect(short)
+
+    reply = await client.request("refresh", access_token=long)
+    assert reply == {"type": "refreshed", "id": reply["id"], "exp": now + 3600}
+
+    await stays_open(client, 4.0)  # past the first token's exp
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_refresh_with_another_users_token_is_refused_and_the_old_token_stays(
+    ws_connect: Connect, make_ws_user: MakeUser
+) -> None:
+    user = await make_ws_user(ttl=3)
+    intruder = await make_ws_user()
+    client = await ws_connect(user.token)
+
+    reply = await client.request("refresh", access_token=intruder.token)
+
+    assert (reply["type"], reply["code"]) == ("error", "invalid_token"), reply
+    assert (await client.request("ping"))["type"] == "pong"
+    # Still on the old (short) token: it expires as it would have.
+    code, reason = await client.closed(timeout=15)
+    assert code == 4001, (code, reason)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+@pytest.mark.parametrize("bad", ["garbage", "tampered"])
+async def test_refresh_with_an_invalid_token_is_refused_and_the_connection_stays(
+    ws_connect: Connect, ws_user: WsUser, bad: str
+) -> None:
+    client = await ws_connect(ws_user.token)
+    token = "garbage" if bad == "garbage" else _tampered_signature(ws_user.token)
+
+    reply = await client.request("refresh", access_token=token)
+
+    assert (reply["type"], reply["code"]) == ("error", "invalid_token"), reply
+    assert (await client.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_token_expiring_without_refresh_closes_with_4001(
+    ws_connect: Connect, make_ws_user: MakeUser
+) -> None:
+    user = await make_ws_user(ttl=2)
+    exp = _claims(user.token)["exp"]
+    client = await ws_connect(user.token)
+
+    code, reason = await client.closed(timeout=15)
+
+    assert time.time() >= exp - 0.5, "closed before the token expired"
+    assert code == 4001, (code, reason)
+    assert reason == "token expired"
+
+
+# --- 004#3: the complete flow ---------------------------------------------------------------
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@COMPLETE_FLOW
+async def test_concurrent_handshakes_of_one_session_are_each_bound_to_it(
+    ws_connect: Connect, ws_user: WsUser
+) -> None:
+    clients = await asyncio.gather(*(ws_connect(ws_user.token) for _ in range(8)))
+
+    welcomes = [c.welcome for c in clients]
+    assert {w["session_id"] for w in welcomes} == {ws_user.tokens.session_id}
+    assert {w["user_id"] for w in welcomes} == {ws_user.user_id}
+    assert len({w["connection_id"] for w in welcomes}) == 8
+    assert sum(1 for w in welcomes if w["leader"]) == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@COMPLETE_FLOW
+async def test_oidc_login_then_websocket_session_bound_to_it(
+    ws_connect: Connect,
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    fake_idp: FakeIdp,
+) -> None:
+    email = f"sso-{time.time_ns()}@tests.apex.invalid"
+    fake_idp.login_as(sub=f"idp-{time.time_ns()}", email=email)
+
+    # The browser: auth -> IdP /authorize -> back to auth's callback with code and state.
+    start = await auth_client.get("/auth/oidc/login")
+    assert start.status_code == 302, start.text
+    async with httpx.AsyncClient(timeout=10) as browser:
+        authorize = await browser.get(start.headers["location"])
+    assert authorize.status_code == 302, authorize.text
+    back = urlsplit(authorize.headers["location"])
+    assert back.path == "/auth/oidc/callback"
+    assert "code" in parse_qs(back.query), back.query
+    callback = await auth_client.get(f"{back.path}?{back.query}")
+    tokens = Tokens.of(callback)
+    user_id = callback.json()["user_id"]
+    assert _claims(tokens.access)["amr"] == ["oidc"]
+
+    client = await ws_connect(tokens.access)
+
+    assert client.welcome["user_id"] == user_id
+    assert client.welcome["session_id"] == tokens.session_id
+    # The session behind the socket is the SSO one: logging out ends new handshakes.
+    logout = await auth_client.post("/auth/logout", headers=tokens.bearer)
+    assert logout.status_code == 204, logout.text
+    assert (await client.closed(timeout=5))[0] == 4003
+    refused = await _refused(ws_connect, tokens.access)
+    assert refused.body["error"] == "session_revoked"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@COMPLETE_FLOW
+async def test_api_key_login_then_websocket_then_refresh_then_logout(
+    ws_connect: Connect, auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
+) -> None:
+    key_user = await auth_admin.key_user()
+    tokens = await login(auth_client, key_user.api_key)
+    client = await ws_connect(tokens.access, token_in_query=True)
+    assert client.welcome["session_id"] == tokens.session_id
+
+    fresh = Tokens.of(
+        await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
+    )
+    assert fresh.session_id == tokens.session_id
+    assert (await client.request("refresh", access_token=fresh.access))["type"] == "refreshed"
+
+    logout = await auth_client.post("/auth/logout", headers=fresh.bearer)
+    assert logout.status_code == 204, logout.text
+    code, reason = await client.closed(timeout=5)
+    assert (code, reason) == (4003, "session revoked")
+    refused = await _refused(ws_connect, fresh.access)
+    assert (refused.status, refused.body["error"]) == (401, "session_revoked")

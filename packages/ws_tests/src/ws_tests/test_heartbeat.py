@@ -1,0 +1,173 @@
+"""001#28 heartbeat mechanism and 003 "WS heartbeat and zombie" detection.
+
+The rules under test (CONTRACT4, ping): the gateway pings every APEX_WS_PING_INTERVAL and
+reaps a connection whose pong does not come within APEX_WS_PING_TIMEOUT: closed, counted
+in apex_gateway_reaped_total, removed from the connection counts and from the user's
+leader set (the next oldest tab becomes leader). A client that answers stays, however
+long it is idle. A zombie is made two ways: a client that stops reading its socket, and
+a network that swallows everything (the fault proxy's blackhole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from apex_testkit.faults import FaultProxy
+from apex_testkit.waiting import eventually
+from ws_tests.fixtures import (
+    Connect,
+    GatewayHandle,
+    Gateways,
+    WsUser,
+    freeze,
+    http_url,
+    metric,
+    stays_open,
+    thaw,
+)
+
+HEARTBEAT = pytest.mark.bvj(
+    segment="platform", goal="Connection liveness: dead sockets are found and freed",
+    mrr=6000, scenario="001#28",
+)  # fmt: skip
+ZOMBIES = pytest.mark.bvj(
+    segment="platform", goal="Zombie connections never pile up nor keep leadership",
+    mrr=50000, scenario="003:WS heartbeat and zombie",
+)  # fmt: skip
+
+MakeUser = Callable[..., Awaitable[WsUser]]
+INTERVAL, TIMEOUT = 0.5, 0.5
+FAST_PINGS = {"APEX_WS_PING_INTERVAL": str(INTERVAL), "APEX_WS_PING_TIMEOUT": str(TIMEOUT)}
+# A zombie must be gone within interval + timeout; the slack covers scheduling and polling.
+REAP_WITHIN = INTERVAL + TIMEOUT + 2.0
+
+
+async def _reaped(gateway: GatewayHandle) -> float:
+    return metric(await gateway.metrics(), "apex_gateway_reaped_total")
+
+
+async def _connections(gateway: GatewayHandle) -> int:
+    response = await gateway.healthz()
+    assert response.status_code == 200, response.text
+    count: int = response.json()["connections"]
+    return count
+
+
+async def _reaped_reaches(gateway: GatewayHandle, value: float) -> None:
+    async def reached() -> bool:
+        return await _reaped(gateway) >= value
+
+    await eventually(reached, timeout=REAP_WITHIN, message=f"reaped_total >= {value}")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HEARTBEAT
+async def test_welcome_announces_the_heartbeat_and_app_pings_are_answered(
+    gateways: Gateways, ws_open: Connect, ws_user: WsUser
+) -> None:
+    gateway = await gateways.start(**FAST_PINGS)
+    client = await ws_open(gateway.url, ws_user.token)
+
+    assert client.welcome["heartbeat"] == {"interval": INTERVAL, "timeout": TIMEOUT}
+    assert await client.request("ping", id="hb-1") == {"type": "pong", "id": "hb-1"}
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HEARTBEAT
+async def test_client_that_stops_answering_pings_is_reaped_and_a_healthy_one_stays(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    gateway = await gateways.start(**FAST_PINGS)
+    healthy = await ws_open(gateway.url, (await make_ws_user()).token)
+    zombie = await ws_open(gateway.url, (await make_ws_user()).token)
+    before = await _reaped(gateway)
+    assert await _connections(gateway) == 2
+
+    freeze(zombie)
+    await _reaped_reaches(gateway, before + 1)
+
+    assert await _reaped(gateway) == before + 1  # the zombie only
+    assert await _connections(gateway) == 1
+    thaw(zombie)
+    await zombie.closed(timeout=10)  # its socket is gone (close code is the library's)
+    # The healthy client, idle all along, is still there many intervals later.
+    await stays_open(healthy, 4 * (INTERVAL + TIMEOUT))
+    assert await _reaped(gateway) == before + 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HEARTBEAT
+async def test_reaped_leader_hands_leadership_to_the_next_tab(
+    gateways: Gateways, ws_open: Connect, ws_user: WsUser
+) -> None:
+    gateway = await gateways.start(**FAST_PINGS)
+    oldest = await ws_open(gateway.url, ws_user.token)
+    second = await ws_open(gateway.url, ws_user.token)
+    assert (oldest.welcome["leader"], second.welcome["leader"]) == (True, False)
+
+    freeze(oldest)
+
+    await second.expect("leader", timeout=REAP_WITHIN + 1)
+    third = await ws_open(gateway.url, ws_user.token)
+    assert third.welcome["leader"] is False  # `second` leads now, not the dead tab
+
+
+@pytest.mark.L3
+@ZOMBIES
+async def test_network_blackhole_makes_a_zombie_that_is_reaped_and_loses_leadership(
+    gateways: Gateways,
+    ws_open: Connect,
+    ws_user: WsUser,
+    fault_proxy: Callable[[str], FaultProxy],
+) -> None:
+    gateway = await gateways.start(**FAST_PINGS)
+    proxy = fault_proxy(http_url(gateway.url))
+    behind_proxy = await ws_open(proxy.url_for(gateway.url), ws_user.token)
+    direct = await ws_open(gateway.url, ws_user.token)
+    assert behind_proxy.welcome["leader"] is True
+    before = await _reaped(gateway)
+
+    proxy.blackhole()  # nothing gets through either way, no FIN, no RST: a dead network
+
+    await direct.expect("leader", timeout=REAP_WITHIN + 1)
+    await _reaped_reaches(gateway, before + 1)
+    assert await _connections(gateway) == 1
+
+    async def listed() -> bool:  # /instances is refreshed by the registry heartbeat
+        mine = [i for i in await gateway.instances() if i["id"] == direct.welcome["instance"]]
+        return [i["connections"] for i in mine] == [1]
+
+    await eventually(listed, timeout=10, message="/instances counts the living only")
+
+
+@pytest.mark.L3
+@ZOMBIES
+async def test_a_crowd_of_zombies_is_reaped_exactly_and_the_living_are_kept(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    gateway = await gateways.start(**FAST_PINGS)
+    users = [await make_ws_user() for _ in range(10)]
+    clients = await asyncio.gather(*(ws_open(gateway.url, u.token) for u in users))
+    zombies, living = clients[:5], clients[5:]
+    before = await _reaped(gateway)
+
+    for zombie in zombies:
+        freeze(zombie)
+    await _reaped_reaches(gateway, before + 5)
+
+    await stays_open(living[0], INTERVAL + TIMEOUT)
+    assert await _reaped(gateway) == before + 5
+    assert await _connections(gateway) == 5
+    for client in living:
+        assert (await client.request("ping"))["type"] == "pong"
+    # Fan-out skips the dead: a broadcast reaches exactly the living.
+    reply = await living[0].request("publish", to="broadcast", data={"alive": True})
+    assert reply["type"] == "ack"
+    for client in living:
+        assert (await client.expect("message"))["data"] == {"alive": True}

@@ -1,0 +1,194 @@
+"""001#4 the auth cascade as the gateway sees it: a session ended in auth closes its
+WebSockets (4003, on every instance, within 1 s); a permission change reaches every
+connection of the user as a `permissions_changed` frame.
+
+Both travel as auth events on `<prefix>auth:events` (CONTRACT3/CONTRACT4): the tests
+cause them through auth's own API, so they break when either side stops speaking the
+other's language.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from auth_tests.fixtures import AuthAdmin, login
+
+from apex_testkit.provisioning.redis import RedisNamespace
+from apex_testkit.sut import Platform
+from ws_tests.fixtures import Connect, HandshakeRefused, WsClient, WsUser
+
+CASCADE = pytest.mark.bvj(
+    segment="enterprise", goal="Revocations and permission changes reach open sockets at once",
+    mrr=10000, scenario="001#4",
+)  # fmt: skip
+pytestmark = [CASCADE]
+
+MakeUser = Callable[..., Awaitable[WsUser]]
+# The contract's bound for a revocation to close sockets (1 s), plus scheduling slack.
+REVOKE_SECONDS = 3.0
+
+
+@pytest.fixture
+async def second_gateway(clean_platform: Platform, gateway_url: str) -> AsyncIterator[str]:
+    """URL of another gateway instance on the same servers (instance 1)."""
+    async with clean_platform.serve("gateway", instance=1) as url:
+        assert url != gateway_url
+        yield url
+
+
+async def _closed_with(client: WsClient, code: int, reason: str) -> None:
+    assert await client.closed(timeout=REVOKE_SECONDS) == (code, reason)
+
+
+async def _alive(client: WsClient) -> None:
+    assert (await client.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
+    ws_connect: Connect,
+    second_gateway: str,
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
+    key_user = await auth_admin.key_user()
+    ending, staying = (
+        await login(auth_client, key_user.api_key),
+        await login(auth_client, key_user.api_key),
+    )
+    on_a = await ws_connect(ending.access)
+    on_b = await ws_connect(ending.access, base_url=second_gateway)
+    other_tab_a = await ws_connect(staying.access)
+    other_tab_b = await ws_connect(staying.access, base_url=second_gateway)
+    assert on_a.welcome["instance"] != on_b.welcome["instance"]
+
+    logout = await auth_client.post("/auth/logout", headers=ending.bearer)
+    assert logout.status_code == 204, logout.text
+
+    await _closed_with(on_a, 4003, "session revoked")
+    await _closed_with(on_b, 4003, "session revoked")
+    # Only that session: the user's other session keeps its sockets on both instances.
+    await _alive(other_tab_a)
+    await _alive(other_tab_b)
+    with pytest.raises(HandshakeRefused) as refused:
+        await ws_connect(ending.access, base_url=second_gateway)
+    assert (refused.value.status, refused.value.body["error"]) == (401, "session_revoked")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_deleting_a_session_from_another_device_closes_its_socket(
+    ws_connect: Connect, auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
+) -> None:
+    key_user = await auth_admin.key_user()
+    laptop, phone = (
+        await login(auth_client, key_user.api_key),
+        await login(auth_client, key_user.api_key),
+    )
+    laptop_ws, phone_ws = await ws_connect(laptop.access), await ws_connect(phone.access)
+
+    deleted = await auth_client.delete(f"/sessions/{phone.session_id}", headers=laptop.bearer)
+    assert deleted.status_code == 204, deleted.text
+
+    await _closed_with(phone_ws, 4003, "session revoked")
+    await _alive(laptop_ws)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
+    ws_connect: Connect,
+    second_gateway: str,
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+) -> None:
+    key_user = await auth_admin.key_user()
+    bystander = await auth_admin.key_user()
+    sessions = [await login(auth_client, key_user.api_key) for _ in range(2)]
+    sockets = [
+        await ws_connect(sessions[0].access),
+        await ws_connect(sessions[1].access, base_url=second_gateway),
+    ]
+    bystander_ws = await ws_connect((await login(auth_client, bystander.api_key)).access)
+
+    await auth_admin.revoke_api_key(key_user.key_id)
+
+    for socket in sockets:
+        await _closed_with(socket, 4003, "session revoked")
+    await _alive(bystander_ws)
+
+
+# --- permissions.changed --------------------------------------------------------------------
+
+
+async def _grant(auth_admin: AuthAdmin, user_id: str, permission: str, effect: str) -> None:
+    response = await auth_admin.client.put(
+        f"/admin/users/{user_id}/grants/{permission}",
+        json={"effect": effect},
+        headers=auth_admin.headers,
+    )
+    assert response.status_code in (200, 201, 204), response.text
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_permission_change_in_auth_reaches_every_connection_of_the_user(
+    ws_connect: Connect,
+    second_gateway: str,
+    auth_admin: AuthAdmin,
+    make_ws_user: MakeUser,
+) -> None:
+    user, other = await make_ws_user(), await make_ws_user()
+    tabs = [await ws_connect(user.token), await ws_connect(user.token, base_url=second_gateway)]
+    other_ws = await ws_connect(other.token)
+
+    await _grant(auth_admin, user.user_id, "reports:export", "allow")
+
+    for tab in tabs:
+        frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
+        assert "reports:export" in frame["permissions"], frame
+        assert frame["permissions"] == sorted(frame["permissions"])
+
+    await _grant(auth_admin, user.user_id, "reports:export", "deny")
+
+    for tab in tabs:
+        frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
+        assert "reports:export" not in frame["permissions"], frame
+    # Nobody else hears of it: by the time the other user's ping is answered the events
+    # have passed their instance.
+    await _alive(other_ws)
+    assert not [f for f in other_ws.inbox if f.get("type") == "permissions_changed"]
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_permissions_changed_event_makes_the_gateway_fetch_the_users_permissions(
+    ws_connect: Connect,
+    auth_client: httpx.AsyncClient,
+    redis_namespace: RedisNamespace,
+    make_ws_user: MakeUser,
+) -> None:
+    """The event as auth publishes it (CONTRACT3): the gateway asks auth for the list."""
+    first, second, bystander = [await make_ws_user() for _ in range(3)]
+    first_ws, second_ws = await ws_connect(first.token), await ws_connect(second.token)
+    bystander_ws = await ws_connect(bystander.token)
+    expected = await auth_client.get("/me/permissions", headers=first.tokens.bearer)
+    assert expected.status_code == 200, expected.text
+
+    redis = redis_namespace.client()
+    try:
+        event = {"type": "permissions.changed", "user_ids": [first.user_id, second.user_id]}
+        redis.publish(f"{redis_namespace.prefix}auth:events", json.dumps(event))
+    finally:
+        redis.close()
+
+    frame = await first_ws.expect("permissions_changed", timeout=REVOKE_SECONDS)
+    assert frame["permissions"] == expected.json()["permissions"]
+    await second_ws.expect("permissions_changed", timeout=REVOKE_SECONDS)
+    await _alive(bystander_ws)
+    assert not [f for f in bystander_ws.inbox if f.get("type") == "permissions_changed"]
