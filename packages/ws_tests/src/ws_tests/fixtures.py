@@ -395,9 +395,14 @@ async def ws_open(
         return client
 
     yield connect
-    for client in opened:
-        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
-            await asyncio.wait_for(client.close(), 5)
+    # All at once and bounded: a connection a test froze (never reads) cannot finish a
+    # closing handshake, and must not hold the teardown for its full timeout, one by one.
+    await asyncio.gather(*(_close_quietly(client) for client in opened))
+
+
+async def _close_quietly(client: WsClient, timeout: float = 2.0) -> None:
+    with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+        await asyncio.wait_for(client.close(), timeout)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
