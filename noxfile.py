@@ -323,7 +323,10 @@ def bench(session: nox.Session) -> None:
     (REPORTS / "bench").mkdir(parents=True, exist_ok=True)
     # One process, no coverage, no xdist: nothing competes with the measurements.
     # `--pyargs` takes the path too: what does not import as a module is a path.
-    pytest = ["pytest", "--perf", "-m", "perf", "-p", "no:xdist", "--pyargs", "shared/tests"]
+    # L3: services as processes (a gateway benchmark must not share the client's loop);
+    # -s: the tables the benchmarks print are the point.
+    pytest = ["pytest", "--perf", "-m", "perf", "-p", "no:xdist", "--level", "L3", "-s"]
+    pytest += ["--pyargs", "shared/tests"]
     # Exit code 5 (no test marked perf yet) is not a failure; pytest says so.
     session.run(*pytest, *(p.module for p in PACKAGES), *session.posargs, success_codes=[0, 5])
 

@@ -95,3 +95,31 @@ async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker
     async with httpx.AsyncClient(base_url=url) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("/healthz")
+
+
+async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_worker):
+    from apex_testkit.sut import InProcessPlatform
+
+    processes = ProcessPlatform(apex_worker)
+    try:
+        shared = processes.instance("auth").url
+        async with processes.start("auth") as mine, httpx.AsyncClient(timeout=5) as http:
+            assert mine.url != shared, "a started instance is the test's own, not the cached one"
+            assert (await http.get(f"{mine.url}/healthz")).status_code == 200
+            await mine.kill()
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"{mine.url}/healthz")
+            assert (await http.get(f"{shared}/healthz")).status_code == 200
+    finally:
+        processes.close()
+
+    in_loop = InProcessPlatform(apex_worker)
+    async with in_loop.start("auth") as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            assert (await client.get("/healthz")).status_code == 200
+        await served.stop()
+        with pytest.raises(RuntimeError, match="L3 only"):
+            await served.kill()
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get("/healthz")

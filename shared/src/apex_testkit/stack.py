@@ -81,7 +81,8 @@ def _start(
     argv = [sys.executable, "-m", "apex.stack", "--manifest", str(manifest)]
     _say("starting the platform (python -m apex.stack)")
     process = spawn(argv, log=log, env={**os.environ, **env})
-    record_process(run, "apex-stack", process.pid, grace=15.0)
+    # More than the stack gives its services (20 s): a draining gateway is not cut short.
+    record_process(run, "apex-stack", process.pid, grace=25.0)
 
     def state() -> str | None:
         if manifest.is_file():

@@ -16,8 +16,9 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import cast
 
 import httpx
@@ -136,6 +137,25 @@ def fake_env(worker: Worker, fake: str) -> dict[str, str]:
     }
 
 
+@dataclass
+class RunningService:
+    """A service instance a test started for itself (`Platform.start`)."""
+
+    url: str
+    _stop: Callable[[], Awaitable[None]]
+    _kill: Callable[[], Awaitable[None]] | None = None
+
+    async def stop(self) -> None:
+        """Graceful: SIGTERM at L3 (the service drains and exits), its own shutdown at L2."""
+        await self._stop()
+
+    async def kill(self) -> None:
+        """A crash, with no goodbye to clients: L3 only (a process to kill)."""
+        if self._kill is None:
+            raise RuntimeError("kill() needs a service process: mark the test L3 only")
+        await self._kill()
+
+
 class Platform(abc.ABC):
     """The platform as the tests see it, whatever the level."""
 
@@ -166,6 +186,11 @@ class Platform(abc.ABC):
         L2 serves it (and them) on loopback ports inside the test's event loop, L3 gives
         the worker's process, L4 the target's URL.
         """
+
+    @abc.abstractmethod
+    def start(self, service: str, **settings: str) -> AbstractAsyncContextManager[RunningService]:
+        """A fresh instance of `service` for this test alone (with these settings), that the
+        test may stop or, at L3, kill; stopped at the end of the block. L2/L3 only."""
 
     def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
@@ -205,18 +230,25 @@ class InProcessPlatform(Platform):
     async def serve(
         self, service: str, *, instance: int = 0, **settings: str
     ) -> AsyncIterator[str]:
+        # Every L2 instance is a fresh one in the test's loop.
+        async with self.start(service, **settings) as running:
+            yield running.url
+
+    @asynccontextmanager
+    async def start(self, service: str, **settings: str) -> AsyncIterator[RunningService]:
         async with contextlib.AsyncExitStack() as stack:
-            env = {**service_env(self.worker, service), **settings}
+            env = service_env(self.worker, service)
             for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
-                env[variable] = await stack.enter_async_context(self.serve(dependency))
-            yield await stack.enter_async_context(_serve_in_loop(service, env))
+                if variable not in settings:  # a test may point it elsewhere (a proxy)
+                    env[variable] = await stack.enter_async_context(self.serve(dependency))
+            yield await stack.enter_async_context(_serve_in_loop(service, {**env, **settings}))
 
     def reset(self) -> None:
         self.worker.reset()
 
 
 @asynccontextmanager
-async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[str]:
+async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[RunningService]:
     """Serve `apex.<service>` in the running event loop on an ephemeral loopback port.
 
     An ASGI service (`create_app(Settings)`) runs under uvicorn; the gateway, which has
@@ -244,16 +276,19 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[str
                     raise RuntimeError(f"apex.{service} exited during start-up")
                 return bool(server.started)
 
-            try:
-                await eventually(started, timeout=30, message=f"apex.{service} serving")
-                yield url
-            finally:
+            async def stop() -> None:
                 server.should_exit = True
                 await task
+
+            try:
+                await eventually(started, timeout=30, message=f"apex.{service} serving")
+                yield RunningService(url, stop)
+            finally:
+                await stop()
         else:
             gateway = module.create_gateway(module.GatewaySettings.from_env(env))
             async with gateway.serving(sock=sock):
-                yield url
+                yield RunningService(url, gateway.shutdown)
     finally:
         sock.close()
 
@@ -348,9 +383,8 @@ class ProcessPlatform(Platform):
                 self._all_proxies.append(proxy.start())
                 self._proxies[(service, instance, dependency)] = proxy
                 env[variable] = proxy.url_for(env[variable])
-            for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
-                env.setdefault(variable, self.instance(dependency).url)
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
+            env = self._with_dependencies(service, env)
             process = ServiceProcess(self.worker.run, service, env, name)
             process.start()
             self._instances[key] = process
@@ -364,11 +398,35 @@ class ProcessPlatform(Platform):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield client
 
+    def _with_dependencies(self, service: str, env: dict[str, str]) -> dict[str, str]:
+        """`env` plus where the services it calls are (unless a test set it: a proxy)."""
+        for dependency, variable in SERVICE_DEPENDS.get(service, {}).items():
+            env.setdefault(variable, self.instance(dependency).url)
+        return env
+
     @asynccontextmanager
     async def serve(
         self, service: str, *, instance: int = 0, **settings: str
     ) -> AsyncIterator[str]:
         yield _scheme(service, self.instance(service, instance, **settings).url)
+
+    @asynccontextmanager
+    async def start(self, service: str, **settings: str) -> AsyncIterator[RunningService]:
+        env = self._with_dependencies(service, {**service_env(self.worker, service), **settings})
+        name = f"{service}-w{self.worker.slot}-own-{secrets.token_hex(4)}"
+        process = ServiceProcess(self.worker.run, service, env, name)
+        await asyncio.to_thread(process.start)
+
+        async def stop() -> None:
+            await asyncio.to_thread(process.stop)
+
+        async def kill() -> None:
+            await asyncio.to_thread(process.kill)
+
+        try:
+            yield RunningService(_scheme(service, process.url), stop, kill)
+        finally:
+            await stop()
 
     def proxy(self, service: str, instance: int, name: str) -> FaultProxy:
         """The fault proxy between instance `instance` of `service` and its dependency
@@ -431,3 +489,6 @@ class DeployedPlatform(Platform):
         if settings:
             raise RuntimeError(f"a deployed {service} cannot be reconfigured: mark the test L2/L3")
         yield self.target.url(service)
+
+    def start(self, service: str, **settings: str) -> AbstractAsyncContextManager[RunningService]:
+        raise RuntimeError(f"a deployed {service} is not ours to start: mark the test L2/L3")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib
 import json
 import re
 import uuid
@@ -28,11 +27,9 @@ from auth_tests.fixtures import AuthAdmin, KeyUser, Tokens, login
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from apex_testkit._processes import listening_socket
 from apex_testkit.settings import Level
-from apex_testkit.sut import Platform, ProcessPlatform, ServiceProcess, service_env
+from apex_testkit.sut import Platform, RunningService
 from apex_testkit.waiting import eventually
-from apex_testkit.worker import Worker
 
 Frame = dict[str, Any]
 DEFAULT_TIMEOUT = 10.0
@@ -266,28 +263,24 @@ def ws_url(url: str) -> str:
 
 @dataclass
 class GatewayHandle:
-    """One gateway a test started: its URL; at L3 its process (graceful stop, crash)."""
+    """One gateway a test started (`gateways.start`): its URL, graceful stop and, at L3,
+    crash (the kit's `platform.start("gateway")` does the wiring)."""
 
     url: str
     settings: dict[str, str]
-    process: ServiceProcess | None = None
-    _gateway: Any = None  # L2: the in-process apex.gateway Gateway
+    service: RunningService
 
     @property
     def http(self) -> str:
         return http_url(self.url)
 
     async def stop(self) -> None:
-        """Graceful: SIGTERM at L3 (drain, exit 0), `gateway.shutdown()` at L2."""
-        if self.process is not None:
-            await asyncio.to_thread(self.process.stop)
-        elif self._gateway is not None:
-            await self._gateway.shutdown()
+        """Graceful: SIGTERM at L3 (drain, exit 0), the gateway's own shutdown at L2."""
+        await self.service.stop()
 
     async def kill(self) -> None:
         """A crash (L3 only): SIGKILL, no goodbye."""
-        assert self.process is not None, "kill() needs a process: mark the test L3 only"
-        await asyncio.to_thread(self.process.kill)
+        await self.service.kill()
 
     async def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.http, timeout=timeout) as client:
@@ -318,58 +311,19 @@ class Gateways:
         self.platform = platform
         self.stack = stack
         self.started: list[GatewayHandle] = []
-        self._auth_url: str | None = None
-
-    @property
-    def worker(self) -> Worker:
-        worker: Worker = getattr(self.platform, "worker")  # noqa: B009 - L2/L3 platforms have one
-        return worker
 
     async def auth_url(self) -> str:
-        if self._auth_url is None:
-            if isinstance(self.platform, ProcessPlatform):
-                self._auth_url = self.platform.instance("auth").url
-            else:
-                self._auth_url = await self.stack.enter_async_context(self.platform.serve("auth"))
-        return self._auth_url
-
-    async def env(self, settings: dict[str, str]) -> dict[str, str]:
-        env = {**service_env(self.worker, "gateway"), "APEX_AUTH_URL": await self.auth_url()}
-        return {**env, **settings}
+        """A base URL of the auth service, e.g. to put a fault proxy in front of it
+        (`start(APEX_AUTH_URL=proxy.url_for(url))`)."""
+        return await self.stack.enter_async_context(self.platform.serve("auth"))
 
     async def start(self, **settings: str) -> GatewayHandle:
         if self.platform.level is Level.L4:
             pytest.fail("gateways.start() exists at L2/L3 only: mark the test so", pytrace=False)
-        env = await self.env(settings)
-        if isinstance(self.platform, ProcessPlatform):
-            name = f"gateway-w{self.worker.slot}-f2-{uuid.uuid4().hex[:8]}"
-            process = ServiceProcess(self.worker.run, "gateway", env, name)
-            await asyncio.to_thread(process.start)
-            handle = GatewayHandle(ws_url(process.url), settings, process=process)
-            self.stack.callback(process.stop)
-        else:
-            handle = await self.stack.enter_async_context(_in_loop_gateway(env, settings))
+        running = await self.stack.enter_async_context(self.platform.start("gateway", **settings))
+        handle = GatewayHandle(running.url, settings, running)
         self.started.append(handle)
         return handle
-
-
-@contextlib.asynccontextmanager
-async def _in_loop_gateway(
-    env: dict[str, str], settings: dict[str, str]
-) -> AsyncIterator[GatewayHandle]:
-    """L2: apex.gateway served on a loopback socket inside the test's event loop."""
-    module = importlib.import_module("apex.gateway")
-    sock = listening_socket()
-    host, port = sock.getsockname()[:2]
-    try:
-        # create_gateway takes the gateway's settings object (apex.gateway.GatewaySettings).
-        settings_type = getattr(module, "GatewaySettings", None)
-        config = settings_type.from_env(env) if settings_type is not None else env
-        gateway = module.create_gateway(config)
-        async with gateway.serving(sock=sock):
-            yield GatewayHandle(f"ws://{host}:{port}", settings, _gateway=gateway)
-    finally:
-        sock.close()
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -55,6 +57,24 @@ class RunningServer:
     server: Server
 
 
+# A burst of handshakes queues for a Redis connection instead of opening hundreds at once
+# (each connect then competes with the handshakes for the loop, and times out).
+REDIS_POOL_SIZE = 64
+
+
+def _redis_client(url: str, *, decode: bool) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=10,
+        decode_responses=decode,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
 def create_gateway(settings: GatewaySettings) -> Gateway:
     """A gateway for ``settings``; nothing connects until ``serving()``."""
     return Gateway(settings)
@@ -78,12 +98,8 @@ class Gateway:
         self.frame_limit = settings.max_message + HEADER_SIZE  # binary: chunk + header
         prefix = settings.redis_prefix
         self.auth_channel = f"{prefix}auth:events"
-        self._redis = Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
-        self._redis_bytes = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis = _redis_client(settings.redis_url, decode=True)
+        self._redis_bytes = _redis_client(settings.redis_url, decode=False)
         self.registry = Registry(
             self._redis, prefix=prefix, instance_id=settings.instance_id, ttl=settings.instance_ttl
         )

@@ -27,7 +27,8 @@ SERVICES = ("auth", "gateway")
 # Services whose manifest URL is not http:// (the gateway's /healthz is plain HTTP on
 # the same port, so the stack still checks it over http://).
 URL_SCHEMES = {"gateway": "ws"}
-STOP_GRACE_SECONDS = 10.0
+# The gateway drains for up to APEX_WS_DRAIN_TIMEOUT (10 s by default) plus its own margin.
+STOP_GRACE_SECONDS = 20.0
 
 
 def _parser() -> argparse.ArgumentParser:
