@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from apex_testkit.waiting import wait_for
 
 _PR_SET_PDEATHSIG = 1
@@ -174,3 +176,24 @@ def listening_socket(host: str = "127.0.0.1") -> socket.socket:
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], health_url: str, *, timeout: float, interval: float = 0.02
+) -> str | None:
+    """Wait until `health_url` answers 200 ("ready") or `process` exits ("exited");
+    None when neither happened within `timeout` seconds."""
+
+    def state() -> str | None:
+        if process.poll() is not None:
+            return "exited"
+        try:
+            healthy = httpx.get(health_url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        return "ready" if healthy else None
+
+    outcome: str | None = wait_for(
+        state, timeout=timeout, interval=interval, raise_on_timeout=False
+    )
+    return outcome

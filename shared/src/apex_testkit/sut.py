@@ -25,12 +25,12 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from apex_testkit import _loop
-from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn
+from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn, wait_healthy
 from apex_testkit.faults import FaultProxy
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import Level
 from apex_testkit.target import Target
-from apex_testkit.waiting import eventually, wait_for
+from apex_testkit.waiting import eventually
 from apex_testkit.worker import Worker
 
 # What each platform service reads from which server (its APEX_* settings).
@@ -312,17 +312,7 @@ class ServiceProcess:
         sock.close()
         self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
         self.url = f"http://{host}:{port}"
-
-        def state() -> str | None:
-            if process.poll() is not None:
-                return "exited"
-            try:
-                healthy = httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                healthy = False
-            return "ready" if healthy else None
-
-        outcome = wait_for(state, timeout=timeout, interval=0.02, raise_on_timeout=False)
+        outcome = wait_healthy(process, f"{self.url}/healthz", timeout=timeout)
         if outcome != "ready":
             self.stop()
             what = f"exited with code {process.returncode}" if outcome else "never became healthy"

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apex_testkit._processes import listening_socket, log_tail, spawn
+from apex_testkit._processes import listening_socket, log_tail, spawn, wait_healthy
 from apex_testkit.run import Run, record_process
 from apex_testkit.waiting import wait_for
 
@@ -239,16 +238,7 @@ def start_fake(
         child.wait(timeout=5)
         run.forget(resource)
 
-    def state() -> str | None:
-        if child.poll() is not None:
-            return "exited"
-        try:
-            ok = httpx.get(f"{url}{CONTROL}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        return "ready" if ok else None
-
-    outcome = wait_for(state, timeout=START_TIMEOUT, interval=0.01, raise_on_timeout=False)
+    outcome = wait_healthy(child, f"{url}{CONTROL}/health", timeout=START_TIMEOUT, interval=0.01)
     if outcome != "ready":
         stop_process()
         raise RuntimeError(f"fake {name} ({resource}) did not start:\n{log_tail(log)}")
