@@ -21,13 +21,14 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from apex.common import jwts
 from apex.common.config import load_private_key
 
 __all__ = ["ALGORITHM", "AccessClaims", "Signer", "TokenError"]
 
 log = logging.getLogger(__name__)
 
-ALGORITHM: Final = "RS256"
+ALGORITHM: Final = jwts.ALGORITHM
 REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "iat", "nbf", "exp")
 # Far beyond any token we issue (about 1 KiB): refuse before parsing.
 MAX_TOKEN_LENGTH: Final = 4096
@@ -134,37 +135,20 @@ class Signer:
 
     def verify(self, token: str) -> AccessClaims:
         """The claims of a valid token; raise TokenError otherwise."""
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenError("invalid_token", "token too long")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenError("invalid_token", "malformed token") from None
-        if header.get("alg") != ALGORITHM:
-            raise TokenError("invalid_token", f"tokens must be signed with {ALGORITHM}")
-        if header.get("kid") != self.kid:
-            raise TokenError("invalid_token", "token signed by an unknown key")
-        try:
-            claims = jwt.decode(
+            header = jwts.unverified_header(token, max_length=MAX_TOKEN_LENGTH)
+            if header.get("kid") != self.kid:
+                raise jwts.JwtRejected("kid", "names an unknown signing key")
+            claims = jwts.decode(
                 token,
                 self.public_key,
-                algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": list(REQUIRED_CLAIMS)},
+                require=REQUIRED_CLAIMS,
             )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token_expired", "token expired") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("invalid_token", "token issued for another audience") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("invalid_token", "token issued by another issuer") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("invalid_token", "bad token signature") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenError("invalid_token", f"token lacks the {exc.claim!r} claim") from None
-        except jwt.PyJWTError:
-            raise TokenError("invalid_token", "invalid token") from None
+        except jwts.JwtRejected as exc:
+            code = "token_expired" if exc.check == "exp" else "invalid_token"
+            raise TokenError(code, f"token rejected: {exc}") from None
         return _access_claims(claims)
 
 

@@ -15,10 +15,12 @@ from typing import Any, Final
 
 import jwt
 
+from apex.common import jwts
+
 __all__ = ["CONTEXT_TOKEN_TYPE", "ContextTokenError", "verify_context_token"]
 
 CONTEXT_TOKEN_TYPE: Final = "apex-context+jwt"  # noqa: S105 - a JWT "typ", not a secret
-ALGORITHM: Final = "RS256"
+ALGORITHM: Final = jwts.ALGORITHM
 REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "iat", "exp", "jti")
 MAX_TOKEN_LENGTH: Final = 16_384
 
@@ -44,39 +46,20 @@ def verify_context_token(
     """
     if not audience:
         raise ContextTokenError("an audience is required")
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise ContextTokenError("token too long")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise ContextTokenError("malformed token") from None
-    if header.get("alg") != ALGORITHM:
-        raise ContextTokenError(f"context tokens are signed with {ALGORITHM}")
-    if header.get("typ") != CONTEXT_TOKEN_TYPE:
-        raise ContextTokenError(f"not a context token (typ must be {CONTEXT_TOKEN_TYPE!r})")
-    key = _key_for(jwks, header.get("kid"))
-    try:
-        claims: dict[str, Any] = jwt.decode(
+        header = jwts.unverified_header(token, max_length=MAX_TOKEN_LENGTH)
+        if header.get("typ") != CONTEXT_TOKEN_TYPE:
+            raise jwts.JwtRejected("typ", f"must be {CONTEXT_TOKEN_TYPE!r}: not a context token")
+        claims = jwts.decode(
             token,
-            key,
-            algorithms=[ALGORITHM],
+            _key_for(jwks, header.get("kid")),
             audience=audience,
             issuer=issuer,
+            require=REQUIRED_CLAIMS,
             leeway=leeway,
-            options={"require": list(REQUIRED_CLAIMS)},
         )
-    except jwt.ExpiredSignatureError:
-        raise ContextTokenError("token expired") from None
-    except jwt.InvalidAudienceError:
-        raise ContextTokenError("token issued for another audience") from None
-    except jwt.InvalidIssuerError:
-        raise ContextTokenError("token issued by another issuer") from None
-    except jwt.InvalidSignatureError:
-        raise ContextTokenError("bad token signature") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise ContextTokenError(f"token lacks the {exc.claim!r} claim") from None
-    except jwt.PyJWTError as exc:
-        raise ContextTokenError(f"invalid token: {exc}") from None
+    except jwts.JwtRejected as exc:
+        raise ContextTokenError(f"context token rejected: {exc}") from None
     if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("sid"), str):
         raise ContextTokenError("token claims sub and sid must be strings")
     return claims

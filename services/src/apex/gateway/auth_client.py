@@ -15,11 +15,12 @@ import httpx
 import jwt
 from redis.asyncio import Redis
 
+from apex.common import jwts
 from apex.gateway.breaker import Breaker, CircuitOpen
 
 __all__ = ["AuthClient", "Principal", "TokenRejected"]
 
-ALGORITHM: Final = "RS256"
+ALGORITHM: Final = jwts.ALGORITHM
 REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "iat", "exp")
 MAX_TOKEN_LENGTH: Final = 4096
 HTTP_TIMEOUT_SECONDS: Final = 3.0
@@ -76,28 +77,19 @@ class AuthClient:
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token with a live session; TokenRejected otherwise."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
-            raise TokenRejected(401, "invalid_token", "malformed token")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenRejected(401, "invalid_token", "malformed token") from None
-        if header.get("alg") != ALGORITHM:
-            raise TokenRejected(401, "invalid_token", f"tokens must be signed with {ALGORITHM}")
-        key = await self._key(str(header.get("kid", "")))
-        try:
-            claims = jwt.decode(
+            header = jwts.unverified_header(token, max_length=MAX_TOKEN_LENGTH)
+            key = await self._key(str(header.get("kid", "")))
+            claims = jwts.decode(
                 token,
                 key,
-                algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": list(REQUIRED_CLAIMS)},
+                require=REQUIRED_CLAIMS,
             )
-        except jwt.ExpiredSignatureError:
-            raise TokenRejected(401, "token_expired", "token expired") from None
-        except jwt.PyJWTError as exc:
-            raise TokenRejected(401, "invalid_token", f"invalid token: {exc}") from None
+        except jwts.JwtRejected as exc:
+            code = "token_expired" if exc.check == "exp" else "invalid_token"
+            raise TokenRejected(401, code, f"token rejected: {exc}") from None
         sub, sid = claims.get("sub"), claims.get("sid")
         if not (isinstance(sub, str) and sub and isinstance(sid, str) and sid):
             raise TokenRejected(401, "invalid_token", "token claims sub and sid must be strings")
