@@ -5,7 +5,8 @@
   URL and connection count in the hash ``<prefix>gw:instance:<id>`` (same TTL). An
   instance that stops heartbeating drops out after the TTL.
 - ``<prefix>ws:tabs:<uid>``: sorted set, member = ``<instance>/<connection id>``, score
-  = connection time. The user's leader tab is the oldest member on a live instance;
+  = registration order (``<prefix>ws:tabs:<uid>:seq``, atomic). The user's leader tab is
+  the oldest member on a live instance;
   members of dead instances are ignored (and pruned) so a crash frees its slots.
 - ``<prefix>ws:online``: set of users with at least one tab (broadcast audience).
 """
@@ -21,6 +22,14 @@ from redis.asyncio import Redis
 
 __all__ = ["Registry"]
 
+# KEYS: tabs zset, its sequence counter, online set; ARGV: member, user id.
+_ADD_TAB = """
+local rank = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], rank, ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+return rank
+"""
+
 
 class Registry:
     """This instance's view of (and entries in) the shared registry."""
@@ -34,12 +43,19 @@ class Registry:
         self.instances_key = f"{prefix}gw:instances"
         self.online_key = f"{prefix}ws:online"
         self.control_channel = f"{prefix}ws:control"
+        self._add_tab_script: Any = None
 
     def _instance_key(self, instance_id: str) -> str:
         return f"{self._prefix}gw:instance:{instance_id}"
 
     def _tabs_key(self, user_id: str) -> str:
         return f"{self._prefix}ws:tabs:{user_id}"
+
+    @property
+    def _add_tab(self) -> Any:
+        if self._add_tab_script is None:
+            self._add_tab_script = self._redis.register_script(_ADD_TAB)
+        return self._add_tab_script
 
     def member(self, connection_id: str) -> str:
         """The tabs-set member of one of this instance's connections."""
@@ -101,11 +117,14 @@ class Registry:
             live, members = await pipe.execute()
         return len(self._live_tabs(members, self._live_set(live)))
 
-    async def add_tab(self, user_id: str, connection_id: str, connected_at: float) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._tabs_key(user_id), {self.member(connection_id): connected_at})
-            pipe.sadd(self.online_key, user_id)
-            await pipe.execute()
+    async def add_tab(self, user_id: str, connection_id: str) -> None:
+        """Register a tab; its rank (the oldest leads) is its place in the order tabs
+        registered, from one atomic counter: a tab that started earlier but registered
+        later never outranks one that already saw itself as the oldest."""
+        await self._add_tab(
+            keys=[self._tabs_key(user_id), f"{self._tabs_key(user_id)}:seq", self.online_key],
+            args=[self.member(connection_id), user_id],
+        )
 
     async def remove_tab(self, user_id: str, connection_id: str) -> None:
         """Drop the tab; the user leaves the online set with their last tab."""

@@ -249,7 +249,7 @@ class Gateway:
         writer = asyncio.get_running_loop().create_task(conn.write_loop())
         expiry = asyncio.get_running_loop().create_task(self._expire(conn))
         try:
-            await self.registry.add_tab(user_id, conn.id, conn.connected_at)
+            await self.registry.add_tab(user_id, conn.id)
             leaders = await self.registry.leaders([user_id])
             conn.leader = leaders.get(user_id) == self.registry.member(conn.id)
             welcome = {
