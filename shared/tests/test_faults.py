@@ -165,3 +165,26 @@ def test_an_l3_instance_reaches_redis_through_its_proxy(apex_worker):
         platform.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+
+
+def test_down_keeps_the_port_for_up(fault_proxy, redis_namespace):
+    """While down, connections are refused and no other socket can take the port (which
+    would make up() fail or clients reach a stranger); up() listens on the same port."""
+    import socket
+
+    proxy = fault_proxy(redis_namespace.url)
+    port = proxy.port
+    proxy.down()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    for reuse in (False, True):
+        thief = socket.socket()
+        if reuse:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with thief, pytest.raises(OSError, match="in use"):
+            thief.bind(("127.0.0.1", port))
+    proxy.up()
+    assert proxy.port == port
+    client = redis.Redis.from_url(proxy.url_for(redis_namespace.url))
+    assert client.ping()
+    client.close()

@@ -183,6 +183,8 @@ class FaultProxy:
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        # Held for the proxy's whole life, so that down() can never lose the port.
+        self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -307,15 +309,22 @@ class FaultProxy:
     async def _listen(self) -> None:
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, reuse_address=True
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        if self._sock is None:
+            self._sock = _held_socket(self.host)
+            self.port = int(self._sock.getsockname()[1])
+        self._sock.listen(1024)
+        # asyncio closes the socket it serves: it gets a duplicate of the held one.
+        self._server = await asyncio.start_server(self._accept, sock=self._sock.dup())
 
     async def _down(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._sock is not None:
+            # Stop listening but stay bound: connections are refused, and no other
+            # socket can take the port before up() (closing it could lose the port).
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
         await self._reset_all()
 
     async def _reset_all(self) -> None:
@@ -328,6 +337,9 @@ class FaultProxy:
         await self._down()
         # Let the connection handlers (and their cancelled pumps) end before the loop.
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, writer)
@@ -360,3 +372,23 @@ class FaultProxy:
 
 
 __all__ = ["FaultProxy", "ProxyStats", "parse_address"]
+
+
+def _held_socket(host: str, attempts: int = 5) -> socket.socket:
+    """A socket bound to an explicit free port of `host`.
+
+    Bound by number (not port 0) and without SO_REUSEADDR, it keeps the port through
+    shutdown()/listen() cycles and no other socket can bind it meanwhile.
+    """
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((host, port))
+        except OSError:  # taken between the probe and the bind: another port
+            sock.close()
+            continue
+        return sock
+    raise OSError(f"no free port on {host} after {attempts} attempts")
