@@ -249,6 +249,48 @@ def totp_code(secret: str, *, at: float | None = None, steps: int = 0) -> str:
     return f"{value % 1_000_000:06d}"
 
 
+@dataclass
+class Enrolled:
+    """A password user with TOTP confirmed: its secret, backup codes, last TOTP step used."""
+
+    person: PasswordUser
+    secret: str
+    backup_codes: list[str]
+    step: int
+
+    def next_code(self) -> str:
+        """A TOTP code of a step not used yet (the next one; valid_window=1 accepts it)."""
+        self.step += 1
+        return totp_code(self.secret, at=self.step * 30)
+
+    def wrong_code(self) -> str:
+        """A 6-digit code that no step near now matches."""
+        now = int(time.time()) // 30
+        near = {totp_code(self.secret, at=(now + k) * 30) for k in range(-3, 4)}
+        return next(c for c in ("000000", "111111", "123456", "999999") if c not in near)
+
+
+async def bearer_login(client: httpx.AsyncClient, person: PasswordUser) -> Tokens:
+    """The tokens of a password login that needs no second factor."""
+    return Tokens.of(await password_login(client, person.email, person.password))
+
+
+async def enroll_totp(client: httpx.AsyncClient, person: PasswordUser) -> Enrolled:
+    """Set up and confirm TOTP for `person` (signed in with the password)."""
+    tokens = await bearer_login(client, person)
+    setup = await client.post("/me/2fa/totp", headers=tokens.bearer)
+    assert setup.status_code == 200, setup.text
+    secret = setup.json()["secret"]
+    step = int(time.time()) // 30
+    confirm = await client.post(
+        "/me/2fa/totp/confirm",
+        json={"code": totp_code(secret, at=step * 30)},
+        headers=tokens.bearer,
+    )
+    assert confirm.status_code == 200, confirm.text
+    return Enrolled(person, secret, list(confirm.json()["backup_codes"]), step)
+
+
 class JwksVerifier:
     """A downstream service's view of apex.auth: it trusts only the published JWKS.
 

@@ -30,6 +30,7 @@ from auth_tests.fixtures import (
     KeyUser,
     Tokens,
     create_password_user,
+    enroll_totp,
     error_of,
     login,
     me,
@@ -37,9 +38,7 @@ from auth_tests.fixtures import (
     oidc_callback,
     oidc_login,
     oidc_start,
-    password_login,
     query_of,
-    totp_code,
 )
 
 BVJ = pytest.mark.bvj(
@@ -568,12 +567,7 @@ async def test_an_oidc_user_with_2fa_gets_a_second_factor_challenge(
     fake_idp: FakeIdp,
 ) -> None:
     person = await create_password_user(auth_admin)
-    tokens = Tokens.of(await password_login(auth_client, person.email, person.password))
-    secret = (await auth_client.post("/me/2fa/totp", headers=tokens.bearer)).json()["secret"]
-    confirm = await auth_client.post(
-        "/me/2fa/totp/confirm", json={"code": totp_code(secret)}, headers=tokens.bearer
-    )
-    assert confirm.status_code == 200, confirm.text
+    enrolled = await enroll_totp(auth_client, person)
 
     response = await oidc_login(auth_client, fake_idp, email=person.email)
 
@@ -583,7 +577,7 @@ async def test_an_oidc_user_with_2fa_gets_a_second_factor_challenge(
     assert "access_token" not in body, "the IdP login skipped the user's second factor"
     verified = await auth_client.post(
         "/auth/mfa/verify",
-        json={"mfa_token": body["mfa_token"], "code": confirm.json()["backup_codes"][0]},
+        json={"mfa_token": body["mfa_token"], "code": enrolled.backup_codes[0]},
     )
     profile = (await me(auth_client, Tokens.of(verified).access)).json()
     assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)

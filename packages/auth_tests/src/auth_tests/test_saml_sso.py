@@ -34,10 +34,9 @@ from auth_tests.fixtures import (
     JwksVerifier,
     Tokens,
     create_password_user,
+    enroll_totp,
     error_of,
     me,
-    password_login,
-    totp_code,
 )
 
 BVJ = pytest.mark.bvj(
@@ -417,12 +416,7 @@ async def test_a_saml_user_with_2fa_gets_a_second_factor_challenge(
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
     person = await create_password_user(auth_admin)
-    tokens = Tokens.of(await password_login(auth_client, person.email, person.password))
-    secret = (await auth_client.post("/me/2fa/totp", headers=tokens.bearer)).json()["secret"]
-    confirm = await auth_client.post(
-        "/me/2fa/totp/confirm", json={"code": totp_code(secret)}, headers=tokens.bearer
-    )
-    assert confirm.status_code == 200, confirm.text
+    await enroll_totp(auth_client, person)
 
     response = await _browser_login(auth_client, fake_saml_idp, person.email, person.email, [])
 

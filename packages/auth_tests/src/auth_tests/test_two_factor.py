@@ -14,7 +14,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,9 +27,12 @@ from apex_testkit.sut import Platform
 from apex_testkit.waiting import eventually
 from auth_tests.fixtures import (
     AuthAdmin,
+    Enrolled,
     PasswordUser,
     Tokens,
+    bearer_login,
     create_password_user,
+    enroll_totp,
     error_of,
     me,
     me_status,
@@ -45,46 +47,6 @@ BVJ = pytest.mark.bvj(
 pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
 
 PHONE = "+15555550123"
-
-
-@dataclass
-class Enrolled:
-    """A password user with TOTP confirmed: its secret, backup codes, last TOTP step used."""
-
-    person: PasswordUser
-    secret: str
-    backup_codes: list[str]
-    step: int
-
-    def next_code(self) -> str:
-        """A TOTP code of a step not used yet (the next one; valid_window=1 accepts it)."""
-        self.step += 1
-        return totp_code(self.secret, at=self.step * 30)
-
-    def wrong_code(self) -> str:
-        """A 6-digit code that no step near now matches."""
-        now = int(time.time()) // 30
-        near = {totp_code(self.secret, at=(now + k) * 30) for k in range(-3, 4)}
-        return next(c for c in ("000000", "111111", "123456", "999999") if c not in near)
-
-
-async def _bearer_login(client: httpx.AsyncClient, person: PasswordUser) -> Tokens:
-    return Tokens.of(await password_login(client, person.email, person.password))
-
-
-async def _enroll(client: httpx.AsyncClient, person: PasswordUser) -> Enrolled:
-    tokens = await _bearer_login(client, person)
-    setup = await client.post("/me/2fa/totp", headers=tokens.bearer)
-    assert setup.status_code == 200, setup.text
-    secret = setup.json()["secret"]
-    step = int(time.time()) // 30
-    confirm = await client.post(
-        "/me/2fa/totp/confirm",
-        json={"code": totp_code(secret, at=step * 30)},
-        headers=tokens.bearer,
-    )
-    assert confirm.status_code == 200, confirm.text
-    return Enrolled(person, secret, list(confirm.json()["backup_codes"]), step)
 
 
 async def _challenge(client: httpx.AsyncClient, person: PasswordUser) -> dict[str, Any]:
@@ -120,7 +82,7 @@ async def test_totp_setup_confirm_then_login_needs_the_second_factor(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    before = await _bearer_login(auth_client, person)
+    before = await bearer_login(auth_client, person)
     profile = (await me(auth_client, before.access)).json()
     assert (profile["auth_method"], profile["mfa"]) == ("password", False)
     assert _claims(before.access)["amr"] == ["pwd"]
@@ -167,7 +129,7 @@ async def test_a_wrong_confirmation_code_does_not_enable_2fa(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    tokens = await _bearer_login(auth_client, person)
+    tokens = await bearer_login(auth_client, person)
     secret = (await auth_client.post("/me/2fa/totp", headers=tokens.bearer)).json()["secret"]
     wrong = Enrolled(person, secret, [], 0).wrong_code()
 
@@ -184,7 +146,7 @@ async def test_the_same_totp_code_twice_is_refused_as_reused(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     code = enrolled.next_code()
     first = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
     assert first.status_code == 200, first.text
@@ -198,7 +160,7 @@ async def test_a_wrong_code_is_refused_and_the_challenge_survives(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
 
     wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
@@ -212,7 +174,7 @@ async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
     assert (
         await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
@@ -234,7 +196,7 @@ async def test_backup_codes_work_once_each(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     first, second = enrolled.backup_codes[:2]
 
     used = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
@@ -253,7 +215,7 @@ async def test_backup_codes_are_stored_hashed_and_marked_used(
     person: PasswordUser,
     auth_db: asyncpg.Connection,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     used = enrolled.backup_codes[3]
     assert (
         await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], used)
@@ -288,7 +250,7 @@ async def test_sms_fallback_sends_a_single_use_code(
     person: PasswordUser,
     fake_sms: FakeSms,
 ) -> None:
-    await _enroll(auth_client, person)
+    await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
     assert "sms" in challenge["methods"]
 
@@ -318,8 +280,8 @@ async def test_sms_code_of_one_user_does_not_open_another_account(
 ) -> None:
     alice = await create_password_user(auth_admin, phone="+15555550101")
     bob = await create_password_user(auth_admin, phone="+15555550102")
-    await _enroll(auth_client, alice)
-    await _enroll(auth_client, bob)
+    await enroll_totp(auth_client, alice)
+    await enroll_totp(auth_client, bob)
     alice_challenge = await _challenge(auth_client, alice)
     bob_challenge = await _challenge(auth_client, bob)
     sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": alice_challenge["mfa_token"]})
@@ -341,7 +303,7 @@ async def test_sms_without_a_phone_is_a_conflict(
     fake_sms: FakeSms,
 ) -> None:
     phoneless = await create_password_user(auth_admin)
-    await _enroll(auth_client, phoneless)
+    await enroll_totp(auth_client, phoneless)
     challenge = await _challenge(auth_client, phoneless)
     assert "sms" not in challenge["methods"]
 
@@ -366,7 +328,7 @@ async def test_brute_forcing_the_code_locks_the_account(
     auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     bystander = await create_password_user(auth_admin)
     challenge = await _challenge(auth_client, person)
 
@@ -393,7 +355,7 @@ async def test_password_and_code_failures_count_together(
     person: PasswordUser,
 ) -> None:
     """An attacker cannot reset the counter by alternating between the two factors."""
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
     for _ in range(3):
         assert (
@@ -422,7 +384,7 @@ async def test_disabling_2fa_needs_a_valid_code(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     tokens = Tokens.of(
         await _verify(
             auth_client,
@@ -453,7 +415,7 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     person: PasswordUser,
 ) -> None:
     """A phished code used by the attacker and the user at the same moment: only one wins."""
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
     code = enrolled.next_code()
 
@@ -469,7 +431,7 @@ async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
 ) -> None:
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
 
     responses = await asyncio.gather(
@@ -484,7 +446,7 @@ async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     person: PasswordUser,
 ) -> None:
     """The mfa_token is single use even when two valid codes arrive together."""
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
 
     responses = await asyncio.gather(
@@ -501,7 +463,7 @@ async def test_an_sms_provider_failure_is_reported_and_the_challenge_survives(
 ) -> None:
     """Twilio answering 500: the caller gets a clean error (SUT_NOTES: 502 `sms_failed`), not
     a 500, and can still finish the login with another factor."""
-    enrolled = await _enroll(auth_client, person)
+    enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
     fake_sms.fail_next(status=500)
 
