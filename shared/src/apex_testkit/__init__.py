@@ -1,0 +1,67 @@
+"""apex-testkit: the shared core of the Apex integration-test packages.
+
+A pytest plugin (entry point `pytest11`, loaded automatically once installed) that wires
+the platform for a level (L2 in process, L3 as processes, L4 a deployment), provides real
+Redis, PostgreSQL and ClickHouse servers with per-worker isolation, fakes of the
+platform's third parties, and fault injection. Test packages build their fixtures on the
+kit's fixtures (`platform`, `clean_platform`, `fake_idp`, ...) and import only the names
+below; every other module of the kit is private and may change in any release.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+# Public name -> the private module that defines it. Imported on first use, so that a
+# test package importing `eventually` does not pay for the SAML fake's XML stack.
+_EXPORTS: dict[str, str] = {
+    # levels and the platform as the tests see it
+    "Level": "apex_testkit.settings",
+    "Platform": "apex_testkit.sut",
+    "RunningService": "apex_testkit.sut",
+    "ServiceProcess": "apex_testkit.sut",
+    # waiting on conditions with deadlines
+    "DeadlineExceeded": "apex_testkit.waiting",
+    "eventually": "apex_testkit.waiting",
+    "wait_for": "apex_testkit.waiting",
+    # servers and faults
+    "RedisNamespace": "apex_testkit.provisioning.redis",
+    "FaultProxy": "apex_testkit.faults",
+    # fakes of third parties
+    "FakeIdp": "apex_testkit.fakes.oidc",
+    "FakeSamlIdp": "apex_testkit.fakes.saml",
+    "WRAPPING_EMAIL": "apex_testkit.fakes.saml",
+    "parse_authn_request": "apex_testkit.fakes.saml",
+    "Mail": "apex_testkit.fakes.smtp",
+    "Mailbox": "apex_testkit.fakes.smtp",
+    "FakeSms": "apex_testkit.fakes.sms",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from apex_testkit.fakes.oidc import FakeIdp
+    from apex_testkit.fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
+    from apex_testkit.fakes.sms import FakeSms
+    from apex_testkit.fakes.smtp import Mail, Mailbox
+    from apex_testkit.faults import FaultProxy
+    from apex_testkit.provisioning.redis import RedisNamespace
+    from apex_testkit.settings import Level
+    from apex_testkit.sut import Platform, RunningService, ServiceProcess
+    from apex_testkit.waiting import DeadlineExceeded, eventually, wait_for
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'apex_testkit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
