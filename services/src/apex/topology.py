@@ -24,8 +24,8 @@ __all__ = [
     "Service",
     "ThirdParty",
     "register",
-    "service",
     "servers_needed",
+    "service",
     "unregister",
 ]
 
@@ -140,14 +140,14 @@ def service(name: str) -> Service:
     try:
         return _SERVICES[name]
     except KeyError:
-        raise LookupError(
-            f"no platform service {name!r}; known: {', '.join(_SERVICES)}"
-        ) from None
+        raise LookupError(f"no platform service {name!r}; known: {', '.join(_SERVICES)}") from None
 
 
 def servers_needed(names: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The servers the services `names` (default: all) need, in SERVERS order."""
-    wanted = {s for n in (names if names is not None else tuple(_SERVICES)) for s in service(n).servers}
+    wanted = {
+        s for n in (names if names is not None else tuple(_SERVICES)) for s in service(n).servers
+    }
     return tuple(s for s in SERVERS if s in wanted)
 
 

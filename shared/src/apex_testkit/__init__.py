@@ -40,7 +40,25 @@ _EXPORTS: dict[str, str] = {
     "FakeSms": "apex_testkit.fakes.sms",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "WRAPPING_EMAIL",
+    "DeadlineExceeded",
+    "FakeIdp",
+    "FakeSamlIdp",
+    "FakeSms",
+    "FaultProxy",
+    "Level",
+    "Mail",
+    "Mailbox",
+    "Platform",
+    "RedisNamespace",
+    "RunningService",
+    "ServiceProcess",
+    "__version__",
+    "eventually",
+    "parse_authn_request",
+    "wait_for",
+]
 
 if TYPE_CHECKING:
     from apex_testkit.fakes.oidc import FakeIdp

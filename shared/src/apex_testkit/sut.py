@@ -192,6 +192,16 @@ class Platform(abc.ABC):
         """A fresh instance of `service` for this test alone (with these settings), that the
         test may stop or, at L3, kill; stopped at the end of the block. L2/L3 only."""
 
+    def instance(
+        self, service: str, instance: int = 0, *, via_proxy: Sequence[str] = (), **settings: str
+    ) -> ServiceProcess:
+        """Process number `instance` of `service` (L3 only: a process to stop or kill)."""
+        raise RuntimeError(f"{service} runs as a process only at L3: mark the test L3 only")
+
+    def proxy(self, service: str, instance: int, name: str) -> FaultProxy:
+        """The fault proxy between an instance and its dependency `name` (L3 only)."""
+        raise RuntimeError("fault proxies sit between processes: mark the test L3 only")
+
     def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
 

@@ -25,11 +25,7 @@ import jwt
 import pytest
 from redis.asyncio import Redis as AsyncRedis
 
-from apex_testkit.fakes.oidc import FakeIdp
-from apex_testkit.faults import FaultProxy
-from apex_testkit.provisioning.redis import RedisNamespace
-from apex_testkit.sut import Platform, ProcessPlatform
-from apex_testkit.waiting import eventually
+from apex_testkit import FakeIdp, FaultProxy, Level, Platform, RedisNamespace, eventually
 
 
 @dataclass(frozen=True)
@@ -592,7 +588,7 @@ async def auth_events(redis_namespace: RedisNamespace) -> AsyncIterator[AuthEven
     try:
         yield AuthEvents(pubsub)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await client.aclose()
 
 
@@ -610,7 +606,7 @@ async def redis_fault(
 ) -> AsyncIterator[RedisFault]:
     """Auth instance `instance` with a fault proxy to Redis (L3 only); the proxy is
     cleared and the instance healthy when this starts, and cleared again when it ends."""
-    if not isinstance(platform, ProcessPlatform):
+    if platform.level is not Level.L3:
         pytest.fail("Redis faults need auth as a process: mark the test L3 only", pytrace=False)
     process = platform.instance("auth", instance, via_proxy=("redis",), **settings)
     proxy = platform.proxy("auth", instance, "redis")

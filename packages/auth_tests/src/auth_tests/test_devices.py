@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit.fakes.oidc import FakeIdp
-from apex_testkit.sut import Platform
+from apex_testkit import FakeIdp, Platform
 from auth_tests.fixtures import (
     AuthAdmin,
     KeyUser,

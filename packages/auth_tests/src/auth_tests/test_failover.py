@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import Platform, eventually
 from auth_tests.fixtures import (
     AuthAdmin,
     RedisFault,

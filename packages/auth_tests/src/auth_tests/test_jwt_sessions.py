@@ -16,9 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from apex_testkit.provisioning.redis import RedisNamespace
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import Platform, RedisNamespace, eventually
 from auth_tests.fixtures import AuthAdmin, KeyUser, Tokens, error_of, login
 
 BVJ = pytest.mark.bvj(

@@ -22,8 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from apex_testkit.fakes.oidc import FakeIdp
-from apex_testkit.sut import Platform
+from apex_testkit import FakeIdp, Platform
 from auth_tests.fixtures import (
     AuthAdmin,
     JwksVerifier,

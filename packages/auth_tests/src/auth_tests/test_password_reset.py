@@ -17,9 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from apex_testkit.fakes.smtp import Mail, Mailbox
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import Mail, Mailbox, Platform, eventually
 from auth_tests.fixtures import (
     AuthAdmin,
     PasswordUser,

@@ -19,8 +19,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import Platform, eventually
 from auth_tests.fixtures import AuthAdmin, Tokens, error_of, login
 
 TIERS = pytest.mark.bvj(

@@ -27,8 +27,7 @@ from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 from signxml.signer import XMLSigner
 
-from apex_testkit.fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
-from apex_testkit.sut import Platform
+from apex_testkit import WRAPPING_EMAIL, FakeSamlIdp, Platform, parse_authn_request
 from auth_tests.fixtures import (
     AuthAdmin,
     JwksVerifier,

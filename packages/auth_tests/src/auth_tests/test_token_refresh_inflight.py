@@ -14,8 +14,7 @@ import asyncio
 import httpx
 import pytest
 
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import Platform, eventually
 from auth_tests.fixtures import KeyUser, Tokens, error_of, login, me_status
 
 BVJ = pytest.mark.bvj(

@@ -22,9 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from apex_testkit.fakes.sms import FakeSms
-from apex_testkit.sut import Platform
-from apex_testkit.waiting import eventually
+from apex_testkit import FakeSms, Platform, eventually
 from auth_tests.fixtures import (
     AuthAdmin,
     Enrolled,

@@ -27,9 +27,7 @@ from auth_tests.fixtures import AuthAdmin, KeyUser, Tokens, login
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from apex_testkit.settings import Level
-from apex_testkit.sut import Platform, RunningService
-from apex_testkit.waiting import eventually
+from apex_testkit import Level, Platform, RunningService, eventually
 
 Frame = dict[str, Any]
 DEFAULT_TIMEOUT = 10.0

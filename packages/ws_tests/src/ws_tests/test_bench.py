@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from apex_testkit.settings import Level
+from apex_testkit import Level
 from ws_tests.fixtures import Connect, Gateways, HandshakeRefused, WsClient, WsUser
 
 CONCURRENT = pytest.mark.bvj(

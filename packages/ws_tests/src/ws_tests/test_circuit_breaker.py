@@ -19,9 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.provisioning.redis import RedisNamespace
-from apex_testkit.waiting import eventually
+from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.fixtures import Connect, Frame, GatewayHandle, Gateways, WsClient, WsUser, metric
 
 BREAKER = pytest.mark.bvj(

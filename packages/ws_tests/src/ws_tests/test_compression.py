@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.waiting import wait_for
+from apex_testkit import FaultProxy, wait_for
 from ws_tests.fixtures import Connect, WsClient, WsUser, next_message_is, publish, to_user
 
 BVJ = pytest.mark.bvj(

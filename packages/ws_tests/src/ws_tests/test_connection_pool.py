@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 from ws_tests.fixtures import (
     Connect,
     GatewayHandle,

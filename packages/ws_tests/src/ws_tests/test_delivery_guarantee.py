@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.waiting import eventually
+from apex_testkit import FaultProxy, eventually
 from ws_tests.fixtures import (
     FAST,
     App,

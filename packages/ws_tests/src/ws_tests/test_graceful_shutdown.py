@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 from ws_tests.fixtures import (
     Connect,
     Frame,

@@ -23,8 +23,7 @@ import pytest
 from auth_tests.fixtures import AuthAdmin, Tokens, login
 from websockets.exceptions import ConnectionClosed
 
-from apex_testkit.fakes.oidc import FakeIdp
-from apex_testkit.waiting import eventually
+from apex_testkit import FakeIdp, eventually
 from ws_tests.fixtures import (
     Connect,
     Gateways,

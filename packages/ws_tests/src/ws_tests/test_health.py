@@ -16,9 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.provisioning.redis import RedisNamespace
-from apex_testkit.waiting import eventually
+from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.fixtures import (
     Connect,
     GatewayHandle,

@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.waiting import eventually
+from apex_testkit import FaultProxy, eventually
 from ws_tests.fixtures import (
     Connect,
     GatewayHandle,

@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.waiting import eventually
+from apex_testkit import FaultProxy, eventually
 from ws_tests.fixtures import Connect, Gateways, WsUser, http_url, metric, stays_open
 
 LATENCY = pytest.mark.bvj(

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 from ws_tests.fixtures import Connect, Frame, GatewayHandle, Gateways, WsClient, WsUser, stays_open
 
 BALANCING = pytest.mark.bvj(

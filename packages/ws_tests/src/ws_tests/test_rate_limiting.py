@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 from ws_tests.fixtures import (
     Connect,
     Frame,

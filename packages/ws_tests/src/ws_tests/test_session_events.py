@@ -16,8 +16,7 @@ import httpx
 import pytest
 from auth_tests.fixtures import AuthAdmin, login
 
-from apex_testkit.provisioning.redis import RedisNamespace
-from apex_testkit.sut import Platform
+from apex_testkit import Platform, RedisNamespace
 from ws_tests.fixtures import Connect, HandshakeRefused, WsClient, WsUser
 
 CASCADE = pytest.mark.bvj(

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit.provisioning.redis import RedisNamespace
+from apex_testkit import RedisNamespace
 from ws_tests.fixtures import FAST, Connect, Frame, WsClient, WsUser
 
 BVJ = pytest.mark.bvj(

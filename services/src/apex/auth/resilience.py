@@ -251,13 +251,13 @@ class Resilience:
             except asyncio.CancelledError:
                 self._set_subscribed(False)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 raise
             except Exception as exc:  # noqa: BLE001 - resubscribe after any failure
                 log.warning("event subscription lost (%s); retrying", type(exc).__name__)
             self._set_subscribed(False)
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(self.probe_interval)
 
     def _set_subscribed(self, subscribed: bool) -> None:
