@@ -66,8 +66,10 @@ class Service:
     """One platform service: how it runs and what it is wired to."""
 
     name: str
-    # Runs as `python -m <module> --fd N`; in process through `create_app(Settings)`
-    # (ASGI) or `create_gateway(settings)` (its own server).
+    # Runs as `python -m <module> --fd N` (answering GET /healthz on that socket). In
+    # process: `<module>.load_settings(env)`, then `create_app(settings)` (an ASGI app) or
+    # `create_server(settings)` (its own server: `async with server.serving(sock=...)`,
+    # `await server.shutdown()`).
     module: str
     protocol: Protocol = "http"
     servers: tuple[str, ...] = ()

@@ -226,10 +226,9 @@ class InProcessPlatform(Platform):
         self, service: str, *, instance: int = 0, **settings: str
     ) -> AsyncIterator[httpx.AsyncClient]:
         # Every client is an app instance of its own, whatever `instance` says.
-        from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
-
         env = {**service_env(self.worker, service), **settings}
-        app = importlib.import_module(f"apex.{service}").create_app(Settings.from_env(env))
+        module = importlib.import_module(f"apex.{service}")
+        app = module.create_app(module.load_settings(env))
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             base = f"http://{service}.apex.test"
@@ -265,8 +264,6 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[Run
     its own server, serves the socket itself (`create_gateway(GatewaySettings)`, then
     `serving(sock=...)`).
     """
-    from apex.common.config import Settings  # noqa: PLC0415 - the SUT, on demand
-
     module = importlib.import_module(f"apex.{service}")
     sock = listening_socket()
     host, port = sock.getsockname()[:2]
@@ -275,7 +272,7 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[Run
         if hasattr(module, "create_app"):
             import uvicorn  # noqa: PLC0415 - only L2 serving needs it
 
-            app = module.create_app(Settings.from_env(env))
+            app = module.create_app(module.load_settings(env))
             config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
             server = uvicorn.Server(config)
             task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -296,7 +293,7 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[Run
             finally:
                 await stop()
         else:
-            gateway = module.create_gateway(module.GatewaySettings.from_env(env))
+            gateway = module.create_server(module.load_settings(env))
             async with gateway.serving(sock=sock):
                 yield RunningService(url, gateway.shutdown)
     finally:
