@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 nox.needs_version = ">=2026.10.20"
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -33,7 +35,6 @@ LEVELS = ("l2", "l3", "l4")
 # Distributions built from this repo; always reinstalled so code changes are picked up.
 SHARED = "./shared"
 SERVICES = "./services"
-LOCAL_DISTS = {"apex-testkit": SHARED, "apex-platform": SERVICES}
 TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10")
 INSTALL_ENV = {"UV_COMPILE_BYTECODE": "1"}  # this machine sets PYTHONDONTWRITEBYTECODE=1
 JOBS_ENV = "APEX_NOX_JOBS"
@@ -74,6 +75,57 @@ def discover_packages(root: Path = ROOT) -> list[TestPackage]:
 
 
 PACKAGES = discover_packages()
+
+
+# -- the repo's own distributions and what they depend on --------------------------------
+
+
+def local_dists(root: Path = ROOT) -> dict[str, str]:
+    """Every distribution built from this repo: normalized name -> "./dir".
+
+    The kit (shared/), the platform (services/) and every test package (packages/*/), each
+    named by its own pyproject.toml (apex-testkit, apex-platform, apex-<area>-tests).
+    """
+    pyprojects = [root / "shared" / "pyproject.toml", root / "services" / "pyproject.toml"]
+    pyprojects += sorted(root.glob("packages/*/pyproject.toml"))
+    found = {}
+    for pyproject in pyprojects:
+        if pyproject.is_file():
+            name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
+            found[canonicalize_name(name)] = f"./{pyproject.parent.relative_to(root).as_posix()}"
+    return found
+
+
+def local_requirements(path: str, root: Path = ROOT) -> list[str]:
+    """The local dists (as "./dir") that the dist in `path` requires to be installed."""
+    dists = local_dists(root)
+    pyproject = root / path / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    found = []
+    for line in project.get("dependencies", []):
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        local = dists.get(canonicalize_name(requirement.name))
+        if local is not None and local not in found:
+            found.append(local)
+    return found
+
+
+def with_local_dependencies(paths: Iterable[str], root: Path = ROOT) -> list[str]:
+    """`paths` (local dists, "./dir") plus every local dist they depend on, transitively.
+
+    uv and pip look a dependency up in the registry unless it is given on the same
+    command line: `./packages/ws_tests` alone fails on its apex-auth-tests dependency.
+    """
+    closure: list[str] = []
+    todo = list(paths)
+    while todo:
+        path = todo.pop(0)
+        if path not in closure:
+            closure.append(path)
+            todo += local_requirements(path, root)
+    return closure
 
 
 # -- how many sessions run at once (nox -j) -------------------------------------------
@@ -137,13 +189,14 @@ def xdist_workers(posargs: Sequence[str]) -> list[str]:
 # -- shared session steps ---------------------------------------------------------------
 
 
-def install(session: nox.Session, *dists: str, extra: Sequence[str] = ()) -> None:
-    """Install local dists (paths, non-editable) plus `extra` requirements.
+def install(session: nox.Session, *paths: str, extra: Sequence[str] = ()) -> None:
+    """Install local dists (paths, non-editable) and the local dists they depend on,
+    plus `extra` requirements.
 
     Local dists are always reinstalled: version numbers do not change with the code.
     """
-    names = [name for name, path in LOCAL_DISTS.items() if path in dists]
-    names += [p.dist for p in PACKAGES if p.path in dists]
+    dists = with_local_dependencies(paths)
+    names = [name for name, path in local_dists().items() if path in dists]
     if session.venv_backend == "uv":
         reinstall = [arg for name in names for arg in ("--reinstall-package", name)]
         session.install(*reinstall, *dists, *extra, env=INSTALL_ENV)

@@ -53,6 +53,75 @@ def test_packages_are_discovered_from_their_pyproject(noxfile: ModuleType, tmp_p
     ]
 
 
+def write_dist(root: Path, path: str, name: str, *dependencies: str) -> None:
+    (root / path).mkdir(parents=True)
+    lines = ", ".join(f"'{d}'" for d in dependencies)  # TOML literal strings
+    (root / path / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "1.0"\ndependencies = [{lines}]\n',
+        encoding="utf-8",
+    )
+
+
+@pytest.fixture(name="repo")
+def _repo(tmp_path: Path) -> Path:
+    """A repo whose ws package needs auth's, which needs the kit, which needs the platform."""
+    write_dist(tmp_path, "services", "apex-platform", "fastapi>=0.115")
+    write_dist(tmp_path, "shared", "apex-testkit", "pytest>=8.3", "apex-platform>=0.1")
+    write_dist(tmp_path, "packages/auth_tests", "apex-auth-tests", "apex-testkit>=0.1,<0.2")
+    write_dist(
+        tmp_path,
+        "packages/ws_tests",
+        "apex-ws-tests",
+        "apex-testkit>=0.1,<0.2",
+        "Apex_Auth.Tests>=0.2,<0.3",  # spelled otherwise: names are compared normalized
+        "websockets>=13",
+        'apex-billing-tests; python_version < "3"',  # a marker that excludes it
+    )
+    write_dist(tmp_path, "packages/billing_tests", "apex-billing-tests")
+    return tmp_path
+
+
+def test_local_dists_are_named_by_their_pyproject(noxfile: ModuleType, repo: Path) -> None:
+    assert noxfile.local_dists(repo) == {
+        "apex-testkit": "./shared",
+        "apex-platform": "./services",
+        "apex-auth-tests": "./packages/auth_tests",
+        "apex-billing-tests": "./packages/billing_tests",
+        "apex-ws-tests": "./packages/ws_tests",
+    }
+
+
+def test_a_package_brings_its_local_dependencies_transitively(
+    noxfile: ModuleType, repo: Path
+) -> None:
+    # What `nox -s l2-ws` installs: without ./packages/auth_tests uv looked
+    # apex-auth-tests up in the registry and failed before any test ran.
+    assert noxfile.with_local_dependencies(["./packages/ws_tests"], repo) == [
+        "./packages/ws_tests",
+        "./shared",
+        "./packages/auth_tests",
+        "./services",
+    ]
+
+
+def test_local_dependencies_are_listed_once_in_the_order_given(
+    noxfile: ModuleType, repo: Path
+) -> None:
+    paths = ["./shared", "./services", "./packages/auth_tests", "./packages/ws_tests"]
+    assert noxfile.with_local_dependencies(paths, repo) == paths
+    assert noxfile.with_local_dependencies(["./services"], repo) == ["./services"]
+
+
+def test_every_package_of_this_repo_installs_with_what_it_needs(noxfile: ModuleType) -> None:
+    dists = noxfile.local_dists()
+    for package in noxfile.PACKAGES:
+        closure = noxfile.with_local_dependencies([package.path])
+        for path in closure:
+            for requirement in noxfile.local_requirements(path):
+                assert requirement in closure
+        assert dists[package.dist] == package.path
+
+
 def test_each_package_has_one_session_per_level(noxfile: ModuleType) -> None:
     names = {s.name for s in noxfile.SESSIONS}
     for package in noxfile.PACKAGES:
