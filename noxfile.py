@@ -9,6 +9,7 @@ way nox's own noxfile generates its sessions. ``nox -l`` shows what exists.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -292,6 +293,52 @@ def combine_coverage(session: nox.Session, sources: Sequence[str]) -> None:
     session.log(f"HTML: {COVERAGE_DIR / 'html' / 'index.html'}, Markdown: {summary}")
 
 
+# -- import contracts -------------------------------------------------------------------
+#
+# The contracts live in pyproject.toml ([tool.importlinter]); `*_tests` there stands for
+# every test package, which import-linter cannot express (its wildcards replace whole module
+# names, and root packages are named one by one). The lint session writes it out.
+
+TEST_PACKAGES = "*_tests"
+
+
+def expand_test_packages(value: Any, modules: Sequence[str]) -> Any:
+    """`value` (import-linter configuration) with `*_tests`, `*_tests.X` written out."""
+    if isinstance(value, dict):
+        return {key: expand_test_packages(item, modules) for key, item in value.items()}
+    if not isinstance(value, list):
+        return value
+    expanded: list[Any] = []
+    for item in value:
+        if isinstance(item, str) and item.split(".")[0] == TEST_PACKAGES:
+            expanded += [module + item.removeprefix(TEST_PACKAGES) for module in modules]
+        else:
+            expanded.append(expand_test_packages(item, modules))
+    return expanded
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"import-linter option of unexpected type: {value!r}")
+
+
+def import_linter_config(packages: Sequence[TestPackage], root: Path = ROOT) -> str:
+    """pyproject.toml's [tool.importlinter] for `packages`, as a TOML file lint-imports reads."""
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    config = expand_test_packages(pyproject["tool"]["importlinter"], [p.module for p in packages])
+    contracts = config.pop("contracts")
+    lines = ["[tool.importlinter]", *(f"{k} = {_toml_value(v)}" for k, v in config.items())]
+    for contract in contracts:
+        lines += ["", "[[tool.importlinter.contracts]]"]
+        lines += [f"{key} = {_toml_value(item)}" for key, item in contract.items()]
+    return "\n".join(lines) + "\n"
+
+
 # -- sessions ---------------------------------------------------------------------------
 #
 # SESSIONS mirrors what is registered, for the -j arithmetic above.
@@ -386,13 +433,13 @@ def bench(session: nox.Session) -> None:
 
 @register("lint", tags=["ci-once"], allow_parallel=True)
 def lint(session: nox.Session) -> None:
-    """ruff check, ruff format --check, mypy."""
+    """ruff check, ruff format --check, mypy, import contracts (lint-imports)."""
     install(
         session,
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        extra=["ruff", "mypy", "nox", "coverage>=7.10"],
+        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -401,6 +448,17 @@ def lint(session: nox.Session) -> None:
     # Each src dir is an import root (MYPYPATH), the packages' too.
     mypypath = os.pathsep.join([*sources, *packages])
     session.run("mypy", *sources, *packages, "noxfile.py", "tools", env={"MYPYPATH": mypypath})
+    # The sources, not the installed copies, are analysed: the src dirs come first.
+    tmp = Path(session.create_tmp())
+    config = tmp / "importlinter.toml"
+    config.write_text(import_linter_config(PACKAGES), encoding="utf-8")
+    session.run(
+        "lint-imports",
+        "--no-logo",
+        f"--cache-dir={tmp / 'import_linter_cache'}",
+        str(config),
+        env={"PYTHONPATH": mypypath},
+    )
 
 
 @register("coverage", tags=["report"])

@@ -1,9 +1,11 @@
-"""The noxfile's own logic: package discovery, tags, -j job count, xdist sizing."""
+"""The noxfile's own logic: package discovery, local dependencies, tags, -j job count, xdist
+sizing, import contracts."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -207,3 +209,47 @@ def test_a_target_is_given_by_option_or_env(
     assert noxfile.has_target(["--target=staging.toml"])
     monkeypatch.setenv("APEX_TEST_TARGET", "staging.toml")
     assert noxfile.has_target([])
+
+
+def test_import_contracts_name_each_test_package(noxfile: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        """
+[tool.importlinter]
+root_packages = ["apex", "*_tests"]
+[[tool.importlinter.contracts]]
+name = "teams"
+type = "forbidden"
+source_modules = ["*_tests", "apex"]
+forbidden_modules = ["*_tests.*", "apex_testkit.*"]
+ignore_imports = ["** -> *.client"]
+allow_indirect_imports = true
+""",
+        encoding="utf-8",
+    )
+    write_package(tmp_path, "auth", "identity")
+    write_package(tmp_path, "billing", "revenue")
+    packages = noxfile.discover_packages(tmp_path)
+
+    config = tomllib.loads(noxfile.import_linter_config(packages, tmp_path))
+
+    linter = config["tool"]["importlinter"]
+    assert linter["root_packages"] == ["apex", "auth_tests", "billing_tests"]
+    assert linter["contracts"] == [
+        {
+            "name": "teams",
+            "type": "forbidden",
+            "source_modules": ["auth_tests", "billing_tests", "apex"],
+            "forbidden_modules": ["auth_tests.*", "billing_tests.*", "apex_testkit.*"],
+            "ignore_imports": ["** -> *.client"],
+            "allow_indirect_imports": True,
+        }
+    ]
+
+
+def test_every_import_contract_is_documented(noxfile: ModuleType) -> None:
+    config = tomllib.loads(noxfile.import_linter_config(noxfile.PACKAGES))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Import contracts\n", 1)[1].split("\n## ", 1)[0]
+    for contract in config["tool"]["importlinter"]["contracts"]:
+        assert f"`{contract['id']}`" in section, f"README: no entry for {contract['id']}"
+    assert "*_tests" not in str(config)
