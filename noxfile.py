@@ -252,17 +252,22 @@ def has_target(posargs: Sequence[str]) -> bool:
     )
 
 
+def install_packages(session: nox.Session, packages: Sequence[TestPackage]) -> None:
+    """What a level session installs: the kit, the platform, `packages` (with the local
+    dists they depend on) and the test tools."""
+    install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
+
+
+def level_pytest(level: str, packages: Sequence[TestPackage]) -> list[str]:
+    """The pytest command of `packages` at `level`, before the session's options."""
+    return ["pytest", "--pyargs", *(p.module for p in packages), f"--level={level.upper()}"]
+
+
 def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
     """Run `packages` at `level` (l2, l3 or l4)."""
-    install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
+    install_packages(session, packages)
     env = coverage_env(session)
-    pytest = [
-        "pytest",
-        "--pyargs",
-        *(p.module for p in packages),
-        f"--level={level.upper()}",
-        *pytest_args(session),
-    ]
+    pytest = [*level_pytest(level, packages), *pytest_args(session)]
     if level != "l4" or has_target(session.posargs):
         run_measured(session, *pytest, env=env)
         return
@@ -396,6 +401,26 @@ for _level in LEVELS:
     _define_level_sessions(_level)
 
 
+@register("collect", tags=["ci-once"], allow_parallel=True)
+@nox.parametrize("area", [p.area for p in PACKAGES], ids=[p.area for p in PACKAGES])
+def collect(session: nox.Session, area: str) -> None:
+    """Each package installs and collects at every level, as its level sessions would.
+
+    One venv per package (`collect(<area>)`), installed exactly as its `l2-<area>`,
+    `l3-<area>` and `l4-<area>` sessions install it, then `pytest --collect-only` at each
+    level: a package whose local dependencies are not installed, or whose tests do not
+    import, fails here in seconds. L4 collects against a placeholder target that names
+    every service of the platform (nothing is contacted).
+    """
+    (package,) = [p for p in PACKAGES if p.area == area]
+    install_packages(session, [package])
+    target = Path(session.create_tmp()) / "collect-target.toml"
+    session.run("python", "tools/collect_target.py", str(target))
+    for level in LEVELS:
+        options = [f"--target={target}"] if level == "l4" else []
+        session.run(*level_pytest(level, [package]), *options, "--collect-only", "-qq")
+
+
 @register("selftest", tags=["ci-once"], allow_parallel=True)
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
@@ -470,9 +495,9 @@ def coverage(session: nox.Session) -> None:
     combine_coverage(session, session.posargs or [str(COVERAGE_DIR)])
 
 
-@register("ci", requires=["lint", "selftest", "unit", "l2", "l3", "l4"])
+@register("ci", requires=["lint", "collect", "selftest", "unit", "l2", "l3", "l4"])
 def ci(session: nox.Session) -> None:
-    """The project's tests: lint, selftest, unit, l2, l3, l4, then the coverage report."""
+    """The project's tests (lint collect selftest unit l2 l3 l4), then the coverage report."""
     # The report is this session's own body, so it runs only after every requirement,
     # with or without -j (a `coverage` requirement could start alongside l4).
     combine_coverage(session, [str(COVERAGE_DIR)])

@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from tools import plan_matrix
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -139,7 +141,17 @@ def test_a_level_tag_selects_each_package_once_and_no_aggregate(noxfile: ModuleT
 
 def test_ci_requires_the_project_tests_in_order(noxfile: ModuleType) -> None:
     (ci,) = [s for s in noxfile.SESSIONS if s.name == "ci"]
-    assert ci.requires == ("lint", "selftest", "unit", "l2", "l3", "l4")
+    assert ci.requires == ("lint", "collect", "selftest", "unit", "l2", "l3", "l4")
+
+
+def test_collect_covers_every_level_session_the_matrix_plans(noxfile: ModuleType) -> None:
+    listing = [{"name": s.name, "tags": list(s.tags)} for s in noxfile.SESSIONS]
+    planned = {job["session"] for job in plan_matrix.plan(listing, ["3.11"])["include"]}
+    levels = {name for name in planned if name.split("-")[0] in noxfile.LEVELS}
+    collected = {f"{level}-{p.area}" for p in noxfile.PACKAGES for level in noxfile.LEVELS}
+
+    assert levels == collected
+    assert "collect" in planned  # a CI job of its own, besides being part of `ci`
 
 
 @pytest.mark.parametrize(
