@@ -89,7 +89,7 @@ def local_dists(root: Path = ROOT) -> dict[str, str]:
     """
     pyprojects = [root / "shared" / "pyproject.toml", root / "services" / "pyproject.toml"]
     pyprojects += sorted(root.glob("packages/*/pyproject.toml"))
-    found = {}
+    found: dict[str, str] = {}
     for pyproject in pyprojects:
         if pyproject.is_file():
             name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]

@@ -6,7 +6,6 @@ import tomllib
 from pathlib import Path
 
 from apex.topology import SERVICES
-
 from tools import collect_target
 
 
