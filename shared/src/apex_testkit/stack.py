@@ -60,7 +60,8 @@ def run_stack(
 ) -> int:
     """Start the stack, run `command` against it (or wait for Ctrl-C), tear it all down.
 
-    Returns the command's exit code (0 after Ctrl-C when there is no command).
+    Returns the command's exit code, or 128 + the signal's number when SIGINT or SIGTERM
+    stopped the stack (130 after Ctrl-C).
     """
     run = Run.create()
     # Set explicitly: a script's background job starts with SIGINT ignored, and SIGTERM
