@@ -6,7 +6,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from apex.common.config import ConfigError, RateLimit, Settings, parse_rate_limits
+from apex.common.config import Settings, parse_rate_limits
+from apex.common.settings import ConfigError, RateLimit
 
 
 def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:

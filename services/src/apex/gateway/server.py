@@ -86,7 +86,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        threshold, open_seconds = settings.breaker.count, settings.breaker.seconds
+        threshold, open_seconds = settings.breaker.count, settings.breaker.window
         self.breakers = {
             name: Breaker(name, threshold=threshold, open_seconds=open_seconds)
             for name in ("auth", "postgres")
