@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
-from typing import Any, Final, Self
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -32,6 +32,7 @@ HTTP_SCHEMES: Final = ("http", "https")
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_Number = TypeVar("_Number", int, float)
 
 
 class ConfigError(ValueError):
@@ -126,32 +127,30 @@ class Env:
 
     def number(self, name: str, default: float, *, unit: str | None = None) -> float:
         """A finite number > 0 (of ``unit``, which the messages name)."""
-        text = self.get(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"{name} must be {_kind('a number', unit)}, got {text!r}") from None
-        if not value > 0:
-            bound = f"a positive number of {unit}" if unit else "greater than 0"
-            raise ConfigError(f"{name} must be {bound}, got {text!r}")
+        bound = f"a positive number of {unit}" if unit else "greater than 0"
+        value = self._positive(name, float, _kind("a number", unit), bound)
         if value == math.inf:
-            raise ConfigError(f"{name} must be a finite number, got {text!r}")
-        return value
+            raise ConfigError(f"{name} must be a finite number, got {self.get(name)!r}")
+        return default if value is None else value
 
     def whole_number(self, name: str, default: int, *, unit: str | None = None) -> int:
         """A whole number >= 1 (of ``unit``, which the messages name)."""
+        bound = "at least 1" if unit else "greater than 0"
+        value = self._positive(name, int, _kind("a whole number", unit), bound)
+        return default if value is None else value
+
+    def _positive(
+        self, name: str, convert: Callable[[str], _Number], kind: str, bound: str
+    ) -> _Number | None:
+        """``convert(value)`` if it is > 0, None when unset; messages say ``kind``/``bound``."""
         text = self.get(name)
         if text is None:
-            return default
+            return None
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            kind = _kind("a whole number", unit)
             raise ConfigError(f"{name} must be {kind}, got {text!r}") from None
-        if value < 1:
-            bound = "at least 1" if unit else "greater than 0"
+        if not value > 0:
             raise ConfigError(f"{name} must be {bound}, got {text!r}")
         return value
 
