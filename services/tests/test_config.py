@@ -6,8 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from apex.common.config import Settings, parse_rate_limits
-from apex.common.settings import ConfigError, RateLimit
+from apex.common.config import ConfigError, RateLimit, Settings, parse_rate_limits
 
 
 def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:

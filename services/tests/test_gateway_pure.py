@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from apex.common.settings import ConfigError
-from apex.common.settings import RateLimit as Rate
+from apex.common.config import ConfigError
+from apex.common.config import RateLimit as Rate
 from apex.gateway.breaker import Breaker, BreakerState, CircuitOpen
 from apex.gateway.fanout import MessageLog, message_frame
 from apex.gateway.metrics import Metrics

@@ -23,8 +23,7 @@ from apex.auth.login_routes import reset_mail_body
 from apex.auth.notify import Mailer
 from apex.auth.oidc import code_challenge
 from apex.auth.sessions import _session
-from apex.common.config import Settings
-from apex.common.settings import ConfigError, RateLimit
+from apex.common.config import ConfigError, RateLimit, Settings
 
 # --- settings -----------------------------------------------------------------------
 

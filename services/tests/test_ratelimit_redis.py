@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from apex.auth.ratelimit import SlidingWindowLimiter
-from apex.common.settings import RateLimit
+from apex.common.config import RateLimit
 from apex_testkit.waiting import eventually
 
 

@@ -23,9 +23,8 @@ from apex.auth.logins import IdentityServices
 from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.auth.sessions import SessionStore
 from apex.auth.tokens import Signer
-from apex.common.config import Settings
+from apex.common.config import ConfigError, Settings
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
-from apex.common.settings import ConfigError
 from apex.data.migrations import load_migrations
 from apex.data.pool import create_pool
 

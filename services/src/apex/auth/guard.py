@@ -29,10 +29,9 @@ from apex.auth.ratelimit import Decision, SlidingWindowLimiter
 from apex.auth.resilience import REDIS_DOWN, Resilience
 from apex.auth.sessions import Session
 from apex.auth.tokens import AccessClaims
-from apex.common.config import Settings
+from apex.common.config import RateLimit, Settings
 from apex.common.http import ApiError, bearer_token, error_response
 from apex.common.identity import CONTEXT_TOKEN_TYPE
-from apex.common.settings import RateLimit
 
 if TYPE_CHECKING:
     from apex.auth.context import AuthContext

@@ -21,7 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
 
-from apex.common.settings import RateLimit
+from apex.common.config import RateLimit
 
 __all__ = [
     "MAX_PASSWORD_LENGTH",

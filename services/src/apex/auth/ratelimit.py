@@ -16,7 +16,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from apex.common.settings import RateLimit
+from apex.common.config import RateLimit
 
 __all__ = ["Decision", "SlidingWindowLimiter", "retry_after_seconds"]
 

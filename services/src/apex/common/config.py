@@ -25,7 +25,17 @@ from apex.common.settings import (
     parse_rate,
 )
 
-__all__ = ["TIERS", "Settings", "load_private_key", "parse_device_limits", "parse_rate_limits"]
+# ConfigError and RateLimit are defined in apex.common.settings; this module is where the
+# platform's contract (services/docs/contract-foundation.md) names them.
+__all__ = [
+    "TIERS",
+    "ConfigError",
+    "RateLimit",
+    "Settings",
+    "load_private_key",
+    "parse_device_limits",
+    "parse_rate_limits",
+]
 
 TIERS: Final = ("free", "pro", "enterprise")
 DEFAULT_RATE_LIMITS: Final = "free=10/60,pro=100/60,enterprise=1000/60"

@@ -18,9 +18,8 @@ from collections.abc import Callable, Generator, Sequence
 import uvicorn
 from starlette.types import ASGIApp
 
-from apex.common.config import Settings
+from apex.common.config import ConfigError, Settings
 from apex.common.logging import configure_logging
-from apex.common.settings import ConfigError
 
 __all__ = ["EXIT_CONFIG_ERROR", "EXIT_STARTUP_FAILURE", "main", "parse_args"]
 

@@ -7,6 +7,8 @@ environment. A service's settings derive from it and add their own fields
 ``apex.gateway.GatewaySettings``: the gateway's), read with :class:`Env`, whose parsers
 turn every bad value into a :class:`ConfigError` that names the variable (and the
 value, unless it is a secret). :class:`RateLimit` is the one rate type.
+``apex.common.config`` exports ConfigError and RateLimit too: the platform's contract
+names them there.
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from apex.common.config import Settings
-from apex.common.settings import ConfigError
+from apex.common.config import ConfigError, Settings
 from apex.data.migrations import MigrationError, migrate, rollback, status
 
 

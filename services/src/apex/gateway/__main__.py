@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
+from apex.common.config import ConfigError
 from apex.common.logging import configure_logging
 from apex.common.serve import EXIT_CONFIG_ERROR, EXIT_STARTUP_FAILURE, parse_args
-from apex.common.settings import ConfigError
 from apex.gateway.server import create_gateway
 from apex.gateway.settings import GatewaySettings
 

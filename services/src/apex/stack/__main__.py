@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from apex.common.config import Settings
-from apex.common.settings import ConfigError
+from apex.common.config import ConfigError, Settings
 from apex.stack import plan
 from apex.stack.manifest import render_manifest, write_manifest
 from apex.stack.supervisor import Child, StackError, bind_listener, spawn_service
