@@ -391,18 +391,17 @@ async def oidc_login(
     return await oidc_callback(client, back["code"], back["state"])
 
 
-# IdP logins link to an existing account only for addresses in domains the IdP is trusted
-# for (issue 10); the users the tests make have addresses in this one.
-TRUSTED_IDP_SETTINGS = {
-    "APEX_IDP_TRUSTED_DOMAINS": "tests.apex.invalid",
-    "APEX_SAML_TRUSTED_DOMAINS": "tests.apex.invalid",
-}
-
-
 @pytest.fixture
 async def trusting_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    """apex.auth whose OIDC and SAML IdPs may link their logins to the tests' accounts."""
-    async with clean_platform.client("auth", **TRUSTED_IDP_SETTINGS) as client:
+    """apex.auth whose OIDC and SAML IdPs may link their logins to the tests' accounts.
+
+    An IdP login links to an existing account only for an address in a domain the IdP is
+    trusted for (issue 10); the users the tests make have addresses in this one."""
+    async with clean_platform.client(
+        "auth",
+        APEX_IDP_TRUSTED_DOMAINS="tests.apex.invalid",
+        APEX_SAML_TRUSTED_DOMAINS="tests.apex.invalid",
+    ) as client:
         yield client
 
 

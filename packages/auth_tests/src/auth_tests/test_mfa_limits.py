@@ -40,21 +40,20 @@ BVJ = pytest.mark.bvj(
 pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
 
 PHONE = "+15555550177"
-# Small limits, one set for the module (one extra auth process per worker at L3): six wrong
-# codes per user, three per mfa_token, two SMS per mfa_token and three per user. The password
-# lockout keeps its default (5 failures).
-LIMITS = {
-    "APEX_MFA_LOCKOUT": "6/600",
-    "APEX_MFA_TOKEN_ATTEMPTS": "3",
-    "APEX_MFA_SMS_PER_TOKEN": "2",
-    "APEX_MFA_SMS_PER_USER": "3/600",
-}
 
 
 @pytest.fixture
 async def limited(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    """apex.auth with the module's small 2FA limits."""
-    async with clean_platform.client("auth", **LIMITS) as client:
+    """apex.auth with small 2FA limits, one set for the module (one extra auth process per
+    worker at L3): six wrong codes per user, three per mfa_token, two SMS per mfa_token and
+    three per user. The password lockout keeps its default (5 failures)."""
+    async with clean_platform.client(
+        "auth",
+        APEX_MFA_LOCKOUT="6/600",
+        APEX_MFA_TOKEN_ATTEMPTS="3",
+        APEX_MFA_SMS_PER_TOKEN="2",
+        APEX_MFA_SMS_PER_USER="3/600",
+    ) as client:
         yield client
 
 
@@ -138,12 +137,14 @@ async def test_an_mfa_token_dies_after_its_wrong_codes(
     for _ in range(3):
         _refused(await _verify(limited, mfa_token, enrolled.wrong_code()), 401, "invalid_code")
 
-    _refused(await _verify(limited, mfa_token, enrolled.next_code()), 401, "invalid_mfa_token")
+    code = enrolled.next_code()
+    _refused(await _verify(limited, mfa_token, code), 401, "invalid_mfa_token")
     actions = await _actions(limited, admin_token, person.user_id)
     assert actions.count("login.succeeded") == 1, "a dead challenge opened a session"
     assert "account.locked" not in actions
-    # A new challenge (a new password login) works with the next code.
-    fresh = Tokens.of(await _verify(limited, await _mfa_token(limited, person), enrolled.next_code()))
+    # A new challenge (a new password login) works, with the same code: on the dead
+    # challenge it was refused unread, so its time step is not spent.
+    fresh = Tokens.of(await _verify(limited, await _mfa_token(limited, person), code))
     profile = (await me(limited, fresh.access)).json()
     assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
 

@@ -52,7 +52,8 @@ def _refused(response: httpx.Response, status: int, error: str) -> None:
     """`response` is the refusal `status` with the error code `error` (and nothing else)."""
     assert response.status_code == status, f"{response.status_code} {response.text}"
     assert error_of(response) == error, response.text
-    assert "access_token" not in response.text and "mfa_token" not in response.text
+    assert "access_token" not in response.text
+    assert "mfa_token" not in response.text
 
 
 def _token_requests(idp: FakeIdp) -> int:
@@ -161,12 +162,12 @@ async def test_the_access_log_keeps_no_callback_code_or_state(
 ) -> None:
     """Issue 10 #11: uvicorn's access log wrote the callback's query string (code and state)
     to the service's log, for anyone who reads logs to replay."""
-    settings = {"APEX_LOG_LEVEL": "INFO"}  # the access log is written at INFO
-    async with clean_platform.client("auth", **settings) as client:
+    # The access log is written at INFO.
+    async with clean_platform.client("auth", APEX_LOG_LEVEL="INFO") as client:
         fake_idp.login_as(uuid.uuid4().hex, _idp_email())
         back = await oidc_authorize(await oidc_start(client))
         assert (await oidc_callback(client, back["code"], back["state"])).status_code == 200
-    log = clean_platform.instance("auth", **settings).log
+    log = clean_platform.instance("auth", APEX_LOG_LEVEL="INFO").log
 
     async def callback_logged() -> list[str]:
         lines = log.read_text(errors="replace").splitlines()
@@ -211,7 +212,8 @@ async def test_an_unverified_email_never_links_an_existing_account(
     _refused(response, 401, "invalid_id_token")
     assert await _identity_owner(auth_db, "oidc", sub) is None
     actions = [e["action"] for e in await auth_admin.audit(victim["id"])]
-    assert "identity.linked" not in actions and "login.succeeded" not in actions, actions
+    assert "identity.linked" not in actions, actions
+    assert "login.succeeded" not in actions, actions
 
 
 @OIDC
@@ -233,7 +235,8 @@ async def test_an_idp_not_trusted_for_the_domain_cannot_link_an_existing_account
     _refused(response, 401, "invalid_id_token")
     assert await _identity_owner(auth_db, "oidc", sub) is None
     actions = [e["action"] for e in await auth_admin.audit(victim["id"])]
-    assert "identity.linked" not in actions and "login.succeeded" not in actions, actions
+    assert "identity.linked" not in actions, actions
+    assert "login.succeeded" not in actions, actions
 
 
 @OIDC
@@ -293,7 +296,8 @@ async def test_a_saml_idp_not_trusted_for_the_domain_cannot_link_an_existing_acc
     _refused(response, 401, "invalid_saml")
     assert await _identity_owner(auth_db, "saml", name_id) is None
     actions = [e["action"] for e in await auth_admin.audit(victim["id"])]
-    assert "identity.linked" not in actions and "login.succeeded" not in actions, actions
+    assert "identity.linked" not in actions, actions
+    assert "login.succeeded" not in actions, actions
 
 
 def _hidden_under_a_forged_root(signed_response: bytes, in_response_to: str) -> str:

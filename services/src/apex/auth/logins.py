@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 
 from apex.auth import audit
 from apex.auth.context import AuthContext
+from apex.auth.lockout import Lockout
 from apex.auth.mfa import MfaStore
 from apex.auth.notify import Mailer, SmsSender
-from apex.auth.passwords import Lockout
 from apex.auth.sessions import Session
 from apex.common.config import Settings
 from apex.common.http import ApiError
@@ -127,7 +127,12 @@ class IdentityServices:
         return cls(
             settings=settings,
             http=http,
-            lockout=Lockout(redis, prefix=settings.redis_prefix, limit=settings.login_lockout),
+            lockout=Lockout(
+                redis,
+                prefix=settings.redis_prefix,
+                limit=settings.login_lockout,
+                mfa_limit=settings.mfa_lockout,
+            ),
             mfa=MfaStore(redis, prefix=settings.redis_prefix),
             mailer=Mailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else None,
             sms=sms,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -82,6 +83,15 @@ class Settings:
     failover_max_staleness: float = 300.0
     redis_probe_interval: float = 1.0
     context_token_ttl: int = 60
+    # Issue 10, attempt limits and the trust placed in identity providers.
+    mfa_lockout: RateLimit = RateLimit(count=10, window=3600)
+    mfa_token_attempts: int = 5
+    mfa_sms_per_token: int = 3
+    mfa_sms_per_user: RateLimit = RateLimit(count=10, window=3600)
+    password_forgot_per_email: RateLimit = RateLimit(count=3, window=3600)
+    password_forgot_per_ip: RateLimit = RateLimit(count=30, window=3600)
+    idp_trusted_domains: frozenset[str] = frozenset()
+    saml_trusted_domains: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +136,7 @@ class Settings:
             log_level=_parse_log_level(get("APEX_LOG_LEVEL")),
             **_identity_settings(get),
             **_resilience_settings(get),
+            **_security_settings(get),
         )
 
     def require(self, field: str, *, service: str) -> str:
@@ -250,17 +261,6 @@ def _parse_log_level(value: str | None) -> str:
 
 def _identity_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
     """The identity-flow settings of apex.auth (issue 3: OIDC, SAML, mail, SMS, logins)."""
-    lockout = get("APEX_LOGIN_LOCKOUT") or "5/900"
-    count_text, slash, window_text = lockout.partition("/")
-    try:
-        login_lockout = RateLimit(count=int(count_text), window=int(window_text))
-    except ValueError:
-        login_lockout = RateLimit(0, 0)
-    if not slash or login_lockout.count < 1 or login_lockout.window < 1:
-        raise ConfigError(
-            f"APEX_LOGIN_LOCKOUT must be attempts/seconds with both at least 1 (e.g. 5/900), "
-            f"got {lockout!r}"
-        )
     idp = [get(f"APEX_IDP_{name}") for name in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET")]
     if any(idp) and not all(idp):
         raise ConfigError(
@@ -285,7 +285,9 @@ def _identity_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
         "sms_auth_token": get("APEX_SMS_AUTH_TOKEN"),
         "sms_from": get("APEX_SMS_FROM"),
         "device_limits": parse_device_limits(get("APEX_DEVICE_LIMITS") or DEFAULT_DEVICE_LIMITS),
-        "login_lockout": login_lockout,
+        "login_lockout": _parse_count_per_window(
+            get("APEX_LOGIN_LOCKOUT"), "APEX_LOGIN_LOCKOUT", RateLimit(count=5, window=900)
+        ),
         "password_reset_ttl": _parse_positive_int(
             get("APEX_PASSWORD_RESET_TTL"), "APEX_PASSWORD_RESET_TTL", 900
         ),
@@ -331,6 +333,87 @@ def _resilience_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
             get("APEX_CONTEXT_TOKEN_TTL"), "APEX_CONTEXT_TOKEN_TTL", 60
         ),
     }
+
+
+def _security_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """apex.auth's attempt limits and the domains each IdP may vouch for (issue 10)."""
+    return {
+        "mfa_lockout": _parse_count_per_window(
+            get("APEX_MFA_LOCKOUT"), "APEX_MFA_LOCKOUT", RateLimit(count=10, window=3600)
+        ),
+        "mfa_token_attempts": _parse_count(
+            get("APEX_MFA_TOKEN_ATTEMPTS"), "APEX_MFA_TOKEN_ATTEMPTS", 5
+        ),
+        "mfa_sms_per_token": _parse_count(
+            get("APEX_MFA_SMS_PER_TOKEN"), "APEX_MFA_SMS_PER_TOKEN", 3
+        ),
+        "mfa_sms_per_user": _parse_count_per_window(
+            get("APEX_MFA_SMS_PER_USER"), "APEX_MFA_SMS_PER_USER", RateLimit(count=10, window=3600)
+        ),
+        "password_forgot_per_email": _parse_count_per_window(
+            get("APEX_PASSWORD_FORGOT_PER_EMAIL"),
+            "APEX_PASSWORD_FORGOT_PER_EMAIL",
+            RateLimit(count=3, window=3600),
+        ),
+        "password_forgot_per_ip": _parse_count_per_window(
+            get("APEX_PASSWORD_FORGOT_PER_IP"),
+            "APEX_PASSWORD_FORGOT_PER_IP",
+            RateLimit(count=30, window=3600),
+        ),
+        "idp_trusted_domains": _parse_domains(
+            get("APEX_IDP_TRUSTED_DOMAINS"), "APEX_IDP_TRUSTED_DOMAINS"
+        ),
+        "saml_trusted_domains": _parse_domains(
+            get("APEX_SAML_TRUSTED_DOMAINS"), "APEX_SAML_TRUSTED_DOMAINS"
+        ),
+    }
+
+
+def _parse_count_per_window(value: str | None, variable: str, default: RateLimit) -> RateLimit:
+    """``"count/seconds"`` (e.g. ``5/900``) with both at least 1."""
+    if value is None:
+        return default
+    count_text, slash, window_text = value.partition("/")
+    try:
+        limit = RateLimit(count=int(count_text), window=int(window_text))
+    except ValueError:
+        limit = RateLimit(0, 0)
+    if not slash or limit.count < 1 or limit.window < 1:
+        raise ConfigError(
+            f"{variable} must be count/seconds with both at least 1 "
+            f"(e.g. {default.count}/{default.window}), got {value!r}"
+        )
+    return limit
+
+
+def _parse_count(value: str | None, variable: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{variable} must be at least 1, got {value!r}")
+    return number
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
+
+
+def _parse_domains(value: str | None, variable: str) -> frozenset[str]:
+    """Comma-separated e-mail domains (``example.com,example.org``), lower-cased."""
+    domains = set()
+    for raw in (value or "").split(","):
+        domain = raw.strip().lower()
+        if not domain:
+            continue
+        if not _DOMAIN.fullmatch(domain):
+            raise ConfigError(
+                f"{variable}: {raw.strip()!r} is not a domain name (e.g. example.com)"
+            )
+        domains.add(domain)
+    return frozenset(domains)
 
 
 def _parse_positive_seconds(value: str | None, variable: str, default: float) -> float:

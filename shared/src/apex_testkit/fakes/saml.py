@@ -480,8 +480,8 @@ class FakeSamlIdp(FakeClient):
         SAMLRequest, the redirect URL carrying one, or any ID (SP "apex-auth", ACS
         http://auth.apex.test/auth/saml/acs); None: an IdP-initiated (unsolicited)
         response for that default SP, with no InResponseTo anywhere. `signed`: "assertion" |
-        "response" | None; `tamper`: "modify_email" (changes the email after signing) | "wrapping" (an
-        unsigned assertion for attacker@evil.test placed before the signed one);
+        "response" | None; `tamper`: "modify_email" (changes the email after signing) |
+        "wrapping" (an unsigned assertion for attacker@evil.test placed before the signed one);
         `expired`/`not_yet_valid` move the validity window; `audience`, `recipient`,
         `issuer` override what the request implies.
         """
