@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Final
 
 import asyncpg
@@ -86,13 +87,12 @@ async def login(body: LoginRequest, context: Context, identity: Identity) -> dic
         email = body.email.strip().lower()
     async with context.pool.acquire() as conn:
         user = await load_user(conn, email=email)
-        # Counted before the (slow) check, so a parallel burst cannot outrun the lockout.
-        attempt = await _begin(conn, identity, user.id if user is not None else None, email=email)
+    # Admitted before the (slow) check, so a parallel burst cannot outrun the lockout.
+    async with _attempt(identity, user, email=email) as attempt:
         password_hash = user.password_hash if user is not None else None
         if user is None or not await passwords.verify_password(body.password, password_hash):
-            await _failed(
-                conn, identity, attempt, user, {"reason": "wrong_password", "method": "password"}
-            )
+            detail = {"reason": "wrong_password", "method": "password"}
+            await _failed(context, identity, attempt, user, detail)
             # One answer for unknown addresses and wrong passwords.
             raise ApiError(401, "invalid_credentials", "unknown e-mail address or wrong password")
         await identity.lockout.succeeded(attempt)
@@ -113,24 +113,24 @@ async def mfa_verify(
     code = body.code.strip()
     async with context.pool.acquire() as conn:
         user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
-        if user is None:
-            raise _invalid_mfa_token()
-        budget = identity.mfa.attempts_budget(pending, context.settings.mfa_token_attempts)
-        try:
-            attempt = await _begin(conn, identity, user.id, second_factor=True, extra=[budget])
-        except BudgetSpent:
-            raise ApiError(
-                401, "invalid_mfa_token", "too many wrong codes for this mfa_token: sign in again"
-            ) from None
-        outcome = await _check_code(conn, identity, user, code, pending)
-        if outcome != "accepted":
-            detail = {"reason": outcome, "method": pending.method}
-            await _failed(conn, identity, attempt, user, detail)
-            raise ApiError(401, outcome, _CODE_ERRORS[outcome])
-        if not await identity.mfa.consume(pending):
-            await identity.lockout.release(attempt)
-            raise _invalid_mfa_token()
-        await identity.lockout.succeeded(attempt)
+    if user is None:
+        raise _invalid_mfa_token()
+    budget = identity.mfa.attempts_budget(pending, context.settings.mfa_token_attempts)
+    try:
+        async with _attempt(identity, user, second_factor=True, extra=[budget]) as attempt:
+            async with context.pool.acquire() as conn:
+                outcome = await _check_code(conn, identity, user, code, pending)
+            if outcome != "accepted":
+                detail = {"reason": outcome, "method": pending.method}
+                await _failed(context, identity, attempt, user, detail)
+                raise ApiError(401, outcome, _CODE_ERRORS[outcome])
+            if not await identity.mfa.consume(pending):
+                raise _invalid_mfa_token()  # a concurrent verify won: taken back on the way out
+            await identity.lockout.succeeded(attempt)
+    except BudgetSpent:
+        raise ApiError(
+            401, "invalid_mfa_token", "too many wrong codes for this mfa_token: sign in again"
+        ) from None
     return await open_session(
         context, user, method=pending.method, amr=[AMR[pending.method], "otp"]
     )
@@ -243,12 +243,15 @@ async def totp_disable(
     user_id = uuid.UUID(caller.session.user_id)
     code = body.code.strip()
     async with context.pool.acquire() as conn:
-        attempt = await _begin(conn, identity, user_id, sign_in=False, second_factor=True)
-        async with conn.transaction():
+        user = await load_user(conn, user_id=user_id)
+    if user is None:
+        raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+    async with _attempt(identity, user, sign_in=False, second_factor=True) as attempt:
+        async with context.pool.acquire() as conn, conn.transaction():
             user = await _user_for_update(conn, user_id)
-            outcome = None
-            if user.totp_enabled and user.totp_secret:
-                outcome = await _check_code(conn, identity, user, code, None)
+            if not user.totp_enabled or not user.totp_secret:
+                raise ApiError(409, "totp_not_enabled", "2FA is not enabled")
+            outcome = await _check_code(conn, identity, user, code, None)
             if outcome == "accepted":
                 await conn.execute(
                     "UPDATE users SET totp_enabled = false, totp_secret = NULL, "
@@ -263,11 +266,9 @@ async def totp_disable(
                     actor=audit.user_actor(user_id),
                     user_id=user_id,
                 )
-        if outcome is None:
-            await identity.lockout.release(attempt)
-            raise ApiError(409, "totp_not_enabled", "2FA is not enabled")
         if outcome != "accepted":
-            await _failed(conn, identity, attempt, user, {"reason": outcome}, "mfa.disable_failed")
+            detail = {"reason": outcome}
+            await _failed(context, identity, attempt, user, detail, "mfa.disable_failed")
             raise ApiError(400, outcome, _CODE_ERRORS[outcome])
         await identity.lockout.succeeded(attempt)
     await identity.mfa.forget_totp_steps(str(user_id))
@@ -444,27 +445,29 @@ _CODE_ERRORS: Final = {
 }
 
 
-async def _begin(
-    conn: asyncpg.Connection,
+@contextlib.asynccontextmanager
+async def _attempt(
     identity: IdentityServices,
-    user_id: uuid.UUID | None,
+    user: LoginUser | None,
     *,
     email: str = "",
     sign_in: bool = True,
     second_factor: bool = False,
     extra: Sequence[Budget] = (),
-) -> Attempt:
-    """Count an attempt before it is evaluated (apex.auth.lockout); 423 if locked."""
+) -> AsyncIterator[Attempt]:
+    """An attempt of ``user`` (or of the unknown ``email``), admitted to its evaluation
+    by apex.auth.lockout; 423 if the account is locked."""
     try:
-        return await identity.lockout.begin(
-            conn,
-            user_id,
+        async with identity.lockout.attempt(
+            user.id if user is not None else None,
+            locked_until=user.locked_until if user is not None else None,
             email=email,
             sign_in=sign_in,
             second_factor=second_factor,
             extra=extra,
-        )
-    except Locked as exc:
+        ) as attempt:
+            yield attempt
+    except Locked as exc:  # only admission raises it
         raise _locked(exc.retry_after) from None
 
 
@@ -491,7 +494,7 @@ async def _check_code(
 
 
 async def _failed(
-    conn: asyncpg.Connection,
+    context: AuthContext,
     identity: IdentityServices,
     attempt: Attempt,
     user: LoginUser | None,
@@ -499,25 +502,26 @@ async def _failed(
     action: str = "login.failed",
 ) -> None:
     """A failed attempt: audit it (and the lockout it caused) for known users."""
-    spent = await identity.lockout.failed(conn, attempt)
-    if user is None:
-        return
-    await audit.record(
-        conn, action, subject=str(user.id), actor=audit.SYSTEM, user_id=user.id, detail=detail
-    )
-    if spent is not None:
+    async with context.pool.acquire() as conn:
+        filled = await identity.lockout.failed(conn, attempt)
+        if user is None:
+            return
         await audit.record(
-            conn,
-            "account.locked",
-            subject=str(user.id),
-            actor=audit.SYSTEM,
-            user_id=user.id,
-            detail={
-                "budget": spent.name,
-                "failures": spent.limit.count,
-                "seconds": spent.limit.window,
-            },
+            conn, action, subject=str(user.id), actor=audit.SYSTEM, user_id=user.id, detail=detail
         )
+        if filled is not None:
+            await audit.record(
+                conn,
+                "account.locked",
+                subject=str(user.id),
+                actor=audit.SYSTEM,
+                user_id=user.id,
+                detail={
+                    "budget": filled.name,
+                    "failures": filled.limit.count,
+                    "seconds": filled.limit.window,
+                },
+            )
 
 
 async def _within_limit(context: AuthContext, subject: str, limit: RateLimit, what: str) -> None:
