@@ -130,16 +130,23 @@ async def oidc_callback(
     groups = claims.get("groups") or []
     if isinstance(groups, str):
         groups = [groups]
-    verified = claims.get("email_verified")
     profile = ExternalProfile(
         provider="oidc",
         subject=str(claims["sub"]),
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,
         groups=tuple(str(g) for g in groups if isinstance(g, str)),
         tenant=claims.get("tenant") if isinstance(claims.get("tenant"), str) else None,
-        email_verified=verified if isinstance(verified, bool) else None,
+        # Only the JSON true: a missing claim, null or the string "false" is not a yes.
+        email_verified=claims.get("email_verified") is True,
     )
-    return await _complete(context, identity, profile, "oidc", error_code="invalid_id_token")
+    return await _complete(
+        context,
+        identity,
+        profile,
+        "oidc",
+        trusted_domains=context.settings.idp_trusted_domains,
+        error_code="invalid_id_token",
+    )
 
 
 # --- SAML ---------------------------------------------------------------------------
@@ -209,8 +216,18 @@ async def saml_acs(request: Request, context: Context, identity: Identity) -> di
         email=assertion.email,
         groups=assertion.groups,
         tenant=assertion.tenant,
+        # SAML has no verification flag: the IdP's signed assertion is its word, and
+        # linking needs the domain trust on top (apex.auth.identities).
+        email_verified=True,
     )
-    return await _complete(context, identity, profile, "saml", error_code="invalid_saml")
+    return await _complete(
+        context,
+        identity,
+        profile,
+        "saml",
+        trusted_domains=context.settings.saml_trusted_domains,
+        error_code="invalid_saml",
+    )
 
 
 # --- both ---------------------------------------------------------------------------
@@ -222,11 +239,12 @@ async def _complete(
     profile: ExternalProfile,
     method: str,
     *,
+    trusted_domains: frozenset[str],
     error_code: str,
 ) -> dict[str, Any]:
     async with context.pool.acquire() as conn, conn.transaction():
         try:
-            user = await identities.provision(conn, profile)
+            user = await identities.provision(conn, profile, trusted_domains=trusted_domains)
         except ProvisioningError as exc:
             raise ApiError(401, error_code, str(exc)) from None
         joined, left = await identities.sync_groups(
