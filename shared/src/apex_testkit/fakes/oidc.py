@@ -15,6 +15,7 @@ import base64
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
@@ -228,6 +229,8 @@ class OidcServer(FakeServer):
         if fault.get("expired"):
             claims["iat"], claims["exp"] = now - 2 * TOKEN_TTL, now - TOKEN_TTL
         claims.update(fault.get("claims") or {})
+        for name in fault.get("without") or ():
+            claims.pop(name, None)
         if fault.get("alg_none"):
             return jwt.encode(claims, "", algorithm="none")
         key = self.keys[-1]
@@ -350,9 +353,11 @@ class FakeIdp(FakeClient):
         nonce: str | None = None,
         kid: str | None = None,
         claims: dict[str, Any] | None = None,
+        without: Sequence[str] = (),
     ) -> None:
         """Make the next id_token /token issues bad in the given ways (then normal again);
-        `claims` overrides or adds claims."""
+        `claims` overrides or adds claims, `without` leaves claims out (e.g. the optional
+        `email_verified`)."""
         fault: dict[str, Any] = {
             "expired": expired,
             "issuer": issuer,
@@ -361,6 +366,7 @@ class FakeIdp(FakeClient):
             "alg_none": alg_none,
             "kid": kid,
             "claims": claims,
+            "without": list(without),
         }
         if nonce is not None:
             fault["nonce"] = nonce

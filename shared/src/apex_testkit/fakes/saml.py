@@ -3,9 +3,9 @@ responses signed with signxml (RSA-SHA256, exclusive c14n), good or bad on reque
 
 `/sso` parses the AuthnRequest, records it and answers the HTML auto-post form a real
 IdP answers, for the user `login_as` named. `response_for(...)` builds a SAMLResponse
-for a recorded request (or a bare request ID) with a chosen defect: unsigned, a
-tampered attribute after signing, a signature-wrapping attack, expired, not yet valid,
-wrong audience/recipient/issuer.
+for a recorded request (or a bare request ID, or none: IdP-initiated) with a chosen
+defect: unsigned, a tampered attribute after signing, a signature-wrapping attack,
+expired, not yet valid, wrong audience/recipient/issuer.
 """
 
 from __future__ import annotations
@@ -208,9 +208,12 @@ class SamlServer(FakeServer):
 
     # -- responses --------------------------------------------------------------------
 
-    def _request(self, request: str) -> dict[str, str]:
+    def _request(self, request: str | None) -> dict[str, str]:
         """The AuthnRequest `request` names: a recorded ID, a SAMLRequest, or a URL
-        carrying one; a bare unknown ID gets the default SP."""
+        carrying one; a bare unknown ID gets the default SP; None (IdP-initiated) has
+        no ID and goes to the default SP."""
+        if request is None:
+            return {"id": "", "acs_url": DEFAULT_ACS_URL, "issuer": DEFAULT_SP_ENTITY_ID}
         if "SAMLRequest=" in request:
             request = parse_qs(urlsplit(request).query)["SAMLRequest"][0]
         for recorded in reversed(self.authn_requests):
@@ -247,14 +250,15 @@ class SamlServer(FakeServer):
         confirmation = _sub(
             subject, SAML, "SubjectConfirmation", Method="urn:oasis:names:tc:SAML:2.0:cm:bearer"
         )
-        _sub(
+        data = _sub(
             confirmation,
             SAML,
             "SubjectConfirmationData",
-            InResponseTo=request["id"],
             NotOnOrAfter=_instant(not_on_or_after),
             Recipient=recipient,
         )
+        if request["id"]:  # an IdP-initiated response answers no request (SAML profiles 4.1.4.2)
+            data.set("InResponseTo", request["id"])
         conditions = _sub(
             assertion,
             SAML,
@@ -297,7 +301,7 @@ class SamlServer(FakeServer):
 
     def response(
         self,
-        request: str,
+        request: str | None,
         name_id: str,
         email: str,
         groups: list[str] | None = None,
@@ -342,9 +346,10 @@ class SamlServer(FakeServer):
             Version="2.0",
             IssueInstant=_instant(issued),
             Destination=acs,
-            InResponseTo=found["id"],
             nsmap=NSMAP,
         )
+        if found["id"]:
+            response.set("InResponseTo", found["id"])
         _sub(response, SAML, "Issuer", issuer or self.entity_id)
         status = _sub(response, SAMLP, "Status")
         _sub(status, SAMLP, "StatusCode", Value=SUCCESS)
@@ -456,7 +461,7 @@ class FakeSamlIdp(FakeClient):
 
     def response_for(
         self,
-        request_id_or_authn_request: str,
+        request_id_or_authn_request: str | None,
         name_id: str,
         email: str,
         groups: list[str] | tuple[str, ...] = (),
@@ -473,9 +478,10 @@ class FakeSamlIdp(FakeClient):
 
         The request: an ID /sso recorded (its ACS URL and SP issuer are used), a
         SAMLRequest, the redirect URL carrying one, or any ID (SP "apex-auth", ACS
-        http://auth.apex.test/auth/saml/acs). `signed`: "assertion" | "response" | None;
-        `tamper`: "modify_email" (changes the email after signing) | "wrapping" (an
-        unsigned assertion for attacker@evil.test placed before the signed one);
+        http://auth.apex.test/auth/saml/acs); None: an IdP-initiated (unsolicited)
+        response for that default SP, with no InResponseTo anywhere. `signed`: "assertion" |
+        "response" | None; `tamper`: "modify_email" (changes the email after signing) |
+        "wrapping" (an unsigned assertion for attacker@evil.test placed before the signed one);
         `expired`/`not_yet_valid` move the validity window; `audience`, `recipient`,
         `issuer` override what the request implies.
         """
