@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from apex_testkit._masking import mask_secrets
 from apex_testkit._processes import log_tail, spawn
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import KitSettings, Level
@@ -26,7 +27,7 @@ STACK_SLOT = 0
 
 
 def _say(message: str) -> None:
-    print(f"apex-testkit stack: {message}", file=sys.stderr, flush=True)
+    print(f"apex-testkit stack: {mask_secrets(message)}", file=sys.stderr, flush=True)
 
 
 def run_stack(
