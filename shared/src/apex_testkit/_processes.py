@@ -112,12 +112,10 @@ class ProcessRef:
 def _descendants(pid: int) -> list[int]:
     """The processes below `pid` (read from /proc: only for the rare frozen server)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()

@@ -227,6 +227,12 @@ def check_external(service: Service, what: str, timeout: float = 5.0) -> str:
 # --- a server that died or stopped answering mid-run ------------------------------------
 
 
+def down_marker(run: Run) -> str:
+    """A file that exists once the run has a verdict on any of its servers: a process
+    checks that it does not exist before each reset (one stat, a few microseconds)."""
+    return str(run.path / "servers-down")
+
+
 def known_down(run: Run, service: str) -> ServerDown | None:
     """The verdict some process of the run already reached on its server of `service`."""
     verdict = run.read(f"down-{service}")
@@ -273,6 +279,7 @@ def check_server(run: Run, service: Service, *, timed_out: bool = False) -> Serv
         "summary": f"{state.upper()}: {detail}",
     }
     run.store(f"down-{service.name}", verdict)
+    Path(down_marker(run)).touch()
     return ServerDown(verdict["message"], verdict["brief"], verdict["summary"])
 
 
