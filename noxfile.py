@@ -9,6 +9,7 @@ way nox's own noxfile generates its sessions. ``nox -l`` shows what exists.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 nox.needs_version = ">=2026.10.20"
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -33,7 +36,6 @@ LEVELS = ("l2", "l3", "l4")
 # Distributions built from this repo; always reinstalled so code changes are picked up.
 SHARED = "./shared"
 SERVICES = "./services"
-LOCAL_DISTS = {"apex-testkit": SHARED, "apex-platform": SERVICES}
 TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10")
 INSTALL_ENV = {"UV_COMPILE_BYTECODE": "1"}  # this machine sets PYTHONDONTWRITEBYTECODE=1
 JOBS_ENV = "APEX_NOX_JOBS"
@@ -74,6 +76,57 @@ def discover_packages(root: Path = ROOT) -> list[TestPackage]:
 
 
 PACKAGES = discover_packages()
+
+
+# -- the repo's own distributions and what they depend on --------------------------------
+
+
+def local_dists(root: Path = ROOT) -> dict[str, str]:
+    """Every distribution built from this repo: normalized name -> "./dir".
+
+    The kit (shared/), the platform (services/) and every test package (packages/*/), each
+    named by its own pyproject.toml (apex-testkit, apex-platform, apex-<area>-tests).
+    """
+    pyprojects = [root / "shared" / "pyproject.toml", root / "services" / "pyproject.toml"]
+    pyprojects += sorted(root.glob("packages/*/pyproject.toml"))
+    found: dict[str, str] = {}
+    for pyproject in pyprojects:
+        if pyproject.is_file():
+            name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
+            found[canonicalize_name(name)] = f"./{pyproject.parent.relative_to(root).as_posix()}"
+    return found
+
+
+def local_requirements(path: str, root: Path = ROOT) -> list[str]:
+    """The local dists (as "./dir") that the dist in `path` requires to be installed."""
+    dists = local_dists(root)
+    pyproject = root / path / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    found = []
+    for line in project.get("dependencies", []):
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        local = dists.get(canonicalize_name(requirement.name))
+        if local is not None and local not in found:
+            found.append(local)
+    return found
+
+
+def with_local_dependencies(paths: Iterable[str], root: Path = ROOT) -> list[str]:
+    """`paths` (local dists, "./dir") plus every local dist they depend on, transitively.
+
+    uv and pip look a dependency up in the registry unless it is given on the same
+    command line: `./packages/ws_tests` alone fails on its apex-auth-tests dependency.
+    """
+    closure: list[str] = []
+    todo = list(paths)
+    while todo:
+        path = todo.pop(0)
+        if path not in closure:
+            closure.append(path)
+            todo += local_requirements(path, root)
+    return closure
 
 
 # -- how many sessions run at once (nox -j) -------------------------------------------
@@ -137,13 +190,14 @@ def xdist_workers(posargs: Sequence[str]) -> list[str]:
 # -- shared session steps ---------------------------------------------------------------
 
 
-def install(session: nox.Session, *dists: str, extra: Sequence[str] = ()) -> None:
-    """Install local dists (paths, non-editable) plus `extra` requirements.
+def install(session: nox.Session, *paths: str, extra: Sequence[str] = ()) -> None:
+    """Install local dists (paths, non-editable) and the local dists they depend on,
+    plus `extra` requirements.
 
     Local dists are always reinstalled: version numbers do not change with the code.
     """
-    names = [name for name, path in LOCAL_DISTS.items() if path in dists]
-    names += [p.dist for p in PACKAGES if p.path in dists]
+    dists = with_local_dependencies(paths)
+    names = [name for name, path in local_dists().items() if path in dists]
     if session.venv_backend == "uv":
         reinstall = [arg for name in names for arg in ("--reinstall-package", name)]
         session.install(*reinstall, *dists, *extra, env=INSTALL_ENV)
@@ -198,17 +252,22 @@ def has_target(posargs: Sequence[str]) -> bool:
     )
 
 
+def install_packages(session: nox.Session, packages: Sequence[TestPackage]) -> None:
+    """What a level session installs: the kit, the platform, `packages` (with the local
+    dists they depend on) and the test tools."""
+    install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
+
+
+def level_pytest(level: str, packages: Sequence[TestPackage]) -> list[str]:
+    """The pytest command of `packages` at `level`, before the session's options."""
+    return ["pytest", "--pyargs", *(p.module for p in packages), f"--level={level.upper()}"]
+
+
 def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
     """Run `packages` at `level` (l2, l3 or l4)."""
-    install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
+    install_packages(session, packages)
     env = coverage_env(session)
-    pytest = [
-        "pytest",
-        "--pyargs",
-        *(p.module for p in packages),
-        f"--level={level.upper()}",
-        *pytest_args(session),
-    ]
+    pytest = [*level_pytest(level, packages), *pytest_args(session)]
     if level != "l4" or has_target(session.posargs):
         run_measured(session, *pytest, env=env)
         return
@@ -237,6 +296,52 @@ def combine_coverage(session: nox.Session, sources: Sequence[str]) -> None:
     with summary.open("w", encoding="utf-8") as out:
         session.run("coverage", "report", "--format=markdown", env=env, stdout=out)
     session.log(f"HTML: {COVERAGE_DIR / 'html' / 'index.html'}, Markdown: {summary}")
+
+
+# -- import contracts -------------------------------------------------------------------
+#
+# The contracts live in pyproject.toml ([tool.importlinter]); `*_tests` there stands for
+# every test package, which import-linter cannot express (its wildcards replace whole module
+# names, and root packages are named one by one). The lint session writes it out.
+
+TEST_PACKAGES = "*_tests"
+
+
+def expand_test_packages(value: Any, modules: Sequence[str]) -> Any:
+    """`value` (import-linter configuration) with `*_tests`, `*_tests.X` written out."""
+    if isinstance(value, dict):
+        return {key: expand_test_packages(item, modules) for key, item in value.items()}
+    if not isinstance(value, list):
+        return value
+    expanded: list[Any] = []
+    for item in value:
+        if isinstance(item, str) and item.split(".")[0] == TEST_PACKAGES:
+            expanded += [module + item.removeprefix(TEST_PACKAGES) for module in modules]
+        else:
+            expanded.append(expand_test_packages(item, modules))
+    return expanded
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"import-linter option of unexpected type: {value!r}")
+
+
+def import_linter_config(packages: Sequence[TestPackage], root: Path = ROOT) -> str:
+    """pyproject.toml's [tool.importlinter] for `packages`, as a TOML file lint-imports reads."""
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    config = expand_test_packages(pyproject["tool"]["importlinter"], [p.module for p in packages])
+    contracts = config.pop("contracts")
+    lines = ["[tool.importlinter]", *(f"{k} = {_toml_value(v)}" for k, v in config.items())]
+    for contract in contracts:
+        lines += ["", "[[tool.importlinter.contracts]]"]
+        lines += [f"{key} = {_toml_value(item)}" for key, item in contract.items()]
+    return "\n".join(lines) + "\n"
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -296,6 +401,26 @@ for _level in LEVELS:
     _define_level_sessions(_level)
 
 
+@register("collect", tags=["ci-once"], allow_parallel=True)
+@nox.parametrize("area", [p.area for p in PACKAGES], ids=[p.area for p in PACKAGES])
+def collect(session: nox.Session, area: str) -> None:
+    """Each package installs and collects at every level, as its level sessions would.
+
+    One venv per package (`collect(<area>)`), installed exactly as its `l2-<area>`,
+    `l3-<area>` and `l4-<area>` sessions install it, then `pytest --collect-only` at each
+    level: a package whose local dependencies are not installed, or whose tests do not
+    import, fails here in seconds. L4 collects against a placeholder target that names
+    every service of the platform (nothing is contacted).
+    """
+    (package,) = [p for p in PACKAGES if p.area == area]
+    install_packages(session, [package])
+    target = Path(session.create_tmp()) / "collect-target.toml"
+    session.run("python", "tools/collect_target.py", str(target))
+    for level in LEVELS:
+        options = [f"--target={target}"] if level == "l4" else []
+        session.run(*level_pytest(level, [package]), *options, "--collect-only", "-qq")
+
+
 @register("selftest", tags=["ci-once"], allow_parallel=True)
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
@@ -333,13 +458,13 @@ def bench(session: nox.Session) -> None:
 
 @register("lint", tags=["ci-once"], allow_parallel=True)
 def lint(session: nox.Session) -> None:
-    """ruff check, ruff format --check, mypy."""
+    """ruff check, ruff format --check, mypy, import contracts (lint-imports)."""
     install(
         session,
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        extra=["ruff", "mypy", "nox", "coverage>=7.10"],
+        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -348,6 +473,17 @@ def lint(session: nox.Session) -> None:
     # Each src dir is an import root (MYPYPATH), the packages' too.
     mypypath = os.pathsep.join([*sources, *packages])
     session.run("mypy", *sources, *packages, "noxfile.py", "tools", env={"MYPYPATH": mypypath})
+    # The sources, not the installed copies, are analysed: the src dirs come first.
+    tmp = Path(session.create_tmp())
+    config = tmp / "importlinter.toml"
+    config.write_text(import_linter_config(PACKAGES), encoding="utf-8")
+    session.run(
+        "lint-imports",
+        "--no-logo",
+        f"--cache-dir={tmp / 'import_linter_cache'}",
+        str(config),
+        env={"PYTHONPATH": mypypath},
+    )
 
 
 @register("coverage", tags=["report"])
@@ -359,9 +495,9 @@ def coverage(session: nox.Session) -> None:
     combine_coverage(session, session.posargs or [str(COVERAGE_DIR)])
 
 
-@register("ci", requires=["lint", "selftest", "unit", "l2", "l3", "l4"])
+@register("ci", requires=["lint", "collect", "selftest", "unit", "l2", "l3", "l4"])
 def ci(session: nox.Session) -> None:
-    """The project's tests: lint, selftest, unit, l2, l3, l4, then the coverage report."""
+    """The project's tests (lint collect selftest unit l2 l3 l4), then the coverage report."""
     # The report is this session's own body, so it runs only after every requirement,
     # with or without -j (a `coverage` requirement could start alongside l4).
     combine_coverage(session, [str(COVERAGE_DIR)])

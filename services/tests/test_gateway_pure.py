@@ -9,13 +9,14 @@ import uuid
 import pytest
 
 from apex.common.config import ConfigError
+from apex.common.config import RateLimit as Rate
 from apex.gateway.breaker import Breaker, BreakerState, CircuitOpen
 from apex.gateway.fanout import MessageLog, message_frame
 from apex.gateway.metrics import Metrics
 from apex.gateway.notes import NoteError, validate_note
 from apex.gateway.ratelimit import TokenBucket
 from apex.gateway.routing import pick_instance
-from apex.gateway.settings import GatewaySettings, Rate
+from apex.gateway.settings import GatewaySettings
 from apex.gateway.uploads import parse_chunk
 
 

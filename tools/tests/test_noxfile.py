@@ -1,13 +1,17 @@
-"""The noxfile's own logic: package discovery, tags, -j job count, xdist sizing."""
+"""The noxfile's own logic: package discovery, local dependencies, tags, -j job count, xdist
+sizing, import contracts."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tools import plan_matrix
 
 ROOT = Path(__file__).parents[2]
 
@@ -53,6 +57,75 @@ def test_packages_are_discovered_from_their_pyproject(noxfile: ModuleType, tmp_p
     ]
 
 
+def write_dist(root: Path, path: str, name: str, *dependencies: str) -> None:
+    (root / path).mkdir(parents=True)
+    lines = ", ".join(f"'{d}'" for d in dependencies)  # TOML literal strings
+    (root / path / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "1.0"\ndependencies = [{lines}]\n',
+        encoding="utf-8",
+    )
+
+
+@pytest.fixture(name="repo")
+def _repo(tmp_path: Path) -> Path:
+    """A repo whose ws package needs auth's, which needs the kit, which needs the platform."""
+    write_dist(tmp_path, "services", "apex-platform", "fastapi>=0.115")
+    write_dist(tmp_path, "shared", "apex-testkit", "pytest>=8.3", "apex-platform>=0.1")
+    write_dist(tmp_path, "packages/auth_tests", "apex-auth-tests", "apex-testkit>=0.1,<0.2")
+    write_dist(
+        tmp_path,
+        "packages/ws_tests",
+        "apex-ws-tests",
+        "apex-testkit>=0.1,<0.2",
+        "Apex_Auth.Tests>=0.2,<0.3",  # spelled otherwise: names are compared normalized
+        "websockets>=13",
+        'apex-billing-tests; python_version < "3"',  # a marker that excludes it
+    )
+    write_dist(tmp_path, "packages/billing_tests", "apex-billing-tests")
+    return tmp_path
+
+
+def test_local_dists_are_named_by_their_pyproject(noxfile: ModuleType, repo: Path) -> None:
+    assert noxfile.local_dists(repo) == {
+        "apex-testkit": "./shared",
+        "apex-platform": "./services",
+        "apex-auth-tests": "./packages/auth_tests",
+        "apex-billing-tests": "./packages/billing_tests",
+        "apex-ws-tests": "./packages/ws_tests",
+    }
+
+
+def test_a_package_brings_its_local_dependencies_transitively(
+    noxfile: ModuleType, repo: Path
+) -> None:
+    # What `nox -s l2-ws` installs: without ./packages/auth_tests uv looked
+    # apex-auth-tests up in the registry and failed before any test ran.
+    assert noxfile.with_local_dependencies(["./packages/ws_tests"], repo) == [
+        "./packages/ws_tests",
+        "./shared",
+        "./packages/auth_tests",
+        "./services",
+    ]
+
+
+def test_local_dependencies_are_listed_once_in_the_order_given(
+    noxfile: ModuleType, repo: Path
+) -> None:
+    paths = ["./shared", "./services", "./packages/auth_tests", "./packages/ws_tests"]
+    assert noxfile.with_local_dependencies(paths, repo) == paths
+    assert noxfile.with_local_dependencies(["./services"], repo) == ["./services"]
+
+
+def test_every_package_of_this_repo_installs_with_what_it_needs(noxfile: ModuleType) -> None:
+    dists = noxfile.local_dists()
+    for package in noxfile.PACKAGES:
+        closure = noxfile.with_local_dependencies([package.path])
+        for path in closure:
+            for requirement in noxfile.local_requirements(path):
+                assert requirement in closure
+        assert dists[package.dist] == package.path
+
+
 def test_each_package_has_one_session_per_level(noxfile: ModuleType) -> None:
     names = {s.name for s in noxfile.SESSIONS}
     for package in noxfile.PACKAGES:
@@ -68,7 +141,17 @@ def test_a_level_tag_selects_each_package_once_and_no_aggregate(noxfile: ModuleT
 
 def test_ci_requires_the_project_tests_in_order(noxfile: ModuleType) -> None:
     (ci,) = [s for s in noxfile.SESSIONS if s.name == "ci"]
-    assert ci.requires == ("lint", "selftest", "unit", "l2", "l3", "l4")
+    assert ci.requires == ("lint", "collect", "selftest", "unit", "l2", "l3", "l4")
+
+
+def test_collect_covers_every_level_session_the_matrix_plans(noxfile: ModuleType) -> None:
+    listing = [{"name": s.name, "tags": list(s.tags)} for s in noxfile.SESSIONS]
+    planned = {job["session"] for job in plan_matrix.plan(listing, ["3.11"])["include"]}
+    levels = {name for name in planned if name.split("-")[0] in noxfile.LEVELS}
+    collected = {f"{level}-{p.area}" for p in noxfile.PACKAGES for level in noxfile.LEVELS}
+
+    assert levels == collected
+    assert "collect" in planned  # a CI job of its own, besides being part of `ci`
 
 
 @pytest.mark.parametrize(
@@ -138,3 +221,47 @@ def test_a_target_is_given_by_option_or_env(
     assert noxfile.has_target(["--target=staging.toml"])
     monkeypatch.setenv("APEX_TEST_TARGET", "staging.toml")
     assert noxfile.has_target([])
+
+
+def test_import_contracts_name_each_test_package(noxfile: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        """
+[tool.importlinter]
+root_packages = ["apex", "*_tests"]
+[[tool.importlinter.contracts]]
+name = "teams"
+type = "forbidden"
+source_modules = ["*_tests", "apex"]
+forbidden_modules = ["*_tests.*", "apex_testkit.*"]
+ignore_imports = ["** -> *.client"]
+allow_indirect_imports = true
+""",
+        encoding="utf-8",
+    )
+    write_package(tmp_path, "auth", "identity")
+    write_package(tmp_path, "billing", "revenue")
+    packages = noxfile.discover_packages(tmp_path)
+
+    config = tomllib.loads(noxfile.import_linter_config(packages, tmp_path))
+
+    linter = config["tool"]["importlinter"]
+    assert linter["root_packages"] == ["apex", "auth_tests", "billing_tests"]
+    assert linter["contracts"] == [
+        {
+            "name": "teams",
+            "type": "forbidden",
+            "source_modules": ["auth_tests", "billing_tests", "apex"],
+            "forbidden_modules": ["auth_tests.*", "billing_tests.*", "apex_testkit.*"],
+            "ignore_imports": ["** -> *.client"],
+            "allow_indirect_imports": True,
+        }
+    ]
+
+
+def test_every_import_contract_is_documented(noxfile: ModuleType) -> None:
+    config = tomllib.loads(noxfile.import_linter_config(noxfile.PACKAGES))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Import contracts\n", 1)[1].split("\n## ", 1)[0]
+    for contract in config["tool"]["importlinter"]["contracts"]:
+        assert f"`{contract['id']}`" in section, f"README: no entry for {contract['id']}"
+    assert "*_tests" not in str(config)

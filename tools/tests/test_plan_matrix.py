@@ -2,7 +2,8 @@
 
 data/nox_list.json: this repo (auth only); data/nox_list_two_packages.json: the same
 noxfile with a second package (ws_tests) beside auth_tests; data/nox_list_force_python.json:
-the listing under --force-python 3.12; data/nox_list_default.json: plain `nox -l --json`.
+the listing under --force-python 3.12; data/nox_list_default.json: plain `nox -l --json`;
+data/nox_list_collect.json: two packages and the parametrized `collect` session.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def test_a_new_package_joins_the_matrix_without_edits() -> None:
     sessions = {s for s, _ in jobs(matrix)}
     assert {"l2-ws", "l3-ws", "l4-ws", "l2-auth", "l3-auth", "l4-auth"} <= sessions
     assert len(jobs(matrix)) == len(set(jobs(matrix))) == 6 * 2 + 2 + 2
+
+
+def test_a_parametrized_session_is_one_job_run_by_its_name() -> None:
+    # `collect(auth)`, `collect(ws)`: `nox -s collect` runs both in one job.
+    matrix = plan_matrix.plan(listing("nox_list_collect.json"), PYTHONS)
+
+    assert [(s, p) for s, p in jobs(matrix) if s.startswith("collect")] == [("collect", "3.11")]
 
 
 def test_aggregates_and_local_only_sessions_are_not_jobs() -> None:

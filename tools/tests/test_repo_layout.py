@@ -1,4 +1,5 @@
-"""What the README promises about each team's test package holds for every package.
+"""What the README promises about each team's test package holds for every package, and
+every dist (kit, platform, packages) has a changelog section for its version.
 
 A team adds a package by copying packages/auth_tests; these checks name what is
 missing instead of letting CI, coverage or ownership silently skip the package.
@@ -6,6 +7,7 @@ missing instead of letting CI, coverage or ownership silently skip the package.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 PYPROJECTS = sorted(ROOT.glob("packages/*/pyproject.toml"))
+# Every distribution of the repo: the kit, the platform, the test packages.
+DISTS = [ROOT / "shared", ROOT / "services", *(p.parent for p in PYPROJECTS)]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -52,11 +56,23 @@ def test_package_declares_team_area_and_fixtures(package: Path) -> None:
     assert (package / "src" / module / "__init__.py").is_file()
 
 
-def test_package_has_readme_and_changelog(package: Path) -> None:
+def test_package_has_a_readme(package: Path) -> None:
     assert (package / "README.md").is_file()
-    changelog = (package / "CHANGELOG.md").read_text(encoding="utf-8")
-    version = load(package / "pyproject.toml")["project"]["version"]
-    assert f"## {version}" in changelog, f"CHANGELOG.md has no '## {version}' section"
+
+
+@pytest.mark.parametrize("dist", DISTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_dist_has_a_changelog_section_for_its_version(dist: Path) -> None:
+    # Every dist is released on its own: the kit, the platform and each team's package.
+    project = load(dist / "pyproject.toml")["project"]
+    changelog = dist / "CHANGELOG.md"
+    assert changelog.is_file(), f"{project['name']}: {changelog.relative_to(ROOT)} is missing"
+    version = re.escape(project["version"])
+    # `## 0.2.0` or Keep a Changelog's `## [0.2.0] - 2026-01-31`.
+    section = re.compile(rf"^## \[?{version}\]?(?:\s|$)", re.MULTILINE)
+    assert section.search(changelog.read_text(encoding="utf-8")), (
+        f"{changelog.relative_to(ROOT)} has no '## {project['version']}' section "
+        f"for {project['name']} {project['version']}"
+    )
 
 
 def test_package_is_owned_by_its_team(package: Path) -> None:

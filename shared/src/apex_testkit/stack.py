@@ -2,20 +2,27 @@
 
 `nox -s l4` runs the L4 tests against it exactly as against staging: through a target
 file. Developers run it with `nox -s stack` (or `apex-testkit stack`) until Ctrl-C.
+
+SIGINT and SIGTERM stop it cleanly, in the foreground or as a background job (which a
+script starts with SIGINT ignored): the stack stops COMMAND, its services and servers and
+removes its run. COMMAND dies with the stack even when the stack is killed (kill -9).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 from apex_testkit._masking import mask_secrets
-from apex_testkit._processes import log_tail, spawn
+from apex_testkit._processes import _die_with_parent, log_tail, spawn
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import KitSettings, Level
 from apex_testkit.sut import SERVICE_NEEDS, migrate, service_env
@@ -24,6 +31,21 @@ from apex_testkit.waiting import wait_for
 from apex_testkit.worker import Worker
 
 STACK_SLOT = 0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How long COMMAND (a pytest run) gets to tear down after the stack was told to stop.
+COMMAND_GRACE = 30.0
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the stack (a KeyboardInterrupt: nothing swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
 
 
 def _say(message: str) -> None:
@@ -39,9 +61,13 @@ def run_stack(
 ) -> int:
     """Start the stack, run `command` against it (or wait for Ctrl-C), tear it all down.
 
-    Returns the command's exit code (0 after Ctrl-C when there is no command).
+    Returns the command's exit code, or 128 + the signal's number when SIGINT or SIGTERM
+    stopped the stack (130 after Ctrl-C).
     """
     run = Run.create()
+    # Set explicitly: a script's background job starts with SIGINT ignored, and SIGTERM
+    # would end the stack without its teardown (only the watchdog would clean up).
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
     try:
         manifest, stack = _start(run, chains, timeout)
         if target_out is not None:
@@ -50,18 +76,65 @@ def run_stack(
             _say(f"target file: {target_out}")
         if command:
             _say(f"running: {' '.join(command)}")
-            return subprocess.run(list(command), check=False).returncode
+            return _run_command(run, command)
         _say("running; press Ctrl-C to stop")
         code = stack.wait()
         _say(f"the platform stack exited with code {code}:\n{log_tail(run.path / 'stack.log')}")
         return code or 1
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
+    except _Stopped as stop:
+        _say(f"stopping ({signal.Signals(stop.signum).name})")
+        return 128 + stop.signum
     finally:
         started = time.monotonic()
         run.close()
         _say(f"stopped and cleaned up in {time.monotonic() - started:.1f} s")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_command(run: Run, command: Sequence[str]) -> int:
+    """Run COMMAND in the foreground until it exits; it is stopped with the stack."""
+    process = subprocess.Popen(list(command), preexec_fn=_command_preexec(os.getpid()))
+    try:
+        # Recorded like every process of the run: the watchdog stops it after a kill -9.
+        with contextlib.suppress(ProcessLookupError):  # already gone: nothing to stop
+            record_process(run, "command", process.pid, grace=COMMAND_GRACE)
+        return process.wait()
+    except _Stopped as stop:
+        _stop_command(process, stop.signum)
+        raise
+
+
+def _command_preexec(stack_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        # Ignored in a background job; the stack forwards SIGINT, so it must act.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent()  # SIGTERM when the stack dies, even by SIGKILL
+        if os.getppid() != stack_pid:  # the stack died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _stop_command(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Pass `signum` on to COMMAND, give it COMMAND_GRACE seconds, then kill it."""
+    # Ctrl-C in a terminal reaches the whole foreground process group, COMMAND too:
+    # a second SIGINT would cut its own teardown short.
+    from_terminal = signum == signal.SIGINT and _in_terminal_foreground()
+    if process.poll() is None and not from_terminal:
+        process.send_signal(signum)
+    try:
+        process.wait(timeout=COMMAND_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:  # stdin is not a terminal
+        return False
 
 
 def _start(

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from auth_tests.fixtures import AuthAdmin, KeyUser, error_of, exchange, login
+from auth_tests.client import AuthAdmin, KeyUser, error_of, exchange, login
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="Automation: service accounts authenticate with API keys", mrr=8000,

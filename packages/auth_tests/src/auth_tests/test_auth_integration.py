@@ -16,20 +16,16 @@ import jwt
 import pytest
 
 from apex_testkit import Platform, RedisNamespace, eventually
-from auth_tests.fixtures import (
+from auth_tests.access import (
     ROLE_PERMISSIONS,
     AccessAdmin,
-    AuthAdmin,
-    AuthEvents,
-    Tokens,
     context_token,
-    error_of,
-    exchange,
     introspect,
     is_allowed,
-    login,
     my_permissions,
 )
+from auth_tests.client import AuthAdmin, Tokens, error_of, exchange, login
+from auth_tests.events import AuthEvents
 
 ALL_COMPONENTS = pytest.mark.bvj(
     segment="platform", goal="Auth integration: every component works together", mrr=14000,

@@ -21,18 +21,14 @@ import jwt
 import pytest
 
 from apex_testkit import Platform, eventually
-from auth_tests.fixtures import (
+from auth_tests.access import (
     ROLE_PERMISSIONS,
     AccessAdmin,
-    AuthAdmin,
-    KeyUser,
-    Tokens,
     context_token,
-    error_of,
     introspect,
-    login,
     my_permissions,
 )
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
 
 PROPAGATION = pytest.mark.bvj(
     segment="enterprise", goal="SOC2: every service sees the same verified identity",

@@ -17,17 +17,8 @@ import httpx
 import pytest
 
 from apex_testkit import FakeIdp, Platform
-from auth_tests.fixtures import (
-    AuthAdmin,
-    KeyUser,
-    PasswordUser,
-    Tokens,
-    create_password_user,
-    login,
-    me_status,
-    oidc_login,
-    password_login,
-)
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
+from auth_tests.flows import PasswordUser, create_password_user, oidc_login, password_login
 
 BVJ = pytest.mark.bvj(
     segment="enterprise", goal="Multi-device support with enforceable per-tier limits",

@@ -20,15 +20,8 @@ import httpx
 import pytest
 
 from apex_testkit import Platform, eventually
-from auth_tests.fixtures import (
-    AuthAdmin,
-    RedisFault,
-    Tokens,
-    error_of,
-    exchange,
-    login,
-    redis_fault,
-)
+from auth_tests.client import AuthAdmin, Tokens, error_of, exchange, login
+from auth_tests.faults import RedisFault, redis_fault
 
 FAILOVER = pytest.mark.bvj(
     segment="platform", goal="High availability: cache-based auth while Redis is down",

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from apex_testkit import Platform, RedisNamespace, eventually
-from auth_tests.fixtures import AuthAdmin, KeyUser, Tokens, error_of, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Security foundation: stateless JWTs backed by revocable sessions",

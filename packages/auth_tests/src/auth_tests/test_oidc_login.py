@@ -23,16 +23,10 @@ import jwt
 import pytest
 
 from apex_testkit import FakeIdp, Platform
-from auth_tests.fixtures import (
-    AuthAdmin,
-    JwksVerifier,
-    KeyUser,
-    Tokens,
+from auth_tests.client import AuthAdmin, JwksVerifier, KeyUser, Tokens, error_of, login, me
+from auth_tests.flows import (
     create_password_user,
     enroll_totp,
-    error_of,
-    login,
-    me,
     oidc_authorize,
     oidc_callback,
     oidc_login,

@@ -18,16 +18,8 @@ import httpx
 import pytest
 
 from apex_testkit import Mail, Mailbox, Platform, eventually
-from auth_tests.fixtures import (
-    AuthAdmin,
-    PasswordUser,
-    Tokens,
-    create_password_user,
-    error_of,
-    login,
-    me_status,
-    password_login,
-)
+from auth_tests.client import AuthAdmin, Tokens, error_of, login, me_status
+from auth_tests.flows import PasswordUser, create_password_user, password_login
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="Self-service account recovery without support tickets", mrr=5000,

@@ -19,18 +19,9 @@ import httpx
 import pytest
 
 from apex_testkit import Platform, RedisNamespace, eventually
-from auth_tests.fixtures import (
-    ROLE_PERMISSIONS,
-    AccessAdmin,
-    AuthAdmin,
-    AuthEvents,
-    KeyUser,
-    Tokens,
-    error_of,
-    is_allowed,
-    login,
-    my_permissions,
-)
+from auth_tests.access import ROLE_PERMISSIONS, AccessAdmin, is_allowed, my_permissions
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
+from auth_tests.events import AuthEvents
 
 CASCADE = pytest.mark.bvj(
     segment="enterprise", goal="Real-time permission updates prevent security incidents",

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from apex_testkit import Platform, eventually
-from auth_tests.fixtures import AuthAdmin, Tokens, error_of, login
+from auth_tests.client import AuthAdmin, Tokens, error_of, login
 
 TIERS = pytest.mark.bvj(
     segment="mid", goal="Fair usage: tier differentiation of API limits", mrr=10000,

@@ -28,15 +28,8 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 
 from apex_testkit import WRAPPING_EMAIL, FakeSamlIdp, Platform, parse_authn_request
-from auth_tests.fixtures import (
-    AuthAdmin,
-    JwksVerifier,
-    Tokens,
-    create_password_user,
-    enroll_totp,
-    error_of,
-    me,
-)
+from auth_tests.client import AuthAdmin, JwksVerifier, Tokens, error_of, me
+from auth_tests.flows import create_password_user, enroll_totp
 
 BVJ = pytest.mark.bvj(
     segment="enterprise", goal="Enterprise SSO contracts: SAML login that cannot be forged",

@@ -17,17 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from auth_tests.fixtures import (
-    AccessAdmin,
-    AuthAdmin,
-    KeyUser,
-    Tokens,
-    context_token,
-    error_of,
-    introspect,
-    login,
-    my_permissions,
-)
+from auth_tests.access import AccessAdmin, context_token, introspect, my_permissions
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
 
 CROSS_TENANT = pytest.mark.bvj(
     segment="enterprise", goal="Enterprise security: no cross-tenant access",

@@ -17,16 +17,9 @@ import httpx
 import pytest
 
 from apex_testkit import Platform, RedisNamespace, eventually
-from auth_tests.fixtures import (
-    AuthAdmin,
-    AuthEvents,
-    KeyUser,
-    Tokens,
-    context_token,
-    error_of,
-    introspect,
-    login,
-)
+from auth_tests.access import context_token, introspect
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
+from auth_tests.events import AuthEvents
 
 SYNC = pytest.mark.bvj(
     segment="platform", goal="Session consistency across instances prevents frustration churn",

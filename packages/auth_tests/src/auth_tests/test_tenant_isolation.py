@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from auth_tests.fixtures import AuthAdmin, Tokens, error_of, login
+from auth_tests.client import AuthAdmin, Tokens, error_of, login
 
 ISOLATION = pytest.mark.bvj(
     segment="enterprise", goal="Enterprise security: tenant configuration never leaks",

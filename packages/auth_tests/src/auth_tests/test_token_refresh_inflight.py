@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from apex_testkit import Platform, eventually
-from auth_tests.fixtures import KeyUser, Tokens, error_of, login, me_status
+from auth_tests.client import KeyUser, Tokens, error_of, login, me_status
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Seamless UX: no failed requests while tokens rotate", mrr=7000,

@@ -23,17 +23,13 @@ import jwt
 import pytest
 
 from apex_testkit import FakeSms, Platform, eventually
-from auth_tests.fixtures import (
-    AuthAdmin,
+from auth_tests.client import AuthAdmin, Tokens, error_of, me, me_status
+from auth_tests.flows import (
     Enrolled,
     PasswordUser,
-    Tokens,
     bearer_login,
     create_password_user,
     enroll_totp,
-    error_of,
-    me,
-    me_status,
     password_login,
     totp_code,
 )

@@ -15,14 +15,15 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apex_testkit import Level
-from ws_tests.fixtures import Connect, Gateways, HandshakeRefused, WsClient, WsUser
+from ws_tests.client import Connect, HandshakeRefused, WsClient
+from ws_tests.gateways import Gateways
+from ws_tests.users import MakeUser
 
 CONCURRENT = pytest.mark.bvj(
     segment="enterprise", goal="Scale support: a thousand live users per gateway",
@@ -34,7 +35,6 @@ THROUGHPUT = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 FAST = {"APEX_WS_RATE": "1000000/1", "APEX_WS_SEND_QUEUE": "100000"}
 
 

@@ -9,27 +9,20 @@ one it delivers (the recipient's stream is ordered, so a stray copy would come f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from ws_tests.fixtures import (
-    Connect,
-    Frame,
-    WsUser,
-    next_message_is,
-    publish,
-    to_user,
-)
+from ws_tests.client import Connect, Frame
+from ws_tests.gateways import Serve
+from ws_tests.messages import next_message_is, publish, to_user
+from ws_tests.users import MakeUser
 
 BVJ = pytest.mark.bvj(
     segment="early", goal="Real-time updates keep users engaged", mrr=8000, scenario="001#17"
 )
 pytestmark = [BVJ]
-
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 def assert_delivered(frame: Frame, *, seq: int, message_id: str, sender: str, to: str,

@@ -15,12 +15,14 @@ the gateway tried to reach the dependency at all while its breaker was open.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
 from apex_testkit import FaultProxy, RedisNamespace, eventually
-from ws_tests.fixtures import Connect, Frame, GatewayHandle, Gateways, WsClient, WsUser, metric
+from ws_tests.client import Connect, Frame, WsClient
+from ws_tests.gateways import GatewayHandle, Gateways, metric
+from ws_tests.users import MakeUser
 
 BREAKER = pytest.mark.bvj(
     segment="platform", goal="Failure isolation: a sick dependency cannot hang every socket",
@@ -28,7 +30,6 @@ BREAKER = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BREAKER]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 THRESHOLD, OPEN_SECONDS = 3, 3
 SETTINGS = {"APEX_WS_BREAKER": f"{THRESHOLD}/{OPEN_SECONDS}", "APEX_WS_RATE": "1000/1"}
 FAST = 3.0  # seconds: an open breaker answers at once, a hang would take far longer

@@ -9,13 +9,15 @@ repetitive JSON (measured on the wire with a TCP proxy).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from apex_testkit import FaultProxy, wait_for
-from ws_tests.fixtures import Connect, WsClient, WsUser, next_message_is, publish, to_user
+from ws_tests.client import Connect, WsClient
+from ws_tests.gateways import Serve
+from ws_tests.messages import next_message_is, publish, to_user
+from ws_tests.users import MakeUser, WsUser
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Bandwidth savings on chatty real-time traffic", mrr=5000,
@@ -23,8 +25,6 @@ BVJ = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BVJ]
 
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 DEFLATE = "permessage-deflate"
 
 

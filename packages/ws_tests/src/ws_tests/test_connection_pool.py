@@ -9,28 +9,19 @@ slot back, while idle but healthy ones are kept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from apex_testkit import eventually
-from ws_tests.fixtures import (
-    Connect,
-    GatewayHandle,
-    Gateways,
-    HandshakeRefused,
-    WsUser,
-    freeze,
-    stays_open,
-)
+from ws_tests.client import Connect, HandshakeRefused, freeze, stays_open
+from ws_tests.gateways import GatewayHandle, Gateways
+from ws_tests.users import MakeUser, WsUser
 
 POOL = pytest.mark.bvj(
     segment="platform", goal="Resource efficiency: bounded, self-cleaning connection pools",
     mrr=7000, scenario="001#25",
 )  # fmt: skip
 pytestmark = [POOL, pytest.mark.L2, pytest.mark.L3]
-
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 async def _connections(gateway: GatewayHandle) -> int:

@@ -9,12 +9,14 @@ gap from the stream. Both gateways reach Redis through one fault proxy here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
 from apex_testkit import FaultProxy, RedisNamespace, eventually
-from ws_tests.fixtures import Connect, Frame, GatewayHandle, Gateways, WsClient, WsUser, stays_open
+from ws_tests.client import Connect, Frame, WsClient, stays_open
+from ws_tests.gateways import GatewayHandle, Gateways
+from ws_tests.users import MakeUser
 
 PUBSUB = pytest.mark.bvj(
     segment="platform", goal="Real-time features work whichever instance a user is on",
@@ -22,7 +24,6 @@ PUBSUB = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [PUBSUB, pytest.mark.L3]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 SETTINGS = {"APEX_WS_RATE": "1000/1"}
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from apex_testkit import eventually
-from ws_tests.fixtures import Connect, Frame, WsClient, WsUser, reply_to
+from ws_tests.client import Connect, Frame, WsClient, reply_to
+from ws_tests.gateways import Serve
+from ws_tests.users import MakeUser, WsUser
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Data integrity: real-time writes are all-or-nothing", mrr=10000,
@@ -27,8 +29,6 @@ BVJ = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
 
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 OPEN_TRANSACTIONS = """
     SELECT count(*) FROM pg_stat_activity

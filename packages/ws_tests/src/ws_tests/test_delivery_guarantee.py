@@ -11,25 +11,16 @@ died is not lost either: an ack means the message is in the user's stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from apex_testkit import FaultProxy, eventually
-from ws_tests.fixtures import (
-    FAST,
-    App,
-    Connect,
-    Gateways,
-    WsClient,
-    WsUser,
-    ids_of,
-    next_message_is,
-    publish,
-    seqs_of,
-    to_user,
-)
+from ws_tests.app import App
+from ws_tests.client import Connect, WsClient
+from ws_tests.gateways import FAST, Gateways, Serve
+from ws_tests.messages import ids_of, next_message_is, publish, seqs_of, to_user
+from ws_tests.users import MakeUser, WsUser
 
 BVJ = pytest.mark.bvj(
     segment="enterprise", goal="Reliable real-time delivery: no lost or doubled updates",
@@ -37,8 +28,6 @@ BVJ = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BVJ]
 
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 TOTAL = 200
 
 

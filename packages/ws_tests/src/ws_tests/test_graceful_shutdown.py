@@ -16,24 +16,14 @@ import asyncio
 import base64
 import os
 import uuid
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
 from apex_testkit import eventually
-from ws_tests.fixtures import (
-    Connect,
-    Frame,
-    GatewayHandle,
-    Gateways,
-    HandshakeRefused,
-    WsClient,
-    WsUser,
-    freeze,
-    open_ws,
-    thaw,
-)
+from ws_tests.client import Connect, Frame, HandshakeRefused, WsClient, freeze, open_ws, thaw
+from ws_tests.gateways import GatewayHandle, Gateways
+from ws_tests.users import MakeUser, WsUser
 
 SHUTDOWN = pytest.mark.bvj(
     segment="platform", goal="Deploys without dropped messages: drain, then hand over",
@@ -41,7 +31,6 @@ SHUTDOWN = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [SHUTDOWN, pytest.mark.L3]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 DRAIN = 6.0
 SETTINGS = {
     "APEX_WS_DRAIN_TIMEOUT": str(DRAIN),

@@ -20,19 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest
-from auth_tests.fixtures import AuthAdmin, Tokens, login
+from auth_tests.client import AuthAdmin, Tokens, login
 from websockets.exceptions import ConnectionClosed
 
 from apex_testkit import FakeIdp, eventually
-from ws_tests.fixtures import (
-    Connect,
-    Gateways,
-    HandshakeRefused,
-    WsClient,
-    WsUser,
-    forge,
-    stays_open,
-)
+from ws_tests.client import Connect, HandshakeRefused, WsClient, stays_open
+from ws_tests.gateways import Gateways
+from ws_tests.users import MakeUser, WsUser, forge
 
 HANDSHAKE = pytest.mark.bvj(
     segment="platform", goal="Secure connections: only live sessions reach real-time features",
@@ -42,8 +36,6 @@ COMPLETE_FLOW = pytest.mark.bvj(
     segment="enterprise", goal="SSO users get a real-time session bound to their login",
     mrr=18000, scenario="004#3",
 )  # fmt: skip
-
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 def _claims(token: str) -> dict[str, Any]:

@@ -10,21 +10,16 @@ heart-beating (killed, or cut off from Redis).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from apex_testkit import FaultProxy, RedisNamespace, eventually
-from ws_tests.fixtures import (
-    Connect,
-    GatewayHandle,
-    Gateways,
-    WsUser,
-    has_metric,
-    metric,
-)
+from ws_tests.client import Connect
+from ws_tests.gateways import GatewayHandle, Gateways, has_metric, metric
+from ws_tests.users import MakeUser, WsUser
 
 INTEGRATION = pytest.mark.bvj(
     segment="platform", goal="Operators see each gateway's health, load and traffic",
@@ -35,7 +30,6 @@ PROPAGATION = pytest.mark.bvj(
     mrr=6000, scenario="001#90",
 )  # fmt: skip
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 METRICS = (
     "apex_gateway_connections",
     "apex_gateway_messages_in_total",

@@ -11,22 +11,14 @@ a network that swallows everything (the fault proxy's blackhole).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
 from apex_testkit import FaultProxy, eventually
-from ws_tests.fixtures import (
-    Connect,
-    GatewayHandle,
-    Gateways,
-    WsUser,
-    freeze,
-    http_url,
-    metric,
-    stays_open,
-    thaw,
-)
+from ws_tests.client import Connect, freeze, stays_open, thaw
+from ws_tests.gateways import GatewayHandle, Gateways, http_url, metric
+from ws_tests.users import MakeUser, WsUser
 
 HEARTBEAT = pytest.mark.bvj(
     segment="platform", goal="Connection liveness: dead sockets are found and freed",
@@ -37,7 +29,6 @@ ZOMBIES = pytest.mark.bvj(
     mrr=50000, scenario="003:WS heartbeat and zombie",
 )  # fmt: skip
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 INTERVAL, TIMEOUT = 0.5, 0.5
 FAST_PINGS = {"APEX_WS_PING_INTERVAL": str(INTERVAL), "APEX_WS_PING_TIMEOUT": str(TIMEOUT)}
 # A zombie must be gone within interval + timeout; the slack covers scheduling and polling.

@@ -9,20 +9,20 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
 from apex_testkit import FaultProxy, eventually
-from ws_tests.fixtures import Connect, Gateways, WsUser, http_url, metric, stays_open
+from ws_tests.client import Connect, stays_open
+from ws_tests.gateways import Gateways, http_url, metric
+from ws_tests.users import MakeUser, WsUser
 
 LATENCY = pytest.mark.bvj(
     segment="enterprise", goal="International users on slow links get every message in order",
     mrr=9000, scenario="001#81",
 )  # fmt: skip
 pytestmark = [LATENCY, pytest.mark.L3]
-
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 async def test_messages_stay_ordered_and_complete_over_a_slow_jittery_link(

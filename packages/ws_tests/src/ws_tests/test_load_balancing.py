@@ -10,13 +10,14 @@ with `last_seq` and gets every message published meanwhile, once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import pytest
 
 from apex_testkit import eventually
-from ws_tests.fixtures import Connect, Frame, GatewayHandle, Gateways, WsClient, WsUser, stays_open
+from ws_tests.client import Connect, Frame, WsClient, stays_open
+from ws_tests.gateways import GatewayHandle, Gateways
+from ws_tests.users import MakeUser
 
 BALANCING = pytest.mark.bvj(
     segment="enterprise", goal="Scalability: users spread over instances and survive one's loss",
@@ -24,7 +25,6 @@ BALANCING = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BALANCING, pytest.mark.L3]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 TTL = 1.5
 
 

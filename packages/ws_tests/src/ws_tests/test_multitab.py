@@ -8,24 +8,15 @@ Tabs are connections of one user: several connections of one session, or of seve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from auth_tests.fixtures import login
+from auth_tests.client import login
 
-from ws_tests.fixtures import (
-    FAST,
-    Connect,
-    Gateways,
-    WsClient,
-    WsUser,
-    ids_of,
-    next_message_is,
-    publish,
-    seqs_of,
-    to_user,
-)
+from ws_tests.client import Connect, WsClient
+from ws_tests.gateways import FAST, Gateways, Serve
+from ws_tests.messages import ids_of, next_message_is, publish, seqs_of, to_user
+from ws_tests.users import MakeUser
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="Power users work in many tabs without duplicate or missing updates",
@@ -33,8 +24,6 @@ BVJ = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BVJ]
 
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 LEADER_HANDOVER = 1.5  # the contract's 1 s, and some slack for a loaded machine
 
 

@@ -11,30 +11,19 @@ it sent them (it waits for each ack before the next).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ws_tests.fixtures import (
-    FAST,
-    Connect,
-    Frame,
-    WsClient,
-    WsUser,
-    next_message_is,
-    publish,
-    seqs_of,
-    to_user,
-)
+from ws_tests.client import Connect, Frame, WsClient
+from ws_tests.gateways import FAST, Serve
+from ws_tests.messages import next_message_is, publish, seqs_of, to_user
+from ws_tests.users import MakeUser
 
 BVJ = pytest.mark.bvj(
     segment="enterprise", goal="Consistent state: clients apply updates in one order, no gaps",
     mrr=8000, scenario="001#23",
 )  # fmt: skip
 pytestmark = [BVJ]
-
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 def order_of(frames: list[Frame]) -> list[tuple[int, str]]:

@@ -13,24 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from apex_testkit import eventually
-from ws_tests.fixtures import (
-    Connect,
-    Frame,
-    GatewayHandle,
-    Gateways,
-    WsClient,
-    WsUser,
-    freeze,
-    metric,
-    stays_open,
-    thaw,
-)
+from ws_tests.client import Connect, Frame, WsClient, freeze, stays_open, thaw
+from ws_tests.gateways import GatewayHandle, Gateways, metric
+from ws_tests.users import MakeUser
 
 THROTTLING = pytest.mark.bvj(
     segment="platform", goal="DoS prevention: one noisy client cannot degrade the gateway",
@@ -41,7 +31,6 @@ BACKPRESSURE = pytest.mark.bvj(
     mrr=6000, scenario="004#10",
 )  # fmt: skip
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 RATE = {"APEX_WS_RATE": "5/1", "APEX_WS_RATE_VIOLATIONS": "3"}
 
 

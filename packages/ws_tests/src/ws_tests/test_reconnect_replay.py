@@ -10,21 +10,13 @@ still has) and continues from there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ws_tests.fixtures import (
-    FAST,
-    Connect,
-    WsClient,
-    WsUser,
-    ids_of,
-    next_message_is,
-    publish,
-    seqs_of,
-    to_user,
-)
+from ws_tests.client import Connect, WsClient
+from ws_tests.gateways import FAST, Serve
+from ws_tests.messages import ids_of, next_message_is, publish, seqs_of, to_user
+from ws_tests.users import MakeUser, WsUser
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="Seamless reconnection: no message lost on a flaky network", mrr=7000,
@@ -34,9 +26,6 @@ BVJ_004 = pytest.mark.bvj(
     segment="mid", goal="Reconnect anywhere and resume where the client left off", mrr=8000,
     scenario="004#8",
 )  # fmt: skip
-
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 
 
 async def _missed_three_of_seven(

@@ -10,14 +10,15 @@ other's language.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from auth_tests.fixtures import AuthAdmin, login
+from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform, RedisNamespace
-from ws_tests.fixtures import Connect, HandshakeRefused, WsClient, WsUser
+from ws_tests.client import Connect, HandshakeRefused, WsClient
+from ws_tests.users import MakeUser
 
 CASCADE = pytest.mark.bvj(
     segment="enterprise", goal="Revocations and permission changes reach open sockets at once",
@@ -25,7 +26,6 @@ CASCADE = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [CASCADE]
 
-MakeUser = Callable[..., Awaitable[WsUser]]
 # The contract's bound for a revocation to close sockets (1 s), plus scheduling slack.
 REVOKE_SECONDS = 3.0
 

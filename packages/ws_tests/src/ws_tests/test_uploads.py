@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from apex_testkit import RedisNamespace
-from ws_tests.fixtures import FAST, Connect, Frame, WsClient, WsUser
+from ws_tests.client import Connect, Frame, WsClient
+from ws_tests.gateways import FAST, Serve
+from ws_tests.users import MakeUser, WsUser
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="File upload over the live connection, resumable on flaky networks",
@@ -27,8 +28,6 @@ pytestmark = [BVJ]
 
 # The other upload tests test uploads, on uncompressed connections (see the first test).
 PLAIN = {"compression": None}
-Serve = Callable[..., Awaitable[str]]
-MakeUser = Callable[..., Awaitable[WsUser]]
 DAY = 24 * 3600
 
 

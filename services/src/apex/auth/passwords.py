@@ -119,12 +119,14 @@ class Lockout:
     async def failed(self, conn: asyncpg.Connection, user_id: uuid.UUID | None, email: str) -> bool:
         """Count one failure; True when this failure locked the account."""
         subject = str(user_id) if user_id is not None else self.unknown_subject(email)
-        count = int(await self._fail(keys=[self.key(subject)], args=[self.limit.window]))
+        # Redis expires in whole seconds (the lockout is parsed as whole seconds anyway).
+        window = math.ceil(self.limit.window)
+        count = int(await self._fail(keys=[self.key(subject)], args=[window]))
         if count < self.limit.count:
             return False
         if user_id is None:
             # The counter itself is the lock for addresses nobody has.
-            await self._redis.set(self.key(subject) + ":locked", "1", ex=self.limit.window)
+            await self._redis.set(self.key(subject) + ":locked", "1", ex=window)
             await self._redis.delete(self.key(subject))
             return count == self.limit.count
         await self._redis.delete(self.key(subject))

@@ -4,12 +4,15 @@ Admin routes (bearer APEX_ADMIN_TOKEN): ``/admin/teams`` (create, read, move/ren
 delete), ``/admin/teams/{id}/members/{user_id}``, ``/admin/teams/{id}/grants/{perm}``,
 ``/admin/users/{id}/grants/{perm}`` and ``/admin/users/{id}/permissions``. Every change
 is audited and invalidates the cached permissions of the users it affects (the members
-of the team and of all its descendants).
+of the team and of all its descendants). The four grant routes (set or remove, of a team
+or of a user) run one code path, ``_change_grant``, parametrised by a ``_Grantee``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final
 
 import asyncpg
@@ -342,46 +345,13 @@ async def set_team_grant(
     team_id: str, permission: str, body: SetEffect, context: Context
 ) -> dict[str, Any]:
     """Allow or deny a permission to a team and its descendants."""
-    tid = _team_id(team_id)
-    _check_permission(permission)
-    async with context.pool.acquire() as conn, conn.transaction():
-        await _require_team(conn, tid, team_id)
-        previous = await _upsert_grant(conn, "team_grants", "team_id", tid, permission, body.effect)
-        affected: list[str] = []
-        if previous != body.effect:
-            await audit.record(
-                conn,
-                "team.grant_set",
-                subject=str(tid),
-                actor=audit.ADMIN,
-                detail={"permission": permission, "effect": body.effect, "previous": previous},
-            )
-            affected = await members_of_subtree(conn, tid)
-    await guard_of(context).permissions.invalidate(affected)
-    return {"team_id": str(tid), "permission": permission, "effect": body.effect}
+    return await _change_grant(_TEAM, team_id, permission, body.effect, context)
 
 
 @router.delete("/teams/{team_id}/grants/{permission}", status_code=204)
 async def remove_team_grant(team_id: str, permission: str, context: Context) -> Response:
     """Remove a team's grant of a permission."""
-    tid = _team_id(team_id)
-    async with context.pool.acquire() as conn, conn.transaction():
-        effect = await conn.fetchval(
-            "DELETE FROM team_grants WHERE team_id = $1 AND permission = $2 RETURNING effect",
-            tid,
-            permission,
-        )
-        if effect is None:
-            raise _no_grant(permission, f"team {team_id[:64]!r}")
-        await audit.record(
-            conn,
-            "team.grant_removed",
-            subject=str(tid),
-            actor=audit.ADMIN,
-            detail={"permission": permission, "effect": effect},
-        )
-        affected = await members_of_subtree(conn, tid)
-    await guard_of(context).permissions.invalidate(affected)
+    await _change_grant(_TEAM, team_id, permission, None, context)
     return Response(status_code=204)
 
 
@@ -390,46 +360,13 @@ async def set_user_grant(
     user_id: str, permission: str, body: SetEffect, context: Context
 ) -> dict[str, Any]:
     """Allow or deny a permission to one user (overrides every team)."""
-    uid = _user_id(user_id)
-    _check_permission(permission)
-    async with context.pool.acquire() as conn, conn.transaction():
-        await _require_user(conn, uid, user_id)
-        previous = await _upsert_grant(conn, "user_grants", "user_id", uid, permission, body.effect)
-        if previous != body.effect:
-            await audit.record(
-                conn,
-                "user.grant_set",
-                subject=str(uid),
-                actor=audit.ADMIN,
-                user_id=uid,
-                detail={"permission": permission, "effect": body.effect, "previous": previous},
-            )
-    if previous != body.effect:
-        await guard_of(context).permissions.invalidate([str(uid)])
-    return {"user_id": str(uid), "permission": permission, "effect": body.effect}
+    return await _change_grant(_USER, user_id, permission, body.effect, context)
 
 
 @router.delete("/users/{user_id}/grants/{permission}", status_code=204)
 async def remove_user_grant(user_id: str, permission: str, context: Context) -> Response:
     """Remove a user's own grant of a permission."""
-    uid = _user_id(user_id)
-    async with context.pool.acquire() as conn, conn.transaction():
-        effect = await conn.fetchval(
-            "DELETE FROM user_grants WHERE user_id = $1 AND permission = $2 RETURNING effect",
-            uid,
-            permission,
-        )
-        if effect is None:
-            raise _no_grant(permission, f"user {user_id[:64]!r}")
-        await audit.record(
-            conn,
-            "user.grant_removed",
-            subject=str(uid),
-            actor=audit.ADMIN,
-            user_id=uid,
-            detail={"permission": permission, "effect": effect},
-        )
-    await guard_of(context).permissions.invalidate([str(uid)])
+    await _change_grant(_USER, user_id, permission, None, context)
     return Response(status_code=204)
 
 
@@ -495,6 +432,19 @@ async def _upsert_grant(
     return previous
 
 
+async def _delete_grant(
+    conn: asyncpg.Connection, table: str, owner_column: str, owner: uuid.UUID, permission: str
+) -> str | None:
+    # table and owner_column are constants of this module, never request text.
+    effect: str | None = await conn.fetchval(
+        f"DELETE FROM {table} WHERE {owner_column} = $1 "  # noqa: S608
+        "AND permission = $2 RETURNING effect",
+        owner,
+        permission,
+    )
+    return effect
+
+
 def _check_permission(permission: str) -> None:
     if not is_permission(permission):
         raise ApiError(
@@ -546,3 +496,81 @@ def _no_grant(permission: str, owner: str) -> ApiError:
 
 def _duplicate_group(group: str | None) -> ApiError:
     return ApiError(409, "duplicate_idp_group", f"another team maps IdP group {group!r}")
+
+
+# -- grants ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grantee:
+    """What a grant is given to (a team with its descendants, or one user): its table,
+    its audit actions and whose permissions a change of its grants affects."""
+
+    kind: str  # "team" | "user": the audit actions are <kind>.grant_set / .grant_removed
+    table: str
+    column: str  # the owner's column in ``table``, also the key in the answer
+    parse: Callable[[str], uuid.UUID]  # the path parameter, 404 if it is no id
+    require: Callable[[asyncpg.Connection, uuid.UUID, str], Awaitable[None]]  # 404 if absent
+    affected: Callable[[asyncpg.Connection, uuid.UUID], Awaitable[list[str]]]
+    audit_user: bool  # whether the audit event names the owner as its user
+
+
+async def _only_the_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[str]:
+    return [str(user_id)]
+
+
+async def _change_grant(
+    grantee: _Grantee, owner_text: str, permission: str, effect: Effect | None, context: Context
+) -> dict[str, Any]:
+    """Set (``effect``) or remove (None) ``grantee``'s grant of ``permission``: audited,
+    and the permissions of the users it affects invalidated, when anything changed."""
+    owner = grantee.parse(owner_text)
+    if effect is not None:
+        _check_permission(permission)
+    affected: list[str] = []
+    async with context.pool.acquire() as conn, conn.transaction():
+        if effect is not None:
+            await grantee.require(conn, owner, owner_text)
+            previous = await _upsert_grant(
+                conn, grantee.table, grantee.column, owner, permission, effect
+            )
+            action = f"{grantee.kind}.grant_set"
+            detail = {"permission": permission, "effect": effect, "previous": previous}
+        else:
+            previous = await _delete_grant(conn, grantee.table, grantee.column, owner, permission)
+            if previous is None:
+                raise _no_grant(permission, f"{grantee.kind} {owner_text[:64]!r}")
+            action = f"{grantee.kind}.grant_removed"
+            detail = {"permission": permission, "effect": previous}
+        if previous != effect:
+            await audit.record(
+                conn,
+                action,
+                subject=str(owner),
+                actor=audit.ADMIN,
+                user_id=owner if grantee.audit_user else None,
+                detail=detail,
+            )
+            affected = await grantee.affected(conn, owner)
+    await guard_of(context).permissions.invalidate(affected)
+    return {grantee.column: str(owner), "permission": permission, "effect": effect}
+
+
+_TEAM: Final = _Grantee(
+    kind="team",
+    table="team_grants",
+    column="team_id",
+    parse=_team_id,
+    require=_require_team,
+    affected=members_of_subtree,
+    audit_user=False,
+)
+_USER: Final = _Grantee(
+    kind="user",
+    table="user_grants",
+    column="user_id",
+    parse=_user_id,
+    require=_require_user,
+    affected=_only_the_user,
+    audit_user=True,
+)

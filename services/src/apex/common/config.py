@@ -1,62 +1,63 @@
-"""Platform settings, read from ``APEX_*`` environment variables.
+"""The platform's settings: apex.auth's, and what apex.data and apex.stack read.
 
-Every service takes one :class:`Settings`; :meth:`Settings.from_env` is the only
-place that reads the environment, and every bad value becomes a
-:class:`ConfigError` that names the variable (and the value, unless it is a secret).
+:class:`Settings` derives from :class:`apex.common.settings.ServiceSettings` (the fields
+every service shares) and adds the signing key, token lifetimes, admin token, rate and
+device limits, and the settings of the identity flows and of failover.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-__all__ = ["TIERS", "ConfigError", "RateLimit", "Settings", "parse_rate_limits"]
+from apex.common.settings import (
+    HTTP_SCHEMES,
+    ConfigError,
+    Env,
+    RateLimit,
+    ServiceSettings,
+    parse_rate,
+)
+
+# ConfigError and RateLimit are defined in apex.common.settings; this module is where the
+# platform's contract (services/docs/contract-foundation.md) names them.
+__all__ = [
+    "TIERS",
+    "ConfigError",
+    "RateLimit",
+    "Settings",
+    "load_private_key",
+    "parse_device_limits",
+    "parse_rate_limits",
+]
 
 TIERS: Final = ("free", "pro", "enterprise")
 DEFAULT_RATE_LIMITS: Final = "free=10/60,pro=100/60,enterprise=1000/60"
+DEFAULT_API_RATE_LIMITS: Final = "free=100/60,pro=1000/60,enterprise=10000/60"
 DEFAULT_DEVICE_LIMITS: Final = "free=2,pro=5,enterprise=20"
 DEFAULT_PUBLIC_URL: Final = "http://auth.apex.test"
-_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# RateLimit is frozen: one shared default instance is safe.
+_DEFAULT_LOCKOUT: Final = RateLimit(count=5, window=900)
 
 
-class ConfigError(ValueError):
-    """A setting is missing or has a value the platform cannot use."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings(ServiceSettings):
+    """The platform's settings: apex.auth's, and what apex.data and apex.stack read."""
 
-
-@dataclasses.dataclass(frozen=True)
-class RateLimit:
-    """At most ``count`` events in any sliding window of ``window`` seconds."""
-
-    count: int
-    window: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Configuration shared by every service; secrets are kept out of ``repr``."""
-
-    database_url: str | None = None
-    redis_url: str | None = None
-    redis_prefix: str = ""
     clickhouse_url: str | None = None
     jwt_private_key: str | None = dataclasses.field(default=None, repr=False)
-    jwt_issuer: str = "apex-auth"
-    jwt_audience: str = "apex"
     jwt_access_ttl: int = 900
     jwt_refresh_ttl: int = 2_592_000
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     auth_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
         default_factory=lambda: dict(_DEFAULT_LIMITS)
     )
-    log_level: str = "INFO"
     # Issue 3, identity flows (owner A).
     public_url: str = DEFAULT_PUBLIC_URL
     idp_issuer: str | None = None
@@ -73,7 +74,7 @@ class Settings:
     device_limits: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: dict(_DEFAULT_DEVICE_LIMITS)
     )
-    login_lockout: RateLimit = RateLimit(count=5, window=900)
+    login_lockout: RateLimit = _DEFAULT_LOCKOUT
     password_reset_ttl: int = 900
     # Issue 3, authorization, limits, resilience (owner B).
     api_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
@@ -84,56 +85,66 @@ class Settings:
     context_token_ttl: int = 60
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``environ`` (default: ``os.environ``); ConfigError on bad values."""
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            # An empty variable means "unset": CI systems and compose files often
-            # export empty strings for optional settings.
-            value = env.get(name)
-            return value if value else None
-
-        access_ttl = _parse_positive_int(get("APEX_JWT_ACCESS_TTL"), "APEX_JWT_ACCESS_TTL", 900)
-        refresh_ttl = _parse_positive_int(
-            get("APEX_JWT_REFRESH_TTL"), "APEX_JWT_REFRESH_TTL", 2_592_000
-        )
+    def _read(cls, env: Env) -> dict[str, Any]:
+        access_ttl = env.whole_number("APEX_JWT_ACCESS_TTL", 900, unit="seconds")
+        refresh_ttl = env.whole_number("APEX_JWT_REFRESH_TTL", 2_592_000, unit="seconds")
         if refresh_ttl < access_ttl:
             raise ConfigError(
                 f"APEX_JWT_REFRESH_TTL ({refresh_ttl}) must not be shorter than "
                 f"APEX_JWT_ACCESS_TTL ({access_ttl})"
             )
-        return cls(
-            database_url=_parse_url(
-                get("APEX_DATABASE_URL"), "APEX_DATABASE_URL", ("postgresql", "postgres")
+        return {
+            **super()._read(env),
+            "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", ("clickhouse",)),
+            "jwt_private_key": _parse_private_key(env.get("APEX_JWT_PRIVATE_KEY")),
+            "jwt_access_ttl": access_ttl,
+            "jwt_refresh_ttl": refresh_ttl,
+            "admin_token": env.get("APEX_ADMIN_TOKEN"),
+            "auth_rate_limits": parse_rate_limits(
+                env.text("APEX_AUTH_RATE_LIMITS", DEFAULT_RATE_LIMITS), "APEX_AUTH_RATE_LIMITS"
             ),
-            redis_url=_parse_url(
-                get("APEX_REDIS_URL"), "APEX_REDIS_URL", ("redis", "rediss", "unix")
-            ),
-            redis_prefix=env.get("APEX_REDIS_PREFIX", ""),
-            clickhouse_url=_parse_url(
-                get("APEX_CLICKHOUSE_URL"), "APEX_CLICKHOUSE_URL", ("clickhouse",)
-            ),
-            jwt_private_key=_parse_private_key(get("APEX_JWT_PRIVATE_KEY")),
-            jwt_issuer=get("APEX_JWT_ISSUER") or "apex-auth",
-            jwt_audience=get("APEX_JWT_AUDIENCE") or "apex",
-            jwt_access_ttl=access_ttl,
-            jwt_refresh_ttl=refresh_ttl,
-            admin_token=get("APEX_ADMIN_TOKEN"),
-            auth_rate_limits=parse_rate_limits(
-                get("APEX_AUTH_RATE_LIMITS") or DEFAULT_RATE_LIMITS, "APEX_AUTH_RATE_LIMITS"
-            ),
-            log_level=_parse_log_level(get("APEX_LOG_LEVEL")),
-            **_identity_settings(get),
-            **_resilience_settings(get),
-        )
+            **_identity_settings(env),
+            **_resilience_settings(env),
+        }
 
-    def require(self, field: str, *, service: str) -> str:
-        """A setting ``service`` cannot run without; ConfigError naming its variable if unset."""
-        value = getattr(self, field)
-        if not value:
-            raise ConfigError(f"APEX_{field.upper()} is required by {service} but is not set")
-        return str(value)
+
+def _identity_settings(env: Env) -> dict[str, Any]:
+    """The identity-flow settings of apex.auth (issue 3: OIDC, SAML, mail, SMS, logins)."""
+    idp = [env.get(f"APEX_IDP_{name}") for name in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET")]
+    if any(idp) and not all(idp):
+        raise ConfigError(
+            "APEX_IDP_ISSUER, APEX_IDP_CLIENT_ID and APEX_IDP_CLIENT_SECRET must be set together"
+        )
+    return {
+        "public_url": (env.url("APEX_PUBLIC_URL", HTTP_SCHEMES) or DEFAULT_PUBLIC_URL).rstrip("/"),
+        "idp_issuer": env.url("APEX_IDP_ISSUER", HTTP_SCHEMES),
+        "idp_client_id": idp[1],
+        "idp_client_secret": idp[2],
+        "saml_idp_metadata_url": env.url("APEX_SAML_IDP_METADATA_URL", HTTP_SCHEMES),
+        "saml_sp_entity_id": env.text("APEX_SAML_SP_ENTITY_ID", "apex-auth"),
+        "smtp_url": env.url("APEX_SMTP_URL", ("smtp",)),
+        "mail_from": env.text("APEX_MAIL_FROM", "no-reply@apex.test"),
+        "sms_base_url": env.url("APEX_SMS_BASE_URL", HTTP_SCHEMES),
+        "sms_account_sid": env.get("APEX_SMS_ACCOUNT_SID"),
+        "sms_auth_token": env.get("APEX_SMS_AUTH_TOKEN"),
+        "sms_from": env.get("APEX_SMS_FROM"),
+        "device_limits": parse_device_limits(env.text("APEX_DEVICE_LIMITS", DEFAULT_DEVICE_LIMITS)),
+        "login_lockout": env.rate("APEX_LOGIN_LOCKOUT", "5/900", whole=True),
+        "password_reset_ttl": env.whole_number("APEX_PASSWORD_RESET_TTL", 900, unit="seconds"),
+    }
+
+
+def _resilience_settings(env: Env) -> dict[str, Any]:
+    """apex.auth's API limits, failover and context-token settings (issue 3, owner B)."""
+    return {
+        "api_rate_limits": {
+            **_DEFAULT_API_LIMITS,
+            **_parse_limit_items(env.text("APEX_API_RATE_LIMITS", ""), "APEX_API_RATE_LIMITS"),
+        },
+        "failover_max_staleness": env.number("APEX_FAILOVER_MAX_STALENESS", 300.0, unit="seconds"),
+        "redis_probe_interval": env.number("APEX_REDIS_PROBE_INTERVAL", 1.0, unit="seconds"),
+        "context_token_ttl": env.whole_number("APEX_CONTEXT_TOKEN_TTL", 60, unit="seconds"),
+    }
 
 
 def parse_rate_limits(text: str, variable: str = "APEX_AUTH_RATE_LIMITS") -> dict[str, RateLimit]:
@@ -148,9 +159,8 @@ def _parse_limit_items(text: str, variable: str) -> dict[str, RateLimit]:
         if not item:
             continue
         tier, sep, spec = item.partition("=")
-        count_text, slash, window_text = spec.partition("/")
         tier = tier.strip()
-        if not sep or not slash:
+        if not sep or "/" not in spec:
             raise ConfigError(
                 f"{variable}: {item!r} is not of the form tier=count/seconds (e.g. free=10/60)"
             )
@@ -159,58 +169,32 @@ def _parse_limit_items(text: str, variable: str) -> dict[str, RateLimit]:
                 f"{variable}: unknown tier {tier!r} in {item!r}; tiers are {', '.join(TIERS)}"
             )
         try:
-            count, window = int(count_text), int(window_text)
-        except ValueError:
-            raise ConfigError(
-                f"{variable}: {item!r} needs whole numbers for count and seconds"
-            ) from None
-        if count < 1 or window < 1:
-            raise ConfigError(f"{variable}: {item!r} needs a count and a window of at least 1")
-        limits[tier] = RateLimit(count=count, window=window)
+            limits[tier] = parse_rate(spec, whole=True)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}: {item!r} {exc}") from None
     return limits
 
 
-def _parse_positive_int(value: str | None, variable: str, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{variable} must be a whole number of seconds, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{variable} must be at least 1, got {value!r}")
-    return number
-
-
-def _parse_url(value: str | None, variable: str, schemes: tuple[str, ...]) -> str | None:
-    if value is None:
-        return None
-    # Never echo the URL itself: it may carry a password.
-    shown = _redact_url(value)
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{variable} is not a valid URL ({exc}): {shown}") from None
-    if parts.scheme not in schemes:
-        expected = " or ".join(f"{s}://" for s in schemes)
-        raise ConfigError(f"{variable} must start with {expected}, got {shown}")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{variable} has no host: {shown}")
-    if port == 0:
-        raise ConfigError(f"{variable} has port 0: {shown}")
-    return value
-
-
-def _redact_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return repr(value)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return repr(parts._replace(netloc=netloc).geturl())
+def parse_device_limits(text: str, variable: str = "APEX_DEVICE_LIMITS") -> dict[str, int]:
+    """Parse ``"free=2,pro=5"`` into live sessions per tier; tiers left out keep their default."""
+    limits: dict[str, int] = {}
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            continue
+        tier, sep, count_text = (part.strip() for part in item.partition("="))
+        if not sep or tier not in TIERS:
+            raise ConfigError(
+                f"{variable}: {item!r} is not tier=count with a tier among {', '.join(TIERS)}"
+            )
+        try:
+            count = int(count_text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f"{variable}: {item!r} needs a whole number of sessions, at least 1")
+        limits[tier] = count
+    return {**_DEFAULT_DEVICE_LIMITS, **limits}
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,117 +223,10 @@ def _parse_private_key(value: str | None) -> str | None:
     return pem
 
 
-def _parse_log_level(value: str | None) -> str:
-    if value is None:
-        return "INFO"
-    level = value.strip().upper()
-    if level not in _LOG_LEVELS:
-        raise ConfigError(f"APEX_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
-    return level
-
-
-def _identity_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
-    """The identity-flow settings of apex.auth (issue 3: OIDC, SAML, mail, SMS, logins)."""
-    lockout = get("APEX_LOGIN_LOCKOUT") or "5/900"
-    count_text, slash, window_text = lockout.partition("/")
-    try:
-        login_lockout = RateLimit(count=int(count_text), window=int(window_text))
-    except ValueError:
-        login_lockout = RateLimit(0, 0)
-    if not slash or login_lockout.count < 1 or login_lockout.window < 1:
-        raise ConfigError(
-            f"APEX_LOGIN_LOCKOUT must be attempts/seconds with both at least 1 (e.g. 5/900), "
-            f"got {lockout!r}"
-        )
-    idp = [get(f"APEX_IDP_{name}") for name in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET")]
-    if any(idp) and not all(idp):
-        raise ConfigError(
-            "APEX_IDP_ISSUER, APEX_IDP_CLIENT_ID and APEX_IDP_CLIENT_SECRET must be set together"
-        )
-    http = ("http", "https")
-    return {
-        "public_url": (
-            _parse_url(get("APEX_PUBLIC_URL"), "APEX_PUBLIC_URL", http) or DEFAULT_PUBLIC_URL
-        ).rstrip("/"),
-        "idp_issuer": _parse_url(idp[0], "APEX_IDP_ISSUER", http),
-        "idp_client_id": idp[1],
-        "idp_client_secret": idp[2],
-        "saml_idp_metadata_url": _parse_url(
-            get("APEX_SAML_IDP_METADATA_URL"), "APEX_SAML_IDP_METADATA_URL", http
-        ),
-        "saml_sp_entity_id": get("APEX_SAML_SP_ENTITY_ID") or "apex-auth",
-        "smtp_url": _parse_url(get("APEX_SMTP_URL"), "APEX_SMTP_URL", ("smtp",)),
-        "mail_from": get("APEX_MAIL_FROM") or "no-reply@apex.test",
-        "sms_base_url": _parse_url(get("APEX_SMS_BASE_URL"), "APEX_SMS_BASE_URL", http),
-        "sms_account_sid": get("APEX_SMS_ACCOUNT_SID"),
-        "sms_auth_token": get("APEX_SMS_AUTH_TOKEN"),
-        "sms_from": get("APEX_SMS_FROM"),
-        "device_limits": parse_device_limits(get("APEX_DEVICE_LIMITS") or DEFAULT_DEVICE_LIMITS),
-        "login_lockout": login_lockout,
-        "password_reset_ttl": _parse_positive_int(
-            get("APEX_PASSWORD_RESET_TTL"), "APEX_PASSWORD_RESET_TTL", 900
-        ),
-    }
-
-
-def parse_device_limits(text: str, variable: str = "APEX_DEVICE_LIMITS") -> dict[str, int]:
-    """Parse ``"free=2,pro=5"`` into live sessions per tier; tiers left out keep their default."""
-    limits: dict[str, int] = {}
-    for raw_item in text.split(","):
-        item = raw_item.strip()
-        if not item:
-            continue
-        tier, sep, count_text = (part.strip() for part in item.partition("="))
-        if not sep or tier not in TIERS:
-            raise ConfigError(
-                f"{variable}: {item!r} is not tier=count with a tier among {', '.join(TIERS)}"
-            )
-        try:
-            count = int(count_text)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise ConfigError(f"{variable}: {item!r} needs a whole number of sessions, at least 1")
-        limits[tier] = count
-    return {**_DEFAULT_DEVICE_LIMITS, **limits}
-
-
-def _resilience_settings(get: Callable[[str], str | None]) -> dict[str, Any]:
-    """apex.auth's API limits, failover and context-token settings (issue 3, owner B)."""
-    return {
-        "api_rate_limits": {
-            **_DEFAULT_API_LIMITS,
-            **_parse_limit_items(get("APEX_API_RATE_LIMITS") or "", "APEX_API_RATE_LIMITS"),
-        },
-        "failover_max_staleness": _parse_positive_seconds(
-            get("APEX_FAILOVER_MAX_STALENESS"), "APEX_FAILOVER_MAX_STALENESS", 300.0
-        ),
-        "redis_probe_interval": _parse_positive_seconds(
-            get("APEX_REDIS_PROBE_INTERVAL"), "APEX_REDIS_PROBE_INTERVAL", 1.0
-        ),
-        "context_token_ttl": _parse_positive_int(
-            get("APEX_CONTEXT_TOKEN_TTL"), "APEX_CONTEXT_TOKEN_TTL", 60
-        ),
-    }
-
-
-def _parse_positive_seconds(value: str | None, variable: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{variable} must be a number of seconds, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise ConfigError(f"{variable} must be a positive number of seconds, got {value!r}")
-    return number
-
-
 _DEFAULT_DEVICE_LIMITS: Final[dict[str, int]] = {"free": 2, "pro": 5, "enterprise": 20}
 _DEFAULT_LIMITS: Final[dict[str, RateLimit]] = _parse_limit_items(
     DEFAULT_RATE_LIMITS, "DEFAULT_RATE_LIMITS"
 )
-DEFAULT_API_RATE_LIMITS: Final = "free=100/60,pro=1000/60,enterprise=10000/60"
 _DEFAULT_API_LIMITS: Final[dict[str, RateLimit]] = _parse_limit_items(
     DEFAULT_API_RATE_LIMITS, "DEFAULT_API_RATE_LIMITS"
 )

@@ -3,15 +3,24 @@
 The service contract (apex.topology): ``load_settings(env)``, then
 ``create_server(settings)`` gives a :class:`Gateway`; ``async with gateway.serving() as
 server`` serves WebSocket (``/ws``) and HTTP (``/healthz``, ``/metrics``, ``/instances``)
-on one port; ``python -m apex.gateway`` runs it as a process.
+on one port; ``python -m apex.gateway`` runs it as a process. ``create_gateway`` is the
+same function under the name the gateway's contract gives it.
+
+Where things are: ``server`` (wiring, lifecycle, drain), ``handshake`` (HTTP routes and
+the upgrade), ``handler`` (one connection and its messages), ``messages`` (a handler
+per message type), ``pubsub`` (what other instances and apex.auth announce),
+``heartbeat`` (registration, leader election, session checks), ``feeds`` and ``fanout``
+(ordered delivery from the per-user logs), ``registry`` (instances and tabs in Redis).
 """
 
 from collections.abc import Mapping
 
 from apex.gateway.routing import pick_instance
-from apex.gateway.server import Gateway, RunningServer
-from apex.gateway.server import create_gateway as create_server
+from apex.gateway.server import Gateway, RunningServer, create_gateway
 from apex.gateway.settings import GatewaySettings
+
+# The service contract's name (apex.topology) for create_gateway.
+create_server = create_gateway
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -23,6 +32,7 @@ __all__ = [
     "Gateway",
     "GatewaySettings",
     "RunningServer",
+    "create_gateway",
     "create_server",
     "load_settings",
     "pick_instance",

@@ -87,7 +87,7 @@ class Connection:
         self.leader = False
         self.messages_seen = 0
         self.violations = 0
-        self.bucket = TokenBucket(settings.rate.count, settings.rate.seconds)
+        self.bucket = TokenBucket(settings.rate.count, settings.rate.window)
         self.closing = False
         self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=settings.send_queue)
         self._pace_timeout = settings.ping_timeout

@@ -1,7 +1,8 @@
 """Handlers of the client's messages, by ``type``; each replies through the connection.
 
-A handler may raise CircuitOpen, a Redis error or anything else: the gateway turns
-that into an error reply for this message only (see ``Gateway._guarded``).
+A handler may raise CircuitOpen, a Redis error or anything else: the connection
+handler (:mod:`apex.gateway.handler`) turns that into an error reply for this message
+only.
 """
 
 from __future__ import annotations

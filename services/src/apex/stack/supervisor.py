@@ -3,7 +3,9 @@
 The stack binds each service's listening socket itself and hands it down with
 ``pass_fds``, so a port chosen as 0 is known before the child starts and no other
 process can take it in between. Children get PR_SET_PDEATHSIG: if the stack dies,
-even by SIGKILL, the kernel sends them SIGTERM, so they never outlive it.
+even by SIGKILL, the kernel sends them SIGTERM, so they never outlive it. Each child
+runs in its own process group: a terminal's Ctrl-C (sent to the whole foreground group)
+reaches only the stack, which then stops its children itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Final
+
+from apex.topology import Service
 
 __all__ = ["Child", "StackError", "bind_listener", "spawn_service"]
 
@@ -68,9 +72,11 @@ def _pdeathsig_hook() -> Callable[[], None]:
 class Child:
     """One running service process and the tail of its output."""
 
-    def __init__(self, name: str, process: subprocess.Popen[bytes], url: str) -> None:
-        self.name = name
+    def __init__(self, service: Service, process: subprocess.Popen[bytes], url: str) -> None:
+        self.service = service
+        self.name = service.name
         self.process = process
+        # Where it serves, over plain HTTP (/healthz is HTTP whatever its protocol).
         self.url = url
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._reader: threading.Thread | None = None
@@ -112,7 +118,7 @@ class Child:
         while not cancelled():
             if not self.alive():
                 raise StackError(
-                    f"apex.{self.name} exited with code {self.process.returncode} "
+                    f"{self.service.module} exited with code {self.process.returncode} "
                     "before becoming healthy; "
                     f"its last output:\n{self.tail()}"
                 )
@@ -126,7 +132,7 @@ class Child:
             last_error = f"HTTP {status}: {detail}" if status else detail
             if time.monotonic() >= deadline:
                 raise StackError(
-                    f"apex.{self.name} at {self.url} was not healthy in time "
+                    f"{self.service.module} at {self.url} was not healthy in time "
                     f"(last check: {last_error}); "
                     f"its last output:\n{self.tail()}"
                 )
@@ -161,20 +167,21 @@ def _get_health(base_url: str, *, timeout: float) -> tuple[int, str]:
 
 
 def spawn_service(
-    name: str, listener: socket.socket, env: Mapping[str, str] | None = None
+    service: Service, listener: socket.socket, env: Mapping[str, str] | None = None
 ) -> Child:
-    """Start ``python -m apex.<name> --fd N`` serving on ``listener``."""
+    """Start ``python -m <service.module> --fd N`` serving on ``listener``."""
     fd = listener.fileno()
     host, port = listener.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
-    # The command is this interpreter and a fixed module name, not outside input.
+    # The command is this interpreter and a module named by the topology, not outside input.
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", f"apex.{name}", "--fd", str(fd)],
+        [sys.executable, "-m", service.module, "--fd", str(fd)],
         pass_fds=(fd,),
         preexec_fn=_pdeathsig_hook(),
+        process_group=0,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=dict(env) if env is not None else None,
     )
-    return Child(name, process, f"http://{url_host}:{port}")
+    return Child(service, process, f"http://{url_host}:{port}")

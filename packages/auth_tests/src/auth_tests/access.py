@@ -1,0 +1,157 @@
+"""Authorization in apex.auth: teams, memberships, grants, effective permissions, context tokens.
+
+Public: `AccessAdmin` (the admin API of teams and grants, CONTRACT3), the fixed
+role -> permissions table, and what other services ask apex.auth before they act for a
+user (`/authz/check`, context tokens and their introspection). `client` is an
+`httpx.AsyncClient` of apex.auth.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from auth_tests.client import AuthAdmin, Tokens
+
+__all__ = [
+    "ROLE_PERMISSIONS",
+    "AccessAdmin",
+    "context_token",
+    "introspect",
+    "is_allowed",
+    "my_permissions",
+]
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"agents:read", "billing:read"}),
+    "member": frozenset({"agents:read", "billing:read", "agents:run", "teams:read"}),
+    "admin": frozenset(
+        {"agents:read", "billing:read", "agents:run", "teams:read", "billing:write", "teams:manage"}
+    ),
+}  # CONTRACT3 "Roles -> permissions (fixed, in code)"
+
+
+def _succeeded(response: httpx.Response, *codes: int) -> None:
+    assert response.status_code in (codes or (200, 201, 204)), (
+        f"{response.request.method} {response.request.url.path}: "
+        f"{response.status_code} {response.text}"
+    )
+
+
+class AccessAdmin:
+    """The admin API of teams, memberships and grants (CONTRACT3, issue 3 B)."""
+
+    def __init__(self, admin: AuthAdmin) -> None:
+        self.client = admin.client
+        self.headers = admin.headers
+
+    async def create_team(
+        self,
+        *,
+        parent_id: str | None = None,
+        idp_group: str | None = None,
+        tenant_id: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name or f"team-{uuid.uuid4().hex[:10]}"}
+        for field, value in (
+            ("parent_id", parent_id), ("idp_group", idp_group), ("tenant_id", tenant_id)
+        ):  # fmt: skip
+            if value is not None:
+                body[field] = value
+        response = await self.client.post("/admin/teams", json=body, headers=self.headers)
+        assert response.status_code == 201, response.text
+        team: dict[str, Any] = response.json()
+        return team
+
+    async def delete_team(self, team_id: str) -> None:
+        response = await self.client.delete(f"/admin/teams/{team_id}", headers=self.headers)
+        _succeeded(response, 200, 204)
+
+    async def set_member(self, team_id: str, user_id: str, role: str) -> None:
+        response = await self.client.put(
+            f"/admin/teams/{team_id}/members/{user_id}", json={"role": role}, headers=self.headers
+        )
+        _succeeded(response)
+
+    async def remove_member(self, team_id: str, user_id: str) -> None:
+        response = await self.client.delete(
+            f"/admin/teams/{team_id}/members/{user_id}", headers=self.headers
+        )
+        _succeeded(response, 200, 204)
+
+    async def grant_team(self, team_id: str, permission: str, effect: str = "allow") -> None:
+        response = await self.client.put(
+            f"/admin/teams/{team_id}/grants/{permission}",
+            json={"effect": effect},
+            headers=self.headers,
+        )
+        _succeeded(response)
+
+    async def drop_team_grant(self, team_id: str, permission: str) -> None:
+        response = await self.client.delete(
+            f"/admin/teams/{team_id}/grants/{permission}", headers=self.headers
+        )
+        _succeeded(response, 200, 204)
+
+    async def grant_user(self, user_id: str, permission: str, effect: str = "allow") -> None:
+        response = await self.client.put(
+            f"/admin/users/{user_id}/grants/{permission}",
+            json={"effect": effect},
+            headers=self.headers,
+        )
+        _succeeded(response)
+
+    async def drop_user_grant(self, user_id: str, permission: str) -> None:
+        response = await self.client.delete(
+            f"/admin/users/{user_id}/grants/{permission}", headers=self.headers
+        )
+        _succeeded(response, 200, 204)
+
+    async def permissions(self, user_id: str) -> list[str]:
+        response = await self.client.get(
+            f"/admin/users/{user_id}/permissions", headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        permissions: list[str] = response.json()["permissions"]
+        return permissions
+
+
+async def my_permissions(client: httpx.AsyncClient, tokens: Tokens) -> list[str]:
+    """GET /me/permissions: the caller's effective permissions, as the platform lists them."""
+    response = await client.get("/me/permissions", headers=tokens.bearer)
+    assert response.status_code == 200, response.text
+    permissions: list[str] = response.json()["permissions"]
+    return permissions
+
+
+async def is_allowed(client: httpx.AsyncClient, tokens: Tokens, permission: str) -> bool:
+    """POST /authz/check, what other services ask before they act for the user."""
+    response = await client.post(
+        "/authz/check", json={"permission": permission}, headers=tokens.bearer
+    )
+    assert response.status_code == 200, response.text
+    allowed = response.json()["allowed"]
+    assert isinstance(allowed, bool), response.text
+    return allowed
+
+
+async def context_token(client: httpx.AsyncClient, tokens: Tokens, audience: str) -> str:
+    """POST /auth/context-token: a user-context JWT for a call to service `audience`."""
+    response = await client.post(
+        "/auth/context-token", json={"audience": audience}, headers=tokens.bearer
+    )
+    assert response.status_code in (200, 201), response.text
+    token: str = response.json()["context_token"]
+    return token
+
+
+async def introspect(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
+    """POST /auth/context-token/introspect (RFC 7662 style): {"active": bool, ...claims}."""
+    response = await client.post("/auth/context-token/introspect", json={"token": token})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert isinstance(body.get("active"), bool), response.text
+    return body

@@ -1,0 +1,202 @@
+"""A test client of apex.auth's HTTP API: the admin API, API keys, tokens, /me, the JWKS.
+
+Public: any team's tests may import these to make their own users and sign them in
+(`await AuthAdmin(client, admin_token).key_user()`, then `await login(client, api_key)`);
+`client` is an `httpx.AsyncClient` of apex.auth, e.g. `platform.client("auth")`. Every
+helper works at L2, L3 and L4: it uses only the public HTTP API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+__all__ = [
+    "AuthAdmin",
+    "JwksVerifier",
+    "KeyUser",
+    "Tokens",
+    "error_of",
+    "exchange",
+    "login",
+    "me",
+    "me_status",
+]
+
+
+@dataclass(frozen=True)
+class KeyUser:
+    """A user of the platform and one API key of theirs (plaintext, as shown once)."""
+
+    user: dict[str, Any]
+    key_id: str
+    api_key: str
+
+    @property
+    def user_id(self) -> str:
+        return str(self.user["id"])
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What a successful token exchange or refresh returns."""
+
+    access: str
+    refresh: str
+    session_id: str
+    expires_in: int
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Tokens:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["token_type"] == "Bearer"
+        return cls(
+            body["access_token"], body["refresh_token"], body["session_id"], body["expires_in"]
+        )
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access}"}
+
+
+class AuthAdmin:
+    """The admin API of apex.auth, as the tests use it to set up their world."""
+
+    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def create_user(
+        self, *, tier: str = "pro", tenant_id: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": tier}
+        if tenant_id is not None:
+            body["tenant_id"] = tenant_id
+        response = await self.client.post("/admin/users", json=body, headers=self.headers)
+        assert response.status_code == 201, response.text
+        user: dict[str, Any] = response.json()
+        return user
+
+    async def create_api_key(
+        self, user_id: str, *, scopes: Sequence[str] = ("agents:run",), name: str = "tests"
+    ) -> dict[str, Any]:
+        response = await self.client.post(
+            f"/admin/users/{user_id}/api-keys",
+            json={"name": name, "scopes": list(scopes)},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        key: dict[str, Any] = response.json()
+        return key
+
+    async def key_user(
+        self,
+        *,
+        tier: str = "pro",
+        scopes: Sequence[str] = ("agents:run",),
+        tenant_id: str | None = None,
+    ) -> KeyUser:
+        """A new user with one new API key."""
+        user = await self.create_user(tier=tier, tenant_id=tenant_id)
+        key = await self.create_api_key(user["id"], scopes=scopes)
+        return KeyUser(user, key["id"], key["api_key"])
+
+    async def set_tier(self, user_id: str, tier: str) -> None:
+        response = await self.client.patch(
+            f"/admin/users/{user_id}", json={"tier": tier}, headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        response = await self.client.delete(f"/admin/api-keys/{key_id}", headers=self.headers)
+        assert response.status_code == 204, response.text
+
+    async def api_key(self, key_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/admin/api-keys/{key_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        key: dict[str, Any] = response.json()
+        return key
+
+    async def audit(self, subject: str) -> list[dict[str, Any]]:
+        response = await self.client.get(
+            "/admin/audit", params={"subject": subject}, headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+
+async def exchange(
+    client: httpx.AsyncClient, api_key: str, ttl: int | None = None
+) -> httpx.Response:
+    """POST /auth/token: trade an API key for tokens."""
+    body: dict[str, Any] = {"api_key": api_key}
+    if ttl is not None:
+        body["ttl"] = ttl
+    return await client.post("/auth/token", json=body)
+
+
+async def login(client: httpx.AsyncClient, api_key: str, ttl: int | None = None) -> Tokens:
+    """A successful exchange: the tokens of a new session."""
+    return Tokens.of(await exchange(client, api_key, ttl))
+
+
+def error_of(response: httpx.Response) -> str:
+    """The platform's machine-readable error code of a failed response."""
+    code: str = response.json()["error"]
+    return code
+
+
+async def me(client: httpx.AsyncClient, access: str) -> httpx.Response:
+    """GET /me with a bearer access token."""
+    return await client.get("/me", headers={"Authorization": f"Bearer {access}"})
+
+
+async def me_status(client: httpx.AsyncClient, access: str) -> tuple[int, str | None]:
+    """(status, error code or None) of GET /me with this access token."""
+    response = await me(client, access)
+    return response.status_code, (None if response.status_code == 200 else error_of(response))
+
+
+class JwksVerifier:
+    """A downstream service's view of apex.auth: it trusts only the published JWKS.
+
+    RS256 only, iss and aud required; an unknown kid makes it fetch the JWKS again (once).
+    """
+
+    def __init__(
+        self, client: httpx.AsyncClient, *, issuer: str = "apex-auth", audience: str = "apex"
+    ) -> None:
+        self.client, self.issuer, self.audience = client, issuer, audience
+        self.keys: dict[str, Any] = {}
+        self.fetches = 0
+
+    async def _refresh(self) -> None:
+        response = await self.client.get("/.well-known/jwks.json")
+        assert response.status_code == 200, response.text
+        self.fetches += 1
+        keys = jwt.PyJWKSet.from_dict(response.json()).keys
+        self.keys = {str(k.key_id): k.key for k in keys}
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a valid access token; raises jwt.InvalidTokenError otherwise."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid not in self.keys:
+            await self._refresh()
+        if kid not in self.keys:
+            raise jwt.InvalidTokenError(f"unknown kid {kid!r}")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.keys[kid],
+            algorithms=["RS256"],
+            audience=self.audience,
+            issuer=self.issuer,
+            options={"require": ["iss", "aud", "sub", "exp", "iat"]},
+        )
+        return claims

@@ -1,0 +1,117 @@
+"""ServiceSettings: one base and one set of parsers for every service's settings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from apex.common.config import Settings
+from apex.common.settings import ConfigError, Env, RateLimit, ServiceSettings, parse_rate
+from apex.gateway.settings import GatewaySettings
+
+SHARED = {
+    "APEX_REDIS_URL": "redis://cache:6379/3",
+    "APEX_REDIS_PREFIX": "run1:",
+    "APEX_DATABASE_URL": "postgresql://u:pw@db:5432/apex",
+    "APEX_JWT_ISSUER": "iss",
+    "APEX_JWT_AUDIENCE": "aud",
+    "APEX_LOG_LEVEL": "warning",
+}
+
+
+@pytest.mark.parametrize("settings_type", [ServiceSettings, Settings, GatewaySettings])
+def test_every_service_reads_the_shared_fields_alike(settings_type: type[ServiceSettings]) -> None:
+    settings = settings_type.from_env(SHARED)
+    assert isinstance(settings, ServiceSettings)
+    assert (settings.redis_url, settings.redis_prefix) == ("redis://cache:6379/3", "run1:")
+    assert settings.database_url == "postgresql://u:pw@db:5432/apex"
+    assert (settings.jwt_issuer, settings.jwt_audience) == ("iss", "aud")
+    assert settings.log_level == "WARNING"
+    # A database URL may carry a password.
+    assert "pw@" not in repr(settings)
+
+
+@pytest.mark.parametrize("settings_type", [Settings, GatewaySettings])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("APEX_DATABASE_URL", "mysql://u:hunter2@db/x", "must start with postgresql://"),
+        ("APEX_REDIS_URL", "redis://cache:0/1", "APEX_REDIS_URL has port 0"),
+        ("APEX_LOG_LEVEL", "LOUD", "APEX_LOG_LEVEL must be one of"),
+    ],
+)
+def test_shared_fields_fail_alike(
+    settings_type: type[ServiceSettings], variable: str, value: str, message: str
+) -> None:
+    env = {**SHARED, variable: value}
+    with pytest.raises(ConfigError, match=message) as info:
+        settings_type.from_env(env)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_gateway_requires_redis_the_others_do_not() -> None:
+    assert Settings.from_env({}).redis_url is None
+    with pytest.raises(ConfigError, match=r"APEX_REDIS_URL is required by apex\.gateway"):
+        GatewaySettings.from_env({})
+
+
+def test_one_rate_type_for_auth_limits_and_gateway_rates() -> None:
+    gateway = GatewaySettings.from_env({**SHARED, "APEX_WS_RATE": "5/0.5"})
+    auth = Settings.from_env({"APEX_LOGIN_LOCKOUT": "3/60"})
+    assert gateway.rate == RateLimit(5, 0.5)
+    assert auth.login_lockout == RateLimit(3, 60)
+    assert type(auth.login_lockout.window) is int  # Redis expires whole seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "whole", "reason"),
+    [
+        ("5", False, "is not of the form count/seconds"),
+        ("x/1", False, "needs a whole count and a number of seconds"),
+        ("5/1.5", True, "needs whole numbers for count and seconds"),
+        ("0/1", False, "out of range"),
+        ("1/inf", False, "out of range"),
+        ("1/0", True, "needs a count and a window of at least 1"),
+    ],
+)
+def test_parse_rate_says_what_is_wrong(text: str, whole: bool, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_rate(text, whole=whole)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text", "message"),
+    [
+        ({"unit": "seconds"}, "x", "V must be a number of seconds, got 'x'"),
+        ({"unit": "seconds"}, "-1", "V must be a positive number of seconds, got '-1'"),
+        ({}, "0", "V must be greater than 0, got '0'"),
+        ({}, "inf", "V must be a finite number, got 'inf'"),
+    ],
+)
+def test_number_messages(kwargs: dict[str, str], text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Env({"V": text}).number("V", 1.0, **kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text", "message"),
+    [
+        ({"unit": "seconds"}, "1.5", "V must be a whole number of seconds, got '1.5'"),
+        ({"unit": "seconds"}, "0", "V must be at least 1, got '0'"),
+        ({}, "x", "V must be a whole number, got 'x'"),
+        ({}, "0", "V must be greater than 0, got '0'"),
+    ],
+)
+def test_whole_number_messages(kwargs: dict[str, str], text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Env({"V": text}).whole_number("V", 1, **kwargs)
+    assert str(info.value) == message
+
+
+def test_empty_variables_are_unset_but_an_empty_prefix_is_kept() -> None:
+    env = Env({"V": "", "APEX_REDIS_PREFIX": ""})
+    assert env.get("V") is None
+    assert env.number("V", math.pi) == math.pi
+    assert env.raw("APEX_REDIS_PREFIX", "default") == ""
