@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from apex_testkit._masking import mask_secrets
 from apex_testkit.provisioning import PROVIDERS, SERVICES, ServiceUnavailable, parse_services
 from apex_testkit.provisioning._chain import Unavailable
-from apex_testkit.run import Run, base_dir, sweep
+from apex_testkit.run import Run, RunDirError, base_dir, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "stack":
         return _stack(args)
-    if args.command == "sweep":
-        swept = sweep(base_dir())
-        print(f"swept {len(swept)} dead run(s) in {base_dir()}")
-        return 0
-    return _doctor()
+    try:
+        if args.command == "sweep":
+            swept = sweep(base_dir())
+            print(f"swept {len(swept)} dead run(s) in {base_dir()}")
+            return 0
+        return _doctor()
+    except RunDirError as exc:
+        print(f"apex-testkit {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -51,7 +56,7 @@ def _stack(args: argparse.Namespace) -> int:
         chains = parse_services(args.services)
         return run_stack(command, target_out=args.target_out, chains=chains)
     except (ValueError, ServiceUnavailable, RuntimeError) as exc:
-        print(f"apex-testkit stack: {exc}", file=sys.stderr)
+        print(f"apex-testkit stack: {mask_secrets(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -64,10 +69,10 @@ def _doctor() -> int:
             for provider in PROVIDERS:
                 try:
                     server = service.providers[provider](run)
-                except Unavailable as exc:
-                    print(f"  {provider:9} no: {str(exc).splitlines()[0]}")
+                except (Unavailable, RunDirError, OSError) as exc:
+                    print(f"  {provider:9} no: {mask_secrets(str(exc).splitlines()[0])}")
                 else:
-                    print(f"  {provider:9} yes: {server.version or server.url}")
+                    print(f"  {provider:9} yes: {mask_secrets(server.version or server.url)}")
     finally:
         run.close()
     return 0

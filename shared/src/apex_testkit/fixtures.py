@@ -76,13 +76,15 @@ def postgres_database(apex_worker: Worker) -> str:
 @pytest.fixture
 def empty_database(apex_worker: Worker, request: pytest.FixtureRequest) -> Iterator[str]:
     """DSN of a fresh, empty PostgreSQL database, dropped after the test."""
-    server = apex_worker.server("postgres")
-    name = f"{apex_worker.run.name}_e{apex_worker.slot}_{secrets.token_hex(3)}"
-    if not server.owned:
-        apex_worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
-    dsn = postgres.create_database(server, name)
+    with apex_worker.guard("postgres"):
+        server = apex_worker.server("postgres")
+        name = f"{apex_worker.run.name}_e{apex_worker.slot}_{secrets.token_hex(3)}"
+        if not server.owned:
+            apex_worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
+        dsn = postgres.create_database(server, name)
     yield dsn
-    postgres.drop_database(server.url, name)
+    with apex_worker.guard("postgres"):
+        postgres.drop_database(server.url, name)
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,18 @@ from typing import Any
 
 import pytest
 
+from apex_testkit._masking import mask_secrets
 from apex_testkit.provisioning import SERVICES, ServiceUnavailable
-from apex_testkit.run import Run
+from apex_testkit.provisioning._chain import check_server
+from apex_testkit.run import Run, RunDirError
 from apex_testkit.settings import RUN, SETTINGS, KitSettings
 from apex_testkit.target import TargetError
 
 pytest_plugins = ["apex_testkit._collection", "apex_testkit.fixtures"]
 
 RUN_DIR_KEY = "apex_testkit_run_dir"
+# The kit's errors this process has reported in full: later tests get their brief.
+_REPORTED = pytest.StashKey[set[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         config.stash[RUN] = Run.attach(workerinput[RUN_DIR_KEY])
     else:
-        config.stash[RUN] = Run.create()
+        try:
+            config.stash[RUN] = Run.create()
+        except RunDirError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.stash[_REPORTED] = set()
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "apex_testkit_xdist")
 
@@ -93,12 +101,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A service no provider could supply, or a target lacking a key, is reported as its
-    message alone: the traceback through the kit says nothing the message does not."""
+    """A service no provider could supply, a server of the run that died, or a target
+    lacking a key, is reported as its message alone: the traceback through the kit says
+    nothing the message does not. A kit error is told in full once per process, then
+    in one line. A failure while a server of the run is down is put down to it."""
     report: pytest.TestReport = yield
-    if call.excinfo is not None and call.excinfo.errisinstance((ServiceUnavailable, TargetError)):
-        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    excinfo = call.excinfo
+    if excinfo is not None and excinfo.errisinstance(TargetError):
+        report.longrepr = f"{excinfo.typename}: {excinfo.value}"
+    elif excinfo is not None and excinfo.errisinstance(ServiceUnavailable):
+        report.longrepr = _once(item.config, excinfo.typename, excinfo.value)
+    elif report.failed and "apex_worker" in getattr(item, "fixturenames", ()):
+        # Only on failure: the state of the run's server processes, read from /proc.
+        run = item.config.stash[RUN]
+        down = [d for d in (check_server(run, s) for s in SERVICES.values()) if d]
+        if down:
+            report.longrepr = "\n".join(_once(item.config, "ServerDown", d) for d in down)
     return report
+
+
+def _once(config: pytest.Config, typename: str, exc: BaseException) -> str:
+    reported = config.stash[_REPORTED]
+    message = str(exc)
+    if message in reported:
+        return f"{typename}: {getattr(exc, 'brief', message)}"
+    reported.add(message)
+    return f"{typename}: {message}"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -112,14 +140,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or not run.owner:
         return
     lines = []
-    for name in SERVICES:
+    for name, service in SERVICES.items():
         server = run.read(f"server-{name}")
         if server and "error" not in server:
             version = server["version"] or "version unknown"
-            lines.append(
-                f"{name}: {server['provider']} {server['url']} ({version}), "
+            line = (
+                f"{name}: {server['provider']} {mask_secrets(server['url'])} ({version}), "
                 f"ready in {server['ready_seconds']:.3f} s"
             )
+            down = check_server(run, service)
+            lines.append(f"{line}; {down.summary}" if down else line)
     if lines:
         terminalreporter.write_sep("-", "apex-testkit servers")
         for line in lines:

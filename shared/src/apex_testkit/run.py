@@ -11,6 +11,7 @@ sweeps the directories of dead owners before it starts, whatever killed them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,9 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from apex_testkit._processes import ProcessRef, start_time
+from apex_testkit._masking import mask_secrets
+from apex_testkit._processes import ProcessRef, RunAs, start_time
 
 RESOURCES = "resources"
+# Where the kit keeps a server's files when the account it runs as (PostgreSQL as root)
+# cannot enter the run directory: directories every user can traverse. The kit makes a
+# folder of its own there and checks that it owns it (`_own_folder`).
+SHARED_TEMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108
 
 # Cleaners by resource kind; provisioning modules register theirs (e.g. dropping a
 # database in an external server). Processes and containers are handled here.
@@ -40,16 +46,74 @@ def register_cleaner(kind: str, cleaner: Callable[[dict[str, Any]], None]) -> No
     _cleaners[kind] = cleaner
 
 
+class RunDirError(RuntimeError):
+    """The directory runs live in cannot be used: the message names it, why, and the fix."""
+
+
 def base_dir() -> Path:
     """Where runs live: APEX_TEST_TMPDIR or the system temp dir, one folder per user."""
-    root = Path(os.environ.get("APEX_TEST_TMPDIR") or tempfile.gettempdir())
-    path = root / f"apex-testkit-{os.geteuid()}"
+    path = _temp_root() / f"apex-testkit-{os.geteuid()}"
+    try:
+        return _own_folder(path)
+    except OSError as exc:
+        raise RunDirError(disk_problem(path, exc)) from None
+
+
+def _temp_root() -> Path:
+    return Path(os.environ.get("APEX_TEST_TMPDIR") or tempfile.gettempdir())
+
+
+def _own_folder(path: Path) -> Path:
     path.mkdir(mode=0o755, parents=True, exist_ok=True)
     if path.stat().st_uid != os.geteuid():
-        raise RuntimeError(f"{path} belongs to another user; set APEX_TEST_TMPDIR elsewhere")
+        raise RunDirError(f"{path} belongs to another user; set APEX_TEST_TMPDIR elsewhere")
     # Servers that refuse root (PostgreSQL) run as another user and must traverse it.
     path.chmod(0o755)
     return path
+
+
+def disk_fix(exc: OSError) -> str | None:
+    """The fix for a write into the kit's directories that failed with `exc`, when the
+    directory is the problem (full, read-only, not writable); None otherwise."""
+    root = _temp_root()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"Fix: free space on that filesystem (df -h {root}), "
+            "or set APEX_TEST_TMPDIR=<a directory with room>"
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "Fix: set APEX_TEST_TMPDIR=<a directory you can write, with free space>"
+    return None
+
+
+def disk_problem(path: Path, exc: OSError) -> str:
+    """What is wrong with the kit's directory `path` (read-only, full, ...) and the fix."""
+    chosen = os.environ.get("APEX_TEST_TMPDIR")
+    where = f"APEX_TEST_TMPDIR={chosen}" if chosen else f"the system temp dir {_temp_root()}"
+    problem = f"apex-testkit cannot write its run files under {where} ({path}): {exc}"
+    fix = disk_fix(exc) or "Fix: set APEX_TEST_TMPDIR=<a directory you can write>"
+    return f"{problem}\n{fix}"
+
+
+def server_base(user: RunAs | None) -> Path:
+    """The base for the files of a server that runs as `user` (None: as this process):
+    the runs' base dir when `user` can reach it, else a kit-owned folder in a temp dir
+    every user can traverse (the base may sit in a 0700 directory only root can enter)."""
+    base = base_dir()
+    if user is None or user.can_enter(base):
+        return base
+    for root in SHARED_TEMP_ROOTS:
+        if user.can_enter(root):
+            try:
+                return _own_folder(root / f"apex-testkit-{os.geteuid()}")
+            except OSError as exc:
+                raise RunDirError(disk_problem(root, exc)) from None
+    raise RunDirError(
+        f"{user.user} (the account the server runs as) cannot enter {base} nor any of "
+        f"{', '.join(map(str, SHARED_TEMP_ROOTS))}. "
+        f"Fix: chmod o+x the directories on the way, or set APEX_TEST_TMPDIR=<a directory "
+        f"every user can enter>"
+    )
 
 
 class Run:
@@ -67,14 +131,22 @@ class Run:
 
     @classmethod
     def create(cls) -> Run:
-        """Sweep dead runs, then make this process the owner of a new run."""
+        """Sweep dead runs, then make this process the owner of a new run.
+
+        RunDirError (one message: the directory, the problem, the fix) when the base
+        directory is read-only, full or otherwise unusable.
+        """
         base = base_dir()
-        sweep(base)
         path = base / f"run-{os.getpid()}-{secrets.token_hex(4)}"
-        path.mkdir(mode=0o755)
-        (path / RESOURCES).mkdir(mode=0o755)
-        owner = ProcessRef.of(os.getpid())
-        _write_json(path / "owner.json", {**owner.to_json(), "created": time.time()})
+        try:
+            sweep(base)
+            path.mkdir(mode=0o755)
+            (path / RESOURCES).mkdir(mode=0o755)
+            owner = ProcessRef.of(os.getpid())
+            _write_json(path / "owner.json", {**owner.to_json(), "created": time.time()})
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            raise RunDirError(disk_problem(path, exc)) from None
         run = cls(path, owner=True)
         run._start_watchdog(owner)
         return run
@@ -111,6 +183,22 @@ class Run:
 
     def store(self, name: str, data: dict[str, Any]) -> None:
         _write_json(self.path / f"{name}.json", data)
+
+    def server_dir(self, name: str, user: RunAs | None) -> Path:
+        """A directory of this run for server `name`'s files, which `user` (the account the
+        server runs as; None: this process's) can reach. Outside the run directory (see
+        `server_base`) it is recorded, so it goes with the run however the run ends."""
+        if user is None or user.can_enter(self.path):
+            path = self.path / name
+        else:
+            # Not "run-*": sweeps of that base must not take it for a run of its own.
+            path = server_base(user) / f"data-{self.path.name}-{name}"
+            self.record(f"dir-{name}", "dir", path=str(path))
+        try:
+            path.mkdir(mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(disk_problem(path, exc)) from None
+        return path
 
     def close(self) -> None:
         """Remove every recorded resource and the run directory (owner only)."""
@@ -182,14 +270,17 @@ def _cleanup_unlocked(run_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             records.append(json.loads(path.read_text()))
     # Namespaces inside servers first (they need their server), then processes and
-    # containers, all at once: the slowest stop bounds the teardown, not their sum.
+    # containers, all at once: the slowest stop bounds the teardown, not their sum; then
+    # the directories those processes used.
     late = ("process", "container")
-    errors = [_clean_all([r for r in records if r["kind"] not in late])]
+    errors = [_clean_all([r for r in records if r["kind"] not in (*late, "dir")])]
     errors.append(_clean_all([r for r in records if r["kind"] in late]))
+    errors.append(_clean_all([r for r in records if r["kind"] == "dir"]))
     errors = [e for e in errors if e]
     shutil.rmtree(run_dir, ignore_errors=True)
     if errors:
-        print(f"apex-testkit: cleanup of {run_dir.name} left: {'; '.join(errors)}", file=sys.stderr)
+        left = mask_secrets("; ".join(errors))
+        print(f"apex-testkit: cleanup of {run_dir.name} left: {left}", file=sys.stderr)
 
 
 def _clean_all(records: list[dict[str, Any]]) -> str:
@@ -212,6 +303,11 @@ def _clean(record: dict[str, Any]) -> None:
         sig = signal.Signals(int(record.get("signal", signal.SIGTERM)))
         ProcessRef.from_json(record).stop(grace=float(record.get("grace", 10.0)), sig=sig)
         return
+    if kind == "dir":
+        path = Path(record["path"])
+        if path.name.startswith("data-run-"):  # only ever what `Run.server_dir` made
+            shutil.rmtree(path, ignore_errors=True)
+        return
     if kind not in _cleaners:
         # Cleaners are registered on import of the module that records the kind.
         import apex_testkit.provisioning  # noqa: F401, PLC0415
@@ -231,10 +327,14 @@ def record_process(
 
 __all__ = [
     "Run",
+    "RunDirError",
     "base_dir",
     "cleanup",
+    "disk_fix",
+    "disk_problem",
     "record_process",
     "register_cleaner",
+    "server_base",
     "start_time",
     "sweep",
 ]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from apex_testkit._masking import mask_secrets
 from apex_testkit._processes import _die_with_parent, log_tail, spawn
 from apex_testkit.run import Run, record_process
 from apex_testkit.settings import KitSettings, Level
@@ -48,7 +49,7 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
 
 
 def _say(message: str) -> None:
-    print(f"apex-testkit stack: {message}", file=sys.stderr, flush=True)
+    print(f"apex-testkit stack: {mask_secrets(message)}", file=sys.stderr, flush=True)
 
 
 def run_stack(

@@ -8,10 +8,12 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apex_testkit._processes import RunAs, free_port, log_tail, spawn
-from apex_testkit.provisioning._chain import Unavailable
+from apex_testkit.provisioning._chain import Failed, Unavailable
 from apex_testkit.run import Run, record_process
 from apex_testkit.waiting import wait_for
 
@@ -55,6 +57,20 @@ def version_of(argv: Sequence[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
+@dataclass(frozen=True)
+class Started:
+    """A server process the run started: its port, and how to find it again."""
+
+    port: int
+    pid: int
+    started: int
+    log: Path
+
+    def extra(self) -> dict[str, Any]:
+        """For `Server.extra`: what `check_server` reads when the server stops working."""
+        return {"pid": self.pid, "started": self.started, "log": str(self.log)}
+
+
 def start_server(
     run: Run,
     name: str,
@@ -63,21 +79,22 @@ def start_server(
     *,
     log: Path,
     run_as: RunAs | None = None,
+    cwd: Path | None = None,
     timeout: float = 30.0,
     grace: float = 10.0,
     stop_signal: signal.Signals = signal.SIGTERM,
-) -> int:
+) -> Started:
     """Start a server on an ephemeral loopback port and wait until `ready(port)`.
 
     The port is picked before the server binds it, so another process may take it in
     between: the server then exits and we retry on a new port.
-    Returns the port; the process is recorded in the run so it never outlives it.
+    The process is recorded in the run so it never outlives it.
     """
     for attempt in range(1, START_ATTEMPTS + 1):
         port = free_port()
         log.unlink(missing_ok=True)
-        process = spawn(argv_for_port(port), log=log, run_as=run_as)
-        record_process(run, name, process.pid, grace=grace, sig=stop_signal)
+        process = spawn(argv_for_port(port), log=log, run_as=run_as, cwd=cwd)
+        ref = record_process(run, name, process.pid, grace=grace, sig=stop_signal)
         _REAPABLE.append(process)
 
         def state(process: subprocess.Popen[bytes] = process, port: int = port) -> str | None:
@@ -87,19 +104,21 @@ def start_server(
 
         outcome = wait_for(state, timeout=timeout, raise_on_timeout=False)
         if outcome == "ready":
-            return port
+            return Started(port, ref.pid, ref.started, log)
         if outcome is None:
             process.kill()
             process.wait()
-            raise Unavailable(f"{name} did not become ready in {timeout:g} s:\n{log_tail(log)}")
+            raise Failed(f"{name} did not become ready in {timeout:g} s:\n{log_tail(log)}")
         if _port_clash(log) and attempt < START_ATTEMPTS:
             continue
-        raise Unavailable(f"{name} exited with code {process.returncode}:\n{log_tail(log)}")
-    raise Unavailable(f"{name}: every port tried was taken")
+        raise Failed(f"{name} exited with code {process.returncode}:\n{log_tail(log)}")
+    raise Failed(f"{name}: every port tried was taken")
 
 
 # Popen objects of servers we started: kept so they are not garbage-collected (which
-# warns) while the server is alive; the kernel reaps them with the process.
+# warns, and would reap them): a server that dies stays a zombie of the process that
+# started it until the run ends, so any process of the run can read how it ended
+# (`ProcessRef.status`). The kernel reaps them with that process.
 _REAPABLE: list[subprocess.Popen[bytes]] = []
 
 

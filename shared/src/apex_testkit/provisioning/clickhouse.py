@@ -13,10 +13,12 @@ from clickhouse_driver.errors import Error as ClickHouseError
 from apex_testkit.provisioning import _docker
 from apex_testkit.provisioning._binaries import find_binary, start_server
 from apex_testkit.provisioning._chain import (
+    CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
     Server,
     Service,
     Unavailable,
-    external_url,
+    check_external,
     safe_identifier,
 )
 from apex_testkit.run import Run, register_cleaner
@@ -54,7 +56,9 @@ _USERS = """<?xml version="1.0"?>
 """
 
 
-def client(url: str, **settings: Any) -> Client:
+def client(
+    url: str, *, connect_timeout: float = 2, send_receive_timeout: float = 60, **settings: Any
+) -> Client:
     """A native-protocol client for `clickhouse://user:password@host:port/database`."""
     parts = urlsplit(url)
     return Client(
@@ -63,8 +67,8 @@ def client(url: str, **settings: Any) -> Client:
         user=unquote(parts.username or "default"),
         password=unquote(parts.password or ""),
         database=parts.path.lstrip("/") or "default",
-        connect_timeout=2,
-        send_receive_timeout=60,
+        connect_timeout=connect_timeout,
+        send_receive_timeout=send_receive_timeout,
         settings=settings,
     )
 
@@ -73,20 +77,27 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
-def _answers(url: str) -> bool:
+def _problem(url: str, timeout: float = 1.0) -> str | None:
+    """None when the server at `url` runs `SELECT 1`, else what went wrong, in its words."""
     parts = urlsplit(url)
     try:
         # A plain TCP probe first: the driver logs a traceback for every refused connect.
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 9000), 1).close()
-    except OSError:
-        return False
-    conn = client(url)
+        address = (parts.hostname or "127.0.0.1", parts.port or 9000)
+        socket.create_connection(address, timeout).close()
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    conn = client(url, connect_timeout=timeout, send_receive_timeout=timeout)
     try:
-        return bool(conn.execute("SELECT 1"))
-    except (ClickHouseError, OSError, EOFError):
-        return False
+        conn.execute("SELECT 1")
+    except (ClickHouseError, OSError, EOFError) as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     finally:
         conn.disconnect()
+    return None
+
+
+def _answers(url: str) -> bool:
+    return _problem(url) is None
 
 
 def _local(run: Run) -> Server:
@@ -102,7 +113,7 @@ def _local(run: Run) -> Server:
         config.write_text(_CONFIG.format(port=port, dir=folder))
         return [*prefix, f"--config-file={config}"]
 
-    port = start_server(
+    started = start_server(
         run,
         "clickhouse-server",
         argv,
@@ -110,13 +121,13 @@ def _local(run: Run) -> Server:
         log=folder / "server.log",
         grace=2.0,
     )
-    url = f"clickhouse://default@127.0.0.1:{port}/default"
+    url = f"clickhouse://default@127.0.0.1:{started.port}/default"
     conn = client(url)
     try:
         version = str(conn.execute("SELECT version()")[0][0])
     finally:
         conn.disconnect()
-    return Server("clickhouse", "local", url, version)
+    return Server("clickhouse", "local", url, version, extra=started.extra())
 
 
 def _embedded(run: Run) -> Server:
@@ -124,9 +135,7 @@ def _embedded(run: Run) -> Server:
 
 
 def _url(run: Run) -> Server:
-    url = external_url(SERVICE)
-    if not _answers(url):
-        raise Unavailable(f"{url} does not answer on the native protocol")
+    url = check_external(SERVICE, "does not answer on the native protocol")
     return Server("clickhouse", "url", url, owned=False)
 
 
@@ -145,8 +154,9 @@ SERVICE = Service(
     name="clickhouse",
     title="ClickHouse",
     url_env="APEX_TEST_CLICKHOUSE_URL",
-    fix="apt-get install -y clickhouse-server",
+    fixes={"local": "apt-get install -y clickhouse-server"},
     providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+    problem=_problem,
 )
 
 
@@ -172,7 +182,8 @@ class DatabaseReset:
 
     def __call__(self) -> list[str]:
         database = safe_identifier(urlsplit(self.url).path.lstrip("/"))
-        conn = client(self.url)
+        # Short timeouts: a server that stopped answering is found out in seconds.
+        conn = client(self.url, connect_timeout=CONNECT_TIMEOUT, send_receive_timeout=RESET_TIMEOUT)
         try:
             tables = [
                 str(row[0])

