@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apex_testkit.sut import ProcessPlatform, ServiceProcess, service_env
-from apex_testkit.target import load_target
+from apex_testkit._sut import ProcessPlatform, ServiceProcess, service_env
+from apex_testkit._target import load_target
 
 
 def test_a_service_that_dies_at_start_is_a_clear_error(apex_worker):
@@ -47,7 +47,7 @@ def test_l3_instances_are_processes_reused_and_stopped(apex_worker):
 
 def _stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "apex_testkit.cli", "stack", *args],
+        [sys.executable, "-m", "apex_testkit._cli", "stack", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -83,7 +83,7 @@ def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
 
 
 async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker):
-    from apex_testkit.sut import InProcessPlatform
+    from apex_testkit._sut import InProcessPlatform
 
     platform = InProcessPlatform(apex_worker)
     async with platform.serve("auth") as url:
@@ -98,7 +98,7 @@ async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker
 
 
 async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_worker):
-    from apex_testkit.sut import InProcessPlatform
+    from apex_testkit._sut import InProcessPlatform
 
     processes = ProcessPlatform(apex_worker)
     try:

@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from apex_testkit.provisioning import PROVIDERS, SERVICES, ServiceUnavailable, parse_services
-from apex_testkit.provisioning._chain import Unavailable
-from apex_testkit.run import Run, base_dir, sweep
+from apex_testkit._provisioning import PROVIDERS, SERVICES, ServiceUnavailable, parse_services
+from apex_testkit._provisioning._chain import Unavailable
+from apex_testkit._run import Run, base_dir, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from apex_testkit.stack import run_stack  # noqa: PLC0415 - imports the SUT wiring
+    from apex_testkit._stack import run_stack  # noqa: PLC0415 - imports the SUT wiring
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     try:

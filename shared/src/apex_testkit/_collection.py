@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from apex_testkit.settings import SETTINGS, KitSettings, Level
+from apex_testkit._settings import SETTINGS, KitSettings, Level
 
 LEVEL_MARKERS = tuple(level.value for level in Level)
 BVJ_FIELDS = ("segment", "goal", "mrr", "scenario")

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from apex_testkit.faults import FaultProxy
-from apex_testkit.provisioning import postgres, redis
-from apex_testkit.run import Run
-from apex_testkit.settings import RUN, SETTINGS, KitSettings, Level
-from apex_testkit.sut import (
+from apex_testkit._faults import FaultProxy
+from apex_testkit._provisioning import postgres, redis
+from apex_testkit._run import Run
+from apex_testkit._settings import RUN, SETTINGS, KitSettings, Level
+from apex_testkit._sut import (
     DeployedPlatform,
     InProcessPlatform,
     Platform,
@@ -24,14 +24,14 @@ from apex_testkit.sut import (
     migrate,
     run_secrets,
 )
-from apex_testkit.worker import Worker, worker_slot
+from apex_testkit._worker import Worker, worker_slot
 
 if TYPE_CHECKING:
-    from apex_testkit.fakes import FakeClient
-    from apex_testkit.fakes.oidc import FakeIdp
-    from apex_testkit.fakes.saml import FakeSamlIdp
-    from apex_testkit.fakes.sms import FakeSms
-    from apex_testkit.fakes.smtp import Mailbox
+    from apex_testkit._fakes import FakeClient
+    from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.saml import FakeSamlIdp
+    from apex_testkit._fakes.sms import FakeSms
+    from apex_testkit._fakes.smtp import Mailbox
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from apex_testkit.provisioning import SERVICES, ServiceUnavailable
-from apex_testkit.run import Run
-from apex_testkit.settings import RUN, SETTINGS, KitSettings
-from apex_testkit.target import TargetError
+from apex_testkit._provisioning import SERVICES, ServiceUnavailable
+from apex_testkit._run import Run
+from apex_testkit._settings import RUN, SETTINGS, KitSettings
+from apex_testkit._target import TargetError
 
-pytest_plugins = ["apex_testkit._collection", "apex_testkit.fixtures"]
+pytest_plugins = ["apex_testkit._collection", "apex_testkit._fixtures"]
 
 RUN_DIR_KEY = "apex_testkit_run_dir"
 

@@ -214,7 +214,7 @@ def _clean(record: dict[str, Any]) -> None:
         return
     if kind not in _cleaners:
         # Cleaners are registered on import of the module that records the kind.
-        import apex_testkit.provisioning  # noqa: F401, PLC0415
+        import apex_testkit._provisioning  # noqa: F401, PLC0415
 
     _cleaners[kind](record)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from apex_testkit.provisioning import PROVIDERS, SERVICES, parse_services
-from apex_testkit.run import Run
-from apex_testkit.target import Target, TargetError, load_target
+from apex_testkit._provisioning import PROVIDERS, SERVICES, parse_services
+from apex_testkit._run import Run
+from apex_testkit._target import Target, TargetError, load_target
 
 
 class Level(enum.StrEnum):

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apex_testkit._processes import log_tail, spawn
-from apex_testkit.run import Run, record_process
-from apex_testkit.settings import KitSettings, Level
-from apex_testkit.sut import SERVICE_NEEDS, migrate, service_env
-from apex_testkit.target import load_target
-from apex_testkit.waiting import wait_for
-from apex_testkit.worker import Worker
+from apex_testkit._run import Run, record_process
+from apex_testkit._settings import KitSettings, Level
+from apex_testkit._sut import SERVICE_NEEDS, migrate, service_env
+from apex_testkit._target import load_target
+from apex_testkit._waiting import wait_for
+from apex_testkit._worker import Worker
 
 STACK_SLOT = 0
 

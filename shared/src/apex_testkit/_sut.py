@@ -25,13 +25,13 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from apex_testkit import _loop
+from apex_testkit._faults import FaultProxy
 from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn, wait_healthy
-from apex_testkit.faults import FaultProxy
-from apex_testkit.run import Run, record_process
-from apex_testkit.settings import Level
-from apex_testkit.target import Target
-from apex_testkit.waiting import eventually
-from apex_testkit.worker import Worker
+from apex_testkit._run import Run, record_process
+from apex_testkit._settings import Level
+from apex_testkit._target import Target
+from apex_testkit._waiting import eventually
+from apex_testkit._worker import Worker
 
 # What each platform service reads from which server (its APEX_* settings).
 SERVICE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -111,10 +111,10 @@ def service_env(worker: Worker, service: str) -> dict[str, str]:
 
 def fake_env(worker: Worker, fake: str) -> dict[str, str]:
     """The APEX_* settings that point a service at this worker's fake `fake`."""
-    from apex_testkit.fakes.oidc import FakeIdp  # noqa: PLC0415 - servers, on demand
-    from apex_testkit.fakes.saml import FakeSamlIdp  # noqa: PLC0415
-    from apex_testkit.fakes.sms import FakeSms  # noqa: PLC0415
-    from apex_testkit.fakes.smtp import Mailbox  # noqa: PLC0415
+    from apex_testkit._fakes.oidc import FakeIdp  # noqa: PLC0415 - servers, on demand
+    from apex_testkit._fakes.saml import FakeSamlIdp  # noqa: PLC0415
+    from apex_testkit._fakes.sms import FakeSms  # noqa: PLC0415
+    from apex_testkit._fakes.smtp import Mailbox  # noqa: PLC0415
 
     client = worker.fake(fake)
     if fake == "oidc":

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from apex_testkit.provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
-from apex_testkit.run import Run
-from apex_testkit.settings import KitSettings, Level
+from apex_testkit._provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
+from apex_testkit._run import Run
+from apex_testkit._settings import KitSettings, Level
 
 if TYPE_CHECKING:
-    from apex_testkit.fakes import FakeClient
+    from apex_testkit._fakes import FakeClient
 
 
 def worker_slot(config: pytest.Config) -> int:
@@ -79,9 +79,9 @@ class Worker:
                 raise RuntimeError(
                     f"the {name} fake exists at L2/L3 only: mark the test that needs it so"
                 )
-            from apex_testkit import fakes  # noqa: PLC0415 - servers and XML, on demand
+            from apex_testkit import _fakes  # noqa: PLC0415 - servers and XML, on demand
 
-            client = fakes.start(self.run, name, process=self.settings.level is Level.L3)
+            client = _fakes.start(self.run, name, process=self.settings.level is Level.L3)
             self._fakes[name] = client
             self._resets.append(client.reset)
             self._closers.append(client.close)

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from apex_testkit.fakes._server import CONTROL, RunningFake
-from apex_testkit.waiting import DeadlineExceeded
+from apex_testkit._fakes._server import CONTROL, RunningFake
+from apex_testkit._waiting import DeadlineExceeded
 
 
 @dataclass(frozen=True)

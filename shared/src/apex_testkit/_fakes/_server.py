@@ -1,9 +1,9 @@
 """Running a fake: its HTTP app (protocol routes + control API), in a thread or a process.
 
 Every fake is a `FakeServer`: state, the third party's protocol routes and the control
-routes under `/_fake/` that the test-side client (`apex_testkit.fakes._control`) calls.
+routes under `/_fake/` that the test-side client (`apex_testkit._fakes._control`) calls.
 At L2 it is served by uvicorn in a thread of the test process (`start_thread`); at L3 by
-`python -m apex_testkit.fakes NAME --fd N` (`start_process`), recorded in the run so it
+`python -m apex_testkit._fakes NAME --fd N` (`start_process`), recorded in the run so it
 never outlives it. Either way it listens on 127.0.0.1 and the client talks HTTP to it.
 """
 
@@ -31,8 +31,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apex_testkit._processes import listening_socket, log_tail, spawn, wait_healthy
-from apex_testkit.run import Run, record_process
-from apex_testkit.waiting import wait_for
+from apex_testkit._run import Run, record_process
+from apex_testkit._waiting import wait_for
 
 CONTROL = "/_fake"
 START_TIMEOUT = 30.0
@@ -222,7 +222,7 @@ def start_fake(
         return RunningFake(name, url, extra_port, stop)
     resource = f"fake-{name}-{http.getsockname()[1]}"
     log = run.path / f"{resource}.log"
-    argv = [sys.executable, "-m", "apex_testkit.fakes", name, "--fd", str(http.fileno())]
+    argv = [sys.executable, "-m", "apex_testkit._fakes", name, "--fd", str(http.fileno())]
     fds = [http.fileno()]
     if extra is not None:
         argv += ["--extra-fd", str(extra.fileno())]
@@ -261,8 +261,8 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: Sequence[str], servers: Callable[[str], type[FakeServer]]) -> int:
-    """`python -m apex_testkit.fakes NAME --fd N [--extra-fd M]`: serve one fake."""
-    parser = argparse.ArgumentParser(prog="python -m apex_testkit.fakes")
+    """`python -m apex_testkit._fakes NAME --fd N [--extra-fd M]`: serve one fake."""
+    parser = argparse.ArgumentParser(prog="python -m apex_testkit._fakes")
     parser.add_argument("name", help="oidc, saml, smtp or sms")
     parser.add_argument("--fd", type=int, required=True, help="inherited listening HTTP socket")
     parser.add_argument("--extra-fd", type=int, help="inherited second socket (SMTP)")

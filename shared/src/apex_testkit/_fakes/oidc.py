@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from apex_testkit.fakes._control import FakeClient
-from apex_testkit.fakes._server import CONTROL, FakeServer, form_of
+from apex_testkit._fakes._control import FakeClient
+from apex_testkit._fakes._server import CONTROL, FakeServer, form_of
 
 CODE_TTL = 60
 TOKEN_TTL = 300

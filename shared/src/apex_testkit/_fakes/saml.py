@@ -30,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from apex_testkit.fakes._control import FakeClient
-from apex_testkit.fakes._server import CONTROL, FakeServer
+from apex_testkit._fakes._control import FakeClient
+from apex_testkit._fakes._server import CONTROL, FakeServer
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from apex_testkit.fakes._control import FakeClient
-from apex_testkit.fakes._server import CONTROL, FakeServer, form_of
+from apex_testkit._fakes._control import FakeClient
+from apex_testkit._fakes._server import CONTROL, FakeServer, form_of
 
 API = "/2010-04-01/Accounts/{account_sid}"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")

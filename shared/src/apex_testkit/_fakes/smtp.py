@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from apex_testkit.fakes._control import FakeClient
-from apex_testkit.fakes._server import CONTROL, FakeServer
+from apex_testkit._fakes._control import FakeClient
+from apex_testkit._fakes._server import CONTROL, FakeServer
 
 _TEXT = {
     451: "451 4.3.0 Requested action aborted: local error in processing",

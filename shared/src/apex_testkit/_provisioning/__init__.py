@@ -6,8 +6,8 @@ One server per service per run, from the first provider of its chain that works
 
 from __future__ import annotations
 
-from apex_testkit.provisioning import clickhouse, postgres, redis
-from apex_testkit.provisioning._chain import (
+from apex_testkit._provisioning import clickhouse, postgres, redis
+from apex_testkit._provisioning._chain import (
     PROVIDERS,
     Server,
     Service,

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from apex_testkit._processes import RunAs, free_port, log_tail, spawn
-from apex_testkit.provisioning._chain import Unavailable
-from apex_testkit.run import Run, record_process
-from apex_testkit.waiting import wait_for
+from apex_testkit._provisioning._chain import Unavailable
+from apex_testkit._run import Run, record_process
+from apex_testkit._waiting import wait_for
 
 WELL_KNOWN = (Path("/usr/local/bin"), Path("/usr/bin"), Path("/usr/sbin"))
 START_ATTEMPTS = 5

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from apex_testkit.run import Run
+from apex_testkit._run import Run
 
 PROVIDERS = ("url", "local", "embedded", "docker")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from apex_testkit.provisioning._chain import Unavailable
-from apex_testkit.run import Run, register_cleaner
+from apex_testkit._provisioning._chain import Unavailable
+from apex_testkit._run import Run, register_cleaner
 
 if TYPE_CHECKING:
     import docker

@@ -10,16 +10,16 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
 
-from apex_testkit.provisioning import _docker
-from apex_testkit.provisioning._binaries import find_binary, start_server
-from apex_testkit.provisioning._chain import (
+from apex_testkit._provisioning import _docker
+from apex_testkit._provisioning._binaries import find_binary, start_server
+from apex_testkit._provisioning._chain import (
     Server,
     Service,
     Unavailable,
     external_url,
     safe_identifier,
 )
-from apex_testkit.run import Run, register_cleaner
+from apex_testkit._run import Run, register_cleaner
 
 # `<yandex>` is the root element 18.x knows; current releases still accept it.
 _CONFIG = """<?xml version="1.0"?>

@@ -18,16 +18,16 @@ import asyncpg
 
 from apex_testkit import _loop
 from apex_testkit._processes import RunAs
-from apex_testkit.provisioning import _docker
-from apex_testkit.provisioning._binaries import start_server, version_of
-from apex_testkit.provisioning._chain import (
+from apex_testkit._provisioning import _docker
+from apex_testkit._provisioning._binaries import start_server, version_of
+from apex_testkit._provisioning._chain import (
     Server,
     Service,
     Unavailable,
     external_url,
     safe_identifier,
 )
-from apex_testkit.run import Run, base_dir, register_cleaner
+from apex_testkit._run import Run, base_dir, register_cleaner
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 # Durability is worth nothing in a test run; these make start-up and writes fast.

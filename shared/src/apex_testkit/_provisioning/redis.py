@@ -8,10 +8,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from apex_testkit.provisioning import _docker
-from apex_testkit.provisioning._binaries import find_binary, start_server, version_of, wheel_binary
-from apex_testkit.provisioning._chain import Server, Service, Unavailable, external_url
-from apex_testkit.run import Run, register_cleaner
+from apex_testkit._provisioning import _docker
+from apex_testkit._provisioning._binaries import find_binary, start_server, version_of, wheel_binary
+from apex_testkit._provisioning._chain import Server, Service, Unavailable, external_url
+from apex_testkit._run import Run, register_cleaner
 
 DATABASES = 64  # logical databases of a server we start: one per worker, 0 for the stack
 
