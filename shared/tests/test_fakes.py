@@ -388,7 +388,7 @@ def test_a_reset_forgets_messages_and_requests(apex_worker, mailbox, fake_idp):
 HOLD_FAKES = """
 import json, os, pytest
 from pathlib import Path
-from apex_testkit._waiting import wait_for
+from apex_testkit import wait_for
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 
