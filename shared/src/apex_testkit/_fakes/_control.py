@@ -3,6 +3,7 @@ HTTP, so a test reads the same whether the fake runs in a thread (L2) or a proce
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -48,7 +49,7 @@ class LoggedRequest:
         )
 
 
-class FakeClient:
+class FakeClient(abc.ABC):
     """Base of the fakes' clients: control calls, request log, reset, stop."""
 
     name: ClassVar[str]
@@ -57,7 +58,13 @@ class FakeClient:
         self.running = running
         self.url = running.url
         self._http = httpx.Client(base_url=f"{running.url}{CONTROL}", timeout=10)
-        self.settings: dict[str, Any] = self._call("GET", "config")
+        # What the fake told about itself (issuer, credentials, ports...).
+        self.config: dict[str, Any] = self._call("GET", "config")
+
+    @abc.abstractmethod
+    def settings(self) -> dict[str, str]:
+        """The value of each role a service's settings name (`issuer`, `base_url`, ...):
+        the roles of this third party in apex.topology, which wire a service to it."""
 
     @property
     def requests(self) -> list[LoggedRequest]:

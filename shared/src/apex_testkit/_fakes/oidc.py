@@ -308,15 +308,22 @@ class FakeIdp(FakeClient):
 
     @property
     def issuer(self) -> str:
-        return str(self.settings["issuer"])
+        return str(self.config["issuer"])
 
     @property
     def client_id(self) -> str:
-        return str(self.settings["client_id"])
+        return str(self.config["client_id"])
 
     @property
     def client_secret(self) -> str:
-        return str(self.settings["client_secret"])
+        return str(self.config["client_secret"])
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "issuer": self.issuer,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
 
     @property
     def discovery_url(self) -> str:

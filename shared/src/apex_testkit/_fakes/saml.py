@@ -427,20 +427,23 @@ class FakeSamlIdp(FakeClient):
 
     @property
     def entity_id(self) -> str:
-        return str(self.settings["entity_id"])
+        return str(self.config["entity_id"])
 
     @property
     def metadata_url(self) -> str:
-        return str(self.settings["metadata_url"])
+        return str(self.config["metadata_url"])
 
     @property
     def sso_url(self) -> str:
-        return str(self.settings["sso_url"])
+        return str(self.config["sso_url"])
 
     @property
     def cert_pem(self) -> str:
         """The signing certificate (the one in the metadata)."""
-        return str(self.settings["cert_pem"])
+        return str(self.config["cert_pem"])
+
+    def settings(self) -> dict[str, str]:
+        return {"metadata_url": self.metadata_url}
 
     def login_as(self, name_id: str, email: str, groups: list[str] | tuple[str, ...] = ()) -> None:
         """/sso answers with a signed response for this user from now on (until reset)."""

@@ -196,19 +196,27 @@ class FakeSms(FakeClient):
 
     @property
     def base_url(self) -> str:
-        return str(self.settings["base_url"])
+        return str(self.config["base_url"])
 
     @property
     def account_sid(self) -> str:
-        return str(self.settings["account_sid"])
+        return str(self.config["account_sid"])
 
     @property
     def auth_token(self) -> str:
-        return str(self.settings["auth_token"])
+        return str(self.config["auth_token"])
 
     @property
     def from_number(self) -> str:
-        return str(self.settings["from_number"])
+        return str(self.config["from_number"])
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "base_url": self.base_url,
+            "account_sid": self.account_sid,
+            "auth_token": self.auth_token,
+            "from_number": self.from_number,
+        }
 
     @property
     def messages(self) -> list[Sms]:

@@ -183,15 +183,18 @@ class Mailbox(FakeClient):
 
     @property
     def host(self) -> str:
-        return str(self.settings["host"])
+        return str(self.config["host"])
 
     @property
     def port(self) -> int:
-        return int(self.settings["port"])
+        return int(self.config["port"])
 
     @property
     def smtp_url(self) -> str:
         return f"smtp://{self.host}:{self.port}"
+
+    def settings(self) -> dict[str, str]:
+        return {"smtp_url": self.smtp_url}
 
     @property
     def messages(self) -> list[Mail]:
