@@ -18,7 +18,7 @@ from conftest import finish, inner_env
 from lxml import etree
 
 from apex_testkit._fakes.saml import WRAPPING_EMAIL
-from apex_testkit._sut import service_env
+from apex_testkit._sut.wiring import service_env
 from apex_testkit._waiting import DeadlineExceeded, wait_for
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"

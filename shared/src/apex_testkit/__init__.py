@@ -19,10 +19,10 @@ __version__ = "0.2.0"
 # test package importing `eventually` does not pay for the SAML fake's XML stack.
 _EXPORTS: dict[str, str] = {
     # levels and the platform as the tests see it
-    "Level": "apex_testkit._settings",
-    "Platform": "apex_testkit._sut",
-    "RunningService": "apex_testkit._sut",
-    "ServiceProcess": "apex_testkit._sut",
+    "Level": "apex_testkit._level",
+    "Platform": "apex_testkit._sut.platform",
+    "RunningService": "apex_testkit._sut.platform",
+    "ServiceProcess": "apex_testkit._sut.processes",
     # waiting on conditions with deadlines
     "DeadlineExceeded": "apex_testkit._waiting",
     "eventually": "apex_testkit._waiting",
@@ -66,9 +66,10 @@ if TYPE_CHECKING:
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mail, Mailbox
     from apex_testkit._faults import FaultProxy
+    from apex_testkit._level import Level
     from apex_testkit._provisioning.redis import RedisNamespace
-    from apex_testkit._settings import Level
-    from apex_testkit._sut import Platform, RunningService, ServiceProcess
+    from apex_testkit._sut.platform import Platform, RunningService
+    from apex_testkit._sut.processes import ServiceProcess
     from apex_testkit._waiting import DeadlineExceeded, eventually, wait_for
 
 

@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from apex_testkit._faults import FaultProxy
+from apex_testkit._level import OWN_PLATFORM, Level, require_level
 from apex_testkit._provisioning import postgres, redis
 from apex_testkit._run import Run
-from apex_testkit._settings import RUN, SETTINGS, KitSettings, Level
-from apex_testkit._sut import (
-    DeployedPlatform,
-    InProcessPlatform,
-    Platform,
-    ProcessPlatform,
-    migrate,
-    run_secrets,
-)
+from apex_testkit._settings import RUN, SETTINGS, KitSettings
+from apex_testkit._sut import Platform
+from apex_testkit._sut.wiring import migrate, run_secrets
 from apex_testkit._worker import Worker, worker_slot
 
 if TYPE_CHECKING:
@@ -38,12 +33,6 @@ if TYPE_CHECKING:
 def apex_settings(pytestconfig: pytest.Config) -> KitSettings:
     """Level, target and provider chains of this run."""
     return pytestconfig.stash[SETTINGS]
-
-
-@pytest.fixture(scope="session")
-def apex_level(apex_settings: KitSettings) -> Level:
-    """The level this run wires the platform for."""
-    return apex_settings.level
 
 
 @pytest.fixture(scope="session")
@@ -91,20 +80,6 @@ def clickhouse_database(apex_worker: Worker) -> str:
     return apex_worker.clickhouse_database()
 
 
-@pytest.fixture(scope="session")
-def platform(apex_settings: KitSettings, apex_worker: Worker) -> Iterator[Platform]:
-    """The platform wired for the run's level: `async with platform.client("auth") as c`."""
-    wired: Platform
-    if apex_settings.target is not None and apex_settings.level is Level.L4:
-        wired = DeployedPlatform(apex_settings.target)
-    elif apex_settings.level is Level.L3:
-        wired = ProcessPlatform(apex_worker)
-    else:
-        wired = InProcessPlatform(apex_worker)
-    yield wired
-    wired.close()
-
-
 @pytest.fixture
 def clean_platform(platform: Platform) -> Platform:
     """The platform, with the state earlier tests left in this worker's namespaces gone."""
@@ -116,8 +91,7 @@ def clean_platform(platform: Platform) -> Platform:
 def jwt_signing_key(apex_run: Run, apex_level: Level) -> str:
     """PEM of the private key the platform signs tokens with (L2/L3: the run made it), so
     tests can forge correctly signed tokens with bad claims. A deployment keeps its own."""
-    if apex_level is Level.L4:
-        pytest.fail("jwt_signing_key exists at L2/L3 only: mark the test so", pytrace=False)
+    require_level(apex_level, OWN_PLATFORM, "jwt_signing_key")
     return run_secrets(apex_run)["jwt_private_key"]
 
 
@@ -127,42 +101,40 @@ def admin_token(platform: Platform) -> str:
     return platform.admin_token
 
 
-def _fake(worker: Worker, level: Level, name: str) -> FakeClient:
-    if level is Level.L4:
-        pytest.fail(f"the {name} fake exists at L2/L3 only: mark the test so", pytrace=False)
-    fake = worker.fake(name)
+def _fake(worker: Worker, name: str) -> FakeClient:
+    fake = worker.fake(name)  # L2/L3 only: the worker checks
     fake.reset()
     return fake
 
 
 @pytest.fixture
-def fake_idp(apex_worker: Worker, apex_level: Level) -> FakeIdp:
+def fake_idp(apex_worker: Worker) -> FakeIdp:
     """The worker's OIDC provider (the one the platform's auth uses), reset: `issuer`,
     `client_id`, `client_secret`, `login_as(sub, email, groups, tenant)`,
     `next_id_token(expired=..., ...)`, `fail_next_token(error)`, `rotate_keys()`,
     `requests`. L2/L3 only."""
-    return cast("FakeIdp", _fake(apex_worker, apex_level, "oidc"))
+    return cast("FakeIdp", _fake(apex_worker, "oidc"))
 
 
 @pytest.fixture
-def fake_saml_idp(apex_worker: Worker, apex_level: Level) -> FakeSamlIdp:
+def fake_saml_idp(apex_worker: Worker) -> FakeSamlIdp:
     """The worker's SAML IdP, reset: `entity_id`, `metadata_url`, `sso_url`, `cert_pem`,
     `login_as(name_id, email, groups)`, `authn_requests`, `response_for(...)`."""
-    return cast("FakeSamlIdp", _fake(apex_worker, apex_level, "saml"))
+    return cast("FakeSamlIdp", _fake(apex_worker, "saml"))
 
 
 @pytest.fixture
-def mailbox(apex_worker: Worker, apex_level: Level) -> Mailbox:
+def mailbox(apex_worker: Worker) -> Mailbox:
     """The worker's SMTP server, emptied: `messages`, `await wait_for(to=..., timeout=5)`,
     `fail_next(451|550, times=1)`, `smtp_url`."""
-    return cast("Mailbox", _fake(apex_worker, apex_level, "smtp"))
+    return cast("Mailbox", _fake(apex_worker, "smtp"))
 
 
 @pytest.fixture
-def fake_sms(apex_worker: Worker, apex_level: Level) -> FakeSms:
+def fake_sms(apex_worker: Worker) -> FakeSms:
     """The worker's Twilio-compatible SMS API, emptied: `messages`,
     `await wait_for(to=..., timeout=5)`, `fail_next(500|429)`, credentials."""
-    return cast("FakeSms", _fake(apex_worker, apex_level, "sms"))
+    return cast("FakeSms", _fake(apex_worker, "sms"))
 
 
 @pytest.fixture

@@ -14,10 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from apex.topology import SERVICES, servers_needed
+from apex_testkit._level import Level
 from apex_testkit._processes import log_tail, spawn
 from apex_testkit._run import Run, record_process
-from apex_testkit._settings import KitSettings, Level
-from apex_testkit._sut import SERVICE_NEEDS, migrate, service_env
+from apex_testkit._settings import KitSettings
+from apex_testkit._sut.wiring import migrate, service_env
 from apex_testkit._target import load_target
 from apex_testkit._waiting import wait_for
 from apex_testkit._worker import Worker
@@ -70,9 +72,9 @@ def _start(
     settings = KitSettings(level=Level.L4, target=None, chains=chains)
     worker = Worker(run, settings, migrate, STACK_SLOT)
     env: dict[str, str] = {}
-    for service in SERVICE_NEEDS:
+    for service in SERVICES:
         env |= service_env(worker, service)
-    for name in sorted({need for needs in SERVICE_NEEDS.values() for need in needs}):
+    for name in servers_needed():
         server = worker.server(name)
         _say(f"{name}: {server.provider} {server.url} ready in {server.ready_seconds:.3f} s")
     worker.close()

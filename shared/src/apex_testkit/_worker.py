@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from apex_testkit._level import OWN_PLATFORM, Level, require_level
 from apex_testkit._provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
 from apex_testkit._run import Run
-from apex_testkit._settings import KitSettings, Level
+from apex_testkit._settings import KitSettings
 
 if TYPE_CHECKING:
     from apex_testkit._fakes import FakeClient
@@ -75,10 +76,8 @@ class Worker:
         """This worker's fake third party `name` (oidc, saml, smtp, sms), started on first
         use: in a thread at L2, as a process of the run at L3; reset with the rest."""
         if name not in self._fakes:
-            if self.settings.level is Level.L4:
-                raise RuntimeError(
-                    f"the {name} fake exists at L2/L3 only: mark the test that needs it so"
-                )
+            # The fakes stand in for third parties of a platform that is ours (L2/L3).
+            require_level(self.settings.level, OWN_PLATFORM, f"the {name} fake")
             from apex_testkit import _fakes  # noqa: PLC0415 - servers and XML, on demand
 
             client = _fakes.start(self.run, name, process=self.settings.level is Level.L3)
