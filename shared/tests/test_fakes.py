@@ -17,9 +17,9 @@ import pytest
 from conftest import finish, inner_env
 from lxml import etree
 
-from apex_testkit.fakes.saml import WRAPPING_EMAIL
-from apex_testkit.sut import service_env
-from apex_testkit.waiting import DeadlineExceeded, wait_for
+from apex_testkit._fakes.saml import WRAPPING_EMAIL
+from apex_testkit._sut.wiring import service_env
+from apex_testkit._waiting import DeadlineExceeded, wait_for
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -444,7 +444,7 @@ def test_a_reset_forgets_messages_and_requests(apex_worker, mailbox, fake_idp):
 HOLD_FAKES = """
 import json, os, pytest
 from pathlib import Path
-from apex_testkit.waiting import wait_for
+from apex_testkit import wait_for
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 

@@ -17,11 +17,11 @@ from conftest import finish, inner_env
 
 from apex_testkit import _loop
 from apex_testkit._processes import free_port, spawn
-from apex_testkit.provisioning import SERVICES
-from apex_testkit.provisioning._binaries import find_binary
-from apex_testkit.provisioning._chain import _provide
-from apex_testkit.run import Run
-from apex_testkit.waiting import wait_for
+from apex_testkit._provisioning import SERVICES
+from apex_testkit._provisioning._binaries import find_binary
+from apex_testkit._provisioning._chain import _provide
+from apex_testkit._run import Run
+from apex_testkit._waiting import wait_for
 
 SECRET = "s3cret-Pw"
 WRONG = "wrong-Pw"

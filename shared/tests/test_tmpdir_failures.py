@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import finish, inner_env
 
-from apex_testkit.provisioning._chain import Unavailable
+from apex_testkit._provisioning._chain import Unavailable
 
 USES_POSTGRES = """
 import pytest
@@ -101,7 +101,7 @@ def test_a_read_only_tmpdir_is_one_clear_error(test_package, tmp_path: Path):
     env = inner_env(APEX_TEST_TMPDIR=str(tmpdir))
     commands = {
         "pytest": [*PYTEST, str(project)],
-        "stack": [sys.executable, "-m", "apex_testkit.cli", "stack", "--", "true"],
+        "stack": [sys.executable, "-m", "apex_testkit._cli", "stack", "--", "true"],
     }
     for name, argv in commands.items():
         code, out = _run(_on_tmpfs(tmpdir, "ro,size=1m", argv), cwd=project, env=env)
@@ -136,7 +136,7 @@ def test_a_full_tmpdir_is_one_clear_error_and_later_tests_fail_at_once(
 def test_the_cluster_copy_is_atomic_and_needs_no_cp(tmp_path: Path, monkeypatch):
     """Item 6: the copy needs no external binary, keeps PostgreSQL's 0700, and a copy that
     fails leaves no half-filled data directory for anyone to start a server on."""
-    from apex_testkit.provisioning import postgres
+    from apex_testkit._provisioning import postgres
 
     template = tmp_path / "template"
     (template / "base" / "1").mkdir(parents=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from apex_testkit.waiting import wait_for
+from apex_testkit._waiting import wait_for
 
 _PR_SET_PDEATHSIG = 1
 
