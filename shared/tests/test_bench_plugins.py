@@ -29,24 +29,24 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+import redis
 
 from apex_testkit import _loop
 from apex_testkit._provisioning import postgres
 from apex_testkit._provisioning._binaries import find_binary
 from apex_testkit._sut.wiring import migrate
 
-pytest.importorskip("pytest_postgresql", reason="pytest-postgresql: bench env only")
-pytest.importorskip("pytest_redis", reason="pytest-redis: bench env only")
-
-import psycopg  # after the skip: a dependency of pytest-postgresql
-import redis
-from pytest_postgresql.janitor import DatabaseJanitor
-from pytest_redis.executor import NoopRedis, RedisExecutor
+if TYPE_CHECKING:
+    # Imported by the test itself (bench env only): elsewhere it is deselected (no --perf),
+    # and a module-level skip would still be reported.
+    import psycopg
+    from pytest_postgresql.janitor import DatabaseJanitor
+    from pytest_redis.executor import NoopRedis, RedisExecutor
 
 pytestmark = pytest.mark.perf
 REPORT = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench")) / "reset_vs_plugins.json"
@@ -104,6 +104,11 @@ def _free_port() -> int:
     return port
 
 
+def _plugin(module: str) -> Any:
+    """`module` of a compared plugin (or its client), which the bench env alone installs."""
+    return pytest.importorskip(module, reason="installed in the bench env only (nox -s bench)")
+
+
 @pytest.fixture
 def plugin_template(apex_worker: Any) -> Iterator[dict[str, Any]]:
     """pytest-postgresql's template on the kit's server, made as `postgresql_noproc` makes
@@ -115,7 +120,8 @@ def plugin_template(apex_worker: Any) -> Iterator[dict[str, Any]]:
     def load(**kw: Any) -> None:
         migrate(f"postgresql://{kw['user']}@{kw['host']}:{kw['port']}/{kw['dbname']}")
 
-    template = DatabaseJanitor(**server, dbname=f"{name}_tmpl", as_template=True)
+    janitors = _plugin("pytest_postgresql.janitor")
+    template = janitors.DatabaseJanitor(**server, dbname=f"{name}_tmpl", as_template=True)
     with template:
         template.load(load)
         yield {**server, "dbname": name, "template_dbname": template.dbname}
@@ -125,6 +131,9 @@ def test_reset_vs_pytest_postgresql_and_pytest_redis(
     postgres_database: str, redis_namespace: Any, plugin_template: dict[str, Any]
 ) -> None:
     rows: dict[str, dict[str, float]] = {}
+    janitors = _plugin("pytest_postgresql.janitor")
+    pg_client = _plugin("psycopg")
+    executors = _plugin("pytest_redis.executor")
 
     # -- PostgreSQL ---------------------------------------------------------------------
     kit_reset = postgres.DatabaseReset(postgres_database)
@@ -144,12 +153,12 @@ def test_reset_vs_pytest_postgresql_and_pytest_redis(
 
     def pp_setup() -> tuple[DatabaseJanitor, psycopg.Connection]:
         # The body of pytest_postgresql.factories.client.postgresql, set-up half.
-        janitor = DatabaseJanitor(
+        janitor = janitors.DatabaseJanitor(
             user=pg["user"], host=pg["host"], port=pg["port"], dbname=pg["dbname"],
             template_dbname=pg["template_dbname"],
         )  # fmt: skip
         janitor.__enter__()
-        conn = psycopg.connect(
+        conn = pg_client.connect(
             dbname=pg["dbname"], user=pg["user"], host=pg["host"], port=pg["port"], options=""
         )
         return janitor, conn
@@ -179,7 +188,7 @@ def test_reset_vs_pytest_postgresql_and_pytest_redis(
 
     binary = str(find_binary(["redis-server", "valkey-server"]))
     with tempfile.TemporaryDirectory(prefix="apex-bench-redis-", dir="/tmp") as datadir:
-        proc = RedisExecutor(
+        proc = executors.RedisExecutor(
             # redis_proc's defaults (pytest-redis's ini options); no `save` given, so the
             # server keeps redis-server's own save points and FLUSHALL writes a dump.
             binary, databases=8, redis_timeout=15, loglevel="notice", host="127.0.0.1",
@@ -193,8 +202,7 @@ def test_reset_vs_pytest_postgresql_and_pytest_redis(
             proc.stop()
     rows["redis: pytest-redis `redisdb`"] = _stats(samples)
     # The same fixture on the kit's server (no save points): the client and FLUSHALL alone.
-    kit_server = NoopRedis(host=kit_url.hostname, port=kit_url.port, username=None, password=None,
-                           unixsocket=None)  # fmt: skip
+    kit_server = executors.NoopRedis(host=kit_url.hostname, port=kit_url.port)
     samples = [_timed(_redisdb_setup(kit_server), _write_keys, _redisdb_teardown)
                for _ in range(ROUNDS)]  # fmt: skip
     rows["redis: pytest-redis `redisdb`, kit's server"] = _stats(samples)
