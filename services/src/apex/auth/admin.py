@@ -1,4 +1,5 @@
-"""The admin API (``/admin/*``, bearer APEX_ADMIN_TOKEN): users, API keys, audit trail."""
+"""The admin API (``/admin/*``, bearer APEX_ADMIN_TOKEN): users, API keys, audit trail,
+and the removal of a test run's users (by their reserved ``.invalid`` e-mail domain)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ router = APIRouter(
 Tier = Literal["free", "pro", "enterprise"]
 Context = Annotated[AuthContext, Depends(get_context)]
 _SCOPE = re.compile(r"[A-Za-z0-9:._*/-]{1,64}")
+# Only a domain under the reserved TLD .invalid (RFC 2606) can be bulk-deleted: no real
+# user has such an address, so a test run's clean-up can never reach a customer.
+_TEST_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+invalid")
 
 
 class _Body(BaseModel):
@@ -92,6 +96,31 @@ async def create_user(body: CreateUser, context: Context) -> dict[str, Any]:
             detail={"tier": user.tier, "tenant_id": user.to_json()["tenant_id"]},
         )
     return user.to_json()
+
+
+@router.delete("/users")
+async def delete_test_users(
+    context: Context,
+    email_domain: Annotated[str, Query(min_length=1, max_length=253)],
+) -> dict[str, Any]:
+    """Delete every user whose e-mail is in `email_domain`, which must be a domain under
+    the reserved TLD .invalid (a test run's namespace); their keys, identities, team
+    memberships, grants and reset tokens go with them (ON DELETE CASCADE)."""
+    domain = email_domain.lower()
+    if not _TEST_DOMAIN.fullmatch(domain):
+        raise ApiError(
+            400, "invalid_domain", "only a domain under the reserved TLD .invalid can be deleted"
+        )
+    async with context.pool.acquire() as conn, conn.transaction():
+        deleted = await users.delete_users_in_domain(conn, domain)
+        await audit.record(
+            conn,
+            "users.deleted",
+            subject=domain,
+            actor=audit.ADMIN,
+            detail={"email_domain": domain, "count": deleted},
+        )
+    return {"deleted": deleted}
 
 
 @router.get("/users/{user_id}")

@@ -9,7 +9,15 @@ from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["DuplicateEmail", "User", "create_user", "get_user", "normalize_email", "set_tier"]
+__all__ = [
+    "DuplicateEmail",
+    "User",
+    "create_user",
+    "delete_users_in_domain",
+    "get_user",
+    "normalize_email",
+    "set_tier",
+]
 
 MAX_EMAIL_LENGTH: Final = 254
 # Deliberately loose: one "@", no spaces, a dot in the domain. Whether an address
@@ -92,6 +100,16 @@ async def set_tier(conn: asyncpg.Connection, user_id: uuid.UUID, tier: str) -> U
         tier,
     )
     return _user(row) if row is not None else None
+
+
+async def delete_users_in_domain(conn: asyncpg.Connection, domain: str) -> int:
+    """Delete every user whose (normalized) e-mail is in ``domain``; how many."""
+    # The domain is matched literally: LIKE's wildcards in it would widen the match.
+    rows = await conn.fetch(
+        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 RETURNING id",
+        f"@{domain.lower()}",
+    )
+    return len(rows)
 
 
 def _user(row: asyncpg.Record) -> User:
