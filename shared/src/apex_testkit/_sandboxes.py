@@ -93,9 +93,10 @@ def sandbox_env(service: str, sandboxes: Mapping[str, FakeClient]) -> dict[str, 
 
 def sandbox_tables(sandboxes: Mapping[str, FakeClient]) -> str:
     """The `[sandboxes.<name>]` tables of a target file for these sandboxes."""
-    return "".join(
-        f'\n[sandboxes.{name}]\nurl = "{client.url}"\n' for name, client in sorted(sandboxes.items())
+    tables = (
+        f'\n[sandboxes.{name}]\nurl = "{fake.url}"\n' for name, fake in sorted(sandboxes.items())
     )
+    return "".join(tables)
 
 
 @contextmanager
