@@ -441,6 +441,39 @@ def test_a_reset_forgets_messages_and_requests(apex_worker, mailbox, fake_idp):
     assert fake_idp.requests == []
 
 
+def test_a_client_attaches_to_a_running_fake_by_url(apex_run):
+    from apex_testkit._fakes import attach, start  # noqa: PLC0415
+
+    owner = start(apex_run, "smtp", process=False)
+    try:
+        attached = attach("smtp", owner.url + "/")
+        assert attached.url == owner.url
+        assert attached.smtp_url == owner.smtp_url, "the same server, read from its config"
+        _send(owner, "ada@example.test", "seen by both")
+        assert [m.subject for m in attached.messages] == ["seen by both"]
+        attached.close()  # the client only: the fake keeps serving
+        assert httpx.get(f"{owner.url}/_fake/config").status_code == 200
+    finally:
+        owner.close()
+
+
+def test_at_l4_a_fake_fixture_names_the_sandbox_the_target_lacks(apex_worker, tmp_path):
+    from dataclasses import replace  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from apex_testkit._level import Level  # noqa: PLC0415
+    from apex_testkit._sandboxes import fake_of  # noqa: PLC0415
+    from apex_testkit._target import TargetError, load_target  # noqa: PLC0415
+
+    file = tmp_path / "t.toml"
+    file.write_text('[services.auth]\nurl = "http://a"\n[sandboxes.oidc]\nurl = "http://b"\n')
+    settings = replace(apex_worker.settings, level=Level.L4, target=load_target(file))
+    worker = SimpleNamespace(run=apex_worker.run, settings=settings)
+    with pytest.raises(TargetError, match=r"names no \[sandboxes.sms\] url \(it names: oidc\)"):
+        with fake_of(worker, "sms"):
+            pass
+
+
 HOLD_FAKES = """
 import json, os, pytest
 from pathlib import Path
