@@ -37,7 +37,10 @@ def test_a_good_target(tmp_path, monkeypatch):
         ('name = "x"\n', "needs a [services.<name>] table"),
         ("[services.auth]\nport = 1\n", '[services.auth] needs url = "..."'),
         ('[services.auth]\nurl = "ftp://x"\n', "is not an http/https/ws/wss URL"),
-        ('[services.auth]\nurl = "http://a"\n[sandboxes]\noidc = 1\n', "[sandboxes.oidc] needs url"),
+        (
+            '[services.auth]\nurl = "http://a"\n[sandboxes]\noidc = 1\n',
+            "[sandboxes.oidc] needs url",
+        ),
         (
             '[services.auth]\nurl = "http://a"\n[sandboxes.smtp]\nurl = "smtp://x:25"\n',
             "[sandboxes.smtp] url 'smtp://x:25' is not an http(s) URL",
