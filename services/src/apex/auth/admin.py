@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from apex.auth import audit, keys, passwords, users
 from apex.auth.context import AuthContext, get_context, require_admin
 from apex.common.http import ApiError, require_json_body
+from apex.data.tenancy import tenant_transaction
 
 __all__ = ["router"]
 
@@ -105,22 +106,30 @@ async def delete_test_users(
 ) -> dict[str, Any]:
     """Delete every user whose e-mail is in `email_domain`, which must be a domain under
     the reserved TLD .invalid (a test run's namespace); their keys, identities, team
-    memberships, grants and reset tokens go with them (ON DELETE CASCADE)."""
+    memberships, grants and reset tokens go with them (ON DELETE CASCADE), and so do the
+    teams and settings of the tenants no user is left in."""
     domain = email_domain.lower()
     if not _TEST_DOMAIN.fullmatch(domain):
         raise ApiError(
             400, "invalid_domain", "only a domain under the reserved TLD .invalid can be deleted"
         )
-    async with context.pool.acquire() as conn, conn.transaction():
-        deleted = await users.delete_users_in_domain(conn, domain)
-        await audit.record(
-            conn,
-            "users.deleted",
-            subject=domain,
-            actor=audit.ADMIN,
-            detail={"email_domain": domain, "count": deleted},
-        )
-    return {"deleted": deleted}
+    async with context.pool.acquire() as conn:
+        async with conn.transaction():
+            deleted, tenants = await users.delete_users_in_domain(conn, domain)
+            await conn.execute("DELETE FROM teams WHERE tenant_id = ANY($1::uuid[])", tenants)
+            await audit.record(
+                conn,
+                "users.deleted",
+                subject=domain,
+                actor=audit.ADMIN,
+                detail={"email_domain": domain, "count": deleted, "tenants": len(tenants)},
+            )
+        # One transaction per tenant: the settings are visible only as that tenant (RLS),
+        # whose role lasts until its transaction ends.
+        for tenant in tenants:
+            async with tenant_transaction(conn, tenant):
+                await conn.execute("DELETE FROM tenant_settings")
+    return {"deleted": deleted, "tenants": len(tenants)}
 
 
 @router.get("/users/{user_id}")

@@ -102,14 +102,22 @@ async def set_tier(conn: asyncpg.Connection, user_id: uuid.UUID, tier: str) -> U
     return _user(row) if row is not None else None
 
 
-async def delete_users_in_domain(conn: asyncpg.Connection, domain: str) -> int:
-    """Delete every user whose (normalized) e-mail is in ``domain``; how many."""
+async def delete_users_in_domain(
+    conn: asyncpg.Connection, domain: str
+) -> tuple[int, list[uuid.UUID]]:
+    """Delete every user whose (normalized) e-mail is in ``domain``: how many, and the
+    tenants they left with no user at all (nobody can reach those tenants any more)."""
     # The domain is matched literally: LIKE's wildcards in it would widen the match.
     rows = await conn.fetch(
-        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 RETURNING id",
+        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 RETURNING tenant_id",
         f"@{domain.lower()}",
     )
-    return len(rows)
+    tenants = sorted({row["tenant_id"] for row in rows if row["tenant_id"] is not None})
+    remaining = await conn.fetch(
+        "SELECT DISTINCT tenant_id FROM users WHERE tenant_id = ANY($1::uuid[])", tenants
+    )
+    left = {row["tenant_id"] for row in remaining}
+    return len(rows), [tenant for tenant in tenants if tenant not in left]
 
 
 def _user(row: asyncpg.Record) -> User:
