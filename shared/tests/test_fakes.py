@@ -8,17 +8,23 @@ import json
 import os
 import smtplib
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from conftest import finish, inner_env
 from lxml import etree
 
+from apex_testkit._fakes import attach, start
 from apex_testkit._fakes.saml import WRAPPING_EMAIL
+from apex_testkit._level import Level
+from apex_testkit._sandboxes import fake_of
 from apex_testkit._sut.wiring import service_env
+from apex_testkit._target import TargetError, load_target
 from apex_testkit._waiting import DeadlineExceeded, wait_for
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
@@ -439,6 +445,30 @@ def test_a_reset_forgets_messages_and_requests(apex_worker, mailbox, fake_idp):
     apex_worker.reset()  # what clean_platform does before each test
     assert mailbox.messages == []
     assert fake_idp.requests == []
+
+
+def test_a_client_attaches_to_a_running_fake_by_url(apex_run):
+    owner = start(apex_run, "smtp", process=False)
+    try:
+        attached = attach("smtp", owner.url + "/")
+        assert attached.url == owner.url
+        assert attached.smtp_url == owner.smtp_url, "the same server, read from its config"
+        _send(owner, "ada@example.test", "seen by both")
+        assert [m.subject for m in attached.messages] == ["seen by both"]
+        attached.close()  # the client only: the fake keeps serving
+        assert httpx.get(f"{owner.url}/_fake/config").status_code == 200
+    finally:
+        owner.close()
+
+
+def test_at_l4_a_fake_fixture_names_the_sandbox_the_target_lacks(apex_worker, tmp_path):
+    file = tmp_path / "t.toml"
+    file.write_text('[services.auth]\nurl = "http://a"\n[sandboxes.oidc]\nurl = "http://b"\n')
+    settings = replace(apex_worker.settings, level=Level.L4, target=load_target(file))
+    worker = SimpleNamespace(run=apex_worker.run, settings=settings)
+    missing = r"names no \[sandboxes.sms\] url \(it names: oidc\)"
+    with pytest.raises(TargetError, match=missing), fake_of(worker, "sms"):
+        pass
 
 
 HOLD_FAKES = """

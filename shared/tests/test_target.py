@@ -38,6 +38,14 @@ def test_a_good_target(tmp_path, monkeypatch):
         ("[services.auth]\nport = 1\n", '[services.auth] needs url = "..."'),
         ('[services.auth]\nurl = "ftp://x"\n', "is not an http/https/ws/wss URL"),
         (
+            '[services.auth]\nurl = "http://a"\n[sandboxes]\noidc = 1\n',
+            "[sandboxes.oidc] needs url",
+        ),
+        (
+            '[services.auth]\nurl = "http://a"\n[sandboxes.smtp]\nurl = "smtp://x:25"\n',
+            "[sandboxes.smtp] url 'smtp://x:25' is not an http(s) URL",
+        ),
+        (
             '[services.auth]\nurl = "http://a"\n[credentials]\nadmin_token_env = "NOPE_UNSET"\n',
             "reads the admin token from $NOPE_UNSET, which is unset",
         ),
@@ -48,6 +56,23 @@ def test_bad_targets_say_what_is_wrong(tmp_path, text, says):
         load_target(write(tmp_path, text))
     assert says in str(caught.value)
     assert str(tmp_path / "target.toml") in str(caught.value)
+
+
+def test_a_target_names_its_third_party_sandboxes(tmp_path):
+    target = load_target(
+        write(
+            tmp_path,
+            '[services.auth]\nurl = "http://a"\n'
+            '[sandboxes.oidc]\nurl = "http://127.0.0.1:4000/"\n'
+            '[sandboxes.llm]\nurl = "https://llm-sandbox.example.com"\n',
+        )
+    )
+    # By third-party name, any name: the fixture of a fake says which one it lacks.
+    assert target.sandboxes == {
+        "oidc": "http://127.0.0.1:4000",
+        "llm": "https://llm-sandbox.example.com",
+    }
+    assert load_target(write(tmp_path, '[services.auth]\nurl = "http://a"\n')).sandboxes == {}
 
 
 def test_missing_file(tmp_path):

@@ -16,13 +16,13 @@ from apex_testkit._faults import FaultProxy
 from apex_testkit._level import OWN_PLATFORM, Level, require_level
 from apex_testkit._provisioning import postgres, redis
 from apex_testkit._run import Run
+from apex_testkit._sandboxes import fake_of
 from apex_testkit._settings import RUN, SETTINGS, KitSettings
 from apex_testkit._sut import Platform
 from apex_testkit._sut.wiring import migrate, run_secrets
 from apex_testkit._worker import Worker, worker_slot
 
 if TYPE_CHECKING:
-    from apex_testkit._fakes import FakeClient
     from apex_testkit._fakes.oidc import FakeIdp
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
@@ -103,40 +103,40 @@ def admin_token(platform: Platform) -> str:
     return platform.admin_token
 
 
-def _fake(worker: Worker, name: str) -> FakeClient:
-    fake = worker.fake(name)  # L2/L3 only: the worker checks
-    fake.reset()
-    return fake
-
-
 @pytest.fixture
-def fake_idp(apex_worker: Worker) -> FakeIdp:
-    """The worker's OIDC provider (the one the platform's auth uses), reset: `issuer`,
-    `client_id`, `client_secret`, `login_as(sub, email, groups, tenant)`,
+def fake_idp(apex_worker: Worker) -> Iterator[FakeIdp]:
+    """The OIDC provider the platform's auth uses, reset: `issuer`, `client_id`,
+    `client_secret`, `login_as(sub, email, groups, tenant)`,
     `next_id_token(expired=..., ...)`, `fail_next_token(error)`, `rotate_keys()`,
-    `requests`. L2/L3 only."""
-    return cast("FakeIdp", _fake(apex_worker, "oidc"))
+    `requests`. L2/L3: the worker's fake; L4: the target's `[sandboxes.oidc]`."""
+    with fake_of(apex_worker, "oidc") as fake:
+        yield cast("FakeIdp", fake)
 
 
 @pytest.fixture
-def fake_saml_idp(apex_worker: Worker) -> FakeSamlIdp:
-    """The worker's SAML IdP, reset: `entity_id`, `metadata_url`, `sso_url`, `cert_pem`,
-    `login_as(name_id, email, groups)`, `authn_requests`, `response_for(...)`."""
-    return cast("FakeSamlIdp", _fake(apex_worker, "saml"))
+def fake_saml_idp(apex_worker: Worker) -> Iterator[FakeSamlIdp]:
+    """The SAML IdP, reset: `entity_id`, `metadata_url`, `sso_url`, `cert_pem`,
+    `login_as(name_id, email, groups)`, `authn_requests`, `response_for(...)`.
+    L4: the target's `[sandboxes.saml]`."""
+    with fake_of(apex_worker, "saml") as fake:
+        yield cast("FakeSamlIdp", fake)
 
 
 @pytest.fixture
-def mailbox(apex_worker: Worker) -> Mailbox:
-    """The worker's SMTP server, emptied: `messages`, `await wait_for(to=..., timeout=5)`,
-    `fail_next(451|550, times=1)`, `smtp_url`."""
-    return cast("Mailbox", _fake(apex_worker, "smtp"))
+def mailbox(apex_worker: Worker) -> Iterator[Mailbox]:
+    """The SMTP server, emptied: `messages`, `await wait_for(to=..., timeout=5)`,
+    `fail_next(451|550, times=1)`, `smtp_url`. L4: the target's `[sandboxes.smtp]`."""
+    with fake_of(apex_worker, "smtp") as fake:
+        yield cast("Mailbox", fake)
 
 
 @pytest.fixture
-def fake_sms(apex_worker: Worker) -> FakeSms:
-    """The worker's Twilio-compatible SMS API, emptied: `messages`,
-    `await wait_for(to=..., timeout=5)`, `fail_next(500|429)`, credentials."""
-    return cast("FakeSms", _fake(apex_worker, "sms"))
+def fake_sms(apex_worker: Worker) -> Iterator[FakeSms]:
+    """The Twilio-compatible SMS API, emptied: `messages`,
+    `await wait_for(to=..., timeout=5)`, `fail_next(500|429)`, credentials.
+    L4: the target's `[sandboxes.sms]`."""
+    with fake_of(apex_worker, "sms") as fake:
+        yield cast("FakeSms", fake)
 
 
 @pytest.fixture

@@ -6,6 +6,9 @@ file. Developers run it with `nox -s stack` (or `apex-testkit stack`) until Ctrl
 SIGINT and SIGTERM stop it cleanly, in the foreground or as a background job (which a
 script starts with SIGINT ignored): the stack stops COMMAND, its services and servers and
 removes its run. COMMAND dies with the stack even when the stack is killed (kill -9).
+
+The platform's third parties are the kit's fakes, started as sandboxes (processes of the
+run) and written into the target as `[sandboxes.<name>]` tables (see `_sandboxes`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from apex_testkit._level import Level
 from apex_testkit._masking import mask_secrets
 from apex_testkit._processes import _die_with_parent, log_tail, spawn
 from apex_testkit._run import Run, record_process
+from apex_testkit._sandboxes import sandbox_env, sandbox_tables, start_sandboxes
 from apex_testkit._settings import KitSettings
 from apex_testkit._sut.wiring import migrate, service_env
 from apex_testkit._target import load_target
@@ -145,9 +149,13 @@ def _start(
     began = time.monotonic()
     settings = KitSettings(level=Level.L4, target=None, chains=chains)
     worker = Worker(run, settings, migrate, STACK_SLOT)
+    # The kit's fakes as the platform's third-party sandboxes, named in the target.
+    sandboxes = start_sandboxes(run)
+    for name, client in sorted(sandboxes.items()):
+        _say(f"sandbox {name}: {client.url}")
     env: dict[str, str] = {}
     for service in SERVICES:
-        env |= service_env(worker, service)
+        env |= service_env(worker, service) | sandbox_env(service, sandboxes)
     for name in servers_needed():
         server = worker.server(name)
         _say(f"{name}: {server.provider} {server.url} ready in {server.ready_seconds:.3f} s")
@@ -171,6 +179,8 @@ def _start(
             f"exited with code {process.returncode}" if outcome else f"not ready in {timeout:g} s"
         )
         raise RuntimeError(f"the platform stack {what}:\n{log_tail(log, 30)}")
+    with manifest.open("a") as out:
+        out.write(sandbox_tables(sandboxes))
     target = load_target(manifest)
     for service, url in sorted(target.services.items()):
         _say(f"{service}: {url}")

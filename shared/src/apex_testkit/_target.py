@@ -6,6 +6,8 @@ name = "staging"
 url = "https://auth.staging.example.com"
 [credentials]
 admin_token_env = "APEX_STAGING_ADMIN_TOKEN"   # or admin_token = "..." (local stacks)
+[sandboxes.oidc]                # optional: third-party sandboxes (see _sandboxes.py)
+url = "https://idp-sandbox.staging.example.com"
 ```
 """
 
@@ -33,6 +35,8 @@ class Target:
     name: str
     services: dict[str, str] = field(default_factory=dict)
     admin_token: str | None = None
+    # Third-party name -> control URL of its sandbox (the kit's fake), see _sandboxes.
+    sandboxes: dict[str, str] = field(default_factory=dict)
 
     def url(self, service: str) -> str:
         """The base URL of `service`, or a TargetError saying which key to add."""
@@ -55,6 +59,8 @@ class Target:
 
 def load_target(path: str | os.PathLike[str]) -> Target:
     """Read and check a target file; every problem is a TargetError naming file and key."""
+    from apex_testkit._sandboxes import parse_sandboxes  # noqa: PLC0415 - imports this module
+
     file = Path(path)
     if not file.is_file():
         raise TargetError(f"target file {file} does not exist (or is not a file)")
@@ -73,6 +79,7 @@ def load_target(path: str | os.PathLike[str]) -> Target:
         name=str(data.get("name", file.stem)),
         services=urls,
         admin_token=_admin_token(file, data.get("credentials", {})),
+        sandboxes=parse_sandboxes(file, data.get("sandboxes")),
     )
 
 

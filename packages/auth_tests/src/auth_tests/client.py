@@ -17,6 +17,7 @@ import httpx
 import jwt
 
 __all__ = [
+    "TEST_DOMAIN",
     "AuthAdmin",
     "JwksVerifier",
     "KeyUser",
@@ -65,17 +66,29 @@ class Tokens:
         return {"Authorization": f"Bearer {self.access}"}
 
 
+# The e-mail domain of the users the tests create (under the reserved TLD .invalid).
+TEST_DOMAIN = "tests.apex.invalid"
+
+
 class AuthAdmin:
     """The admin API of apex.auth, as the tests use it to set up their world."""
 
-    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, token: str, email_domain: str = TEST_DOMAIN
+    ) -> None:
         self.client = client
         self.headers = {"Authorization": f"Bearer {token}"}
+        # Where the users it creates get their e-mail: at L4 the run's own namespace.
+        self.email_domain = email_domain
+
+    def new_email(self) -> str:
+        """A fresh address in this admin's e-mail domain."""
+        return f"{uuid.uuid4().hex}@{self.email_domain}"
 
     async def create_user(
         self, *, tier: str = "pro", tenant_id: str | None = None
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": tier}
+        body: dict[str, Any] = {"email": self.new_email(), "tier": tier}
         if tenant_id is not None:
             body["tenant_id"] = tenant_id
         response = await self.client.post("/admin/users", json=body, headers=self.headers)
@@ -122,6 +135,15 @@ class AuthAdmin:
         assert response.status_code == 200, response.text
         key: dict[str, Any] = response.json()
         return key
+
+    async def delete_domain(self, email_domain: str) -> int:
+        """Delete every user of `email_domain` (a test run's namespace); how many."""
+        response = await self.client.delete(
+            "/admin/users", params={"email_domain": email_domain}, headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        deleted: int = response.json()["deleted"]
+        return deleted
 
     async def audit(self, subject: str) -> list[dict[str, Any]]:
         response = await self.client.get(

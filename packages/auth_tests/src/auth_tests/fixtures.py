@@ -2,7 +2,8 @@
 
 Written once, wired by level: `auth_client` talks to an in-process app at L2, to
 `python -m apex.auth` processes at L3 and to the --target deployment at L4. Tests make
-their own users and keys through the admin API, so they also run against staging.
+their own users and keys through the admin API, so they also run against staging; at L4
+in an e-mail domain of their own (`email_domain`), whose users are deleted at the end.
 The helpers these fixtures hand out live in the package's public modules: `client`
 (admin API, tokens), `flows` (password, TOTP, OIDC), `access` (teams, grants, context
 tokens), `events` (the auth:events channel), `faults` (auth behind a Redis fault proxy).
@@ -10,16 +11,18 @@ tokens), `events` (the auth:events channel), `faults` (auth behind a Redis fault
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis as AsyncRedis
 
-from apex_testkit import Platform, RedisNamespace
+from apex_testkit import Level, Platform, RedisNamespace
 from auth_tests.access import AccessAdmin
-from auth_tests.client import AuthAdmin, KeyUser
+from auth_tests.client import TEST_DOMAIN, AuthAdmin, KeyUser
 from auth_tests.events import AuthEvents
 
 
@@ -44,10 +47,28 @@ async def trusting_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.
         yield client
 
 
+@pytest.fixture(scope="session")
+def email_domain(platform: Platform) -> Iterator[str]:
+    """The e-mail domain of the users `auth_admin` creates. L4: one of this run (and
+    worker) on the shared deployment, whose users are deleted when the worker ends
+    (DELETE /admin/users?email_domain=); L2/L3 reset their own state."""
+    if platform.level is not Level.L4:
+        yield TEST_DOMAIN
+        return
+    domain = f"run-{secrets.token_hex(6)}.{TEST_DOMAIN}"
+    yield domain
+    asyncio.run(_delete_domain(platform, domain))
+
+
+async def _delete_domain(platform: Platform, domain: str) -> None:
+    async with platform.client("auth") as client:
+        await AuthAdmin(client, platform.admin_token).delete_domain(domain)
+
+
 @pytest.fixture
-def auth_admin(auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
-    """The admin API, to create users and API keys."""
-    return AuthAdmin(auth_client, admin_token)
+def auth_admin(auth_client: httpx.AsyncClient, admin_token: str, email_domain: str) -> AuthAdmin:
+    """The admin API, to create users (in `email_domain`) and API keys."""
+    return AuthAdmin(auth_client, admin_token, email_domain)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ async def create_password_user(
 ) -> PasswordUser:
     """POST /admin/users with a password (and phone): a user of the password login."""
     body: dict[str, Any] = {
-        "email": email or f"{uuid.uuid4().hex}@tests.apex.invalid",
+        "email": email or admin.new_email(),
         "tier": tier,
         "password": password,
     }

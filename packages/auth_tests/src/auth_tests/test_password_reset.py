@@ -78,6 +78,7 @@ async def person(auth_admin: AuthAdmin) -> PasswordUser:
     return await create_password_user(auth_admin)
 
 
+@pytest.mark.L4
 async def test_forgot_mails_a_link_whose_token_resets_the_password_once(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -122,6 +123,7 @@ async def test_only_a_hash_of_the_token_is_stored(
     assert digest in stored.lower().replace("\\x", ""), "stored as the SHA-256 of the token"
 
 
+@pytest.mark.L4
 async def test_unknown_email_gets_the_same_answer_and_no_mail(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -141,12 +143,14 @@ async def test_unknown_email_gets_the_same_answer_and_no_mail(
     assert known_token
 
 
+@pytest.mark.L4
 async def test_malformed_email_is_not_a_500(auth_client: httpx.AsyncClient) -> None:
     for body in ({"email": "not-an-email"}, {"email": ""}, {}, {"email": 5}):
         response = await auth_client.post("/auth/password/forgot", json=body)
         assert response.status_code in (202, 422), (body, response.text)
 
 
+@pytest.mark.L4
 async def test_a_new_request_invalidates_older_tokens(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -197,6 +201,7 @@ async def test_an_expired_token_is_refused(
 @pytest.mark.parametrize(
     "token", ["", "garbage", "A" * 43, "x" * 5000], ids=["empty", "short", "unknown", "huge"]
 )
+@pytest.mark.L4
 async def test_bad_tokens_are_refused_alike(auth_client: httpx.AsyncClient, token: str) -> None:
     response = await _reset(auth_client, token, NEW_PASSWORD)
     assert response.status_code in (400, 422), response.text
@@ -204,6 +209,7 @@ async def test_bad_tokens_are_refused_alike(auth_client: httpx.AsyncClient, toke
         assert error_of(response) == "invalid_token"
 
 
+@pytest.mark.L4
 async def test_a_weak_new_password_is_refused(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -218,6 +224,7 @@ async def test_a_weak_new_password_is_refused(
     assert old.status_code == 200, "the weak password was not set"
 
 
+@pytest.mark.L4
 async def test_a_reset_revokes_every_session_of_the_user(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -243,6 +250,7 @@ async def test_a_reset_revokes_every_session_of_the_user(
     assert await me_status(auth_client, other.access) == (200, None), "other users untouched"
 
 
+@pytest.mark.L4
 async def test_a_reset_clears_the_lockout(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -260,6 +268,7 @@ async def test_a_reset_clears_the_lockout(
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
 
 
+@pytest.mark.L4
 async def test_requests_and_resets_are_audited(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -278,6 +287,7 @@ async def test_requests_and_resets_are_audited(
 
 
 @pytest.mark.parametrize("code", [451, 550], ids=["smtp-4xx", "smtp-5xx"])
+@pytest.mark.L4
 async def test_smtp_failure_is_hidden_from_the_caller_audited_and_retryable(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -301,6 +311,7 @@ async def test_smtp_failure_is_hidden_from_the_caller_audited_and_retryable(
     assert (await _reset(auth_client, token, NEW_PASSWORD)).status_code == 204
 
 
+@pytest.mark.L4
 async def test_the_email_address_is_matched_case_insensitively(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -311,6 +322,7 @@ async def test_the_email_address_is_matched_case_insensitively(
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
 
 
+@pytest.mark.L4
 async def test_two_resets_racing_with_one_token_exactly_one_wins(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,

@@ -77,6 +77,7 @@ async def _user_ids(db: asyncpg.Connection, *emails: str) -> list[str]:
     return [r["id"] for r in rows]
 
 
+@pytest.mark.L4
 async def test_login_redirects_with_a_deflated_authn_request(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
@@ -95,6 +96,7 @@ async def test_login_redirects_with_a_deflated_authn_request(
     assert not request["id"][0].isdigit(), "an xs:ID may not start with a digit"
 
 
+@pytest.mark.L4
 async def test_a_signed_assertion_logs_the_user_in(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
@@ -111,6 +113,7 @@ async def test_a_signed_assertion_logs_the_user_in(
     assert (profile["email"], profile["auth_method"], profile["tier"]) == (email, "saml", "free")
 
 
+@pytest.mark.L4
 async def test_a_signature_on_the_response_instead_of_the_assertion_is_accepted(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
@@ -206,6 +209,7 @@ async def test_an_unsolicited_response_is_refused(
     assert await _user_ids(auth_db, email) == []
 
 
+@pytest.mark.L4
 async def test_a_replayed_response_is_refused(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
@@ -220,6 +224,7 @@ async def test_a_replayed_response_is_refused(
     assert (replay.status_code, error_of(replay)) == (401, "saml_replay")
 
 
+@pytest.mark.L4
 async def test_two_pending_logins_complete_in_any_order_and_only_once(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
@@ -257,6 +262,7 @@ _BILLION_LAUGHS = """<?xml version="1.0"?>
     ],
     ids=["empty", "not-base64", "not-xml", "no-namespace", "xxe", "entity-expansion"],
 )
+@pytest.mark.L4
 async def test_hostile_or_garbage_input_is_a_clean_401(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,

@@ -72,6 +72,7 @@ async def person(auth_admin: AuthAdmin) -> PasswordUser:
     return await create_password_user(auth_admin, phone=PHONE)
 
 
+@pytest.mark.L4
 async def test_totp_setup_confirm_then_login_needs_the_second_factor(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -119,6 +120,7 @@ async def test_totp_setup_confirm_then_login_needs_the_second_factor(
     assert secret not in str(profile), "the TOTP secret is never returned again"
 
 
+@pytest.mark.L4
 async def test_a_wrong_confirmation_code_does_not_enable_2fa(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -136,6 +138,7 @@ async def test_a_wrong_confirmation_code_does_not_enable_2fa(
     assert "access_token" in login.json(), "2FA enabled by a wrong code"
 
 
+@pytest.mark.L4
 async def test_the_same_totp_code_twice_is_refused_as_reused(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -150,6 +153,7 @@ async def test_the_same_totp_code_twice_is_refused_as_reused(
     assert (replay.status_code, error_of(replay)) == (401, "code_reused")
 
 
+@pytest.mark.L4
 async def test_a_wrong_code_is_refused_and_the_challenge_survives(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -164,6 +168,7 @@ async def test_a_wrong_code_is_refused_and_the_challenge_survives(
     assert right.status_code == 200, "a typo must not burn the challenge"
 
 
+@pytest.mark.L4
 async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -186,6 +191,7 @@ async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     ).status_code == 200
 
 
+@pytest.mark.L4
 async def test_backup_codes_work_once_each(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -239,6 +245,7 @@ def _sms_to(fake_sms: FakeSms, phone: str) -> list[str]:
     return [m.body for m in fake_sms.messages if m.to == phone]
 
 
+@pytest.mark.L4
 async def test_sms_fallback_sends_a_single_use_code(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -267,6 +274,7 @@ async def test_sms_fallback_sends_a_single_use_code(
     assert reused.status_code == 401, "an SMS code worked twice"
 
 
+@pytest.mark.L4
 async def test_sms_code_of_one_user_does_not_open_another_account(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -291,6 +299,7 @@ async def test_sms_code_of_one_user_does_not_open_another_account(
     assert _sms_to(fake_sms, "+15555550102") == []
 
 
+@pytest.mark.L4
 async def test_sms_without_a_phone_is_a_conflict(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -308,6 +317,7 @@ async def test_sms_without_a_phone_is_a_conflict(
 
 
 @pytest.mark.parametrize("phone", ["5555550123", "+1 555 555 0123", "phone", "+" + "1" * 20])
+@pytest.mark.L4
 async def test_phone_numbers_must_be_e164(auth_admin: AuthAdmin, phone: str) -> None:
     response = await auth_admin.client.post(
         "/admin/users",
@@ -317,6 +327,7 @@ async def test_phone_numbers_must_be_e164(auth_admin: AuthAdmin, phone: str) -> 
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.L4
 async def test_brute_forcing_the_code_locks_the_account(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
@@ -344,6 +355,7 @@ async def test_brute_forcing_the_code_locks_the_account(
     ).status_code == 200
 
 
+@pytest.mark.L4
 async def test_password_and_code_failures_count_together(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -363,6 +375,7 @@ async def test_password_and_code_failures_count_together(
     assert (locked.status_code, error_of(locked)) == (423, "account_locked")
 
 
+@pytest.mark.L4
 async def test_unknown_email_and_wrong_password_look_the_same(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -374,6 +387,7 @@ async def test_unknown_email_and_wrong_password_look_the_same(
     assert (unknown.status_code, unknown.json()) == (401, wrong.json())
 
 
+@pytest.mark.L4
 async def test_disabling_2fa_needs_a_valid_code(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -404,6 +418,7 @@ async def test_disabling_2fa_needs_a_valid_code(
     assert (await me(auth_client, plain.access)).json()["mfa"] is False
 
 
+@pytest.mark.L4
 async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -421,6 +436,7 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     assert {error_of(r) for r in responses if r.status_code == 401} == {"code_reused"}
 
 
+@pytest.mark.L4
 async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -435,6 +451,7 @@ async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
 
 
+@pytest.mark.L4
 async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -450,6 +467,7 @@ async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
 
 
+@pytest.mark.L4
 async def test_an_sms_provider_failure_is_reported_and_the_challenge_survives(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,

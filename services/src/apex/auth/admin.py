@@ -1,4 +1,5 @@
-"""The admin API (``/admin/*``, bearer APEX_ADMIN_TOKEN): users, API keys, audit trail."""
+"""The admin API (``/admin/*``, bearer APEX_ADMIN_TOKEN): users, API keys, audit trail,
+and the removal of a test run's users (by their reserved ``.invalid`` e-mail domain)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from apex.auth import audit, keys, passwords, users
 from apex.auth.context import AuthContext, get_context, require_admin
 from apex.common.http import ApiError, require_json_body
+from apex.data.tenancy import tenant_transaction
 
 __all__ = ["router"]
 
@@ -22,6 +24,9 @@ router = APIRouter(
 Tier = Literal["free", "pro", "enterprise"]
 Context = Annotated[AuthContext, Depends(get_context)]
 _SCOPE = re.compile(r"[A-Za-z0-9:._*/-]{1,64}")
+# Only a domain under the reserved TLD .invalid (RFC 2606) can be bulk-deleted: no real
+# user has such an address, so a test run's clean-up can never reach a customer.
+_TEST_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+invalid")
 
 
 class _Body(BaseModel):
@@ -92,6 +97,39 @@ async def create_user(body: CreateUser, context: Context) -> dict[str, Any]:
             detail={"tier": user.tier, "tenant_id": user.to_json()["tenant_id"]},
         )
     return user.to_json()
+
+
+@router.delete("/users")
+async def delete_test_users(
+    context: Context,
+    email_domain: Annotated[str, Query(min_length=1, max_length=253)],
+) -> dict[str, Any]:
+    """Delete every user whose e-mail is in `email_domain`, which must be a domain under
+    the reserved TLD .invalid (a test run's namespace); their keys, identities, team
+    memberships, grants and reset tokens go with them (ON DELETE CASCADE), and so do the
+    teams and settings of the tenants no user is left in."""
+    domain = email_domain.lower()
+    if not _TEST_DOMAIN.fullmatch(domain):
+        raise ApiError(
+            400, "invalid_domain", "only a domain under the reserved TLD .invalid can be deleted"
+        )
+    async with context.pool.acquire() as conn:
+        async with conn.transaction():
+            deleted, tenants = await users.delete_users_in_domain(conn, domain)
+            await conn.execute("DELETE FROM teams WHERE tenant_id = ANY($1::uuid[])", tenants)
+            await audit.record(
+                conn,
+                "users.deleted",
+                subject=domain,
+                actor=audit.ADMIN,
+                detail={"email_domain": domain, "count": deleted, "tenants": len(tenants)},
+            )
+        # One transaction per tenant: the settings are visible only as that tenant (RLS),
+        # whose role lasts until its transaction ends.
+        for tenant in tenants:
+            async with tenant_transaction(conn, tenant):
+                await conn.execute("DELETE FROM tenant_settings")
+    return {"deleted": deleted, "tenants": len(tenants)}
 
 
 @router.get("/users/{user_id}")

@@ -48,6 +48,7 @@ AUTHZ_ACTIONS: Final = (
 ACTIONS: Final = frozenset(
     {
         "user.created",
+        "users.deleted",
         "api_key.created",
         "api_key.used",
         "api_key.rejected",

@@ -9,7 +9,15 @@ from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["DuplicateEmail", "User", "create_user", "get_user", "normalize_email", "set_tier"]
+__all__ = [
+    "DuplicateEmail",
+    "User",
+    "create_user",
+    "delete_users_in_domain",
+    "get_user",
+    "normalize_email",
+    "set_tier",
+]
 
 MAX_EMAIL_LENGTH: Final = 254
 # Deliberately loose: one "@", no spaces, a dot in the domain. Whether an address
@@ -92,6 +100,24 @@ async def set_tier(conn: asyncpg.Connection, user_id: uuid.UUID, tier: str) -> U
         tier,
     )
     return _user(row) if row is not None else None
+
+
+async def delete_users_in_domain(
+    conn: asyncpg.Connection, domain: str
+) -> tuple[int, list[uuid.UUID]]:
+    """Delete every user whose (normalized) e-mail is in ``domain``: how many, and the
+    tenants they left with no user at all (nobody can reach those tenants any more)."""
+    # The domain is matched literally: LIKE's wildcards in it would widen the match.
+    rows = await conn.fetch(
+        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 RETURNING tenant_id",
+        f"@{domain.lower()}",
+    )
+    tenants = sorted({row["tenant_id"] for row in rows if row["tenant_id"] is not None})
+    remaining = await conn.fetch(
+        "SELECT DISTINCT tenant_id FROM users WHERE tenant_id = ANY($1::uuid[])", tenants
+    )
+    left = {row["tenant_id"] for row in remaining}
+    return len(rows), [tenant for tenant in tenants if tenant not in left]
 
 
 def _user(row: asyncpg.Record) -> User:

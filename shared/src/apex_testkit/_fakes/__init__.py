@@ -5,6 +5,8 @@ API.
 At L2 a fake runs in a thread of the test process, at L3 as a process of its own
 (`python -m apex_testkit._fakes NAME --fd N`); the test-side client is the same object
 either way. `start(run, name, process=...)` gives that client; `client.close()` stops it.
+At L4 a fake runs as a sandbox of a deployment: `attach(name, url)` is a client of it
+(closing that client leaves the fake running).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 from apex_testkit._fakes._control import FakeClient, FakeError, LoggedRequest
-from apex_testkit._fakes._server import FakeServer, start_fake
+from apex_testkit._fakes._server import FakeServer, RunningFake, start_fake
 from apex_testkit._run import Run
 
 # Fake name -> its module (SERVER: the FakeServer class, CLIENT: the FakeClient class).
@@ -26,15 +28,34 @@ def server_class(name: str) -> type[FakeServer]:
     return cls
 
 
+def _client_class(name: str) -> type[FakeClient]:
+    server_class(name)  # a clear error for an unknown name
+    cls: type[FakeClient] = importlib.import_module(f"apex_testkit._fakes.{name}").CLIENT
+    return cls
+
+
 def start(run: Run, name: str, *, process: bool) -> FakeClient:
     """Start fake `name` (in a thread, or as a process recorded in `run`); its client."""
     running = start_fake(run, name, server_class(name), process=process)
-    client_class: type[FakeClient] = importlib.import_module(f"apex_testkit._fakes.{name}").CLIENT
     try:
-        return client_class(running)
+        return _client_class(name)(running)
     except BaseException:
         running.stop()
         raise
 
 
-__all__ = ["FAKES", "FakeClient", "FakeError", "LoggedRequest", "server_class", "start"]
+def attach(name: str, url: str) -> FakeClient:
+    """A client of fake `name` already serving at `url` (a sandbox named by an L4 target);
+    its `close()` closes the client only."""
+    return _client_class(name)(RunningFake(name, url.rstrip("/"), None, stop=lambda: None))
+
+
+__all__ = [
+    "FAKES",
+    "FakeClient",
+    "FakeError",
+    "LoggedRequest",
+    "attach",
+    "server_class",
+    "start",
+]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from apex import topology
 from apex_testkit import _loop
 from apex_testkit._level import Level
 from apex_testkit._run import Run
 from apex_testkit._worker import Worker
+
+if TYPE_CHECKING:
+    from apex_testkit._fakes import FakeClient
 
 # The platform keys its Redis data under this prefix: each worker gets its own.
 REDIS_PREFIX = "APEX_REDIS_PREFIX"
@@ -89,7 +93,13 @@ def third_party_env(worker: Worker, service: str, party: topology.ThirdParty) ->
             f"{service} talks to the third party {party.name!r}, and the test kit has no "
             f"fake of it (fakes: {', '.join(FAKES)}): add one to run {service} at L2/L3"
         )
-    offered = worker.fake(party.name).settings()
+    return party_env(service, party, worker.fake(party.name))
+
+
+def party_env(service: str, party: topology.ThirdParty, fake: FakeClient) -> dict[str, str]:
+    """The settings that point `service` at `fake` in the role of `party` (the fake's
+    `settings()` offers a value for each role): L2/L3 fakes and L4 sandboxes alike."""
+    offered = fake.settings()
     missing = sorted(set(party.settings) - set(offered))
     if missing:
         raise LookupError(
