@@ -4,9 +4,9 @@
 gateway (and the auth service it trusts) serve on loopback ports inside the test's event
 loop, at L3 they are `python -m apex.gateway` / `apex.auth` processes, at L4 the target's
 URLs. Users and tokens are made with the identity team's client (`auth_tests.client`) on
-the kit's fixtures (`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures. What these fixtures hand out lives in
-the package's public modules: `client` (the WebSocket client), `users`, `gateways`,
-`messages` and `app`.
+the kit's fixtures (`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
+What these fixtures hand out lives in the package's public modules: `client` (the
+WebSocket client), `users`, `gateways`, `messages` and `app`.
 """
 
 from __future__ import annotations

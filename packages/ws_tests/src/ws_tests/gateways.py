@@ -2,9 +2,10 @@
 
 Public: `Gateways` (start gateways with their own settings, L2/L3; what the `gateways`
 fixture hands out) and `GatewayHandle` (one of them: URL, stop, kill, /healthz and its
-connection count, /metrics, /instances), `Serve` (the type of the `serve_gateway` fixture), `registered`
-(wait until a gateway lists itself), `FAST` (settings that lift the rate limits),
-Prometheus text parsing (`metric`, `has_metric`) and ws:// <-> http:// URLs.
+connection count, /metrics, /instances), `Serve` (the type of the `serve_gateway`
+fixture), `registered` (wait until a gateway lists itself), `FAST` (settings that lift
+the rate limits), Prometheus text parsing (`metric`, `has_metric`) and ws:// <-> http://
+URLs.
 """
 
 from __future__ import annotations
