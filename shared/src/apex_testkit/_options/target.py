@@ -1,17 +1,24 @@
 """--target FILE (env APEX_TEST_TARGET): the TOML file naming a deployment's URLs (L4).
 
-Declared and parsed here; L4 needs it. Applied by the `platform` fixture at L4
-(`apex_testkit._sut.deployed`); a test that needs a key the file lacks fails with the
-TargetError alone (the kit's plugin reports it without a traceback).
+Declared and parsed here; L4 needs it. Checked once, after collection: each test package
+declares the platform's services its tests reach (`SERVICES = ("auth", ...)` in its
+`__init__.py`, apex.topology names), and a target that lacks one of those the selected
+tests need stops the run with one error naming the file and the missing tables (not one
+failure per test). Applied by the `platform` fixture at L4 (`apex_testkit._sut.deployed`);
+a test that needs another key the file lacks fails with the TargetError alone (the kit's
+plugin reports it without a traceback).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
+from apex_testkit._collection import in_test_package
 from apex_testkit._level import Level
+from apex_testkit._settings import SETTINGS
 from apex_testkit._target import Target, TargetError, load_target
 
 ENV = "APEX_TEST_TARGET"
@@ -40,3 +47,44 @@ def parse(config: pytest.Config, level: Level) -> Target | None:
             "deployment's URLs. `nox -s l4` makes one by starting a local stack."
         )
     return None
+
+
+def needed_services(items: list[pytest.Item]) -> dict[str, list[str]]:
+    """Service -> the test packages of `items` that declare they reach it (`SERVICES`)."""
+    packages = sorted({item.module.__name__.split(".")[0] for item in items if _packaged(item)})
+    needed: dict[str, list[str]] = {}
+    for package in packages:
+        for service in getattr(sys.modules[package], "SERVICES", ()):
+            needed.setdefault(service, []).append(package)
+    return needed
+
+
+def _packaged(item: pytest.Item) -> bool:
+    return isinstance(item, pytest.Function) and in_test_package(item)
+
+
+@pytest.hookimpl(trylast=True)  # after --level and --perf deselected theirs
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """A target lacking a service the selected tests need is one collection error, and no
+    test runs (in every xdist worker alike: the controller shows the error once)."""
+    settings = config.stash[SETTINGS]
+    if settings.level is not Level.L4 or settings.target is None:
+        return
+    needed = needed_services(items)
+    missing = sorted(set(needed) - set(settings.target.services))
+    if not missing:
+        return
+    tables = ", ".join(f"[services.{service}]" for service in missing)
+    who = "; ".join(f"{service} for {', '.join(needed[service])}" for service in missing)
+    message = (
+        f"apex-testkit: target file {settings.target.path} has no {tables} "
+        f'(with url = "..."), which the selected tests need ({who}); it names: '
+        f"{', '.join(sorted(settings.target.services))}. Add the table(s), or deselect "
+        "those tests."
+    )
+    config.hook.pytest_deselected(items=list(items))
+    items.clear()
+    report = pytest.CollectReport(str(settings.target.path), "failed", message, [])
+    config.hook.pytest_collectreport(report=report)
