@@ -111,7 +111,9 @@ def _limit(item: pytest.Item, phase: str) -> Iterator[None]:
         )
 
     previous = signal.signal(signal.SIGALRM, expired)
-    faulthandler.dump_traceback_later(seconds + GIVE_UP_AFTER * repeat, exit=True)
+    # To the process's own stderr (fd 2): pytest's sys.stderr may be an in-memory capture.
+    give_up = seconds + GIVE_UP_AFTER * repeat
+    faulthandler.dump_traceback_later(give_up, exit=True, file=2)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
