@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -95,8 +96,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 def _limit(item: pytest.Item, phase: str) -> Iterator[None]:
     """Fail `phase` of `item` if it runs past the run's limit (see the module's doc)."""
     seconds = item.config.stash[SETTINGS].test_timeout
-    # Signals reach the main thread only; a test run elsewhere (pytester in-process) is
-    # left alone.
+    # SIGALRM is handled in the main thread only; a test run in another thread is left
+    # alone.
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -114,7 +115,9 @@ def _limit(item: pytest.Item, phase: str) -> Iterator[None]:
     # To the process's own stderr (fd 2): pytest's sys.stderr may be an in-memory capture.
     give_up = seconds + GIVE_UP_AFTER * repeat
     faulthandler.dump_traceback_later(give_up, exit=True, file=2)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # A run inside a test's run (pytester in process): the outer phase's timer goes on after.
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
     try:
         yield
     except BaseExceptionGroup as group:
@@ -128,6 +131,8 @@ def _limit(item: pytest.Item, phase: str) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 0.001))
 
 
 def _first(group: BaseExceptionGroup[TestTimeout]) -> TestTimeout:
