@@ -4,9 +4,9 @@
 gateway (and the auth service it trusts) serve on loopback ports inside the test's event
 loop, at L3 they are `python -m apex.gateway` / `apex.auth` processes, at L4 the target's
 URLs. Users and tokens are made with the identity team's client (`auth_tests.client`) on
-the kit's fixtures, not with auth_tests' fixtures. What these fixtures hand out lives in
-the package's public modules: `client` (the WebSocket client), `users`, `gateways`,
-`messages` and `app`.
+the kit's fixtures (`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
+What these fixtures hand out lives in the package's public modules: `client` (the
+WebSocket client), `users`, `gateways`, `messages` and `app`.
 """
 
 from __future__ import annotations
@@ -55,17 +55,29 @@ def ws_connect(gateway_url: str, ws_open: Connect) -> Connect:
 
 
 @pytest.fixture
-async def make_ws_user(clean_platform: Platform, admin_token: str) -> AsyncIterator[MakeUser]:
-    """`await make_ws_user(tier="pro", ttl=None)`: a new user, signed in (through a client
-    of apex.auth of this fixture's own)."""
-    async with clean_platform.client("auth") as auth_client:
-        auth_admin = AuthAdmin(auth_client, admin_token)
+async def ws_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.auth wired for the run's level (logout, refresh, sessions:
+    auth's own API around a WebSocket). This package's own, not auth_tests' `auth_client`."""
+    async with clean_platform.client("auth") as client:
+        yield client
 
-        async def make(*, tier: str = "pro", ttl: int | None = None) -> WsUser:
-            key_user = await auth_admin.key_user(tier=tier)
-            return WsUser(key_user, await login(auth_client, key_user.api_key, ttl=ttl))
 
-        yield make
+@pytest.fixture
+def ws_auth_admin(ws_auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
+    """auth's admin API (`auth_tests.client.AuthAdmin`) on `ws_auth_client`: users, keys."""
+    return AuthAdmin(ws_auth_client, admin_token)
+
+
+@pytest.fixture
+def make_ws_user(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin) -> MakeUser:
+    """`await make_ws_user(tier="pro", ttl=None)`: a new user, signed in (through
+    `ws_auth_client`)."""
+
+    async def make(*, tier: str = "pro", ttl: int | None = None) -> WsUser:
+        key_user = await ws_auth_admin.key_user(tier=tier)
+        return WsUser(key_user, await login(ws_auth_client, key_user.api_key, ttl=ttl))
+
+    return make
 
 
 @pytest.fixture

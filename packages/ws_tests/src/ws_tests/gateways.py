@@ -1,10 +1,11 @@
 """Gateways as a test sees them: its own instances, their HTTP endpoints, their metrics.
 
 Public: `Gateways` (start gateways with their own settings, L2/L3; what the `gateways`
-fixture hands out) and `GatewayHandle` (one of them: URL, stop, kill, /healthz,
-/metrics, /instances), `Serve` (the type of the `serve_gateway` fixture), `registered`
-(wait until a gateway lists itself), `FAST` (settings that lift the rate limits),
-Prometheus text parsing (`metric`, `has_metric`) and ws:// <-> http:// URLs.
+fixture hands out) and `GatewayHandle` (one of them: URL, stop, kill, /healthz and its
+connection count, /metrics, /instances), `Serve` (the type of the `serve_gateway`
+fixture), `registered` (wait until a gateway lists itself), `FAST` (settings that lift
+the rate limits), Prometheus text parsing (`metric`, `has_metric`) and ws:// <-> http://
+URLs.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class GatewayHandle:
 
     async def healthz(self) -> httpx.Response:
         return await self.get("/healthz")
+
+    async def connections(self) -> int:
+        """How many WebSocket connections this instance holds (its /healthz count)."""
+        response = await self.healthz()
+        assert response.status_code == 200, response.text
+        count: int = response.json()["connections"]
+        return count
 
     async def metrics(self) -> str:
         response = await self.get("/metrics")

@@ -24,16 +24,9 @@ POOL = pytest.mark.bvj(
 pytestmark = [POOL, pytest.mark.L2, pytest.mark.L3]
 
 
-async def _connections(gateway: GatewayHandle) -> int:
-    response = await gateway.healthz()
-    assert response.status_code == 200, response.text
-    count: int = response.json()["connections"]
-    return count
-
-
 async def _count_becomes(gateway: GatewayHandle, expected: int, timeout: float = 5) -> None:
     async def reached() -> bool:
-        return await _connections(gateway) == expected
+        return await gateway.connections() == expected
 
     await eventually(reached, timeout=timeout, message=f"healthz connections == {expected}")
 

@@ -224,9 +224,9 @@ async def test_token_refused_once_it_has_expired(
 @pytest.mark.L4
 @HANDSHAKE
 async def test_token_of_a_logged_out_session_is_refused_with_session_revoked(
-    ws_connect: Connect, auth_client: httpx.AsyncClient, ws_user: WsUser
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_user: WsUser
 ) -> None:
-    logout = await auth_client.post("/auth/logout", headers=ws_user.tokens.bearer)
+    logout = await ws_auth_client.post("/auth/logout", headers=ws_user.tokens.bearer)
     assert logout.status_code == 204, logout.text
 
     refused = await _refused(ws_connect, ws_user.token)
@@ -275,10 +275,10 @@ async def test_connections_over_the_per_user_limit_are_refused_with_429(
 @pytest.mark.L4
 @HANDSHAKE
 async def test_refresh_on_a_live_connection_swaps_the_token(
-    ws_connect: Connect, auth_client: httpx.AsyncClient, ws_user: WsUser
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_user: WsUser
 ) -> None:
     client = await ws_connect(ws_user.token)
-    response = await auth_client.post(
+    response = await ws_auth_client.post(
         "/auth/refresh", json={"refresh_token": ws_user.tokens.refresh}
     )
     fresh = Tokens.of(response)
@@ -386,14 +386,14 @@ async def test_concurrent_handshakes_of_one_session_are_each_bound_to_it(
 @COMPLETE_FLOW
 async def test_oidc_login_then_websocket_session_bound_to_it(
     ws_connect: Connect,
-    auth_client: httpx.AsyncClient,
-    auth_admin: AuthAdmin,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
 ) -> None:
     # The browser round trip (auth -> IdP /authorize -> auth's callback, with the login
     # cookie that binds it to this browser), from the identity team's client.
     email = f"sso-{time.time_ns()}@tests.apex.invalid"
-    callback = await oidc_login(auth_client, fake_idp, sub=f"idp-{time.time_ns()}", email=email)
+    callback = await oidc_login(ws_auth_client, fake_idp, sub=f"idp-{time.time_ns()}", email=email)
     tokens = Tokens.of(callback)
     user_id = callback.json()["user_id"]
     assert _claims(tokens.access)["amr"] == ["oidc"]
@@ -403,7 +403,7 @@ async def test_oidc_login_then_websocket_session_bound_to_it(
     assert client.welcome["user_id"] == user_id
     assert client.welcome["session_id"] == tokens.session_id
     # The session behind the socket is the SSO one: logging out ends new handshakes.
-    logout = await auth_client.post("/auth/logout", headers=tokens.bearer)
+    logout = await ws_auth_client.post("/auth/logout", headers=tokens.bearer)
     assert logout.status_code == 204, logout.text
     assert (await client.closed(timeout=5))[0] == 4003
     refused = await _refused(ws_connect, tokens.access)
@@ -415,20 +415,20 @@ async def test_oidc_login_then_websocket_session_bound_to_it(
 @pytest.mark.L4
 @COMPLETE_FLOW
 async def test_api_key_login_then_websocket_then_refresh_then_logout(
-    ws_connect: Connect, auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin
 ) -> None:
-    key_user = await auth_admin.key_user()
-    tokens = await login(auth_client, key_user.api_key)
+    key_user = await ws_auth_admin.key_user()
+    tokens = await login(ws_auth_client, key_user.api_key)
     client = await ws_connect(tokens.access, token_in_query=True)
     assert client.welcome["session_id"] == tokens.session_id
 
     fresh = Tokens.of(
-        await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
+        await ws_auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
     )
     assert fresh.session_id == tokens.session_id
     assert (await client.request("refresh", access_token=fresh.access))["type"] == "refreshed"
 
-    logout = await auth_client.post("/auth/logout", headers=fresh.bearer)
+    logout = await ws_auth_client.post("/auth/logout", headers=fresh.bearer)
     assert logout.status_code == 204, logout.text
     code, reason = await client.closed(timeout=5)
     assert (code, reason) == (4003, "session revoked")

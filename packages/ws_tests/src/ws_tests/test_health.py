@@ -42,16 +42,9 @@ METRICS = (
 TTL = 1.5
 
 
-async def _connections(gateway: GatewayHandle) -> int:
-    response = await gateway.healthz()
-    assert response.status_code == 200, response.text
-    count: int = response.json()["connections"]
-    return count
-
-
 async def _count_becomes(gateway: GatewayHandle, expected: int) -> None:
     async def reached() -> bool:
-        return await _connections(gateway) == expected
+        return await gateway.connections() == expected
 
     await eventually(reached, timeout=5, message=f"healthz connections == {expected}")
 
@@ -102,7 +95,7 @@ async def test_connection_counts_follow_opens_and_closes(
 ) -> None:
     gateway = await gateways.start()
     first, second = await make_ws_user(), await make_ws_user()
-    assert await _connections(gateway) == 0
+    assert await gateway.connections() == 0
 
     clients = [await ws_open(gateway.url, u.token) for u in (first, first, second)]
     await _count_becomes(gateway, 3)

@@ -39,13 +39,6 @@ async def _reaped(gateway: GatewayHandle) -> float:
     return metric(await gateway.metrics(), "apex_gateway_reaped_total")
 
 
-async def _connections(gateway: GatewayHandle) -> int:
-    response = await gateway.healthz()
-    assert response.status_code == 200, response.text
-    count: int = response.json()["connections"]
-    return count
-
-
 async def _reaped_reaches(gateway: GatewayHandle, value: float) -> None:
     async def reached() -> bool:
         return await _reaped(gateway) >= value
@@ -76,13 +69,13 @@ async def test_client_that_stops_answering_pings_is_reaped_and_a_healthy_one_sta
     healthy = await ws_open(gateway.url, (await make_ws_user()).token)
     zombie = await ws_open(gateway.url, (await make_ws_user()).token)
     before = await _reaped(gateway)
-    assert await _connections(gateway) == 2
+    assert await gateway.connections() == 2
 
     freeze(zombie)
     await _reaped_reaches(gateway, before + 1)
 
     assert await _reaped(gateway) == before + 1  # the zombie only
-    assert await _connections(gateway) == 1
+    assert await gateway.connections() == 1
     thaw(zombie)
     await zombie.closed(timeout=10)  # its socket is gone (close code is the library's)
     # The healthy client, idle all along, is still there many intervals later.
@@ -127,7 +120,7 @@ async def test_network_blackhole_makes_a_zombie_that_is_reaped_and_loses_leaders
 
     await direct.expect("leader", timeout=REAP_WITHIN + 1)
     await _reaped_reaches(gateway, before + 1)
-    assert await _connections(gateway) == 1
+    assert await gateway.connections() == 1
 
     async def listed() -> bool:  # /instances is refreshed by the registry heartbeat
         mine = [i for i in await gateway.instances() if i["id"] == direct.welcome["instance"]]
@@ -153,7 +146,7 @@ async def test_a_crowd_of_zombies_is_reaped_exactly_and_the_living_are_kept(
 
     await stays_open(living[0], INTERVAL + TIMEOUT)
     assert await _reaped(gateway) == before + 5
-    assert await _connections(gateway) == 5
+    assert await gateway.connections() == 5
     for client in living:
         assert (await client.request("ping"))["type"] == "pong"
     # Fan-out skips the dead: a broadcast reaches exactly the living.

@@ -70,11 +70,14 @@ async def test_every_tab_gets_each_message_exactly_once_in_the_same_order(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_tabs_of_several_sign_ins_of_one_user_are_all_synchronised(
-    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser, auth_client: httpx.AsyncClient
+    serve_gateway: Serve,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
+    ws_auth_client: httpx.AsyncClient,
 ) -> None:
     url = await serve_gateway()
     alice, bob = await make_ws_user(), await make_ws_user()
-    other_session = await login(auth_client, bob.key_user.api_key)
+    other_session = await login(ws_auth_client, bob.key_user.api_key)
     assert other_session.session_id != bob.tokens.session_id
     tabs = [await ws_open(url, bob.token), await ws_open(url, other_session.access)]
     alice_tab = await ws_open(url, alice.token)

@@ -51,13 +51,13 @@ async def _alive(client: WsClient) -> None:
 async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
     ws_connect: Connect,
     second_gateway: str,
-    auth_client: httpx.AsyncClient,
-    auth_admin: AuthAdmin,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
 ) -> None:
-    key_user = await auth_admin.key_user()
+    key_user = await ws_auth_admin.key_user()
     ending, staying = (
-        await login(auth_client, key_user.api_key),
-        await login(auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
     )
     on_a = await ws_connect(ending.access)
     on_b = await ws_connect(ending.access, base_url=second_gateway)
@@ -65,7 +65,7 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
     other_tab_b = await ws_connect(staying.access, base_url=second_gateway)
     assert on_a.welcome["instance"] != on_b.welcome["instance"]
 
-    logout = await auth_client.post("/auth/logout", headers=ending.bearer)
+    logout = await ws_auth_client.post("/auth/logout", headers=ending.bearer)
     assert logout.status_code == 204, logout.text
 
     await _closed_with(on_a, 4003, "session revoked")
@@ -82,16 +82,16 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_deleting_a_session_from_another_device_closes_its_socket(
-    ws_connect: Connect, auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin
 ) -> None:
-    key_user = await auth_admin.key_user()
+    key_user = await ws_auth_admin.key_user()
     laptop, phone = (
-        await login(auth_client, key_user.api_key),
-        await login(auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
     )
     laptop_ws, phone_ws = await ws_connect(laptop.access), await ws_connect(phone.access)
 
-    deleted = await auth_client.delete(f"/sessions/{phone.session_id}", headers=laptop.bearer)
+    deleted = await ws_auth_client.delete(f"/sessions/{phone.session_id}", headers=laptop.bearer)
     assert deleted.status_code == 204, deleted.text
 
     await _closed_with(phone_ws, 4003, "session revoked")
@@ -103,19 +103,19 @@ async def test_deleting_a_session_from_another_device_closes_its_socket(
 async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
     ws_connect: Connect,
     second_gateway: str,
-    auth_client: httpx.AsyncClient,
-    auth_admin: AuthAdmin,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
 ) -> None:
-    key_user = await auth_admin.key_user()
-    bystander = await auth_admin.key_user()
-    sessions = [await login(auth_client, key_user.api_key) for _ in range(2)]
+    key_user = await ws_auth_admin.key_user()
+    bystander = await ws_auth_admin.key_user()
+    sessions = [await login(ws_auth_client, key_user.api_key) for _ in range(2)]
     sockets = [
         await ws_connect(sessions[0].access),
         await ws_connect(sessions[1].access, base_url=second_gateway),
     ]
-    bystander_ws = await ws_connect((await login(auth_client, bystander.api_key)).access)
+    bystander_ws = await ws_connect((await login(ws_auth_client, bystander.api_key)).access)
 
-    await auth_admin.revoke_api_key(key_user.key_id)
+    await ws_auth_admin.revoke_api_key(key_user.key_id)
 
     for socket in sockets:
         await _closed_with(socket, 4003, "session revoked")
@@ -125,11 +125,11 @@ async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
 # --- permissions.changed --------------------------------------------------------------------
 
 
-async def _grant(auth_admin: AuthAdmin, user_id: str, permission: str, effect: str) -> None:
-    response = await auth_admin.client.put(
+async def _grant(ws_auth_admin: AuthAdmin, user_id: str, permission: str, effect: str) -> None:
+    response = await ws_auth_admin.client.put(
         f"/admin/users/{user_id}/grants/{permission}",
         json={"effect": effect},
-        headers=auth_admin.headers,
+        headers=ws_auth_admin.headers,
     )
     assert response.status_code in (200, 201, 204), response.text
 
@@ -139,21 +139,21 @@ async def _grant(auth_admin: AuthAdmin, user_id: str, permission: str, effect: s
 async def test_permission_change_in_auth_reaches_every_connection_of_the_user(
     ws_connect: Connect,
     second_gateway: str,
-    auth_admin: AuthAdmin,
+    ws_auth_admin: AuthAdmin,
     make_ws_user: MakeUser,
 ) -> None:
     user, other = await make_ws_user(), await make_ws_user()
     tabs = [await ws_connect(user.token), await ws_connect(user.token, base_url=second_gateway)]
     other_ws = await ws_connect(other.token)
 
-    await _grant(auth_admin, user.user_id, "reports:export", "allow")
+    await _grant(ws_auth_admin, user.user_id, "reports:export", "allow")
 
     for tab in tabs:
         frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
         assert "reports:export" in frame["permissions"], frame
         assert frame["permissions"] == sorted(frame["permissions"])
 
-    await _grant(auth_admin, user.user_id, "reports:export", "deny")
+    await _grant(ws_auth_admin, user.user_id, "reports:export", "deny")
 
     for tab in tabs:
         frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
@@ -168,7 +168,7 @@ async def test_permission_change_in_auth_reaches_every_connection_of_the_user(
 @pytest.mark.L3
 async def test_permissions_changed_event_makes_the_gateway_fetch_the_users_permissions(
     ws_connect: Connect,
-    auth_client: httpx.AsyncClient,
+    ws_auth_client: httpx.AsyncClient,
     redis_namespace: RedisNamespace,
     make_ws_user: MakeUser,
 ) -> None:
@@ -176,7 +176,7 @@ async def test_permissions_changed_event_makes_the_gateway_fetch_the_users_permi
     first, second, bystander = [await make_ws_user() for _ in range(3)]
     first_ws, second_ws = await ws_connect(first.token), await ws_connect(second.token)
     bystander_ws = await ws_connect(bystander.token)
-    expected = await auth_client.get("/me/permissions", headers=first.tokens.bearer)
+    expected = await ws_auth_client.get("/me/permissions", headers=first.tokens.bearer)
     assert expected.status_code == 200, expected.text
 
     redis = redis_namespace.client()

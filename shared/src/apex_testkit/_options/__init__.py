@@ -7,10 +7,13 @@
 - `target`: --target / APEX_TEST_TARGET
 - `services`: --services / APEX_TEST_SERVICES
 - `perf`: --perf / APEX_TEST_PERF
+- `timeout`: --test-timeout / APEX_TEST_TIMEOUT
 
 Each is a pytest plugin of its own (the kit's plugin lists them in `pytest_plugins`).
 """
 
 from __future__ import annotations
 
-PLUGINS = tuple(f"apex_testkit._options.{name}" for name in ("level", "target", "services", "perf"))
+PLUGINS = tuple(
+    f"apex_testkit._options.{name}" for name in ("level", "target", "services", "perf", "timeout")
+)
