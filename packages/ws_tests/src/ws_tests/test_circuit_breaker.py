@@ -28,7 +28,7 @@ BREAKER = pytest.mark.bvj(
     segment="platform", goal="Failure isolation: a sick dependency cannot hang every socket",
     mrr=10000, scenario="001#24",
 )  # fmt: skip
-pytestmark = [BREAKER]
+pytestmark = [BREAKER, pytest.mark.slow]  # each waits out an open period
 
 # Open long enough for the few local round trips that assert the open state even on a
 # loaded machine, short enough that waiting it out stays cheap.

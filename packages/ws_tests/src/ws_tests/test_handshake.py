@@ -196,6 +196,7 @@ async def test_expired_token_is_refused_with_401_token_expired(
 @pytest.mark.L3
 @pytest.mark.L4
 @HANDSHAKE
+@pytest.mark.slow
 async def test_token_refused_once_it_has_expired(
     ws_connect: Connect, make_ws_user: MakeUser
 ) -> None:
@@ -293,6 +294,7 @@ async def test_refresh_on_a_live_connection_swaps_the_token(
 @pytest.mark.L2
 @pytest.mark.L3
 @HANDSHAKE
+@pytest.mark.slow
 async def test_refreshed_connection_outlives_its_first_token(
     ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
 ) -> None:
@@ -312,6 +314,7 @@ async def test_refreshed_connection_outlives_its_first_token(
 @pytest.mark.L3
 @pytest.mark.L4
 @HANDSHAKE
+@pytest.mark.slow
 async def test_refresh_with_another_users_token_is_refused_and_the_old_token_stays(
     ws_connect: Connect, make_ws_user: MakeUser
 ) -> None:
@@ -349,6 +352,7 @@ async def test_refresh_with_an_invalid_token_is_refused_and_the_connection_stays
 @pytest.mark.L3
 @pytest.mark.L4
 @HANDSHAKE
+@pytest.mark.slow
 async def test_token_expiring_without_refresh_closes_with_4001(
     ws_connect: Connect, make_ws_user: MakeUser
 ) -> None:

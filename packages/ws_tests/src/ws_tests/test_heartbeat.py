@@ -69,6 +69,7 @@ async def test_welcome_announces_the_heartbeat_and_app_pings_are_answered(
 @pytest.mark.L2
 @pytest.mark.L3
 @HEARTBEAT
+@pytest.mark.slow
 async def test_client_that_stops_answering_pings_is_reaped_and_a_healthy_one_stays(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
