@@ -28,7 +28,6 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "SUBPROTOCOL",
     "Connect",
-    "TokenIn",
     "Frame",
     "HandshakeRefused",
     "WsClient",
@@ -170,7 +169,7 @@ async def open_ws(
     token: str | None,
     *,
     last_seq: int | None = None,
-    token_in: TokenIn = "header",
+    token_in: TokenIn = "header",  # noqa: S107 - where the token goes, not a token
     compression: str | None = "deflate",
     max_size: int | None = 2**24,
 ) -> WsClient:

@@ -221,7 +221,10 @@ async def test_a_message_to_a_user_of_another_tenant_is_refused_and_never_delive
     mallory = await make_ws_user(tenant=ours)
     victim, colleague = await make_ws_user(tenant=theirs), await make_ws_user(tenant=theirs)
     mallory_tab = await ws_open(url, mallory.token)
-    victim_tab, colleague_tab = await ws_open(url, victim.token), await ws_open(url, colleague.token)
+    victim_tab, colleague_tab = (
+        await ws_open(url, victim.token),
+        await ws_open(url, colleague.token),
+    )
 
     refused = await mallory_tab.request(
         "publish", to=to_user(victim), data={"text": "your password expired, sign in here"}

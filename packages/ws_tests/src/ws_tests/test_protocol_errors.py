@@ -89,8 +89,9 @@ async def test_a_text_frame_over_the_limit_closes_only_its_connection_1009_unpro
     limit = 4096
     gateway = await gateways.start(APEX_WS_MAX_MESSAGE=str(limit))
     sender, receiver = await make_ws_user(), await make_ws_user()
-    sending, other_tab = await ws_open(gateway.url, sender.token), await ws_open(
-        gateway.url, sender.token
+    sending, other_tab = (
+        await ws_open(gateway.url, sender.token),
+        await ws_open(gateway.url, sender.token),
     )
     receiving = await ws_open(gateway.url, receiver.token)
     envelope = {"type": "publish", "id": "big", "to": to_user(receiver), "data": {"b": ""}}

@@ -168,7 +168,9 @@ def _token(headers: Headers, query: dict[str, list[str]]) -> str | None:
         for value in headers.get_all("Sec-WebSocket-Protocol")
         for item in value.split(",")
     ]
-    in_protocol = [item[len(BEARER_PROTOCOL) :] for item in offered if item.startswith(BEARER_PROTOCOL)]
+    in_protocol = [
+        item.removeprefix(BEARER_PROTOCOL) for item in offered if item.startswith(BEARER_PROTOCOL)
+    ]
     in_header = headers.get("Authorization")
     if len(in_protocol) + (in_header is not None) > 1:
         raise _BadRequest("send the access token one way only (RFC 6750 §2)")

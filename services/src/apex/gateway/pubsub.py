@@ -4,9 +4,9 @@ One task follows three Redis channels: the fan-out channel (``ws:fanout``: a mes
 was logged for a user; the user's feed here, if any, delivers it), the control channel
 (``ws:control``: a user's tabs changed, so leadership may have moved) and apex.auth's
 events (``auth:events``: a revoked session closes its connections 4003; changed
-permissions are pushed to the user's connections, and remembered for their checks). Pub/sub only notifies: after a
-Redis outage the task resubscribes, every feed catches up from the streams, and the
-sessions are checked again (a revocation may have been missed).
+permissions are pushed to the user's connections, and remembered for their checks).
+Pub/sub only notifies: after a Redis outage the task resubscribes, every feed catches up
+from the streams, and the sessions are checked again (a revocation may have been missed).
 """
 
 from __future__ import annotations

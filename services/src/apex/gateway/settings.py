@@ -89,9 +89,7 @@ class GatewaySettings(ServiceSettings):
             "max_connections_per_user": env.whole_number("APEX_WS_MAX_CONNECTIONS_PER_USER", 20),
             "replay_buffer": env.whole_number("APEX_WS_REPLAY_BUFFER", 1000),
             "stream_ttl": env.whole_number("APEX_WS_STREAM_TTL", 86_400, unit="seconds"),
-            "broadcast_permission": _permission(
-                "APEX_WS_BROADCAST_PERMISSION", env.text("APEX_WS_BROADCAST_PERMISSION", "realtime:broadcast")
-            ),
+            "broadcast_permission": _permission(env, "APEX_WS_BROADCAST_PERMISSION"),
             "drain_timeout": env.number("APEX_WS_DRAIN_TIMEOUT", 10.0),
             "shutdown_grace": env.number("APEX_WS_SHUTDOWN_GRACE", 5.0, unit="seconds"),
             "max_upload": env.whole_number("APEX_WS_MAX_UPLOAD", 10_485_760),
@@ -106,7 +104,8 @@ class GatewaySettings(ServiceSettings):
         }
 
 
-def _permission(variable: str, value: str) -> str:
+def _permission(env: Env, variable: str) -> str:
+    value = env.text(variable, "realtime:broadcast")
     if not _PERMISSION.fullmatch(value):
         raise ConfigError(
             f"{variable} must be a permission name <resource>:<action> in lower case "

@@ -27,7 +27,15 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-__all__ = ["COMPLETE_TTL_SECONDS", "HEADER_SIZE", "Chunk", "UploadError", "UploadStore", "parse_chunk"]
+__all__ = [
+    "COMPLETE_TTL_SECONDS",
+    "HEADER_SIZE",
+    "Chunk",
+    "Quotas",
+    "UploadError",
+    "UploadStore",
+    "parse_chunk",
+]
 
 HEADER_SIZE: Final = 24
 COMPLETE_TTL_SECONDS: Final = 24 * 3600
