@@ -444,7 +444,9 @@ def unit(session: nox.Session) -> None:
 @register("bench", tags=["perf"])
 def bench(session: nox.Session) -> None:
     """Benchmarks (tests marked perf): numbers printed and written to reports/bench/."""
-    install(session, SHARED, SERVICES, *(p.path for p in PACKAGES), extra=TEST_TOOLS)
+    # The plugins the kit's per-test reset is compared with: in this env only.
+    plugins = ["pytest-postgresql>=7", "pytest-redis>=3"]
+    install(session, SHARED, SERVICES, *(p.path for p in PACKAGES), extra=[*TEST_TOOLS, *plugins])
     (REPORTS / "bench").mkdir(parents=True, exist_ok=True)
     # One process, no coverage, no xdist: nothing competes with the measurements.
     # `--pyargs` takes the path too: what does not import as a module is a path.

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from apex.auth.permcache import PERMISSIONS_CHANGED, PermissionCache
 from apex.auth.resilience import Resilience
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 
 
 class FakePool:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.common.config import RateLimit
-from apex_testkit.waiting import eventually
+from apex_testkit import eventually
 
 
 @pytest.fixture(name="limiter")

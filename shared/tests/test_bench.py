@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 
 from apex_testkit import _loop
-from apex_testkit.provisioning import SERVICES
-from apex_testkit.provisioning._chain import _provide
-from apex_testkit.run import Run
+from apex_testkit._provisioning import SERVICES
+from apex_testkit._provisioning._chain import _provide
+from apex_testkit._run import Run
 
 pytestmark = pytest.mark.perf
 REPORT = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench")) / "testkit.json"

@@ -17,9 +17,9 @@ import pytest
 from conftest import finish, inner_env
 from lxml import etree
 
-from apex_testkit.fakes.saml import WRAPPING_EMAIL
-from apex_testkit.sut import service_env
-from apex_testkit.waiting import DeadlineExceeded, wait_for
+from apex_testkit._fakes.saml import WRAPPING_EMAIL
+from apex_testkit._sut.wiring import service_env
+from apex_testkit._waiting import DeadlineExceeded, wait_for
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -187,6 +187,44 @@ def test_scripted_id_tokens_and_key_rotation(fake_idp):
     assert kids == {old_kid, new_kid}
 
 
+def test_an_id_token_can_leave_out_optional_claims(fake_idp):
+    """`without` drops claims (OIDC Core 5.1 makes email_verified optional); what stays
+    is still a valid RS256 id_token."""
+    import jwt
+
+    fake_idp.login_as("user-4", "di@example.test")
+    redirect = "http://app.apex.test/cb"
+
+    def claims() -> dict:
+        location = httpx.get(
+            f"{fake_idp.issuer}/authorize",
+            params={
+                "response_type": "code",
+                "client_id": fake_idp.client_id,
+                "redirect_uri": redirect,
+                "scope": "openid email",
+            },
+        ).headers["location"]
+        answer = httpx.post(
+            f"{fake_idp.issuer}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": httpx.URL(location).params["code"],
+                "redirect_uri": redirect,
+            },
+            auth=(fake_idp.client_id, fake_idp.client_secret),
+        )
+        token = answer.json()["id_token"]
+        key = jwt.PyJWKClient(fake_idp.jwks_url).get_signing_key_from_jwt(token)
+        return jwt.decode(token, key, algorithms=["RS256"], audience=fake_idp.client_id)
+
+    fake_idp.next_id_token(without=("email_verified",))
+    first = claims()
+    assert "email_verified" not in first
+    assert first["email"] == "di@example.test"
+    assert claims()["email_verified"] is True, "the next id_token is whole again"
+
+
 # -- SAML ---------------------------------------------------------------------------------
 
 
@@ -274,6 +312,24 @@ def test_saml_validity_audience_and_unknown_request_ids(fake_saml_idp):
     assert plain.get("InResponseTo") == "_unseen"
     assert plain.find(f".//{{{SAML}}}Audience").text == "x"
     assert plain.find(f".//{{{SAML}}}Issuer").text == fake_saml_idp.entity_id
+
+
+def test_idp_initiated_responses_answer_no_request(fake_saml_idp):
+    """SAML profiles 4.1.5: an unsolicited response has no InResponseTo, on the Response or
+    on the SubjectConfirmationData, and is signed like any other."""
+    from signxml import XMLVerifier
+
+    cert, _ = _metadata_cert(fake_saml_idp)
+    raw = base64.b64decode(
+        fake_saml_idp.response_for(None, "ada@example.test", "ada@example.test", signed="response")
+    )
+    signed = XMLVerifier().verify(raw, x509_cert=cert).signed_xml
+    assert signed.tag == f"{{{SAMLP}}}Response"
+    assert signed.get("InResponseTo") is None
+    data = signed.find(f".//{{{SAML}}}SubjectConfirmationData")
+    assert data.get("InResponseTo") is None
+    assert data.get("Recipient") == "http://auth.apex.test/auth/saml/acs"
+    assert signed.find(f".//{{{SAML}}}Audience").text == "apex-auth"
 
 
 # -- SMTP ---------------------------------------------------------------------------------
@@ -388,7 +444,7 @@ def test_a_reset_forgets_messages_and_requests(apex_worker, mailbox, fake_idp):
 HOLD_FAKES = """
 import json, os, pytest
 from pathlib import Path
-from apex_testkit.waiting import wait_for
+from apex_testkit import wait_for
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 

@@ -14,9 +14,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from apex_testkit.faults import parse_address
-from apex_testkit.sut import ProcessPlatform
-from apex_testkit.waiting import wait_for
+from apex_testkit._faults import parse_address
+from apex_testkit._sut import ProcessPlatform
+from apex_testkit._waiting import wait_for
 
 
 def _raw_redis(url: str, timeout: float = 5.0) -> redis.Connection:

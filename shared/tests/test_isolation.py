@@ -9,14 +9,14 @@ import asyncpg
 from conftest import finish, inner_env
 
 from apex_testkit import _loop
-from apex_testkit.provisioning.clickhouse import client as clickhouse_client
-from apex_testkit.waiting import wait_for
+from apex_testkit._provisioning.clickhouse import client as clickhouse_client
+from apex_testkit._waiting import wait_for
 
 WORKERS_WRITE = """
 import json, os, pytest
 import asyncpg
 from apex_testkit import _loop
-from apex_testkit.provisioning.clickhouse import client
+from apex_testkit._provisioning.clickhouse import client
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 
@@ -54,7 +54,7 @@ def test_write_and_see_only_own(
 HOLD = """
 import json, os, pytest
 from pathlib import Path
-from apex_testkit.waiting import wait_for
+from apex_testkit._waiting import wait_for
 
 bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 
@@ -141,7 +141,7 @@ def test_kill_9_of_a_run_leaves_nothing(test_package, inner_pytest, tmp_path: Pa
 
 def test_next_run_sweeps_what_a_dead_run_left(test_package, inner_pytest, tmp_path: Path):
     """Even with its watchdog killed too, the next run removes a dead run's servers."""
-    from apex_testkit.run import Run
+    from apex_testkit._run import Run
 
     project = test_package("test_hold.py", HOLD)
     out = tmp_path / "out"

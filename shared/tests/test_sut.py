@@ -9,12 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apex_testkit.sut import ProcessPlatform, ServiceProcess, service_env
-from apex_testkit.target import load_target
+from apex_testkit import Level
+from apex_testkit._level import WrongLevel
+from apex_testkit._sut import DeployedPlatform, InProcessPlatform, ProcessPlatform, ServiceProcess
+from apex_testkit._sut.wiring import proxiable, service_env
+from apex_testkit._target import load_target
 
 
 def test_a_service_that_dies_at_start_is_a_clear_error(apex_worker):
-    process = ServiceProcess(apex_worker.run, "no_such_service", {}, "selftest-broken")
+    process = ServiceProcess(apex_worker.run, "apex.no_such_service", {}, "selftest-broken")
     with pytest.raises(RuntimeError) as caught:
         process.start(timeout=30)
     message = str(caught.value)
@@ -24,7 +27,7 @@ def test_a_service_that_dies_at_start_is_a_clear_error(apex_worker):
 
 def test_a_service_with_bad_settings_shows_its_own_error(apex_worker):
     env = service_env(apex_worker, "auth") | {"APEX_JWT_ACCESS_TTL": "soon"}
-    process = ServiceProcess(apex_worker.run, "auth", env, "selftest-bad-settings")
+    process = ServiceProcess(apex_worker.run, "apex.auth", env, "selftest-bad-settings")
     with pytest.raises(RuntimeError, match="APEX_JWT_ACCESS_TTL"):
         process.start(timeout=30)
 
@@ -47,7 +50,7 @@ def test_l3_instances_are_processes_reused_and_stopped(apex_worker):
 
 def _stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "apex_testkit.cli", "stack", *args],
+        [sys.executable, "-m", "apex_testkit._cli", "stack", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -83,8 +86,6 @@ def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
 
 
 async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker):
-    from apex_testkit.sut import InProcessPlatform
-
     platform = InProcessPlatform(apex_worker)
     async with platform.serve("auth") as url:
         assert url.startswith("http://127.0.0.1:")
@@ -98,8 +99,6 @@ async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker
 
 
 async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_worker):
-    from apex_testkit.sut import InProcessPlatform
-
     processes = ProcessPlatform(apex_worker)
     try:
         shared = processes.instance("auth").url
@@ -123,3 +122,28 @@ async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_wor
         async with httpx.AsyncClient(base_url=served.url) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get("/healthz")
+
+
+def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
+    in_loop = InProcessPlatform(apex_worker)
+    with pytest.raises(WrongLevel, match=r"exists at L3 only, and this run is L2: mark the test"):
+        in_loop.instance("auth")
+    with pytest.raises(WrongLevel, match=r"fault proxy .* L3 only"):
+        in_loop.proxy("auth", 0, "redis")
+    target = tmp_path / "target.toml"
+    target.write_text('[services.auth]\nurl = "http://127.0.0.1:9"\n')
+    deployed = DeployedPlatform(load_target(target))
+    with pytest.raises(WrongLevel, match=r"platform.start\('auth'\) exists at L2/L3 only"):
+        deployed.start("auth")
+    with pytest.raises(WrongLevel, match=r"reconfiguring auth \(APEX_X\) exists at L2/L3 only"):
+        deployed.client("auth", APEX_X="1")
+    with pytest.raises(WrongLevel, match="L4: mark the test for L3 only"):
+        deployed.require(Level.L3, what="Redis faults")
+
+
+def test_what_a_fault_proxy_can_stand_in_for_comes_from_the_topology():
+    assert set(proxiable("auth")) == {
+        *("postgres", "redis", "clickhouse"),
+        *("oidc", "saml", "smtp", "sms"),
+    }
+    assert proxiable("auth")["oidc"] == "APEX_IDP_ISSUER"

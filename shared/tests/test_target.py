@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import finish
 
-from apex_testkit.target import TargetError, load_target
+from apex_testkit._target import TargetError, load_target
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -19,25 +19,25 @@ __version__ = "0.2.0"
 # test package importing `eventually` does not pay for the SAML fake's XML stack.
 _EXPORTS: dict[str, str] = {
     # levels and the platform as the tests see it
-    "Level": "apex_testkit.settings",
-    "Platform": "apex_testkit.sut",
-    "RunningService": "apex_testkit.sut",
-    "ServiceProcess": "apex_testkit.sut",
+    "Level": "apex_testkit._level",
+    "Platform": "apex_testkit._sut.platform",
+    "RunningService": "apex_testkit._sut.platform",
+    "ServiceProcess": "apex_testkit._sut.processes",
     # waiting on conditions with deadlines
-    "DeadlineExceeded": "apex_testkit.waiting",
-    "eventually": "apex_testkit.waiting",
-    "wait_for": "apex_testkit.waiting",
+    "DeadlineExceeded": "apex_testkit._waiting",
+    "eventually": "apex_testkit._waiting",
+    "wait_for": "apex_testkit._waiting",
     # servers and faults
-    "RedisNamespace": "apex_testkit.provisioning.redis",
-    "FaultProxy": "apex_testkit.faults",
+    "RedisNamespace": "apex_testkit._provisioning.redis",
+    "FaultProxy": "apex_testkit._faults",
     # fakes of third parties
-    "FakeIdp": "apex_testkit.fakes.oidc",
-    "FakeSamlIdp": "apex_testkit.fakes.saml",
-    "WRAPPING_EMAIL": "apex_testkit.fakes.saml",
-    "parse_authn_request": "apex_testkit.fakes.saml",
-    "Mail": "apex_testkit.fakes.smtp",
-    "Mailbox": "apex_testkit.fakes.smtp",
-    "FakeSms": "apex_testkit.fakes.sms",
+    "FakeIdp": "apex_testkit._fakes.oidc",
+    "FakeSamlIdp": "apex_testkit._fakes.saml",
+    "WRAPPING_EMAIL": "apex_testkit._fakes.saml",
+    "parse_authn_request": "apex_testkit._fakes.saml",
+    "Mail": "apex_testkit._fakes.smtp",
+    "Mailbox": "apex_testkit._fakes.smtp",
+    "FakeSms": "apex_testkit._fakes.sms",
 }
 
 __all__ = [
@@ -61,15 +61,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from apex_testkit.fakes.oidc import FakeIdp
-    from apex_testkit.fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
-    from apex_testkit.fakes.sms import FakeSms
-    from apex_testkit.fakes.smtp import Mail, Mailbox
-    from apex_testkit.faults import FaultProxy
-    from apex_testkit.provisioning.redis import RedisNamespace
-    from apex_testkit.settings import Level
-    from apex_testkit.sut import Platform, RunningService, ServiceProcess
-    from apex_testkit.waiting import DeadlineExceeded, eventually, wait_for
+    from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
+    from apex_testkit._fakes.sms import FakeSms
+    from apex_testkit._fakes.smtp import Mail, Mailbox
+    from apex_testkit._faults import FaultProxy
+    from apex_testkit._level import Level
+    from apex_testkit._provisioning.redis import RedisNamespace
+    from apex_testkit._sut.platform import Platform, RunningService
+    from apex_testkit._sut.processes import ServiceProcess
+    from apex_testkit._waiting import DeadlineExceeded, eventually, wait_for
 
 
 def __getattr__(name: str) -> Any:

@@ -1,16 +1,17 @@
-"""Collection rules for test packages: every test names its levels and its BVJ; the run
-keeps only the tests of the selected level."""
+"""Collection rules for test packages: which modules are test packages' (installed ones,
+and the ini option apex_test_packages), every test names its levels and its BVJ (carried
+into reports). The options that select tests (--level, --perf) use `deselect`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from functools import cache
 from importlib.metadata import entry_points
 
 import pytest
 
-from apex_testkit.settings import SETTINGS, KitSettings, Level
+from apex_testkit._level import Level
 
 LEVEL_MARKERS = tuple(level.value for level in Level)
 BVJ_FIELDS = ("segment", "goal", "mrr", "scenario")
@@ -28,6 +29,14 @@ MARKERS = {
     "slow": "takes seconds, not milliseconds",
     "perf": "a benchmark: measured and reported, runs only with --perf (nox -s bench)",
 }
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "apex_test_packages",
+        type="linelist",
+        help="import names to treat as test packages besides the installed ones",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,19 +102,16 @@ def pytest_make_collect_report(
     return report
 
 
-def select(items: list[pytest.Item], settings: KitSettings) -> list[pytest.Item]:
-    """The tests to deselect: other levels, destructive ones at L4, perf without --perf."""
-    dropped = []
-    for item in items:
-        if (item.get_closest_marker("perf") and not settings.perf) or (
-            in_test_package(item)
-            and (
-                not item.get_closest_marker(settings.level.value)
-                or (settings.level is Level.L4 and item.get_closest_marker("destructive"))
-            )
-        ):
-            dropped.append(item)
-    return dropped
+def deselect(
+    config: pytest.Config, items: list[pytest.Item], drop: Callable[[pytest.Item], bool]
+) -> None:
+    """Remove the items `drop` says stay out of the run, reported as deselected (how
+    --level and --perf apply)."""
+    dropped = [item for item in items if drop(item)]
+    if dropped:
+        dropped_ids = {id(item) for item in dropped}
+        items[:] = [item for item in items if id(item) not in dropped_ids]
+        config.hook.pytest_deselected(items=dropped)
 
 
 def annotate(item: pytest.Item) -> None:
@@ -116,10 +122,5 @@ def annotate(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    dropped = select(items, config.stash[SETTINGS])
-    if dropped:
-        dropped_ids = {id(item) for item in dropped}
-        items[:] = [item for item in items if id(item) not in dropped_ids]
-        config.hook.pytest_deselected(items=dropped)
     for item in items:
         annotate(item)

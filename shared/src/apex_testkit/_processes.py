@@ -11,6 +11,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,22 +19,39 @@ from pathlib import Path
 
 import httpx
 
-from apex_testkit.waiting import wait_for
+from apex_testkit._waiting import wait_for
 
 _PR_SET_PDEATHSIG = 1
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel start time of `pid` (clock ticks since boot), None if it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state first), None if there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie is as good as gone
+    return stat.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of `pid` (clock ticks since boot), None if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":  # a zombie is as good as gone
         return None
     return int(fields[19])
+
+
+def _exit_status(status: int) -> str:
+    """A wait status, as words."""
+    if status & 0x7F:
+        number = status & 0x7F
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {number} ({name})"
+    return f"exited with code {(status >> 8) & 0xFF}"
 
 
 @dataclass(frozen=True)
@@ -53,11 +71,32 @@ class ProcessRef:
     def alive(self) -> bool:
         return start_time(self.pid) == self.started
 
+    def status(self) -> str:
+        """ "running", "stopped (SIGSTOP)", or how it ended ("killed by signal 9 (SIGKILL)",
+        "exited with code 1", or "exited" when its parent has already collected it)."""
+        fields = _stat_fields(self.pid)
+        if fields is None or int(fields[19]) != self.started:
+            return "exited (its exit status was collected by its parent)"
+        state = fields[0]
+        if state == "Z":
+            # Field 52: the wait status, kept while the zombie waits for its parent (the
+            # process of the run that started it, which never reaps it before the end).
+            return _exit_status(int(fields[49])) if len(fields) > 49 else "exited"
+        if state in ("T", "t"):
+            return "stopped (SIGSTOP)"
+        return "running"
+
     def stop(self, grace: float = 10.0, sig: signal.Signals = signal.SIGTERM) -> None:
         """Send `sig` to its process group, SIGKILL after `grace` seconds; no-op when gone."""
         if not self.alive():
             return
+        # A stopped (SIGSTOP) server would act on `sig` only after the grace, and its
+        # children (PostgreSQL's backends, each in a session of its own) never: wake all.
+        frozen = self.status().startswith("stopped")
+        family = [self.pid, *_descendants(self.pid)] if frozen else []
         _signal_group(self.pid, sig)
+        for pid in family:
+            _signal_group(pid, signal.SIGCONT)
         if not wait_for(lambda: not self.alive(), timeout=grace, raise_on_timeout=False):
             _signal_group(self.pid, signal.SIGKILL)
             wait_for(lambda: not self.alive(), timeout=5.0, raise_on_timeout=False)
@@ -68,6 +107,21 @@ class ProcessRef:
     @classmethod
     def from_json(cls, data: Mapping[str, int]) -> ProcessRef:
         return cls(int(data["pid"]), int(data["started"]))
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (read from /proc: only for the rare frozen server)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -108,6 +162,24 @@ class RunAs:
                 f"Fix: useradd --system {account} (or run the tests as a normal user)"
             ) from None
         return cls(account, entry.pw_uid, entry.pw_gid)
+
+    def can_enter(self, path: Path) -> bool:
+        """Whether this account may traverse every directory down to `path` (mode bits;
+        e.g. not inside the 0700 directory `mktemp -d` makes for root)."""
+        for folder in (path, *path.parents):
+            try:
+                info = folder.stat()
+            except OSError:
+                continue  # not made yet: the kit makes it, traversable
+            if info.st_uid == self.uid:
+                bit = stat.S_IXUSR
+            elif info.st_gid == self.gid:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not info.st_mode & bit:
+                return False
+        return True
 
     def own(self, *paths: Path) -> None:
         for path in paths:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from apex_testkit._processes import ProcessRef
-from apex_testkit.run import cleanup
+from apex_testkit._run import cleanup
 
 
 def main(argv: list[str]) -> int:

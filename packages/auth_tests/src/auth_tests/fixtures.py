@@ -31,6 +31,20 @@ async def auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClie
 
 
 @pytest.fixture
+async def trusting_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """apex.auth whose OIDC and SAML IdPs may link their logins to the tests' accounts.
+
+    An IdP login links to an existing account only for an address in a domain the IdP is
+    trusted for (issue 10); the users the tests make have addresses in this one."""
+    async with clean_platform.client(
+        "auth",
+        APEX_IDP_TRUSTED_DOMAINS="tests.apex.invalid",
+        APEX_SAML_TRUSTED_DOMAINS="tests.apex.invalid",
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def auth_admin(auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
     """The admin API, to create users and API keys."""
     return AuthAdmin(auth_client, admin_token)

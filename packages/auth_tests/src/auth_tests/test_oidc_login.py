@@ -438,18 +438,19 @@ async def test_the_subject_not_the_email_identifies_the_idp_user(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_an_existing_user_is_linked_by_email(
-    auth_client: httpx.AsyncClient,
+    trusting_auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
 ) -> None:
+    """The IdP is trusted for the user's domain and vouches for the address (issue 10)."""
     tenant = str(uuid.uuid4())
     existing = await auth_admin.create_user(tier="enterprise", tenant_id=tenant)
 
-    response = await oidc_login(auth_client, fake_idp, email=existing["email"].upper())
+    response = await oidc_login(trusting_auth_client, fake_idp, email=existing["email"].upper())
 
     assert response.json()["user_id"] == existing["id"]
     assert await _admin_user(auth_admin, existing["id"]) == existing, "linking changed the user"
-    profile = (await me(auth_client, Tokens.of(response).access)).json()
+    profile = (await me(trusting_auth_client, Tokens.of(response).access)).json()
     assert (profile["tier"], profile["tenant_id"]) == ("enterprise", tenant)
 
 
@@ -556,13 +557,14 @@ async def test_group_sync_takes_effect_on_live_permission_checks(
 @pytest.mark.L3
 async def test_an_oidc_user_with_2fa_gets_a_second_factor_challenge(
     auth_client: httpx.AsyncClient,
+    trusting_auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
 ) -> None:
     person = await create_password_user(auth_admin)
     enrolled = await enroll_totp(auth_client, person)
 
-    response = await oidc_login(auth_client, fake_idp, email=person.email)
+    response = await oidc_login(trusting_auth_client, fake_idp, email=person.email)
 
     assert response.status_code == 200, response.text
     body = response.json()

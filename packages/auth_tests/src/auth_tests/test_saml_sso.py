@@ -292,9 +292,11 @@ async def _memberships(db: asyncpg.Connection, user_id: str) -> dict[str, str]:
 
 async def test_jit_provisioning_creates_once_and_links_existing_users(
     auth_client: httpx.AsyncClient,
+    trusting_auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
+    """Linking needs an IdP trusted for the user's domain (issue 10)."""
     newcomer = _email()
     first = await _browser_login(auth_client, fake_saml_idp, newcomer, newcomer, [])
     second = await _browser_login(auth_client, fake_saml_idp, newcomer, newcomer, [])
@@ -306,7 +308,7 @@ async def test_jit_provisioning_creates_once_and_links_existing_users(
 
     existing = await auth_admin.create_user(tier="enterprise")
     linked = await _browser_login(
-        auth_client, fake_saml_idp, f"employee-{uuid.uuid4().hex}", existing["email"], []
+        trusting_auth_client, fake_saml_idp, f"employee-{uuid.uuid4().hex}", existing["email"], []
     )
     assert linked.json()["user_id"] == existing["id"]
     assert (await me(auth_client, Tokens.of(linked).access)).json()["tier"] == "enterprise"
@@ -404,13 +406,16 @@ async def test_a_response_replayed_through_another_instance_is_refused(
 
 async def test_a_saml_user_with_2fa_gets_a_second_factor_challenge(
     auth_client: httpx.AsyncClient,
+    trusting_auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
     person = await create_password_user(auth_admin)
     await enroll_totp(auth_client, person)
 
-    response = await _browser_login(auth_client, fake_saml_idp, person.email, person.email, [])
+    response = await _browser_login(
+        trusting_auth_client, fake_saml_idp, person.email, person.email, []
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()

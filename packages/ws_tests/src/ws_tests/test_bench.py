@@ -1,10 +1,14 @@
 """Benchmarks of the gateway (marker perf; `nox -s bench`, or `pytest --perf -m perf -s`).
 
 001#76 concurrent connections held (target 1,000 on 2 cores) and 001#77 fan-out
-throughput (target 10,000 messages/s delivered) with p50/p99 delivery latency, with and
-without permessage-deflate. A benchmark reports numbers (a table on stdout, JSON in
-$APEX_BENCH_DIR/gateway.json, default reports/bench); it never fails on speed, only on
-correctness (every connection welcomed, every message delivered once, in order).
+throughput (issue 9's targets: 10,000 deliveries/s plain, 7,000/s with permessage-deflate):
+a burst (every message at once; deliveries/s is the capacity) and then a paced run at half
+that capacity, whose p50/p99 delivery latency (target p99 < 50 ms) is the latency without a
+backlog. `nox -s bench` runs at L3: the gateway is a process of its own and this test's
+process (publisher and receivers) is the load generator, so the two never share a loop.
+A benchmark reports numbers (a table on stdout, JSON in $APEX_BENCH_DIR/gateway.json,
+default reports/bench); it never fails on speed, only on correctness (every connection
+welcomed, every message delivered once, in order).
 Sizes: APEX_BENCH_CONNECTIONS (1000), APEX_BENCH_RECEIVERS (50), APEX_BENCH_MESSAGES (400).
 """
 
@@ -37,6 +41,7 @@ THROUGHPUT = pytest.mark.bvj(
 pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3]
 
 FAST = {"APEX_WS_RATE": "1000000/1", "APEX_WS_SEND_QUEUE": "100000"}
+PACED_SECONDS = 4.0  # length of the paced run at half the measured capacity
 
 
 def _size(name: str, default: int) -> int:
@@ -49,10 +54,12 @@ def _report(section: str, rows: dict[str, Any], level: Level) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "gateway.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = {"level": level.value, "cpus": os.cpu_count(), **rows}
+    # The machine's load: on a shared 2-core machine the numbers mean little without it.
+    load = round(os.getloadavg()[0], 2)
+    data[section] = {"level": level.value, "cpus": os.cpu_count(), "loadavg_1min": load, **rows}
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     width = max(len(k) for k in rows)
-    print(f"\n== gateway benchmark: {section} ({level.value}) -> {path}")
+    print(f"\n== gateway benchmark: {section} ({level.value}, load average {load}) -> {path}")
     for key, value in rows.items():
         shown = f"{value:,.2f}" if isinstance(value, float) else f"{value}"
         print(f"  {key:<{width}}  {shown}")
@@ -142,38 +149,63 @@ async def _fan_out(
 
     latencies: list[float] = []
 
-    async def receive(client: WsClient) -> list[int]:
+    async def receive(client: WsClient, count: int) -> list[int]:
         got = []
-        for _ in range(messages):
+        for _ in range(count):
             frame = await client.expect("message", timeout=120)
             latencies.append(time.perf_counter() - frame["data"]["t"])
             got.append(frame["data"]["n"])
         return got
 
-    readers = [asyncio.create_task(receive(c)) for c in receivers]
-    started = time.perf_counter()
-    for n in range(messages):
+    async def publish(n: int) -> None:
         await publisher.send(
             "publish", to="broadcast", data={"n": n, "t": time.perf_counter(), "p": payload}
         )
+
+    # Burst: every message at once; the rate the receivers see is the capacity.
+    readers = [asyncio.create_task(receive(c, messages)) for c in receivers]
+    started = time.perf_counter()
+    for n in range(messages):
+        await publish(n)
     got = await asyncio.gather(*readers)
     elapsed = time.perf_counter() - started
     acks = [await publisher.expect("ack", timeout=60) for _ in range(messages)]
-
     assert len(acks) == messages
     assert all(g == list(range(messages)) for g in got), "lost or reordered deliveries"
-    delivered = receivers_count * messages
+    burst_latencies, latencies = latencies, []
+    capacity = receivers_count * messages / elapsed
+
+    # Paced: half the capacity, messages evenly spaced; latency without a backlog.
+    rate = capacity / 2 / receivers_count  # messages published per second
+    paced = max(20, min(messages, int(rate * PACED_SECONDS)))
+    readers = [asyncio.create_task(receive(c, paced)) for c in receivers]
+    paced_started = time.perf_counter()
+    for n in range(paced):
+        # Pacing the load (a schedule), not synchronising on a condition.
+        await asyncio.sleep(max(0.0, paced_started + n / rate - time.perf_counter()))
+        await publish(messages + n)
+    got = await asyncio.gather(*readers)
+    paced_elapsed = time.perf_counter() - paced_started
+    assert all(g == list(range(messages, messages + paced)) for g in got), "paced run lost some"
+    for _ in range(paced):
+        await publisher.expect("ack", timeout=60)
+
     return {
         "compression": compression,
         "deflate_negotiated": negotiated,
         "receivers": receivers_count,
         "messages_published": messages,
-        "deliveries": delivered,
+        "deliveries": receivers_count * messages,
         "seconds": elapsed,
-        "deliveries_per_second": delivered / elapsed,
-        "target_deliveries_per_second": 10_000,
-        "latency_p50_ms": statistics.median(latencies) * 1000,
-        "latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+        "deliveries_per_second": capacity,
+        "target_deliveries_per_second": 7_000 if compression else 10_000,
+        "burst_latency_p50_ms": statistics.median(burst_latencies) * 1000,
+        "burst_latency_p99_ms": _percentile(burst_latencies, 0.99) * 1000,
+        "paced_deliveries_per_second": receivers_count * paced / paced_elapsed,
+        "paced_messages": paced,
+        "paced_latency_p50_ms": statistics.median(latencies) * 1000,
+        "paced_latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+        "paced_target_p99_ms": 50,
     }
 
 

@@ -18,12 +18,12 @@ import base64
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
 import pytest
 from auth_tests.client import AuthAdmin, Tokens, login
+from auth_tests.flows import oidc_login
 from websockets.exceptions import ConnectionClosed
 
 from apex_testkit import FakeIdp, RedisNamespace, eventually
@@ -443,19 +443,10 @@ async def test_oidc_login_then_websocket_session_bound_to_it(
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
 ) -> None:
+    # The browser round trip (auth -> IdP /authorize -> auth's callback, with the login
+    # cookie that binds it to this browser), from the identity team's client.
     email = f"sso-{time.time_ns()}@tests.apex.invalid"
-    fake_idp.login_as(sub=f"idp-{time.time_ns()}", email=email)
-
-    # The browser: auth -> IdP /authorize -> back to auth's callback with code and state.
-    start = await auth_client.get("/auth/oidc/login")
-    assert start.status_code == 302, start.text
-    async with httpx.AsyncClient(timeout=10) as browser:
-        authorize = await browser.get(start.headers["location"])
-    assert authorize.status_code == 302, authorize.text
-    back = urlsplit(authorize.headers["location"])
-    assert back.path == "/auth/oidc/callback"
-    assert "code" in parse_qs(back.query), back.query
-    callback = await auth_client.get(f"{back.path}?{back.query}")
+    callback = await oidc_login(auth_client, fake_idp, sub=f"idp-{time.time_ns()}", email=email)
     tokens = Tokens.of(callback)
     user_id = callback.json()["user_id"]
     assert _claims(tokens.access)["amr"] == ["oidc"]

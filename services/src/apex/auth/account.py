@@ -69,7 +69,7 @@ async def exchange_api_key(body: TokenRequest, context: Context) -> dict[str, An
             raise ApiError(
                 429,
                 "rate_limited",
-                f"more than {limit.count} token exchanges in {limit.window} s "
+                f"more than {limit.count} token exchanges in {limit.window:g} s "
                 f"for this API key ({owner.tier} tier)",
                 headers={"Retry-After": str(decision.retry_after)},
             )

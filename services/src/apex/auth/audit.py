@@ -23,6 +23,7 @@ IDENTITY_ACTIONS: Final = (
     "account.locked",
     "mfa.enabled",
     "mfa.disabled",
+    "mfa.disable_failed",
     "mfa.sms_sent",
     "password.reset_requested",
     "password.reset",

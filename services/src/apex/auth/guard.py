@@ -211,7 +211,7 @@ class Guard:
             raise ApiError(
                 429,
                 "rate_limited",
-                f"more than {limit.count} API requests in {limit.window} s for this user "
+                f"more than {limit.count} API requests in {limit.window:g} s for this user "
                 f"({tier} tier)",
                 headers={**headers, "Retry-After": str(decision.retry_after)},
             )

@@ -3,7 +3,18 @@
 A login through an IdP (provider "oidc" or "saml", subject = its ``sub`` / NameID)
 finds the user linked to that external identity, else links the user with the same
 e-mail address, else creates one (tier free, tenant from the IdP's ``tenant`` if it is
-a UUID). Then the user's memberships in IdP-mapped teams (``teams.idp_group``) follow
+a UUID).
+
+Anyone can put any address in a profile at some IdP, so an address is the IdP's word:
+- linking to an existing account needs a verified address (OIDC: ``email_verified`` is
+  the JSON ``true``; SAML has no such flag, its signed assertion stands for it) in a
+  domain the IdP is trusted for (APEX_IDP_TRUSTED_DOMAINS, APEX_SAML_TRUSTED_DOMAINS;
+  none by default). Otherwise the login is refused and the account stays as it is: its
+  owner signs in the way they always did.
+- creating an account needs a verified address or a trusted domain, so nobody reserves
+  someone else's address for a later link (pre-account takeover).
+
+Then the user's memberships in IdP-mapped teams (``teams.idp_group``) follow
 the IdP's groups: added as "member" to mapped teams it is in, removed from mapped teams
 it is no longer in (teams without idp_group are never touched).
 """
@@ -43,11 +54,14 @@ class ExternalProfile:
     email: str | None
     groups: tuple[str, ...] = ()
     tenant: str | None = None
-    email_verified: bool | None = None
+    email_verified: bool = False
 
 
-async def provision(conn: asyncpg.Connection, profile: ExternalProfile) -> LoginUser:
-    """The user of ``profile`` (found, linked or created), in the caller's transaction."""
+async def provision(
+    conn: asyncpg.Connection, profile: ExternalProfile, *, trusted_domains: frozenset[str]
+) -> LoginUser:
+    """The user of ``profile`` (found, linked or created), in the caller's transaction;
+    ``trusted_domains``: the e-mail domains this IdP may vouch for."""
     # One provisioning per external identity at a time: two first logins must not
     # create two users.
     await conn.execute(
@@ -60,14 +74,16 @@ async def provision(conn: asyncpg.Connection, profile: ExternalProfile) -> Login
         profile.subject,
     )
     if user_id is None:
-        user_id = await _link_or_create(conn, profile)
+        user_id = await _link_or_create(conn, profile, trusted_domains)
     user = await load_user(conn, user_id=user_id)
     if user is None:  # pragma: no cover - the row was found or written in this transaction
         raise ProvisioningError("the provisioned user vanished")
     return user
 
 
-async def _link_or_create(conn: asyncpg.Connection, profile: ExternalProfile) -> uuid.UUID:
+async def _link_or_create(
+    conn: asyncpg.Connection, profile: ExternalProfile, trusted_domains: frozenset[str]
+) -> uuid.UUID:
     if not profile.email:
         raise ProvisioningError("the identity provider sent no e-mail address")
     try:
@@ -75,15 +91,23 @@ async def _link_or_create(conn: asyncpg.Connection, profile: ExternalProfile) ->
     except ValueError:
         raise ProvisioningError("the identity provider sent an invalid e-mail address") from None
     actor = f"idp:{profile.provider}"
+    trusted = email.rpartition("@")[2] in trusted_domains
     existing = await load_user(conn, email=email)
     if existing is not None:
-        if profile.email_verified is False:
+        if not profile.email_verified:
             raise ProvisioningError(
                 "the identity provider has not verified this e-mail address; "
                 "it cannot be linked to the existing account"
             )
+        if not trusted:
+            raise ProvisioningError(
+                "an account with this e-mail address exists and this identity provider is "
+                "not trusted for its domain; sign in to it the way you usually do"
+            )
         user_id = existing.id
     else:
+        if not (profile.email_verified or trusted):
+            raise ProvisioningError("the identity provider has not verified this e-mail address")
         tenant_id = _uuid_or_none(profile.tenant)
         try:
             async with conn.transaction():  # a savepoint: a racing admin may take the address

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Final
 
 import asyncpg
-from fastapi import APIRouter, BackgroundTasks, Depends, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.auth import audit, mfa, passwords, users
 from apex.auth.context import AuthContext, Principal, authenticated, get_context
+from apex.auth.lockout import Attempt, Budget, BudgetSpent, Locked
 from apex.auth.logins import (
     AMR,
     IdentityServices,
@@ -25,6 +29,7 @@ from apex.auth.logins import (
     open_session,
 )
 from apex.auth.notify import DeliveryError
+from apex.common.config import RateLimit
 from apex.common.http import ApiError, require_json_body
 
 __all__ = ["router"]
@@ -83,16 +88,15 @@ async def login(body: LoginRequest, context: Context, identity: Identity) -> dic
         email = body.email.strip().lower()
     async with context.pool.acquire() as conn:
         user = await load_user(conn, email=email)
-        user_id = user.id if user is not None else None
-        state = await identity.lockout.state(conn, user_id, email)
-        if state.locked:
-            raise _locked(state.retry_after)
+    # Admitted before the (slow) check, so a parallel burst cannot outrun the lockout.
+    async with _attempt(identity, user, email=email) as attempt:
         password_hash = user.password_hash if user is not None else None
         if user is None or not await passwords.verify_password(body.password, password_hash):
-            await _failed(conn, identity, user, email, reason="wrong_password", method="password")
+            detail = {"reason": "wrong_password", "method": "password"}
+            await _failed(context, identity, attempt, user, detail)
             # One answer for unknown addresses and wrong passwords.
             raise ApiError(401, "invalid_credentials", "unknown e-mail address or wrong password")
-        await identity.lockout.reset_failures(user.id)
+        await identity.lockout.succeeded(attempt)
     return await finish_login(context, identity, user, "password")
 
 
@@ -110,30 +114,24 @@ async def mfa_verify(
     code = body.code.strip()
     async with context.pool.acquire() as conn:
         user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
-        if user is None:
-            raise _invalid_mfa_token()
-        state = await identity.lockout.state(conn, user.id, user.email)
-        if state.locked:
-            raise _locked(state.retry_after)
-        accepted, reused = False, False
-        if user.totp_enabled and user.totp_secret:
-            step = mfa.match_totp(user.totp_secret, code).step
-            if step is not None:
-                accepted = await identity.mfa.claim_totp_step(str(user.id), step)
-                reused = not accepted
-        if not accepted and not reused:
-            accepted = await identity.mfa.check_sms_code(pending, code)
-        if not accepted and not reused:
-            accepted = await mfa.use_backup_code(conn, user.id, code)
-        if not accepted:
-            reason = "code_reused" if reused else "invalid_code"
-            await _failed(conn, identity, user, user.email, reason=reason, method=pending.method)
-            if reused:
-                raise ApiError(401, "code_reused", "this code's time step has been used already")
-            raise ApiError(401, "invalid_code", "wrong or expired code")
-        if not await identity.mfa.consume(pending):
-            raise _invalid_mfa_token()
-        await identity.lockout.reset_failures(user.id)
+    if user is None:
+        raise _invalid_mfa_token()
+    budget = identity.mfa.attempts_budget(pending, context.settings.mfa_token_attempts)
+    try:
+        async with _attempt(identity, user, second_factor=True, extra=[budget]) as attempt:
+            async with context.pool.acquire() as conn:
+                outcome = await _check_code(conn, identity, user, code, pending)
+            if outcome != "accepted":
+                detail = {"reason": outcome, "method": pending.method}
+                await _failed(context, identity, attempt, user, detail)
+                raise ApiError(401, outcome, _CODE_ERRORS[outcome])
+            if not await identity.mfa.consume(pending):
+                raise _invalid_mfa_token()  # a concurrent verify won: taken back on the way out
+            await identity.lockout.succeeded(attempt)
+    except BudgetSpent:
+        raise ApiError(
+            401, "invalid_mfa_token", "too many wrong codes for this mfa_token: sign in again"
+        ) from None
     return await open_session(
         context, user, method=pending.method, amr=[AMR[pending.method], "otp"]
     )
@@ -153,6 +151,17 @@ async def mfa_sms(body: MfaTokenRequest, context: Context, identity: Identity) -
             raise _invalid_mfa_token()
         if not user.phone:
             raise ApiError(409, "no_phone", "this account has no phone number for SMS codes")
+        settings = context.settings
+        # Per mfa_token first: a capped token then costs the user's own budget nothing.
+        await _within_limit(
+            context,
+            f"sms:token:{pending.token_hash}",
+            RateLimit(settings.mfa_sms_per_token, mfa.MFA_TOKEN_TTL),
+            "codes by SMS for this mfa_token",
+        )
+        await _within_limit(
+            context, f"sms:user:{user.id}", settings.mfa_sms_per_user, "codes by SMS for this user"
+        )
         code = await identity.mfa.new_sms_code(pending)
         try:
             sid = await identity.sms.send(user.phone, f"Your Apex verification code is {code}")
@@ -230,30 +239,39 @@ async def totp_confirm(body: CodeRequest, caller: Caller, context: Context) -> d
 async def totp_disable(
     body: CodeRequest, caller: Caller, context: Context, identity: Identity
 ) -> Response:
-    """Turn 2FA off, proven with a current TOTP code or a backup code."""
+    """Turn 2FA off, proven with a TOTP code of a time step not used before or a backup
+    code; wrong codes spend the user's second-factor budget (APEX_MFA_LOCKOUT)."""
     user_id = uuid.UUID(caller.session.user_id)
-    async with context.pool.acquire() as conn, conn.transaction():
-        user = await _user_for_update(conn, user_id)
-        if not user.totp_enabled or not user.totp_secret:
-            raise ApiError(409, "totp_not_enabled", "2FA is not enabled")
-        code = body.code.strip()
-        if mfa.match_totp(user.totp_secret, code).step is None and not await mfa.use_backup_code(
-            conn, user_id, code
-        ):
-            raise ApiError(400, "invalid_code", "wrong or expired code")
-        await conn.execute(
-            "UPDATE users SET totp_enabled = false, totp_secret = NULL, updated_at = now() "
-            "WHERE id = $1",
-            user_id,
-        )
-        await conn.execute("DELETE FROM mfa_backup_codes WHERE user_id = $1", user_id)
-        await audit.record(
-            conn,
-            "mfa.disabled",
-            subject=str(user_id),
-            actor=audit.user_actor(user_id),
-            user_id=user_id,
-        )
+    code = body.code.strip()
+    async with context.pool.acquire() as conn:
+        user = await load_user(conn, user_id=user_id)
+    if user is None:
+        raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+    async with _attempt(identity, user, sign_in=False, second_factor=True) as attempt:
+        async with context.pool.acquire() as conn, conn.transaction():
+            user = await _user_for_update(conn, user_id)
+            if not user.totp_enabled or not user.totp_secret:
+                raise ApiError(409, "totp_not_enabled", "2FA is not enabled")
+            outcome = await _check_code(conn, identity, user, code, None)
+            if outcome == "accepted":
+                await conn.execute(
+                    "UPDATE users SET totp_enabled = false, totp_secret = NULL, "
+                    "updated_at = now() WHERE id = $1",
+                    user_id,
+                )
+                await conn.execute("DELETE FROM mfa_backup_codes WHERE user_id = $1", user_id)
+                await audit.record(
+                    conn,
+                    "mfa.disabled",
+                    subject=str(user_id),
+                    actor=audit.user_actor(user_id),
+                    user_id=user_id,
+                )
+        if outcome != "accepted":
+            detail = {"reason": outcome}
+            await _failed(context, identity, attempt, user, detail, "mfa.disable_failed")
+            raise ApiError(400, outcome, _CODE_ERRORS[outcome])
+        await identity.lockout.succeeded(attempt)
     await identity.mfa.forget_totp_steps(str(user_id))
     return Response(status_code=204)
 
@@ -263,19 +281,56 @@ async def totp_disable(
 
 @router.post("/auth/password/forgot", status_code=202)
 async def forgot_password(
-    body: ForgotRequest, background: BackgroundTasks, context: Context, identity: Identity
+    body: ForgotRequest,
+    request: Request,
+    background: BackgroundTasks,
+    context: Context,
+    identity: Identity,
 ) -> JSONResponse:
-    """Mail a reset link to a known address; the answer is the same for unknown ones."""
+    """Mail a reset link to a known address, within limits per client IP and per address.
+
+    Up to the answer, known and unknown addresses take one path (the same limits, no
+    lookup), so neither the answer nor its timing tells whether an account exists; the
+    lookup, the token and the mail come after the response.
+    """
+    settings = context.settings
+    client = request.client.host if request.client is not None else "unknown"
+    await _within_limit(
+        context, f"forgot:ip:{client}", settings.password_forgot_per_ip, "resets from your address"
+    )
     accepted = JSONResponse({"status": "accepted"}, status_code=202)
     try:
         email = users.normalize_email(body.email)
     except ValueError:
         return accepted
+    await _within_limit(
+        context,
+        f"forgot:email:{_sha(email)}",
+        settings.password_forgot_per_email,
+        "resets for this e-mail address",
+    )
+    background.add_task(_start_reset, context, identity, email)
+    return accepted
+
+
+async def _start_reset(context: AuthContext, identity: IdentityServices, email: str) -> None:
+    """After the answer to a forgot request: for a known address, a token and its mail."""
     token = secrets.token_urlsafe(32)
+    try:
+        user = await _store_reset_token(context, email, token)
+    except (OSError, asyncpg.PostgresError):
+        log.exception("could not start a password reset")
+        return
+    if user is not None:
+        await _send_reset_mail(context, identity, user, token)
+
+
+async def _store_reset_token(context: AuthContext, email: str, token: str) -> LoginUser | None:
+    """Store ``token`` for the user with ``email`` (None: nobody has it)."""
     async with context.pool.acquire() as conn, conn.transaction():
         user = await load_user(conn, email=email)
         if user is None:
-            return accepted
+            return None
         # A new request invalidates the user's older tokens.
         await conn.execute(
             "UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
@@ -296,9 +351,7 @@ async def forgot_password(
             user_id=user.id,
             detail={"expires_in": context.settings.password_reset_ttl},
         )
-    # After the response: the caller must not learn from the timing whether mail went out.
-    background.add_task(_send_reset_mail, context, identity, user, token)
-    return accepted
+    return user
 
 
 @router.post("/auth/password/reset", status_code=204)
@@ -387,36 +440,100 @@ async def _send_reset_mail(
 # --- helpers ------------------------------------------------------------------------
 
 
-async def _failed(
-    conn: asyncpg.Connection,
+_CODE_ERRORS: Final = {
+    "invalid_code": "wrong or expired code",
+    "code_reused": "this code's time step has been used already",
+}
+
+
+@contextlib.asynccontextmanager
+async def _attempt(
     identity: IdentityServices,
     user: LoginUser | None,
-    email: str,
     *,
-    reason: str,
-    method: str,
+    email: str = "",
+    sign_in: bool = True,
+    second_factor: bool = False,
+    extra: Sequence[Budget] = (),
+) -> AsyncIterator[Attempt]:
+    """An attempt of ``user`` (or of the unknown ``email``), admitted to its evaluation
+    by apex.auth.lockout; 423 if the account is locked."""
+    try:
+        async with identity.lockout.attempt(
+            user.id if user is not None else None,
+            locked_until=user.locked_until if user is not None else None,
+            email=email,
+            sign_in=sign_in,
+            second_factor=second_factor,
+            extra=extra,
+        ) as attempt:
+            yield attempt
+    except Locked as exc:  # only admission raises it
+        raise _locked(exc.retry_after) from None
+
+
+async def _check_code(
+    conn: asyncpg.Connection,
+    identity: IdentityServices,
+    user: LoginUser,
+    code: str,
+    pending: mfa.PendingLogin | None,
+) -> str:
+    """What ``code`` is: "accepted", "code_reused" or "invalid_code". Tried in order: a
+    TOTP code (its time step is then spent), the SMS code of the ``pending`` login, a
+    backup code (then spent)."""
+    if user.totp_enabled and user.totp_secret:
+        step = mfa.match_totp(user.totp_secret, code).step
+        if step is not None:
+            claimed = await identity.mfa.claim_totp_step(str(user.id), step)
+            return "accepted" if claimed else "code_reused"
+    if pending is not None and await identity.mfa.check_sms_code(pending, code):
+        return "accepted"
+    if await mfa.use_backup_code(conn, user.id, code):
+        return "accepted"
+    return "invalid_code"
+
+
+async def _failed(
+    context: AuthContext,
+    identity: IdentityServices,
+    attempt: Attempt,
+    user: LoginUser | None,
+    detail: dict[str, Any],
+    action: str = "login.failed",
 ) -> None:
-    """Count a failed attempt; audit it (and the lockout it caused) for known users."""
-    locked = await identity.lockout.failed(conn, user.id if user else None, email)
-    if user is None:
-        return
-    await audit.record(
-        conn,
-        "login.failed",
-        subject=str(user.id),
-        actor=audit.SYSTEM,
-        user_id=user.id,
-        detail={"reason": reason, "method": method},
-    )
-    if locked:
-        limit = identity.lockout.limit
+    """A failed attempt: audit it (and the lockout it caused) for known users."""
+    async with context.pool.acquire() as conn:
+        filled = await identity.lockout.failed(conn, attempt)
+        if user is None:
+            return
         await audit.record(
-            conn,
-            "account.locked",
-            subject=str(user.id),
-            actor=audit.SYSTEM,
-            user_id=user.id,
-            detail={"failures": limit.count, "seconds": limit.window},
+            conn, action, subject=str(user.id), actor=audit.SYSTEM, user_id=user.id, detail=detail
+        )
+        if filled is not None:
+            await audit.record(
+                conn,
+                "account.locked",
+                subject=str(user.id),
+                actor=audit.SYSTEM,
+                user_id=user.id,
+                detail={
+                    "budget": filled.name,
+                    "failures": filled.limit.count,
+                    "seconds": math.ceil(filled.limit.window),
+                },
+            )
+
+
+async def _within_limit(context: AuthContext, subject: str, limit: RateLimit, what: str) -> None:
+    """Count one event of ``subject`` in its sliding window; 429 when the window is full."""
+    decision = await context.limiter.hit(subject, limit)
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"at most {limit.count} {what} in {limit.window:g} s",
+            headers={"Retry-After": str(decision.retry_after)},
         )
 
 

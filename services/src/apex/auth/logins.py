@@ -10,6 +10,7 @@ API-key sessions of machines): a login over the limit ends the oldest ones, audi
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
@@ -22,9 +23,9 @@ from redis.asyncio import Redis
 
 from apex.auth import audit
 from apex.auth.context import AuthContext
+from apex.auth.lockout import Lockout
 from apex.auth.mfa import MfaStore
 from apex.auth.notify import Mailer, SmsSender
-from apex.auth.passwords import Lockout
 from apex.auth.sessions import Session
 from apex.common.config import Settings
 from apex.common.http import ApiError
@@ -47,7 +48,8 @@ AMR: Final = {"password": "pwd", "oidc": "oidc", "saml": "saml", "api_key": "api
 HTTP_TIMEOUT_SECONDS: Final = 10.0
 
 _SELECT_USER: Final = (
-    "SELECT id, email, tier, tenant_id, password_hash, phone, totp_enabled, totp_secret FROM users "
+    "SELECT id, email, tier, tenant_id, password_hash, phone, totp_enabled, totp_secret, "
+    "locked_until FROM users "
 )
 
 
@@ -63,6 +65,7 @@ class LoginUser:
     phone: str | None
     totp_enabled: bool
     totp_secret: str | None
+    locked_until: dt.datetime | None = None
 
     @property
     def tenant(self) -> str | None:
@@ -89,6 +92,7 @@ async def load_user(
         phone=row["phone"],
         totp_enabled=row["totp_enabled"],
         totp_secret=row["totp_secret"],
+        locked_until=row["locked_until"],
     )
 
 
@@ -127,7 +131,12 @@ class IdentityServices:
         return cls(
             settings=settings,
             http=http,
-            lockout=Lockout(redis, prefix=settings.redis_prefix, limit=settings.login_lockout),
+            lockout=Lockout(
+                redis,
+                prefix=settings.redis_prefix,
+                limit=settings.login_lockout,
+                mfa_limit=settings.mfa_lockout,
+            ),
             mfa=MfaStore(redis, prefix=settings.redis_prefix),
             mailer=Mailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else None,
             sms=sms,

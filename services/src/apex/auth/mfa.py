@@ -6,6 +6,8 @@
 - Backup codes: 10 per enrolment, shown once, stored as SHA-256, each usable once.
 - mfa_token: what a first factor (password, OIDC, SAML) hands out when the user has
   2FA: ``mfa:<sha256(token)>`` in Redis (5 min), consumed by the successful verify.
+  It takes APEX_MFA_TOKEN_ATTEMPTS codes (``mfa_attempts:<sha256(token)>``, a budget of
+  apex.auth.lockout): after that many wrong ones even the right code is refused on it.
 - SMS code: 6 digits sent to the user's phone, ``mfa_sms:<sha256(token)>`` holds its
   hash (5 min), deleted when used.
 """
@@ -25,6 +27,9 @@ from typing import Final
 import asyncpg
 import pyotp
 from redis.asyncio import Redis
+
+from apex.auth.lockout import Budget
+from apex.common.config import RateLimit
 
 __all__ = [
     "BACKUP_CODE_COUNT",
@@ -175,6 +180,11 @@ class MfaStore:
             return None
         data = json.loads(raw)
         return PendingLogin(user_id=data["user_id"], method=data["method"], token_hash=token_hash)
+
+    def attempts_budget(self, pending: PendingLogin, attempts: int) -> Budget:
+        """The codes this mfa_token may try: used up, it is refused (it locks nothing)."""
+        key = f"{self._prefix}mfa_attempts:{pending.token_hash}"
+        return Budget("mfa_token", key, RateLimit(attempts, MFA_TOKEN_TTL), locks=False)
 
     async def consume(self, pending: PendingLogin) -> bool:
         """End an mfa_token after a successful verify; False if a concurrent verify won."""

@@ -1,5 +1,11 @@
 """OpenID Connect relying party: authorization code flow with PKCE (S256), state and nonce.
 
+A login's state is bound to the browser that started it: the state is stored under the
+SHA-256 of a browser binding (the ``__Host-`` cookie the login route sets, see
+apex.auth.sso_routes), and only a callback presenting the same binding finds it. A
+callback URL used from another browser (leaked, or forced on a victim: login CSRF) is an
+unknown state, and the state stays usable by its own browser.
+
 Discovery (``{issuer}/.well-known/openid-configuration``) and the IdP's JWKS are
 fetched on first use and cached; an id_token signed with a key id the cached JWKS
 lacks makes one refetch (the IdP rotated its keys). id_tokens must be RS256, signed by
@@ -96,8 +102,9 @@ class OidcClient:
         self._jwks: dict[str, jwt.PyJWK] = {}
         self._lock = asyncio.Lock()
 
-    def _state_key(self, state: str) -> str:
-        return f"{self._prefix}oidc_state:{state}"
+    def _state_key(self, state: str, binding: str) -> str:
+        digest = hashlib.sha256(binding.encode()).hexdigest()
+        return f"{self._prefix}oidc_state:{state}:{digest}"
 
     async def metadata(self) -> dict[str, Any]:
         """The IdP's discovery document (cached after the first success)."""
@@ -110,14 +117,15 @@ class OidcClient:
             self._metadata = document
         return self._metadata
 
-    async def authorization_url(self) -> str:
-        """Where to send the browser: a fresh state, nonce and PKCE verifier are stored."""
+    async def authorization_url(self, binding: str) -> str:
+        """Where to send the browser: a fresh state (bound to ``binding``, the browser's),
+        nonce and PKCE verifier are stored."""
         metadata = await self.metadata()
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         await self._redis.set(
-            self._state_key(state),
+            self._state_key(state, binding),
             json.dumps({"nonce": nonce, "verifier": verifier}),
             ex=STATE_TTL,
         )
@@ -136,16 +144,20 @@ class OidcClient:
         endpoint = str(metadata["authorization_endpoint"])
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
-    async def take_state(self, state: str) -> PendingAuth:
-        """Consume a state (single use); InvalidState if unknown, used or expired."""
+    async def take_state(self, state: str, binding: str) -> PendingAuth:
+        """Consume a state of the browser with ``binding`` (single use); InvalidState if
+        unknown, used, expired or started by another browser."""
         if not state or len(state) > 256:
             raise InvalidState("missing or malformed state")
+        if not binding:
+            raise InvalidState("this browser started no login (no login cookie)")
+        key = self._state_key(state, binding)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(self._state_key(state))
-            pipe.delete(self._state_key(state))
+            pipe.get(key)
+            pipe.delete(key)
             raw, _ = await pipe.execute()
         if raw is None:
-            raise InvalidState("unknown, used or expired state")
+            raise InvalidState("unknown, used or expired state, or a login of another browser")
         data = json.loads(raw)
         return PendingAuth(nonce=data["nonce"], verifier=data["verifier"])
 

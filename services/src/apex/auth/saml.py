@@ -3,8 +3,11 @@ Response to the ACS).
 
 Signatures are verified by signxml with the IdP's certificate from its metadata, and
 only the element signxml returns as signed is read (signature-wrapping defence): the
-signed Response's Assertion, or the signed Assertion. A document with more than one
-Assertion, or whose only Assertion is not the signed one, is refused outright.
+signed Response (its Status, InResponseTo and Assertion), or the signed Assertion. A
+document with more than one Assertion, or whose only Assertion is not the signed one, is
+refused outright; so is a signed Response that is not the document itself (e.g. hidden in
+the ``samlp:Extensions`` of a forged one, whose Status and InResponseTo would otherwise
+be believed).
 Checks: Status Success, Issuer, Audience, bearer SubjectConfirmationData (Recipient,
 NotOnOrAfter, InResponseTo), Conditions NotBefore/NotOnOrAfter with 60 s of skew.
 """
@@ -308,6 +311,17 @@ def verify_response(
         signed = _verify_signature(raw, metadata.certificates, location="./")
         if signed.tag != f"{_SAMLP}Response":
             raise SamlError("signature: the signed element is not the Response")
+        response_id = signed.get("ID")
+        if (
+            not response_id
+            or response_id != root.get("ID")
+            or int(root.xpath("count(//*[@ID=$id])", id=response_id)) != 1
+        ):
+            raise SamlError("signature: the signed Response is not the document's root")
+        # Everything below comes from the signed copy, never from the document as sent.
+        signed_status = signed.find("samlp:Status/samlp:StatusCode", NS)
+        if signed_status is None or signed_status.get("Value") != SUCCESS:
+            raise SamlError("Status: the signed Response does not report Success")
         inner = signed.findall("saml:Assertion", NS)
         if len(inner) != 1:
             raise SamlError("the signed Response does not hold exactly one Assertion")
@@ -341,8 +355,9 @@ def verify_response(
     if not name_id:
         raise SamlError("Subject: no NameID")
     data = _bearer_confirmation(subject, acs_url, current)
+    # The Response's InResponseTo counts only when the signature covers it.
     in_response_to = data.get("InResponseTo") or (
-        root.get("InResponseTo") if signed_response else None
+        signed.get("InResponseTo") if signed_response else None
     )
     if not in_response_to:
         raise SamlError("InResponseTo: unsolicited responses are refused")

@@ -2,14 +2,21 @@
 
 Both end the same way: just-in-time provisioning of the user, IdP groups -> team
 memberships, then tokens (or an mfa challenge when the user has 2FA).
+
+The OIDC login binds its state to the browser with the cookie ``__Host-apex-oidc``
+(Secure, HttpOnly, Path=/, SameSite=Lax so the IdP's redirect back carries it): a random
+value the browser keeps for a while (several tabs may log in at once), checked at the
+callback. Browsers keep Secure cookies only from https origins (and localhost), so
+APEX_PUBLIC_URL is https in any real deployment.
 """
 
 from __future__ import annotations
 
 import email.message
 import logging
+import re
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +26,14 @@ from apex.auth import identities
 from apex.auth.context import AuthContext, get_context
 from apex.auth.identities import ExternalProfile, ProvisioningError
 from apex.auth.logins import IdentityServices, finish_login, get_identity
-from apex.auth.oidc import IdpError, IdpUnavailable, IdTokenError, InvalidState, OidcClient
+from apex.auth.oidc import (
+    STATE_TTL,
+    IdpError,
+    IdpUnavailable,
+    IdTokenError,
+    InvalidState,
+    OidcClient,
+)
 from apex.auth.saml import SamlError, SamlReplay, SamlServiceProvider, SamlUnavailable
 from apex.common.http import ApiError
 
@@ -31,6 +45,9 @@ router = APIRouter()
 
 Context = Annotated[AuthContext, Depends(get_context)]
 Identity = Annotated[IdentityServices, Depends(get_identity)]
+
+BINDING_COOKIE: Final = "__Host-apex-oidc"
+_BINDING = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 # --- OIDC ---------------------------------------------------------------------------
@@ -55,18 +72,33 @@ def _oidc(context: AuthContext, identity: IdentityServices) -> OidcClient:
 
 
 @router.get("/auth/oidc/login")
-async def oidc_login(context: Context, identity: Identity) -> RedirectResponse:
-    """Redirect to the IdP's authorization endpoint (code flow, PKCE S256, state, nonce)."""
+async def oidc_login(request: Request, context: Context, identity: Identity) -> RedirectResponse:
+    """Redirect to the IdP's authorization endpoint (code flow, PKCE S256, state, nonce),
+    the state bound to this browser's binding cookie (set here if it has none)."""
     client = _oidc(context, identity)
+    binding = request.cookies.get(BINDING_COOKIE, "")
+    if not _BINDING.fullmatch(binding):
+        binding = secrets.token_urlsafe(32)
     try:
-        url = await client.authorization_url()
+        url = await client.authorization_url(binding)
     except IdpUnavailable as exc:
         raise _idp_unavailable(exc) from None
-    return RedirectResponse(url, status_code=302)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        BINDING_COOKIE,
+        binding,
+        max_age=STATE_TTL,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="lax",
+    )
+    return response
 
 
 @router.get("/auth/oidc/callback")
 async def oidc_callback(
+    request: Request,
     context: Context,
     identity: Identity,
     code: Annotated[str | None, Query(max_length=2048)] = None,
@@ -77,7 +109,7 @@ async def oidc_callback(
     """Redeem the code, verify the id_token, provision the user: tokens or mfa_required."""
     client = _oidc(context, identity)
     try:
-        pending = await client.take_state(state or "")
+        pending = await client.take_state(state or "", request.cookies.get(BINDING_COOKIE, ""))
     except InvalidState as exc:
         raise ApiError(400, "invalid_state", str(exc)) from None
     if error:
@@ -98,16 +130,23 @@ async def oidc_callback(
     groups = claims.get("groups") or []
     if isinstance(groups, str):
         groups = [groups]
-    verified = claims.get("email_verified")
     profile = ExternalProfile(
         provider="oidc",
         subject=str(claims["sub"]),
         email=claims.get("email") if isinstance(claims.get("email"), str) else None,
         groups=tuple(str(g) for g in groups if isinstance(g, str)),
         tenant=claims.get("tenant") if isinstance(claims.get("tenant"), str) else None,
-        email_verified=verified if isinstance(verified, bool) else None,
+        # Only the JSON true: a missing claim, null or the string "false" is not a yes.
+        email_verified=claims.get("email_verified") is True,
     )
-    return await _complete(context, identity, profile, "oidc", error_code="invalid_id_token")
+    return await _complete(
+        context,
+        identity,
+        profile,
+        "oidc",
+        trusted_domains=context.settings.idp_trusted_domains,
+        error_code="invalid_id_token",
+    )
 
 
 # --- SAML ---------------------------------------------------------------------------
@@ -177,8 +216,18 @@ async def saml_acs(request: Request, context: Context, identity: Identity) -> di
         email=assertion.email,
         groups=assertion.groups,
         tenant=assertion.tenant,
+        # SAML has no verification flag: the IdP's signed assertion is its word, and
+        # linking needs the domain trust on top (apex.auth.identities).
+        email_verified=True,
     )
-    return await _complete(context, identity, profile, "saml", error_code="invalid_saml")
+    return await _complete(
+        context,
+        identity,
+        profile,
+        "saml",
+        trusted_domains=context.settings.saml_trusted_domains,
+        error_code="invalid_saml",
+    )
 
 
 # --- both ---------------------------------------------------------------------------
@@ -190,11 +239,12 @@ async def _complete(
     profile: ExternalProfile,
     method: str,
     *,
+    trusted_domains: frozenset[str],
     error_code: str,
 ) -> dict[str, Any]:
     async with context.pool.acquire() as conn, conn.transaction():
         try:
-            user = await identities.provision(conn, profile)
+            user = await identities.provision(conn, profile, trusted_domains=trusted_domains)
         except ProvisioningError as exc:
             raise ApiError(401, error_code, str(exc)) from None
         joined, left = await identities.sync_groups(

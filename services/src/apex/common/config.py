@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -44,6 +45,10 @@ DEFAULT_DEVICE_LIMITS: Final = "free=2,pro=5,enterprise=20"
 DEFAULT_PUBLIC_URL: Final = "http://auth.apex.test"
 # RateLimit is frozen: one shared default instance is safe.
 _DEFAULT_LOCKOUT: Final = RateLimit(count=5, window=900)
+_DEFAULT_MFA_LOCKOUT: Final = RateLimit(count=10, window=3600)
+_DEFAULT_SMS_PER_USER: Final = RateLimit(count=10, window=3600)
+_DEFAULT_FORGOT_PER_EMAIL: Final = RateLimit(count=3, window=3600)
+_DEFAULT_FORGOT_PER_IP: Final = RateLimit(count=30, window=3600)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,6 +88,15 @@ class Settings(ServiceSettings):
     failover_max_staleness: float = 300.0
     redis_probe_interval: float = 1.0
     context_token_ttl: int = 60
+    # Issue 10, attempt limits and the trust placed in identity providers.
+    mfa_lockout: RateLimit = _DEFAULT_MFA_LOCKOUT
+    mfa_token_attempts: int = 5
+    mfa_sms_per_token: int = 3
+    mfa_sms_per_user: RateLimit = _DEFAULT_SMS_PER_USER
+    password_forgot_per_email: RateLimit = _DEFAULT_FORGOT_PER_EMAIL
+    password_forgot_per_ip: RateLimit = _DEFAULT_FORGOT_PER_IP
+    idp_trusted_domains: frozenset[str] = frozenset()
+    saml_trusted_domains: frozenset[str] = frozenset()
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -105,6 +119,7 @@ class Settings(ServiceSettings):
             ),
             **_identity_settings(env),
             **_resilience_settings(env),
+            **_security_settings(env),
         }
 
 
@@ -145,6 +160,40 @@ def _resilience_settings(env: Env) -> dict[str, Any]:
         "redis_probe_interval": env.number("APEX_REDIS_PROBE_INTERVAL", 1.0, unit="seconds"),
         "context_token_ttl": env.whole_number("APEX_CONTEXT_TOKEN_TTL", 60, unit="seconds"),
     }
+
+
+def _security_settings(env: Env) -> dict[str, Any]:
+    """apex.auth's attempt limits and the domains each IdP may vouch for (issue 10)."""
+    return {
+        "mfa_lockout": env.rate("APEX_MFA_LOCKOUT", "10/3600", whole=True),
+        "mfa_token_attempts": env.whole_number("APEX_MFA_TOKEN_ATTEMPTS", 5),
+        "mfa_sms_per_token": env.whole_number("APEX_MFA_SMS_PER_TOKEN", 3),
+        "mfa_sms_per_user": env.rate("APEX_MFA_SMS_PER_USER", "10/3600", whole=True),
+        "password_forgot_per_email": env.rate(
+            "APEX_PASSWORD_FORGOT_PER_EMAIL", "3/3600", whole=True
+        ),
+        "password_forgot_per_ip": env.rate("APEX_PASSWORD_FORGOT_PER_IP", "30/3600", whole=True),
+        "idp_trusted_domains": _parse_domains(env, "APEX_IDP_TRUSTED_DOMAINS"),
+        "saml_trusted_domains": _parse_domains(env, "APEX_SAML_TRUSTED_DOMAINS"),
+    }
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
+
+
+def _parse_domains(env: Env, variable: str) -> frozenset[str]:
+    """Comma-separated e-mail domains (``example.com,example.org``), lower-cased."""
+    domains = set()
+    for raw in env.text(variable, "").split(","):
+        domain = raw.strip().lower()
+        if not domain:
+            continue
+        if not _DOMAIN.fullmatch(domain):
+            raise ConfigError(
+                f"{variable}: {raw.strip()!r} is not a domain name (e.g. example.com)"
+            )
+        domains.add(domain)
+    return frozenset(domains)
 
 
 def parse_rate_limits(text: str, variable: str = "APEX_AUTH_RATE_LIMITS") -> dict[str, RateLimit]:

@@ -1,0 +1,40 @@
+"""Fakes of the platform's third parties: an OIDC provider, a SAML IdP, an SMTP server
+and Twilio's SMS API, each a real server on 127.0.0.1 with a request log and a control
+API.
+
+At L2 a fake runs in a thread of the test process, at L3 as a process of its own
+(`python -m apex_testkit._fakes NAME --fd N`); the test-side client is the same object
+either way. `start(run, name, process=...)` gives that client; `client.close()` stops it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from apex_testkit._fakes._control import FakeClient, FakeError, LoggedRequest
+from apex_testkit._fakes._server import FakeServer, start_fake
+from apex_testkit._run import Run
+
+# Fake name -> its module (SERVER: the FakeServer class, CLIENT: the FakeClient class).
+FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms")
+
+
+def server_class(name: str) -> type[FakeServer]:
+    if name not in FAKES:
+        raise ValueError(f"no fake named {name!r}; known: {', '.join(FAKES)}")
+    cls: type[FakeServer] = importlib.import_module(f"apex_testkit._fakes.{name}").SERVER
+    return cls
+
+
+def start(run: Run, name: str, *, process: bool) -> FakeClient:
+    """Start fake `name` (in a thread, or as a process recorded in `run`); its client."""
+    running = start_fake(run, name, server_class(name), process=process)
+    client_class: type[FakeClient] = importlib.import_module(f"apex_testkit._fakes.{name}").CLIENT
+    try:
+        return client_class(running)
+    except BaseException:
+        running.stop()
+        raise
+
+
+__all__ = ["FAKES", "FakeClient", "FakeError", "LoggedRequest", "server_class", "start"]

@@ -1,0 +1,155 @@
+"""Fixtures every test package builds on.
+
+Session-scoped fixtures are synchronous (servers, processes, namespaces); anything
+async is function-scoped and lives in the test's own event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
+
+import pytest
+
+from apex_testkit._faults import FaultProxy
+from apex_testkit._level import OWN_PLATFORM, Level, require_level
+from apex_testkit._provisioning import postgres, redis
+from apex_testkit._run import Run
+from apex_testkit._settings import RUN, SETTINGS, KitSettings
+from apex_testkit._sut import Platform
+from apex_testkit._sut.wiring import migrate, run_secrets
+from apex_testkit._worker import Worker, worker_slot
+
+if TYPE_CHECKING:
+    from apex_testkit._fakes import FakeClient
+    from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.saml import FakeSamlIdp
+    from apex_testkit._fakes.sms import FakeSms
+    from apex_testkit._fakes.smtp import Mailbox
+
+
+@pytest.fixture(scope="session")
+def apex_settings(pytestconfig: pytest.Config) -> KitSettings:
+    """Level, target and provider chains of this run."""
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def apex_run(pytestconfig: pytest.Config) -> Run:
+    return pytestconfig.stash[RUN]
+
+
+@pytest.fixture(scope="session")
+def apex_worker(
+    apex_run: Run, apex_settings: KitSettings, pytestconfig: pytest.Config
+) -> Iterator[Worker]:
+    """This process's namespaces in the run's servers (made on first use)."""
+    worker = Worker(apex_run, apex_settings, migrate, worker_slot(pytestconfig))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def redis_namespace(apex_worker: Worker) -> redis.RedisNamespace:
+    """This worker's Redis: `.url` (its own logical database) and `.prefix` for keys."""
+    return apex_worker.redis_namespace()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(apex_worker: Worker) -> str:
+    """DSN of this worker's PostgreSQL database, migrated to the platform's newest schema."""
+    return apex_worker.postgres_database()
+
+
+@pytest.fixture
+def empty_database(apex_worker: Worker, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh, empty PostgreSQL database, dropped after the test."""
+    with apex_worker.guard("postgres"):
+        server = apex_worker.server("postgres")
+        name = f"{apex_worker.run.name}_e{apex_worker.slot}_{secrets.token_hex(3)}"
+        if not server.owned:
+            apex_worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
+        dsn = postgres.create_database(server, name)
+    yield dsn
+    with apex_worker.guard("postgres"):
+        postgres.drop_database(server.url, name)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_database(apex_worker: Worker) -> str:
+    """URL of this worker's own ClickHouse database."""
+    return apex_worker.clickhouse_database()
+
+
+@pytest.fixture
+def clean_platform(platform: Platform) -> Platform:
+    """The platform, with the state earlier tests left in this worker's namespaces gone."""
+    platform.reset()
+    return platform
+
+
+@pytest.fixture(scope="session")
+def jwt_signing_key(apex_run: Run, apex_level: Level) -> str:
+    """PEM of the private key the platform signs tokens with (L2/L3: the run made it), so
+    tests can forge correctly signed tokens with bad claims. A deployment keeps its own."""
+    require_level(apex_level, OWN_PLATFORM, "jwt_signing_key")
+    return run_secrets(apex_run)["jwt_private_key"]
+
+
+@pytest.fixture(scope="session")
+def admin_token(platform: Platform) -> str:
+    """Bearer token of the platform's admin API."""
+    return platform.admin_token
+
+
+def _fake(worker: Worker, name: str) -> FakeClient:
+    fake = worker.fake(name)  # L2/L3 only: the worker checks
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def fake_idp(apex_worker: Worker) -> FakeIdp:
+    """The worker's OIDC provider (the one the platform's auth uses), reset: `issuer`,
+    `client_id`, `client_secret`, `login_as(sub, email, groups, tenant)`,
+    `next_id_token(expired=..., ...)`, `fail_next_token(error)`, `rotate_keys()`,
+    `requests`. L2/L3 only."""
+    return cast("FakeIdp", _fake(apex_worker, "oidc"))
+
+
+@pytest.fixture
+def fake_saml_idp(apex_worker: Worker) -> FakeSamlIdp:
+    """The worker's SAML IdP, reset: `entity_id`, `metadata_url`, `sso_url`, `cert_pem`,
+    `login_as(name_id, email, groups)`, `authn_requests`, `response_for(...)`."""
+    return cast("FakeSamlIdp", _fake(apex_worker, "saml"))
+
+
+@pytest.fixture
+def mailbox(apex_worker: Worker) -> Mailbox:
+    """The worker's SMTP server, emptied: `messages`, `await wait_for(to=..., timeout=5)`,
+    `fail_next(451|550, times=1)`, `smtp_url`."""
+    return cast("Mailbox", _fake(apex_worker, "smtp"))
+
+
+@pytest.fixture
+def fake_sms(apex_worker: Worker) -> FakeSms:
+    """The worker's Twilio-compatible SMS API, emptied: `messages`,
+    `await wait_for(to=..., timeout=5)`, `fail_next(500|429)`, credentials."""
+    return cast("FakeSms", _fake(apex_worker, "sms"))
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
+    """A factory: `fault_proxy(upstream_url)` starts a FaultProxy to it (use
+    `proxy.url_for(upstream_url)` as the new URL); every one is stopped after the test."""
+    started: list[FaultProxy] = []
+
+    def start(upstream: str) -> FaultProxy:
+        proxy = FaultProxy(upstream, name=f"fixture-{len(started)}").start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

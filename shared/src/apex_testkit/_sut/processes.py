@@ -1,0 +1,182 @@
+"""L3: the platform as OS processes on real sockets.
+
+Each service instance is `python -m <module> --fd N` on a loopback socket the kit binds,
+started on first use, one per worker (and per settings); a test may start its own
+(`start`), and reach a dependency of an instance through a fault proxy (`via_proxy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import httpx
+
+from apex_testkit._faults import FaultProxy
+from apex_testkit._level import Level
+from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn, wait_healthy
+from apex_testkit._run import Run, record_process
+from apex_testkit._sut import wiring
+from apex_testkit._sut.platform import Platform, RunningService
+from apex_testkit._worker import Worker
+
+
+class ServiceProcess:
+    """One instance of a platform service as an OS process on a loopback socket:
+    `python -m <module> --fd N`, answering GET /healthz."""
+
+    def __init__(self, run: Run, module: str, env: Mapping[str, str], name: str) -> None:
+        self.run, self.module, self.env, self.name = run, module, dict(env), name
+        self.log = run.path / f"{name}.log"
+        self.url = ""
+        self._ref: ProcessRef | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start it and wait until /healthz answers 200; return its base URL."""
+        sock = listening_socket()
+        host, port = sock.getsockname()[:2]
+        argv = [sys.executable, "-m", self.module, "--fd", str(sock.fileno())]
+        env = {**os.environ, **self.env}
+        process = spawn(argv, log=self.log, env=env, pass_fds=[sock.fileno()], die_with_parent=True)
+        sock.close()
+        self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
+        self.url = f"http://{host}:{port}"
+        outcome = wait_healthy(process, f"{self.url}/healthz", timeout=timeout)
+        if outcome != "ready":
+            self.stop()
+            what = f"exited with code {process.returncode}" if outcome else "never became healthy"
+            raise RuntimeError(f"{self.module} ({self.name}) {what}:\n{log_tail(self.log)}")
+        return self.url
+
+    def stop(self) -> None:
+        """Graceful: SIGTERM (the service drains and exits), SIGKILL after 10 s."""
+        if self._ref is not None:
+            self._ref.stop(grace=10.0)
+            self.run.forget(self.name)
+            self._ref = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no goodbye to clients (for failover tests)."""
+        if self._ref is not None:
+            self._ref.stop(grace=0.0, sig=signal.SIGKILL)
+            self.run.forget(self.name)
+            self._ref = None
+
+
+# An instance is one process per (service, number, settings, proxied dependencies).
+_Key = tuple[str, int, tuple[tuple[str, str], ...], tuple[str, ...]]
+
+
+class ProcessPlatform(Platform):
+    """L3: each service runs as its own process, started on first use, one per worker."""
+
+    level = Level.L3
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._instances: dict[_Key, ServiceProcess] = {}
+        self._proxies: dict[tuple[str, int, str], FaultProxy] = {}
+        self._all_proxies: list[FaultProxy] = []
+
+    @property
+    def admin_token(self) -> str:
+        return wiring.run_secrets(self.worker.run)["admin_token"]
+
+    def _instance(
+        self, service: str, instance: int, via_proxy: tuple[str, ...], settings: Mapping[str, str]
+    ) -> ServiceProcess:
+        key = (service, instance, tuple(sorted(settings.items())), via_proxy)
+        if key not in self._instances:
+            env = {**wiring.service_env(self.worker, service), **settings}
+            for dependency in via_proxy:
+                env |= self._proxied(service, instance, dependency, env)
+            name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
+            process = self._process(service, env, name)
+            process.start()
+            self._instances[key] = process
+        return self._instances[key]
+
+    def _proxied(
+        self, service: str, instance: int, dependency: str, env: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Start a FaultProxy to `dependency`; the setting that now points through it."""
+        known = wiring.proxiable(service)
+        setting = known.get(dependency)
+        if setting is None or not env.get(setting):
+            raise ValueError(f"{service} has no {dependency!r} to proxy; known: {', '.join(known)}")
+        proxy = FaultProxy(env[setting], name=f"{service}-{instance}-{dependency}")
+        self._all_proxies.append(proxy.start())
+        self._proxies[(service, instance, dependency)] = proxy
+        return {setting: proxy.url_for(env[setting])}
+
+    def _process(self, service: str, env: dict[str, str], name: str) -> ServiceProcess:
+        """A process of `service` with `env`, plus where the services it calls are
+        (started first; unless the test set the setting itself: a proxy)."""
+        for called, setting in wiring.calls(service).items():
+            env.setdefault(setting, self.instance(called).url)
+        return ServiceProcess(self.worker.run, wiring.module(service), env, name)
+
+    @asynccontextmanager
+    async def _client(
+        self, service: str, instance: int, settings: Mapping[str, str]
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        url = self.instance(service, instance, **settings).url
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield client
+
+    @asynccontextmanager
+    async def _serve(
+        self, service: str, instance: int, settings: Mapping[str, str]
+    ) -> AsyncIterator[str]:
+        yield wiring.service_url(service, self.instance(service, instance, **settings).url)
+
+    @asynccontextmanager
+    async def _start(
+        self, service: str, settings: Mapping[str, str]
+    ) -> AsyncIterator[RunningService]:
+        env = {**wiring.service_env(self.worker, service), **settings}
+        name = f"{service}-w{self.worker.slot}-own-{secrets.token_hex(4)}"
+        process = self._process(service, env, name)
+        await asyncio.to_thread(process.start)
+
+        async def stop() -> None:
+            await asyncio.to_thread(process.stop)
+
+        async def kill() -> None:
+            await asyncio.to_thread(process.kill)
+
+        try:
+            yield RunningService(wiring.service_url(service, process.url), Level.L3, stop, kill)
+        finally:
+            await stop()
+
+    def _proxy(self, service: str, instance: int, name: str) -> FaultProxy:
+        try:
+            return self._proxies[(service, instance, name)]
+        except KeyError:
+            raise LookupError(
+                f"no proxy to {name} for {service} instance {instance}: start it with "
+                f"platform.instance({service!r}, {instance}, via_proxy=({name!r},))"
+            ) from None
+
+    def reset(self) -> None:
+        """The worker's namespaces and fakes, and no fault left in any proxy."""
+        self.worker.reset()
+        for proxy in self._all_proxies:
+            proxy.clear()
+            proxy.reset_stats()
+
+    def close(self) -> None:
+        # Dependents first: a gateway stops before the auth service it calls.
+        for process in reversed(list(self._instances.values())):
+            process.stop()
+        self._instances.clear()
+        for proxy in self._all_proxies:
+            proxy.stop()
+        self._all_proxies.clear()
+        self._proxies.clear()

@@ -1,0 +1,152 @@
+"""One pytest process's share of the run: its namespaces, made on first use, reset per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from apex_testkit._level import OWN_PLATFORM, Level, require_level
+from apex_testkit._provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
+from apex_testkit._provisioning._chain import (
+    ServiceUnavailable,
+    check_server,
+    down_marker,
+    is_timeout,
+    known_down,
+)
+from apex_testkit._run import Run
+from apex_testkit._settings import KitSettings
+
+if TYPE_CHECKING:
+    from apex_testkit._fakes import FakeClient
+
+
+def worker_slot(config: pytest.Config) -> int:
+    """0 for a single process or xdist worker gw0, N for gwN."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    worker = str(workerinput["workerid"]) if workerinput else ""
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+class Worker:
+    """Namespaces of the run's servers that belong to this process alone.
+
+    Nothing is started until a test asks for it; what was made is reset before each test
+    that uses the platform (`reset`) and released at the end (`close`).
+    """
+
+    def __init__(
+        self, run: Run, settings: KitSettings, migrate: Callable[[str], None], slot: int
+    ) -> None:
+        self.run = run
+        self.settings = settings
+        self.slot = slot
+        self._migrate = migrate
+        self._redis: redis.RedisNamespace | None = None
+        self._postgres: str | None = None
+        self._clickhouse: str | None = None
+        self._fakes: dict[str, FakeClient] = {}
+        # (the server it needs, or None for a fake; the reset)
+        self._resets: list[tuple[str | None, Callable[[], object]]] = []
+        self._down_marker = down_marker(run)
+        self._closers: list[Callable[[], None]] = []
+
+    def server(self, service: str) -> Server:
+        """The run's server of `service` (started by whichever process asks first)."""
+        return obtain(self.run, SERVICES[service], self.settings.chain(service))
+
+    @contextlib.contextmanager
+    def guard(self, service: str) -> Iterator[None]:
+        """Around the kit's own work on the run's server of `service`: when that server
+        is known to have died or stopped answering, fail at once with one line that says
+        so; when the work fails, find out whether that is why (ServerDown) or not (the
+        error as it is)."""
+        self._check_known(service)
+        try:
+            yield
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            self._explain_failure(service, exc)
+            raise
+
+    def _check_known(self, service: str) -> None:
+        if os.path.exists(self._down_marker):
+            down = known_down(self.run, service)
+            if down is not None:
+                raise down
+
+    def _explain_failure(self, service: str, exc: Exception) -> None:
+        """Raise ServerDown when `exc` came from the server dying or freezing."""
+        down = check_server(self.run, SERVICES[service], timed_out=is_timeout(exc))
+        if down is not None:
+            raise down from None
+
+    def redis_namespace(self) -> redis.RedisNamespace:
+        if self._redis is None:
+            with self.guard("redis"):
+                namespace = redis.namespace(self.run, self.server("redis"), self.slot)
+                namespace.reset()
+            self._redis = namespace
+            self._resets.append(("redis", namespace.reset))
+        return self._redis
+
+    def postgres_database(self) -> str:
+        """DSN of this worker's database: a clone of the run's migrated template."""
+        if self._postgres is None:
+            with self.guard("postgres"):
+                server = self.server("postgres")
+                dsn = postgres.worker_database(self.run, server, self.slot, self._migrate)
+            self._postgres = dsn
+            reset = postgres.DatabaseReset(dsn)
+            self._resets.append(("postgres", reset))
+            self._closers.append(reset.close)
+        return self._postgres
+
+    def clickhouse_database(self) -> str:
+        if self._clickhouse is None:
+            with self.guard("clickhouse"):
+                server = self.server("clickhouse")
+                url = clickhouse.worker_database(self.run, server, self.slot)
+            self._clickhouse = url
+            self._resets.append(("clickhouse", clickhouse.DatabaseReset(url)))
+        return self._clickhouse
+
+    def fake(self, name: str) -> FakeClient:
+        """This worker's fake third party `name` (oidc, saml, smtp, sms), started on first
+        use: in a thread at L2, as a process of the run at L3; reset with the rest."""
+        if name not in self._fakes:
+            # The fakes stand in for third parties of a platform that is ours (L2/L3).
+            require_level(self.settings.level, OWN_PLATFORM, f"the {name} fake")
+            from apex_testkit import _fakes  # noqa: PLC0415 - servers and XML, on demand
+
+            client = _fakes.start(self.run, name, process=self.settings.level is Level.L3)
+            self._fakes[name] = client
+            self._resets.append((None, client.reset))
+            self._closers.append(client.close)
+        return self._fakes[name]
+
+    def reset(self) -> None:
+        """Bring every namespace this worker made back to its initial state.
+
+        As `guard`, inlined: before each test it costs one stat, whatever the servers.
+        """
+        if os.path.exists(self._down_marker):
+            for service, _ in self._resets:
+                if service is not None:
+                    self._check_known(service)
+        for service, reset in self._resets:
+            try:
+                reset()
+            except Exception as exc:
+                if service is not None:
+                    self._explain_failure(service, exc)
+                raise
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()
