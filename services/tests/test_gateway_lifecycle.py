@@ -1,15 +1,18 @@
-"""A gateway's lifecycle on a real Redis: it serves once subscribed, and leaves no
-background task running after the block exits, normally or cancelled."""
+"""A gateway's lifecycle on a real Redis: it serves once subscribed, leaves no background
+task running after the block exits, normally or cancelled (even when a library swallows
+the cancel), and its shutdown is bounded by its settings."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 import uuid
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisError
 
 from apex.gateway import GatewaySettings, create_server
 from apex_testkit import eventually
@@ -72,3 +75,56 @@ async def test_a_cancelled_gateway_drains_and_stops_every_task(redis_namespace: 
         await task
     assert gateway.draining
     assert _others() <= before
+
+
+async def test_a_heartbeat_whose_redis_call_swallows_the_cancel_still_stops(
+    redis_namespace: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client library that turns a cancellation into its own error (redis-py did, on a
+    timeout racing the cancel) must not keep a background loop alive past shutdown."""
+    before = _others()
+    gateway = create_server(_settings(redis_namespace))
+    stuck = asyncio.Event()
+
+    async def swallowing_heartbeat(connections: int) -> None:
+        stuck.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RedisError("connection closed by a cancel") from None
+
+    async with gateway.serving(port=0):
+        monkeypatch.setattr(gateway.registry, "heartbeat", swallowing_heartbeat)
+        await asyncio.wait_for(stuck.wait(), timeout=10)
+        await asyncio.wait_for(gateway.shutdown(), timeout=30)
+    assert _others() <= before
+
+
+async def test_shutdown_gives_up_on_a_task_that_ignores_its_cancel_after_the_grace(
+    redis_namespace: Any,
+) -> None:
+    """The shutdown is bounded: a task that outlives its cancellation by more than
+    APEX_WS_SHUTDOWN_GRACE is left behind (and logged), the shutdown returns."""
+    settings = GatewaySettings.from_env(
+        {
+            "APEX_REDIS_URL": redis_namespace.url,
+            "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}gw-{uuid.uuid4().hex[:8]}:",
+            "APEX_WS_SHUTDOWN_GRACE": "0.5",
+        }
+    )
+    gateway = create_server(settings)
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async with gateway.serving(port=0):
+        task = gateway.spawn(stubborn())
+        await started.wait()  # a task cancelled before it runs never runs at all
+        await asyncio.wait_for(gateway.shutdown(), timeout=30)
+        assert not task.done()
+    release.set()
+    await task

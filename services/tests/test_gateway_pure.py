@@ -204,6 +204,15 @@ def test_settings_defaults() -> None:
     assert settings.compression is True
     assert settings.auth_url is None
     assert len(settings.instance_id) == 12
+    assert settings.admin_token is None
+    assert settings.binary_rate == Rate(100, 1.0)
+    assert (settings.upload_ttl, settings.uploads_per_user, settings.upload_bytes_per_user) == (
+        3600,
+        10,
+        52_428_800,
+    )
+    assert (settings.stream_ttl, settings.broadcast_permission) == (86_400, "realtime:broadcast")
+    assert (settings.shutdown_grace, settings.session_sweep) == (5.0, 2.0)
 
 
 def test_settings_from_env() -> None:
@@ -215,8 +224,27 @@ def test_settings_from_env() -> None:
             "APEX_WS_RATE": "5/2",
             "APEX_WS_COMPRESSION": "off",
             "APEX_WS_PING_INTERVAL": "0.5",
+            "APEX_ADMIN_TOKEN": "s3cret",
+            "APEX_WS_BINARY_RATE": "10/2",
+            "APEX_WS_UPLOAD_TTL": "60",
+            "APEX_WS_UPLOADS_PER_USER": "3",
+            "APEX_WS_UPLOAD_BYTES_PER_USER": "1000",
+            "APEX_WS_STREAM_TTL": "120",
+            "APEX_WS_BROADCAST_PERMISSION": "news:announce",
+            "APEX_WS_SHUTDOWN_GRACE": "0.5",
+            "APEX_WS_SESSION_SWEEP": "0.25",
         }
     )
+    assert settings.admin_token == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.binary_rate == Rate(10, 2.0)
+    assert (settings.upload_ttl, settings.uploads_per_user, settings.upload_bytes_per_user) == (
+        60,
+        3,
+        1000,
+    )
+    assert (settings.stream_ttl, settings.broadcast_permission) == (120, "news:announce")
+    assert (settings.shutdown_grace, settings.session_sweep) == (0.5, 0.25)
     assert settings.auth_url == "http://auth:8000"
     assert settings.instance_id == "gw-1"
     assert settings.rate == Rate(5, 2.0)
@@ -238,6 +266,14 @@ def test_settings_from_env() -> None:
         ({"APEX_WS_COMPRESSION": "yes"}, "APEX_WS_COMPRESSION must be on or off"),
         ({"APEX_GATEWAY_INSTANCE_ID": "a b"}, "APEX_GATEWAY_INSTANCE_ID must be"),
         ({"APEX_AUTH_URL": "ftp://auth"}, "APEX_AUTH_URL must start with"),
+        ({"APEX_WS_BINARY_RATE": "fast"}, "APEX_WS_BINARY_RATE must be count/seconds"),
+        ({"APEX_WS_UPLOAD_TTL": "1.5"}, "APEX_WS_UPLOAD_TTL must be a whole number of seconds"),
+        ({"APEX_WS_UPLOADS_PER_USER": "0"}, "APEX_WS_UPLOADS_PER_USER must be greater than 0"),
+        ({"APEX_WS_UPLOAD_BYTES_PER_USER": "-1"}, "APEX_WS_UPLOAD_BYTES_PER_USER must be at"),
+        ({"APEX_WS_STREAM_TTL": "0"}, "APEX_WS_STREAM_TTL must be at least 1"),
+        ({"APEX_WS_BROADCAST_PERMISSION": "Broadcast"}, "APEX_WS_BROADCAST_PERMISSION must"),
+        ({"APEX_WS_SHUTDOWN_GRACE": "0"}, "APEX_WS_SHUTDOWN_GRACE must be a positive number"),
+        ({"APEX_WS_SESSION_SWEEP": "never"}, "APEX_WS_SESSION_SWEEP must be a number"),
     ],
 )
 def test_settings_errors_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -1,9 +1,10 @@
 """A WebSocket client of the Apex gateway, speaking its JSON protocol (apex.v1).
 
 Public: any team's tests may import these. `open_ws(base_url, token)` connects (token in
-the Authorization header or the query, optional `last_seq`, permessage-deflate or not)
-and returns a `WsClient` once the gateway's welcome frame arrived; a refused handshake
-raises `HandshakeRefused` with the HTTP status and error body. `Connect` is the type of
+the Authorization header, in the `apex.bearer.<token>` subprotocol as browsers send it,
+or in the query, which the gateway refuses; optional `last_seq`, permessage-deflate or
+not) and returns a `WsClient` once the gateway's welcome frame arrived; a refused
+handshake raises `HandshakeRefused` with the HTTP status and error body. `Connect` is the type of
 the connect functions the fixtures hand out (`ws_connect`, `ws_open`).
 """
 
@@ -15,7 +16,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import websockets
@@ -23,7 +24,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 __all__ = [
+    "BEARER_PROTOCOL",
     "DEFAULT_TIMEOUT",
+    "SUBPROTOCOL",
     "Connect",
     "Frame",
     "HandshakeRefused",
@@ -40,6 +43,13 @@ __all__ = [
 Frame = dict[str, Any]
 # Seconds a wait on the gateway lasts unless the caller says otherwise.
 DEFAULT_TIMEOUT = 10.0
+# The protocol the gateway speaks, and the prefix of the subprotocol that carries a
+# browser's token (the WebSocket API cannot set an Authorization header).
+SUBPROTOCOL = "apex.v1"
+BEARER_PROTOCOL = "apex.bearer."
+# Where `open_ws` puts the token: the Authorization header, the `apex.bearer.<token>`
+# subprotocol (browsers), or the `access_token` query parameter (refused by the gateway).
+TokenIn = Literal["header", "protocol", "query"]
 
 
 class HandshakeRefused(AssertionError):
@@ -159,15 +169,19 @@ async def open_ws(
     token: str | None,
     *,
     last_seq: int | None = None,
-    token_in_query: bool = False,
+    token_in: TokenIn = "header",  # noqa: S107 - where the token goes, not a token
     compression: str | None = "deflate",
     max_size: int | None = 2**24,
 ) -> WsClient:
-    """Connect to `base_url`/ws with `token`; HandshakeRefused if the gateway says no."""
+    """Connect to `base_url`/ws with `token` (sent as `token_in` says); HandshakeRefused
+    if the gateway says no."""
     query: dict[str, str] = {}
     headers: dict[str, str] = {}
-    if token is not None and token_in_query:
+    subprotocols = [websockets.Subprotocol(SUBPROTOCOL)]
+    if token is not None and token_in == "query":
         query["access_token"] = token
+    elif token is not None and token_in == "protocol":
+        subprotocols.append(websockets.Subprotocol(f"{BEARER_PROTOCOL}{token}"))
     elif token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if last_seq is not None:
@@ -180,7 +194,7 @@ async def open_ws(
             compression=compression,
             max_size=max_size,
             open_timeout=DEFAULT_TIMEOUT,
-            subprotocols=[websockets.Subprotocol("apex.v1")],
+            subprotocols=subprotocols,
         )
     except InvalidStatus as exc:
         body = exc.response.body or b"{}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform
 from ws_tests.client import Connect, WsClient, close_quietly, open_ws
-from ws_tests.gateways import Gateways, Serve, registered
+from ws_tests.gateways import Gateways, Serve, admin_headers, http_url, registered
 from ws_tests.users import MakeUser, WsUser
 
 
@@ -34,17 +34,18 @@ async def gateway_url(clean_platform: Platform) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def gateway_http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of the gateway's own endpoints (/healthz, /metrics, /instances)."""
+async def gateway_http(gateway_url: str, admin_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the gateway's own endpoints (/healthz, /metrics, /instances),
+    presenting the platform's admin token (which /metrics and /instances require)."""
     async with httpx.AsyncClient(
-        base_url=gateway_url.replace("ws", "http", 1), timeout=30
+        base_url=http_url(gateway_url), headers=admin_headers(admin_token), timeout=30
     ) as client:
         yield client
 
 
 @pytest.fixture
 def ws_connect(gateway_url: str, ws_open: Connect) -> Connect:
-    """`await ws_connect(token, last_seq=..., token_in_query=..., compression=...)`: a
+    """`await ws_connect(token, last_seq=..., token_in=..., compression=...)`: a
     WsClient of the run's gateway (`ws_open` bound to `gateway_url`; `base_url=` picks
     another instance)."""
 
@@ -70,11 +71,25 @@ def ws_auth_admin(ws_auth_client: httpx.AsyncClient, admin_token: str) -> AuthAd
 
 @pytest.fixture
 def make_ws_user(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin) -> MakeUser:
-    """`await make_ws_user(tier="pro", ttl=None)`: a new user, signed in (through
-    `ws_auth_client`)."""
+    """`await make_ws_user(tier="pro", ttl=None, tenant=None, permissions=())`: a new user
+    of `tenant` (a tenant id; None: no tenant) with these permissions granted, signed in
+    (through `ws_auth_client`)."""
 
-    async def make(*, tier: str = "pro", ttl: int | None = None) -> WsUser:
-        key_user = await ws_auth_admin.key_user(tier=tier)
+    async def make(
+        *,
+        tier: str = "pro",
+        ttl: int | None = None,
+        tenant: str | None = None,
+        permissions: Sequence[str] = (),
+    ) -> WsUser:
+        key_user = await ws_auth_admin.key_user(tier=tier, tenant_id=tenant)
+        for permission in permissions:
+            granted = await ws_auth_client.put(
+                f"/admin/users/{key_user.user_id}/grants/{permission}",
+                json={"effect": "allow"},
+                headers=ws_auth_admin.headers,
+            )
+            assert granted.status_code == 200, granted.text
         return WsUser(key_user, await login(ws_auth_client, key_user.api_key, ttl=ttl))
 
     return make
@@ -124,7 +139,7 @@ async def serve_gateway(clean_platform: Platform) -> AsyncIterator[Serve]:
             url = await stack.enter_async_context(
                 clean_platform.serve("gateway", instance=instance, **settings)
             )
-            await registered(url)
+            await registered(url, admin_token=clean_platform.admin_token)
             return url
 
         yield serve

@@ -4,8 +4,9 @@ Public: `Gateways` (start gateways with their own settings, L2/L3; what the `gat
 fixture hands out) and `GatewayHandle` (one of them: URL, stop, kill, /healthz and its
 connection count, /metrics, /instances), `Serve` (the type of the `serve_gateway`
 fixture), `registered` (wait until a gateway lists itself), `FAST` (settings that lift
-the rate limits), Prometheus text parsing (`metric`, `has_metric`) and ws:// <-> http://
-URLs.
+the rate limits), Prometheus text parsing (`metric`, `has_metric`), ws:// <-> http://
+URLs and `admin_headers` (the platform's admin token, which /metrics and /instances
+require).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "GatewayHandle",
     "Gateways",
     "Serve",
+    "admin_headers",
     "has_metric",
     "http_url",
     "metric",
@@ -50,14 +52,21 @@ def ws_url(url: str) -> str:
     return url.replace("http", "ws", 1) if url.startswith("http") else url
 
 
+def admin_headers(admin_token: str) -> dict[str, str]:
+    """The headers of a request to the gateway's operator endpoints (/metrics, /instances)."""
+    return {"Authorization": f"Bearer {admin_token}"}
+
+
 @dataclass
 class GatewayHandle:
     """One gateway a test started (`gateways.start`): its URL, graceful stop and, at L3,
-    crash (the kit's `platform.start("gateway")` does the wiring)."""
+    crash (the kit's `platform.start("gateway")` does the wiring); its HTTP endpoints are
+    asked with the platform's admin token."""
 
     url: str
     settings: dict[str, str]
     service: RunningService
+    admin_token: str
 
     @property
     def http(self) -> str:
@@ -72,7 +81,10 @@ class GatewayHandle:
         await self.service.kill()
 
     async def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.http, timeout=timeout) as client:
+        """GET `path` of this gateway, with the admin token."""
+        async with httpx.AsyncClient(
+            base_url=self.http, headers=admin_headers(self.admin_token), timeout=timeout
+        ) as client:
             return await client.get(path)
 
     async def healthz(self) -> httpx.Response:
@@ -117,19 +129,22 @@ class Gateways:
         if self.platform.level is Level.L4:
             pytest.fail("gateways.start() exists at L2/L3 only: mark the test so", pytrace=False)
         running = await self.stack.enter_async_context(self.platform.start("gateway", **settings))
-        handle = GatewayHandle(running.url, settings, running)
+        handle = GatewayHandle(running.url, settings, running, self.platform.admin_token)
         self.started.append(handle)
         return handle
 
 
-async def registered(url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Wait until the gateway at `url` lists itself in /instances.
+async def registered(url: str, *, admin_token: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Wait until the gateway at `url` lists itself in /instances (asked with the
+    platform's `admin_token`).
 
     An L3 gateway outlives tests, and each test starts with an empty Redis namespace
     (clean_platform): its registration is back at its next heartbeat. Until then other
     instances take it for dead (leadership, routing), as after a Redis flush in production.
     """
-    async with httpx.AsyncClient(base_url=url.replace("ws", "http", 1), timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=http_url(url), headers=admin_headers(admin_token), timeout=30
+    ) as http:
         me = (await http.get("/healthz")).json()["instance"]
 
         async def listed() -> bool:

@@ -1,7 +1,9 @@
 """Publishing through the gateway and checking what it delivers.
 
 Public: `publish` (waits for the ack), `to_user` (the `to` of one user's stream),
-`next_message_is` (nothing came before it), and the seqs and ids of delivered frames.
+`next_message_is` (nothing came before it), the seqs and ids of delivered frames, and
+`BROADCAST_PERMISSION` (what a user needs to publish to "broadcast": grant it with
+`make_ws_user(permissions=[BROADCAST_PERMISSION])`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from typing import Any
 from ws_tests.client import DEFAULT_TIMEOUT, Frame, WsClient
 from ws_tests.users import WsUser
 
-__all__ = ["ids_of", "next_message_is", "publish", "seqs_of", "to_user"]
+__all__ = ["BROADCAST_PERMISSION", "ids_of", "next_message_is", "publish", "seqs_of", "to_user"]
+
+# The gateway's default APEX_WS_BROADCAST_PERMISSION.
+BROADCAST_PERMISSION = "realtime:broadcast"
 
 
 def to_user(user: WsUser | WsClient | str) -> str:

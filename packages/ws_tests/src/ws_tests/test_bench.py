@@ -27,6 +27,7 @@ import pytest
 from apex_testkit import Level
 from ws_tests.client import Connect, HandshakeRefused, WsClient
 from ws_tests.gateways import Gateways
+from ws_tests.messages import BROADCAST_PERMISSION
 from ws_tests.users import MakeUser
 
 CONCURRENT = pytest.mark.bvj(
@@ -76,7 +77,11 @@ async def test_bench_concurrent_connections(
     target = _size("APEX_BENCH_CONNECTIONS", 1000)
     per_user = 10
     gateway = await gateways.start(**FAST)
-    users = [await make_ws_user() for _ in range(max(1, target // per_user))]
+    # The first user's first tab broadcasts at the end.
+    users = [
+        await make_ws_user(permissions=[BROADCAST_PERMISSION] if n == 0 else [])
+        for n in range(max(1, target // per_user))
+    ]
     tokens = [u.token for u in users for _ in range(per_user)][:target]
 
     started = time.monotonic()
@@ -134,7 +139,7 @@ async def _fan_out(
     messages = _size("APEX_BENCH_MESSAGES", 400)
     gateway = await gateways.start(APEX_WS_COMPRESSION="on" if compression else "off", **FAST)
     option = "deflate" if compression else None
-    publisher_user = await make_ws_user()
+    publisher_user = await make_ws_user(permissions=[BROADCAST_PERMISSION])
     publisher = await ws_open(gateway.url, publisher_user.token, compression=option)
     users = [await make_ws_user() for _ in range(receivers_count)]
     receivers = [await ws_open(gateway.url, u.token, compression=option) for u in users]

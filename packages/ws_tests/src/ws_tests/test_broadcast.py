@@ -1,22 +1,26 @@
 """001#17 Message queue to WebSocket broadcast: targeted messages, broadcast, delivery.
 
 A message to `user:<uid>` reaches every connection of that user, on every gateway instance,
-and nobody else; a broadcast reaches every connected user once per connection, each with
-that user's own sequence number; the sender gets an ack; a malformed target is refused.
+and nobody else; a broadcast (for holders of the broadcast permission) reaches every
+connected user of the sender's tenant once per connection, each with that user's own
+sequence number; the sender gets an ack; a malformed target is refused, and so is a user
+who does not exist or belongs to another tenant (`unknown_user`, nothing written).
 Absence is checked with a sentinel: a later message to the same recipient must be the next
 one it delivers (the recipient's stream is ordered, so a stray copy would come first).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from apex_testkit import RedisNamespace
 from ws_tests.client import Connect, Frame
 from ws_tests.gateways import Serve
-from ws_tests.messages import next_message_is, publish, to_user
+from ws_tests.messages import BROADCAST_PERMISSION, next_message_is, publish, to_user
 from ws_tests.users import MakeUser
 
 BVJ = pytest.mark.bvj(
@@ -96,7 +100,8 @@ async def test_a_broadcast_reaches_every_connected_user_once_per_connection(
     serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
     first, second = await serve_gateway(instance=0), await serve_gateway(instance=1)
-    alice, bob, carol = await make_ws_user(), await make_ws_user(), await make_ws_user()
+    alice = await make_ws_user(permissions=[BROADCAST_PERMISSION])
+    bob, carol = await make_ws_user(), await make_ws_user()
     alice_tab = await ws_open(first, alice.token)
     bob_tabs = [await ws_open(first, bob.token), await ws_open(second, bob.token)]
     carol_tab = await ws_open(second, carol.token)
@@ -129,7 +134,8 @@ async def test_a_broadcast_is_not_kept_for_users_who_were_not_connected(
 ) -> None:
     """ "Every connected user": someone who signs in later does not find it in their stream."""
     url = await serve_gateway()
-    alice, bob, dave = await make_ws_user(), await make_ws_user(), await make_ws_user()
+    alice = await make_ws_user(permissions=[BROADCAST_PERMISSION])
+    bob, dave = await make_ws_user(), await make_ws_user()
     alice_tab = await ws_open(url, alice.token)
     bob_tab = await ws_open(url, bob.token)
     await publish(alice_tab, "broadcast", {"n": 1})
@@ -190,3 +196,130 @@ async def test_messages_to_an_offline_user_wait_in_their_stream(
     assert [(f["seq"], f["id"], f["data"]) for f in frames] == [
         (n + 1, sent[n], {"n": n}) for n in range(3)
     ]
+
+
+# --- who may reach whom ---------------------------------------------------------------------
+
+
+def _keys_naming(redis_namespace: RedisNamespace, user_id: str) -> list[str]:
+    """The gateway's message keys (seq, stream) of `user_id` in Redis."""
+    redis = redis_namespace.client()
+    try:
+        return sorted(redis.scan_iter(f"{redis_namespace.prefix}ws:*{user_id}*"))
+    finally:
+        redis.close()
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_a_message_to_a_user_of_another_tenant_is_refused_and_never_delivered(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    url = await serve_gateway()
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    mallory = await make_ws_user(tenant=ours)
+    victim, colleague = await make_ws_user(tenant=theirs), await make_ws_user(tenant=theirs)
+    mallory_tab = await ws_open(url, mallory.token)
+    victim_tab, colleague_tab = (
+        await ws_open(url, victim.token),
+        await ws_open(url, colleague.token),
+    )
+
+    refused = await mallory_tab.request(
+        "publish", to=to_user(victim), data={"text": "your password expired, sign in here"}
+    )
+
+    # The same answer as for a user who does not exist: no way to probe other tenants.
+    assert (refused["type"], refused["code"]) == ("error", "unknown_user"), refused
+    # Nothing reached the victim: their first message is one from their own tenant.
+    sentinel = await publish(colleague_tab, to_user(victim), {"n": 1})
+    assert (await next_message_is(victim_tab, sentinel))["seq"] == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.parametrize("target", ["uuid", "name"])
+async def test_a_message_to_a_user_who_does_not_exist_is_refused_and_creates_no_key(
+    serve_gateway: Serve,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
+    redis_namespace: RedisNamespace,
+    target: str,
+) -> None:
+    url = await serve_gateway()
+    alice = await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+    nobody = str(uuid.uuid4()) if target == "uuid" else f"nobody-{uuid.uuid4().hex[:8]}"
+
+    refused = await alice_tab.request("publish", to=f"user:{nobody}", data={"x": 1})
+
+    assert (refused["type"], refused["code"]) == ("error", "unknown_user"), refused
+    assert _keys_naming(redis_namespace, nobody) == []
+    assert (await alice_tab.request("ping"))["type"] == "pong"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_users_stream_expires_after_the_stream_ttl(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser, redis_namespace: RedisNamespace
+) -> None:
+    stream_ttl = 600
+    url = await serve_gateway(APEX_WS_STREAM_TTL=str(stream_ttl))
+    alice, bob = await make_ws_user(), await make_ws_user()
+    alice_tab = await ws_open(url, alice.token)
+
+    await publish(alice_tab, to_user(bob), {"n": 1})
+
+    redis = redis_namespace.client()
+    try:
+        ttl = int(redis.ttl(f"{redis_namespace.prefix}ws:stream:{bob.user_id}"))
+    finally:
+        redis.close()
+    assert stream_ttl - 60 <= ttl <= stream_ttl, f"bob's stream expires in {ttl} s"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_a_broadcast_without_the_broadcast_permission_is_refused_and_reaches_nobody(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    url = await serve_gateway()
+    alice, bob = await make_ws_user(), await make_ws_user()
+    alice_tab, bob_tab = await ws_open(url, alice.token), await ws_open(url, bob.token)
+
+    refused = await alice_tab.request("publish", to="broadcast", data={"text": "free credits!"})
+
+    assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
+    # Nobody got it, the sender included (a broadcast reaches the sender's tabs too).
+    for sender, recipient in ((alice_tab, bob_tab), (bob_tab, alice_tab)):
+        sentinel = await publish(sender, to_user(recipient.user_id), {"sentinel": True})
+        assert (await next_message_is(recipient, sentinel))["seq"] == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+async def test_a_broadcast_reaches_only_the_users_of_the_senders_tenant(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    first, second = await serve_gateway(instance=0), await serve_gateway(instance=1)
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    alice = await make_ws_user(tenant=ours, permissions=[BROADCAST_PERMISSION])
+    carol, bob, dan = (
+        await make_ws_user(tenant=ours),
+        await make_ws_user(tenant=theirs),
+        await make_ws_user(),  # no tenant
+    )
+    alice_tab, carol_tab = await ws_open(first, alice.token), await ws_open(second, carol.token)
+    bob_tab, dan_tab = await ws_open(first, bob.token), await ws_open(second, dan.token)
+
+    message_id = await publish(alice_tab, "broadcast", {"text": "standup in 5"})
+
+    for tab in (alice_tab, carol_tab):
+        assert (await next_message_is(tab, message_id))["seq"] == 1
+    # The other tenant's user and the user with no tenant got nothing.
+    for outsider, outsider_tab in ((bob, bob_tab), (dan, dan_tab)):
+        sentinel = await publish(outsider_tab, to_user(outsider), {"sentinel": True})
+        assert (await next_message_is(outsider_tab, sentinel))["seq"] == 1

@@ -3,7 +3,8 @@
 The rules under test (CONTRACT4, Circuit breaker): per dependency (auth over HTTP,
 PostgreSQL), after APEX_WS_BREAKER failures the breaker opens for the given seconds: calls
 fail fast with `{"type":"error","code":"unavailable","detail":"circuit open: <dep>"}`
-without touching the dependency; then one trial call (half-open) closes it on success.
+without touching the dependency; then one trial call (half-open; calls meanwhile fail
+fast) closes it on success. Only consecutive failures count: a success resets the count.
 The state is in /metrics (`apex_gateway_breaker_state{dependency}`: 0 closed, 1 open,
 2 half-open) and /healthz (`checks.auth`: "ok" | "open").
 
@@ -14,6 +15,7 @@ the gateway tried to reach the dependency at all while its breaker was open.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -127,6 +129,78 @@ async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
     # One failed trial is enough: open again, no new run of THRESHOLD failures.
     again = await _note(client, "after-trial", timeout=FAST)
     assert (again["type"], again["code"]) == ("error", "unavailable"), again
+    assert await _state(gateway, "postgres") == 1
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
+    gateways: Gateways,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
+    fault_proxy: Callable[[str], FaultProxy],
+    postgres_database: str,
+) -> None:
+    proxy = fault_proxy(postgres_database)
+    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    user = await make_ws_user()
+    clients = [await ws_open(gateway.url, user.token) for _ in range(4)]
+    proxy.down()
+    for n in range(THRESHOLD):
+        await _note(clients[0], f"down-{n}")
+    assert await _state(gateway, "postgres") == 1
+    proxy.up()
+    proxy.latency(100)  # the trial takes a while: the other calls arrive during it
+
+    async def half_open() -> bool:
+        return await _state(gateway, "postgres") == 2
+
+    await eventually(half_open, timeout=OPEN_SECONDS + 10, message="breaker half-open")
+    replies = await asyncio.gather(
+        *(_note(client, f"concurrent-{n}") for n, client in enumerate(clients))
+    )
+
+    acks = [r for r in replies if r["type"] == "ack"]
+    fast = [r for r in replies if r["type"] == "error"]
+    assert len(acks) == 1, replies
+    assert [(r["code"], r["detail"]) for r in fast] == [
+        ("unavailable", "circuit open: postgres")
+    ] * 3
+    assert await _state(gateway, "postgres") == 0
+    listed = await clients[0].request("note.list")
+    titles = [n["title"] for n in listed["notes"] if n["title"].startswith("concurrent-")]
+    assert len(titles) == 1, f"calls refused by the breaker were written: {titles}"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_success_resets_the_failure_count(
+    gateways: Gateways,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
+    fault_proxy: Callable[[str], FaultProxy],
+    postgres_database: str,
+) -> None:
+    """Failures open the breaker only when consecutive: THRESHOLD - 1, a success, then
+    THRESHOLD - 1 more leave it closed; one more failure opens it."""
+    proxy = fault_proxy(postgres_database)
+    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    client = await ws_open(gateway.url, (await make_ws_user()).token)
+
+    proxy.down()
+    before = [await _note(client, f"a-{n}") for n in range(THRESHOLD - 1)]
+    proxy.up()
+    success = await _note(client, "between")
+    proxy.down()
+    after = [await _note(client, f"b-{n}") for n in range(THRESHOLD - 1)]
+
+    assert [(r["type"], r["code"]) for r in before + after] == [("error", "db_error")] * (
+        2 * (THRESHOLD - 1)
+    )
+    assert success["type"] == "ack", success
+    assert await _state(gateway, "postgres") == 0
+    last = await _note(client, "b-last")
+    assert (last["type"], last["code"]) == ("error", "db_error"), last
     assert await _state(gateway, "postgres") == 1
 
 

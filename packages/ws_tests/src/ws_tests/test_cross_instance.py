@@ -16,6 +16,7 @@ import pytest
 from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.client import Connect, Frame, WsClient, stays_open
 from ws_tests.gateways import GatewayHandle, Gateways
+from ws_tests.messages import BROADCAST_PERMISSION
 from ws_tests.users import MakeUser
 
 PUBSUB = pytest.mark.bvj(
@@ -66,7 +67,8 @@ async def test_broadcast_reaches_every_user_on_every_instance_exactly_once(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
     a, b = await _pair(gateways)
-    users = [await make_ws_user() for _ in range(6)]
+    users = [await make_ws_user() for _ in range(5)]
+    users.insert(1, await make_ws_user(permissions=[BROADCAST_PERMISSION]))  # who broadcasts
     clients = [await ws_open((a, b)[n % 2].url, u.token) for n, u in enumerate(users)]
 
     reply = await clients[1].request("publish", to="broadcast", data={"hello": "all"})

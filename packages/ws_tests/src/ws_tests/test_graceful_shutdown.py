@@ -7,7 +7,9 @@ closes them 1012 "restart", leaves `gw:instances` and exits. Clients reconnect t
 instance with `last_seq` and lose nothing.
 
 The drain is made long enough to watch by one client that does not read (its queued
-frames cannot be flushed until the drain timeout).
+frames cannot be flushed until the drain timeout). The drain flushes what is queued before
+it closes; and the whole shutdown is bounded (APEX_WS_DRAIN_TIMEOUT for the flush, then
+APEX_WS_SHUTDOWN_GRACE for the rest) even when Redis hangs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import asyncio
 import base64
 import os
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from apex_testkit import eventually
+from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.client import Connect, Frame, HandshakeRefused, WsClient, freeze, open_ws, thaw
 from ws_tests.gateways import GatewayHandle, Gateways
 from ws_tests.users import MakeUser, WsUser
@@ -29,7 +32,7 @@ SHUTDOWN = pytest.mark.bvj(
     segment="platform", goal="Deploys without dropped messages: drain, then hand over",
     mrr=5000, scenario="001#30",
 )  # fmt: skip
-pytestmark = [SHUTDOWN, pytest.mark.L3]
+pytestmark = [SHUTDOWN]
 
 DRAIN = 6.0
 SETTINGS = {
@@ -55,6 +58,7 @@ async def _stuck_consumer(
     return stuck
 
 
+@pytest.mark.L3
 async def test_sigterm_drains_refuses_newcomers_closes_1012_and_nothing_is_lost(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
@@ -119,6 +123,7 @@ async def test_sigterm_drains_refuses_newcomers_closes_1012_and_nothing_is_lost(
     assert [f["data"]["n"] for f in got + rest_stuck] == list(range(300))
 
 
+@pytest.mark.L3
 async def test_idle_instance_shuts_down_promptly_with_every_client_told(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
@@ -132,3 +137,65 @@ async def test_idle_instance_shuts_down_promptly_with_every_client_told(
         assert await client.closed(timeout=5) == (1012, "restart")
     with pytest.raises((OSError, HandshakeRefused, TimeoutError)):
         await open_ws(leaving.url, (await make_ws_user()).token)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_the_drain_delivers_every_queued_message_before_it_closes(
+    gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
+) -> None:
+    # The flush, not the drain timeout, ends this drain.
+    leaving = await gateways.start(**{**SETTINGS, "APEX_WS_DRAIN_TIMEOUT": "60"})
+    user, publisher_user = await make_ws_user(), await make_ws_user()
+    publisher = await ws_open(leaving.url, publisher_user.token)
+    reader = await ws_open(leaving.url, user.token)
+    stuck = await ws_open(leaving.url, user.token, compression=None)
+    freeze(stuck)
+    blob = base64.b64encode(os.urandom(24_000)).decode()
+    count = 200  # ~6 MB: more than the socket buffers hold, less than the send queue
+    for n in range(count):
+        reply = await publisher.request(
+            "publish", to=f"user:{user.user_id}", data={"n": n, "b": blob}
+        )
+        assert reply["type"] == "ack", reply
+    # The user's feed hands each message to both tabs at once: when the reading tab has
+    # them all, the frozen one has them all queued.
+    await reader.messages(count, timeout=30)
+
+    stopping = asyncio.create_task(leaving.stop())
+    thaw(stuck)
+
+    assert await stuck.closed(timeout=60) == (1012, "restart")
+    await stopping
+    kinds = [frame["type"] for frame in stuck.inbox]
+    delivered = [frame["data"]["n"] for frame in stuck.inbox if frame["type"] == "message"]
+    assert delivered == list(range(count)), "the drain closed before its queue was flushed"
+    assert kinds[-1] == "shutdown", kinds[-3:]  # told to reconnect after the last message
+
+
+@pytest.mark.L2
+async def test_a_shutdown_with_redis_hanging_ends_within_its_bounds(
+    gateways: Gateways,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
+    fault_proxy: Callable[[str], FaultProxy],
+    redis_namespace: RedisNamespace,
+) -> None:
+    """Redis stops answering (a blackhole: the gateway's calls wait for their timeouts):
+    the shutdown still tells and closes every client and returns within the drain timeout
+    plus the shutdown grace (with slack for a busy machine), never hanging on Redis."""
+    drain, grace = 1.0, 1.0
+    proxy = fault_proxy(redis_namespace.url)
+    leaving = await gateways.start(
+        APEX_REDIS_URL=proxy.url_for(redis_namespace.url),
+        APEX_WS_DRAIN_TIMEOUT=str(drain),
+        APEX_WS_SHUTDOWN_GRACE=str(grace),
+        APEX_WS_INSTANCE_TTL="0.6",  # heartbeats (Redis calls) every 0.2 s
+    )
+    client = await ws_open(leaving.url, (await make_ws_user()).token)
+
+    proxy.blackhole()
+    await asyncio.wait_for(leaving.stop(), timeout=drain + grace + 10)
+
+    await client.expect("shutdown", reconnect=True)
+    assert await client.closed() == (1012, "restart")

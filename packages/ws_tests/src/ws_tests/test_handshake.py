@@ -1,11 +1,14 @@
 """001#26 WebSocket authentication handshake and 004#3 the complete OAuth -> JWT -> WebSocket flow.
 
-The rules under test (CONTRACT4, Handshake): the token comes in `Authorization: Bearer` or
-`?access_token=`, is verified locally against auth's JWKS (RS256, iss, aud, exp) and its
-session must be live. Refusals are HTTP answers to the upgrade with `{"error","detail"}`:
-401 missing_token / invalid_token / token_expired / session_revoked, 429
-too_many_connections. On a live connection `refresh` swaps the token (same user and
-session only); a token that expires without a refresh ends the connection with 4001.
+The rules under test (CONTRACT4, Handshake): the token comes in `Authorization: Bearer` or,
+from browsers (whose WebSocket API sets no headers), in the subprotocol
+`apex.bearer.<token>` beside `apex.v1`; never in the URL (`?access_token=` is refused, RFC
+6750 §2.3: URLs end up in logs). It is verified locally against auth's JWKS (RS256, iss,
+aud, exp) and its session must be live. Refusals are HTTP answers to the upgrade with
+`{"error","detail"}`: 400 invalid_request, 401 missing_token / invalid_token /
+token_expired / session_revoked, 429 too_many_connections. On a live connection `refresh`
+swaps the token (same user and session only); a token that expires without a refresh ends
+the connection with 4001.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from auth_tests.client import AuthAdmin, Tokens, login
 from auth_tests.flows import oidc_login
 from websockets.exceptions import ConnectionClosed
 
-from apex_testkit import FakeIdp, eventually
+from apex_testkit import FakeIdp, RedisNamespace, eventually
 from ws_tests.client import Connect, HandshakeRefused, WsClient, stays_open
 from ws_tests.gateways import Gateways
 from ws_tests.users import MakeUser, WsUser, forge
@@ -90,13 +93,35 @@ async def test_bearer_header_token_is_welcomed_with_the_session_it_belongs_to(
 @pytest.mark.L3
 @pytest.mark.L4
 @HANDSHAKE
-async def test_query_string_token_is_accepted_for_browsers(
+async def test_subprotocol_token_is_accepted_for_browsers_and_never_echoed(
     ws_connect: Connect, ws_user: WsUser
 ) -> None:
-    client = await ws_connect(ws_user.token, token_in_query=True)
+    client = await ws_connect(ws_user.token, token_in="protocol")
 
     assert client.welcome["user_id"] == ws_user.user_id
     assert client.welcome["session_id"] == ws_user.tokens.session_id
+    assert client.ws.subprotocol == "apex.v1"  # the token is not sent back
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_query_string_token_is_refused_and_opens_no_connection(
+    gateways: Gateways, ws_open: Connect, ws_user: WsUser, redis_namespace: RedisNamespace
+) -> None:
+    """RFC 6750 §2.3: a token in the URL ends up in access logs and browser history."""
+    gateway = await gateways.start()
+
+    with pytest.raises(HandshakeRefused) as refused:
+        await ws_open(gateway.url, ws_user.token, token_in="query")
+
+    assert (refused.value.status, refused.value.body["error"]) == (400, "invalid_request")
+    assert (await gateway.healthz()).json()["connections"] == 0
+    redis = redis_namespace.client()
+    try:
+        assert not redis.exists(f"{redis_namespace.prefix}ws:tabs:{ws_user.user_id}")
+    finally:
+        redis.close()
 
 
 # --- refusals -----------------------------------------------------------------------------
@@ -116,16 +141,16 @@ async def test_missing_token_is_refused_with_401_missing_token(ws_connect: Conne
 @pytest.mark.L3
 @pytest.mark.L4
 @HANDSHAKE
-@pytest.mark.parametrize("in_query", [False, True], ids=["header", "query"])
+@pytest.mark.parametrize("token_in", ["header", "protocol"])
 @pytest.mark.parametrize(
     "token",
     ["not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."],
     ids=["garbage", "parts", "alg-none"],
 )
 async def test_malformed_token_is_refused_with_401_invalid_token(
-    ws_connect: Connect, token: str, in_query: bool
+    ws_connect: Connect, token: str, token_in: str
 ) -> None:
-    refused = await _refused(ws_connect, token, token_in_query=in_query)
+    refused = await _refused(ws_connect, token, token_in=token_in)
 
     assert (refused.status, refused.body["error"]) == (401, "invalid_token")
 
@@ -299,15 +324,16 @@ async def test_refreshed_connection_outlives_its_first_token(
     ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
 ) -> None:
     now = int(time.time())
-    # 2..3 s: room for the handshake and the refresh on a loaded machine (exp is whole seconds).
-    short = forge(ws_user.token, jwt_signing_key, exp=now + 3)
+    # Valid long enough for a busy machine to connect and refresh with it.
+    short_exp = now + 5
+    short = forge(ws_user.token, jwt_signing_key, exp=short_exp)
     long = forge(ws_user.token, jwt_signing_key, exp=now + 3600)
     client = await ws_connect(short)
 
     reply = await client.request("refresh", access_token=long)
     assert reply == {"type": "refreshed", "id": reply["id"], "exp": now + 3600}
 
-    await stays_open(client, now + 3 - time.time() + 0.5)  # past the first token's exp
+    await stays_open(client, max(0.0, short_exp - time.time()) + 1.0)  # past the first exp
 
 
 @pytest.mark.L2
@@ -329,6 +355,32 @@ async def test_refresh_with_another_users_token_is_refused_and_the_old_token_sta
     # Still on the old (short) token: it expires as it would have.
     code, reason = await client.closed(timeout=15)
     assert code == 4001, (code, reason)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+async def test_refresh_with_a_token_of_the_same_users_other_session_is_refused(
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin
+) -> None:
+    """A socket stays bound to the session it opened with: the same user's other session
+    (another device) cannot take it over, and ending that session does not end it."""
+    key_user = await ws_auth_admin.key_user()
+    laptop = await login(ws_auth_client, key_user.api_key, ttl=3)
+    phone = await login(ws_auth_client, key_user.api_key)
+    client = await ws_connect(laptop.access)
+
+    reply = await client.request("refresh", access_token=phone.access)
+
+    assert (reply["type"], reply["code"]) == ("error", "invalid_token"), reply
+    logout = await ws_auth_client.post("/auth/logout", headers=phone.bearer)
+    assert logout.status_code == 204, logout.text
+    assert (await client.request("ping"))["type"] == "pong"
+    # Still the laptop's session and (short) token: it expires as it would have, and is
+    # not closed as a revoked session.
+    code, reason = await client.closed(timeout=15)
+    assert (code, reason) == (4001, "token expired")
 
 
 @pytest.mark.L2
@@ -424,7 +476,7 @@ async def test_api_key_login_then_websocket_then_refresh_then_logout(
 ) -> None:
     key_user = await ws_auth_admin.key_user()
     tokens = await login(ws_auth_client, key_user.api_key)
-    client = await ws_connect(tokens.access, token_in_query=True)
+    client = await ws_connect(tokens.access, token_in="protocol")
     assert client.welcome["session_id"] == tokens.session_id
 
     fresh = Tokens.of(

@@ -1,10 +1,11 @@
 """001#22 health check integration and 001#90 health check propagation.
 
 The rules under test (CONTRACT4, HTTP on the same port): `/healthz` says ok with the
-instance's connection count and its dependencies' checks, 503 when Redis is down;
-`/metrics` counts connections and traffic; `/instances` lists the live instances
-registered in Redis, and forgets one within APEX_WS_INSTANCE_TTL once it stops
-heart-beating (killed, or cut off from Redis).
+instance's connection count and its dependencies' checks, 503 when Redis is down, and
+needs no credentials (readiness probes); `/metrics` counts connections and traffic;
+`/instances` lists the live instances registered in Redis, and forgets one within
+APEX_WS_INSTANCE_TTL once it stops heart-beating (killed, or cut off from Redis). Both
+list internals (instance URLs, traffic): they answer only the platform's admin token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.client import Connect
-from ws_tests.gateways import GatewayHandle, Gateways, has_metric, metric
+from ws_tests.gateways import GatewayHandle, Gateways, has_metric, http_url, metric
 from ws_tests.users import MakeUser, WsUser
 
 INTEGRATION = pytest.mark.bvj(
@@ -85,6 +86,56 @@ async def test_metrics_expose_every_gateway_series_with_closed_breakers(
         assert has_metric(text, name), f"{name} missing from /metrics"
     for dependency in ("auth", "postgres"):
         assert metric(text, "apex_gateway_breaker_state", dependency=dependency) == 0
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@INTEGRATION
+async def test_healthz_needs_no_credentials(gateway_url: str) -> None:
+    async with httpx.AsyncClient(base_url=http_url(gateway_url), timeout=30) as bare:
+        response = await bare.get("/healthz")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@INTEGRATION
+@pytest.mark.parametrize("path", ["/metrics", "/instances"])
+@pytest.mark.parametrize(
+    ("credentials", "code", "challenge"),
+    [
+        ("none", "missing_token", "Bearer"),
+        ("user", "invalid_token", 'Bearer error="invalid_token"'),
+        ("wrong", "invalid_token", 'Bearer error="invalid_token"'),
+    ],
+)
+async def test_operator_endpoints_answer_only_the_admin_token(
+    gateway_url: str,
+    ws_user: WsUser,
+    path: str,
+    credentials: str,
+    code: str,
+    challenge: str,
+) -> None:
+    """Without the admin token (none, a user's access token, a wrong one): 401, and the
+    body names no instance URL and no series (RFC 6750: no error code without credentials)."""
+    headers = {
+        "none": {},
+        "user": {"Authorization": f"Bearer {ws_user.token}"},
+        "wrong": {"Authorization": "Bearer not-the-admin-token"},
+    }[credentials]
+    async with httpx.AsyncClient(base_url=http_url(gateway_url), timeout=30) as bare:
+        response = await bare.get(path, headers=headers)
+
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == code
+    assert response.headers["www-authenticate"] == challenge
+    assert "ws://" not in response.text
+    assert "apex_gateway" not in response.text
 
 
 @pytest.mark.L2

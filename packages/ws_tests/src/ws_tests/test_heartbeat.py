@@ -18,6 +18,7 @@ import pytest
 from apex_testkit import FaultProxy, eventually
 from ws_tests.client import Connect, freeze, stays_open, thaw
 from ws_tests.gateways import GatewayHandle, Gateways, http_url, metric
+from ws_tests.messages import BROADCAST_PERMISSION
 from ws_tests.users import MakeUser, WsUser
 
 HEARTBEAT = pytest.mark.bvj(
@@ -136,7 +137,9 @@ async def test_a_crowd_of_zombies_is_reaped_exactly_and_the_living_are_kept(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
     gateway = await gateways.start(**FAST_PINGS)
-    users = [await make_ws_user() for _ in range(10)]
+    # The last one (living) broadcasts at the end.
+    users = [await make_ws_user() for _ in range(9)]
+    users.append(await make_ws_user(permissions=[BROADCAST_PERMISSION]))
     clients = await asyncio.gather(*(ws_open(gateway.url, u.token) for u in users))
     zombies, living = clients[:5], clients[5:]
     before = await _reaped(gateway)
@@ -151,7 +154,7 @@ async def test_a_crowd_of_zombies_is_reaped_exactly_and_the_living_are_kept(
     for client in living:
         assert (await client.request("ping"))["type"] == "pong"
     # Fan-out skips the dead: a broadcast reaches exactly the living.
-    reply = await living[0].request("publish", to="broadcast", data={"alive": True})
+    reply = await living[-1].request("publish", to="broadcast", data={"alive": True})
     assert reply["type"] == "ack"
     for client in living:
         assert (await client.expect("message"))["data"] == {"alive": True}

@@ -20,6 +20,7 @@ import pytest
 from apex_testkit import eventually
 from ws_tests.client import Connect, Frame, WsClient, freeze, stays_open, thaw
 from ws_tests.gateways import GatewayHandle, Gateways, metric
+from ws_tests.messages import BROADCAST_PERMISSION
 from ws_tests.users import MakeUser
 
 THROTTLING = pytest.mark.bvj(
@@ -117,7 +118,7 @@ async def test_each_connection_has_its_own_budget(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
     gateway = await gateways.start(**RATE)
-    user = await make_ws_user()
+    user = await make_ws_user(permissions=[BROADCAST_PERMISSION])
     first, second = await ws_open(gateway.url, user.token), await ws_open(gateway.url, user.token)
 
     first_replies = await _replies(first, await _burst(first, "broadcast", 5, "a"))

@@ -4,7 +4,9 @@ connection of the user as a `permissions_changed` frame.
 
 Both travel as auth events on `<prefix>auth:events` (CONTRACT3/CONTRACT4): the tests
 cause them through auth's own API, so they break when either side stops speaking the
-other's language.
+other's language. A revocation has a second path, the gateway's periodic session sweep
+(every APEX_WS_SESSION_SWEEP seconds it checks that each socket's session still exists):
+each path is tested alone, the sweep made slow for the event, the event lost for the sweep.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform, RedisNamespace
 from ws_tests.client import Connect, HandshakeRefused, WsClient
+from ws_tests.gateways import Gateways
 from ws_tests.users import MakeUser
 
 CASCADE = pytest.mark.bvj(
@@ -120,6 +123,64 @@ async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
     for socket in sockets:
         await _closed_with(socket, 4003, "session revoked")
     await _alive(bystander_ws)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_the_revocation_event_alone_closes_the_sessions_sockets(
+    gateways: Gateways,
+    ws_open: Connect,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
+) -> None:
+    """The sweep runs once an hour here: only the event can close the socket."""
+    gateway = await gateways.start(APEX_WS_SESSION_SWEEP="3600")
+    key_user = await ws_auth_admin.key_user()
+    ending, staying = (
+        await login(ws_auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
+    )
+    ending_ws, staying_ws = (
+        await ws_open(gateway.url, ending.access),
+        await ws_open(gateway.url, staying.access),
+    )
+
+    logout = await ws_auth_client.post("/auth/logout", headers=ending.bearer)
+    assert logout.status_code == 204, logout.text
+
+    await _closed_with(ending_ws, 4003, "session revoked")
+    await _alive(staying_ws)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_the_session_sweep_alone_closes_a_socket_whose_revocation_event_was_lost(
+    gateways: Gateways,
+    ws_open: Connect,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
+    redis_namespace: RedisNamespace,
+) -> None:
+    """The session ends with no event (as when the gateway missed it): the sweep finds it."""
+    gateway = await gateways.start(APEX_WS_SESSION_SWEEP="0.2")
+    key_user = await ws_auth_admin.key_user()
+    ending, staying = (
+        await login(ws_auth_client, key_user.api_key),
+        await login(ws_auth_client, key_user.api_key),
+    )
+    ending_ws, staying_ws = (
+        await ws_open(gateway.url, ending.access),
+        await ws_open(gateway.url, staying.access),
+    )
+
+    redis = redis_namespace.client()
+    try:
+        assert redis.delete(f"{redis_namespace.prefix}sess:{ending.session_id}") == 1
+    finally:
+        redis.close()
+
+    assert await ending_ws.closed(timeout=10) == (4003, "session revoked")
+    await _alive(staying_ws)
 
 
 # --- permissions.changed --------------------------------------------------------------------

@@ -9,8 +9,10 @@ same function under the name the gateway's contract gives it.
 Where things are: ``server`` (wiring, lifecycle, drain), ``handshake`` (HTTP routes and
 the upgrade), ``handler`` (one connection and its messages), ``messages`` (a handler
 per message type), ``pubsub`` (what other instances and apex.auth announce),
-``heartbeat`` (registration, leader election, session checks), ``feeds`` and ``fanout``
-(ordered delivery from the per-user logs), ``registry`` (instances and tabs in Redis).
+``heartbeat`` (registration, leader election, the session sweep), ``feeds`` and
+``fanout`` (ordered delivery from the per-user logs), ``registry`` (instances and tabs in
+Redis), ``directory`` (who may be addressed: users and tenants), ``database`` (the pool
+behind the postgres breaker), ``loops`` (background loops that stop on cancel).
 """
 
 from collections.abc import Mapping

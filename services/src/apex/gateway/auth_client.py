@@ -41,12 +41,13 @@ class TokenRejected(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    """The user and session behind a verified access token."""
+    """The user, tenant (None: the user has none) and session behind a verified token."""
 
     user_id: str
     session_id: str
     expires_at: int
     token: str
+    tenant_id: str | None = None
 
 
 class AuthClient:
@@ -90,12 +91,20 @@ class AuthClient:
         except jwts.JwtRejected as exc:
             code = "token_expired" if exc.check == "exp" else "invalid_token"
             raise TokenRejected(401, code, f"token rejected: {exc}") from None
-        sub, sid = claims.get("sub"), claims.get("sid")
+        sub, sid, tid = claims.get("sub"), claims.get("sid"), claims.get("tid")
         if not (isinstance(sub, str) and sub and isinstance(sid, str) and sid):
             raise TokenRejected(401, "invalid_token", "token claims sub and sid must be strings")
+        if tid is not None and not isinstance(tid, str):
+            raise TokenRejected(401, "invalid_token", "token claim tid must be a string or null")
         if not await self.session_alive(sid):
             raise TokenRejected(401, "session_revoked", "the token's session has ended")
-        return Principal(user_id=sub, session_id=sid, expires_at=int(claims["exp"]), token=token)
+        return Principal(
+            user_id=sub,
+            session_id=sid,
+            expires_at=int(claims["exp"]),
+            token=token,
+            tenant_id=tid,
+        )
 
     async def session_alive(self, session_id: str) -> bool:
         return bool(await self._redis.exists(f"{self._prefix}sess:{session_id}"))

@@ -1,4 +1,4 @@
-"""One client connection: its identity, bounded send queue, writer task and rate limit.
+"""One client connection: its identity, bounded send queue, writer task and rate limits.
 
 Nothing that sends to a connection ever waits for it: frames go into a bounded queue
 that one writer task drains into the socket. A client that does not read fills the
@@ -32,11 +32,29 @@ CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 
 class GatewayWebSocket(ServerConnection):
-    """websockets' server connection, carrying what the handshake verified."""
+    """websockets' server connection, carrying what the handshake verified and reserved.
+
+    The handshake reserves the connection's tab (its slot under the per-user limit)
+    before websockets completes the upgrade. If the connection ends before a handler
+    takes it over (the upgrade failed, the client left), ``on_abandoned`` gives the
+    slot back.
+    """
 
     principal: Principal | None = None
+    connection_id: str = ""
     resume_from: int | None = None
     reaped = False
+    on_abandoned: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        release, self.on_abandoned = self.on_abandoned, None
+        if release is not None:
+            release()
+
+    def take_over(self) -> None:
+        """The handler owns this connection (and its cleanup) from now on."""
+        self.on_abandoned = None
 
     async def keepalive(self) -> None:
         """Ping every ping_interval; a peer silent for ping_timeout is reaped at once.
@@ -78,7 +96,7 @@ class Connection:
         on_sent: Callable[[], None],
         on_slow: Callable[[Connection], None],
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = ws.connection_id or uuid.uuid4().hex
         self.ws = ws
         self.principal = principal
         self.connected_at = time.time()
@@ -88,6 +106,10 @@ class Connection:
         self.messages_seen = 0
         self.violations = 0
         self.bucket = TokenBucket(settings.rate.count, settings.rate.window)
+        self.binary_bucket = TokenBucket(settings.binary_rate.count, settings.binary_rate.window)
+        # The user's permissions as auth last said (when, what): broadcast checks read
+        # them; a permissions.changed event replaces them.
+        self.permissions: tuple[float, frozenset[str]] | None = None
         self.closing = False
         self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=settings.send_queue)
         self._pace_timeout = settings.ping_timeout

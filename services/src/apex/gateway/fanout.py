@@ -3,8 +3,11 @@
 Publishing to a user is one Lua script, so the sequence number, the stream entry and
 the notification cannot disagree: ``INCR <prefix>ws:seq:<uid>`` gives the seq, the
 message is appended to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0``
-(capped at the replay buffer), and only then is it announced on the fan-out channel.
-Pub/sub only notifies: a gateway that missed announcements reads the stream.
+(capped at the replay buffer; the stream expires APEX_WS_STREAM_TTL after its last
+message), and only then is it announced on the fan-out channel. Pub/sub only notifies: a
+gateway that missed announcements reads the stream. The seq counter does not expire: a
+user's seqs never start again at 1 under a client that remembers a higher one (and only
+users that exist get one: :mod:`apex.gateway.directory`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ READ_BATCH: Final = 500
 
 _PUBLISH: Final = """
 -- KEYS[1]: seq counter, KEYS[2]: stream. ARGV[1]: message body (JSON), ARGV[2]: stream
--- length cap, ARGV[3]: fan-out channel, ARGV[4]: recipient user id.
+-- length cap, ARGV[3]: fan-out channel, ARGV[4]: recipient user id, ARGV[5]: stream TTL.
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[3], cjson.encode({u = ARGV[4], s = seq, m = ARGV[1]}))
 return seq
 """
@@ -47,13 +51,13 @@ def message_frame(seq: int, body: str) -> str:
 class MessageLog:
     """The users' message logs in one Redis namespace."""
 
-    def __init__(self, redis: Redis, *, prefix: str, buffer: int) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, buffer: int, ttl: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._buffer = buffer
+        self._ttl = ttl
         self._publish = redis.register_script(_PUBLISH)
         self.channel = f"{prefix}ws:fanout"
-        self.online_key = f"{prefix}ws:online"
 
     def _seq_key(self, user_id: str) -> str:
         return f"{self._prefix}ws:seq:{user_id}"
@@ -72,7 +76,7 @@ class MessageLog:
         """Log ``body`` for ``user_id`` and announce it; return its seq."""
         seq = await self._publish(
             keys=[self._seq_key(user_id), self._stream_key(user_id)],
-            args=[body, self._buffer, self.channel, user_id],
+            args=[body, self._buffer, self.channel, user_id, self._ttl],
         )
         return int(seq)
 
@@ -85,7 +89,7 @@ class MessageLog:
             for user_id in users:
                 await self._publish(
                     keys=[self._seq_key(user_id), self._stream_key(user_id)],
-                    args=[body, self._buffer, self.channel, user_id],
+                    args=[body, self._buffer, self.channel, user_id, self._ttl],
                     client=pipe,
                 )
             await pipe.execute()
@@ -116,7 +120,3 @@ class MessageLog:
         """The seq of the oldest message still in the buffer, or None if it is empty."""
         rows = await self._redis.xrange(self._stream_key(user_id), count=1)
         return int(str(rows[0][0]).partition("-")[0]) if rows else None
-
-    async def online_users(self) -> list[str]:
-        """Users with at least one connection on some gateway (the broadcast audience)."""
-        return sorted(str(member) for member in await self._redis.smembers(self.online_key))

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from apex.gateway.connection import Connection
 from apex.gateway.fanout import MessageLog, message_frame
+from apex.gateway.loops import stop_if_cancelled
 
 __all__ = ["UserFeed"]
 
@@ -112,6 +113,7 @@ class UserFeed:
             try:
                 await self._handle(item)
             except RedisError as exc:
+                stop_if_cancelled()
                 # The stream could not be read (Redis down, or a pooled connection it
                 # reset): catch up again shortly, or a missed message would wait for
                 # the user's next announcement.
@@ -120,6 +122,7 @@ class UserFeed:
                 # catch-up of every connection.
                 self._retry_later(item if isinstance(item, _Join | _Resume) else _Resync())
             except Exception:
+                stop_if_cancelled()
                 log.exception("feed of user %s failed on %r", self.user_id, type(item).__name__)
 
     async def _handle(self, item: _Item) -> None:

@@ -1,13 +1,14 @@
 """Connection handling: one WebSocket from its welcome to its cleanup, and its messages.
 
 :func:`handle` is the websockets handler of a connection that passed the handshake
-(:mod:`apex.gateway.handshake`). It registers the connection locally (its user's feed,
-the gateway's connections) and in Redis (its tab, for per-user limits and leader
-election), sends the welcome through the feed, and dispatches every message by
-``type`` to :mod:`apex.gateway.messages` after the size and rate checks. A handler's
-failure is an error reply to that message, never a closed socket. On the way out the
-connection is unregistered everywhere and the other instances are told its user's
-tabs changed.
+(:mod:`apex.gateway.handshake`, which also reserved its tab in Redis: its slot under the
+per-user limit and its place in the leader election). It registers the connection
+locally (its user's feed, the gateway's connections), sends the welcome through the
+feed, and dispatches every message by ``type`` to :mod:`apex.gateway.messages` after
+the size and rate checks (text and binary frames each have their own rate). A
+handler's failure is an error reply to that message, never a closed socket. On the way
+out the connection is unregistered everywhere and the other instances are told its
+user's tabs changed (:func:`release_tab`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from apex.gateway import messages
+from apex.gateway.auth_client import Principal
 from apex.gateway.breaker import CircuitOpen
 from apex.gateway.connection import Connection, GatewayWebSocket
+from apex.gateway.database import DatabaseError
 from apex.gateway.feeds import UserFeed
+from apex.gateway.uploads import parse_chunk
 
 if TYPE_CHECKING:
     from apex.gateway.server import Gateway
 
-__all__ = ["handle"]
+__all__ = ["handle", "release_tab"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ async def handle(gw: Gateway, ws: ServerConnection) -> None:
     """Serve one connection until it closes."""
     if not isinstance(ws, GatewayWebSocket) or ws.principal is None:  # pragma: no cover
         raise TypeError("a connection must pass the handshake first")
+    ws.take_over()
 
     def count_out() -> None:
         gw.metrics.messages_out += 1
@@ -56,7 +61,6 @@ async def handle(gw: Gateway, ws: ServerConnection) -> None:
     writer = asyncio.get_running_loop().create_task(conn.write_loop())
     expiry = asyncio.get_running_loop().create_task(_expire(conn))
     try:
-        await gw.registry.add_tab(user_id, conn.id)
         leaders = await gw.registry.leaders([user_id])
         conn.leader = leaders.get(user_id) == gw.registry.member(conn.id)
         welcome = {
@@ -88,14 +92,20 @@ async def handle(gw: Gateway, ws: ServerConnection) -> None:
         gw.connections.pop(conn.id, None)
         if feed.leave(conn):
             gw.feeds.pop(user_id, None)
-        try:
-            await gw.registry.remove_tab(user_id, conn.id)
-            await gw.redis.publish(
-                gw.registry.control_channel,
-                json.dumps({"type": "tabs", "user_id": user_id}),
-            )
-        except (RedisError, OSError):
-            pass
+        await release_tab(gw, conn.principal, conn.id)
+
+
+async def release_tab(gw: Gateway, principal: Principal, connection_id: str) -> None:
+    """Give the connection's tab back (its slot under the per-user limit) and tell the
+    other instances the user's tabs changed (leadership may move)."""
+    try:
+        await gw.registry.remove_tab(principal.user_id, principal.tenant_id, connection_id)
+        await gw.redis.publish(
+            gw.registry.control_channel,
+            json.dumps({"type": "tabs", "user_id": principal.user_id}),
+        )
+    except (RedisError, OSError):
+        pass  # the instance's heartbeat prunes it if the instance dies meanwhile
 
 
 async def _on_message(gw: Gateway, conn: Connection, message: str | bytes) -> None:
@@ -105,6 +115,12 @@ async def _on_message(gw: Gateway, conn: Connection, message: str | bytes) -> No
         if len(message) > gw.frame_limit:
             conn.close_soon(1009, "message too big")
             return
+        retry_after_ms = conn.binary_bucket.take()
+        if retry_after_ms:
+            chunk = parse_chunk(message)
+            where = {"upload_id": chunk.upload_id, "offset": chunk.offset} if chunk else {}
+            _rate_limited(gw, conn, retry_after_ms, None, **where)
+            return
         await _guarded(conn, None, messages.handle_binary(gw, conn, message))
         return
     limit = gw.settings.max_message
@@ -113,11 +129,7 @@ async def _on_message(gw: Gateway, conn: Connection, message: str | bytes) -> No
         return
     retry_after_ms = conn.bucket.take()
     if retry_after_ms:
-        gw.metrics.rate_limited += 1
-        conn.violations += 1
-        conn.error("rate_limited", _message_id(message), retry_after_ms=retry_after_ms)
-        if conn.violations >= gw.settings.rate_violations:
-            conn.close_soon(4008, "rate limited")
+        _rate_limited(gw, conn, retry_after_ms, _message_id(message))
         return
     try:
         parsed = json.loads(message)
@@ -127,12 +139,23 @@ async def _on_message(gw: Gateway, conn: Connection, message: str | bytes) -> No
     if not isinstance(parsed, dict):
         conn.error("malformed", detail="a message is a JSON object")
         return
-    message_id = parsed.get("id")
-    handler = messages.HANDLERS.get(parsed.get("type"))  # type: ignore[arg-type]
+    message_id, kind = parsed.get("id"), parsed.get("type")
+    handler = messages.HANDLERS.get(kind) if isinstance(kind, str) else None
     if handler is None:
-        conn.error("unknown_type", message_id, detail=f"unknown type {parsed.get('type')!r}")
+        conn.error("unknown_type", message_id, detail=f"unknown type {kind!r}"[:200])
         return
     await _guarded(conn, message_id, handler(gw, conn, parsed))
+
+
+def _rate_limited(
+    gw: Gateway, conn: Connection, retry_after_ms: int, message_id: Any, **extra: Any
+) -> None:
+    """Drop a message over its rate: say when to retry; close 4008 after too many."""
+    gw.metrics.rate_limited += 1
+    conn.violations += 1
+    conn.error("rate_limited", message_id, retry_after_ms=retry_after_ms, **extra)
+    if conn.violations >= gw.settings.rate_violations:
+        conn.close_soon(4008, "rate limited")
 
 
 async def _guarded(conn: Connection, message_id: Any, work: Any) -> None:
@@ -140,6 +163,8 @@ async def _guarded(conn: Connection, message_id: Any, work: Any) -> None:
     try:
         await work
     except CircuitOpen as exc:
+        conn.error("unavailable", message_id, detail=str(exc))
+    except DatabaseError as exc:
         conn.error("unavailable", message_id, detail=str(exc))
     except (RedisError, OSError, TimeoutError) as exc:
         conn.error("unavailable", message_id, detail=f"backing service: {type(exc).__name__}")

@@ -1,11 +1,12 @@
-"""Heartbeats and leadership: the periodic upkeep of one gateway instance.
+"""Heartbeats, leadership and the session sweep: the periodic upkeep of one instance.
 
 Every ``APEX_WS_INSTANCE_TTL / 3`` seconds (at least 0.2 s) the instance renews its
-registration (:mod:`apex.gateway.registry`: URL and connection count), re-elects the
+registration (:mod:`apex.gateway.registry`: URL and connection count) and re-elects the
 leader tab of each of its users (the oldest live tab leads; a tab that becomes leader
-is told ``{"type": "leader"}``) and checks that the sessions of its connections still
-exist, closing 4003 those whose session is gone (a revocation event may have been
-missed). A failed round is logged and retried at the next one.
+is told ``{"type": "leader"}``). Every ``APEX_WS_SESSION_SWEEP`` seconds it checks that
+the sessions of its connections still exist and closes 4003 those whose session is gone:
+the second path of a revocation, for when its event was missed. A failed round is logged
+and retried at the next one; a cancel always stops the loop (:mod:`apex.gateway.loops`).
 """
 
 from __future__ import annotations
@@ -16,27 +17,45 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from apex.gateway.loops import stop_if_cancelled
+
 if TYPE_CHECKING:
     from apex.gateway.server import Gateway
 
-__all__ = ["beat", "check_sessions", "check_sessions_quietly", "update_leaders"]
+__all__ = ["beat", "check_sessions", "check_sessions_quietly", "sweep", "update_leaders"]
 
 log = logging.getLogger(__name__)
 
 
 async def beat(gw: Gateway) -> None:
-    """Renew the registration, re-elect leaders and check sessions; until cancelled."""
+    """Renew the registration and re-elect leaders; until cancelled."""
     interval = max(0.2, gw.settings.instance_ttl / 3)
     while True:
         await asyncio.sleep(interval)
         try:
             await gw.registry.heartbeat(len(gw.connections))
             await update_leaders(gw, list(gw.feeds))
-            await check_sessions(gw)
         except (RedisError, OSError) as exc:
+            stop_if_cancelled()
             log.warning("heartbeat failed: %r", exc)
         except Exception:
+            stop_if_cancelled()
             log.exception("heartbeat failed")
+
+
+async def sweep(gw: Gateway) -> None:
+    """Check the sessions of every connection every APEX_WS_SESSION_SWEEP seconds; until
+    cancelled."""
+    while True:
+        await asyncio.sleep(gw.settings.session_sweep)
+        try:
+            await check_sessions(gw)
+        except (RedisError, OSError) as exc:
+            stop_if_cancelled()
+            log.warning("session sweep failed: %r", exc)
+        except Exception:
+            stop_if_cancelled()
+            log.exception("session sweep failed")
 
 
 async def update_leaders(gw: Gateway, user_ids: list[str]) -> None:
@@ -56,7 +75,8 @@ async def check_sessions_quietly(gw: Gateway) -> None:
     try:
         await check_sessions(gw)
     except (RedisError, OSError) as exc:
-        log.warning("session check failed: %r", exc)  # the next heartbeat retries
+        stop_if_cancelled()
+        log.warning("session check failed: %r", exc)  # the next sweep retries
 
 
 async def check_sessions(gw: Gateway) -> None:

@@ -3,11 +3,19 @@
 A handler may raise CircuitOpen, a Redis error or anything else: the connection
 handler (:mod:`apex.gateway.handler`) turns that into an error reply for this message
 only.
+
+Who may publish to whom: ``user:<id>`` must name a user of the sender's tenant (any
+other id, of another tenant or of nobody, is ``unknown_user``: the same answer, so the
+ids of other tenants cannot be probed, and nothing is written); ``broadcast`` needs the
+permission APEX_WS_BROADCAST_PERMISSION (asked of apex.auth, remembered for
+PERMISSIONS_SECONDS or until a permissions.changed event) and reaches the online users
+of the sender's tenant only.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,6 +36,8 @@ __all__ = ["HANDLERS", "handle_binary", "push_permissions"]
 Handler = Callable[["Gateway", Connection, dict[str, Any]], Awaitable[None]]
 
 _USER_TARGET: Final = re.compile(r"user:([A-Za-z0-9_.@-]{1,128})")
+# How long a connection trusts the permissions auth last gave it (events refresh them).
+PERMISSIONS_SECONDS: Final = 10.0
 
 
 async def _ping(gw: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
@@ -43,12 +53,36 @@ async def _publish(gw: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
     if to != "broadcast" and target is None:
         conn.error("invalid", message_id, detail='to must be "user:<id>" or "broadcast"')
         return
+    tenant_id = conn.principal.tenant_id
     body = MessageLog.body(message_id=message_id, sender=conn.user_id, to=str(to), data=data)
     if target is not None:
-        await gw.log.append(target.group(1), body)
+        user_id = target.group(1)
+        if user_id != conn.user_id and not await gw.directory.in_tenant(user_id, tenant_id):
+            conn.error("unknown_user", message_id, detail="no such user in your tenant")
+            return
+        await gw.log.append(user_id, body)
     else:
-        await gw.log.append_many(await gw.log.online_users(), body)
+        permission = gw.settings.broadcast_permission
+        try:
+            allowed = permission in await _permissions(gw, conn)
+        except (httpx.HTTPError, ValueError) as exc:
+            conn.error("unavailable", message_id, detail=f"auth: {type(exc).__name__}")
+            return
+        if not allowed:
+            conn.error("forbidden", message_id, detail=f"broadcast needs {permission}")
+            return
+        await gw.log.append_many(await gw.registry.online_users(tenant_id), body)
     conn.send({"type": "ack", "id": message_id})
+
+
+async def _permissions(gw: Gateway, conn: Connection) -> frozenset[str]:
+    """The connection's user's permissions, as auth said within PERMISSIONS_SECONDS."""
+    now = time.monotonic()
+    if conn.permissions is not None and now - conn.permissions[0] < PERMISSIONS_SECONDS:
+        return conn.permissions[1]
+    permissions = frozenset(await gw.auth.permissions(conn.principal.token))
+    conn.permissions = (now, permissions)
+    return permissions
 
 
 async def _resume(gw: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
@@ -76,6 +110,10 @@ async def _refresh(gw: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
         return
     if (principal.user_id, principal.session_id) != (conn.user_id, conn.session_id):
         conn.error("invalid_token", message_id, detail="token of another user or session")
+        return
+    if principal.tenant_id != conn.principal.tenant_id:
+        # The connection is registered in its tenant (broadcast audience): reconnect.
+        conn.error("invalid_token", message_id, detail="the user's tenant changed: reconnect")
         return
     conn.principal = principal
     conn.send({"type": "refreshed", "id": message_id, "exp": principal.expires_at})
@@ -160,7 +198,7 @@ async def handle_binary(gw: Gateway, conn: Connection, frame: bytes) -> None:
         }
     )
     if upload.received == upload.size:
-        if await gw.uploads.finish(upload):
+        if await gw.uploads.finish(conn.user_id, upload):
             conn.send({"type": "upload.complete", "upload_id": upload.id, "sha256": upload.sha256})
         else:
             conn.error("checksum_mismatch", upload_id=upload.id, detail="sha256 does not match")
@@ -171,11 +209,14 @@ async def push_permissions(gw: Gateway, conn: Connection) -> None:
     try:
         permissions = await gw.auth.permissions(conn.principal.token)
     except CircuitOpen as exc:
+        conn.permissions = None  # whatever was known is stale: ask again when needed
         conn.error("unavailable", detail=str(exc))
         return
     except (httpx.HTTPError, ValueError) as exc:
+        conn.permissions = None
         conn.error("unavailable", detail=f"auth: {type(exc).__name__}")
         return
+    conn.permissions = (time.monotonic(), frozenset(permissions))
     conn.send({"type": "permissions_changed", "permissions": permissions})
 
 

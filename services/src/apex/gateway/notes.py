@@ -1,31 +1,26 @@
 """Notes written over the WebSocket (``note.create`` / ``note.list``), in PostgreSQL.
 
 A note and its ``created`` event are written in one transaction: either both rows
-exist or neither does. Every database call goes through the ``postgres`` breaker and
-a timeout, so a hung or dead database gives a quick error, never a stuck connection.
+exist or neither does. Database calls go through :class:`apex.gateway.database.Database`
+(the ``postgres`` breaker and a timeout): a failure is the error ``db_error``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from apex.data.pool import create_pool
-from apex.gateway.breaker import Breaker
+from apex.gateway.database import Database, DatabaseError
 
 __all__ = ["NoteError", "NoteStore", "validate_note"]
 
 T = TypeVar("T")
 
-TIMEOUT_SECONDS: Final = 5.0
 MAX_TITLE: Final = 200
 MAX_BODY: Final = 60_000
-# Failures that say the database is unhealthy (they count against the breaker).
-DB_FAILURES: Final = (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError)
 
 
 class NoteError(Exception):
@@ -52,35 +47,16 @@ def validate_note(data: Any) -> tuple[str, str]:
 
 
 class NoteStore:
-    """The ws_notes table; the pool is opened on first use (the gateway runs without it)."""
+    """The ws_notes table (and its events) in the gateway's database."""
 
-    def __init__(self, database_url: str | None, breaker: Breaker) -> None:
-        self._database_url = database_url
-        self.breaker = breaker
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._database_url is None:
-            raise NoteError("db_error", "APEX_DATABASE_URL is not set")
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await create_pool(self._database_url, min_size=0, max_size=5)
-            return self._pool
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     async def _call(self, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        async def attempt() -> T:
-            async with asyncio.timeout(TIMEOUT_SECONDS):
-                return await fn(await self._get_pool())
-
         try:
-            return await self.breaker.call(attempt, failures=DB_FAILURES)
-        except DB_FAILURES as exc:
-            raise NoteError("db_error", f"database error: {type(exc).__name__}") from None
+            return await self._db.call(fn)
+        except DatabaseError as exc:
+            raise NoteError("db_error", str(exc)) from None
 
     async def create(self, user_id: str, data: Any) -> str:
         """Insert a note and its event in one transaction; return the note id."""

@@ -4,9 +4,9 @@ One task follows three Redis channels: the fan-out channel (``ws:fanout``: a mes
 was logged for a user; the user's feed here, if any, delivers it), the control channel
 (``ws:control``: a user's tabs changed, so leadership may have moved) and apex.auth's
 events (``auth:events``: a revoked session closes its connections 4003; changed
-permissions are pushed to the user's connections). Pub/sub only notifies: after a
-Redis outage the task resubscribes, every feed catches up from the streams, and the
-sessions are checked again (a revocation may have been missed).
+permissions are pushed to the user's connections, and remembered for their checks).
+Pub/sub only notifies: after a Redis outage the task resubscribes, every feed catches up
+from the streams, and the sessions are checked again (a revocation may have been missed).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apex.gateway import heartbeat, messages
+from apex.gateway.loops import stop_if_cancelled
 
 if TYPE_CHECKING:
     from apex.gateway.server import Gateway
@@ -57,6 +58,7 @@ async def follow(gw: Gateway) -> None:
                 if message is not None:
                     _dispatch(gw, str(message["channel"]), str(message["data"]))
         except (RedisError, OSError) as exc:
+            stop_if_cancelled()
             if not outage:
                 log.warning("pub/sub connection lost: %r; resubscribing", exc)
             outage = True
@@ -105,4 +107,5 @@ def _on_auth_event(gw: Gateway, event: dict[str, Any]) -> None:
             for user_id in user_ids:
                 feed = gw.feeds.get(str(user_id))
                 for conn in list(feed.connections.values()) if feed else []:
+                    conn.permissions = None  # no check may use them until fetched again
                     gw.spawn(messages.push_permissions(gw, conn))

@@ -7,8 +7,12 @@
 - ``<prefix>ws:tabs:<uid>``: sorted set, member = ``<instance>/<connection id>``, score
   = registration order (``<prefix>ws:tabs:<uid>:seq``, atomic). The user's leader tab is
   the oldest member on a live instance;
-  members of dead instances are ignored (and pruned) so a crash frees its slots.
-- ``<prefix>ws:online``: set of users with at least one tab (broadcast audience).
+  members of dead instances are ignored (and pruned) so a crash frees its slots. A tab
+  is reserved at the handshake by one script that counts the user's live tabs on every
+  instance and adds the new one only under the limit: parallel handshakes, on one
+  instance or several, never admit more than APEX_WS_MAX_CONNECTIONS_PER_USER.
+- ``<prefix>ws:online:<tenant>``: set of the tenant's users with at least one tab (the
+  audience of the tenant's broadcasts; ``-`` stands for "no tenant").
 """
 
 from __future__ import annotations
@@ -22,8 +26,25 @@ from redis.asyncio import Redis
 
 __all__ = ["Registry"]
 
-# KEYS: tabs zset, its sequence counter, online set; ARGV: member, user id.
-_ADD_TAB = """
+# KEYS: tabs zset, its sequence counter, the tenant's online set, the instances zset.
+# ARGV: member, user id, now (epoch s), the per-user limit, this instance's id.
+# Returns the new tab's rank, or 0 when the user already has `limit` live tabs.
+_RESERVE_TAB = """
+local live = {[ARGV[5]] = true}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')) do
+  live[id] = true
+end
+local count = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if live[string.match(member, '^([^/]*)/') or ''] then
+    count = count + 1
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+if count >= tonumber(ARGV[4]) then
+  return 0
+end
 local rank = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], rank, ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
@@ -41,9 +62,8 @@ class Registry:
         self.ttl = ttl
         self.url = ""
         self.instances_key = f"{prefix}gw:instances"
-        self.online_key = f"{prefix}ws:online"
         self.control_channel = f"{prefix}ws:control"
-        self._add_tab_script: Any = None
+        self._reserve_tab = redis.register_script(_RESERVE_TAB)
 
     def _instance_key(self, instance_id: str) -> str:
         return f"{self._prefix}gw:instance:{instance_id}"
@@ -51,11 +71,8 @@ class Registry:
     def _tabs_key(self, user_id: str) -> str:
         return f"{self._prefix}ws:tabs:{user_id}"
 
-    @property
-    def _add_tab(self) -> Any:
-        if self._add_tab_script is None:
-            self._add_tab_script = self._redis.register_script(_ADD_TAB)
-        return self._add_tab_script
+    def _online_key(self, tenant_id: str | None) -> str:
+        return f"{self._prefix}ws:online:{tenant_id or '-'}"
 
     def member(self, connection_id: str) -> str:
         """The tabs-set member of one of this instance's connections."""
@@ -109,32 +126,37 @@ class Registry:
     def _live_set(self, members: Iterable[Any]) -> set[str]:
         return {str(member) for member in members} | {self.instance_id}
 
-    async def tab_count(self, user_id: str) -> int:
-        """How many live connections the user has, on every instance."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._live_instances(pipe)
-            pipe.zrange(self._tabs_key(user_id), 0, -1)
-            live, members = await pipe.execute()
-        return len(self._live_tabs(members, self._live_set(live)))
-
-    async def add_tab(self, user_id: str, connection_id: str) -> None:
-        """Register a tab; its rank (the oldest leads) is its place in the order tabs
-        registered, from one atomic counter: a tab that started earlier but registered
-        later never outranks one that already saw itself as the oldest."""
-        await self._add_tab(
-            keys=[self._tabs_key(user_id), f"{self._tabs_key(user_id)}:seq", self.online_key],
-            args=[self.member(connection_id), user_id],
+    async def reserve_tab(
+        self, user_id: str, tenant_id: str | None, connection_id: str, *, limit: int
+    ) -> bool:
+        """Register a tab if the user has fewer than ``limit`` live tabs on all instances
+        (False: refused, nothing registered). Counting and adding are one script, so
+        parallel handshakes cannot all see room for themselves. The tab's rank (the
+        oldest leads) is its place in the order tabs registered: a tab that started
+        earlier but registered later never outranks one that already saw itself as the
+        oldest."""
+        key = self._tabs_key(user_id)
+        rank = await self._reserve_tab(
+            keys=[key, f"{key}:seq", self._online_key(tenant_id), self.instances_key],
+            args=[self.member(connection_id), user_id, time.time(), limit, self.instance_id],
         )
+        return int(rank) > 0
 
-    async def remove_tab(self, user_id: str, connection_id: str) -> None:
-        """Drop the tab; the user leaves the online set with their last tab."""
+    async def remove_tab(self, user_id: str, tenant_id: str | None, connection_id: str) -> None:
+        """Drop the tab; the user leaves their tenant's online set with their last tab."""
         key = self._tabs_key(user_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(key, self.member(connection_id))
             pipe.zrange(key, 0, -1)
             _, members = await pipe.execute()
         if not members:
-            await self._redis.srem(self.online_key, user_id)
+            await self._redis.srem(self._online_key(tenant_id), user_id)
+
+    async def online_users(self, tenant_id: str | None) -> list[str]:
+        """The tenant's users with at least one connection on some gateway (the audience
+        of the tenant's broadcasts)."""
+        members = await self._redis.smembers(self._online_key(tenant_id))
+        return sorted(str(member) for member in members)
 
     async def leaders(self, user_ids: Iterable[str]) -> dict[str, str | None]:
         """The leader tab (member) of each user; tabs of dead instances are pruned."""

@@ -3,11 +3,14 @@
 ``Gateway.serving()`` connects to Redis, starts a websockets server (its
 ``process_request`` answers plain HTTP and checks handshakes,
 :mod:`apex.gateway.handshake`; its handler serves each connection,
-:mod:`apex.gateway.handler`) and the two background tasks: the pub/sub follower
-(:mod:`apex.gateway.pubsub`) and the heartbeat (:mod:`apex.gateway.heartbeat`). It is
-ready once pub/sub is subscribed. ``shutdown()`` drains: it refuses new connections,
-tells every client to reconnect elsewhere, flushes their queues, closes them 1012,
-deregisters the instance and cancels and awaits every background task.
+:mod:`apex.gateway.handler`) and the background tasks: the pub/sub follower
+(:mod:`apex.gateway.pubsub`), the heartbeat and the session sweep
+(:mod:`apex.gateway.heartbeat`). It is ready once pub/sub is subscribed. ``shutdown()``
+drains: it refuses new connections, tells every client to reconnect elsewhere and
+flushes their queues (up to APEX_WS_DRAIN_TIMEOUT); then, within APEX_WS_SHUTDOWN_GRACE
+altogether, it closes them 1012, cancels and awaits every background task, deregisters
+the instance and closes its clients. A step that does not finish in time is logged and
+left behind: the shutdown never hangs on a dead dependency or a stuck task.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -31,19 +34,21 @@ from apex.gateway import handler, handshake, heartbeat, pubsub
 from apex.gateway.auth_client import AuthClient
 from apex.gateway.breaker import Breaker, BreakerState
 from apex.gateway.connection import Connection, GatewayWebSocket
+from apex.gateway.database import Database
+from apex.gateway.directory import UserDirectory
 from apex.gateway.fanout import MessageLog
 from apex.gateway.feeds import UserFeed
 from apex.gateway.metrics import Metrics
 from apex.gateway.notes import NoteStore
 from apex.gateway.registry import Registry
 from apex.gateway.settings import GatewaySettings
-from apex.gateway.uploads import HEADER_SIZE, UploadStore
+from apex.gateway.uploads import HEADER_SIZE, Quotas, UploadStore
 
 __all__ = ["Gateway", "RunningServer", "create_gateway"]
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL: Final = Subprotocol("apex.v1")
+SUBPROTOCOL: Final = Subprotocol(handshake.SUBPROTOCOL)
 STARTUP_TIMEOUT_SECONDS: Final = 10.0
 SHUTDOWN_CLOSE_SECONDS: Final = 3.0
 # A burst of handshakes queues for a Redis connection instead of opening hundreds at once
@@ -88,7 +93,9 @@ class Gateway:
         self.registry = Registry(
             self.redis, prefix=prefix, instance_id=settings.instance_id, ttl=settings.instance_ttl
         )
-        self.log = MessageLog(self.redis, prefix=prefix, buffer=settings.replay_buffer)
+        self.log = MessageLog(
+            self.redis, prefix=prefix, buffer=settings.replay_buffer, ttl=settings.stream_ttl
+        )
         self.auth = AuthClient(
             auth_url=settings.auth_url,
             issuer=settings.jwt_issuer,
@@ -97,8 +104,19 @@ class Gateway:
             prefix=prefix,
             breaker=self.breakers["auth"],
         )
-        self.uploads = UploadStore(self._redis_bytes, prefix=prefix, max_size=settings.max_upload)
-        self.notes = NoteStore(settings.database_url, self.breakers["postgres"])
+        self.uploads = UploadStore(
+            self._redis_bytes,
+            prefix=prefix,
+            quotas=Quotas(
+                max_size=settings.max_upload,
+                count=settings.uploads_per_user,
+                total_bytes=settings.upload_bytes_per_user,
+                ttl=settings.upload_ttl,
+            ),
+        )
+        self.database = Database(settings.database_url, self.breakers["postgres"])
+        self.notes = NoteStore(self.database)
+        self.directory = UserDirectory(self.database)
         # Set by pub/sub once subscribed: until then connections would miss live messages.
         self.subscribed = asyncio.Event()
         self._server: Server | None = None
@@ -139,6 +157,7 @@ class Gateway:
             await self.registry.heartbeat(0)
             self.spawn(pubsub.follow(self))
             self.spawn(heartbeat.beat(self))
+            self.spawn(heartbeat.sweep(self))
             async with asyncio.timeout(STARTUP_TIMEOUT_SECONDS):
                 await self.subscribed.wait()
             log.info("apex.gateway %s serving at %s", self.settings.instance_id, url)
@@ -167,27 +186,35 @@ class Gateway:
             conn.send({"type": "shutdown", "reconnect": True})
         if conns:
             await asyncio.gather(*(c.flush(self.settings.drain_timeout) for c in conns))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_CLOSE_SECONDS):
-                    await asyncio.gather(*(c.close(1012, "restart") for c in conns))
+        # Everything after the flush shares one deadline.
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace
+        if conns:
+            closing = asyncio.gather(*(c.close(1012, "restart") for c in conns))
+            await _within(closing, min(deadline, _after(SHUTDOWN_CLOSE_SECONDS)), "closing")
             for conn in conns:
                 conn.ws.transport.abort()
         if self._server is not None:
             self._server.close(close_connections=False)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SHUTDOWN_CLOSE_SECONDS):
-                    await self._server.wait_closed()
-        with contextlib.suppress(RedisError, OSError):
-            await self.registry.deregister()
-        for task in list(self._tasks):
+            waiting = self._server.wait_closed()
+            await _within(waiting, min(deadline, _after(SHUTDOWN_CLOSE_SECONDS)), "the server")
+        # Before deregistering: a heartbeat must not register the instance again.
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=max(0.0, deadline - _after(0)))
+            for task in stuck:
+                log.error("shutdown: background task %r ignored its cancel; left behind", task)
+        await _within(self.registry.deregister(), deadline, "deregistering")
         for feed in self.feeds.values():
             feed.close()
-        await self.auth.aclose()
-        await self.notes.aclose()
-        await self.redis.aclose()
-        await self._redis_bytes.aclose()
+        for name, closing_client in (
+            ("the auth client", self.auth.aclose()),
+            ("the database pool", self.database.aclose()),
+            ("Redis", self.redis.aclose()),
+            ("Redis (bytes)", self._redis_bytes.aclose()),
+        ):
+            await _within(closing_client, deadline, name)
 
     # -- the HTTP side and the connections ----------------------------------------------
 
@@ -223,6 +250,22 @@ class Gateway:
         """``GET /metrics``: the Prometheus text of this instance."""
         states = {name: breaker.state for name, breaker in self.breakers.items()}
         return self.metrics.render(len(self.connections), states)
+
+
+def _after(seconds: float) -> float:
+    """The loop time ``seconds`` from now."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def _within(work: Awaitable[Any], deadline: float, what: str) -> None:
+    """Await ``work`` until the loop time ``deadline``; log (never raise) a failure."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await work
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish in time; left behind", what)
+    except (RedisError, OSError) as exc:
+        log.warning("shutdown: %s failed: %r", what, exc)
 
 
 def _redis_client(url: str, *, decode: bool) -> Redis:
