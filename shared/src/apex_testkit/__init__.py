@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "DeadlineExceeded": "apex_testkit._waiting",
     "eventually": "apex_testkit._waiting",
     "wait_for": "apex_testkit._waiting",
+    # HTTPS clients of a test: one CA bundle load per process
+    "tls_context": "apex_testkit._tls",
     # servers and faults
     "RedisNamespace": "apex_testkit._provisioning.redis",
     "FaultProxy": "apex_testkit._faults",
@@ -57,6 +59,7 @@ __all__ = [
     "__version__",
     "eventually",
     "parse_authn_request",
+    "tls_context",
     "wait_for",
 ]
 
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from apex_testkit._provisioning.redis import RedisNamespace
     from apex_testkit._sut.platform import Platform, RunningService
     from apex_testkit._sut.processes import ServiceProcess
+    from apex_testkit._tls import tls_context
     from apex_testkit._waiting import DeadlineExceeded, eventually, wait_for
 
 

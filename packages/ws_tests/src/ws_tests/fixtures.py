@@ -20,7 +20,7 @@ import httpx
 import pytest
 from auth_tests.client import AuthAdmin, login
 
-from apex_testkit import Platform
+from apex_testkit import Platform, tls_context
 from ws_tests.client import Connect, WsClient, close_quietly, open_ws
 from ws_tests.gateways import Gateways, Serve, registered
 from ws_tests.users import MakeUser, WsUser
@@ -37,7 +37,7 @@ async def gateway_url(clean_platform: Platform) -> AsyncIterator[str]:
 async def gateway_http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the gateway's own endpoints (/healthz, /metrics, /instances)."""
     async with httpx.AsyncClient(
-        base_url=gateway_url.replace("ws", "http", 1), timeout=30
+        base_url=gateway_url.replace("ws", "http", 1), timeout=30, verify=tls_context()
     ) as client:
         yield client
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit import Level, Platform, RunningService, eventually
+from apex_testkit import Level, Platform, RunningService, eventually, tls_context
 from ws_tests.client import DEFAULT_TIMEOUT
 
 __all__ = [
@@ -71,7 +71,9 @@ class GatewayHandle:
         await self.service.kill()
 
     async def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.http, timeout=timeout) as client:
+        async with httpx.AsyncClient(
+            base_url=self.http, timeout=timeout, verify=tls_context()
+        ) as client:
             return await client.get(path)
 
     async def healthz(self) -> httpx.Response:
@@ -121,7 +123,9 @@ async def registered(url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     (clean_platform): its registration is back at its next heartbeat. Until then other
     instances take it for dead (leadership, routing), as after a Redis flush in production.
     """
-    async with httpx.AsyncClient(base_url=url.replace("ws", "http", 1), timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=url.replace("ws", "http", 1), timeout=30, verify=tls_context()
+    ) as http:
         me = (await http.get("/healthz")).json()["instance"]
 
         async def listed() -> bool:

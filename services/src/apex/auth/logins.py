@@ -29,6 +29,7 @@ from apex.auth.notify import Mailer, SmsSender
 from apex.auth.sessions import Session
 from apex.common.config import Settings
 from apex.common.http import ApiError
+from apex.common.tls import client_tls_context
 
 __all__ = [
     "AMR",
@@ -113,7 +114,9 @@ class IdentityServices:
     @classmethod
     def create(cls, settings: Settings, redis: Redis) -> IdentityServices:
         """The services for ``settings``; close with :meth:`aclose`."""
-        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+        http = httpx.AsyncClient(
+            timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False, verify=client_tls_context()
+        )
         sms = None
         if (
             settings.sms_base_url
