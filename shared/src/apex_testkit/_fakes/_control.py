@@ -76,7 +76,10 @@ class FakeClient(abc.ABC):
 
     def reset(self) -> None:
         """Forget what earlier tests did (state and request log)."""
-        self._call("POST", "reset")
+        if self.running.reset_in_thread is not None:
+            self.running.reset_in_thread()
+        else:
+            self._call("POST", "reset")
 
     def close(self) -> None:
         """Stop the fake (its thread or process)."""
