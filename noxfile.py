@@ -238,11 +238,24 @@ def run_measured(session: nox.Session, *args: str, env: dict[str, str]) -> None:
         session.run("coverage", "combine", "--quiet", env=combine_env, success_codes=[0, 1])
 
 
+def xdist_schedule(posargs: Sequence[str]) -> list[str]:
+    """`--dist=worksteal` unless the caller chose a schedule or turned xdist off.
+
+    Workers finish together: a worker that runs out of tests takes half of what another
+    has left, so a few long tests at the end of one worker's share no longer leave the
+    other idle (xdist's default, `load`, hands out tests in fixed chunks up front).
+    """
+    chosen = any(a == "-d" or a.startswith("--dist") for a in posargs)
+    no_xdist = any(a in ("no:xdist", "-pno:xdist") for a in posargs)
+    return [] if chosen or no_xdist else ["--dist=worksteal"]
+
+
 def pytest_args(session: nox.Session) -> list[str]:
     """Options every measured pytest run gets: junit, xdist, then posargs."""
     junit = REPORTS / "junit" / f"{session.name}.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
-    return [f"--junitxml={junit}", *xdist_workers(session.posargs), *session.posargs]
+    xdist = [*xdist_workers(session.posargs), *xdist_schedule(session.posargs)]
+    return [f"--junitxml={junit}", *xdist, *session.posargs]
 
 
 def has_target(posargs: Sequence[str]) -> bool:

@@ -23,7 +23,7 @@ from apex.auth.login_routes import reset_mail_body
 from apex.auth.notify import Mailer
 from apex.auth.oidc import code_challenge
 from apex.auth.sessions import _session
-from apex.common.config import ConfigError, RateLimit, Settings
+from apex.common.config import ConfigError, PasswordHashCost, RateLimit, Settings
 
 # --- settings -----------------------------------------------------------------------
 
@@ -82,13 +82,49 @@ def test_password_policy() -> None:
             passwords.check_password_policy(bad)
 
 
-async def test_password_hash_roundtrip() -> None:
-    stored = await passwords.hash_password("correct horse battery")
-    assert stored.startswith("$argon2id$")
-    assert await passwords.verify_password("correct horse battery", stored)
-    assert not await passwords.verify_password("wrong", stored)
-    assert not await passwords.verify_password("anything", None)
-    assert not await passwords.verify_password("anything", "not-a-hash")
+async def test_password_hash_roundtrip_at_production_cost() -> None:
+    """The production defaults (the one test that pays them): argon2id at RFC 9106's
+    low-memory profile, a wrong or missing password refused."""
+    production = Settings.from_env({}).password_hash_cost
+    assert production == PasswordHashCost(time_cost=3, memory_kib=65536, parallelism=4)
+    hasher = passwords.Hasher(production)
+    stored = await hasher.hash("correct horse battery")
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert await hasher.verify("correct horse battery", stored)
+    assert not await hasher.verify("wrong", stored)
+    assert not await hasher.verify("anything", None)
+    assert not await hasher.verify("anything", "not-a-hash")
+
+
+async def test_a_cheap_hasher_verifies_production_hashes() -> None:
+    """A stored hash carries its cost: lowering the setting never locks anyone out."""
+    cheap = Settings.from_env(
+        {
+            "APEX_PASSWORD_HASH_TIME_COST": "1",
+            "APEX_PASSWORD_HASH_MEMORY_KIB": "8",
+            "APEX_PASSWORD_HASH_PARALLELISM": "1",
+        }
+    ).password_hash_cost
+    stored = await passwords.hasher(cheap).hash("correct horse battery")
+    assert stored.startswith("$argon2id$v=19$m=8,t=1,p=1$")
+    assert await passwords.hasher(PasswordHashCost()).verify("correct horse battery", stored)
+    assert not await passwords.hasher(cheap).verify("wrong", stored)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"APEX_PASSWORD_HASH_TIME_COST": "0"}, "APEX_PASSWORD_HASH_TIME_COST"),
+        ({"APEX_PASSWORD_HASH_MEMORY_KIB": "lots"}, "APEX_PASSWORD_HASH_MEMORY_KIB"),
+        (
+            {"APEX_PASSWORD_HASH_MEMORY_KIB": "16", "APEX_PASSWORD_HASH_PARALLELISM": "4"},
+            "at least 8 per lane",
+        ),
+    ],
+)
+def test_password_hash_cost_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
 
 
 def test_totp_window() -> None:

@@ -5,6 +5,7 @@ Numbers are printed and written to reports/bench/testkit.json; nothing here fail
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -19,6 +20,7 @@ from apex_testkit import _loop
 from apex_testkit._provisioning import SERVICES
 from apex_testkit._provisioning._chain import _provide
 from apex_testkit._run import Run
+from apex_testkit._sut.in_process import InProcessPlatform
 
 pytestmark = pytest.mark.perf
 REPORT = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench")) / "testkit.json"
@@ -111,3 +113,25 @@ def test_time_to_ready():
         "rounds": 1,
     }
     _write("time to ready (local provider)", numbers)
+
+
+def test_kit_overhead_per_test(apex_worker):
+    """What the kit adds to an L2 test that takes `clean_platform` and an auth client and
+    makes one request: the reset, the client (the app behind it) and its teardown, each
+    round in an event loop of its own, as pytest-asyncio runs each test."""
+    platform = InProcessPlatform(apex_worker)
+
+    async def one_test() -> None:
+        platform.reset()  # clean_platform
+        async with platform.client("auth") as client:
+            response = await client.get("/healthz")
+        assert response.status_code == 200, response.text
+
+    def one_round() -> None:
+        asyncio.run(one_test())
+
+    one_round()  # the first client of a worker pays for what is made once
+    try:
+        _write("kit overhead per L2 test", {"reset + auth client + 1 request": _measure(one_round)})
+    finally:
+        platform.close()

@@ -265,3 +265,20 @@ def test_every_import_contract_is_documented(noxfile: ModuleType) -> None:
     for contract in config["tool"]["importlinter"]["contracts"]:
         assert f"`{contract['id']}`" in section, f"README: no entry for {contract['id']}"
     assert "*_tests" not in str(config)
+
+
+@pytest.mark.parametrize(
+    ("posargs", "expected"),
+    [
+        ([], ["--dist=worksteal"]),
+        (["-n", "1"], ["--dist=worksteal"]),
+        (["--dist", "load"], []),
+        (["--dist=loadfile"], []),
+        (["-d"], []),
+        (["-p", "no:xdist"], []),
+    ],
+)
+def test_xdist_schedule_is_worksteal_unless_chosen(
+    noxfile: ModuleType, posargs: list[str], expected: list[str]
+) -> None:
+    assert noxfile.xdist_schedule(posargs) == expected

@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "DeadlineExceeded": "apex_testkit._waiting",
     "eventually": "apex_testkit._waiting",
     "wait_for": "apex_testkit._waiting",
+    # what is costly to make, made once per process
+    "tls_context": "apex_testkit._tls",
+    "rsa_key": "apex_testkit._keys",
     # servers and faults
     "RedisNamespace": "apex_testkit._provisioning.redis",
     "FaultProxy": "apex_testkit._faults",
@@ -57,6 +60,8 @@ __all__ = [
     "__version__",
     "eventually",
     "parse_authn_request",
+    "rsa_key",
+    "tls_context",
     "wait_for",
 ]
 
@@ -66,10 +71,12 @@ if TYPE_CHECKING:
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mail, Mailbox
     from apex_testkit._faults import FaultProxy
+    from apex_testkit._keys import rsa_key
     from apex_testkit._level import Level
     from apex_testkit._provisioning.redis import RedisNamespace
     from apex_testkit._sut.platform import Platform, RunningService
     from apex_testkit._sut.processes import ServiceProcess
+    from apex_testkit._tls import tls_context
     from apex_testkit._waiting import DeadlineExceeded, eventually, wait_for
 
 

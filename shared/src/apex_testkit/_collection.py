@@ -26,7 +26,8 @@ MARKERS = {
     "bvj(segment, goal, mrr, scenario)": "business value: customer segment, goal, MRR, "
     "scenario id from the catalogue",
     "destructive": "changes or breaks shared state: never runs at L4",
-    "slow": "takes seconds, not milliseconds",
+    "slow": "must wait out real time (seconds, not milliseconds); still runs in every "
+    "level session, `-m 'not slow'` leaves it out of a quick loop",
     "perf": "a benchmark: measured and reported, runs only with --perf (nox -s bench)",
 }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from apex_testkit import FaultProxy, Level, Platform, eventually
+from apex_testkit import FaultProxy, Level, Platform, eventually, tls_context
 
 __all__ = ["RedisFault", "redis_fault"]
 
@@ -38,7 +38,7 @@ async def redis_fault(
     process = platform.instance("auth", instance, via_proxy=("redis",), **settings)
     proxy = platform.proxy("auth", instance, "redis")
     proxy.clear()
-    async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=process.url, timeout=30, verify=tls_context()) as client:
 
         async def healthy() -> bool:
             return (await client.get("/healthz")).status_code == 200

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from apex_testkit import FakeIdp
+from apex_testkit import FakeIdp, tls_context
 from auth_tests.client import AuthAdmin, Tokens
 
 __all__ = [
@@ -153,7 +153,7 @@ async def oidc_start(client: httpx.AsyncClient) -> str:
 
 async def oidc_authorize(location: str) -> dict[str, str]:
     """The browser at the IdP: /authorize redirects back with code and state."""
-    async with httpx.AsyncClient(timeout=10) as browser:
+    async with httpx.AsyncClient(timeout=10, verify=tls_context()) as browser:
         response = await browser.get(location)
     assert response.status_code == 302, response.text
     back = response.headers["location"]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from auth_tests.client import AuthAdmin, login
 
-from apex_testkit import Platform
+from apex_testkit import Platform, tls_context
 from ws_tests.client import Connect, WsClient, close_quietly, open_ws
 from ws_tests.gateways import Gateways, Serve, admin_headers, http_url, registered
 from ws_tests.users import MakeUser, WsUser
@@ -38,7 +38,10 @@ async def gateway_http(gateway_url: str, admin_token: str) -> AsyncIterator[http
     """An HTTP client of the gateway's own endpoints (/healthz, /metrics, /instances),
     presenting the platform's admin token (which /metrics and /instances require)."""
     async with httpx.AsyncClient(
-        base_url=http_url(gateway_url), headers=admin_headers(admin_token), timeout=30
+        base_url=http_url(gateway_url),
+        headers=admin_headers(admin_token),
+        timeout=30,
+        verify=tls_context(),
     ) as client:
         yield client
 

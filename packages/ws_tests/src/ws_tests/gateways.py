@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit import Level, Platform, RunningService, eventually
+from apex_testkit import Level, Platform, RunningService, eventually, tls_context
 from ws_tests.client import DEFAULT_TIMEOUT
 
 __all__ = [
@@ -83,7 +83,10 @@ class GatewayHandle:
     async def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
         """GET `path` of this gateway, with the admin token."""
         async with httpx.AsyncClient(
-            base_url=self.http, headers=admin_headers(self.admin_token), timeout=timeout
+            base_url=self.http,
+            headers=admin_headers(self.admin_token),
+            timeout=timeout,
+            verify=tls_context(),
         ) as client:
             return await client.get(path)
 
@@ -143,7 +146,7 @@ async def registered(url: str, *, admin_token: str, timeout: float = DEFAULT_TIM
     instances take it for dead (leadership, routing), as after a Redis flush in production.
     """
     async with httpx.AsyncClient(
-        base_url=http_url(url), headers=admin_headers(admin_token), timeout=30
+        base_url=http_url(url), headers=admin_headers(admin_token), timeout=30, verify=tls_context()
     ) as http:
         me = (await http.get("/healthz")).json()["instance"]
 

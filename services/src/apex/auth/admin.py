@@ -73,7 +73,8 @@ class CreateApiKey(_Body):
 @router.post("/users", status_code=201)
 async def create_user(body: CreateUser, context: Context) -> dict[str, Any]:
     """Create a user."""
-    password_hash = await passwords.hash_password(body.password) if body.password else None
+    hasher = passwords.hasher(context.settings.password_hash_cost)
+    password_hash = await hasher.hash(body.password) if body.password else None
     async with context.pool.acquire() as conn, conn.transaction():
         try:
             user = await users.create_user(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,9 +153,15 @@ async def _probe(awaitable: Any) -> str:
     return "ok"
 
 
+@functools.cache
+def _schema_head() -> int:
+    """The newest migration this code ships (parsed once: every app start asks)."""
+    return load_migrations()[-1].version
+
+
 async def _check_schema(pool: asyncpg.Pool) -> None:
     """Refuse to start on a database that lacks this code's migrations."""
-    head = load_migrations()[-1].version
+    head = _schema_head()
     current = 0
     if await pool.fetchval("SELECT to_regclass('apex_schema_migrations') IS NOT NULL"):
         current = await pool.fetchval(

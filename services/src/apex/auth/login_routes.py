@@ -91,7 +91,8 @@ async def login(body: LoginRequest, context: Context, identity: Identity) -> dic
     # Admitted before the (slow) check, so a parallel burst cannot outrun the lockout.
     async with _attempt(identity, user, email=email) as attempt:
         password_hash = user.password_hash if user is not None else None
-        if user is None or not await passwords.verify_password(body.password, password_hash):
+        hasher = passwords.hasher(context.settings.password_hash_cost)
+        if user is None or not await hasher.verify(body.password, password_hash):
             detail = {"reason": "wrong_password", "method": "password"}
             await _failed(context, identity, attempt, user, detail)
             # One answer for unknown addresses and wrong passwords.
@@ -361,7 +362,9 @@ async def reset_password(body: ResetRequest, context: Context, identity: Identit
         passwords.check_password_policy(body.new_password)
     except ValueError as exc:
         raise ApiError(422, "weak_password", str(exc)) from None
-    password_hash = await passwords.hash_password(body.new_password)
+    password_hash = await passwords.hasher(context.settings.password_hash_cost).hash(
+        body.new_password
+    )
     async with context.pool.acquire() as conn:
         async with conn.transaction():
             user_id = await conn.fetchval(

@@ -29,6 +29,7 @@ from apex.auth.notify import Mailer, SmsSender
 from apex.auth.sessions import Session
 from apex.common.config import Settings
 from apex.common.http import ApiError
+from apex.common.tls import client_tls_context
 
 __all__ = [
     "AMR",
@@ -113,7 +114,9 @@ class IdentityServices:
     @classmethod
     def create(cls, settings: Settings, redis: Redis) -> IdentityServices:
         """The services for ``settings``; close with :meth:`aclose`."""
-        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+        http = httpx.AsyncClient(
+            timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False, verify=client_tls_context()
+        )
         sms = None
         if (
             settings.sms_base_url
@@ -215,20 +218,20 @@ async def open_session(
 
 
 async def enforce_device_limit(context: AuthContext, user: LoginUser, *, keep: Session) -> None:
-    """End the user's oldest interactive sessions beyond the tier's limit (never ``keep``).
+    """End the user's interactive sessions but the newest ``limit`` (never ``keep``).
 
-    Runs after the new session exists, so concurrent logins can only end too many
-    sessions, never leave too many alive.
+    Runs after the new session exists, so concurrent logins never leave too many alive;
+    and each ends only sessions with ``limit`` newer ones beside them (in the one order
+    every login sees: oldest first, ties by id), never one of the newest ``limit``, so
+    together they do not end too many either. Ending "the oldest excess" instead let
+    two concurrent logins each end different sessions, leaving fewer than the limit.
     """
     limit = context.settings.device_limits.get(user.tier, 1)
     live = [s for s in await context.sessions.list_for_user(str(user.id)) if s.method != "api_key"]
-    excess = len(live) - limit
+    survivors = {s.id for s in live[-limit:]} | {keep.id}
     for session in live:
-        if excess <= 0:
-            break
-        if session.id == keep.id:
+        if session.id in survivors:
             continue
-        excess -= 1
         revoked = await context.sessions.revoke(session.id)
         if revoked is not None:
             await context.session_revoked(revoked, actor=audit.SYSTEM, reason="device_limit")

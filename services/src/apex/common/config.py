@@ -31,6 +31,7 @@ from apex.common.settings import (
 __all__ = [
     "TIERS",
     "ConfigError",
+    "PasswordHashCost",
     "RateLimit",
     "Settings",
     "load_private_key",
@@ -49,6 +50,20 @@ _DEFAULT_MFA_LOCKOUT: Final = RateLimit(count=10, window=3600)
 _DEFAULT_SMS_PER_USER: Final = RateLimit(count=10, window=3600)
 _DEFAULT_FORGOT_PER_EMAIL: Final = RateLimit(count=3, window=3600)
 _DEFAULT_FORGOT_PER_IP: Final = RateLimit(count=30, window=3600)
+
+
+@dataclasses.dataclass(frozen=True)
+class PasswordHashCost:
+    """The argon2id cost of password hashes: passes over memory, KiB of memory, lanes.
+
+    The defaults are argon2-cffi's (RFC 9106's low-memory profile), for production. Test
+    environments set cheap values of the same algorithm (as Django's test runner swaps
+    its hasher): a stored hash carries its own cost, so any hasher verifies it.
+    """
+
+    time_cost: int = 3
+    memory_kib: int = 65536
+    parallelism: int = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,6 +96,7 @@ class Settings(ServiceSettings):
     )
     login_lockout: RateLimit = _DEFAULT_LOCKOUT
     password_reset_ttl: int = 900
+    password_hash_cost: PasswordHashCost = PasswordHashCost()
     # Issue 3, authorization, limits, resilience (owner B).
     api_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
         default_factory=lambda: dict(_DEFAULT_API_LIMITS)
@@ -146,7 +162,25 @@ def _identity_settings(env: Env) -> dict[str, Any]:
         "device_limits": parse_device_limits(env.text("APEX_DEVICE_LIMITS", DEFAULT_DEVICE_LIMITS)),
         "login_lockout": env.rate("APEX_LOGIN_LOCKOUT", "5/900", whole=True),
         "password_reset_ttl": env.whole_number("APEX_PASSWORD_RESET_TTL", 900, unit="seconds"),
+        "password_hash_cost": _password_hash_cost(env),
     }
+
+
+def _password_hash_cost(env: Env) -> PasswordHashCost:
+    """APEX_PASSWORD_HASH_TIME_COST, _MEMORY_KIB and _PARALLELISM (argon2id's parameters)."""
+    default = PasswordHashCost()
+    cost = PasswordHashCost(
+        time_cost=env.whole_number("APEX_PASSWORD_HASH_TIME_COST", default.time_cost),
+        memory_kib=env.whole_number("APEX_PASSWORD_HASH_MEMORY_KIB", default.memory_kib),
+        parallelism=env.whole_number("APEX_PASSWORD_HASH_PARALLELISM", default.parallelism),
+    )
+    if cost.memory_kib < 8 * cost.parallelism:
+        # argon2 needs 8 KiB per lane; its own error would not name our variables.
+        raise ConfigError(
+            f"APEX_PASSWORD_HASH_MEMORY_KIB ({cost.memory_kib}) must be at least 8 per lane "
+            f"of APEX_PASSWORD_HASH_PARALLELISM ({cost.parallelism})"
+        )
+    return cost
 
 
 def _resilience_settings(env: Env) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import jwt
 from redis.asyncio import Redis
 
 from apex.common import jwts
+from apex.common.tls import client_tls_context
 from apex.gateway.breaker import Breaker, CircuitOpen
 
 __all__ = ["AuthClient", "Principal", "TokenRejected"]
@@ -69,7 +70,7 @@ class AuthClient:
         self.breaker = breaker
         self._redis = redis
         self._prefix = prefix
-        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
+        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, verify=client_tls_context())
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
 

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from apex_testkit._fakes._server import CONTROL, RunningFake
+from apex_testkit._tls import tls_context
 from apex_testkit._waiting import DeadlineExceeded
 
 
@@ -57,7 +58,9 @@ class FakeClient(abc.ABC):
     def __init__(self, running: RunningFake) -> None:
         self.running = running
         self.url = running.url
-        self._http = httpx.Client(base_url=f"{running.url}{CONTROL}", timeout=10)
+        self._http = httpx.Client(
+            base_url=f"{running.url}{CONTROL}", timeout=10, verify=tls_context()
+        )
         # What the fake told about itself (issuer, credentials, ports...).
         self.config: dict[str, Any] = self._call("GET", "config")
 
@@ -73,7 +76,10 @@ class FakeClient(abc.ABC):
 
     def reset(self) -> None:
         """Forget what earlier tests did (state and request log)."""
-        self._call("POST", "reset")
+        if self.running.reset_in_thread is not None:
+            self.running.reset_in_thread()
+        else:
+            self._call("POST", "reset")
 
     def close(self) -> None:
         """Stop the fake (its thread or process)."""
@@ -89,7 +95,9 @@ class FakeClient(abc.ABC):
     async def _wait(self, what: str, params: dict[str, str], timeout: float) -> Any:
         """Long-poll `what` until the fake has a match (a condition wait on its side)."""
         params = {**params, "wait": str(timeout)}
-        async with httpx.AsyncClient(base_url=f"{self.url}{CONTROL}", timeout=timeout + 10) as c:
+        async with httpx.AsyncClient(
+            base_url=f"{self.url}{CONTROL}", timeout=timeout + 10, verify=tls_context()
+        ) as c:
             response = await c.get(f"/{what}", params=params)
         if response.status_code == 408:
             raise DeadlineExceeded(f"fake {self.name}: {response.json()['detail']}")

@@ -162,18 +162,27 @@ class RunningFake:
     extra_port: int | None
     stop: Callable[[], None] = field(repr=False)
     pid: int | None = None  # its process at L3, None when it runs in a thread
+    # In a thread (L2): the reset, run on the fake's own loop without an HTTP round trip
+    # (before every test, for every fake: 20 ms each over HTTP on a loaded machine).
+    reset_in_thread: Callable[[], None] | None = field(default=None, repr=False)
 
 
 def start_thread(
     server: FakeServer, http: socket.socket, extra: socket.socket | None
-) -> Callable[[], None]:
-    """Serve `server` on its own event loop in a daemon thread; return its stop function."""
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Serve `server` on its own event loop in a daemon thread; return its stop function
+    and its reset (run on that loop, as the control API's reset would be)."""
     uv = _uvicorn(server.app(extra))
     failure: list[BaseException] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        await uv.serve(sockets=[http])
 
     def serve() -> None:
         try:
-            asyncio.run(uv.serve(sockets=[http]))
+            asyncio.run(main())
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread below
             failure.append(exc)
 
@@ -200,7 +209,13 @@ def start_thread(
         if thread.is_alive():
             raise RuntimeError(f"fake {server.name} did not stop within 10 s")
 
-    return stop
+    async def reset_here() -> None:
+        server.reset()
+
+    def reset() -> None:
+        asyncio.run_coroutine_threadsafe(reset_here(), loops[0]).result(timeout=10)
+
+    return stop, reset
 
 
 def start_fake(
@@ -213,13 +228,13 @@ def start_fake(
     url = base_url_of(http)
     if not process:
         try:
-            stop = start_thread(server_class(url), http, extra)
+            stop, reset = start_thread(server_class(url), http, extra)
         except BaseException:
             http.close()
             if extra is not None:
                 extra.close()
             raise
-        return RunningFake(name, url, extra_port, stop)
+        return RunningFake(name, url, extra_port, stop, reset_in_thread=reset)
     resource = f"fake-{name}-{http.getsockname()[1]}"
     log = run.path / f"{resource}.log"
     argv = [sys.executable, "-m", "apex_testkit._fakes", name, "--fd", str(http.fileno())]

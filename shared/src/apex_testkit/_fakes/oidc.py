@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from apex_testkit._fakes._control import FakeClient
 from apex_testkit._fakes._server import CONTROL, FakeServer, form_of
+from apex_testkit._keys import rsa_key
 
 CODE_TTL = 60
 TOKEN_TTL = 300
@@ -40,8 +41,9 @@ class _Key:
     private: rsa.RSAPrivateKey = field(repr=False)
 
     @classmethod
-    def new(cls, kid: str) -> _Key:
-        return cls(kid, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    def new(cls, kid: str, name: str) -> _Key:
+        """The process's key `name` (`_keys.rsa_key`) under the id `kid`."""
+        return cls(kid, rsa_key(name))
 
     def jwk(self) -> dict[str, Any]:
         data: dict[str, Any] = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
@@ -71,12 +73,13 @@ class OidcServer(FakeServer):
         super().__init__(base_url)
         self.client_id = "apex-test-client"
         self.client_secret = secrets.token_urlsafe(24)
-        self._first_key = _Key.new("key-1")
+        self._first_key = _Key.new("key-1", "fake-oidc-0")
         self.reset()
 
     def reset(self) -> None:
         super().reset()
         self.keys: list[_Key] = [self._first_key]
+        self.rotations = 0
         self.identity: dict[str, Any] | None = None
         self.codes: dict[str, dict[str, Any]] = {}
         self.access_tokens: dict[str, dict[str, Any]] = {}
@@ -281,7 +284,9 @@ class OidcServer(FakeServer):
 
     async def rotate(self, request: Request) -> Response:
         body = await request.json()
-        key = _Key.new(f"key-{secrets.token_hex(4)}")
+        # Distinct from every key this fake holds since its reset; reused across tests.
+        self.rotations += 1
+        key = _Key.new(f"key-{secrets.token_hex(4)}", f"fake-oidc-{self.rotations}")
         self.keys = [*self.keys, key] if body.get("keep_old", True) else [key]
         return JSONResponse({"kid": key.kid})
 

@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
@@ -32,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from apex_testkit._fakes._control import FakeClient
 from apex_testkit._fakes._server import CONTROL, FakeServer
+from apex_testkit._keys import rsa_key
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -60,7 +60,7 @@ def _new_id() -> str:
 
 def _signing_pair() -> tuple[str, str]:
     """A new RSA key and a self-signed certificate for it, as PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa_key("fake-saml")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apex-testkit fake SAML IdP")])
     now = dt.datetime.now(dt.UTC)
     cert = (

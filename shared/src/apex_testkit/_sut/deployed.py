@@ -11,6 +11,7 @@ import httpx
 from apex_testkit._level import Level
 from apex_testkit._sut.platform import Platform
 from apex_testkit._target import Target
+from apex_testkit._tls import tls_context
 
 
 class DeployedPlatform(Platform):
@@ -29,7 +30,9 @@ class DeployedPlatform(Platform):
     async def _client(
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[httpx.AsyncClient]:
-        async with httpx.AsyncClient(base_url=self.target.url(service), timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.target.url(service), timeout=30, verify=tls_context()
+        ) as client:
             yield client
 
     @asynccontextmanager

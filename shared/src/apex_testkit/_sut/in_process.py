@@ -1,9 +1,11 @@
 """L2: the platform imported, in the test process.
 
-A client gets a fresh app instance behind httpx's ASGI transport; `serve` and `start`
-serve the service (and the services it calls) on loopback sockets inside the test's own
-event loop, through the service contract: `<module>.load_settings(env)`, then
-`create_app(settings)` (run under uvicorn) or `create_server(settings)` (its own server).
+A client gets an app instance of its own behind httpx's ASGI transport, its lifespan run
+in the test's event loop; `serve` and `start` serve the service (and the services it
+calls) on loopback sockets inside the test's own event loop, through the service
+contract: `<module>.load_settings(env)`, then `create_app(settings)` (run under uvicorn)
+or `create_server(settings)` (its own server). Apps are reused by later tests of the
+worker with the same settings, each time with a fresh lifespan (`apps.AppPool`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from asgi_lifespan import LifespanManager
 from apex_testkit._level import Level
 from apex_testkit._processes import listening_socket
 from apex_testkit._sut import wiring
+from apex_testkit._sut.apps import AppPool
 from apex_testkit._sut.platform import Platform, RunningService
 from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
@@ -32,6 +35,7 @@ class InProcessPlatform(Platform):
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.apps = AppPool()
 
     @property
     def admin_token(self) -> str:
@@ -43,13 +47,12 @@ class InProcessPlatform(Platform):
     ) -> AsyncIterator[httpx.AsyncClient]:
         # Every client is an app instance of its own, whatever `instance` says.
         env = {**wiring.service_env(self.worker, service), **settings}
-        module = importlib.import_module(wiring.module(service))
-        app = module.create_app(module.load_settings(env))
-        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            base = f"http://{service}.apex.test"
-            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-                yield client
+        with self.apps.app(wiring.module(service), env) as app:
+            async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+                transport = httpx.ASGITransport(app=manager.app)
+                base = f"http://{service}.apex.test"
+                async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                    yield client
 
     @asynccontextmanager
     async def _serve(
@@ -68,14 +71,17 @@ class InProcessPlatform(Platform):
             for called, setting in wiring.calls(service).items():
                 if setting not in settings:  # a test may point it elsewhere (a proxy)
                     env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
-            yield await stack.enter_async_context(_serve_in_loop(service, {**env, **settings}))
+            served = _serve_in_loop(service, {**env, **settings}, self.apps)
+            yield await stack.enter_async_context(served)
 
     def reset(self) -> None:
         self.worker.reset()
 
 
 @asynccontextmanager
-async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[RunningService]:
+async def _serve_in_loop(
+    service: str, env: dict[str, str], apps: AppPool
+) -> AsyncIterator[RunningService]:
     """Serve `service` in the running event loop on an ephemeral loopback port.
 
     An ASGI service (`create_app(settings)`) runs under uvicorn; a service with its own
@@ -91,26 +97,26 @@ async def _serve_in_loop(service: str, env: dict[str, str]) -> AsyncIterator[Run
         if hasattr(module, "create_app"):
             import uvicorn  # noqa: PLC0415 - only L2 serving needs it
 
-            app = module.create_app(module.load_settings(env))
-            config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-            server = uvicorn.Server(config)
-            task = asyncio.create_task(server.serve(sockets=[sock]))
+            with apps.app(name, env) as app:
+                config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+                server = uvicorn.Server(config)
+                task = asyncio.create_task(server.serve(sockets=[sock]))
 
-            async def started() -> bool:
-                if task.done():  # it stopped during start-up: say why
-                    task.result()
-                    raise RuntimeError(f"{name} exited during start-up")
-                return bool(server.started)
+                async def started() -> bool:
+                    if task.done():  # it stopped during start-up: say why
+                        task.result()
+                        raise RuntimeError(f"{name} exited during start-up")
+                    return bool(server.started)
 
-            async def stop() -> None:
-                server.should_exit = True
-                await task
+                async def stop() -> None:
+                    server.should_exit = True
+                    await task
 
-            try:
-                await eventually(started, timeout=30, message=f"{name} serving")
-                yield RunningService(url, Level.L2, stop)
-            finally:
-                await stop()
+                try:
+                    await eventually(started, timeout=30, message=f"{name} serving")
+                    yield RunningService(url, Level.L2, stop)
+                finally:
+                    await stop()
         else:
             own = module.create_server(module.load_settings(env))
             async with own.serving(sock=sock):

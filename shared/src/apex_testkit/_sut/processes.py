@@ -23,6 +23,7 @@ from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spaw
 from apex_testkit._run import Run, record_process
 from apex_testkit._sut import wiring
 from apex_testkit._sut.platform import Platform, RunningService
+from apex_testkit._tls import tls_context
 from apex_testkit._worker import Worker
 
 
@@ -126,7 +127,7 @@ class ProcessPlatform(Platform):
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[httpx.AsyncClient]:
         url = self.instance(service, instance, **settings).url
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30, verify=tls_context()) as client:
             yield client
 
     @asynccontextmanager

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 # The platform keys its Redis data under this prefix: each worker gets its own.
 REDIS_PREFIX = "APEX_REDIS_PREFIX"
+# L2/L3: the cheapest argon2id the platform accepts (production: 0.5 s a hash on this
+# machine; every test user has one). The same algorithm, as Django's test runner keeps
+# its hasher's; the production values have a unit test of their own (services/tests).
+TEST_COSTS = {
+    "APEX_PASSWORD_HASH_TIME_COST": "1",
+    "APEX_PASSWORD_HASH_MEMORY_KIB": "8",
+    "APEX_PASSWORD_HASH_PARALLELISM": "1",
+}
 
 
 def migrate(dsn: str) -> None:
@@ -122,6 +130,7 @@ def service_env(worker: Worker, service: str) -> dict[str, str]:
     for server in entry.servers:
         env |= server_env(worker, server)
     if worker.settings.level in (Level.L2, Level.L3):
+        env |= TEST_COSTS
         for party in entry.third_parties:
             env |= third_party_env(worker, service, party)
     return env

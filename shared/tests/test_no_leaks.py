@@ -1,0 +1,106 @@
+"""No state leaks from one test to the next at L2, though a worker reuses its apps.
+
+An inner run of tests that write everywhere (PostgreSQL through the app, Redis sessions
+and lockout counters, the app's in-process state, every fake) and tests that assert they
+see none of it, in a random order that the failure message repeats.
+"""
+
+from __future__ import annotations
+
+import random
+
+from conftest import finish, inner_env
+
+WRITE_AND_CHECK = """
+import smtplib
+import asyncpg
+import httpx
+import pytest
+from apex_testkit import _loop
+
+pytestmark = [
+    pytest.mark.L2,
+    pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10"),
+]
+PASSWORD = "correct horse battery staple"
+# What earlier tests of this process left behind: their tokens.
+SEEN: list[str] = []
+
+
+async def _rows(dsn):
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = [row[0] for row in await conn.fetch(
+            "SELECT format('%I', tablename) FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'apex_schema_migrations'")]
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("n", range(3))
+async def test_write_everywhere(
+    n, clean_platform, admin_token, fake_idp, fake_saml_idp, mailbox, fake_sms
+):
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    async with clean_platform.client("auth") as client:
+        body = {"email": "leak@tests.apex.invalid", "tier": "pro", "password": PASSWORD}
+        user = await client.post("/admin/users", json=body, headers=admin)
+        assert user.status_code == 201, user.text
+        key = await client.post(
+            f"/admin/users/{user.json()['id']}/api-keys",
+            json={"name": "leak", "scopes": ["agents:run"]},
+            headers=admin,
+        )
+        assert key.status_code == 201, key.text
+        token = await client.post("/auth/token", json={"api_key": key.json()["api_key"]})
+        assert token.status_code == 200, token.text
+        access = token.json()["access_token"]
+        me = await client.get("/me", headers={"Authorization": f"Bearer {access}"})
+        assert me.status_code == 200, me.text
+        SEEN.append(access)
+        wrong = {"email": "leak@tests.apex.invalid", "password": "not the password!"}
+        assert (await client.post("/auth/login", json=wrong)).status_code == 401
+    fake_idp.login_as("leak", "leak@tests.apex.invalid")
+    fake_saml_idp.login_as("leak", "leak@tests.apex.invalid")
+    async with httpx.AsyncClient() as http:
+        await http.get(f"{fake_idp.issuer}/.well-known/openid-configuration")
+    with smtplib.SMTP(mailbox.host, mailbox.port) as smtp:
+        smtp.sendmail("a@tests.apex.invalid", ["b@tests.apex.invalid"], "Subject: leak\\n\\nx")
+    assert mailbox.messages and fake_idp.requests
+
+
+@pytest.mark.parametrize("n", range(4))
+async def test_sees_nothing(
+    n, clean_platform, admin_token, redis_namespace, postgres_database, fake_idp,
+    fake_saml_idp, mailbox, fake_sms
+):
+    assert redis_namespace.client().dbsize() == 0
+    rows = _loop.run(_rows(postgres_database))
+    assert not {table: count for table, count in rows.items() if count}, rows
+    assert fake_idp.requests == [] and fake_saml_idp.requests == []
+    assert mailbox.messages == [] and fake_sms.messages == []
+    assert fake_saml_idp.authn_requests == []
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    async with clean_platform.client("auth") as client:
+        for access in SEEN:  # sessions, caches: nothing of an earlier test answers
+            me = await client.get("/me", headers={"Authorization": f"Bearer {access}"})
+            assert me.status_code == 401, me.text
+        wrong = {"email": "leak@tests.apex.invalid", "password": "not the password!"}
+        assert (await client.post("/auth/login", json=wrong)).status_code == 401
+        body = {"email": "leak@tests.apex.invalid", "tier": "pro"}
+        again = await client.post("/admin/users", json=body, headers=admin)
+        assert again.status_code == 201, again.text  # the address is free again
+"""
+
+
+def test_nothing_leaks_between_tests(test_package, inner_pytest):
+    test_package("test_leaks.py", WRITE_AND_CHECK)  # the inner run's project: its cwd
+    order = [f"test_write_everywhere[{n}]" for n in range(3)]
+    order += [f"test_sees_nothing[{n}]" for n in range(3)]
+    random.shuffle(order)
+    order.append("test_sees_nothing[3]")  # after every write, whatever the shuffle
+    ids = [f"pkg_tests/test_leaks.py::{name}" for name in order]
+    code, text = finish(inner_pytest(*ids, "-p", "no:xdist", "-v", env=inner_env()), timeout=300)
+    assert code == 0, f"order: {order}\n{text}"
+    assert "7 passed" in text, text
