@@ -8,6 +8,7 @@ helper works at L2, L3 and L4: it uses only the public HTTP API.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "JwksVerifier",
     "KeyUser",
     "Tokens",
+    "challenges",
     "error_of",
     "exchange",
     "login",
@@ -151,6 +153,36 @@ def error_of(response: httpx.Response) -> str:
     """The platform's machine-readable error code of a failed response."""
     code: str = response.json()["error"]
     return code
+
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# One item of a WWW-Authenticate value (RFC 7235 section 4.1): an auth-param or a scheme.
+_CHALLENGE_ITEM = re.compile(
+    rf'\s*(?:(?P<name>{_TOKEN})\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|{_TOKEN})'
+    rf"|(?P<scheme>{_TOKEN}))\s*,?"
+)
+
+
+def challenges(response: httpx.Response) -> dict[str, dict[str, str]]:
+    """The challenges of a response's WWW-Authenticate fields (RFC 7235): auth scheme (lower
+    case) -> its parameters (names lower case, quoted values unquoted)."""
+    found: dict[str, dict[str, str]] = {}
+    for field in response.headers.get_list("www-authenticate"):
+        params: dict[str, str] | None = None
+        position = 0
+        while position < len(field):
+            match = _CHALLENGE_ITEM.match(field, position)
+            assert match is not None and match.end() > position, f"unparsable: {field!r}"
+            position = match.end()
+            if match["scheme"] is not None:
+                params = found.setdefault(match["scheme"].lower(), {})
+                continue
+            assert params is not None, f"a parameter before any scheme: {field!r}"
+            value = match["value"]
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[match["name"].lower()] = value
+    return found
 
 
 async def me(client: httpx.AsyncClient, access: str) -> httpx.Response:
