@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from auth_tests.client import AuthAdmin, Tokens
+from auth_tests.client import AuthAdmin, KeyUser, Tokens
 
 __all__ = [
     "ROLE_PERMISSIONS",
@@ -148,9 +148,13 @@ async def context_token(client: httpx.AsyncClient, tokens: Tokens, audience: str
     return token
 
 
-async def introspect(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
-    """POST /auth/context-token/introspect (RFC 7662 style): {"active": bool, ...claims}."""
-    response = await client.post("/auth/context-token/introspect", json={"token": token})
+async def introspect(client: httpx.AsyncClient, token: str, *, caller: KeyUser) -> dict[str, Any]:
+    """POST /auth/context-token/introspect (RFC 7662): {"active": bool, ...claims}, asked as
+    a downstream service does: the form `token=...`, authenticated with the client
+    credentials of `caller`'s API key (HTTP Basic)."""
+    response = await client.post(
+        "/auth/context-token/introspect", data={"token": token}, auth=caller.client_credentials
+    )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     assert isinstance(body.get("active"), bool), response.text

@@ -28,6 +28,7 @@ __all__ = [
     "login",
     "me",
     "me_status",
+    "platform_transport",
 ]
 
 
@@ -42,6 +43,12 @@ class KeyUser:
     @property
     def user_id(self) -> str:
         return str(self.user["id"])
+
+    @property
+    def client_credentials(self) -> tuple[str, str]:
+        """The key as OAuth 2.0 client credentials (RFC 6749 section 2.3.1): the client_id
+        is the key's id, the client_secret the key as it was shown."""
+        return self.key_id, self.api_key
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,8 @@ def challenges(response: httpx.Response) -> dict[str, dict[str, str]]:
         position = 0
         while position < len(field):
             match = _CHALLENGE_ITEM.match(field, position)
-            assert match is not None and match.end() > position, f"unparsable: {field!r}"
+            assert match is not None, f"unparsable: {field!r}"
+            assert match.end() > position, f"unparsable: {field!r}"
             position = match.end()
             if match["scheme"] is not None:
                 params = found.setdefault(match["scheme"].lower(), {})
@@ -194,6 +202,32 @@ async def me_status(client: httpx.AsyncClient, access: str) -> tuple[int, str | 
     """(status, error code or None) of GET /me with this access token."""
     response = await me(client, access)
     return response.status_code, (None if response.status_code == 200 else error_of(response))
+
+
+class _Through(httpx.AsyncBaseTransport):
+    """Sends every request through an existing client of the platform."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._client.send(request)
+        content = await response.aread()
+        # The body is decoded already: drop what described its encoding on the wire.
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=content)
+
+
+def platform_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+    """A transport that reaches the platform the way `client` does (in-process at L2, over a
+    socket at L3/L4), so a third-party client library built on httpx (authlib) can be
+    pointed at it: `AsyncOAuth2Client(..., transport=platform_transport(auth_client),
+    base_url=auth_client.base_url)`."""
+    return _Through(client)
 
 
 class JwksVerifier:

@@ -42,7 +42,9 @@ async def _call(
 def _bearer_challenge(response: httpx.Response) -> dict[str, str]:
     assert response.status_code == 401, response.text
     found = challenges(response)
-    assert "bearer" in found, f"no Bearer challenge: {response.headers.get_list('www-authenticate')}"
+    assert "bearer" in found, (
+        f"no Bearer challenge: {response.headers.get_list('www-authenticate')}"
+    )
     return found["bearer"]
 
 

@@ -166,14 +166,17 @@ class SessionStore:
         access_ttl: int,
         method: str = "api_key",
         amr: Sequence[str] = ("api_key",),
+        ttl: int | None = None,
     ) -> tuple[Session, str]:
         """Start a session; return it and its first refresh token.
 
-        ``api_key_id`` is None unless ``method`` is api_key (the key that opened it).
+        ``api_key_id`` is None unless ``method`` is api_key (the key that opened it). The
+        session lives ``ttl`` seconds, the store's refresh TTL unless shorter.
         """
         session_id = uuid.uuid4().hex
         secret = _new_secret()
         now = time.time()
+        lifetime = self.ttl if ttl is None else min(ttl, self.ttl)
         session = Session(
             id=session_id,
             user_id=user_id,
@@ -181,7 +184,7 @@ class SessionStore:
             tenant_id=tenant_id,
             scopes=list(scopes),
             created_at=now,
-            expires_at=now + self.ttl,
+            expires_at=now + lifetime,
             refreshed_at=None,
             access_ttl=access_ttl,
             method=method,
@@ -202,8 +205,8 @@ class SessionStore:
         key = self.session_key(session_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self.ttl)
-            # The index sets live as long as their newest session; members whose
+            pipe.expire(key, lifetime)
+            # The index sets live as long as the longest session can; members whose
             # session expired are pruned when read.
             indexes = [self.user_index_key(user_id)]
             if api_key_id:
