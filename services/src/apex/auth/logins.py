@@ -217,21 +217,13 @@ async def open_session(
 async def enforce_device_limit(context: AuthContext, user: LoginUser, *, keep: Session) -> None:
     """End the user's oldest interactive sessions beyond the tier's limit (never ``keep``).
 
-    Runs after the new session exists, so concurrent logins can only end too many
-    sessions, never leave too many alive.
+    Runs after the new session exists, in one atomic step in Redis
+    (:meth:`SessionStore.evict_beyond`): however many logins of the user run at once,
+    exactly the limit of sessions stays alive, and each one ended is audited once.
     """
     limit = context.settings.device_limits.get(user.tier, 1)
-    live = [s for s in await context.sessions.list_for_user(str(user.id)) if s.method != "api_key"]
-    excess = len(live) - limit
-    for session in live:
-        if excess <= 0:
-            break
-        if session.id == keep.id:
-            continue
-        excess -= 1
-        revoked = await context.sessions.revoke(session.id)
-        if revoked is not None:
-            await context.session_revoked(revoked, actor=audit.SYSTEM, reason="device_limit")
+    for session in await context.sessions.evict_beyond(str(user.id), limit, keep=keep.id):
+        await context.session_revoked(session, actor=audit.SYSTEM, reason="device_limit")
 
 
 async def refresh_interactive(
