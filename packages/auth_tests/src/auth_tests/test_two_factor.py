@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from apex_testkit import FakeSms, Platform, eventually
+from apex_testkit import FakeSms, Platform, RedisNamespace, eventually
 from auth_tests.client import AuthAdmin, Tokens, error_of, me, me_status
 from auth_tests.flows import (
     Enrolled,
@@ -495,3 +495,161 @@ async def test_the_lockout_follows_its_settings_and_ends_after_its_window(
         return response.status_code == 200
 
     await eventually(unlocked, timeout=15, message="the 2 s lockout to end")
+
+
+# -- sub-scenarios: TOTP window edges, SMS code expiry and replacement (issue 10) -------------
+
+
+async def _opened(admin: AuthAdmin, user_id: str) -> list[str]:
+    """The sessions the user's logins opened, from the audit trail (`login.succeeded`)."""
+    return [
+        e["detail"]["session_id"]
+        for e in await admin.audit(user_id)
+        if e["action"] == "login.succeeded"
+    ]
+
+
+async def _well_inside_a_time_step() -> int:
+    """The current TOTP step, once at least 5 s of it are left: a code computed now for a
+    step relative to it reaches the platform within the same step."""
+
+    async def settled() -> int | None:
+        now = time.time()
+        return int(now // 30) if now % 30 < 25 else None
+
+    step: int = await eventually(settled, timeout=10, interval=0.2, message="a fresh TOTP step")
+    return step
+
+
+@pytest.mark.parametrize(("steps", "accepted"), [(-2, False), (-1, True), (1, True), (2, False)])
+async def test_the_totp_window_is_one_step_either_side(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+    steps: int,
+    accepted: bool,
+) -> None:
+    """CONTRACT3: a current TOTP code with valid_window=1: the codes of the previous and of
+    the next 30 s step are accepted, two steps away they are wrong codes."""
+    enrolled = await enroll_totp(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    before = await _opened(auth_admin, person.user_id)
+    step = await _well_inside_a_time_step()
+
+    response = await _verify(
+        auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=(step + steps) * 30)
+    )
+
+    if accepted:
+        tokens = Tokens.of(response)
+        assert (await me(auth_client, tokens.access)).json()["user_id"] == person.user_id
+        assert await _opened(auth_admin, person.user_id) == [*before, tokens.session_id]
+    else:
+        assert (response.status_code, error_of(response)) == (401, "invalid_code")
+        assert await _opened(auth_admin, person.user_id) == before, "a session was opened"
+        right = await _verify(
+            auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=step * 30)
+        )
+        assert right.status_code == 200, "the refused code burnt the challenge"
+
+
+async def test_a_code_of_a_step_before_the_last_accepted_one_is_reused(
+    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, person: PasswordUser
+) -> None:
+    """Within the window, but older than a code already accepted: never again."""
+    enrolled = await enroll_totp(auth_client, person)
+    before = await _opened(auth_admin, person.user_id)
+    step = await _well_inside_a_time_step()
+    current = await _verify(
+        auth_client,
+        (await _challenge(auth_client, person))["mfa_token"],
+        totp_code(enrolled.secret, at=step * 30),
+    )
+    assert current.status_code == 200, current.text
+
+    older = await _verify(
+        auth_client,
+        (await _challenge(auth_client, person))["mfa_token"],
+        totp_code(enrolled.secret, at=(step - 1) * 30),
+    )
+
+    assert (older.status_code, error_of(older)) == (401, "code_reused")
+    assert await _opened(auth_admin, person.user_id) == [*before, Tokens.of(current).session_id]
+
+
+async def _sms_codes(fake_sms: FakeSms, count: int) -> list[str]:
+    """The codes of the first `count` SMS to PHONE, once they arrived."""
+
+    async def delivered() -> list[str] | None:
+        bodies = _sms_to(fake_sms, PHONE)
+        return bodies if len(bodies) >= count else None
+
+    bodies = await eventually(delivered, timeout=10, message=f"{count} SMS to {PHONE}")
+    return [re.findall(r"\b\d{6}\b", body)[0] for body in bodies[:count]]
+
+
+async def test_a_new_sms_replaces_the_previous_code(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+    fake_sms: FakeSms,
+) -> None:
+    await enroll_totp(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    before = await _opened(auth_admin, person.user_id)
+    for _ in range(2):
+        sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+        assert sent.status_code == 202, sent.text
+    first, second = await _sms_codes(fake_sms, 2)
+    if first == second:
+        pytest.skip("the two random codes happen to be equal (one in a million)")
+
+    stale = await _verify(auth_client, challenge["mfa_token"], first)
+
+    assert (stale.status_code, error_of(stale)) == (401, "invalid_code")
+    assert await _opened(auth_admin, person.user_id) == before
+    fresh = Tokens.of(await _verify(auth_client, challenge["mfa_token"], second))
+    assert (await me(auth_client, fresh.access)).json()["user_id"] == person.user_id
+
+
+@pytest.fixture
+async def short_sms_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """apex.auth whose SMS codes live one second (APEX_MFA_SMS_CODE_TTL)."""
+    async with clean_platform.client("auth", APEX_MFA_SMS_CODE_TTL="1") as client:
+        yield client
+
+
+@pytest.mark.slow
+async def test_an_sms_code_expires_after_its_ttl(
+    short_sms_client: httpx.AsyncClient,
+    admin_token: str,
+    fake_sms: FakeSms,
+    redis_namespace: RedisNamespace,
+) -> None:
+    admin = AuthAdmin(short_sms_client, admin_token)
+    person = await create_password_user(admin, phone=PHONE)
+    enrolled = await enroll_totp(short_sms_client, person)
+    challenge = await _challenge(short_sms_client, person)
+    before = await _opened(admin, person.user_id)
+    sent = await short_sms_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+    assert sent.status_code == 202, sent.text
+    (code,) = await _sms_codes(fake_sms, 1)
+    # SUT notes: the code's hash lives in `mfa_sms:<sha256(mfa_token)>` for its TTL.
+    digest = hashlib.sha256(challenge["mfa_token"].encode()).hexdigest()
+    stored = f"{redis_namespace.prefix}mfa_sms:{digest}"
+    redis = redis_namespace.client()
+
+    async def expired() -> bool:
+        return redis.exists(stored) == 0
+
+    try:
+        await eventually(expired, timeout=10, message="the 1 s SMS code to expire")
+    finally:
+        redis.close()
+
+    late = await _verify(short_sms_client, challenge["mfa_token"], code)
+    assert (late.status_code, error_of(late)) == (401, "invalid_code")
+    assert await _opened(admin, person.user_id) == before
+    # The challenge lives on: another factor finishes the login.
+    done = await _verify(short_sms_client, challenge["mfa_token"], enrolled.backup_codes[0])
+    assert done.status_code == 200, done.text

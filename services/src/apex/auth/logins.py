@@ -137,7 +137,9 @@ class IdentityServices:
                 limit=settings.login_lockout,
                 mfa_limit=settings.mfa_lockout,
             ),
-            mfa=MfaStore(redis, prefix=settings.redis_prefix),
+            mfa=MfaStore(
+                redis, prefix=settings.redis_prefix, sms_code_ttl=settings.mfa_sms_code_ttl
+            ),
             mailer=Mailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else None,
             sms=sms,
         )
