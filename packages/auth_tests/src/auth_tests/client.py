@@ -140,6 +140,15 @@ class AuthAdmin:
         events: list[dict[str, Any]] = response.json()["events"]
         return events
 
+    async def logins(self, user_id: str) -> list[str]:
+        """The sessions the user's interactive logins opened (password, OIDC, SAML, 2FA),
+        oldest first: the audit trail's `login.succeeded` events. A refused login adds none."""
+        return [
+            str(e["detail"]["session_id"])
+            for e in await self.audit(user_id)
+            if e["action"] == "login.succeeded"
+        ]
+
 
 async def exchange(
     client: httpx.AsyncClient, api_key: str, ttl: int | None = None

@@ -67,15 +67,6 @@ def _claims(access: str) -> dict[str, Any]:
     return claims
 
 
-async def _opened(admin: AuthAdmin, user_id: str) -> list[str]:
-    """The sessions the user's logins opened, from the audit trail (`login.succeeded`)."""
-    return [
-        e["detail"]["session_id"]
-        for e in await admin.audit(user_id)
-        if e["action"] == "login.succeeded"
-    ]
-
-
 @pytest.fixture
 async def person(auth_admin: AuthAdmin) -> PasswordUser:
     return await create_password_user(auth_admin, phone=PHONE)
@@ -158,13 +149,13 @@ async def test_the_same_totp_code_twice_is_refused_as_reused(
     enrolled = await enroll_totp(auth_client, person)
     code = enrolled.next_code()
     first = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
-    opened = await _opened(auth_admin, person.user_id)
+    opened = await auth_admin.logins(person.user_id)
     assert opened[-1] == Tokens.of(first).session_id
 
     replay = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
 
     assert (replay.status_code, error_of(replay)) == (401, "code_reused")
-    assert await _opened(auth_admin, person.user_id) == opened, "the replay opened a session"
+    assert await auth_admin.logins(person.user_id) == opened, "the replay opened a session"
 
 
 async def test_a_wrong_code_is_refused_and_the_challenge_survives(
@@ -174,11 +165,11 @@ async def test_a_wrong_code_is_refused_and_the_challenge_survives(
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
 
     wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
     assert (wrong.status_code, error_of(wrong)) == (401, "invalid_code")
-    assert await _opened(auth_admin, person.user_id) == before, "a wrong code opened a session"
+    assert await auth_admin.logins(person.user_id) == before, "a wrong code opened a session"
 
     right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     assert right.status_code == 200, "a typo must not burn the challenge"
@@ -196,14 +187,14 @@ async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     assert (
         await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     ).status_code == 200
-    opened = await _opened(auth_admin, person.user_id)
+    opened = await auth_admin.logins(person.user_id)
 
     again = await _verify(auth_client, challenge["mfa_token"], enrolled.backup_codes[0])
     forged = await _verify(auth_client, "x" * 43, enrolled.backup_codes[0])
 
     assert (again.status_code, error_of(again)) == (401, "invalid_mfa_token")
     assert (forged.status_code, error_of(forged)) == (401, "invalid_mfa_token")
-    assert await _opened(auth_admin, person.user_id) == opened, "a second session was opened"
+    assert await auth_admin.logins(person.user_id) == opened, "a second session was opened"
     # Neither attempt spent the backup code.
     fresh = await _challenge(auth_client, person)
     assert (
@@ -223,11 +214,11 @@ async def test_backup_codes_work_once_each(
     assert used.status_code == 200, used.text
     profile = (await me(auth_client, Tokens.of(used).access)).json()
     assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
-    opened = await _opened(auth_admin, person.user_id)
+    opened = await auth_admin.logins(person.user_id)
 
     reused = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
     assert (reused.status_code, error_of(reused)) == (401, "invalid_code")
-    assert await _opened(auth_admin, person.user_id) == opened, "a spent code opened a session"
+    assert await auth_admin.logins(person.user_id) == opened, "a spent code opened a session"
     other = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], second)
     assert other.status_code == 200, "using one backup code must not spend the others"
     assert (await me(auth_client, Tokens.of(other).access)).json()["user_id"] == person.user_id
@@ -293,11 +284,11 @@ async def test_sms_fallback_sends_a_single_use_code(
     profile = (await me(auth_client, tokens.access)).json()
     assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
 
-    opened = await _opened(auth_admin, person.user_id)
+    opened = await auth_admin.logins(person.user_id)
     again = await _challenge(auth_client, person)
     reused = await _verify(auth_client, again["mfa_token"], codes[0])
     assert (reused.status_code, error_of(reused)) == (401, "invalid_code"), "a code worked twice"
-    assert await _opened(auth_admin, person.user_id) == opened
+    assert await auth_admin.logins(person.user_id) == opened
 
 
 async def test_sms_code_of_one_user_does_not_open_another_account(
@@ -319,10 +310,10 @@ async def test_sms_code_of_one_user_does_not_open_another_account(
 
     code = re.findall(r"\b\d{6}\b", (await eventually(delivered, timeout=10))[0])[0]
 
-    bob_before = await _opened(auth_admin, bob.user_id)
+    bob_before = await auth_admin.logins(bob.user_id)
     stolen = await _verify(auth_client, bob_challenge["mfa_token"], code)
     assert (stolen.status_code, error_of(stolen)) == (401, "invalid_code")
-    assert await _opened(auth_admin, bob.user_id) == bob_before, "alice's SMS code signed bob in"
+    assert await auth_admin.logins(bob.user_id) == bob_before, "alice's SMS code signed bob in"
     assert _sms_to(fake_sms, "+15555550102") == []
     # Bob's attempt did not spend it: it is still alice's, for alice's challenge.
     mine = Tokens.of(await _verify(auth_client, alice_challenge["mfa_token"], code))
@@ -371,11 +362,11 @@ async def test_brute_forcing_the_code_locks_the_account(
         )
     # SUT notes: the failure that fills the budget still answers 401; later attempts 423.
     assert statuses == [401] * 5, statuses
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
 
     right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     assert (right.status_code, error_of(right)) == (423, "account_locked")
-    assert await _opened(auth_admin, person.user_id) == before, "the right code got in anyway"
+    assert await auth_admin.logins(person.user_id) == before, "the right code got in anyway"
     assert 0 < int(right.headers["Retry-After"]) <= 900
     password = await password_login(auth_client, person.email, person.password)
     assert (password.status_code, error_of(password)) == (423, "account_locked")
@@ -461,7 +452,7 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
     code = enrolled.next_code()
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, c["mfa_token"], code) for c in challenges)
@@ -470,7 +461,7 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
     assert {error_of(r) for r in responses if r.status_code == 401} == {"code_reused"}
     winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
-    assert await _opened(auth_admin, person.user_id) == [*before, winner.session_id]
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
 
 
 async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
@@ -481,7 +472,7 @@ async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, c["mfa_token"], enrolled.backup_codes[0]) for c in challenges)
@@ -490,7 +481,7 @@ async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
     assert {error_of(r) for r in responses if r.status_code == 401} == {"invalid_code"}
     winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
-    assert await _opened(auth_admin, person.user_id) == [*before, winner.session_id]
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
     spent = await auth_db.fetchval(
         "SELECT count(*) FROM mfa_backup_codes WHERE user_id = $1 AND used_at IS NOT NULL",
         uuid.UUID(person.user_id),
@@ -506,7 +497,7 @@ async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     """The mfa_token is single use even when two valid codes arrive together."""
     enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, challenge["mfa_token"], c) for c in enrolled.backup_codes[:3])
@@ -515,7 +506,7 @@ async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
     assert {error_of(r) for r in responses if r.status_code == 401} == {"invalid_mfa_token"}
     winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
-    assert await _opened(auth_admin, person.user_id) == [*before, winner.session_id]
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
 
 
 async def test_an_sms_provider_failure_is_reported_and_the_challenge_survives(
@@ -592,7 +583,7 @@ async def test_the_totp_window_is_one_step_either_side(
     the next 30 s step are accepted, two steps away they are wrong codes."""
     enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
     step = await _well_inside_a_time_step()
 
     response = await _verify(
@@ -602,10 +593,10 @@ async def test_the_totp_window_is_one_step_either_side(
     if accepted:
         tokens = Tokens.of(response)
         assert (await me(auth_client, tokens.access)).json()["user_id"] == person.user_id
-        assert await _opened(auth_admin, person.user_id) == [*before, tokens.session_id]
+        assert await auth_admin.logins(person.user_id) == [*before, tokens.session_id]
     else:
         assert (response.status_code, error_of(response)) == (401, "invalid_code")
-        assert await _opened(auth_admin, person.user_id) == before, "a session was opened"
+        assert await auth_admin.logins(person.user_id) == before, "a session was opened"
         right = await _verify(
             auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=step * 30)
         )
@@ -617,7 +608,7 @@ async def test_a_code_of_a_step_before_the_last_accepted_one_is_reused(
 ) -> None:
     """Within the window, but older than a code already accepted: never again."""
     enrolled = await enroll_totp(auth_client, person)
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
     step = await _well_inside_a_time_step()
     current = await _verify(
         auth_client,
@@ -633,7 +624,7 @@ async def test_a_code_of_a_step_before_the_last_accepted_one_is_reused(
     )
 
     assert (older.status_code, error_of(older)) == (401, "code_reused")
-    assert await _opened(auth_admin, person.user_id) == [*before, Tokens.of(current).session_id]
+    assert await auth_admin.logins(person.user_id) == [*before, Tokens.of(current).session_id]
 
 
 async def _sms_codes(fake_sms: FakeSms, count: int) -> list[str]:
@@ -655,7 +646,7 @@ async def test_a_new_sms_replaces_the_previous_code(
 ) -> None:
     await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
-    before = await _opened(auth_admin, person.user_id)
+    before = await auth_admin.logins(person.user_id)
     for _ in range(2):
         sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
         assert sent.status_code == 202, sent.text
@@ -666,7 +657,7 @@ async def test_a_new_sms_replaces_the_previous_code(
     stale = await _verify(auth_client, challenge["mfa_token"], first)
 
     assert (stale.status_code, error_of(stale)) == (401, "invalid_code")
-    assert await _opened(auth_admin, person.user_id) == before
+    assert await auth_admin.logins(person.user_id) == before
     fresh = Tokens.of(await _verify(auth_client, challenge["mfa_token"], second))
     assert (await me(auth_client, fresh.access)).json()["user_id"] == person.user_id
 
@@ -689,7 +680,7 @@ async def test_an_sms_code_expires_after_its_ttl(
     person = await create_password_user(admin, phone=PHONE)
     enrolled = await enroll_totp(short_sms_client, person)
     challenge = await _challenge(short_sms_client, person)
-    before = await _opened(admin, person.user_id)
+    before = await admin.logins(person.user_id)
     sent = await short_sms_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
     assert sent.status_code == 202, sent.text
     (code,) = await _sms_codes(fake_sms, 1)
@@ -708,7 +699,7 @@ async def test_an_sms_code_expires_after_its_ttl(
 
     late = await _verify(short_sms_client, challenge["mfa_token"], code)
     assert (late.status_code, error_of(late)) == (401, "invalid_code")
-    assert await _opened(admin, person.user_id) == before
+    assert await admin.logins(person.user_id) == before
     # The challenge lives on: another factor finishes the login.
     done = await _verify(short_sms_client, challenge["mfa_token"], enrolled.backup_codes[0])
     assert done.status_code == 200, done.text
