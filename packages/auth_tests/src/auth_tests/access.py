@@ -33,8 +33,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }  # CONTRACT3 "Roles -> permissions (fixed, in code)"
 
 
-def _succeeded(response: httpx.Response, *codes: int) -> None:
-    assert response.status_code in (codes or (200, 201, 204)), (
+def _succeeded(response: httpx.Response, status: int) -> None:
+    """The one success status the contract names (CONTRACT3 notes: PUT 200, DELETE 204)."""
+    assert response.status_code == status, (
         f"{response.request.method} {response.request.url.path}: "
         f"{response.status_code} {response.text}"
     )
@@ -68,19 +69,19 @@ class AccessAdmin:
 
     async def delete_team(self, team_id: str) -> None:
         response = await self.client.delete(f"/admin/teams/{team_id}", headers=self.headers)
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def set_member(self, team_id: str, user_id: str, role: str) -> None:
         response = await self.client.put(
             f"/admin/teams/{team_id}/members/{user_id}", json={"role": role}, headers=self.headers
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def remove_member(self, team_id: str, user_id: str) -> None:
         response = await self.client.delete(
             f"/admin/teams/{team_id}/members/{user_id}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def grant_team(self, team_id: str, permission: str, effect: str = "allow") -> None:
         response = await self.client.put(
@@ -88,13 +89,13 @@ class AccessAdmin:
             json={"effect": effect},
             headers=self.headers,
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def drop_team_grant(self, team_id: str, permission: str) -> None:
         response = await self.client.delete(
             f"/admin/teams/{team_id}/grants/{permission}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def grant_user(self, user_id: str, permission: str, effect: str = "allow") -> None:
         response = await self.client.put(
@@ -102,13 +103,13 @@ class AccessAdmin:
             json={"effect": effect},
             headers=self.headers,
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def drop_user_grant(self, user_id: str, permission: str) -> None:
         response = await self.client.delete(
             f"/admin/users/{user_id}/grants/{permission}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def permissions(self, user_id: str) -> list[str]:
         response = await self.client.get(
@@ -143,7 +144,7 @@ async def context_token(client: httpx.AsyncClient, tokens: Tokens, audience: str
     response = await client.post(
         "/auth/context-token", json={"audience": audience}, headers=tokens.bearer
     )
-    assert response.status_code in (200, 201), response.text
+    assert response.status_code == 200, response.text
     token: str = response.json()["context_token"]
     return token
 

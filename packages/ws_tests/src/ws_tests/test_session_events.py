@@ -131,7 +131,7 @@ async def _grant(auth_admin: AuthAdmin, user_id: str, permission: str, effect: s
         json={"effect": effect},
         headers=auth_admin.headers,
     )
-    assert response.status_code in (200, 201, 204), response.text
+    assert response.status_code == 200, response.text  # CONTRACT3 notes: PUT grant -> 200
 
 
 @pytest.mark.L2
