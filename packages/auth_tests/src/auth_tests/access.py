@@ -67,6 +67,18 @@ class AccessAdmin:
         team: dict[str, Any] = response.json()
         return team
 
+    async def update_team(self, team_id: str, **fields: str | None) -> httpx.Response:
+        """PATCH /admin/teams/{id} with `fields` (e.g. `parent_id=...`; None clears one):
+        the response, which may be a refusal (409 `cycle`)."""
+        return await self.client.patch(f"/admin/teams/{team_id}", json=fields, headers=self.headers)
+
+    async def team(self, team_id: str) -> dict[str, Any]:
+        """GET /admin/teams/{id}: the team with its members, grants and children."""
+        response = await self.client.get(f"/admin/teams/{team_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        team: dict[str, Any] = response.json()
+        return team
+
     async def delete_team(self, team_id: str) -> None:
         response = await self.client.delete(f"/admin/teams/{team_id}", headers=self.headers)
         _succeeded(response, 204)
