@@ -338,6 +338,7 @@ async def test_client_credentials_sent_two_ways_at_once_are_refused(
     )
 
     assert (response.status_code, error_of(response)) == (400, "invalid_request")
+    assert await _session_count(auth_client, key_user) == 0
 
 
 @pytest.mark.L2
