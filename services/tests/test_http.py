@@ -36,6 +36,10 @@ def _app() -> FastAPI:
     async def token(request: Request) -> dict[str, str]:
         return {"token": bearer_token(request)}
 
+    @app.get("/expired")
+    async def expired() -> None:
+        raise ApiError(401, "token_expired", "token rejected: exp")
+
     @app.get("/teapot")
     async def teapot() -> None:
         raise ApiError(418, "teapot", "short and stout", headers={"X-Why": "tea"})
@@ -138,14 +142,33 @@ async def test_bearer_token(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
-    [None, "", "Bearer", "Bearer ", "Basic abc", "abc", "Bearer " + "x" * MAX_AUTHORIZATION_LENGTH],
+    ("header", "challenge"),
+    [
+        # RFC 6750 section 3.1: no credentials, or another scheme: no error code.
+        (None, 'Bearer realm="apex"'),
+        ("", 'Bearer realm="apex"'),
+        ("Basic abc", 'Bearer realm="apex"'),
+        ("abc", 'Bearer realm="apex"'),
+        # A Bearer credential that is refused.
+        ("Bearer", 'Bearer realm="apex", error="invalid_token"'),
+        ("Bearer ", 'Bearer realm="apex", error="invalid_token"'),
+        ("Bearer " + "x" * MAX_AUTHORIZATION_LENGTH, 'Bearer realm="apex", error="invalid_token"'),
+    ],
 )
-async def test_bad_authorization_headers(client: httpx.AsyncClient, header: str | None) -> None:
+async def test_bad_authorization_headers(
+    client: httpx.AsyncClient, header: str | None, challenge: str
+) -> None:
     headers = {"Authorization": header} if header is not None else {}
     response = await client.get("/token", headers=headers)
     await _error(response, 401, "invalid_token")
-    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert response.headers["www-authenticate"] == challenge
+
+
+async def test_every_other_401_challenges_a_refused_credential(client: httpx.AsyncClient) -> None:
+    """The JSON body names the specific reason; the challenge speaks RFC 6750."""
+    response = await client.get("/expired")
+    await _error(response, 401, "token_expired")
+    assert response.headers["www-authenticate"] == 'Bearer realm="apex", error="invalid_token"'
 
 
 async def test_api_error_keeps_status_code_and_headers(client: httpx.AsyncClient) -> None:

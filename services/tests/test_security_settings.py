@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert settings.mfa_token_attempts == 5
     assert settings.mfa_sms_per_token == 3
     assert settings.mfa_sms_per_user == RateLimit(count=10, window=3600)
+    assert settings.mfa_sms_code_ttl == 300
     assert settings.password_forgot_per_email == RateLimit(count=3, window=3600)
     assert settings.password_forgot_per_ip == RateLimit(count=30, window=3600)
     assert settings.idp_trusted_domains == frozenset()
@@ -26,6 +27,7 @@ def test_values() -> None:
             "APEX_MFA_TOKEN_ATTEMPTS": "3",
             "APEX_MFA_SMS_PER_TOKEN": "2",
             "APEX_MFA_SMS_PER_USER": "4/60",
+            "APEX_MFA_SMS_CODE_TTL": "30",
             "APEX_PASSWORD_FORGOT_PER_EMAIL": "1/60",
             "APEX_PASSWORD_FORGOT_PER_IP": "9/60",
             "APEX_IDP_TRUSTED_DOMAINS": " Example.com, corp.example.org ,",
@@ -35,6 +37,7 @@ def test_values() -> None:
     assert settings.mfa_lockout == RateLimit(count=6, window=600)
     assert (settings.mfa_token_attempts, settings.mfa_sms_per_token) == (3, 2)
     assert settings.mfa_sms_per_user == RateLimit(count=4, window=60)
+    assert settings.mfa_sms_code_ttl == 30
     assert settings.password_forgot_per_email == RateLimit(count=1, window=60)
     assert settings.password_forgot_per_ip == RateLimit(count=9, window=60)
     assert settings.idp_trusted_domains == {"example.com", "corp.example.org"}
@@ -50,6 +53,8 @@ def test_values() -> None:
         ("APEX_PASSWORD_FORGOT_PER_IP", "5/0"),
         ("APEX_MFA_TOKEN_ATTEMPTS", "0"),
         ("APEX_MFA_SMS_PER_TOKEN", "three"),
+        ("APEX_MFA_SMS_CODE_TTL", "0"),
+        ("APEX_MFA_SMS_CODE_TTL", "1.5"),
         ("APEX_IDP_TRUSTED_DOMAINS", "*.example.com"),
         ("APEX_SAML_TRUSTED_DOMAINS", "user@example.com"),
         ("APEX_IDP_TRUSTED_DOMAINS", "localhost"),

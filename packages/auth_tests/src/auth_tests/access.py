@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from auth_tests.client import AuthAdmin, Tokens
+from auth_tests.client import AuthAdmin, KeyUser, Tokens
 
 __all__ = [
     "ROLE_PERMISSIONS",
@@ -33,8 +33,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }  # CONTRACT3 "Roles -> permissions (fixed, in code)"
 
 
-def _succeeded(response: httpx.Response, *codes: int) -> None:
-    assert response.status_code in (codes or (200, 201, 204)), (
+def _succeeded(response: httpx.Response, status: int) -> None:
+    """The one success status the contract names (CONTRACT3 notes: PUT 200, DELETE 204)."""
+    assert response.status_code == status, (
         f"{response.request.method} {response.request.url.path}: "
         f"{response.status_code} {response.text}"
     )
@@ -66,21 +67,33 @@ class AccessAdmin:
         team: dict[str, Any] = response.json()
         return team
 
+    async def update_team(self, team_id: str, **fields: str | None) -> httpx.Response:
+        """PATCH /admin/teams/{id} with `fields` (e.g. `parent_id=...`; None clears one):
+        the response, which may be a refusal (409 `cycle`)."""
+        return await self.client.patch(f"/admin/teams/{team_id}", json=fields, headers=self.headers)
+
+    async def team(self, team_id: str) -> dict[str, Any]:
+        """GET /admin/teams/{id}: the team with its members, grants and children."""
+        response = await self.client.get(f"/admin/teams/{team_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        team: dict[str, Any] = response.json()
+        return team
+
     async def delete_team(self, team_id: str) -> None:
         response = await self.client.delete(f"/admin/teams/{team_id}", headers=self.headers)
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def set_member(self, team_id: str, user_id: str, role: str) -> None:
         response = await self.client.put(
             f"/admin/teams/{team_id}/members/{user_id}", json={"role": role}, headers=self.headers
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def remove_member(self, team_id: str, user_id: str) -> None:
         response = await self.client.delete(
             f"/admin/teams/{team_id}/members/{user_id}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def grant_team(self, team_id: str, permission: str, effect: str = "allow") -> None:
         response = await self.client.put(
@@ -88,13 +101,13 @@ class AccessAdmin:
             json={"effect": effect},
             headers=self.headers,
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def drop_team_grant(self, team_id: str, permission: str) -> None:
         response = await self.client.delete(
             f"/admin/teams/{team_id}/grants/{permission}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def grant_user(self, user_id: str, permission: str, effect: str = "allow") -> None:
         response = await self.client.put(
@@ -102,13 +115,13 @@ class AccessAdmin:
             json={"effect": effect},
             headers=self.headers,
         )
-        _succeeded(response)
+        _succeeded(response, 200)
 
     async def drop_user_grant(self, user_id: str, permission: str) -> None:
         response = await self.client.delete(
             f"/admin/users/{user_id}/grants/{permission}", headers=self.headers
         )
-        _succeeded(response, 200, 204)
+        _succeeded(response, 204)
 
     async def permissions(self, user_id: str) -> list[str]:
         response = await self.client.get(
@@ -143,14 +156,18 @@ async def context_token(client: httpx.AsyncClient, tokens: Tokens, audience: str
     response = await client.post(
         "/auth/context-token", json={"audience": audience}, headers=tokens.bearer
     )
-    assert response.status_code in (200, 201), response.text
+    assert response.status_code == 200, response.text
     token: str = response.json()["context_token"]
     return token
 
 
-async def introspect(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
-    """POST /auth/context-token/introspect (RFC 7662 style): {"active": bool, ...claims}."""
-    response = await client.post("/auth/context-token/introspect", json={"token": token})
+async def introspect(client: httpx.AsyncClient, token: str, *, caller: KeyUser) -> dict[str, Any]:
+    """POST /auth/context-token/introspect (RFC 7662): {"active": bool, ...claims}, asked as
+    a downstream service does: the form `token=...`, authenticated with the client
+    credentials of `caller`'s API key (HTTP Basic)."""
+    response = await client.post(
+        "/auth/context-token/introspect", data={"token": token}, auth=caller.client_credentials
+    )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     assert isinstance(body.get("active"), bool), response.text

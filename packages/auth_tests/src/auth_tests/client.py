@@ -8,6 +8,7 @@ helper works at L2, L3 and L4: it uses only the public HTTP API.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ __all__ = [
     "JwksVerifier",
     "KeyUser",
     "Tokens",
+    "challenges",
     "error_of",
     "exchange",
     "login",
     "me",
     "me_status",
+    "platform_transport",
 ]
 
 
@@ -41,6 +44,12 @@ class KeyUser:
     @property
     def user_id(self) -> str:
         return str(self.user["id"])
+
+    @property
+    def client_credentials(self) -> tuple[str, str]:
+        """The key as OAuth 2.0 client credentials (RFC 6749 section 2.3.1): the client_id
+        is the key's id, the client_secret the key as it was shown."""
+        return self.key_id, self.api_key
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,15 @@ class AuthAdmin:
         events: list[dict[str, Any]] = response.json()["events"]
         return events
 
+    async def logins(self, user_id: str) -> list[str]:
+        """The sessions the user's interactive logins opened (password, OIDC, SAML, 2FA),
+        oldest first: the audit trail's `login.succeeded` events. A refused login adds none."""
+        return [
+            str(e["detail"]["session_id"])
+            for e in await self.audit(user_id)
+            if e["action"] == "login.succeeded"
+        ]
+
 
 async def exchange(
     client: httpx.AsyncClient, api_key: str, ttl: int | None = None
@@ -175,6 +193,37 @@ def error_of(response: httpx.Response) -> str:
     return code
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# One item of a WWW-Authenticate value (RFC 7235 section 4.1): an auth-param or a scheme.
+_CHALLENGE_ITEM = re.compile(
+    rf'\s*(?:(?P<name>{_TOKEN})\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|{_TOKEN})'
+    rf"|(?P<scheme>{_TOKEN}))\s*,?"
+)
+
+
+def challenges(response: httpx.Response) -> dict[str, dict[str, str]]:
+    """The challenges of a response's WWW-Authenticate fields (RFC 7235): auth scheme (lower
+    case) -> its parameters (names lower case, quoted values unquoted)."""
+    found: dict[str, dict[str, str]] = {}
+    for field in response.headers.get_list("www-authenticate"):
+        params: dict[str, str] | None = None
+        position = 0
+        while position < len(field):
+            match = _CHALLENGE_ITEM.match(field, position)
+            assert match is not None, f"unparsable: {field!r}"
+            assert match.end() > position, f"unparsable: {field!r}"
+            position = match.end()
+            if match["scheme"] is not None:
+                params = found.setdefault(match["scheme"].lower(), {})
+                continue
+            assert params is not None, f"a parameter before any scheme: {field!r}"
+            value = match["value"]
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[match["name"].lower()] = value
+    return found
+
+
 async def me(client: httpx.AsyncClient, access: str) -> httpx.Response:
     """GET /me with a bearer access token."""
     return await client.get("/me", headers={"Authorization": f"Bearer {access}"})
@@ -184,6 +233,32 @@ async def me_status(client: httpx.AsyncClient, access: str) -> tuple[int, str | 
     """(status, error code or None) of GET /me with this access token."""
     response = await me(client, access)
     return response.status_code, (None if response.status_code == 200 else error_of(response))
+
+
+class _Through(httpx.AsyncBaseTransport):
+    """Sends every request through an existing client of the platform."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._client.send(request)
+        content = await response.aread()
+        # The body is decoded already: drop what described its encoding on the wire.
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=content)
+
+
+def platform_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+    """A transport that reaches the platform the way `client` does (in-process at L2, over a
+    socket at L3/L4), so a third-party client library built on httpx (authlib) can be
+    pointed at it: `AsyncOAuth2Client(..., transport=platform_transport(auth_client),
+    base_url=auth_client.base_url)`."""
+    return _Through(client)
 
 
 class JwksVerifier:

@@ -78,6 +78,13 @@ async def key_user(auth_admin: AuthAdmin) -> KeyUser:
 
 
 @pytest.fixture
+async def resource_server(auth_admin: AuthAdmin) -> KeyUser:
+    """A downstream service's API key: its client credentials authenticate it to
+    introspection (RFC 7662 section 2.1)."""
+    return await auth_admin.key_user(scopes=())
+
+
+@pytest.fixture
 async def auth_db(postgres_database: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the database behind apex.auth (L2/L3 only: a deployment's is not ours)."""
     conn = await asyncpg.connect(postgres_database)

@@ -161,17 +161,24 @@ async def oidc_authorize(location: str) -> dict[str, str]:
     return query_of(back)
 
 
-async def oidc_callback(client: httpx.AsyncClient, code: str, state: str) -> httpx.Response:
+async def oidc_callback(
+    client: httpx.AsyncClient, code: str | None, state: str | None, **params: str
+) -> httpx.Response:
     """GET /auth/oidc/callback from the browser `client` is: with the cookies it holds.
 
-    The platform binds the login to the browser with a `Secure` cookie; a browser sends it
-    to a secure context (https, or localhost), httpx only over https, so at L2/L3 (plain
-    http on loopback) the browser's cookies are sent explicitly."""
+    `code` and `state` (left out when None) and any other query parameters the IdP sends
+    back (`error="access_denied"`). The platform binds the login to the browser with a
+    `Secure` cookie; a browser sends it to a secure context (https, or localhost), httpx
+    only over https, so at L2/L3 (plain http on loopback) the browser's cookies are sent
+    explicitly."""
     cookies = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
     headers = {"Cookie": cookies} if cookies else {}
-    return await client.get(
-        "/auth/oidc/callback", params={"code": code, "state": state}, headers=headers
-    )
+    query = {
+        name: value
+        for name, value in {"code": code, "state": state, **params}.items()
+        if value is not None
+    }
+    return await client.get("/auth/oidc/callback", params=query, headers=headers)
 
 
 async def oidc_login(

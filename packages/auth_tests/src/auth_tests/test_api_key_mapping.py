@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from auth_tests.client import AuthAdmin, KeyUser, error_of, exchange, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, exchange, login
 
 BVJ = pytest.mark.bvj(
     segment="mid", goal="Automation: service accounts authenticate with API keys", mrr=8000,
@@ -99,6 +99,7 @@ def _wrong_secret(key: KeyUser) -> str:
 )
 async def test_bad_keys_are_rejected(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     key_user: KeyUser,
     make_bad_key: Callable[[KeyUser], str],
 ) -> None:
@@ -108,6 +109,13 @@ async def test_bad_keys_are_rejected(
     assert error_of(response) == "invalid_api_key"
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert "access_token" not in response.json()
+    # Nothing was opened with the key, nor recorded as a use of it.
+    assert (await auth_admin.api_key(key_user.key_id))["last_used_at"] is None
+    actions = [e["action"] for e in await auth_admin.audit(key_user.key_id)]
+    assert "api_key.used" not in actions
+    tokens = await login(auth_client, key_user.api_key)
+    listed = (await auth_client.get("/sessions", headers=tokens.bearer)).json()["sessions"]
+    assert [s["session_id"] for s in listed] == [tokens.session_id], "a bad key opened one"
 
 
 @pytest.mark.L2
@@ -122,15 +130,21 @@ async def test_oversized_and_non_json_bodies_are_client_errors(
         content=b"api_key=x",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
+    as_text = await auth_client.post(
+        "/auth/token", content=b"api_key=x", headers={"Content-Type": "text/plain"}
+    )
     broken = await auth_client.post(
         "/auth/token", content=b"{", headers={"Content-Type": "application/json"}
     )
     as_number = await auth_client.post("/auth/token", json={"api_key": 12})
 
-    assert too_long.status_code in (401, 422), too_long.text
-    assert as_form.status_code == 415, as_form.text
-    assert broken.status_code in (400, 422), broken.text
-    assert as_number.status_code == 422, as_number.text
+    assert (too_long.status_code, error_of(too_long)) == (422, "invalid_request")
+    # A form is an OAuth 2.0 token request (test_client_credentials.py): this one names no
+    # grant_type (RFC 6749 section 5.2).
+    assert (as_form.status_code, error_of(as_form)) == (400, "invalid_request")
+    assert (as_text.status_code, error_of(as_text)) == (415, "unsupported_media_type")
+    assert (broken.status_code, error_of(broken)) == (400, "malformed_json")
+    assert (as_number.status_code, error_of(as_number)) == (422, "invalid_request")
 
 
 @pytest.mark.L2
@@ -167,11 +181,18 @@ async def test_revoking_one_key_leaves_the_users_other_keys_working(
 ) -> None:
     other = await auth_admin.create_api_key(key_user.user_id)
     other_tokens = await login(auth_client, other["api_key"])
+    doomed = await login(auth_client, key_user.api_key)
 
     await auth_admin.revoke_api_key(key_user.key_id)
 
-    assert (await auth_client.get("/me", headers=other_tokens.bearer)).status_code == 200
-    assert (await exchange(auth_client, other["api_key"])).status_code == 200
+    me = await auth_client.get("/me", headers=other_tokens.bearer)
+    assert me.status_code == 200, me.text
+    assert (me.json()["user_id"], me.json()["api_key_id"]) == (key_user.user_id, other["id"])
+    again = await login(auth_client, other["api_key"])
+    listed = (await auth_client.get("/sessions", headers=again.bearer)).json()["sessions"]
+    assert doomed.session_id not in {s["session_id"] for s in listed}
+    assert {s["api_key_id"] for s in listed} == {other["id"]}
+    assert (await auth_admin.api_key(other["id"]))["revoked_at"] is None
 
 
 @pytest.mark.L2
@@ -225,16 +246,21 @@ async def test_keys_are_stored_hashed_never_in_clear(
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
-async def test_admin_api_needs_the_admin_token(auth_client: httpx.AsyncClient) -> None:
-    no_token = await auth_client.post(
-        "/admin/users", json={"email": "x@tests.apex.invalid", "tier": "free"}
-    )
+async def test_admin_api_needs_the_admin_token(
+    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
+) -> None:
+    """SUT notes: a missing or wrong admin token is a 401 `invalid_token`."""
+    body = {"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": "free"}
+    no_token = await auth_client.post("/admin/users", json=body)
     wrong = await auth_client.post(
-        "/admin/users", json={"email": "x@tests.apex.invalid", "tier": "free"},
-        headers={"Authorization": "Bearer not-the-admin-token"},
-    )  # fmt: skip
-    assert no_token.status_code in (401, 403)
-    assert wrong.status_code in (401, 403)
+        "/admin/users", json=body, headers={"Authorization": "Bearer not-the-admin-token"}
+    )
+
+    assert (no_token.status_code, error_of(no_token)) == (401, "invalid_token")
+    assert (wrong.status_code, error_of(wrong)) == (401, "invalid_token")
+    # Nobody was created: the address is still free for the real admin.
+    created = await auth_client.post("/admin/users", json=body, headers=auth_admin.headers)
+    assert created.status_code == 201, created.text
 
 
 @pytest.mark.L2
@@ -276,6 +302,14 @@ async def test_concurrent_burst_gets_exactly_the_limit(
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(200) == 10, statuses
     assert statuses.count(429) == 20, statuses
+    # Exactly the accepted ones opened a session and count as uses.
+    opened = {Tokens.of(r).session_id for r in responses if r.status_code == 200}
+    some = next(Tokens.of(r) for r in responses if r.status_code == 200)
+    listed = (await auth_client.get("/sessions", headers=some.bearer)).json()["sessions"]
+    assert {s["session_id"] for s in listed} == opened
+    events = await auth_admin.audit(free.key_id)
+    assert sum(e["action"] == "api_key.used" for e in events) == 10
+    assert sum(e["detail"].get("reason") == "rate_limited" for e in events) == 20
 
 
 @pytest.mark.L2

@@ -24,7 +24,7 @@ from auth_tests.access import (
     is_allowed,
     my_permissions,
 )
-from auth_tests.client import AuthAdmin, Tokens, error_of, exchange, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, exchange, login
 from auth_tests.events import AuthEvents
 
 ALL_COMPONENTS = pytest.mark.bvj(
@@ -76,7 +76,10 @@ async def _every_door(
 @pytest.mark.L4
 @ALL_COMPONENTS
 async def test_key_to_token_to_permissions_to_context_then_revocation_closes_every_door(
-    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, access_admin: AccessAdmin
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    access_admin: AccessAdmin,
+    resource_server: KeyUser,
 ) -> None:
     tenant = str(uuid.uuid4())
     owner = await auth_admin.key_user(tier="enterprise", tenant_id=tenant)
@@ -100,7 +103,7 @@ async def test_key_to_token_to_permissions_to_context_then_revocation_closes_eve
         tokens.session_id,
     )
     assert claims["perms"] == sorted(ROLE_PERMISSIONS["admin"])
-    assert (await introspect(auth_client, downstream))["active"] is True
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is True
     assert all(status < 400 for status, _ in (await _every_door(auth_client, tokens)).values())
 
     # The refresh above rotated the pair; take a fresh session to revoke.
@@ -112,7 +115,7 @@ async def test_key_to_token_to_permissions_to_context_then_revocation_closes_eve
     for door, (status, code) in doors.items():
         assert status == 401, f"{door} still open after the key was revoked: {status} {code}"
     assert doors["me"] == (401, "session_revoked")
-    assert (await introspect(auth_client, downstream))["active"] is False
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is False
     again = await exchange(auth_client, owner.api_key)
     assert (again.status_code, error_of(again)) == (401, "invalid_api_key")
     actions = [e["action"] for e in await auth_admin.audit(owner.key_id)]
@@ -125,7 +128,10 @@ async def test_key_to_token_to_permissions_to_context_then_revocation_closes_eve
 @pytest.mark.L4
 @ALL_COMPONENTS
 async def test_a_logout_closes_every_door_of_that_session_only(
-    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, access_admin: AccessAdmin
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    access_admin: AccessAdmin,
+    resource_server: KeyUser,
 ) -> None:
     owner = await auth_admin.key_user()
     team = await access_admin.create_team()
@@ -138,7 +144,7 @@ async def test_a_logout_closes_every_door_of_that_session_only(
 
     for door, (status, _) in (await _every_door(auth_client, gone)).items():
         assert status == 401, f"{door} open after logout"
-    assert (await introspect(auth_client, downstream))["active"] is False
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is False
     assert await is_allowed(auth_client, kept, "agents:run"), "the other session was touched"
 
 

@@ -1,6 +1,6 @@
 """001#6 Concurrent login sessions: one user on several devices, per-tier device limits (a login
-over the limit evicts the OLDEST session, audited `session.revoked` reason `device_limit`),
-listing and revoking devices.
+over the limit evicts the OLDEST session, audited `session.revoked` reason `device_limit`;
+however many logins race, exactly the limit stays alive), listing and revoking devices.
 
 A "device" is a session: every login (API key exchange, password, OIDC, SAML) makes one.
 The WebSocket multiplexing of several devices belongs to the gateway's tests.
@@ -18,6 +18,7 @@ import pytest
 
 from apex_testkit import FakeIdp, Platform
 from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
+from auth_tests.faults import redis_fault
 from auth_tests.flows import PasswordUser, create_password_user, oidc_login, password_login
 
 BVJ = pytest.mark.bvj(
@@ -218,7 +219,8 @@ async def test_concurrent_logins_never_exceed_the_limit(
     limited_client: httpx.AsyncClient,
     admin_token: str,
 ) -> None:
-    """Six devices sign in at the same moment: a race must not leave more than the limit."""
+    """Six devices sign in at the same moment: exactly the limit stays alive (never more,
+    never fewer: the eviction is one atomic step, issue 10)."""
     admin = AuthAdmin(limited_client, admin_token)
     person = await create_password_user(admin, tier="pro")
 
@@ -232,6 +234,82 @@ async def test_concurrent_logins_never_exceed_the_limit(
     assert {s["session_id"] for s in listed} == survivors
     revoked = _revocations(await admin.audit(person.user_id), "device_limit")
     assert sorted(revoked) == sorted(evicted), "each eviction audited exactly once"
+
+
+@pytest.fixture
+async def limited_instances(
+    clean_platform: Platform,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two apex.auth instances with the small device limits, on the same servers, whose
+    lockout admits many sign-ins at once (so that they race)."""
+    settings = {"APEX_DEVICE_LIMITS": SMALL_LIMITS, "APEX_LOGIN_LOCKOUT": "100/900"}
+    async with (
+        clean_platform.client("auth", instance=0, **settings) as first,
+        clean_platform.client("auth", instance=1, **settings) as second,
+    ):
+        yield first, second
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_concurrent_logins_through_two_instances_leave_exactly_the_limit(
+    limited_instances: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    admin_token: str,
+) -> None:
+    """The contract (services/docs/contract-identity.md, issue 10): after any number of
+    concurrent logins exactly the tier's limit of sessions is alive, never fewer, never
+    more, and each eviction is audited once. Rounds of ten devices signing in at once,
+    half through each instance, pro tier (limit 3)."""
+    first, second = limited_instances
+    admin = AuthAdmin(first, admin_token)
+    person = await create_password_user(admin, tier="pro")
+    everyone: list[Tokens] = []
+
+    for round_ in range(3):
+        devices = await asyncio.gather(
+            *(_device(first if n % 2 else second, person) for n in range(10))
+        )
+        everyone.extend(devices)
+
+        alive = await _alive(first, everyone)
+        assert alive.count(True) == 3, f"round {round_}: {alive}"
+        survivors = {d.session_id for d, ok in zip(everyone, alive, strict=True) if ok}
+        listed = await _sessions(second, everyone[alive.index(True)])
+        assert {s["session_id"] for s in listed} == survivors
+        evicted = [d.session_id for d, ok in zip(everyone, alive, strict=True) if not ok]
+        revoked = _revocations(await admin.audit(person.user_id), "device_limit")
+        assert sorted(revoked) == sorted(evicted), f"round {round_}: each eviction audited once"
+
+
+@pytest.mark.L3
+async def test_concurrent_logins_over_a_slow_redis_leave_exactly_the_limit(
+    clean_platform: Platform, admin_token: str
+) -> None:
+    """The same contract with the race window wide open: every Redis round trip of the
+    instance takes 200 ms more (a fault proxy), so each login's session exists well before
+    that login looks at the user's other sessions."""
+    async with redis_fault(
+        clean_platform,
+        instance=2,
+        APEX_DEVICE_LIMITS=SMALL_LIMITS,
+        APEX_LOGIN_LOCKOUT="100/900",
+    ) as fault:
+        admin = AuthAdmin(fault.client, admin_token)
+        person = await create_password_user(admin, tier="pro")
+        everyone: list[Tokens] = []
+
+        for round_ in range(4):
+            fault.proxy.latency(100)
+            everyone.extend(
+                await asyncio.gather(*(_device(fault.client, person) for _ in range(10)))
+            )
+            fault.proxy.clear()
+
+            alive = await _alive(fault.client, everyone)
+            assert alive.count(True) == 3, f"round {round_}: {alive}"
+            evicted = [d.session_id for d, ok in zip(everyone, alive, strict=True) if not ok]
+            revoked = _revocations(await admin.audit(person.user_id), "device_limit")
+            assert sorted(revoked) == sorted(evicted), "each eviction audited exactly once"
 
 
 @pytest.mark.L2

@@ -408,14 +408,132 @@ async def test_team_admin_api_refuses_bad_input_without_a_500(
     assert (await status("PUT", f"/admin/teams/{ghost}/members/{user['id']}", {"role": "member"}))[
         0
     ] == 404
-    assert (await status("POST", "/admin/teams", {"name": "x", "parent_id": ghost}))[0] in (
+    assert await status("POST", "/admin/teams", {"name": "x", "parent_id": ghost}) == (
         404,
-        422,
+        "not_found",
     )
     assert (await status("GET", f"/admin/users/{ghost}/permissions"))[0] == 404
     assert (await status("POST", "/admin/teams", {}))[0] == 422
     # Nothing of the above changed the user's permissions.
     assert await access_admin.permissions(user["id"]) == []
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@INHERITANCE
+@CACHE
+async def test_moving_a_team_under_another_parent_changes_what_its_members_inherit(
+    auth_client: httpx.AsyncClient,
+    other_instance: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    access_admin: AccessAdmin,
+    auth_events: AuthEvents,
+    redis_namespace: RedisNamespace,
+) -> None:
+    """CONTRACT3 notes: `PATCH /admin/teams/{id} {parent_id}` re-parents a team (null makes
+    it a root); the members of the team and of its subteams inherit from the new ancestors
+    only, on the next request through any instance: their caches are dropped and the
+    change is announced."""
+    org_a, org_b = await access_admin.create_team(), await access_admin.create_team()
+    await access_admin.grant_team(org_a["id"], "audit:read")
+    await access_admin.grant_team(org_b["id"], "reports:export")
+    squad = await access_admin.create_team(parent_id=org_a["id"])
+    pod = await access_admin.create_team(parent_id=squad["id"])
+    lead, lead_tokens = await _signed_in(auth_client, auth_admin)
+    dev, dev_tokens = await _signed_in(auth_client, auth_admin)
+    await access_admin.set_member(squad["id"], lead.user_id, "member")
+    await access_admin.set_member(pod["id"], dev.user_id, "member")
+    for client in (auth_client, other_instance):  # both instances' caches are warm
+        for tokens in (lead_tokens, dev_tokens):
+            assert await is_allowed(client, tokens, "audit:read")
+            assert not await is_allowed(client, tokens, "reports:export")
+    await auth_events.forget()
+
+    moved = await access_admin.update_team(squad["id"], parent_id=org_b["id"])
+
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["parent_id"] == org_b["id"]
+    assert squad["id"] in (await access_admin.team(org_b["id"]))["children"]
+    assert squad["id"] not in (await access_admin.team(org_a["id"]))["children"]
+    redis = redis_namespace.client()
+    try:
+        for user in (lead, dev):
+            assert redis.exists(f"{redis_namespace.prefix}perm:{user.user_id}") == 0, user
+    finally:
+        redis.close()
+    await auth_events.wait_for(
+        lambda e: (
+            e.get("type") == "permissions.changed"
+            and {lead.user_id, dev.user_id} <= set(e.get("user_ids") or [])
+        )
+    )
+    for tokens in (lead_tokens, dev_tokens):
+        assert not await is_allowed(auth_client, tokens, "audit:read"), "the old parent's grant"
+        assert await is_allowed(auth_client, tokens, "reports:export"), "the new parent's grant"
+
+    async def moved_everywhere() -> bool:
+        """The other instance drops its memory when the event reaches it (pub/sub)."""
+        for tokens in (lead_tokens, dev_tokens):
+            if await is_allowed(other_instance, tokens, "audit:read"):
+                return False
+            assert await is_allowed(other_instance, tokens, "reports:export")
+        return True
+
+    # Far below the caches' 300 s TTL: only the invalidation can make it in time.
+    await eventually(moved_everywhere, timeout=30, message="the other instance to see the move")
+
+    rooted = await access_admin.update_team(squad["id"], parent_id=None)
+
+    assert (rooted.status_code, rooted.json()["parent_id"]) == (200, None)
+    assert await my_permissions(auth_client, dev_tokens) == MEMBER, "nothing inherited at a root"
+
+    async def rooted_everywhere() -> bool:
+        return await my_permissions(other_instance, dev_tokens) == MEMBER
+
+    await eventually(rooted_everywhere, timeout=30, message="the other instance to see the root")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@INHERITANCE
+async def test_a_move_that_would_make_a_cycle_is_refused_and_changes_nothing(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    access_admin: AccessAdmin,
+    auth_events: AuthEvents,
+) -> None:
+    """CONTRACT3 notes: a team cannot become its own parent or the child of one of its
+    descendants (409 `cycle`); an unknown parent is a 404. Refused moves change no team,
+    no permission and announce nothing."""
+    org = await access_admin.create_team()
+    await access_admin.grant_team(org["id"], "audit:read")
+    squad = await access_admin.create_team(parent_id=org["id"])
+    pod = await access_admin.create_team(parent_id=squad["id"])
+    user, tokens = await _signed_in(auth_client, auth_admin)
+    await access_admin.set_member(pod["id"], user.user_id, "member")
+    before = await my_permissions(auth_client, tokens)
+    assert "audit:read" in before
+    await auth_events.forget()
+
+    refusals = [
+        (await access_admin.update_team(org["id"], parent_id=pod["id"]), (409, "cycle")),
+        (await access_admin.update_team(squad["id"], parent_id=squad["id"]), (409, "cycle")),
+        (
+            await access_admin.update_team(squad["id"], parent_id=str(uuid.uuid4())),
+            (404, "not_found"),
+        ),
+    ]
+
+    for response, answer in refusals:
+        assert (response.status_code, error_of(response)) == answer, response.text
+    assert (await access_admin.team(org["id"]))["parent_id"] is None
+    assert (await access_admin.team(squad["id"]))["parent_id"] == org["id"]
+    assert (await access_admin.team(pod["id"]))["parent_id"] == squad["id"]
+    assert await my_permissions(auth_client, tokens) == before
+    events = await auth_events.drain()
+    assert not [e for e in events if e.get("type") == "permissions.changed"], events
+    updates = [e for e in await auth_admin.audit(org["id"]) if e["action"] == "team.updated"]
+    assert updates == [], "a refused move was audited as an update"
 
 
 # --- 001#12 auth cache invalidation ---------------------------------------------------

@@ -11,8 +11,6 @@ The limits are set per test (L2/L3): short windows so that sliding can be watche
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -125,7 +123,7 @@ async def test_every_authenticated_route_draws_on_the_same_budget(
         ]
         for n, (method, path, body) in enumerate(calls):
             response = await client.request(method, path, json=body, headers=tokens.bearer)
-            assert response.status_code in (200, 201), f"{path}: {response.text}"
+            assert response.status_code == 200, f"{path}: {response.text}"
             assert response.headers["X-RateLimit-Limit"] == "5", path
             assert _remaining(response) == 4 - n, f"{path} did not count"
 
@@ -234,7 +232,6 @@ async def test_requests_are_allowed_again_once_the_window_has_slid(
 ) -> None:
     async with _limited(clean_platform, SHORT) as client:
         _, tokens = await _user(client, admin_token, "free")
-        started = time.monotonic()
         for _ in range(5):
             assert (await client.get("/me", headers=tokens.bearer)).status_code == 200
         _assert_refused(
@@ -251,44 +248,6 @@ async def test_requests_are_allowed_again_once_the_window_has_slid(
             message="a request to be accepted after the window slid",
         )  # fmt: skip
         assert again is not None
-        waited = time.monotonic() - started
-        print(f"accepted again {waited:.2f} s after the first request (window {SHORT_WINDOW} s)")
-        assert waited >= SHORT_WINDOW - 0.1, f"budget back after {waited:.2f} s < the window"
         assert again.headers["X-RateLimit-Limit"] == "5"
-
-
-@pytest.mark.L2
-@pytest.mark.L3
-@pytest.mark.slow
-@WINDOWS
-async def test_no_window_ever_holds_more_than_the_limit(
-    clean_platform: Platform, admin_token: str
-) -> None:
-    """Hammer for two and a half windows. A sliding window lets requests through again as
-    old ones slide out, but no span of one window length ever holds more than the limit
-    (a fixed window would let 2x the limit through around each boundary)."""
-    limit, window, duration = 5, SHORT_WINDOW, SHORT_WINDOW * 2.5
-    async with _limited(clean_platform, SHORT) as client:
-        _, tokens = await _user(client, admin_token, "free")
-        accepted: list[tuple[float, float]] = []  # (sent, answered) of each accepted request
-        statuses: set[int] = set()
-        end = time.monotonic() + duration
-        while time.monotonic() < end:
-            sent = time.monotonic()
-            response = await client.get("/me", headers=tokens.bearer)
-            statuses.add(response.status_code)
-            if response.status_code == 200:
-                accepted.append((sent, time.monotonic()))
-
-    assert statuses <= {200, 429}, statuses
-    assert len(accepted) >= 2 * limit, (
-        f"only {len(accepted)} accepted in {duration} s: the window never slid "
-        "(do refused requests keep it full?)"
-    )
-    assert len(accepted) <= math.ceil(duration / window + 1) * limit
-    for first, later in zip(accepted, accepted[limit:], strict=False):
-        # The server counted `first` no later than first[1] and `later` no earlier than
-        # later[0]; a sliding window needs them at least one window apart.
-        assert later[1] - first[0] >= window - 0.05, (
-            f"{limit + 1} requests accepted within {later[1] - first[0]:.3f} s < {window} s"
-        )
+        # How soon the budget comes back, and that no window ever holds more than the
+        # limit, are measured by test_rate_limit_bench.py (marker perf): wall clocks.

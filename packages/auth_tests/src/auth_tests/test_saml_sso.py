@@ -176,9 +176,9 @@ async def test_signature_wrapping_never_logs_the_attacker_in(
     auth_db: asyncpg.Connection,
     signed: str,
 ) -> None:
-    """An unsigned assertion for the attacker placed next to a genuinely signed one. Either
-    the response is refused, or only the signed (genuine) assertion is used: never the
-    attacker's."""
+    """An unsigned assertion for the attacker placed next to a genuinely signed one: refused
+    (SUT notes: "expected exactly one Assertion", where wrapping attempts land), and
+    nobody is provisioned, neither the attacker nor the victim."""
     victim = _email()
     saml_response = fake_saml_idp.response_for(
         await _start(auth_client), victim, victim, signed=signed, tamper="wrapping"
@@ -186,12 +186,8 @@ async def test_signature_wrapping_never_logs_the_attacker_in(
 
     response = await _acs(auth_client, saml_response)
 
-    assert await _user_ids(auth_db, WRAPPING_EMAIL) == [], "the attacker's assertion was used"
-    if response.status_code == 200:
-        profile = (await me(auth_client, Tokens.of(response).access)).json()
-        assert profile["email"] == victim
-    else:
-        assert (response.status_code, error_of(response)) == (401, "invalid_saml")
+    assert (response.status_code, error_of(response)) == (401, "invalid_saml")
+    assert await _user_ids(auth_db, WRAPPING_EMAIL, victim) == [], "an assertion was used"
 
 
 async def test_an_unsolicited_response_is_refused(
@@ -212,32 +208,42 @@ async def test_an_unsolicited_response_is_refused(
 @pytest.mark.L4
 async def test_a_replayed_response_is_refused(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
     email = _email()
     saml_response = fake_saml_idp.response_for(await _start(auth_client), email, email)
     first = await _acs(auth_client, saml_response)
-    assert first.status_code == 200, first.text
+    user_id = first.json()["user_id"]
+    assert await auth_admin.logins(user_id) == [Tokens.of(first).session_id]
 
     replay = await _acs(auth_client, saml_response)
 
     assert (replay.status_code, error_of(replay)) == (401, "saml_replay")
+    assert await auth_admin.logins(user_id) == [Tokens.of(first).session_id], "a second session"
 
 
 @pytest.mark.L4
 async def test_two_pending_logins_complete_in_any_order_and_only_once(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
-    """Two pending requests: each response is tied to its own (InResponseTo), and after both
-    are used neither works again."""
+    """Two pending requests: each response is tied to its own (InResponseTo) and signs in
+    its own user, and after both are used neither works again."""
     a, b = _email(), _email()
     first = fake_saml_idp.response_for(await _start(auth_client), a, a)
     second = fake_saml_idp.response_for(await _start(auth_client), b, b)
 
-    assert (await _acs(auth_client, second)).status_code == 200
-    assert (await _acs(auth_client, first)).status_code == 200
-    assert (await _acs(auth_client, first)).status_code == 401
+    as_b = Tokens.of(await _acs(auth_client, second))
+    as_a = Tokens.of(await _acs(auth_client, first))
+    again = await _acs(auth_client, first)
+
+    assert (await me(auth_client, as_b.access)).json()["email"] == b
+    assert (await me(auth_client, as_a.access)).json()["email"] == a
+    assert (again.status_code, error_of(again)) == (401, "saml_replay")
+    user_a = (await me(auth_client, as_a.access)).json()["user_id"]
+    assert await auth_admin.logins(user_a) == [as_a.session_id], "the replay opened a session"
 
 
 _XXE = """<?xml version="1.0"?>
@@ -268,11 +274,12 @@ async def test_hostile_or_garbage_input_is_a_clean_401(
     fake_saml_idp: FakeSamlIdp,
     payload: str,
 ) -> None:
+    """SUT notes: no SAMLResponse is a 400 `invalid_request`; anything else that is not a
+    valid response is a 401 `invalid_saml` naming what failed."""
     response = await _acs(auth_client, payload)
 
-    assert response.status_code in (400, 401, 422), response.text
-    if response.status_code == 401:
-        assert error_of(response) == "invalid_saml"
+    expected = (400, "invalid_request") if payload == "" else (401, "invalid_saml")
+    assert (response.status_code, error_of(response)) == expected, response.text
     assert "root:" not in response.text, "an external entity was resolved"
 
 
@@ -318,6 +325,41 @@ async def test_jit_provisioning_creates_once_and_links_existing_users(
     )
     assert linked.json()["user_id"] == existing["id"]
     assert (await me(auth_client, Tokens.of(linked).access)).json()["tier"] == "enterprise"
+
+
+async def test_a_returning_user_whose_email_changed_is_the_same_user(
+    auth_client: httpx.AsyncClient,
+    trusting_auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    fake_saml_idp: FakeSamlIdp,
+    auth_db: asyncpg.Connection,
+) -> None:
+    """The NameID, not the address, identifies the IdP user: a changed address signs in
+    the same account, which keeps its address (the IdP never changes an account, CONTRACT3
+    notes), and makes no new one. Even when the new address is another account's in a
+    domain the IdP is trusted for, the linked identity wins: that account is untouched."""
+    name_id, original, renamed = f"emp-{uuid.uuid4().hex}", _email(), _email()
+    first = await _browser_login(auth_client, fake_saml_idp, name_id, original, [])
+    user_id = first.json()["user_id"]
+
+    again = await _browser_login(auth_client, fake_saml_idp, name_id, renamed, [])
+
+    assert again.json()["user_id"] == user_id
+    profile = (await me(auth_client, Tokens.of(again).access)).json()
+    assert (profile["user_id"], profile["email"]) == (user_id, original)
+    assert await _user_ids(auth_db, renamed) == [], "the new address made an account"
+
+    colleague = await auth_admin.create_user()
+    taken = await _browser_login(
+        trusting_auth_client, fake_saml_idp, name_id, colleague["email"], []
+    )
+
+    assert taken.json()["user_id"] == user_id, "the address took the login to another account"
+    assert await auth_admin.logins(colleague["id"]) == []
+    linked = [
+        e for e in await auth_admin.audit(colleague["id"]) if e["action"] == "identity.linked"
+    ]
+    assert linked == [], "the colleague's account was linked to the IdP identity"
 
 
 async def test_saml_groups_become_team_memberships_and_relogin_syncs_them(
@@ -394,6 +436,7 @@ async def test_an_assertion_signed_by_another_key_is_refused(
 
 async def test_a_response_replayed_through_another_instance_is_refused(
     clean_platform: Platform,
+    admin_token: str,
     fake_saml_idp: FakeSamlIdp,
 ) -> None:
     """The seen-assertion record is shared: a second instance refuses the replay too."""
@@ -403,11 +446,14 @@ async def test_a_response_replayed_through_another_instance_is_refused(
         clean_platform.client("auth", instance=1) as second,
     ):
         saml_response = fake_saml_idp.response_for(await _start(first), email, email)
-        assert (await _acs(first, saml_response)).status_code == 200
+        accepted = await _acs(first, saml_response)
+        session = Tokens.of(accepted).session_id
 
         replay = await _acs(second, saml_response)
 
-    assert (replay.status_code, error_of(replay)) == (401, "saml_replay")
+        assert (replay.status_code, error_of(replay)) == (401, "saml_replay")
+        logins = await AuthAdmin(second, admin_token).logins(accepted.json()["user_id"])
+        assert logins == [session], "the replay opened a session"
 
 
 async def test_a_saml_user_with_2fa_gets_a_second_factor_challenge(

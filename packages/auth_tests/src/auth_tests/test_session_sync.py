@@ -129,6 +129,7 @@ async def test_ending_a_session_on_one_instance_ends_it_everywhere_at_once(
     other_instance: httpx.AsyncClient,
     key_user: KeyUser,
     redis_namespace: RedisNamespace,
+    resource_server: KeyUser,
 ) -> None:
     doomed = await login(auth_client, key_user.api_key)
     keeper = await login(other_instance, key_user.api_key)
@@ -154,7 +155,7 @@ async def test_ending_a_session_on_one_instance_ends_it_everywhere_at_once(
         )
     refresh = await auth_client.post("/auth/refresh", json={"refresh_token": doomed.refresh})
     assert refresh.status_code == 401
-    assert (await introspect(auth_client, downstream))["active"] is False
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is False
     assert [s["session_id"] for s in await _sessions(auth_client, keeper)] == [keeper.session_id]
     redis = redis_namespace.client()
     assert redis.exists(f"{redis_namespace.prefix}sess:{doomed.session_id}") == 0

@@ -10,12 +10,17 @@ reuse, which revokes the whole session (a stolen refresh token must not survive 
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import httpx
+import jwt
 import pytest
 
 from apex_testkit import Platform, eventually
-from auth_tests.client import KeyUser, Tokens, error_of, login, me_status
+from auth_tests.access import context_token, introspect
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login, me, me_status
+from auth_tests.events import AuthEvents
+from auth_tests.flows import bearer_login, create_password_user
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Seamless UX: no failed requests while tokens rotate", mrr=7000,
@@ -155,10 +160,61 @@ async def test_logout_during_in_flight_requests_stops_later_ones(
     )
 
     assert logout.status_code == 204, "the access token is valid while a refresh runs"
-    assert refresh.status_code in (200, 401), refresh.text
+    # A genuine race: either may win. If the logout did, the refresh finds no session.
+    if refresh.status_code != 200:
+        assert (refresh.status_code, error_of(refresh)) == (401, "invalid_refresh_token")
     assert await me_status(auth_client, tokens.access) == (401, "session_revoked")
     if refresh.status_code == 200:
         # The refresh won the race; the logout still ends the session it renewed.
         survivor = Tokens.of(refresh)
         assert await me_status(auth_client, survivor.access) == (401, "session_revoked")
         assert (await _refresh(auth_client, survivor.refresh)).status_code == 401
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_refreshing_one_session_leaves_the_users_other_live_session_alone(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    resource_server: KeyUser,
+    auth_events: AuthEvents,
+) -> None:
+    """One user, two devices signed in with a password: the laptop's session is in use (its
+    requests and a downstream service's context token) while the phone refreshes, twice,
+    and then replays a rotated refresh token. The laptop's session never notices: its
+    tokens, its refresh and its context token keep working, and nothing ends it."""
+    person = await create_password_user(auth_admin)
+    laptop = await bearer_login(auth_client, person)
+    phone = await bearer_login(auth_client, person)
+    downstream = await context_token(auth_client, laptop, "agents")
+    await auth_events.forget()
+
+    answers = await asyncio.gather(
+        _refresh(auth_client, phone.refresh),
+        *(me_status(auth_client, laptop.access) for _ in range(4)),
+    )
+    renewed = Tokens.of(cast(httpx.Response, answers[0]))
+    again = Tokens.of(await _refresh(auth_client, renewed.refresh))
+
+    assert answers[1:] == [(200, None)] * 4
+    for tokens in (renewed, again):
+        assert tokens.session_id == phone.session_id
+        claims = jwt.decode(tokens.access, options={"verify_signature": False})
+        assert (claims["sid"], claims["sub"]) == (phone.session_id, person.user_id)
+    profile = (await me(auth_client, laptop.access)).json()
+    assert profile["session_id"] == laptop.session_id
+    listed = (await auth_client.get("/sessions", headers=again.bearer)).json()["sessions"]
+    assert {s["session_id"] for s in listed} == {laptop.session_id, phone.session_id}
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is True
+
+    replayed = await _refresh(auth_client, phone.refresh)
+
+    assert (replayed.status_code, error_of(replayed)) == (401, "refresh_reused")
+    assert await me_status(auth_client, again.access) == (401, "session_revoked")
+    assert await me_status(auth_client, laptop.access) == (200, None), "the other device ended"
+    assert (await introspect(auth_client, downstream, caller=resource_server))["active"] is True
+    events = await auth_events.drain()
+    ended = {e.get("session_id") for e in events if e.get("type") == "session.revoked"}
+    assert ended == {phone.session_id}, events
+    refreshed = Tokens.of(await _refresh(auth_client, laptop.refresh))
+    assert refreshed.session_id == laptop.session_id

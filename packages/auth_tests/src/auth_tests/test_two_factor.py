@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from apex_testkit import FakeSms, Platform, eventually
+from apex_testkit import FakeSms, Platform, RedisNamespace, eventually
 from auth_tests.client import AuthAdmin, Tokens, error_of, me, me_status
 from auth_tests.flows import (
     Enrolled,
@@ -124,6 +124,7 @@ async def test_totp_setup_confirm_then_login_needs_the_second_factor(
 async def test_a_wrong_confirmation_code_does_not_enable_2fa(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
+    auth_db: asyncpg.Connection,
 ) -> None:
     tokens = await bearer_login(auth_client, person)
     secret = (await auth_client.post("/me/2fa/totp", headers=tokens.bearer)).json()["secret"]
@@ -133,44 +134,57 @@ async def test_a_wrong_confirmation_code_does_not_enable_2fa(
         "/me/2fa/totp/confirm", json={"code": wrong}, headers=tokens.bearer
     )
 
-    assert confirm.status_code in (400, 401, 422), confirm.text
+    assert (confirm.status_code, error_of(confirm)) == (400, "invalid_code")
     login = await password_login(auth_client, person.email, person.password)
     assert "access_token" in login.json(), "2FA enabled by a wrong code"
+    codes = await auth_db.fetchval(
+        "SELECT count(*) FROM mfa_backup_codes WHERE user_id = $1", uuid.UUID(person.user_id)
+    )
+    assert codes == 0, "backup codes were issued for a refused confirmation"
 
 
 @pytest.mark.L4
 async def test_the_same_totp_code_twice_is_refused_as_reused(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     code = enrolled.next_code()
     first = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
-    assert first.status_code == 200, first.text
+    opened = await auth_admin.logins(person.user_id)
+    assert opened[-1] == Tokens.of(first).session_id
 
     replay = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], code)
 
     assert (replay.status_code, error_of(replay)) == (401, "code_reused")
+    assert await auth_admin.logins(person.user_id) == opened, "the replay opened a session"
 
 
 @pytest.mark.L4
 async def test_a_wrong_code_is_refused_and_the_challenge_survives(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
+    before = await auth_admin.logins(person.user_id)
 
     wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
     assert (wrong.status_code, error_of(wrong)) == (401, "invalid_code")
+    assert await auth_admin.logins(person.user_id) == before, "a wrong code opened a session"
 
     right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     assert right.status_code == 200, "a typo must not burn the challenge"
+    profile = (await me(auth_client, Tokens.of(right).access)).json()
+    assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
 
 
 @pytest.mark.L4
 async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
@@ -178,12 +192,14 @@ async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
     assert (
         await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     ).status_code == 200
+    opened = await auth_admin.logins(person.user_id)
 
     again = await _verify(auth_client, challenge["mfa_token"], enrolled.backup_codes[0])
     forged = await _verify(auth_client, "x" * 43, enrolled.backup_codes[0])
 
-    assert again.status_code == 401, "a used mfa_token gave a second session"
-    assert forged.status_code == 401
+    assert (again.status_code, error_of(again)) == (401, "invalid_mfa_token")
+    assert (forged.status_code, error_of(forged)) == (401, "invalid_mfa_token")
+    assert await auth_admin.logins(person.user_id) == opened, "a second session was opened"
     # Neither attempt spent the backup code.
     fresh = await _challenge(auth_client, person)
     assert (
@@ -194,6 +210,7 @@ async def test_an_mfa_token_is_single_use_and_cannot_be_forged(
 @pytest.mark.L4
 async def test_backup_codes_work_once_each(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
@@ -202,12 +219,15 @@ async def test_backup_codes_work_once_each(
     used = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
     assert used.status_code == 200, used.text
     profile = (await me(auth_client, Tokens.of(used).access)).json()
-    assert profile["mfa"] is True
+    assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
+    opened = await auth_admin.logins(person.user_id)
 
     reused = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], first)
     assert (reused.status_code, error_of(reused)) == (401, "invalid_code")
+    assert await auth_admin.logins(person.user_id) == opened, "a spent code opened a session"
     other = await _verify(auth_client, (await _challenge(auth_client, person))["mfa_token"], second)
     assert other.status_code == 200, "using one backup code must not spend the others"
+    assert (await me(auth_client, Tokens.of(other).access)).json()["user_id"] == person.user_id
 
 
 async def test_backup_codes_are_stored_hashed_and_marked_used(
@@ -248,6 +268,7 @@ def _sms_to(fake_sms: FakeSms, phone: str) -> list[str]:
 @pytest.mark.L4
 async def test_sms_fallback_sends_a_single_use_code(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
     fake_sms: FakeSms,
 ) -> None:
@@ -267,11 +288,14 @@ async def test_sms_fallback_sends_a_single_use_code(
     assert len(codes) == 1, bodies[0]
     verified = await _verify(auth_client, challenge["mfa_token"], codes[0])
     tokens = Tokens.of(verified)
-    assert (await me(auth_client, tokens.access)).json()["mfa"] is True
+    profile = (await me(auth_client, tokens.access)).json()
+    assert (profile["user_id"], profile["mfa"]) == (person.user_id, True)
 
+    opened = await auth_admin.logins(person.user_id)
     again = await _challenge(auth_client, person)
     reused = await _verify(auth_client, again["mfa_token"], codes[0])
-    assert reused.status_code == 401, "an SMS code worked twice"
+    assert (reused.status_code, error_of(reused)) == (401, "invalid_code"), "a code worked twice"
+    assert await auth_admin.logins(person.user_id) == opened
 
 
 @pytest.mark.L4
@@ -294,9 +318,14 @@ async def test_sms_code_of_one_user_does_not_open_another_account(
 
     code = re.findall(r"\b\d{6}\b", (await eventually(delivered, timeout=10))[0])[0]
 
+    bob_before = await auth_admin.logins(bob.user_id)
     stolen = await _verify(auth_client, bob_challenge["mfa_token"], code)
-    assert stolen.status_code == 401, "alice's SMS code signed bob in"
+    assert (stolen.status_code, error_of(stolen)) == (401, "invalid_code")
+    assert await auth_admin.logins(bob.user_id) == bob_before, "alice's SMS code signed bob in"
     assert _sms_to(fake_sms, "+15555550102") == []
+    # Bob's attempt did not spend it: it is still alice's, for alice's challenge.
+    mine = Tokens.of(await _verify(auth_client, alice_challenge["mfa_token"], code))
+    assert (await me(auth_client, mine.access)).json()["user_id"] == alice.user_id
 
 
 @pytest.mark.L4
@@ -319,12 +348,14 @@ async def test_sms_without_a_phone_is_a_conflict(
 @pytest.mark.parametrize("phone", ["5555550123", "+1 555 555 0123", "phone", "+" + "1" * 20])
 @pytest.mark.L4
 async def test_phone_numbers_must_be_e164(auth_admin: AuthAdmin, phone: str) -> None:
-    response = await auth_admin.client.post(
-        "/admin/users",
-        json={"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": "pro", "phone": phone},
-        headers=auth_admin.headers,
+    body = {"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": "pro", "phone": phone}
+    response = await auth_admin.client.post("/admin/users", json=body, headers=auth_admin.headers)
+    assert (response.status_code, error_of(response)) == (422, "invalid_request")
+    # Nobody was created: the address is still free.
+    fixed = await auth_admin.client.post(
+        "/admin/users", json={**body, "phone": PHONE}, headers=auth_admin.headers
     )
-    assert response.status_code == 422, response.text
+    assert fixed.status_code == 201, fixed.text
 
 
 @pytest.mark.L4
@@ -342,11 +373,13 @@ async def test_brute_forcing_the_code_locks_the_account(
         statuses.append(
             (await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())).status_code
         )
-    assert statuses[:4] == [401] * 4, statuses
-    assert statuses[4] in (401, 423), statuses
+    # SUT notes: the failure that fills the budget still answers 401; later attempts 423.
+    assert statuses == [401] * 5, statuses
+    before = await auth_admin.logins(person.user_id)
 
     right = await _verify(auth_client, challenge["mfa_token"], enrolled.next_code())
     assert (right.status_code, error_of(right)) == (423, "account_locked")
+    assert await auth_admin.logins(person.user_id) == before, "the right code got in anyway"
     assert 0 < int(right.headers["Retry-After"]) <= 900
     password = await password_login(auth_client, person.email, person.password)
     assert (password.status_code, error_of(password)) == (423, "account_locked")
@@ -369,7 +402,7 @@ async def test_password_and_code_failures_count_together(
         ).status_code == 401
     for _ in range(2):
         wrong = await _verify(auth_client, challenge["mfa_token"], enrolled.wrong_code())
-        assert wrong.status_code in (401, 423)
+        assert (wrong.status_code, error_of(wrong)) == (401, "invalid_code")
 
     locked = await password_login(auth_client, person.email, person.password)
     assert (locked.status_code, error_of(locked)) == (423, "account_locked")
@@ -391,6 +424,7 @@ async def test_unknown_email_and_wrong_password_look_the_same(
 async def test_disabling_2fa_needs_a_valid_code(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
+    auth_db: asyncpg.Connection,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     tokens = Tokens.of(
@@ -404,7 +438,7 @@ async def test_disabling_2fa_needs_a_valid_code(
     refused = await auth_client.request(
         "DELETE", "/me/2fa", json={"code": enrolled.wrong_code()}, headers=tokens.bearer
     )
-    assert refused.status_code in (400, 401), refused.text
+    assert (refused.status_code, error_of(refused)) == (400, "invalid_code")
     assert (await password_login(auth_client, person.email, person.password)).json().get(
         "mfa_required"
     ) is True
@@ -412,7 +446,14 @@ async def test_disabling_2fa_needs_a_valid_code(
     done = await auth_client.request(
         "DELETE", "/me/2fa", json={"code": enrolled.next_code()}, headers=tokens.bearer
     )
-    assert done.status_code in (200, 204), done.text
+    assert done.status_code == 204, done.text
+    row = await auth_db.fetchrow(
+        "SELECT totp_enabled, totp_secret, "
+        "(SELECT count(*) FROM mfa_backup_codes b WHERE b.user_id = u.id) AS codes "
+        "FROM users u WHERE id = $1",
+        uuid.UUID(person.user_id),
+    )
+    assert (row["totp_enabled"], row["totp_secret"], row["codes"]) == (False, None, 0)
     plain = Tokens.of(await password_login(auth_client, person.email, person.password))
     assert await me_status(auth_client, plain.access) == (200, None)
     assert (await me(auth_client, plain.access)).json()["mfa"] is False
@@ -421,12 +462,14 @@ async def test_disabling_2fa_needs_a_valid_code(
 @pytest.mark.L4
 async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     """A phished code used by the attacker and the user at the same moment: only one wins."""
     enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
     code = enrolled.next_code()
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, c["mfa_token"], code) for c in challenges)
@@ -434,37 +477,55 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
 
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
     assert {error_of(r) for r in responses if r.status_code == 401} == {"code_reused"}
+    winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
 
 
 @pytest.mark.L4
 async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
+    auth_db: asyncpg.Connection,
 ) -> None:
     enrolled = await enroll_totp(auth_client, person)
     challenges = [await _challenge(auth_client, person) for _ in range(3)]
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, c["mfa_token"], enrolled.backup_codes[0]) for c in challenges)
     )
 
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
+    assert {error_of(r) for r in responses if r.status_code == 401} == {"invalid_code"}
+    winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
+    spent = await auth_db.fetchval(
+        "SELECT count(*) FROM mfa_backup_codes WHERE user_id = $1 AND used_at IS NOT NULL",
+        uuid.UUID(person.user_id),
+    )
+    assert spent == 1, "the raced code was spent once, no other code with it"
 
 
 @pytest.mark.L4
 async def test_one_challenge_raced_with_two_good_codes_opens_one_session(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
 ) -> None:
     """The mfa_token is single use even when two valid codes arrive together."""
     enrolled = await enroll_totp(auth_client, person)
     challenge = await _challenge(auth_client, person)
+    before = await auth_admin.logins(person.user_id)
 
     responses = await asyncio.gather(
         *(_verify(auth_client, challenge["mfa_token"], c) for c in enrolled.backup_codes[:3])
     )
 
     assert sorted(r.status_code for r in responses) == [200, 401, 401]
+    assert {error_of(r) for r in responses if r.status_code == 401} == {"invalid_mfa_token"}
+    winner = next(Tokens.of(r) for r in responses if r.status_code == 200)
+    assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
 
 
 @pytest.mark.L4
@@ -513,3 +574,154 @@ async def test_the_lockout_follows_its_settings_and_ends_after_its_window(
         return response.status_code == 200
 
     await eventually(unlocked, timeout=15, message="the 2 s lockout to end")
+
+
+# -- sub-scenarios: TOTP window edges, SMS code expiry and replacement (issue 10) -------------
+
+
+async def _well_inside_a_time_step() -> int:
+    """The current TOTP step, once at least 5 s of it are left: a code computed now for a
+    step relative to it reaches the platform within the same step."""
+
+    async def settled() -> int | None:
+        now = time.time()
+        return int(now // 30) if now % 30 < 25 else None
+
+    step = await eventually(settled, timeout=10, interval=0.2, message="a fresh TOTP step")
+    assert step is not None  # eventually returns only a truthy value
+    return step
+
+
+@pytest.mark.parametrize(("steps", "accepted"), [(-2, False), (-1, True), (1, True), (2, False)])
+async def test_the_totp_window_is_one_step_either_side(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+    steps: int,
+    accepted: bool,
+) -> None:
+    """CONTRACT3: a current TOTP code with valid_window=1: the codes of the previous and of
+    the next 30 s step are accepted, two steps away they are wrong codes."""
+    enrolled = await enroll_totp(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    before = await auth_admin.logins(person.user_id)
+    step = await _well_inside_a_time_step()
+
+    response = await _verify(
+        auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=(step + steps) * 30)
+    )
+
+    if accepted:
+        tokens = Tokens.of(response)
+        assert (await me(auth_client, tokens.access)).json()["user_id"] == person.user_id
+        assert await auth_admin.logins(person.user_id) == [*before, tokens.session_id]
+    else:
+        assert (response.status_code, error_of(response)) == (401, "invalid_code")
+        assert await auth_admin.logins(person.user_id) == before, "a session was opened"
+        right = await _verify(
+            auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=step * 30)
+        )
+        assert right.status_code == 200, "the refused code burnt the challenge"
+
+
+async def test_a_code_of_a_step_before_the_last_accepted_one_is_reused(
+    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, person: PasswordUser
+) -> None:
+    """Within the window, but older than a code already accepted: never again."""
+    enrolled = await enroll_totp(auth_client, person)
+    before = await auth_admin.logins(person.user_id)
+    step = await _well_inside_a_time_step()
+    current = await _verify(
+        auth_client,
+        (await _challenge(auth_client, person))["mfa_token"],
+        totp_code(enrolled.secret, at=step * 30),
+    )
+    assert current.status_code == 200, current.text
+
+    older = await _verify(
+        auth_client,
+        (await _challenge(auth_client, person))["mfa_token"],
+        totp_code(enrolled.secret, at=(step - 1) * 30),
+    )
+
+    assert (older.status_code, error_of(older)) == (401, "code_reused")
+    assert await auth_admin.logins(person.user_id) == [*before, Tokens.of(current).session_id]
+
+
+async def _sms_codes(fake_sms: FakeSms, count: int) -> list[str]:
+    """The codes of the first `count` SMS to PHONE, once they arrived."""
+
+    async def delivered() -> list[str] | None:
+        bodies = _sms_to(fake_sms, PHONE)
+        return bodies if len(bodies) >= count else None
+
+    bodies = await eventually(delivered, timeout=10, message=f"{count} SMS to {PHONE}")
+    assert bodies is not None  # eventually returns only a truthy value
+    return [re.findall(r"\b\d{6}\b", body)[0] for body in bodies[:count]]
+
+
+async def test_a_new_sms_replaces_the_previous_code(
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+    fake_sms: FakeSms,
+) -> None:
+    await enroll_totp(auth_client, person)
+    challenge = await _challenge(auth_client, person)
+    before = await auth_admin.logins(person.user_id)
+    for _ in range(2):
+        sent = await auth_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+        assert sent.status_code == 202, sent.text
+    first, second = await _sms_codes(fake_sms, 2)
+    if first == second:
+        pytest.skip("the two random codes happen to be equal (one in a million)")
+
+    stale = await _verify(auth_client, challenge["mfa_token"], first)
+
+    assert (stale.status_code, error_of(stale)) == (401, "invalid_code")
+    assert await auth_admin.logins(person.user_id) == before
+    fresh = Tokens.of(await _verify(auth_client, challenge["mfa_token"], second))
+    assert (await me(auth_client, fresh.access)).json()["user_id"] == person.user_id
+
+
+@pytest.fixture
+async def short_sms_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """apex.auth whose SMS codes live one second (APEX_MFA_SMS_CODE_TTL)."""
+    async with clean_platform.client("auth", APEX_MFA_SMS_CODE_TTL="1") as client:
+        yield client
+
+
+@pytest.mark.slow
+async def test_an_sms_code_expires_after_its_ttl(
+    short_sms_client: httpx.AsyncClient,
+    admin_token: str,
+    fake_sms: FakeSms,
+    redis_namespace: RedisNamespace,
+) -> None:
+    admin = AuthAdmin(short_sms_client, admin_token)
+    person = await create_password_user(admin, phone=PHONE)
+    enrolled = await enroll_totp(short_sms_client, person)
+    challenge = await _challenge(short_sms_client, person)
+    before = await admin.logins(person.user_id)
+    sent = await short_sms_client.post("/auth/mfa/sms", json={"mfa_token": challenge["mfa_token"]})
+    assert sent.status_code == 202, sent.text
+    (code,) = await _sms_codes(fake_sms, 1)
+    # SUT notes: the code's hash lives in `mfa_sms:<sha256(mfa_token)>` for its TTL.
+    digest = hashlib.sha256(challenge["mfa_token"].encode()).hexdigest()
+    stored = f"{redis_namespace.prefix}mfa_sms:{digest}"
+    redis = redis_namespace.client()
+
+    async def expired() -> bool:
+        return redis.exists(stored) == 0
+
+    try:
+        await eventually(expired, timeout=10, message="the 1 s SMS code to expire")
+    finally:
+        redis.close()
+
+    late = await _verify(short_sms_client, challenge["mfa_token"], code)
+    assert (late.status_code, error_of(late)) == (401, "invalid_code")
+    assert await admin.logins(person.user_id) == before
+    # The challenge lives on: another factor finishes the login.
+    done = await _verify(short_sms_client, challenge["mfa_token"], enrolled.backup_codes[0])
+    assert done.status_code == 200, done.text

@@ -1,4 +1,5 @@
-"""The caller's side of apex.auth: token exchange, refresh, logout, ``/me``, sessions."""
+"""The caller's side of apex.auth: refresh, logout, ``/me``, sessions (the token exchange
+is apex.auth.oauth's)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from apex.auth import audit, keys, logins
 from apex.auth.context import AuthContext, Principal, authenticated, get_context
+from apex.auth.oauth import token_pair
 from apex.auth.resilience import REDIS_DOWN
 from apex.auth.sessions import is_session_id, parse_refresh_token
 from apex.common.http import ApiError, require_json_body
@@ -30,83 +31,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TokenRequest(_Body):
-    api_key: str = Field(max_length=256)
-    # Strict: "60" or true are mistakes worth a 422, not something to coerce.
-    ttl: StrictInt | None = Field(default=None, ge=1)
-
-
 class RefreshRequest(_Body):
     refresh_token: str = Field(max_length=256)
-
-
-@router.post("/auth/token")
-async def exchange_api_key(body: TokenRequest, context: Context) -> dict[str, Any]:
-    """Trade an API key for an access token and a refresh token (a new session)."""
-    parsed = keys.parse_api_key(body.api_key)
-    if parsed is None:
-        raise _invalid_key("malformed API key")
-    key_id, secret = parsed
-    async with context.pool.acquire() as conn:
-        owner = await keys.find_owner(conn, key_id)
-        if owner is None or not keys.verify_secret(secret, owner.secret_sha256):
-            if owner is None:
-                # Same hashing and comparison as a wrong secret costs.
-                keys.verify_secret(secret, None)
-            else:
-                await _rejected(conn, owner, "wrong_secret")
-            # One message for unknown keys and wrong secrets: a caller learns nothing
-            # about which key ids exist.
-            raise _invalid_key("unknown API key or wrong secret")
-        if owner.revoked:
-            await _rejected(conn, owner, "revoked")
-            raise _invalid_key("API key revoked")
-
-        limit = context.settings.auth_rate_limits[owner.tier]
-        decision = await context.limiter.hit(f"auth:{owner.tier}:{key_id}", limit)
-        if not decision.allowed:
-            await _rejected(conn, owner, "rate_limited")
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"more than {limit.count} token exchanges in {limit.window:g} s "
-                f"for this API key ({owner.tier} tier)",
-                headers={"Retry-After": str(decision.retry_after)},
-            )
-
-        ttl = min(body.ttl or context.settings.jwt_access_ttl, context.settings.jwt_access_ttl)
-        tenant_id = str(owner.tenant_id) if owner.tenant_id is not None else None
-        session, refresh_token = await context.sessions.create(
-            user_id=str(owner.user_id),
-            api_key_id=key_id,
-            tenant_id=tenant_id,
-            scopes=owner.scopes,
-            access_ttl=ttl,
-        )
-        async with conn.transaction():
-            # Checked again after the session exists: a revocation that committed
-            # meanwhile may have missed this session in its index sweep.
-            if not await keys.mark_used(conn, key_id):
-                await context.sessions.revoke(session.id)
-                raise _invalid_key("API key revoked")
-            await audit.record(
-                conn,
-                "api_key.used",
-                subject=key_id,
-                actor=audit.key_actor(key_id),
-                user_id=owner.user_id,
-                detail={"session_id": session.id},
-            )
-    access_token = context.signer.issue(
-        subject=str(owner.user_id),
-        session_id=session.id,
-        tenant_id=tenant_id,
-        tier=owner.tier,
-        scopes=owner.scopes,
-        api_key_id=key_id,
-        ttl=ttl,
-    )
-    return _token_pair(access_token, refresh_token, ttl, session.id)
 
 
 @router.post("/auth/refresh")
@@ -146,7 +72,7 @@ async def refresh(body: RefreshRequest, context: Context) -> dict[str, Any]:
         api_key_id=session.api_key_id,
         ttl=session.access_ttl,
     )
-    return _token_pair(access_token, refresh_token, session.access_ttl, session.id)
+    return token_pair(access_token, refresh_token, session.access_ttl, session.id)
 
 
 @router.post("/auth/logout", status_code=204)
@@ -221,31 +147,6 @@ async def delete_session(session_id: str, caller: Caller, context: Context) -> R
             revoked, actor=audit.user_actor(revoked.user_id), reason="deleted"
         )
     return Response(status_code=204)
-
-
-def _token_pair(access_token: str, refresh_token: str, ttl: int, session_id: str) -> dict[str, Any]:
-    return {
-        "access_token": access_token,
-        "refresh_token": refresh_token,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "session_id": session_id,
-    }
-
-
-async def _rejected(conn: asyncpg.Connection, owner: keys.KeyOwner, reason: str) -> None:
-    await audit.record(
-        conn,
-        "api_key.rejected",
-        subject=owner.key_id,
-        actor=audit.key_actor(owner.key_id),
-        user_id=owner.user_id,
-        detail={"reason": reason},
-    )
-
-
-def _invalid_key(detail: str) -> ApiError:
-    return ApiError(401, "invalid_api_key", detail)
 
 
 def _invalid_refresh(detail: str) -> ApiError:

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from apex.auth import account, admin, authz, login_routes, sso_routes, teams, tenants
+from apex.auth import account, admin, authz, login_routes, oauth, sso_routes, teams, tenants
 from apex.auth.context import AuthContext
 from apex.auth.guard import Guard, GuardMiddleware
 from apex.auth.logins import IdentityServices
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(GuardMiddleware)
     app.include_router(admin.router)
     app.include_router(account.router)
+    app.include_router(oauth.router)
     app.include_router(login_routes.router)
     app.include_router(sso_routes.router)
     app.include_router(teams.router)

@@ -2,8 +2,7 @@
 
 ``POST /authz/check``, ``GET /me/permissions``, ``GET /me/quota`` and
 ``POST /auth/context-token`` take the user's access token (and count against the
-user's API rate limit); ``POST /auth/context-token/introspect`` takes the context
-token itself (RFC 7662 style: ``{"active": false}`` for anything not valid now).
+user's API rate limit); the context tokens' introspection is apex.auth.oauth's.
 """
 
 from __future__ import annotations
@@ -13,14 +12,11 @@ import time
 import uuid
 from typing import Annotated, Any, Final
 
-import jwt
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.auth.context import AuthContext, Principal, authenticated, get_context
 from apex.auth.guard import CONTEXT_TOKEN_TYPE, guard_of, quota_of
-from apex.auth.resilience import REDIS_DOWN
-from apex.auth.tokens import ALGORITHM
 from apex.common.http import ApiError, require_json_body
 
 __all__ = ["router"]
@@ -43,10 +39,6 @@ class CheckRequest(_Body):
 
 class ContextTokenRequest(_Body):
     audience: str = Field(min_length=1, max_length=128)
-
-
-class IntrospectRequest(_Body):
-    token: str = Field(max_length=16_384)
 
 
 @router.post("/authz/check")
@@ -107,46 +99,6 @@ async def context_token(
     }
     token = context.signer.sign(claims, typ=CONTEXT_TOKEN_TYPE)
     return {"context_token": token, "token_type": "Bearer", "expires_in": ttl}
-
-
-@router.post("/auth/context-token/introspect")
-async def introspect(body: IntrospectRequest, context: Context) -> dict[str, Any]:
-    """``{"active": true, ...claims}`` for a valid context token of a live session."""
-    claims = _verified_context_claims(context, body.token)
-    if claims is None:
-        return {"active": False}
-    guard = guard_of(context)
-    session_id = str(claims["sid"])
-    if guard.resilience.is_revoked(session_id):
-        return {"active": False}
-    try:
-        session = await context.sessions.get(session_id)
-    except REDIS_DOWN as exc:
-        guard.resilience.mark_down(exc)
-        raise guard.unavailable("the session store (Redis) is unreachable") from None
-    if session is None or session.user_id != claims["sub"]:
-        return {"active": False}
-    return {"active": True, "token_type": CONTEXT_TOKEN_TYPE, **claims}
-
-
-def _verified_context_claims(context: AuthContext, token: str) -> dict[str, Any] | None:
-    signer = context.signer
-    try:
-        header = jwt.get_unverified_header(token)
-        if header.get("typ") != CONTEXT_TOKEN_TYPE or header.get("kid") != signer.kid:
-            return None
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            signer.public_key,
-            algorithms=[ALGORITHM],
-            issuer=signer.issuer,
-            options={"require": list(_CONTEXT_CLAIMS), "verify_aud": False},
-        )
-    except jwt.PyJWTError:
-        return None
-    if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("sid"), str):
-        return None
-    return claims
 
 
 async def _permissions(context: AuthContext, caller: Principal) -> list[str]:

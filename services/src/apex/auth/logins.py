@@ -140,7 +140,9 @@ class IdentityServices:
                 limit=settings.login_lockout,
                 mfa_limit=settings.mfa_lockout,
             ),
-            mfa=MfaStore(redis, prefix=settings.redis_prefix),
+            mfa=MfaStore(
+                redis, prefix=settings.redis_prefix, sms_code_ttl=settings.mfa_sms_code_ttl
+            ),
             mailer=Mailer(settings.smtp_url, settings.mail_from) if settings.smtp_url else None,
             sms=sms,
         )
@@ -220,21 +222,13 @@ async def open_session(
 async def enforce_device_limit(context: AuthContext, user: LoginUser, *, keep: Session) -> None:
     """End the user's interactive sessions but the newest ``limit`` (never ``keep``).
 
-    Runs after the new session exists, so concurrent logins never leave too many alive;
-    and each ends only sessions with ``limit`` newer ones beside them (in the one order
-    every login sees: oldest first, ties by id), never one of the newest ``limit``, so
-    together they do not end too many either. Ending "the oldest excess" instead let
-    two concurrent logins each end different sessions, leaving fewer than the limit.
+    Runs after the new session exists, in one atomic step in Redis
+    (:meth:`SessionStore.evict_beyond`): however many logins of the user run at once,
+    exactly the limit of sessions stays alive, and each one ended is audited once.
     """
     limit = context.settings.device_limits.get(user.tier, 1)
-    live = [s for s in await context.sessions.list_for_user(str(user.id)) if s.method != "api_key"]
-    survivors = {s.id for s in live[-limit:]} | {keep.id}
-    for session in live:
-        if session.id in survivors:
-            continue
-        revoked = await context.sessions.revoke(session.id)
-        if revoked is not None:
-            await context.session_revoked(revoked, actor=audit.SYSTEM, reason="device_limit")
+    for session in await context.sessions.evict_beyond(str(user.id), limit, keep=keep.id):
+        await context.session_revoked(session, actor=audit.SYSTEM, reason="device_limit")
 
 
 async def refresh_interactive(

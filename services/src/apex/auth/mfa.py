@@ -9,7 +9,8 @@
   It takes APEX_MFA_TOKEN_ATTEMPTS codes (``mfa_attempts:<sha256(token)>``, a budget of
   apex.auth.lockout): after that many wrong ones even the right code is refused on it.
 - SMS code: 6 digits sent to the user's phone, ``mfa_sms:<sha256(token)>`` holds its
-  hash (5 min), deleted when used.
+  hash for APEX_MFA_SMS_CODE_TTL (default 5 min), deleted when used; a new SMS for the
+  same mfa_token replaces it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ TOTP_DIGITS: Final = 6
 TOTP_WINDOW: Final = 1
 BACKUP_CODE_COUNT: Final = 10
 MFA_TOKEN_TTL: Final = 300
-SMS_CODE_TTL: Final = 300
 _BACKUP_ALPHABET: Final = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i
 _SIX_DIGITS = re.compile(r"\d{6}")
 _BACKUP_CODE = re.compile(r"[a-z0-9]{10}")
@@ -152,9 +152,10 @@ class PendingLogin:
 class MfaStore:
     """mfa_tokens, SMS codes and spent TOTP steps in Redis."""
 
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, sms_code_ttl: int) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._sms_code_ttl = sms_code_ttl
         self._claim_step = redis.register_script(_CLAIM_STEP)
 
     def _token_key(self, token_hash: str) -> str:
@@ -203,7 +204,9 @@ class MfaStore:
     async def new_sms_code(self, pending: PendingLogin) -> str:
         """A fresh 6-digit SMS code for this login (replacing an earlier one)."""
         code = f"{secrets.randbelow(10**6):06d}"
-        await self._redis.set(self._sms_key(pending.token_hash), code_hash(code), ex=SMS_CODE_TTL)
+        await self._redis.set(
+            self._sms_key(pending.token_hash), code_hash(code), ex=self._sms_code_ttl
+        )
         return code
 
     async def check_sms_code(self, pending: PendingLogin, code: str) -> bool:

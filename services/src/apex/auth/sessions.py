@@ -1,11 +1,13 @@
 """Sessions in Redis, and their rotating refresh tokens.
 
-A session is the hash ``sess:<sid>`` (TTL = the refresh TTL, fixed at creation), indexed
-by ``user_sess:<user_id>`` and ``key_sess:<api_key_id>`` sets; every key carries the
-platform's Redis prefix. A refresh token reads ``apr_<sid>_<secret>``; the session
-stores the SHA-256 of the current secret and of every secret it replaced, so
-presenting a replaced one is recognised as reuse (a stolen token racing its owner)
-and ends the session.
+A session is the hash ``sess:<sid>`` (TTL = the refresh TTL, fixed at creation, or the
+access TTL for a client-credentials token), indexed by ``user_sess:<user_id>`` and
+``key_sess:<api_key_id>`` sets; every key carries the platform's Redis prefix. Device
+limits end the oldest interactive sessions in one Lua script
+(:meth:`SessionStore.evict_beyond`). A refresh token reads ``apr_<sid>_<secret>``; the
+session stores the SHA-256 of the current secret and of every secret it replaced, so
+presenting a replaced one is recognised as reuse (a stolen token racing its owner) and
+ends the session.
 """
 
 from __future__ import annotations
@@ -81,6 +83,48 @@ return {'invalid'}
 """
 
 
+# A login over the device limit ends the user's oldest interactive sessions (never the
+# one it just opened) in one step: concurrent logins each see every session opened
+# before them and none that another has ended, so exactly the limit stays alive. The
+# session hashes are derived from the index's members (standalone Redis allows it).
+_EVICT: Final = """
+-- KEYS[1]: the user's session index. ARGV[1]: the key prefix, ARGV[2]: the limit,
+-- ARGV[3]: the session to keep, ARGV[4..]: the fields to return of each ended session.
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local live = {}
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. 'sess:' .. sid
+  local found = redis.call('HMGET', key, 'method', 'created_at')
+  if found[1] then
+    if found[1] ~= 'api_key' and found[1] ~= '' then
+      live[#live + 1] = {sid, tonumber(found[2]) or 0}
+    end
+  elseif redis.call('EXISTS', key) == 0 then
+    redis.call('SREM', KEYS[1], sid)
+  end
+end
+table.sort(live, function(a, b)
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[1] < b[1]
+end)
+local excess = #live - tonumber(ARGV[2])
+local ended = {}
+for _, entry in ipairs(live) do
+  if excess <= 0 then break end
+  if entry[1] ~= ARGV[3] then
+    local key = ARGV[1] .. 'sess:' .. entry[1]
+    local values = redis.call('HMGET', key, unpack(fields))
+    redis.call('DEL', key)
+    redis.call('SREM', KEYS[1], entry[1])
+    ended[#ended + 1] = {entry[1], unpack(values)}
+    excess = excess - 1
+  end
+end
+return ended
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Session:
     """A live session."""
@@ -143,6 +187,7 @@ class SessionStore:
         self._prefix = prefix
         self.ttl = ttl
         self._rotate = redis.register_script(_ROTATE)
+        self._evict = redis.register_script(_EVICT)
 
     def session_key(self, session_id: str) -> str:
         """Redis key of a session hash."""
@@ -166,14 +211,17 @@ class SessionStore:
         access_ttl: int,
         method: str = "api_key",
         amr: Sequence[str] = ("api_key",),
+        ttl: int | None = None,
     ) -> tuple[Session, str]:
         """Start a session; return it and its first refresh token.
 
-        ``api_key_id`` is None unless ``method`` is api_key (the key that opened it).
+        ``api_key_id`` is None unless ``method`` is api_key (the key that opened it). The
+        session lives ``ttl`` seconds, the store's refresh TTL unless shorter.
         """
         session_id = uuid.uuid4().hex
         secret = _new_secret()
         now = time.time()
+        lifetime = self.ttl if ttl is None else min(ttl, self.ttl)
         session = Session(
             id=session_id,
             user_id=user_id,
@@ -181,7 +229,7 @@ class SessionStore:
             tenant_id=tenant_id,
             scopes=list(scopes),
             created_at=now,
-            expires_at=now + self.ttl,
+            expires_at=now + lifetime,
             refreshed_at=None,
             access_ttl=access_ttl,
             method=method,
@@ -202,8 +250,8 @@ class SessionStore:
         key = self.session_key(session_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self.ttl)
-            # The index sets live as long as their newest session; members whose
+            pipe.expire(key, lifetime)
+            # The index sets live as long as the longest session can; members whose
             # session expired are pruned when read.
             indexes = [self.user_index_key(user_id)]
             if api_key_id:
@@ -272,6 +320,19 @@ class SessionStore:
                 revoked.append(session)
         await self._redis.delete(index)
         return revoked
+
+    async def evict_beyond(self, user_id: str, limit: int, *, keep: str) -> list[Session]:
+        """End the user's oldest interactive sessions beyond ``limit`` (never ``keep``),
+        atomically; return those this call ended. API-key sessions neither count nor end."""
+        reply = await self._evict(
+            keys=[self.user_index_key(user_id)], args=[self._prefix, limit, keep, *_FIELDS]
+        )
+        ended = []
+        for session_id, *values in reply:
+            session = _session(_text(session_id), values)
+            if session is not None:
+                ended.append(session)
+        return ended
 
     async def list_for_user(self, user_id: str) -> list[Session]:
         """The live sessions of ``user_id``, oldest first."""

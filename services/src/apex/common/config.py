@@ -109,6 +109,7 @@ class Settings(ServiceSettings):
     mfa_token_attempts: int = 5
     mfa_sms_per_token: int = 3
     mfa_sms_per_user: RateLimit = _DEFAULT_SMS_PER_USER
+    mfa_sms_code_ttl: int = 300
     password_forgot_per_email: RateLimit = _DEFAULT_FORGOT_PER_EMAIL
     password_forgot_per_ip: RateLimit = _DEFAULT_FORGOT_PER_IP
     idp_trusted_domains: frozenset[str] = frozenset()
@@ -203,6 +204,7 @@ def _security_settings(env: Env) -> dict[str, Any]:
         "mfa_token_attempts": env.whole_number("APEX_MFA_TOKEN_ATTEMPTS", 5),
         "mfa_sms_per_token": env.whole_number("APEX_MFA_SMS_PER_TOKEN", 3),
         "mfa_sms_per_user": env.rate("APEX_MFA_SMS_PER_USER", "10/3600", whole=True),
+        "mfa_sms_code_ttl": env.whole_number("APEX_MFA_SMS_CODE_TTL", 300, unit="seconds"),
         "password_forgot_per_email": env.rate(
             "APEX_PASSWORD_FORGOT_PER_EMAIL", "3/3600", whole=True
         ),

@@ -1,8 +1,11 @@
 """HTTP conventions shared by the services: JSON errors, body limits, bearer tokens.
 
 Every error leaves a service as ``{"error": "<code>", "detail": "<human text>"}``;
-401s also carry ``WWW-Authenticate: Bearer error="<code>"``. Bad input is always a
-4xx, and an infrastructure outage a 503, never a bare 500.
+401s also carry an RFC 6750 challenge: ``WWW-Authenticate: Bearer realm="apex",
+error="invalid_token"`` when a credential was presented and refused (the specific reason,
+e.g. ``token_expired``, stays in the JSON body), ``Bearer realm="apex"`` with no error
+code when none was sent (RFC 6750 section 3.1). Bad input is always a 4xx, and an
+infrastructure outage a 503, never a bare 500.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "MAX_AUTHORIZATION_LENGTH",
     "MAX_BODY_BYTES",
+    "REALM",
     "ApiError",
     "BodyLimitMiddleware",
+    "bearer_challenge",
     "bearer_token",
     "error_response",
     "install_error_handlers",
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES: Final = 64 * 1024
 # Our JWTs are about 1 KiB; anything far beyond that is not a token we issued.
 MAX_AUTHORIZATION_LENGTH: Final = 4096
+# The protection space our challenges name (RFC 7235 section 2.2).
+REALM: Final = "apex"
 
 _STATUS_CODES: Final[Mapping[int, str]] = {
     400: "bad_request",
@@ -72,13 +79,21 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def bearer_challenge(*, refused: bool = True) -> str:
+    """The RFC 6750 challenge of a 401: ``error="invalid_token"`` when a credential was
+    presented and ``refused``; no error code when the request carried none (section 3.1)."""
+    challenge = f'Bearer realm="{REALM}"'
+    return f'{challenge}, error="invalid_token"' if refused else challenge
+
+
 def error_response(
     status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The JSON error body every service answers with; 401s get their WWW-Authenticate header."""
+    """The JSON error body every service answers with; a 401 without a challenge of its own
+    gets the RFC 6750 one for a refused credential."""
     all_headers = dict(headers or {})
     if status == 401:
-        all_headers.setdefault("WWW-Authenticate", f'Bearer error="{code}"')
+        all_headers.setdefault("WWW-Authenticate", bearer_challenge())
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=all_headers)
 
 
@@ -183,17 +198,32 @@ async def require_json_body(request: Request) -> None:
 
 
 def bearer_token(request: Request, *, code: str = "invalid_token") -> str:
-    """The token of an ``Authorization: Bearer <token>`` header, or a 401 ApiError with ``code``."""
+    """The token of an ``Authorization: Bearer <token>`` header, or a 401 ApiError with ``code``.
+
+    No header, or another scheme, is a request without Bearer credentials: its challenge
+    carries no error code (RFC 6750 section 3.1)."""
     header = request.headers.get("authorization")
     if header is None:
-        raise ApiError(401, code, "missing Authorization: Bearer header")
+        raise ApiError(
+            401,
+            code,
+            "missing Authorization: Bearer header",
+            headers={"WWW-Authenticate": bearer_challenge(refused=False)},
+        )
     if len(header) > MAX_AUTHORIZATION_LENGTH:
         raise ApiError(
             401, code, f"Authorization header longer than {MAX_AUTHORIZATION_LENGTH} characters"
         )
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer":
+        raise ApiError(
+            401,
+            code,
+            "Authorization header must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": bearer_challenge(refused=False)},
+        )
+    if not token:
         raise ApiError(401, code, "Authorization header must be 'Bearer <token>'")
     return token
 

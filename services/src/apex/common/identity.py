@@ -4,8 +4,9 @@ A service that receives a request for a user asks apex.auth for a context token
 (``POST /auth/context-token {audience}`` with the user's access token) and passes it
 on; the receiving service verifies it with :func:`verify_context_token` against
 apex.auth's JWKS (``/.well-known/jwks.json``), offline. Revocation of the user's
-session is visible through ``POST /auth/context-token/introspect`` only: context tokens
-are short-lived (APEX_CONTEXT_TOKEN_TTL) for that reason.
+session is visible through ``POST /auth/context-token/introspect`` only (RFC 7662: the
+form ``token=...``, the service authenticated with its API key's client credentials):
+context tokens are short-lived (APEX_CONTEXT_TOKEN_TTL) for that reason.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from apex_testkit._keys import rsa_key
 
 CODE_TTL = 60
 TOKEN_TTL = 300
+REALM = "fake-oidc"
 
 
 @dataclass
@@ -63,7 +64,18 @@ def _issuer(request: Request) -> str:
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> Response:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+    # RFC 6749 section 5.2: a 401 (invalid_client) challenges with the scheme clients
+    # authenticate with (HTTP Basic, section 2.3.1).
+    headers = {"WWW-Authenticate": f'Basic realm="{REALM}"'} if status == 401 else None
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+def _bearer_error(status: int, error: str | None) -> Response:
+    """RFC 6750 section 3: no error code when the request carried no token."""
+    challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
+    return Response(status_code=status, headers={"WWW-Authenticate": challenge})
 
 
 class OidcServer(FakeServer):
@@ -248,12 +260,23 @@ class OidcServer(FakeServer):
         return token
 
     async def userinfo(self, request: Request) -> Response:
+        """The access token in the Authorization header, or (POST) in the form body as
+        ``access_token`` (RFC 6750 sections 2.1 and 2.2), never both (section 2)."""
         header = request.headers.get("authorization", "")
-        identity = self.access_tokens.get(header[7:]) if header.startswith("Bearer ") else None
+        in_header = header[7:].strip() if header[:7].lower() == "bearer " else None
+        in_body = None
+        if request.method == "POST" and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            in_body = (await form_of(request)).get("access_token")
+        if in_header is not None and in_body is not None:
+            return _bearer_error(400, "invalid_request")
+        token = in_header if in_header is not None else in_body
+        if token is None:
+            return _bearer_error(401, None)
+        identity = self.access_tokens.get(token)
         if identity is None:
-            return Response(
-                status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+            return _bearer_error(401, "invalid_token")
         info = {"sub": identity["sub"], "email": identity["email"], "groups": identity["groups"]}
         if identity.get("tenant"):
             info["tenant"] = identity["tenant"]

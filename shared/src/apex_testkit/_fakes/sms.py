@@ -3,7 +3,8 @@
 `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (form To, From, Body; HTTP Basic
 AccountSid:AuthToken) -> 201 message resource, status "queued";
 `GET .../Messages/{sid}.json`. Errors use Twilio's JSON (code, message, more_info,
-status): 401/20003 for bad credentials, 400/21211 for a bad To, 404/20404.
+status): 401/20003 for bad credentials (with a Basic challenge), 400/21211 for a bad To,
+404/20404.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _STATUS_CODES = {400: 21211, 401: 20003, 404: 20404, 429: 20429, 500: 20500, 503
 
 def _error(status: int, message: str, code: int | None = None) -> Response:
     code = code or _STATUS_CODES.get(status, 20500)
+    # Twilio challenges a 401 with HTTP Basic (RFC 7235 section 3.1: every 401 does).
+    headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if status == 401 else None
     return JSONResponse(
         {
             "code": code,
@@ -38,6 +41,7 @@ def _error(status: int, message: str, code: int | None = None) -> Response:
             "status": status,
         },
         status_code=status,
+        headers=headers,
     )
 
 
