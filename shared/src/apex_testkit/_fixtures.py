@@ -51,14 +51,19 @@ def apex_worker(
 
 
 @pytest.fixture(scope="session")
-def redis_namespace(apex_worker: Worker) -> redis.RedisNamespace:
-    """This worker's Redis: `.url` (its own logical database) and `.prefix` for keys."""
+def redis_namespace(apex_worker: Worker, apex_level: Level) -> redis.RedisNamespace:
+    """This worker's Redis: `.url` (its own logical database) and `.prefix` for keys.
+    L2/L3 only: at L4 the platform's Redis is the deployment's, not this one."""
+    require_level(apex_level, OWN_PLATFORM, "redis_namespace (the platform's Redis)")
     return apex_worker.redis_namespace()
 
 
 @pytest.fixture(scope="session")
-def postgres_database(apex_worker: Worker) -> str:
-    """DSN of this worker's PostgreSQL database, migrated to the platform's newest schema."""
+def postgres_database(apex_worker: Worker, apex_level: Level) -> str:
+    """DSN of this worker's PostgreSQL database, migrated to the platform's newest schema.
+    L2/L3 only: at L4 the platform's database is the deployment's, and a test that read
+    this one would see none of its writes (and pass for the wrong reason)."""
+    require_level(apex_level, OWN_PLATFORM, "postgres_database (the platform's database)")
     return apex_worker.postgres_database()
 
 
@@ -77,8 +82,9 @@ def empty_database(apex_worker: Worker, request: pytest.FixtureRequest) -> Itera
 
 
 @pytest.fixture(scope="session")
-def clickhouse_database(apex_worker: Worker) -> str:
-    """URL of this worker's own ClickHouse database."""
+def clickhouse_database(apex_worker: Worker, apex_level: Level) -> str:
+    """URL of this worker's own ClickHouse database (L2/L3 only, as postgres_database)."""
+    require_level(apex_level, OWN_PLATFORM, "clickhouse_database (the platform's ClickHouse)")
     return apex_worker.clickhouse_database()
 
 

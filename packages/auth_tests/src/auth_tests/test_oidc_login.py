@@ -244,7 +244,6 @@ async def test_a_code_injected_into_another_login_fails_pkce(
 
 @pytest.mark.L2
 @pytest.mark.L3
-@pytest.mark.L4
 async def test_a_token_endpoint_error_is_an_idp_error(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
@@ -304,7 +303,6 @@ async def test_a_bad_id_token_is_refused(
 
 @pytest.mark.L2
 @pytest.mark.L3
-@pytest.mark.L4
 async def test_a_null_nonce_in_the_id_token_is_refused(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
@@ -319,7 +317,6 @@ async def test_a_null_nonce_in_the_id_token_is_refused(
 
 @pytest.mark.L2
 @pytest.mark.L3
-@pytest.mark.L4
 async def test_an_audience_list_needs_us_as_authorized_party(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
@@ -454,7 +451,6 @@ async def test_first_login_provisions_a_user_and_later_logins_find_it(
 
 @pytest.mark.L2
 @pytest.mark.L3
-@pytest.mark.L4
 async def test_the_subject_not_the_email_identifies_the_idp_user(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,

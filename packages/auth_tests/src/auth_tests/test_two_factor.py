@@ -120,7 +120,6 @@ async def test_totp_setup_confirm_then_login_needs_the_second_factor(
     assert secret not in str(profile), "the TOTP secret is never returned again"
 
 
-@pytest.mark.L4
 async def test_a_wrong_confirmation_code_does_not_enable_2fa(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -420,7 +419,6 @@ async def test_unknown_email_and_wrong_password_look_the_same(
     assert (unknown.status_code, unknown.json()) == (401, wrong.json())
 
 
-@pytest.mark.L4
 async def test_disabling_2fa_needs_a_valid_code(
     auth_client: httpx.AsyncClient,
     person: PasswordUser,
@@ -481,7 +479,6 @@ async def test_one_totp_code_raced_on_two_challenges_opens_one_session(
     assert await auth_admin.logins(person.user_id) == [*before, winner.session_id]
 
 
-@pytest.mark.L4
 async def test_one_backup_code_raced_on_two_challenges_opens_one_session(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
