@@ -36,7 +36,9 @@ def test_1_everything(postgres_replica, postgres_pair, redis_replica, redis_node
         "pairs": [postgres_pair.primary_url, postgres_pair.replica.url,
                   redis_pair.primary_url, redis_pair.replica.url],
     }
-    (OUT / "seen.json").write_text(json.dumps(seen))
+    # Whole or not at all: the outer test reads it as soon as it exists.
+    (OUT / "seen.tmp").write_text(json.dumps(seen))
+    (OUT / "seen.tmp").replace(OUT / "seen.json")
 
 @pytest.mark.L2
 @bvj
