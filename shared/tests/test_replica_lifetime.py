@@ -39,6 +39,8 @@ def test_1_everything(postgres_replica, postgres_pair, redis_replica, redis_node
     # Whole or not at all: the outer test reads it as soon as it exists.
     (OUT / "seen.tmp").write_text(json.dumps(seen))
     (OUT / "seen.tmp").replace(OUT / "seen.json")
+    if os.environ.get("HOLD"):  # with every server up, the pairs too, until killed
+        wait_for(lambda: (OUT / "release").exists(), timeout=120)
 
 @pytest.mark.L2
 @bvj
@@ -49,8 +51,6 @@ def test_2_the_pairs_are_gone():
                 redis.Redis.from_url(url, socket_connect_timeout=1).ping()
             else:
                 _loop.run(asyncpg.connect(url, timeout=1))
-    if os.environ.get("HOLD"):
-        wait_for(lambda: (OUT / "release").exists(), timeout=120)
 """
 
 
@@ -89,7 +89,8 @@ def test_kill_9_of_a_run_leaves_no_replica(test_package, inner_pytest, tmp_path:
     out, run = _run(inner_pytest, test_package, tmp_path, HOLD="1")
     wait_for(lambda: (out / "seen.json").exists(), timeout=60, message="run up")
     seen = json.loads((out / "seen.json").read_text())
-    wait_for(lambda: not _redis_down(seen["redis"][0]), timeout=60, message="replica up")
+    assert not any(map(_server_down, seen["postgres"])), "the replica and the pair answer"
+    assert not any(map(_redis_down, seen["redis"])), "the replica, the nodes and the pair answer"
     run.kill()  # SIGKILL: no teardown of any kind runs in the victim
     run.communicate()
     wait_for(lambda: _run_dir_gone(seen), timeout=30, message="run dir removed")
