@@ -46,9 +46,11 @@ def test_write_and_see_only_own(
     assert ch.execute("SELECT count() FROM marks") == [(0,)]
     ch.execute("INSERT INTO marks VALUES", [(worker_id,)])
     out = os.environ["OUT_DIR"]
-    with open(f"{out}/{worker_id}-{n}.json", "w") as f:
-        seen = {"pg": postgres_database, "redis": redis_namespace.url, "ch": clickhouse_database}
+    seen = {"pg": postgres_database, "redis": redis_namespace.url, "ch": clickhouse_database}
+    # Written whole, then renamed: nothing reads a half-written file.
+    with open(f"{out}/{worker_id}-{n}.partial", "w") as f:
         json.dump(seen, f)
+    os.rename(f"{out}/{worker_id}-{n}.partial", f"{out}/{worker_id}-{n}.json")
 """
 
 HOLD = """
@@ -62,8 +64,11 @@ bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
 @bvj
 def test_hold(postgres_database, redis_namespace, apex_run):
     out = Path(os.environ["OUT_DIR"])
-    (out / f"{os.environ['NAME']}.json").write_text(json.dumps(
+    # Written whole, then renamed: the outer test reads the file as soon as it exists.
+    partial = out / f"{os.environ['NAME']}.partial"
+    partial.write_text(json.dumps(
         {"run": str(apex_run.path), "pg": postgres_database, "redis": redis_namespace.url}))
+    partial.rename(out / f"{os.environ['NAME']}.json")
     # Hold the run open until the outer test says so (or kills us).
     wait_for(lambda: (out / f"{os.environ['NAME']}.release").exists(), timeout=120)
 """
