@@ -125,7 +125,11 @@ class LiveApps:
         self._running[key] = running  # the most recently used last
         if running.users == 0:
             hook = getattr(importlib.import_module(key[0]), RESET_HOOK)
-            await self._loop.run_async(hook(running.app))
+            try:
+                await self._loop.run_async(hook(running.app))
+            except BaseException:
+                running.broken = True  # the next client starts a fresh one
+                raise
         return running
 
     async def _evict(self) -> None:
