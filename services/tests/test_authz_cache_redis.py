@@ -151,6 +151,36 @@ async def test_revocations_reach_other_instances(redis: tuple[Redis, str]) -> No
         await res_b.stop()
 
 
+async def test_a_reset_forgets_what_a_fresh_instance_would_not_know(
+    redis: tuple[Redis, str],
+) -> None:
+    """What apex.auth.reset_memory relies on: after the servers were emptied, a reset
+    instance knows no revocation, no cached permission and no outage of before."""
+    client, prefix = redis
+    loads: list[str] = []
+    truth = {str(uuid.uuid4()): ["agents:read"]}
+    (user_id,) = truth
+    resilience, cache = await _instance(client, prefix, truth, loads)
+    try:
+        await resilience.record_revocation("s1", ttl=60)
+        assert await cache.get(user_id) == ["agents:read"]
+        assert await cache.get(user_id) == ["agents:read"]
+        assert loads == [user_id], "the second read came from memory or Redis"
+        resilience.mark_down(ConnectionError("gone"))
+        assert resilience.degraded
+        await client.delete(resilience.revoked_key, cache.key(user_id))  # the servers emptied
+
+        await resilience.reset()
+        cache.reset()
+
+        assert not resilience.is_revoked("s1")
+        assert (resilience.mode, resilience.last_error) == ("normal", "")
+        assert await cache.get(user_id) == ["agents:read"]
+        assert loads == [user_id, user_id], "the reset cache loaded again"
+    finally:
+        await resilience.stop()
+
+
 async def test_an_unreachable_redis_degrades_and_the_probe_survives() -> None:
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     resilience = Resilience(dead, prefix="", probe_interval=0.05, max_staleness=5, revocation_ttl=1)

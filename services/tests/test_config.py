@@ -103,7 +103,7 @@ def test_private_key_with_escaped_newlines_is_accepted() -> None:
         ("APEX_LOG_LEVEL", "LOUD", "APEX_LOG_LEVEL must be one of"),
         ("APEX_AUTH_RATE_LIMITS", "free=10", "is not of the form tier=count/seconds"),
         ("APEX_AUTH_RATE_LIMITS", "gold=10/60", "unknown tier 'gold'"),
-        ("APEX_AUTH_RATE_LIMITS", "free=ten/60", "needs whole numbers"),
+        ("APEX_AUTH_RATE_LIMITS", "free=ten/60", "needs a whole count and a number of seconds"),
         ("APEX_AUTH_RATE_LIMITS", "free=0/60", "at least 1"),
         ("APEX_JWT_PRIVATE_KEY", "not a key", "APEX_JWT_PRIVATE_KEY is not an unencrypted PEM"),
     ],

@@ -119,3 +119,28 @@ async def test_an_attempt_left_undecided_is_taken_back(lockout: Lockout) -> None
 
     async with lockout.attempt(user_id) as attempt:  # not waiting on five ghosts
         await lockout.succeeded(attempt)
+
+
+async def test_windows_are_kept_to_the_millisecond(redis_namespace: Any) -> None:
+    """A 0.25 s lockout is 250 ms in Redis (PEXPIRE / PX), not rounded to whole seconds."""
+    redis = Redis.from_url(redis_namespace.url, decode_responses=True)
+    prefix = f"{redis_namespace.prefix}test-{uuid.uuid4().hex[:8]}:"
+    lockout = Lockout(redis, prefix=prefix, limit=RateLimit(2, 0.25), mfa_limit=RateLimit(3, 60))
+    users, user_id = _Users(), uuid.uuid4()
+    try:
+        async with lockout.attempt(user_id) as attempt:
+            await lockout.failed(users.conn, attempt)
+        assert 0 < await redis.pttl(lockout.key(str(user_id))) <= 250, "failures expire"
+        async with lockout.attempt(user_id) as attempt:
+            assert await lockout.failed(users.conn, attempt) is not None, "the 2nd failure locks"
+        assert 0 < await redis.pttl(attempt.lock_key) <= 250
+        assert users.locks == [(user_id, 0.25)], "users.locked_until: the same 0.25 s"
+        with pytest.raises(Locked) as locked:
+            async with lockout.attempt(user_id):
+                pass
+        assert locked.value.retry_after == 1, "Retry-After: whole seconds, at least 1"
+    finally:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()

@@ -54,7 +54,8 @@ def test_values() -> None:
         ("APEX_MFA_TOKEN_ATTEMPTS", "0"),
         ("APEX_MFA_SMS_PER_TOKEN", "three"),
         ("APEX_MFA_SMS_CODE_TTL", "0"),
-        ("APEX_MFA_SMS_CODE_TTL", "1.5"),
+        ("APEX_MFA_SMS_CODE_TTL", "0.0005"),  # under a millisecond: Redis cannot keep it
+        ("APEX_MFA_LOCKOUT", "6/0.0005"),
         ("APEX_IDP_TRUSTED_DOMAINS", "*.example.com"),
         ("APEX_SAML_TRUSTED_DOMAINS", "user@example.com"),
         ("APEX_IDP_TRUSTED_DOMAINS", "localhost"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -61,23 +62,55 @@ def test_one_rate_type_for_auth_limits_and_gateway_rates() -> None:
     auth = Settings.from_env({"APEX_LOGIN_LOCKOUT": "3/60"})
     assert gateway.rate == RateLimit(5, 0.5)
     assert auth.login_lockout == RateLimit(3, 60)
-    assert type(auth.login_lockout.window) is int  # Redis expires whole seconds
+    assert type(auth.login_lockout.window) is int  # answers that show it keep showing 60
+
+
+def test_expiring_windows_are_precise_to_the_millisecond() -> None:
+    auth = Settings.from_env(
+        {
+            "APEX_LOGIN_LOCKOUT": "3/0.25",
+            "APEX_API_RATE_LIMITS": "free=5/0.3",
+            "APEX_MFA_SMS_CODE_TTL": "0.2",
+            "APEX_PASSWORD_RESET_TTL": "0.5",
+        }
+    )
+    assert auth.login_lockout == RateLimit(3, 0.25)
+    assert auth.login_lockout.window_ms == 250
+    assert auth.api_rate_limits["free"] == RateLimit(5, 0.3)
+    assert (auth.mfa_sms_code_ttl, auth.password_reset_ttl) == (0.2, 0.5)
+    assert RateLimit(1, 0.0015).window_ms == 2, "rounded up, never down to 0"
 
 
 @pytest.mark.parametrize(
-    ("text", "whole", "reason"),
+    ("text", "expiring", "reason"),
     [
         ("5", False, "is not of the form count/seconds"),
         ("x/1", False, "needs a whole count and a number of seconds"),
-        ("5/1.5", True, "needs whole numbers for count and seconds"),
-        ("0/1", False, "out of range"),
-        ("1/inf", False, "out of range"),
-        ("1/0", True, "needs a count and a window of at least 1"),
+        ("5/1.5/2", True, "needs a whole count and a number of seconds"),
+        ("0/1", False, "needs a count of at least 1"),
+        ("1/inf", False, "needs a finite window of more than 0 seconds"),
+        ("1/nan", True, "needs a finite window of at least 0.001 seconds"),
+        ("1/0", False, "needs a finite window of more than 0 seconds"),
+        ("1/0.0005", True, "needs a finite window of at least 0.001 seconds"),
     ],
 )
-def test_parse_rate_says_what_is_wrong(text: str, whole: bool, reason: str) -> None:
+def test_parse_rate_says_what_is_wrong(text: str, expiring: bool, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        parse_rate(text, whole=whole)
+        parse_rate(text, expiring=expiring)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("APEX_LOGIN_LOCKOUT", "3/0", "seconds >= 0.001 (milliseconds count)"),
+        ("APEX_API_RATE_LIMITS", "free=5/0.0001", "at least 0.001 seconds"),
+        ("APEX_MFA_SMS_CODE_TTL", "0.0001", "APEX_MFA_SMS_CODE_TTL must be at least 0.001"),
+        ("APEX_PASSWORD_RESET_TTL", "0", "APEX_PASSWORD_RESET_TTL must be a positive number"),
+    ],
+)
+def test_bad_windows_say_what_is_wrong(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({variable: value})
 
 
 @pytest.mark.parametrize(

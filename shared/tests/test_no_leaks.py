@@ -1,8 +1,10 @@
-"""No state leaks from one test to the next at L2, though a worker reuses its apps.
+"""No state leaks from one test to the next at L2, though a worker keeps its apps running.
 
 An inner run of tests that write everywhere (PostgreSQL through the app, Redis sessions
-and lockout counters, the app's in-process state, every fake) and tests that assert they
-see none of it, in a random order that the failure message repeats.
+and lockout counters, the running app's memory: revoked sessions, cached permissions,
+the IdPs' metadata; every fake) and tests that assert they see none of it, in a random
+order that the failure message repeats. The apps the inner tests reach are the same
+running ones (the lifespan kept, `apex_testkit._sut.live`), which the run checks too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ pytestmark = [
 PASSWORD = "correct horse battery staple"
 # What earlier tests of this process left behind: their tokens.
 SEEN: list[str] = []
+# The running apps each test reached (one set, if the worker kept them running).
+APPS: set[frozenset[int]] = set()
+
+
+def _running_apps(platform):
+    return frozenset(id(app) for app in platform.live.running_apps)
 
 
 async def _rows(dsn):
@@ -56,11 +64,20 @@ async def test_write_everywhere(
         token = await client.post("/auth/token", json={"api_key": key.json()["api_key"]})
         assert token.status_code == 200, token.text
         access = token.json()["access_token"]
-        me = await client.get("/me", headers={"Authorization": f"Bearer {access}"})
+        bearer = {"Authorization": f"Bearer {access}"}
+        me = await client.get("/me", headers=bearer)
         assert me.status_code == 200, me.text
         SEEN.append(access)
+        # The app's memory: cached permissions, a revoked session, the IdPs' metadata.
+        assert (await client.get("/me/permissions", headers=bearer)).status_code == 200
+        other = await client.post("/auth/token", json={"api_key": key.json()["api_key"]})
+        other_bearer = {"Authorization": f"Bearer {other.json()['access_token']}"}
+        assert (await client.post("/auth/logout", headers=other_bearer)).status_code == 204
+        assert (await client.get("/auth/oidc/login")).status_code == 302
+        assert (await client.get("/auth/saml/login")).status_code == 302
         wrong = {"email": "leak@tests.apex.invalid", "password": "not the password!"}
         assert (await client.post("/auth/login", json=wrong)).status_code == 401
+        APPS.add(_running_apps(clean_platform))
     fake_idp.login_as("leak", "leak@tests.apex.invalid")
     fake_saml_idp.login_as("leak", "leak@tests.apex.invalid")
     async with httpx.AsyncClient() as http:
@@ -91,6 +108,18 @@ async def test_sees_nothing(
         body = {"email": "leak@tests.apex.invalid", "tier": "pro"}
         again = await client.post("/admin/users", json=body, headers=admin)
         assert again.status_code == 201, again.text  # the address is free again
+        health = (await client.get("/healthz")).json()
+        assert health["mode"] == "normal", health
+        # The IdPs' metadata is fetched afresh: the app kept none of an earlier test's.
+        assert (await client.get("/auth/oidc/login")).status_code == 302
+        assert (await client.get("/auth/saml/login")).status_code == 302
+    assert [r.path for r in fake_idp.requests] == ["/.well-known/openid-configuration"]
+    assert [r.path for r in fake_saml_idp.requests] == ["/metadata"]
+    APPS.add(_running_apps(clean_platform))
+
+
+def test_the_apps_were_kept_running():
+    assert len(APPS) == 1 and len(next(iter(APPS))) == 1, APPS
 """
 
 
@@ -100,7 +129,8 @@ def test_nothing_leaks_between_tests(test_package, inner_pytest):
     order += [f"test_sees_nothing[{n}]" for n in range(3)]
     random.shuffle(order)
     order.append("test_sees_nothing[3]")  # after every write, whatever the shuffle
+    order.append("test_the_apps_were_kept_running")
     ids = [f"pkg_tests/test_leaks.py::{name}" for name in order]
     code, text = finish(inner_pytest(*ids, "-p", "no:xdist", "-v", env=inner_env()), timeout=300)
     assert code == 0, f"order: {order}\n{text}"
-    assert "7 passed" in text, text
+    assert "8 passed" in text, text

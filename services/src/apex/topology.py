@@ -69,7 +69,9 @@ class Service:
     # Runs as `python -m <module> --fd N` (answering GET /healthz on that socket). In
     # process: `<module>.load_settings(env)`, then `create_app(settings)` (an ASGI app) or
     # `create_server(settings)` (its own server: `async with server.serving(sock=...)`,
-    # `await server.shutdown()`).
+    # `await server.shutdown()`). An ASGI service may also offer `await reset_memory(app)`:
+    # a running app forgets what it holds in memory (caches, modes) as if its lifespan had
+    # just started, so a test harness can keep one app running between tests.
     module: str
     protocol: Protocol = "http"
     servers: tuple[str, ...] = ()

@@ -182,8 +182,9 @@ async def test_a_new_request_invalidates_older_tokens(
 
 @pytest.fixture
 async def short_ttl_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    """apex.auth whose reset tokens live for one second."""
-    async with clean_platform.client("auth", APEX_PASSWORD_RESET_TTL="1") as client:
+    """apex.auth whose reset tokens live 0.2 s (APEX_PASSWORD_RESET_TTL takes fractions):
+    nothing in the test needs the token alive, only dead."""
+    async with clean_platform.client("auth", APEX_PASSWORD_RESET_TTL="0.2") as client:
         yield client
 
 
@@ -205,7 +206,7 @@ async def test_an_expired_token_is_refused(
             await auth_db.fetchval("SELECT now() > $1::timestamptz + interval '100 ms'", expires_at)
         )
 
-    await eventually(expired, timeout=10, message="the 1 s reset token to pass its expiry")
+    await eventually(expired, timeout=10, message="the 0.2 s reset token to pass its expiry")
 
     late = await _reset(short_ttl_client, token, NEW_PASSWORD)
     assert (late.status_code, error_of(late)) == (400, "invalid_token")

@@ -29,7 +29,7 @@ from apex.common.http import BodyLimitMiddleware, install_error_handlers
 from apex.data.migrations import load_migrations
 from apex.data.pool import create_pool
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "reset_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,23 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
     return app
+
+
+async def reset_memory(app: FastAPI) -> None:
+    """Make a running app forget what it holds in memory, as if its lifespan had just
+    started: the revocation cache and failover mode (a probe of Redis follows), cached
+    permissions, the IdPs' metadata and keys. Its pools, clients, subscription and signing
+    key stay. For a harness that keeps one app running between tests after emptying its
+    PostgreSQL and Redis (apex_testkit at L2); a deployed instance never needs it.
+    """
+    context = app.state.auth
+    if not isinstance(context, AuthContext):
+        raise RuntimeError(f"{SERVICE}: reset_memory needs a running app (start its lifespan)")
+    if context.guard is not None:
+        await context.guard.reset()
+    identity = getattr(app.state, "identity", None)
+    if isinstance(identity, IdentityServices):
+        identity.reset()
 
 
 async def _probe(awaitable: Any) -> str:

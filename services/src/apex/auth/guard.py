@@ -118,6 +118,12 @@ class Guard:
         """Stop the background tasks."""
         await self.resilience.stop()
 
+    async def reset(self) -> None:
+        """Forget the revocation cache, the outage state and the cached permissions; the
+        background tasks go on (``apex.auth.reset_memory``)."""
+        await self.resilience.reset()
+        self.permissions.reset()  # after the probe: a recovery it saw leaves nothing behind
+
     # -- sessions -------------------------------------------------------------------
 
     async def session_for(

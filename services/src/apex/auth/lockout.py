@@ -15,7 +15,8 @@ that budget's window and empties the budget. A successful attempt empties the lo
 budgets it drew on, and no other: a correct password does not reset the budget of second
 factors.
 
-Budgets (Redis keys under the service prefix; failures expire a window after the first):
+Budgets (Redis keys under the service prefix; failures expire a window after the first,
+to the millisecond):
 - ``lockout:<user_id>``: passwords and second factors at sign-in (APEX_LOGIN_LOCKOUT);
   ``lockout:email:<sha256[:32]>`` for addresses nobody has, so 423 reveals nothing.
 - ``lockout:mfa:<user_id>``: second-factor codes wherever they are checked, at sign-in
@@ -80,8 +81,9 @@ end
 return {1}
 """
 
-# A failure. KEYS as for _ADMIT; ARGV per budget: limit, window, 1 if it locks. Replies
-# the (1-based) locking budget this failure filled (the longest window wins), or 0.
+# A failure. KEYS as for _ADMIT; ARGV per budget: limit, window (milliseconds), 1 if it
+# locks. Replies the (1-based) locking budget this failure filled (the longest window
+# wins), or 0.
 _FAIL: Final = """
 local filled, longest = 0, 0
 for i = 1, (#KEYS - 1) / 2 do
@@ -91,14 +93,14 @@ for i = 1, (#KEYS - 1) / 2 do
     redis.call('DECR', KEYS[2 * i + 1])
   end
   local failures = redis.call('INCR', KEYS[2 * i])
-  if failures == 1 then redis.call('EXPIRE', KEYS[2 * i], window) end
+  if failures == 1 then redis.call('PEXPIRE', KEYS[2 * i], window) end
   if ARGV[base + 3] == '1' and failures >= tonumber(ARGV[base + 1]) and window > longest then
     filled, longest = i, window
   end
 end
 if filled > 0 then
-  if redis.call('TTL', KEYS[1]) < longest then
-    redis.call('SET', KEYS[1], '1', 'EX', longest)
+  if redis.call('PTTL', KEYS[1]) < longest then
+    redis.call('SET', KEYS[1], '1', 'PX', longest)
   end
   for i = 1, (#KEYS - 1) / 2 do
     if ARGV[(i - 1) * 3 + 3] == '1' then redis.call('DEL', KEYS[2 * i]) end
@@ -272,8 +274,8 @@ class Lockout:
         for that budget's window), or None."""
         args: list[int] = []
         for budget in attempt.budgets:
-            # Redis expires in whole seconds (these limits are parsed with whole=True).
-            args += [budget.limit.count, math.ceil(budget.limit.window), int(budget.locks)]
+            # Milliseconds: Redis expires these windows with PEXPIRE / PX.
+            args += [budget.limit.count, budget.limit.window_ms, int(budget.locks)]
         attempt.ended = True
         filled = int(await self._fail(keys=attempt.keys, args=args))
         if filled == 0:

@@ -398,9 +398,9 @@ async def reset_password(body: ResetRequest, context: Context, identity: Identit
     return Response(status_code=204)
 
 
-def reset_mail_body(public_url: str, token: str, ttl: int) -> str:
+def reset_mail_body(public_url: str, token: str, ttl: float) -> str:
     """The text of the reset e-mail: a link and the bare token."""
-    minutes = max(1, ttl // 60)
+    minutes = max(1, int(ttl // 60))
     return (
         "Someone (hopefully you) asked to reset the password of your Apex account.\n"
         f"Open this link within {minutes} minutes to choose a new password:\n\n"

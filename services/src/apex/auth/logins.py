@@ -151,6 +151,12 @@ class IdentityServices:
         """Close the outbound HTTP client."""
         await self.http.aclose()
 
+    def reset(self) -> None:
+        """Forget the IdPs' metadata and keys: the next SSO login fetches them afresh
+        (``apex.auth.reset_memory``)."""
+        self.oidc = None
+        self.saml = None
+
 
 def get_identity(request: Request) -> IdentityServices:
     """Dependency: the app's identity services; 503 if its lifespan has not run."""

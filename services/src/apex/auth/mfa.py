@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import time
@@ -152,7 +153,7 @@ class PendingLogin:
 class MfaStore:
     """mfa_tokens, SMS codes and spent TOTP steps in Redis."""
 
-    def __init__(self, redis: Redis, *, prefix: str, sms_code_ttl: int) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, sms_code_ttl: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self._sms_code_ttl = sms_code_ttl
@@ -204,9 +205,9 @@ class MfaStore:
     async def new_sms_code(self, pending: PendingLogin) -> str:
         """A fresh 6-digit SMS code for this login (replacing an earlier one)."""
         code = f"{secrets.randbelow(10**6):06d}"
-        await self._redis.set(
-            self._sms_key(pending.token_hash), code_hash(code), ex=self._sms_code_ttl
-        )
+        # To the millisecond (APEX_MFA_SMS_CODE_TTL may be a fraction of a second).
+        ttl_ms = math.ceil(self._sms_code_ttl * 1000)
+        await self._redis.set(self._sms_key(pending.token_hash), code_hash(code), px=ttl_ms)
         return code
 
     async def check_sms_code(self, pending: PendingLogin, code: str) -> bool:

@@ -139,6 +139,13 @@ class PermissionCache:
         self._epoch += 1
         self._memory.clear()
 
+    def reset(self) -> None:
+        """Forget everything, pending invalidations included, as a fresh instance would
+        (``apex.auth.reset_memory``)."""
+        self.clear()
+        self._pending.clear()
+        self.not_before = 0.0
+
     def handle_event(self, message: dict[str, Any]) -> None:
         """Pub/sub handler of ``permissions.changed``."""
         user_ids = message.get("user_ids")

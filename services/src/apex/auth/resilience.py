@@ -123,6 +123,14 @@ class Resilience:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
+    async def reset(self) -> None:
+        """Forget the revocation cache and the outage state, then probe: afterwards this
+        instance knows what a freshly started one would (``apex.auth.reset_memory``)."""
+        self._revoked = {}
+        self._timeouts = 0
+        self.last_error = ""
+        await self.probe()
+
     # -- state ------------------------------------------------------------------
 
     @property

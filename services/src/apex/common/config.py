@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from apex.common.settings import (
     HTTP_SCHEMES,
+    MIN_EXPIRING_WINDOW,
     ConfigError,
     Env,
     RateLimit,
@@ -95,7 +96,7 @@ class Settings(ServiceSettings):
         default_factory=lambda: dict(_DEFAULT_DEVICE_LIMITS)
     )
     login_lockout: RateLimit = _DEFAULT_LOCKOUT
-    password_reset_ttl: int = 900
+    password_reset_ttl: float = 900
     password_hash_cost: PasswordHashCost = PasswordHashCost()
     # Issue 3, authorization, limits, resilience (owner B).
     api_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
@@ -109,7 +110,7 @@ class Settings(ServiceSettings):
     mfa_token_attempts: int = 5
     mfa_sms_per_token: int = 3
     mfa_sms_per_user: RateLimit = _DEFAULT_SMS_PER_USER
-    mfa_sms_code_ttl: int = 300
+    mfa_sms_code_ttl: float = 300
     password_forgot_per_email: RateLimit = _DEFAULT_FORGOT_PER_EMAIL
     password_forgot_per_ip: RateLimit = _DEFAULT_FORGOT_PER_IP
     idp_trusted_domains: frozenset[str] = frozenset()
@@ -161,8 +162,8 @@ def _identity_settings(env: Env) -> dict[str, Any]:
         "sms_auth_token": env.get("APEX_SMS_AUTH_TOKEN"),
         "sms_from": env.get("APEX_SMS_FROM"),
         "device_limits": parse_device_limits(env.text("APEX_DEVICE_LIMITS", DEFAULT_DEVICE_LIMITS)),
-        "login_lockout": env.rate("APEX_LOGIN_LOCKOUT", "5/900", whole=True),
-        "password_reset_ttl": env.whole_number("APEX_PASSWORD_RESET_TTL", 900, unit="seconds"),
+        "login_lockout": env.rate("APEX_LOGIN_LOCKOUT", "5/900", expiring=True),
+        "password_reset_ttl": env.number("APEX_PASSWORD_RESET_TTL", 900, unit="seconds"),
         "password_hash_cost": _password_hash_cost(env),
     }
 
@@ -197,18 +198,29 @@ def _resilience_settings(env: Env) -> dict[str, Any]:
     }
 
 
+def _expiry(env: Env, name: str, default: float) -> float:
+    """Seconds that Redis expires to the millisecond: at least 0.001."""
+    seconds = env.number(name, default, unit="seconds")
+    if seconds < MIN_EXPIRING_WINDOW:
+        raise ConfigError(
+            f"{name} must be at least 0.001 seconds (Redis expires it to the millisecond), "
+            f"got {env.get(name)!r}"
+        )
+    return seconds
+
+
 def _security_settings(env: Env) -> dict[str, Any]:
     """apex.auth's attempt limits and the domains each IdP may vouch for (issue 10)."""
     return {
-        "mfa_lockout": env.rate("APEX_MFA_LOCKOUT", "10/3600", whole=True),
+        "mfa_lockout": env.rate("APEX_MFA_LOCKOUT", "10/3600", expiring=True),
         "mfa_token_attempts": env.whole_number("APEX_MFA_TOKEN_ATTEMPTS", 5),
         "mfa_sms_per_token": env.whole_number("APEX_MFA_SMS_PER_TOKEN", 3),
-        "mfa_sms_per_user": env.rate("APEX_MFA_SMS_PER_USER", "10/3600", whole=True),
-        "mfa_sms_code_ttl": env.whole_number("APEX_MFA_SMS_CODE_TTL", 300, unit="seconds"),
+        "mfa_sms_per_user": env.rate("APEX_MFA_SMS_PER_USER", "10/3600", expiring=True),
+        "mfa_sms_code_ttl": _expiry(env, "APEX_MFA_SMS_CODE_TTL", 300),
         "password_forgot_per_email": env.rate(
-            "APEX_PASSWORD_FORGOT_PER_EMAIL", "3/3600", whole=True
+            "APEX_PASSWORD_FORGOT_PER_EMAIL", "3/3600", expiring=True
         ),
-        "password_forgot_per_ip": env.rate("APEX_PASSWORD_FORGOT_PER_IP", "30/3600", whole=True),
+        "password_forgot_per_ip": env.rate("APEX_PASSWORD_FORGOT_PER_IP", "30/3600", expiring=True),
         "idp_trusted_domains": _parse_domains(env, "APEX_IDP_TRUSTED_DOMAINS"),
         "saml_trusted_domains": _parse_domains(env, "APEX_SAML_TRUSTED_DOMAINS"),
     }
@@ -254,7 +266,7 @@ def _parse_limit_items(text: str, variable: str) -> dict[str, RateLimit]:
                 f"{variable}: unknown tier {tier!r} in {item!r}; tiers are {', '.join(TIERS)}"
             )
         try:
-            limits[tier] = parse_rate(spec, whole=True)
+            limits[tier] = parse_rate(spec, expiring=True)
         except ValueError as exc:
             raise ConfigError(f"{variable}: {item!r} {exc}") from None
     return limits

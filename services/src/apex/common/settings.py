@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "HTTP_SCHEMES",
+    "MIN_EXPIRING_WINDOW",
     "ConfigError",
     "Env",
     "RateLimit",
@@ -52,31 +53,45 @@ def missing_setting(variable: str, service: str) -> ConfigError:
 @dataclasses.dataclass(frozen=True)
 class RateLimit:
     """``count`` events per ``window`` seconds: a sliding-window limit, a message rate, a
-    breaker's threshold and open time. Rates parsed with ``whole=True`` (the limits Redis
-    expires) have a whole number of seconds."""
+    breaker's threshold and open time. A whole number of seconds stays an int (``"5/900"``
+    -> ``RateLimit(5, 900)``), so answers that show the window keep showing ``900``."""
 
     count: int
     window: float
 
+    @property
+    def window_ms(self) -> int:
+        """The window in whole milliseconds, rounded up (what PEXPIRE / PX take)."""
+        return max(1, math.ceil(self.window * 1000))
 
-def parse_rate(text: str, *, whole: bool = False) -> RateLimit:
-    """``"20/1"`` -> RateLimit(20, 1.0): a whole count >= 1 and seconds > 0 (whole: a
-    whole number >= 1). ValueError says what is wrong; the caller names the setting."""
+
+# The shortest window Redis can expire (PEXPIRE counts milliseconds).
+MIN_EXPIRING_WINDOW: Final = 0.001
+
+
+def parse_rate(text: str, *, expiring: bool = False) -> RateLimit:
+    """``"20/1"`` -> RateLimit(20, 1), ``"5/0.25"`` -> RateLimit(5, 0.25): a whole count >= 1
+    and a finite number of seconds > 0 (expiring, for the windows Redis expires: at least
+    0.001, one millisecond; shorter would expire at once). ValueError says what is wrong;
+    the caller names the setting."""
     count_text, slash, window_text = text.partition("/")
     if not slash:
         raise ValueError("is not of the form count/seconds")
     try:
         count = int(count_text)
-        window: float = int(window_text) if whole else float(window_text)
+        window: float = float(window_text)
     except ValueError:
+        raise ValueError("needs a whole count and a number of seconds") from None
+    if count < 1:
+        raise ValueError("needs a count of at least 1")
+    long_enough = window >= MIN_EXPIRING_WINDOW if expiring else window > 0
+    if not (long_enough and window < math.inf):  # NaN fails both
         raise ValueError(
-            "needs whole numbers for count and seconds"
-            if whole
-            else "needs a whole count and a number of seconds"
-        ) from None
-    if count < 1 or not (window >= 1 if whole else 0 < window < math.inf):
-        raise ValueError("needs a count and a window of at least 1" if whole else "out of range")
-    return RateLimit(count=count, window=window)
+            "needs a finite window of at least 0.001 seconds (one millisecond)"
+            if expiring
+            else "needs a finite window of more than 0 seconds"
+        )
+    return RateLimit(count=count, window=int(window) if window.is_integer() else window)
 
 
 # -- the parsers ------------------------------------------------------------------------
@@ -156,13 +171,13 @@ class Env:
             raise ConfigError(f"{name} must be {bound}, got {text!r}")
         return value
 
-    def rate(self, name: str, default: str, *, whole: bool = False) -> RateLimit:
+    def rate(self, name: str, default: str, *, expiring: bool = False) -> RateLimit:
         """``count/seconds`` (see :func:`parse_rate`); ``default`` is also the example."""
         text = self.text(name, default)
         try:
-            return parse_rate(text, whole=whole)
+            return parse_rate(text, expiring=expiring)
         except ValueError:
-            seconds = "whole seconds >= 1" if whole else "seconds > 0"
+            seconds = "seconds >= 0.001 (milliseconds count)" if expiring else "seconds > 0"
             raise ConfigError(
                 f"{name} must be count/seconds with a whole count >= 1 and {seconds} "
                 f"(e.g. {default}), got {text!r}"

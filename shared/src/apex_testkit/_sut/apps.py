@@ -3,10 +3,12 @@
 Making an app is the dear part of an L2 client: FastAPI builds every route's validation
 models on the app's first request (0.4 s for apex.auth on this project's 2-core machine).
 What a test can change lives in the app's lifespan (pools, Redis clients, caches, the
-identity services), and each use of an app runs its lifespan afresh in the test's own
-event loop, so a reused app keeps no state of an earlier test: only its routes, its
-middleware and what its settings made (the signing key). An app is used by one client or
-server at a time; a second one at once (two instances in one test) gets an app of its own.
+identity services), and each use of an app from this pool runs its lifespan afresh in the
+test's own event loop, so a reused app keeps no state of an earlier test: only its routes,
+its middleware and what its settings made (the signing key). An app is used by one client
+or server at a time; a second one at once (two instances in one test) gets an app of its
+own. (Apps kept running with their lifespan, for services that can reset their memory,
+are `apex_testkit._sut.live`'s.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from typing import Any
 MAX_SETTINGS = 64
 
 
+def make_app(module_name: str, env: Mapping[str, str]) -> Any:
+    """A new app of `module_name`: `create_app(load_settings(env))` (the service contract)."""
+    module = importlib.import_module(module_name)
+    return module.create_app(module.load_settings(dict(env)))
+
+
 class AppPool:
     """Idle apps of one worker, by module and settings."""
 
@@ -35,11 +43,7 @@ class AppPool:
         key = (module_name, tuple(sorted(env.items())))
         idle = self._idle.pop(key, [])
         self._idle[key] = idle  # most recently used last
-        if idle:
-            app = idle.pop()
-        else:
-            module = importlib.import_module(module_name)
-            app = module.create_app(module.load_settings(dict(env)))
+        app = idle.pop() if idle else make_app(module_name, env)
         yield app
         self._idle.setdefault(key, []).append(app)
         while len(self._idle) > MAX_SETTINGS:

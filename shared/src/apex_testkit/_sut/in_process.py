@@ -1,11 +1,15 @@
 """L2: the platform imported, in the test process.
 
-A client gets an app instance of its own behind httpx's ASGI transport, its lifespan run
-in the test's event loop; `serve` and `start` serve the service (and the services it
-calls) on loopback sockets inside the test's own event loop, through the service
-contract: `<module>.load_settings(env)`, then `create_app(settings)` (run under uvicorn)
-or `create_server(settings)` (its own server). Apps are reused by later tests of the
-worker with the same settings, each time with a fresh lifespan (`apps.AppPool`).
+A client of a service that can reset its memory (`reset_memory(app)`) reaches the
+worker's running app of that service, settings and instance number, its lifespan kept
+between tests in the worker's apps loop and its memory reset whenever a client opens it
+idle (`live.LiveApps`). A client of any other service gets an app instance of its own
+behind httpx's ASGI transport, its lifespan run in the test's event loop. `serve` and
+`start` serve the service (and the services it calls) on loopback sockets inside the
+test's own event loop. All through the service contract: `<module>.load_settings(env)`,
+then `create_app(settings)` (run under uvicorn) or `create_server(settings)` (its own
+server). Apps are reused by later tests of the worker with the same settings, each time
+with a fresh lifespan (`apps.AppPool`).
 """
 
 from __future__ import annotations
@@ -22,20 +26,23 @@ from asgi_lifespan import LifespanManager
 from apex_testkit._level import Level
 from apex_testkit._processes import listening_socket
 from apex_testkit._sut import wiring
-from apex_testkit._sut.apps import AppPool
+from apex_testkit._sut.apps import AppPool, make_app
+from apex_testkit._sut.live import LiveApps
 from apex_testkit._sut.platform import Platform, RunningService
 from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
 
 
 class InProcessPlatform(Platform):
-    """L2: each client and each served instance is a fresh app in the test's event loop."""
+    """L2: the platform in the test process: kept-running apps for clients of services that
+    can reset their memory, fresh lifespans in the test's event loop for the rest."""
 
     level = Level.L2
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.apps = AppPool()
+        self.live = LiveApps(make_app)
 
     @property
     def admin_token(self) -> str:
@@ -45,12 +52,17 @@ class InProcessPlatform(Platform):
     async def _client(
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[httpx.AsyncClient]:
-        # Every client is an app instance of its own, whatever `instance` says.
         env = {**wiring.service_env(self.worker, service), **settings}
-        with self.apps.app(wiring.module(service), env) as app:
+        base = f"http://{service}.apex.test"
+        module_name = wiring.module(service)
+        if self.live.shares(module_name):
+            async with self.live.client(module_name, env, instance, base) as client:
+                yield client
+            return
+        # Every client is an app instance of its own, whatever `instance` says.
+        with self.apps.app(module_name, env) as app:
             async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
                 transport = httpx.ASGITransport(app=manager.app)
-                base = f"http://{service}.apex.test"
                 async with httpx.AsyncClient(transport=transport, base_url=base) as client:
                     yield client
 
@@ -76,6 +88,9 @@ class InProcessPlatform(Platform):
 
     def reset(self) -> None:
         self.worker.reset()
+
+    def close(self) -> None:
+        self.live.close()
 
 
 @asynccontextmanager

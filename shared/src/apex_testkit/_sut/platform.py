@@ -106,7 +106,7 @@ class Platform(abc.ABC):
     def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
 
-    def close(self) -> None:  # noqa: B027 - a no-op is the right default (L2, L4)
+    def close(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Stop what this platform started."""
 
     def _reconfigurable(self, service: str, settings: Mapping[str, str]) -> None:
