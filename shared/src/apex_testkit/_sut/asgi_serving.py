@@ -68,7 +68,14 @@ async def serving_asgi(
     or the `stop()` it hands out is awaited (a graceful stop: the app's lifespan ends)."""
     config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
     server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit:  # uvicorn's answer to a failed lifespan start-up
+            raise RuntimeError(f"{name}: its lifespan start-up failed (logged above)") from None
+
+    task = asyncio.create_task(serve())
     ready = asyncio.create_task(server.ready.wait())
     try:
         done, _ = await asyncio.wait({task, ready}, timeout=30, return_when="FIRST_COMPLETED")
