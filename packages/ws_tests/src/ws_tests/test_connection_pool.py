@@ -82,8 +82,8 @@ async def test_dead_connections_are_reaped_and_give_their_slots_back(
 ) -> None:
     gateway = await gateways.start(
         APEX_WS_MAX_CONNECTIONS_PER_USER="3",
-        APEX_WS_PING_INTERVAL="0.1",  # the dead are found within 0.5 s
-        APEX_WS_PING_TIMEOUT="0.4",
+        APEX_WS_PING_INTERVAL="0.1",  # the dead are found within 0.6 s
+        APEX_WS_PING_TIMEOUT="0.5",
     )
     dead = [await ws_open(gateway.url, ws_user.token) for _ in range(3)]
     idle = await ws_open(gateway.url, (await make_ws_user()).token)  # never sends anything
