@@ -1,5 +1,6 @@
 """Benchmarks of the gateway (marker perf; `nox -s bench`, or `pytest --perf -m perf -s`).
 
+001#19 leader handover latency (the contract's 1 s; the multitab tests only wait for it),
 001#76 concurrent connections held (target 1,000 on 2 cores) and 001#77 fan-out
 throughput (issue 9's targets: 10,000 deliveries/s plain, 7,000/s with permessage-deflate):
 a burst (every message at once; deliveries/s is the capacity) and then a paced run at half
@@ -9,7 +10,8 @@ process (publisher and receivers) is the load generator, so the two never share 
 A benchmark reports numbers (a table on stdout, JSON in $APEX_BENCH_DIR/gateway.json,
 default reports/bench); it never fails on speed, only on correctness (every connection
 welcomed, every message delivered once, in order).
-Sizes: APEX_BENCH_CONNECTIONS (1000), APEX_BENCH_RECEIVERS (50), APEX_BENCH_MESSAGES (400).
+Sizes: APEX_BENCH_CONNECTIONS (1000), APEX_BENCH_RECEIVERS (50), APEX_BENCH_MESSAGES (400),
+APEX_BENCH_HANDOVERS (20).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 
 from apex_testkit import Level
 from ws_tests.client import Connect, HandshakeRefused, WsClient
-from ws_tests.gateways import Gateways
+from ws_tests.gateways import Gateways, Serve
 from ws_tests.messages import BROADCAST_PERMISSION
 from ws_tests.users import MakeUser
 
@@ -220,3 +222,46 @@ async def test_bench_fan_out_throughput_and_latency(
         tag = "deflate" if compression else "plain"
         rows.update({f"{tag}.{k}": v for k, v in result.items()})
     _report("fan_out", rows, apex_level)
+
+
+LEADERSHIP = pytest.mark.bvj(
+    segment="mid", goal="Power users work in many tabs without duplicate or missing updates",
+    mrr=6000, scenario="001#19",
+)  # fmt: skip
+
+
+async def _handovers(
+    ws_open: Connect, token: str, leader_url: str, follower_url: str
+) -> list[float]:
+    """Seconds from a leader tab's close to the `leader` frame of the next oldest tab,
+    APEX_BENCH_HANDOVERS times: the first leader on `leader_url`, each follower on the
+    other URL than the leader's (the same URL twice: one instance)."""
+    leader = await ws_open(leader_url, token)
+    assert leader.welcome["leader"] is True
+    seconds = []
+    for _ in range(_size("APEX_BENCH_HANDOVERS", 20)):
+        follower = await ws_open(follower_url, token)
+        assert follower.welcome["leader"] is False
+        start = time.perf_counter()
+        await leader.close()
+        await follower.expect("leader")
+        seconds.append(time.perf_counter() - start)
+        leader, leader_url, follower_url = follower, follower_url, leader_url
+    return seconds
+
+
+@LEADERSHIP
+async def test_bench_leader_handover(
+    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser, apex_level: Level
+) -> None:
+    """How soon the next oldest tab leads once the leader closes (the contract's 1 s),
+    on the same instance and across two; the multitab tests wait for it as a condition."""
+    first, second = await serve_gateway(instance=0), await serve_gateway(instance=1)
+    rows: dict[str, Any] = {"contract_ms": 1000}
+    for tag, follower_url in (("same_instance", first), ("cross_instance", second)):
+        seconds = await _handovers(ws_open, (await make_ws_user()).token, first, follower_url)
+        rows[f"{tag}.handovers"] = len(seconds)
+        rows[f"{tag}.p50_ms"] = statistics.median(seconds) * 1000
+        rows[f"{tag}.p99_ms"] = _percentile(seconds, 0.99) * 1000
+        rows[f"{tag}.max_ms"] = max(seconds) * 1000
+    _report("leader_handover", rows, apex_level)

@@ -41,9 +41,11 @@ def negotiated(client: WsClient) -> list[str]:
 def big_json(size: int) -> dict[str, Any]:
     """Repetitive JSON like a table of agent results, about `size` bytes."""
     rows: list[dict[str, Any]] = []
-    while len(str(rows)) < size:
+    length = len(str(rows))  # of str(rows), kept up to date row by row (not recomputed)
+    while length < size:
         n = len(rows)
         rows.append({"agent": "cost-optimizer", "step": n, "status": "ok", "tokens": 1200 + n})
+        length += len(str(rows[-1])) + (2 if n else 0)  # ", " between rows
     return {"rows": rows, "note": 'Grüße, 東京, emoji 🚀, quotes " and \\ backslash'}
 
 

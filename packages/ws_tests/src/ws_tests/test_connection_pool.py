@@ -35,7 +35,10 @@ async def _count_becomes(gateway: GatewayHandle, expected: int, timeout: float =
 async def test_one_user_fills_the_pool_up_to_the_limit_and_no_further(
     gateways: Gateways, ws_open: Connect, ws_user: WsUser
 ) -> None:
-    gateway = await gateways.start(APEX_WS_MAX_CONNECTIONS_PER_USER="10")
+    gateway = await gateways.start(
+        APEX_WS_MAX_CONNECTIONS_PER_USER="10",
+        APEX_WS_INSTANCE_TTL="1.5",  # /instances is refreshed every 0.5 s, not every 1.7 s
+    )
 
     tabs = await asyncio.gather(*(ws_open(gateway.url, ws_user.token) for _ in range(10)))
 
@@ -59,7 +62,7 @@ async def test_a_burst_of_connections_is_admitted_and_released(
     gateways: Gateways, ws_open: Connect, make_ws_user: MakeUser
 ) -> None:
     gateway = await gateways.start()
-    users = [await make_ws_user() for _ in range(20)]
+    users = list(await asyncio.gather(*(make_ws_user() for _ in range(20))))
 
     clients = await asyncio.gather(*(ws_open(gateway.url, u.token) for u in users * 2))
 
@@ -79,7 +82,7 @@ async def test_dead_connections_are_reaped_and_give_their_slots_back(
 ) -> None:
     gateway = await gateways.start(
         APEX_WS_MAX_CONNECTIONS_PER_USER="3",
-        APEX_WS_PING_INTERVAL="0.5",
+        APEX_WS_PING_INTERVAL="0.1",  # the dead are found within 0.6 s
         APEX_WS_PING_TIMEOUT="0.5",
     )
     dead = [await ws_open(gateway.url, ws_user.token) for _ in range(3)]
@@ -95,7 +98,7 @@ async def test_dead_connections_are_reaped_and_give_their_slots_back(
     fresh = [await ws_open(gateway.url, ws_user.token) for _ in range(3)]
     assert sum(t.welcome["leader"] for t in fresh) == 1
     await _count_becomes(gateway, 4)
-    await stays_open(idle, 1.0)  # idle is not dead: it answers pings
+    await stays_open(idle, 1.0)  # idle is not dead: it answers pings (ten of them)
 
 
 def _tabs_in_redis(redis_namespace: RedisNamespace, user_id: str) -> int:

@@ -72,13 +72,13 @@ async def test_slow_link_within_the_ping_timeout_keeps_the_connection(
     ws_user: WsUser,
     fault_proxy: Callable[[str], FaultProxy],
 ) -> None:
-    gateway = await gateways.start(APEX_WS_PING_INTERVAL="0.5", APEX_WS_PING_TIMEOUT="2")
+    gateway = await gateways.start(APEX_WS_PING_INTERVAL="0.2", APEX_WS_PING_TIMEOUT="1.5")
     proxy = fault_proxy(http_url(gateway.url))
     client = await ws_open(proxy.url_for(gateway.url), ws_user.token)
     before = metric(await gateway.metrics(), "apex_gateway_reaped_total")
-    proxy.latency(300, jitter_ms=100)  # round trip ~0.6 s, well inside the 2 s timeout
+    proxy.latency(150, jitter_ms=50)  # round trip ~0.3 s, well inside the 1.5 s timeout
 
-    await stays_open(client, 5.0)
+    await stays_open(client, 2.5)  # five pings or more, each answered late
 
     assert metric(await gateway.metrics(), "apex_gateway_reaped_total") == before
 

@@ -24,7 +24,8 @@ BVJ = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [BVJ]
 
-LEADER_HANDOVER = 1.5  # the contract's 1 s, and some slack for a loaded machine
+# A handover is waited for as a condition (the `expect` deadline, DEFAULT_TIMEOUT): how
+# fast it comes (the contract's 1 s) is measured by test_bench's leader-handover benchmark.
 
 
 async def no_leader_frame(tab: WsClient, sender: WsClient) -> None:
@@ -126,12 +127,12 @@ async def test_the_oldest_tab_leads_and_hands_over_to_the_next_oldest_when_it_cl
     assert carol_tab.welcome["leader"] is True, "leadership is per user"
 
     await tabs[0].close()
-    await tabs[1].expect("leader", timeout=LEADER_HANDOVER)
+    await tabs[1].expect("leader")
     await no_leader_frame(tabs[2], carol_tab)
     await no_leader_frame(carol_tab, tabs[1])
 
     await tabs[1].close()
-    await tabs[2].expect("leader", timeout=LEADER_HANDOVER)
+    await tabs[2].expect("leader")
     newcomer = await ws_open(url, bob.token)
     assert newcomer.welcome["leader"] is False, "a new tab does not take over from a live leader"
 
@@ -152,15 +153,18 @@ async def test_tabs_opened_at_the_same_time_elect_exactly_one_leader(
     # Closing the leader makes exactly one of the others lead.
     await leaders[0].close()
     rest = [tab for tab in tabs if tab is not leaders[0]]
-
-    async def became_leader(tab: WsClient) -> bool:
-        try:
-            await tab.expect("leader", timeout=LEADER_HANDOVER)
-        except AssertionError:
-            return False
-        return True
-
-    assert sum(await asyncio.gather(*(became_leader(tab) for tab in rest))) == 1
+    waiting = {asyncio.create_task(tab.expect("leader")): tab for tab in rest}
+    told, others = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in others:
+        task.cancel()  # cancelling a recv loses no frame: later ones stay for the check below
+    await asyncio.wait(waiting)
+    assert len(told) == 1, [waiting[task].welcome for task in told]
+    (first,) = told
+    first.result()  # no leader at all: the expect deadline's error
+    new_leader = waiting[first]
+    for tab in rest:
+        if tab is not new_leader:
+            await no_leader_frame(tab, new_leader)
 
 
 @pytest.mark.L2
@@ -177,7 +181,7 @@ async def test_leadership_is_per_user_across_gateway_instances(
     assert [tab.welcome["leader"] for tab in on_second] == [False, False]
 
     await oldest.close()
-    await on_second[0].expect("leader", timeout=LEADER_HANDOVER)
+    await on_second[0].expect("leader")
     await no_leader_frame(on_second[1], on_second[0])
 
 

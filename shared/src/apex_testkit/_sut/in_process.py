@@ -14,7 +14,6 @@ with a fresh lifespan (`apps.AppPool`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Mapping
@@ -27,9 +26,9 @@ from apex_testkit._level import Level
 from apex_testkit._processes import listening_socket
 from apex_testkit._sut import wiring
 from apex_testkit._sut.apps import AppPool, make_app
+from apex_testkit._sut.asgi_serving import serving_asgi
 from apex_testkit._sut.live import LiveApps
 from apex_testkit._sut.platform import Platform, RunningService
-from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
 
 
@@ -110,28 +109,9 @@ async def _serve_in_loop(
     url = wiring.service_url(service, f"http://{host}:{port}")
     try:
         if hasattr(module, "create_app"):
-            import uvicorn  # noqa: PLC0415 - only L2 serving needs it
-
             with apps.app(name, env) as app:
-                config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-                server = uvicorn.Server(config)
-                task = asyncio.create_task(server.serve(sockets=[sock]))
-
-                async def started() -> bool:
-                    if task.done():  # it stopped during start-up: say why
-                        task.result()
-                        raise RuntimeError(f"{name} exited during start-up")
-                    return bool(server.started)
-
-                async def stop() -> None:
-                    server.should_exit = True
-                    await task
-
-                try:
-                    await eventually(started, timeout=30, message=f"{name} serving")
+                async with serving_asgi(app, sock, name) as stop:
                     yield RunningService(url, Level.L2, stop)
-                finally:
-                    await stop()
         else:
             own = module.create_server(module.load_settings(env))
             async with own.serving(sock=sock):
