@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from auth_tests.client import AuthAdmin, Tokens, login
+from auth_tests.client import AuthAdmin, Tokens, idp_email, login
 from auth_tests.flows import oidc_login
 from websockets.exceptions import ConnectionClosed
 
@@ -440,6 +440,7 @@ async def test_concurrent_handshakes_of_one_session_are_each_bound_to_it(
 
 @pytest.mark.L2
 @pytest.mark.L3
+@pytest.mark.L4
 @COMPLETE_FLOW
 async def test_oidc_login_then_websocket_session_bound_to_it(
     ws_connect: Connect,
@@ -449,7 +450,8 @@ async def test_oidc_login_then_websocket_session_bound_to_it(
 ) -> None:
     # The browser round trip (auth -> IdP /authorize -> auth's callback, with the login
     # cookie that binds it to this browser), from the identity team's client.
-    email = f"sso-{time.time_ns()}@tests.apex.invalid"
+    # At L4 the IdP's user is in the run's namespace, deleted at its end.
+    email = idp_email(ws_auth_admin.email_domain)
     callback = await oidc_login(ws_auth_client, fake_idp, sub=f"idp-{time.time_ns()}", email=email)
     tokens = Tokens.of(callback)
     user_id = callback.json()["user_id"]
