@@ -605,6 +605,49 @@ async def test_idp_groups_become_team_memberships_and_relogin_syncs_them(
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
+async def test_an_idp_group_never_makes_a_user_a_member_of_another_tenants_team(
+    auth_client: httpx.AsyncClient,
+    access_admin: AccessAdmin,
+    fake_idp: FakeIdp,
+    email_domain: str,
+) -> None:
+    """Issue 10 #11: a group name is the IdP's word, and any tenant's IdP may say any name.
+    It maps only to the teams of the user's own tenant (a user of none: teams of none)."""
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    group = f"finance-{uuid.uuid4().hex[:6]}"
+    their_team = await access_admin.create_team(idp_group=group, tenant_id=theirs)
+    await access_admin.grant_team(their_team["id"], "billing:write")
+    tenantless_group = f"ops-{uuid.uuid4().hex[:6]}"
+    tenantless_team = await access_admin.create_team(idp_group=tenantless_group)
+
+    outsider = await oidc_login(
+        auth_client, fake_idp, email=idp_email(email_domain), tenant=ours, groups=[group]
+    )
+    insider = await oidc_login(
+        auth_client, fake_idp, email=idp_email(email_domain), tenant=theirs, groups=[group]
+    )
+    tenantless = await oidc_login(
+        auth_client,
+        fake_idp,
+        email=idp_email(email_domain),
+        groups=[group, tenantless_group],
+    )
+
+    members = {m["user_id"] for m in (await access_admin.team(their_team["id"]))["members"]}
+    assert members == {insider.json()["user_id"]}, "only the team's own tenant joins it"
+    check = {"permission": "billing:write"}
+    for response, allowed in ((outsider, False), (insider, True), (tenantless, False)):
+        answer = await auth_client.post(
+            "/authz/check", json=check, headers=Tokens.of(response).bearer
+        )
+        assert answer.json() == {"allowed": allowed}, answer.text
+    tenantless_members = (await access_admin.team(tenantless_team["id"]))["members"]
+    assert [m["user_id"] for m in tenantless_members] == [tenantless.json()["user_id"]]
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
 async def test_group_sync_takes_effect_on_live_permission_checks(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
