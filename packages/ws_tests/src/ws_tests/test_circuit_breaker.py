@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -39,8 +40,35 @@ SETTINGS = {"APEX_WS_BREAKER": f"{THRESHOLD}/{OPEN_SECONDS}", "APEX_WS_RATE": "1
 FAST = 3.0  # seconds: an open breaker answers at once, a hang would take far longer
 
 
+@dataclass(frozen=True)
+class BehindProxy:
+    """A gateway (SETTINGS) whose PostgreSQL is reached through a fault proxy."""
+
+    proxy: FaultProxy
+    gateway: GatewayHandle
+
+
+@pytest.fixture
+async def db_behind_proxy(
+    gateways: Gateways, fault_proxy: Callable[[str], FaultProxy], postgres_database: str
+) -> BehindProxy:
+    """The PostgreSQL tests' setup: the worker's database behind a fault proxy, and a
+    gateway with the module's breaker settings that uses it."""
+    proxy = fault_proxy(postgres_database)
+    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    return BehindProxy(proxy, gateway)
+
+
 async def _state(gateway: GatewayHandle, dependency: str) -> float:
     return metric(await gateway.metrics(), "apex_gateway_breaker_state", dependency=dependency)
+
+
+async def _open_the_breaker(setup: BehindProxy, client: WsClient) -> None:
+    """Cut the database and fail THRESHOLD notes: the PostgreSQL breaker is open."""
+    setup.proxy.down()
+    for n in range(THRESHOLD):
+        await _note(client, f"down-{n}")
+    assert await _state(setup.gateway, "postgres") == 1
 
 
 async def _note(client: WsClient, title: str, timeout: float = 30) -> Frame:
@@ -52,14 +80,11 @@ async def _note(client: WsClient, title: str, timeout: float = 30) -> Frame:
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
-    gateways: Gateways,
+    db_behind_proxy: BehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-    proxy = fault_proxy(postgres_database)
-    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    proxy, gateway = db_behind_proxy.proxy, db_behind_proxy.gateway
     user = await make_ws_user()
     client = await ws_open(gateway.url, user.token)
     assert (await _note(client, "before"))["type"] == "ack"
@@ -103,19 +128,13 @@ async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
-    gateways: Gateways,
+    db_behind_proxy: BehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-    proxy = fault_proxy(postgres_database)
-    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    gateway = db_behind_proxy.gateway
     client = await ws_open(gateway.url, (await make_ws_user()).token)
-    proxy.down()
-    for n in range(THRESHOLD):
-        await _note(client, f"down-{n}")
-    assert await _state(gateway, "postgres") == 1
+    await _open_the_breaker(db_behind_proxy, client)
 
     # Wait out the open period: the first reply that is not `unavailable` is the trial.
     async def trial() -> Frame | None:
@@ -135,20 +154,14 @@ async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
-    gateways: Gateways,
+    db_behind_proxy: BehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-    proxy = fault_proxy(postgres_database)
-    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    proxy, gateway = db_behind_proxy.proxy, db_behind_proxy.gateway
     user = await make_ws_user()
     clients = [await ws_open(gateway.url, user.token) for _ in range(4)]
-    proxy.down()
-    for n in range(THRESHOLD):
-        await _note(clients[0], f"down-{n}")
-    assert await _state(gateway, "postgres") == 1
+    await _open_the_breaker(db_behind_proxy, clients[0])
     proxy.up()
     proxy.latency(100)  # the trial takes a while: the other calls arrive during it
 
@@ -175,16 +188,13 @@ async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_success_resets_the_failure_count(
-    gateways: Gateways,
+    db_behind_proxy: BehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
     """Failures open the breaker only when consecutive: THRESHOLD - 1, a success, then
     THRESHOLD - 1 more leave it closed; one more failure opens it."""
-    proxy = fault_proxy(postgres_database)
-    gateway = await gateways.start(APEX_DATABASE_URL=proxy.url_for(postgres_database), **SETTINGS)
+    proxy, gateway = db_behind_proxy.proxy, db_behind_proxy.gateway
     client = await ws_open(gateway.url, (await make_ws_user()).token)
 
     proxy.down()
