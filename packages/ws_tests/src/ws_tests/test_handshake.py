@@ -54,6 +54,12 @@ async def _refused(connect: Connect, token: str | None, **options: Any) -> Hands
     return refused.value
 
 
+def _expired(token: str, signing_key: str) -> str:
+    """`token`, well signed, expired a minute ago (L2/L3: the platform's key)."""
+    now = int(time.time())
+    return forge(token, signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
+
+
 def _tampered_signature(token: str) -> str:
     head, body, signature = token.split(".")
     raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
@@ -209,8 +215,7 @@ async def test_well_signed_token_with_bad_claims_is_refused_with_invalid_token(
 async def test_expired_token_is_refused_with_401_token_expired(
     ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
 ) -> None:
-    now = int(time.time())
-    expired = forge(ws_user.token, jwt_signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
+    expired = _expired(ws_user.token, jwt_signing_key)
 
     refused = await _refused(ws_connect, expired)
 
@@ -294,8 +299,7 @@ async def test_every_refused_credential_carries_an_rfc_6750_challenge(
 async def test_an_expired_tokens_challenge_says_invalid_token_and_its_body_token_expired(
     gateway_url: str, ws_user: WsUser, jwt_signing_key: str
 ) -> None:
-    now = int(time.time())
-    expired = forge(ws_user.token, jwt_signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
+    expired = _expired(ws_user.token, jwt_signing_key)
 
     response = await _upgrade(gateway_url, {"Authorization": f"Bearer {expired}"})
 
