@@ -47,6 +47,8 @@ class AccessAdmin:
     def __init__(self, admin: AuthAdmin) -> None:
         self.client = admin.client
         self.headers = admin.headers
+        # Teams are named `<namespace>/...`: at L4 the run's, deleted with it.
+        self.namespace = admin.email_domain
 
     async def create_team(
         self,
@@ -56,7 +58,9 @@ class AccessAdmin:
         tenant_id: str | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name or f"team-{uuid.uuid4().hex[:10]}"}
+        """A new team named `<namespace>/<name>` (a fresh name if none is given)."""
+        name = name or f"team-{uuid.uuid4().hex[:10]}"
+        body: dict[str, Any] = {"name": f"{self.namespace}/{name}"}
         for field, value in (
             ("parent_id", parent_id), ("idp_group", idp_group), ("tenant_id", tenant_id)
         ):  # fmt: skip

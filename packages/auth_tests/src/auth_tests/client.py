@@ -8,14 +8,19 @@ helper works at L2, L3 and L4: it uses only the public HTTP API.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
+
+from apex_testkit import Level, Platform
 
 __all__ = [
     "TEST_DOMAIN",
@@ -26,10 +31,12 @@ __all__ = [
     "challenges",
     "error_of",
     "exchange",
+    "idp_email",
     "login",
     "me",
     "me_status",
     "platform_transport",
+    "run_namespace",
 ]
 
 
@@ -77,6 +84,36 @@ class Tokens:
 
 # The e-mail domain of the users the tests create (under the reserved TLD .invalid).
 TEST_DOMAIN = "tests.apex.invalid"
+
+
+def idp_email(email_domain: str, idp: str = "idp") -> str:
+    """A fresh address for a user an IdP (`idp`: "idp" for OIDC, "sso" for SAML) signs
+    in, in a subdomain of `email_domain`: inside the run's namespace (deleted with it),
+    yet in no domain an IdP is trusted for, so the login never links to a test's account."""
+    return f"{uuid.uuid4().hex}@{idp}.{email_domain}"
+
+
+@contextlib.contextmanager
+def run_namespace(platform: Platform) -> Iterator[str]:
+    """The namespace of what one test process writes to the platform: an e-mail domain.
+
+    Users are made in it (and IdP users in its subdomains, `idp_email`), teams are named
+    `<domain>/...` (`AccessAdmin`). At L4 it is one of this process's own on the shared
+    deployment, and everything in it is deleted when the block ends
+    (`AuthAdmin.delete_namespace`); L2/L3 reset their own state and use TEST_DOMAIN."""
+    if platform.level is not Level.L4:
+        yield TEST_DOMAIN
+        return
+    domain = f"run-{secrets.token_hex(6)}.{TEST_DOMAIN}"
+    try:
+        yield domain
+    finally:
+        asyncio.run(_delete_namespace(platform, domain))
+
+
+async def _delete_namespace(platform: Platform, domain: str) -> None:
+    async with platform.client("auth") as client:
+        await AuthAdmin(client, platform.admin_token).delete_namespace(domain)
 
 
 class AuthAdmin:
@@ -153,6 +190,20 @@ class AuthAdmin:
         assert response.status_code == 200, response.text
         deleted: int = response.json()["deleted"]
         return deleted
+
+    async def delete_teams_of(self, namespace: str) -> int:
+        """Delete every team named `<namespace>/...` (a test run's); how many."""
+        response = await self.client.delete(
+            "/admin/teams", params={"namespace": namespace}, headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        deleted: int = response.json()["deleted"]
+        return deleted
+
+    async def delete_namespace(self, namespace: str) -> tuple[int, int]:
+        """Delete a test run's namespace: its teams, then its users (the e-mail domain
+        and its subdomains, with the tenants they leave empty); (teams, users) deleted."""
+        return await self.delete_teams_of(namespace), await self.delete_domain(namespace)
 
     async def audit(self, subject: str) -> list[dict[str, Any]]:
         response = await self.client.get(

@@ -3,7 +3,7 @@
 Written once, wired by level: `auth_client` talks to an in-process app at L2, to
 `python -m apex.auth` processes at L3 and to the --target deployment at L4. Tests make
 their own users and keys through the admin API, so they also run against staging; at L4
-in an e-mail domain of their own (`email_domain`), whose users are deleted at the end.
+in a namespace of their own (`email_domain`: users, IdP users, teams), deleted at the end.
 The helpers these fixtures hand out live in the package's public modules: `client`
 (admin API, tokens), `flows` (password, TOTP, OIDC), `access` (teams, grants, context
 tokens), `events` (the auth:events channel), `faults` (auth behind a Redis fault proxy).
@@ -11,8 +11,6 @@ tokens), `events` (the auth:events channel), `faults` (auth behind a Redis fault
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -20,9 +18,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis as AsyncRedis
 
-from apex_testkit import Level, Platform, RedisNamespace
+from apex_testkit import Platform, RedisNamespace
 from auth_tests.access import AccessAdmin
-from auth_tests.client import TEST_DOMAIN, AuthAdmin, KeyUser
+from auth_tests.client import AuthAdmin, KeyUser, run_namespace
 from auth_tests.events import AuthEvents
 
 
@@ -49,20 +47,12 @@ async def trusting_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.
 
 @pytest.fixture(scope="session")
 def email_domain(platform: Platform) -> Iterator[str]:
-    """The e-mail domain of the users `auth_admin` creates. L4: one of this run (and
-    worker) on the shared deployment, whose users are deleted when the worker ends
-    (DELETE /admin/users?email_domain=); L2/L3 reset their own state."""
-    if platform.level is not Level.L4:
-        yield TEST_DOMAIN
-        return
-    domain = f"run-{secrets.token_hex(6)}.{TEST_DOMAIN}"
-    yield domain
-    asyncio.run(_delete_domain(platform, domain))
-
-
-async def _delete_domain(platform: Platform, domain: str) -> None:
-    async with platform.client("auth") as client:
-        await AuthAdmin(client, platform.admin_token).delete_domain(domain)
+    """The namespace of what this worker writes (`auth_tests.client.run_namespace`): the
+    e-mail domain of the users `auth_admin` creates (IdP users: `idp_email(email_domain)`)
+    and the prefix of the teams `access_admin` names. L4: one of this run (and worker)
+    on the shared deployment, deleted when the worker ends; L2/L3 reset their own state."""
+    with run_namespace(platform) as domain:
+        yield domain
 
 
 @pytest.fixture

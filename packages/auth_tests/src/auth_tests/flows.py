@@ -185,15 +185,16 @@ async def oidc_login(
     client: httpx.AsyncClient,
     idp: FakeIdp,
     *,
+    email: str,
     sub: str | None = None,
-    email: str | None = None,
     groups: Sequence[str] = (),
     tenant: str | None = None,
 ) -> httpx.Response:
-    """The whole OIDC browser round trip as `sub`/`email`; the callback's response."""
+    """The whole OIDC browser round trip as `sub`/`email` (a test's own namespace, e.g.
+    `client.idp_email(email_domain)`); the callback's response."""
     idp.login_as(
         sub or uuid.uuid4().hex,
-        email or f"{uuid.uuid4().hex}@idp.apex.invalid",
+        email,
         groups=list(groups),
         tenant=tenant,
     )

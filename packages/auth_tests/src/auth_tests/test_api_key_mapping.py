@@ -250,7 +250,7 @@ async def test_admin_api_needs_the_admin_token(
     auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
 ) -> None:
     """SUT notes: a missing or wrong admin token is a 401 `invalid_token`."""
-    body = {"email": f"{uuid.uuid4().hex}@tests.apex.invalid", "tier": "free"}
+    body = {"email": auth_admin.new_email(), "tier": "free"}  # at L4 in the run's namespace
     no_token = await auth_client.post("/admin/users", json=body)
     wrong = await auth_client.post(
         "/admin/users", json=body, headers={"Authorization": "Bearer not-the-admin-token"}

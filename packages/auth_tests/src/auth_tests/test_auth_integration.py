@@ -8,7 +8,6 @@ instance's memory (its next answers change), each hop checked on its own.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
@@ -185,7 +184,6 @@ async def test_a_grant_change_travels_redis_pub_sub_and_the_other_instances_memo
         assert redis.exists(outsider_key) == 1
         await auth_events.forget()
 
-        started = time.monotonic()
         await access.grant_team(org["id"], "models:deploy")  # through instance A, two levels up
 
         # Hop 1: Redis no longer holds the old answer (done before the admin call returned).
@@ -204,8 +202,8 @@ async def test_a_grant_change_travels_redis_pub_sub_and_the_other_instances_memo
         async def seen_by_b() -> bool:
             return await is_allowed(second, tokens, "models:deploy")
 
-        await eventually(seen_by_b, timeout=3, message="instance B to drop its cached answer")
-        print(f"grant change -> instance B: {time.monotonic() - started:.3f} s")
+        # A deadline, not a bound (how fast: test_permission_bench); far below the 300 s TTL.
+        await eventually(seen_by_b, timeout=30, message="instance B to drop its cached answer")
         assert await is_allowed(second, others, "models:deploy")
         assert "models:deploy" in await my_permissions(second, tokens)
         assert redis.exists(key) == 1, "the fresh answer is cached again"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from apex_testkit import FakeIdp, Platform
-from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, idp_email, login, me_status
 from auth_tests.faults import redis_fault
 from auth_tests.flows import PasswordUser, create_password_user, oidc_login, password_login
 
@@ -384,10 +384,14 @@ async def test_a_device_can_be_signed_out_from_another_and_it_is_audited(
 async def test_sso_logins_are_devices_too(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
     """A JIT-provisioned (free tier) OIDC user signing in from three browsers: the first goes."""
     sub = uuid.uuid4().hex
-    devices = [Tokens.of(await oidc_login(auth_client, fake_idp, sub=sub)) for _ in range(3)]
+    devices = [
+        Tokens.of(await oidc_login(auth_client, fake_idp, sub=sub, email=idp_email(email_domain)))
+        for _ in range(3)
+    ]
 
     assert await _alive(auth_client, devices) == [False, True, True]
     listed = await _sessions(auth_client, devices[-1])

@@ -271,3 +271,33 @@ async def test_parallel_wrong_passwords_are_evaluated_up_to_the_lockout_limit(
     assert actions.count("login.failed") == 5, actions
     assert actions.count("account.locked") == 1, actions
     assert "login.succeeded" not in actions
+
+
+async def test_sign_in_attempts_are_limited_per_client_ip_across_accounts(
+    clean_platform: Platform, admin_token: str
+) -> None:
+    """Issue 10 #11 (password spraying): one wrong password on each of ten accounts at
+    once from one address never trips a per-account lockout, so the address has a budget
+    of its own (APEX_SIGN_IN_PER_IP, here 6): six guesses are evaluated, four refused
+    unevaluated (429), and a second factor from the same address shares the budget."""
+    async with clean_platform.client("auth", APEX_SIGN_IN_PER_IP="6/600") as client:
+        admin = AuthAdmin(client, admin_token)
+        people = [await create_password_user(admin) for _ in range(10)]
+
+        responses = await asyncio.gather(
+            *(password_login(client, p.email, "Spring2026!spray") for p in people)
+        )
+
+        outcomes = sorted((r.status_code, error_of(r)) for r in responses)
+        assert outcomes == [(401, "invalid_credentials")] * 6 + [(429, "rate_limited")] * 4
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in responses if r.status_code == 429)
+        failed = [
+            person
+            for person in people
+            if "login.failed" in await _actions(client, admin_token, person.user_id)
+        ]
+        assert len(failed) == 6, "a refused guess was evaluated"
+        _refused(await _verify(client, "not-an-mfa-token", "123456"), 429, "rate_limited")
+        refused = await password_login(client, people[0].email, people[0].password)
+        _refused(refused, 429, "rate_limited")
+        assert "login.succeeded" not in await _actions(client, admin_token, people[0].user_id)

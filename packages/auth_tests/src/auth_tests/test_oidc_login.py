@@ -24,7 +24,17 @@ import jwt
 import pytest
 
 from apex_testkit import FakeIdp, Platform
-from auth_tests.client import AuthAdmin, JwksVerifier, KeyUser, Tokens, error_of, login, me
+from auth_tests.access import AccessAdmin
+from auth_tests.client import (
+    AuthAdmin,
+    JwksVerifier,
+    KeyUser,
+    Tokens,
+    error_of,
+    idp_email,
+    login,
+    me,
+)
 from auth_tests.flows import (
     create_password_user,
     enroll_totp,
@@ -80,8 +90,9 @@ async def test_login_redirects_with_pkce_state_and_nonce(
 async def test_oidc_login_ends_in_a_jwt_a_downstream_service_verifies_through_jwks(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     response = await oidc_login(auth_client, fake_idp, email=email)
     tokens = Tokens.of(response)
 
@@ -111,8 +122,9 @@ async def test_oidc_login_ends_in_a_jwt_a_downstream_service_verifies_through_jw
 async def test_the_oidc_session_refreshes_and_logs_out_like_any_other(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    tokens = Tokens.of(await oidc_login(auth_client, fake_idp))
+    tokens = Tokens.of(await oidc_login(auth_client, fake_idp, email=idp_email(email_domain)))
 
     renewed = Tokens.of(
         await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
@@ -136,8 +148,9 @@ async def test_an_unknown_state_is_refused(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
     state: str,
+    email_domain: str,
 ) -> None:
-    fake_idp.login_as(uuid.uuid4().hex, f"{uuid.uuid4().hex}@idp.apex.invalid")
+    fake_idp.login_as(uuid.uuid4().hex, idp_email(email_domain))
     back = await oidc_authorize(await oidc_start(auth_client))
 
     response = await oidc_callback(auth_client, back["code"], state)
@@ -189,8 +202,9 @@ async def test_state_is_single_use(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    fake_idp.login_as(uuid.uuid4().hex, f"{uuid.uuid4().hex}@idp.apex.invalid")
+    fake_idp.login_as(uuid.uuid4().hex, idp_email(email_domain))
     back = await oidc_authorize(await oidc_start(auth_client))
     first = await oidc_callback(auth_client, back["code"], back["state"])
     user_id = first.json()["user_id"]
@@ -209,8 +223,9 @@ async def test_state_is_single_use(
 async def test_a_reused_code_is_refused_by_the_idp_and_by_us(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    fake_idp.login_as(uuid.uuid4().hex, f"{uuid.uuid4().hex}@idp.apex.invalid")
+    fake_idp.login_as(uuid.uuid4().hex, idp_email(email_domain))
     back = await oidc_authorize(await oidc_start(auth_client))
     assert (await oidc_callback(auth_client, back["code"], back["state"])).status_code == 200
     fresh_state = query_of(await oidc_start(auth_client))["state"]
@@ -227,10 +242,11 @@ async def test_a_code_injected_into_another_login_fails_pkce(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """An attacker's code pasted into a victim's login: the victim's verifier does not match
     the attacker's challenge, so the IdP refuses the exchange."""
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     fake_idp.login_as(uuid.uuid4().hex, email)
     attackers = await oidc_authorize(await oidc_start(auth_client))
     victims_state = query_of(await oidc_start(auth_client))["state"]
@@ -248,8 +264,9 @@ async def test_a_token_endpoint_error_is_an_idp_error(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     fake_idp.fail_next_token("invalid_grant")
     response = await oidc_login(auth_client, fake_idp, email=email)
     assert (response.status_code, error_of(response)) == (401, "idp_error")
@@ -287,8 +304,9 @@ async def test_a_bad_id_token_is_refused(
     auth_db: asyncpg.Connection,
     fault: dict[str, Any],
     check: tuple[str, ...],
+    email_domain: str,
 ) -> None:
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     fake_idp.next_id_token(**fault)
 
     response = await oidc_login(auth_client, fake_idp, email=email)
@@ -298,7 +316,9 @@ async def test_a_bad_id_token_is_refused(
     assert any(word in detail for word in check), f"detail names the failed check: {detail}"
     assert await _user_count(auth_db, email) == 0, "a user was provisioned from a bad id_token"
     # The fault was for one token only: the next login works.
-    assert (await oidc_login(auth_client, fake_idp)).status_code == 200
+    assert (
+        await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
+    ).status_code == 200
 
 
 @pytest.mark.L2
@@ -307,8 +327,9 @@ async def test_a_null_nonce_in_the_id_token_is_refused(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     fake_idp.next_id_token(claims={"nonce": None})
     response = await oidc_login(auth_client, fake_idp, email=email)
     assert (response.status_code, error_of(response)) == (401, "invalid_id_token")
@@ -321,13 +342,16 @@ async def test_an_audience_list_needs_us_as_authorized_party(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """aud may be a list containing our client_id; then (OIDC Core 3.1.3.7) azp must name us."""
     both = ["another-client", fake_idp.client_id]
     fake_idp.next_id_token(claims={"aud": both, "azp": fake_idp.client_id})
-    assert (await oidc_login(auth_client, fake_idp)).status_code == 200
+    assert (
+        await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
+    ).status_code == 200
 
-    email = f"{uuid.uuid4().hex}@idp.apex.invalid"
+    email = idp_email(email_domain)
     fake_idp.next_id_token(claims={"aud": both, "azp": "another-client"})
     refused = await oidc_login(auth_client, fake_idp, email=email)
     assert (refused.status_code, error_of(refused)) == (401, "invalid_id_token")
@@ -340,18 +364,23 @@ async def test_an_audience_list_needs_us_as_authorized_party(
 async def test_idp_key_rotation_mid_test_is_picked_up_with_one_jwks_fetch(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    assert (await oidc_login(auth_client, fake_idp)).status_code == 200
+    assert (
+        await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
+    ).status_code == 200
     # The platform may have cached the JWKS before this test (one process serves many).
     fetched = _calls(fake_idp, "/jwks")
 
     fake_idp.rotate_keys(keep_old=False)
-    rotated = await oidc_login(auth_client, fake_idp)
+    rotated = await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
 
     assert rotated.status_code == 200, rotated.text
     assert _calls(fake_idp, "/jwks") == fetched + 1, "an unknown kid refetches the JWKS once"
     # The new key is now known: no more fetches.
-    assert (await oidc_login(auth_client, fake_idp)).status_code == 200
+    assert (
+        await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
+    ).status_code == 200
     assert _calls(fake_idp, "/jwks") == fetched + 1
 
 
@@ -361,12 +390,15 @@ async def test_idp_key_rotation_mid_test_is_picked_up_with_one_jwks_fetch(
 async def test_an_unknown_kid_does_not_make_the_jwks_fetched_in_a_loop(
     auth_client: httpx.AsyncClient,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    assert (await oidc_login(auth_client, fake_idp)).status_code == 200
+    assert (
+        await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
+    ).status_code == 200
     before = _calls(fake_idp, "/jwks")
 
     fake_idp.next_id_token(kid="never-published")
-    refused = await oidc_login(auth_client, fake_idp)
+    refused = await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
 
     assert (refused.status_code, error_of(refused)) == (401, "invalid_id_token")
     assert _calls(fake_idp, "/jwks") - before <= 1
@@ -391,12 +423,9 @@ async def _admin_user(admin: AuthAdmin, user_id: str) -> dict[str, Any]:
 
 
 async def _team(admin: AuthAdmin, *, idp_group: str | None = None) -> str:
-    body: dict[str, Any] = {"name": f"team-{uuid.uuid4().hex[:8]}"}
-    if idp_group is not None:
-        body["idp_group"] = idp_group
-    response = await admin.client.post("/admin/teams", json=body, headers=admin.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    """A team (in the run's namespace) that IdP group `idp_group` maps to."""
+    team = await AccessAdmin(admin).create_team(idp_group=idp_group)
+    return str(team["id"])
 
 
 async def _grant(admin: AuthAdmin, team_id: str, permission: str) -> None:
@@ -429,8 +458,9 @@ async def test_first_login_provisions_a_user_and_later_logins_find_it(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    sub, email = uuid.uuid4().hex, f"{uuid.uuid4().hex}@idp.apex.invalid"
+    sub, email = uuid.uuid4().hex, idp_email(email_domain)
     tenant = str(uuid.uuid4())
 
     first = await oidc_login(auth_client, fake_idp, sub=sub, email=email, tenant=tenant)
@@ -456,14 +486,15 @@ async def test_the_subject_not_the_email_identifies_the_idp_user(
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """Same sub with a changed email: same account, whose address the IdP does not change
     (CONTRACT3 notes). A new sub: a new account."""
     sub = uuid.uuid4().hex
-    original, changed = (f"{uuid.uuid4().hex}@idp.apex.invalid" for _ in range(2))
+    original, changed = (idp_email(email_domain) for _ in range(2))
     first = await oidc_login(auth_client, fake_idp, sub=sub, email=original)
     renamed = await oidc_login(auth_client, fake_idp, sub=sub, email=changed)
-    stranger = await oidc_login(auth_client, fake_idp)
+    stranger = await oidc_login(auth_client, fake_idp, email=idp_email(email_domain))
 
     assert renamed.json()["user_id"] == first.json()["user_id"]
     assert stranger.json()["user_id"] != first.json()["user_id"]
@@ -517,8 +548,11 @@ async def test_a_tenant_claim_that_is_not_a_uuid_is_ignored(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
-    response = await oidc_login(auth_client, fake_idp, tenant="acme; DROP TABLE users")
+    response = await oidc_login(
+        auth_client, fake_idp, tenant="acme; DROP TABLE users", email=idp_email(email_domain)
+    )
     assert response.status_code == 200, response.text
     assert (await _admin_user(auth_admin, response.json()["user_id"]))["tenant_id"] is None
 
@@ -530,6 +564,7 @@ async def test_idp_groups_become_team_memberships_and_relogin_syncs_them(
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     eng_group, ops_group = f"eng-{uuid.uuid4().hex[:6]}", f"ops-{uuid.uuid4().hex[:6]}"
     eng = await _team(auth_admin, idp_group=eng_group)
@@ -537,7 +572,7 @@ async def test_idp_groups_become_team_memberships_and_relogin_syncs_them(
     manual = await _team(auth_admin)
     await _grant(auth_admin, eng, "billing:write")
     await _grant(auth_admin, ops, "teams:manage")
-    sub, email = uuid.uuid4().hex, f"{uuid.uuid4().hex}@idp.apex.invalid"
+    sub, email = uuid.uuid4().hex, idp_email(email_domain)
 
     first = await oidc_login(
         auth_client, fake_idp, sub=sub, email=email, groups=[eng_group, ops_group, "unmapped"]
@@ -570,10 +605,54 @@ async def test_idp_groups_become_team_memberships_and_relogin_syncs_them(
 @pytest.mark.L2
 @pytest.mark.L3
 @pytest.mark.L4
+async def test_an_idp_group_never_makes_a_user_a_member_of_another_tenants_team(
+    auth_client: httpx.AsyncClient,
+    access_admin: AccessAdmin,
+    fake_idp: FakeIdp,
+    email_domain: str,
+) -> None:
+    """Issue 10 #11: a group name is the IdP's word, and any tenant's IdP may say any name.
+    It maps only to the teams of the user's own tenant (a user of none: teams of none)."""
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    group = f"finance-{uuid.uuid4().hex[:6]}"
+    their_team = await access_admin.create_team(idp_group=group, tenant_id=theirs)
+    await access_admin.grant_team(their_team["id"], "billing:write")
+    tenantless_group = f"ops-{uuid.uuid4().hex[:6]}"
+    tenantless_team = await access_admin.create_team(idp_group=tenantless_group)
+
+    outsider = await oidc_login(
+        auth_client, fake_idp, email=idp_email(email_domain), tenant=ours, groups=[group]
+    )
+    insider = await oidc_login(
+        auth_client, fake_idp, email=idp_email(email_domain), tenant=theirs, groups=[group]
+    )
+    tenantless = await oidc_login(
+        auth_client,
+        fake_idp,
+        email=idp_email(email_domain),
+        groups=[group, tenantless_group],
+    )
+
+    members = {m["user_id"] for m in (await access_admin.team(their_team["id"]))["members"]}
+    assert members == {insider.json()["user_id"]}, "only the team's own tenant joins it"
+    check = {"permission": "billing:write"}
+    for response, allowed in ((outsider, False), (insider, True), (tenantless, False)):
+        answer = await auth_client.post(
+            "/authz/check", json=check, headers=Tokens.of(response).bearer
+        )
+        assert answer.json() == {"allowed": allowed}, answer.text
+    tenantless_members = (await access_admin.team(tenantless_team["id"]))["members"]
+    assert [m["user_id"] for m in tenantless_members] == [tenantless.json()["user_id"]]
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
 async def test_group_sync_takes_effect_on_live_permission_checks(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
     """Permissions a session already looked at are not served stale from a cache after the
     IdP removed the group (a relogin syncs memberships; the cache must follow)."""
@@ -581,12 +660,16 @@ async def test_group_sync_takes_effect_on_live_permission_checks(
     team = await _team(auth_admin, idp_group=group)
     await _grant(auth_admin, team, "billing:write")
     sub = uuid.uuid4().hex
-    tokens = Tokens.of(await oidc_login(auth_client, fake_idp, sub=sub, groups=[group]))
+    tokens = Tokens.of(
+        await oidc_login(
+            auth_client, fake_idp, sub=sub, groups=[group], email=idp_email(email_domain)
+        )
+    )
     check = {"permission": "billing:write"}
     allowed = await auth_client.post("/authz/check", json=check, headers=tokens.bearer)
     assert allowed.json() == {"allowed": True}
 
-    await oidc_login(auth_client, fake_idp, sub=sub, groups=[])
+    await oidc_login(auth_client, fake_idp, sub=sub, groups=[], email=idp_email(email_domain))
 
     after = await auth_client.post("/authz/check", json=check, headers=tokens.bearer)
     assert after.json() == {"allowed": False}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from apex_testkit import Mail, Mailbox, Platform, eventually
-from auth_tests.client import AuthAdmin, Tokens, error_of, login, me_status
+from auth_tests.client import AuthAdmin, Tokens, error_of, login, me, me_status
 from auth_tests.flows import PasswordUser, create_password_user, password_login
 
 BVJ = pytest.mark.bvj(
@@ -67,6 +67,13 @@ async def _request_token(client: httpx.AsyncClient, mailbox: Mailbox, email: str
 
 def _mails_to(mailbox: Mailbox, email: str) -> list[Mail]:
     return [m for m in mailbox.messages if email.lower() in (r.lower() for r in m.rcpt_tos)]
+
+
+async def _password_hash(db: asyncpg.Connection, user_id: str) -> str:
+    stored: str = await db.fetchval(
+        "SELECT password_hash FROM users WHERE id = $1", uuid.UUID(user_id)
+    )
+    return stored
 
 
 async def _actions(admin: AuthAdmin, user_id: str) -> list[str]:
@@ -195,11 +202,13 @@ async def test_an_expired_token_is_refused(
     mailbox: Mailbox,
     auth_db: asyncpg.Connection,
 ) -> None:
-    person = await create_password_user(AuthAdmin(short_ttl_client, admin_token))
+    admin = AuthAdmin(short_ttl_client, admin_token)
+    person = await create_password_user(admin)
     token = await _request_token(short_ttl_client, mailbox, person.email)
     expires_at = await auth_db.fetchval(
         "SELECT expires_at FROM password_resets WHERE user_id = $1", uuid.UUID(person.user_id)
     )
+    hash_before = await _password_hash(auth_db, person.user_id)
 
     async def expired() -> bool:
         return bool(
@@ -210,8 +219,13 @@ async def test_an_expired_token_is_refused(
 
     late = await _reset(short_ttl_client, token, NEW_PASSWORD)
     assert (late.status_code, error_of(late)) == (400, "invalid_token")
-    login_ok = await password_login(short_ttl_client, person.email, person.password)
-    assert login_ok.status_code == 200, "a refused reset changes nothing"
+    # A refused reset changes nothing: the stored hash, the password that works, the trail.
+    assert await _password_hash(auth_db, person.user_id) == hash_before
+    refused = await password_login(short_ttl_client, person.email, NEW_PASSWORD)
+    assert (refused.status_code, error_of(refused)) == (401, "invalid_credentials")
+    signed_in = Tokens.of(await password_login(short_ttl_client, person.email, person.password))
+    assert (await me(short_ttl_client, signed_in.access)).json()["user_id"] == person.user_id
+    assert "password.reset" not in await _actions(admin, person.user_id)
 
 
 @pytest.mark.parametrize(
@@ -282,6 +296,7 @@ async def test_a_reset_revokes_every_session_of_the_user(
 @pytest.mark.L4
 async def test_a_reset_clears_the_lockout(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
     mailbox: Mailbox,
 ) -> None:
@@ -295,7 +310,14 @@ async def test_a_reset_clears_the_lockout(
     token = await _request_token(auth_client, mailbox, person.email)
     assert (await _reset(auth_client, token, NEW_PASSWORD)).status_code == 204
 
-    assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
+    # The failure count is gone, not only the lock: four wrong passwords after the reset
+    # (nine with the old ones) lock nothing, and then the user signs in.
+    for _ in range(4):
+        wrong = await password_login(auth_client, person.email, "wrong password, guess")
+        assert (wrong.status_code, error_of(wrong)) == (401, "invalid_credentials")
+    tokens = Tokens.of(await password_login(auth_client, person.email, NEW_PASSWORD))
+    assert (await me(auth_client, tokens.access)).json()["user_id"] == person.user_id
+    assert tokens.session_id in await auth_admin.logins(person.user_id)
 
 
 @pytest.mark.L4

@@ -9,7 +9,6 @@ and in each instance's memory; every change drops both, for every affected user,
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -37,9 +36,10 @@ CACHE = pytest.mark.bvj(
 )  # fmt: skip
 
 VIEWER, MEMBER, ADMIN = (sorted(ROLE_PERMISSIONS[r]) for r in ("viewer", "member", "admin"))
-# How long a change made through one instance may take to reach another instance's memory:
-# pub/sub delivery, far below the 300 s cache TTL a missing invalidation would wait for.
-CROSS_INSTANCE_SECONDS = 3.0
+# A deadline, not a latency bound: a change made through one instance reaches another
+# through pub/sub, which a missing invalidation could only imitate after the caches' 300 s
+# TTL. How fast it gets there is measured by test_permission_bench (marker perf).
+CROSS_INSTANCE_DEADLINE = 30.0
 
 
 async def _signed_in(
@@ -169,7 +169,7 @@ async def test_a_parent_grant_change_cascades_to_members_of_subteams(
 @pytest.mark.L3
 @CASCADE
 @CACHE
-async def test_a_change_through_one_instance_reaches_another_instance_at_once(
+async def test_a_change_through_one_instance_reaches_another_instance(
     clean_platform: Platform, admin_token: str
 ) -> None:
     """Instance B has the old permissions in memory; a change made through instance A
@@ -187,16 +187,14 @@ async def test_a_change_through_one_instance_reaches_another_instance_at_once(
         assert await is_allowed(first, tokens, "billing:write")
         assert await is_allowed(second, tokens, "billing:write")
 
-        changed = time.monotonic()
         await access_a.set_member(team["id"], user.user_id, "viewer")
 
         async def downgraded() -> bool:
             return not await is_allowed(second, tokens, "billing:write")
 
         await eventually(
-            downgraded, timeout=CROSS_INSTANCE_SECONDS, message="instance B to see the downgrade"
+            downgraded, timeout=CROSS_INSTANCE_DEADLINE, message="instance B to see the downgrade"
         )
-        print(f"cross-instance permission propagation: {time.monotonic() - changed:.3f} s")
         assert await my_permissions(second, tokens) == VIEWER
 
         # And the other way round: a user grant through B reaches A.
@@ -206,7 +204,7 @@ async def test_a_change_through_one_instance_reaches_another_instance_at_once(
             return await is_allowed(first, tokens, "billing:write")
 
         await eventually(
-            regranted, timeout=CROSS_INSTANCE_SECONDS, message="instance A to see the grant"
+            regranted, timeout=CROSS_INSTANCE_DEADLINE, message="instance A to see the grant"
         )
 
 
@@ -480,7 +478,11 @@ async def test_moving_a_team_under_another_parent_changes_what_its_members_inher
         return True
 
     # Far below the caches' 300 s TTL: only the invalidation can make it in time.
-    await eventually(moved_everywhere, timeout=30, message="the other instance to see the move")
+    await eventually(
+        moved_everywhere,
+        timeout=CROSS_INSTANCE_DEADLINE,
+        message="the other instance to see the move",
+    )
 
     rooted = await access_admin.update_team(squad["id"], parent_id=None)
 
@@ -490,7 +492,11 @@ async def test_moving_a_team_under_another_parent_changes_what_its_members_inher
     async def rooted_everywhere() -> bool:
         return await my_permissions(other_instance, dev_tokens) == MEMBER
 
-    await eventually(rooted_everywhere, timeout=30, message="the other instance to see the root")
+    await eventually(
+        rooted_everywhere,
+        timeout=CROSS_INSTANCE_DEADLINE,
+        message="the other instance to see the root",
+    )
 
 
 @pytest.mark.L2

@@ -5,7 +5,7 @@ or `pytest --pyargs auth_tests --perf -m perf -s`).
 comes back (the window, 2 s here, not less), and, hammering for two and a half windows,
 the most requests accepted within any one window length (never more than the limit: a
 fixed window would let twice the limit through around each boundary). Numbers go to a
-table on stdout and to $APEX_BENCH_DIR/auth.json (default reports/bench). Only the
+table on stdout and to $APEX_BENCH_DIR/auth.json (`auth_tests.bench.report`). Only the
 window's correctness can fail a benchmark, never its speed; the normal run
 (test_rate_limits.py) waits on conditions and reads no clock.
 """
@@ -13,17 +13,14 @@ window's correctness can fail a benchmark, never its speed; the normal run
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from apex_testkit import Level, Platform
+from auth_tests.bench import report
 from auth_tests.client import AuthAdmin, Tokens, login
 
 WINDOWS = pytest.mark.bvj(
@@ -35,20 +32,6 @@ pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3, WINDOWS]
 LIMIT, WINDOW = 5, 2
 # The test's clock and Redis's may disagree by this much.
 CLOCK_SLACK = 0.05
-
-
-def _report(section: str, rows: dict[str, Any], level: Level) -> None:
-    """Merge `rows` into auth.json under `section` and print them as a table."""
-    directory = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "auth.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = {"level": level.value, "cpus": os.cpu_count(), **rows}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    print(f"\n== auth benchmark: {section} ({level.value}) -> {path}")
-    for key, value in rows.items():
-        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value}"
-        print(f"  {key:<34}  {shown}")
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ async def test_bench_the_budget_comes_back_after_the_window(
         await asyncio.sleep(0.1)  # the measurement's polling interval, not a synchronisation
     back_after = time.monotonic() - started
 
-    _report(
+    report(
         "sliding_window_recovery",
         {
             "window_s": float(WINDOW),
@@ -122,7 +105,7 @@ async def test_bench_no_window_ever_holds_more_than_the_limit(
         sum(1 for later in accepted[i:] if later[1] - first[0] < WINDOW - CLOCK_SLACK)
         for i, first in enumerate(accepted)
     )
-    _report(
+    report(
         "sliding_window_hammer",
         {
             "window_s": float(WINDOW),

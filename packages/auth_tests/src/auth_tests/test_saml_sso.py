@@ -28,7 +28,8 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.signer import XMLSigner
 
 from apex_testkit import WRAPPING_EMAIL, FakeSamlIdp, Platform, parse_authn_request
-from auth_tests.client import AuthAdmin, JwksVerifier, Tokens, error_of, me
+from auth_tests.access import AccessAdmin
+from auth_tests.client import AuthAdmin, JwksVerifier, Tokens, error_of, idp_email, me
 from auth_tests.flows import create_password_user, enroll_totp
 
 BVJ = pytest.mark.bvj(
@@ -38,10 +39,6 @@ BVJ = pytest.mark.bvj(
 pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-
-
-def _email() -> str:
-    return f"{uuid.uuid4().hex}@sso.apex.invalid"
 
 
 async def _start(client: httpx.AsyncClient) -> str:
@@ -100,8 +97,9 @@ async def test_login_redirects_with_a_deflated_authn_request(
 async def test_a_signed_assertion_logs_the_user_in(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
-    email = _email()
+    email = idp_email(email_domain, "sso")
 
     response = await _browser_login(auth_client, fake_saml_idp, email, email, [])
 
@@ -117,8 +115,9 @@ async def test_a_signed_assertion_logs_the_user_in(
 async def test_a_signature_on_the_response_instead_of_the_assertion_is_accepted(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
-    email = _email()
+    email = idp_email(email_domain, "sso")
     saml_response = fake_saml_idp.response_for(
         await _start(auth_client), email, email, signed="response"
     )
@@ -155,8 +154,9 @@ async def test_a_defective_response_is_refused(
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
     defect: dict[str, Any],
+    email_domain: str,
 ) -> None:
-    email = _email()
+    email = idp_email(email_domain, "sso")
     saml_response = fake_saml_idp.response_for(await _start(auth_client), email, email, **defect)
 
     response = await _acs(auth_client, saml_response)
@@ -175,11 +175,12 @@ async def test_signature_wrapping_never_logs_the_attacker_in(
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
     signed: str,
+    email_domain: str,
 ) -> None:
     """An unsigned assertion for the attacker placed next to a genuinely signed one: refused
     (SUT notes: "expected exactly one Assertion", where wrapping attempts land), and
     nobody is provisioned, neither the attacker nor the victim."""
-    victim = _email()
+    victim = idp_email(email_domain, "sso")
     saml_response = fake_saml_idp.response_for(
         await _start(auth_client), victim, victim, signed=signed, tamper="wrapping"
     )
@@ -194,9 +195,10 @@ async def test_an_unsolicited_response_is_refused(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """IdP-initiated (or stolen from another SP's flow): InResponseTo matches nothing we sent."""
-    email = _email()
+    email = idp_email(email_domain, "sso")
     saml_response = fake_saml_idp.response_for(f"_{uuid.uuid4().hex}", email, email)
 
     response = await _acs(auth_client, saml_response)
@@ -210,8 +212,9 @@ async def test_a_replayed_response_is_refused(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
-    email = _email()
+    email = idp_email(email_domain, "sso")
     saml_response = fake_saml_idp.response_for(await _start(auth_client), email, email)
     first = await _acs(auth_client, saml_response)
     user_id = first.json()["user_id"]
@@ -228,10 +231,11 @@ async def test_two_pending_logins_complete_in_any_order_and_only_once(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
     """Two pending requests: each response is tied to its own (InResponseTo) and signs in
     its own user, and after both are used neither works again."""
-    a, b = _email(), _email()
+    a, b = idp_email(email_domain, "sso"), idp_email(email_domain, "sso")
     first = fake_saml_idp.response_for(await _start(auth_client), a, a)
     second = fake_saml_idp.response_for(await _start(auth_client), b, b)
 
@@ -287,12 +291,9 @@ async def test_hostile_or_garbage_input_is_a_clean_401(
 
 
 async def _team(admin: AuthAdmin, idp_group: str | None) -> str:
-    body: dict[str, Any] = {"name": f"team-{uuid.uuid4().hex[:8]}"}
-    if idp_group is not None:
-        body["idp_group"] = idp_group
-    response = await admin.client.post("/admin/teams", json=body, headers=admin.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    """A team (in the run's namespace) that IdP group `idp_group` maps to."""
+    team = await AccessAdmin(admin).create_team(idp_group=idp_group)
+    return str(team["id"])
 
 
 async def _memberships(db: asyncpg.Connection, user_id: str) -> dict[str, str]:
@@ -308,9 +309,10 @@ async def test_jit_provisioning_creates_once_and_links_existing_users(
     trusting_auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
     """Linking needs an IdP trusted for the user's domain (issue 10)."""
-    newcomer = _email()
+    newcomer = idp_email(email_domain, "sso")
     first = await _browser_login(auth_client, fake_saml_idp, newcomer, newcomer, [])
     second = await _browser_login(auth_client, fake_saml_idp, newcomer, newcomer, [])
     assert first.json()["user_id"] == second.json()["user_id"]
@@ -333,12 +335,17 @@ async def test_a_returning_user_whose_email_changed_is_the_same_user(
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """The NameID, not the address, identifies the IdP user: a changed address signs in
     the same account, which keeps its address (the IdP never changes an account, CONTRACT3
     notes), and makes no new one. Even when the new address is another account's in a
     domain the IdP is trusted for, the linked identity wins: that account is untouched."""
-    name_id, original, renamed = f"emp-{uuid.uuid4().hex}", _email(), _email()
+    name_id, original, renamed = (
+        f"emp-{uuid.uuid4().hex}",
+        idp_email(email_domain, "sso"),
+        idp_email(email_domain, "sso"),
+    )
     first = await _browser_login(auth_client, fake_saml_idp, name_id, original, [])
     user_id = first.json()["user_id"]
 
@@ -367,11 +374,12 @@ async def test_saml_groups_become_team_memberships_and_relogin_syncs_them(
     auth_admin: AuthAdmin,
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     sales, support = f"sales-{uuid.uuid4().hex[:6]}", f"support-{uuid.uuid4().hex[:6]}"
     sales_team = await _team(auth_admin, sales)
     support_team = await _team(auth_admin, support)
-    email = _email()
+    email = idp_email(email_domain, "sso")
 
     first = await _browser_login(auth_client, fake_saml_idp, email, email, [sales, support])
     user_id = first.json()["user_id"]
@@ -423,9 +431,10 @@ async def test_an_assertion_signed_by_another_key_is_refused(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """Only the certificate from the IdP's metadata counts, never one the response brings."""
-    email = _email()
+    email = idp_email(email_domain, "sso")
     unsigned = fake_saml_idp.response_for(await _start(auth_client), email, email, signed=None)
 
     response = await _acs(auth_client, _resigned_with_a_foreign_key(unsigned))
@@ -438,9 +447,10 @@ async def test_a_response_replayed_through_another_instance_is_refused(
     clean_platform: Platform,
     admin_token: str,
     fake_saml_idp: FakeSamlIdp,
+    email_domain: str,
 ) -> None:
     """The seen-assertion record is shared: a second instance refuses the replay too."""
-    email = _email()
+    email = idp_email(email_domain, "sso")
     async with (
         clean_platform.client("auth", instance=0) as first,
         clean_platform.client("auth", instance=1) as second,

@@ -22,7 +22,7 @@ import pytest
 from lxml import etree
 
 from apex_testkit import FakeIdp, FakeSamlIdp, Platform, eventually, parse_authn_request
-from auth_tests.client import AuthAdmin, Tokens, error_of, me
+from auth_tests.client import AuthAdmin, Tokens, error_of, idp_email, me
 from auth_tests.flows import oidc_authorize, oidc_callback, oidc_login, oidc_start
 
 OIDC = pytest.mark.bvj(
@@ -66,10 +66,6 @@ async def _identity_owner(db: asyncpg.Connection, provider: str, subject: str) -
     return str(owner) if owner is not None else None
 
 
-def _idp_email() -> str:
-    return f"{uuid.uuid4().hex}@idp.apex.invalid"
-
-
 # -- OIDC: the state belongs to the browser that started the login -------------------------
 
 
@@ -104,10 +100,11 @@ async def test_a_callback_url_redeemed_by_another_client_is_refused(
     clean_platform: Platform,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """Issue 10 #4: `code` + `state` leaked (an access log, a referrer): redeemed from a client
     without the victim's cookie, nothing happens; the victim's own browser still signs in."""
-    email = _idp_email()
+    email = idp_email(email_domain)
     fake_idp.login_as(uuid.uuid4().hex, email)
     back = await oidc_authorize(await oidc_start(auth_client))
 
@@ -130,10 +127,11 @@ async def test_a_login_started_in_another_browser_is_refused(
     clean_platform: Platform,
     fake_idp: FakeIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """Issue 10 #4, login CSRF: the attacker starts a login to the attacker's IdP account and
     makes the victim's browser (with a binding cookie of its own) open the callback URL."""
-    attacker = _idp_email()
+    attacker = idp_email(email_domain)
     fake_idp.login_as(uuid.uuid4().hex, attacker)
     async with clean_platform.client("auth") as attackers_browser:
         back = await oidc_authorize(await oidc_start(attackers_browser))
@@ -151,12 +149,13 @@ async def test_a_login_started_in_another_browser_is_refused(
 async def test_the_access_log_keeps_no_callback_code_or_state(
     clean_platform: Platform,
     fake_idp: FakeIdp,
+    email_domain: str,
 ) -> None:
     """Issue 10 #11: uvicorn's access log wrote the callback's query string (code and state)
     to the service's log, for anyone who reads logs to replay."""
     # The access log is written at INFO.
     async with clean_platform.client("auth", APEX_LOG_LEVEL="INFO") as client:
-        fake_idp.login_as(uuid.uuid4().hex, _idp_email())
+        fake_idp.login_as(uuid.uuid4().hex, idp_email(email_domain))
         back = await oidc_authorize(await oidc_start(client))
         assert (await oidc_callback(client, back["code"], back["state"])).status_code == 200
     log = clean_platform.instance("auth", APEX_LOG_LEVEL="INFO").log
@@ -325,10 +324,11 @@ async def test_a_signed_response_hidden_under_a_forged_root_is_refused(
     auth_client: httpx.AsyncClient,
     fake_saml_idp: FakeSamlIdp,
     auth_db: asyncpg.Connection,
+    email_domain: str,
 ) -> None:
     """Issue 10 #5: Status and InResponseTo were read from the unsigned root, so an
     unsolicited response became the answer to our pending request."""
-    email = f"{uuid.uuid4().hex}@sso.apex.invalid"
+    email = idp_email(email_domain, "sso")
     unsolicited = fake_saml_idp.response_for(None, email, email, signed="response")
     pending = await _saml_request_id(auth_client)
 

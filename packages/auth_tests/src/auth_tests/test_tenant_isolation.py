@@ -283,3 +283,45 @@ async def test_tenant_transaction_filters_even_a_superuser_connection(
     # The role switch is LOCAL: it ends with the transaction.
     assert await auth_db.fetchval("SELECT current_user") != "apex_tenant"
     assert await auth_db.fetchval("SELECT count(*) FROM tenant_settings") >= 2
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_query_that_forgets_the_tenant_context_sees_nothing(
+    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, postgres_database: str
+) -> None:
+    """Issue 10: isolation must not rest on every route remembering `tenant_transaction`.
+    A connection of the services' own pool (`apex.data.pool.create_pool`, where every
+    route gets its connection, here on the worker's superuser login) that never names a
+    tenant reads no tenant's rows and writes none; naming one still works."""
+    from apex.data.pool import create_pool  # noqa: PLC0415 - the SUT's pool, as a route has it
+    from apex.data.tenancy import tenant_transaction  # noqa: PLC0415
+
+    tenant_a, tenant_b = str(uuid.uuid4()), str(uuid.uuid4())
+    alice = await _tenant_user(auth_client, auth_admin, tenant_a)
+    bob = await _tenant_user(auth_client, auth_admin, tenant_b)
+    assert (await _put(auth_client, alice, tenant_a, "secret", "a")).status_code == 200
+    assert (await _put(auth_client, bob, tenant_b, "secret", "b")).status_code == 200
+
+    pool = await create_pool(postgres_database, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetch("SELECT tenant_id, key, value FROM tenant_settings") == []
+            assert await conn.execute("UPDATE tenant_settings SET value = 'x'") == "UPDATE 0"
+            assert await conn.execute("DELETE FROM tenant_settings") == "DELETE 0"
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(
+                    "INSERT INTO tenant_settings (tenant_id, key, value) "
+                    "VALUES ($1::uuid, 'planted', 'x')",
+                    tenant_b,
+                )
+        async with pool.acquire() as conn, tenant_transaction(conn, tenant_a):
+            rows = await conn.fetch("SELECT key, value FROM tenant_settings")
+            assert [(r["key"], r["value"]) for r in rows] == [("secret", "a")]
+        async with pool.acquire() as conn:  # the tenant ended with its transaction
+            assert await conn.fetchval("SELECT count(*) FROM tenant_settings") == 0
+    finally:
+        await pool.close()
+
+    assert await _settings(auth_client, alice, tenant_a) == {"secret": "a"}
+    assert await _settings(auth_client, bob, tenant_b) == {"secret": "b"}

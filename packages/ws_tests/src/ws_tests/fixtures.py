@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login
+from auth_tests.client import AuthAdmin, login, run_namespace
 
 from apex_testkit import Platform, tls_context
 from ws_tests.client import Connect, WsClient, close_quietly, open_ws
@@ -66,10 +66,22 @@ async def ws_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncC
         yield client
 
 
+@pytest.fixture(scope="session")
+def ws_namespace(platform: Platform) -> Iterator[str]:
+    """The e-mail domain of the users this worker makes (`auth_tests.client.run_namespace`):
+    at L4 one of its own on the shared deployment, whose users are deleted when the worker
+    ends; L2/L3 reset their own state."""
+    with run_namespace(platform) as domain:
+        yield domain
+
+
 @pytest.fixture
-def ws_auth_admin(ws_auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
-    """auth's admin API (`auth_tests.client.AuthAdmin`) on `ws_auth_client`: users, keys."""
-    return AuthAdmin(ws_auth_client, admin_token)
+def ws_auth_admin(
+    ws_auth_client: httpx.AsyncClient, admin_token: str, ws_namespace: str
+) -> AuthAdmin:
+    """auth's admin API (`auth_tests.client.AuthAdmin`) on `ws_auth_client`: users, keys,
+    in `ws_namespace`."""
+    return AuthAdmin(ws_auth_client, admin_token, ws_namespace)
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from apex_testkit import RedisNamespace
-from ws_tests.client import Connect, Frame
+from ws_tests.client import Connect, Frame, WsClient
 from ws_tests.gateways import Serve
 from ws_tests.messages import BROADCAST_PERMISSION, next_message_is, publish, to_user
 from ws_tests.users import MakeUser
@@ -27,6 +28,30 @@ BVJ = pytest.mark.bvj(
     segment="early", goal="Real-time updates keep users engaged", mrr=8000, scenario="001#17"
 )
 pytestmark = [BVJ]
+
+
+@dataclass(frozen=True)
+class TwoTabs:
+    """Two users of no tenant, each with one tab on the same gateway."""
+
+    url: str
+    alice: WsClient
+    bob: WsClient
+
+
+@pytest.fixture
+async def two_tabs(serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser) -> TwoTabs:
+    """Alice and Bob, connected to instance 0 of the worker's gateway."""
+    url = await serve_gateway()
+    alice, bob = await make_ws_user(), await make_ws_user()
+    return TwoTabs(url, await ws_open(url, alice.token), await ws_open(url, bob.token))
+
+
+async def _nothing_delivered(*tabs: WsClient) -> None:
+    """No stream of these tabs' users got a message: each one's next is a sentinel, seq 1."""
+    for sender, recipient in zip(tabs, tabs[1:] + tabs[:1], strict=True):
+        sentinel = await publish(sender, to_user(recipient.user_id), {"sentinel": True})
+        assert (await next_message_is(recipient, sentinel))["seq"] == 1
 
 
 def assert_delivered(frame: Frame, *, seq: int, message_id: str, sender: str, to: str,
@@ -156,12 +181,9 @@ async def test_a_broadcast_is_not_kept_for_users_who_were_not_connected(
     ["", "user:", "user", "team:ops", "broadcast:all", "users:x", None, 42, ["broadcast"]],
 )
 async def test_a_malformed_target_is_refused_and_routes_nothing(
-    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser, to: object
+    two_tabs: TwoTabs, to: object
 ) -> None:
-    url = await serve_gateway()
-    alice, bob = await make_ws_user(), await make_ws_user()
-    alice_tab = await ws_open(url, alice.token)
-    bob_tab = await ws_open(url, bob.token)
+    alice_tab = two_tabs.alice
     fields: dict[str, Any] = {"data": {"x": 1}}
     if to is not None:
         fields["to"] = to
@@ -172,9 +194,7 @@ async def test_a_malformed_target_is_refused_and_routes_nothing(
     assert reply["code"] == "invalid", reply
     # The connection stays usable and no stream got a message out of it.
     assert (await alice_tab.request("ping"))["type"] == "pong"
-    for sender, recipient in ((alice_tab, bob_tab), (bob_tab, alice_tab)):
-        sentinel = await publish(sender, to_user(recipient.user_id), {"sentinel": True})
-        assert (await next_message_is(recipient, sentinel))["seq"] == 1
+    await _nothing_delivered(two_tabs.alice, two_tabs.bob)
 
 
 @pytest.mark.L2
@@ -283,19 +303,15 @@ async def test_a_users_stream_expires_after_the_stream_ttl(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_a_broadcast_without_the_broadcast_permission_is_refused_and_reaches_nobody(
-    serve_gateway: Serve, ws_open: Connect, make_ws_user: MakeUser
+    two_tabs: TwoTabs,
 ) -> None:
-    url = await serve_gateway()
-    alice, bob = await make_ws_user(), await make_ws_user()
-    alice_tab, bob_tab = await ws_open(url, alice.token), await ws_open(url, bob.token)
-
-    refused = await alice_tab.request("publish", to="broadcast", data={"text": "free credits!"})
+    refused = await two_tabs.alice.request(
+        "publish", to="broadcast", data={"text": "free credits!"}
+    )
 
     assert (refused["type"], refused["code"]) == ("error", "forbidden"), refused
     # Nobody got it, the sender included (a broadcast reaches the sender's tabs too).
-    for sender, recipient in ((alice_tab, bob_tab), (bob_tab, alice_tab)):
-        sentinel = await publish(sender, to_user(recipient.user_id), {"sentinel": True})
-        assert (await next_message_is(recipient, sentinel))["seq"] == 1
+    await _nothing_delivered(two_tabs.alice, two_tabs.bob)
 
 
 @pytest.mark.L2

@@ -20,6 +20,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -74,6 +75,35 @@ async def _with_open_periods(scenario: Callable[[float], Awaitable[None]]) -> No
     pytest.fail(f"every open period ({OPEN_PERIODS} s) ended before its steps were done")
 
 
+@dataclass(frozen=True)
+class BehindProxy:
+    """A gateway whose PostgreSQL is reached through a fault proxy."""
+
+    proxy: FaultProxy
+    gateway: GatewayHandle
+
+
+StartBehindProxy = Callable[[float], Awaitable[BehindProxy]]
+
+
+@pytest.fixture
+def db_behind_proxy(
+    gateways: Gateways, fault_proxy: Callable[[str], FaultProxy], postgres_database: str
+) -> StartBehindProxy:
+    """The PostgreSQL tests' setup: `await db_behind_proxy(open_seconds)` puts the worker's
+    database behind a fault proxy and starts a gateway that uses it, its breaker opening
+    after THRESHOLD failures for `open_seconds`."""
+
+    async def start(open_seconds: float) -> BehindProxy:
+        proxy = fault_proxy(postgres_database)
+        gateway = await gateways.start(
+            APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(open_seconds)
+        )
+        return BehindProxy(proxy, gateway)
+
+    return start
+
+
 async def _state(gateway: GatewayHandle, dependency: str) -> float:
     return metric(await gateway.metrics(), "apex_gateway_breaker_state", dependency=dependency)
 
@@ -87,18 +117,13 @@ async def _note(client: WsClient, title: str, timeout: float = 30) -> Frame:
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
-    gateways: Gateways,
+    db_behind_proxy: StartBehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-
     async def scenario(open_seconds: float) -> None:
-        proxy = fault_proxy(postgres_database)
-        gateway = await gateways.start(
-            APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(open_seconds)
-        )
+        setup = await db_behind_proxy(open_seconds)
+        proxy, gateway = setup.proxy, setup.gateway
         user = await make_ws_user()
         client = await ws_open(gateway.url, user.token)
         assert (await _note(client, "before"))["type"] == "ack"
@@ -149,18 +174,13 @@ async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
-    gateways: Gateways,
+    db_behind_proxy: StartBehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-
     async def scenario(open_seconds: float) -> None:
-        proxy = fault_proxy(postgres_database)
-        gateway = await gateways.start(
-            APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(open_seconds)
-        )
+        setup = await db_behind_proxy(open_seconds)
+        proxy, gateway = setup.proxy, setup.gateway
         client = await ws_open(gateway.url, (await make_ws_user()).token)
         proxy.down()
         for n in range(THRESHOLD):
@@ -196,18 +216,13 @@ async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
-    gateways: Gateways,
+    db_behind_proxy: StartBehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
-
     async def scenario(open_seconds: float) -> None:
-        proxy = fault_proxy(postgres_database)
-        gateway = await gateways.start(
-            APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(open_seconds)
-        )
+        setup = await db_behind_proxy(open_seconds)
+        proxy, gateway = setup.proxy, setup.gateway
         user = await make_ws_user()
         clients = [await ws_open(gateway.url, user.token) for _ in range(4)]
         proxy.down()
@@ -246,18 +261,14 @@ async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_success_resets_the_failure_count(
-    gateways: Gateways,
+    db_behind_proxy: StartBehindProxy,
     ws_open: Connect,
     make_ws_user: MakeUser,
-    fault_proxy: Callable[[str], FaultProxy],
-    postgres_database: str,
 ) -> None:
     """Failures open the breaker only when consecutive: THRESHOLD - 1, a success, then
     THRESHOLD - 1 more leave it closed; one more failure opens it."""
-    proxy = fault_proxy(postgres_database)
-    gateway = await gateways.start(
-        APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(LONG_OPEN)
-    )
+    setup = await db_behind_proxy(LONG_OPEN)
+    proxy, gateway = setup.proxy, setup.gateway
     client = await ws_open(gateway.url, (await make_ws_user()).token)
 
     proxy.down()

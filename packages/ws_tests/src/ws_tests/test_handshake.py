@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from auth_tests.client import AuthAdmin, Tokens, login
+from auth_tests.client import AuthAdmin, Tokens, challenges, error_of, idp_email, login
 from auth_tests.flows import oidc_login
 from websockets.exceptions import ConnectionClosed
 
-from apex_testkit import FakeIdp, RedisNamespace, eventually
+from apex_testkit import FakeIdp, RedisNamespace, eventually, tls_context
 from ws_tests.client import Connect, HandshakeRefused, WsClient, stays_open
-from ws_tests.gateways import Gateways
+from ws_tests.gateways import Gateways, http_url
 from ws_tests.users import MakeUser, WsUser, forge
 
 HANDSHAKE = pytest.mark.bvj(
@@ -95,6 +95,12 @@ async def _with_short_token(scenario: Callable[[int], Awaitable[None]]) -> None:
             await scenario(ttl)
             return
     pytest.fail(f"every token expired before its scenario's steps were done (ttl {TTLS} s)")
+
+
+def _expired(token: str, signing_key: str) -> str:
+    """`token`, well signed, expired a minute ago (L2/L3: the platform's key)."""
+    now = int(time.time())
+    return forge(token, signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
 
 
 def _tampered_signature(token: str) -> str:
@@ -252,12 +258,96 @@ async def test_well_signed_token_with_bad_claims_is_refused_with_invalid_token(
 async def test_expired_token_is_refused_with_401_token_expired(
     ws_connect: Connect, ws_user: WsUser, jwt_signing_key: str
 ) -> None:
-    now = int(time.time())
-    expired = forge(ws_user.token, jwt_signing_key, iat=now - 120, nbf=now - 120, exp=now - 60)
+    expired = _expired(ws_user.token, jwt_signing_key)
 
     refused = await _refused(ws_connect, expired)
 
     assert (refused.status, refused.body["error"]) == (401, "token_expired")
+
+
+# --- RFC 6750 section 3: the challenge of every refused credential ------------------------
+
+NO_ERROR = {"realm": "apex"}
+
+
+def _challenge(error: str) -> dict[str, str]:
+    return {**NO_ERROR, "error": error}
+
+
+async def _upgrade(gateway_url: str, headers: dict[str, str], query: str = "") -> httpx.Response:
+    """A handshake request as plain HTTP: a refusal is an HTTP answer before any upgrade."""
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+        "Sec-WebSocket-Protocol": "apex.v1",
+    }
+    async with httpx.AsyncClient(
+        base_url=http_url(gateway_url), timeout=30, verify=tls_context()
+    ) as client:
+        return await client.get(f"/ws{query}", headers={**upgrade, **headers})
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.L4
+@HANDSHAKE
+@pytest.mark.parametrize(
+    "case", ["none", "basic", "malformed", "tampered", "revoked", "in_url", "two_ways"]
+)
+async def test_every_refused_credential_carries_an_rfc_6750_challenge(
+    gateway_url: str, ws_auth_client: httpx.AsyncClient, make_ws_user: MakeUser, case: str
+) -> None:
+    """RFC 6750 section 3: `Bearer realm="apex"`, no error code without credentials
+    (another scheme is none of ours), `error="invalid_token"` for a malformed, forged or
+    revoked token (the body keeps the reason), `error="invalid_request"` with the 400 of a
+    token sent in the URL or two ways."""
+    user = await make_ws_user()
+    if case == "revoked":
+        logout = await ws_auth_client.post("/auth/logout", headers=user.tokens.bearer)
+        assert logout.status_code == 204, logout.text
+    bearer = {"Authorization": f"Bearer {user.token}"}
+    headers, query = {
+        "none": ({}, ""),
+        "basic": ({"Authorization": "Basic dXNlcjpwYXNz"}, ""),
+        "malformed": ({"Authorization": "Bearer not-a-jwt"}, ""),
+        "tampered": ({"Authorization": f"Bearer {_tampered_signature(user.token)}"}, ""),
+        "revoked": (bearer, ""),
+        "in_url": ({}, f"?access_token={user.token}"),
+        "two_ways": (
+            {**bearer, "Sec-WebSocket-Protocol": f"apex.v1, apex.bearer.{user.token}"},
+            "",
+        ),
+    }[case]
+
+    response = await _upgrade(gateway_url, headers, query)
+
+    status, code, challenge = {
+        "none": (401, "missing_token", NO_ERROR),
+        "basic": (401, "missing_token", NO_ERROR),
+        "malformed": (401, "invalid_token", _challenge("invalid_token")),
+        "tampered": (401, "invalid_token", _challenge("invalid_token")),
+        "revoked": (401, "session_revoked", _challenge("invalid_token")),
+        "in_url": (400, "invalid_request", _challenge("invalid_request")),
+        "two_ways": (400, "invalid_request", _challenge("invalid_request")),
+    }[case]
+    assert (response.status_code, error_of(response)) == (status, code), response.text
+    assert challenges(response) == {"bearer": challenge}, response.headers.get("www-authenticate")
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@HANDSHAKE
+async def test_an_expired_tokens_challenge_says_invalid_token_and_its_body_token_expired(
+    gateway_url: str, ws_user: WsUser, jwt_signing_key: str
+) -> None:
+    expired = _expired(ws_user.token, jwt_signing_key)
+
+    response = await _upgrade(gateway_url, {"Authorization": f"Bearer {expired}"})
+
+    assert (response.status_code, error_of(response)) == (401, "token_expired"), response.text
+    assert challenges(response) == {"bearer": _challenge("invalid_token")}
 
 
 @pytest.mark.L2
@@ -498,6 +588,7 @@ async def test_concurrent_handshakes_of_one_session_are_each_bound_to_it(
 
 @pytest.mark.L2
 @pytest.mark.L3
+@pytest.mark.L4
 @COMPLETE_FLOW
 async def test_oidc_login_then_websocket_session_bound_to_it(
     ws_connect: Connect,
@@ -507,7 +598,8 @@ async def test_oidc_login_then_websocket_session_bound_to_it(
 ) -> None:
     # The browser round trip (auth -> IdP /authorize -> auth's callback, with the login
     # cookie that binds it to this browser), from the identity team's client.
-    email = f"sso-{time.time_ns()}@tests.apex.invalid"
+    # At L4 the IdP's user is in the run's namespace, deleted at its end.
+    email = idp_email(ws_auth_admin.email_domain)
     callback = await oidc_login(ws_auth_client, fake_idp, sub=f"idp-{time.time_ns()}", email=email)
     tokens = Tokens.of(callback)
     user_id = callback.json()["user_id"]

@@ -108,9 +108,9 @@ async def test_healthz_needs_no_credentials(gateway_url: str) -> None:
 @pytest.mark.parametrize(
     ("credentials", "code", "challenge"),
     [
-        ("none", "missing_token", "Bearer"),
-        ("user", "invalid_token", 'Bearer error="invalid_token"'),
-        ("wrong", "invalid_token", 'Bearer error="invalid_token"'),
+        ("none", "missing_token", 'Bearer realm="apex"'),
+        ("user", "invalid_token", 'Bearer realm="apex", error="invalid_token"'),
+        ("wrong", "invalid_token", 'Bearer realm="apex", error="invalid_token"'),
     ],
 )
 async def test_operator_endpoints_answer_only_the_admin_token(

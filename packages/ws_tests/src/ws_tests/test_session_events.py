@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
 
 from apex_testkit import Platform, RedisNamespace
 from ws_tests.client import Connect, HandshakeRefused, WsClient
@@ -41,6 +42,32 @@ async def second_gateway(clean_platform: Platform, gateway_url: str) -> AsyncIte
         yield url
 
 
+@dataclass(frozen=True)
+class TwoSessions:
+    """One user signed in twice (two devices): the session a test ends, and the other."""
+
+    key_user: KeyUser
+    ending: Tokens
+    staying: Tokens
+
+
+@pytest.fixture
+async def two_sessions(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin) -> TwoSessions:
+    """A new user with two sessions of one API key."""
+    key_user = await ws_auth_admin.key_user()
+    ending = await login(ws_auth_client, key_user.api_key)
+    return TwoSessions(key_user, ending, await login(ws_auth_client, key_user.api_key))
+
+
+async def _session_gone(client: httpx.AsyncClient, ended: Tokens, staying: Tokens) -> None:
+    """auth agrees the socket's session has ended: its token is refused, and the user's
+    other session no longer lists it (while that one lives on)."""
+    assert await me_status(client, ended.access) == (401, "session_revoked")
+    listed = await client.get("/sessions", headers=staying.bearer)
+    assert listed.status_code == 200, listed.text
+    assert [s["session_id"] for s in listed.json()["sessions"]] == [staying.session_id]
+
+
 async def _closed_with(client: WsClient, code: int, reason: str) -> None:
     assert await client.closed(timeout=REVOKE_SECONDS) == (code, reason)
 
@@ -55,13 +82,9 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
     ws_connect: Connect,
     second_gateway: str,
     ws_auth_client: httpx.AsyncClient,
-    ws_auth_admin: AuthAdmin,
+    two_sessions: TwoSessions,
 ) -> None:
-    key_user = await ws_auth_admin.key_user()
-    ending, staying = (
-        await login(ws_auth_client, key_user.api_key),
-        await login(ws_auth_client, key_user.api_key),
-    )
+    ending, staying = two_sessions.ending, two_sessions.staying
     on_a = await ws_connect(ending.access)
     on_b = await ws_connect(ending.access, base_url=second_gateway)
     other_tab_a = await ws_connect(staying.access)
@@ -76,6 +99,7 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
     # Only that session: the user's other session keeps its sockets on both instances.
     await _alive(other_tab_a)
     await _alive(other_tab_b)
+    await _session_gone(ws_auth_client, ending, staying)
     with pytest.raises(HandshakeRefused) as refused:
         await ws_connect(ending.access, base_url=second_gateway)
     assert (refused.value.status, refused.value.body["error"]) == (401, "session_revoked")
@@ -85,13 +109,9 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
 @pytest.mark.L3
 @pytest.mark.L4
 async def test_deleting_a_session_from_another_device_closes_its_socket(
-    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin
+    ws_connect: Connect, ws_auth_client: httpx.AsyncClient, two_sessions: TwoSessions
 ) -> None:
-    key_user = await ws_auth_admin.key_user()
-    laptop, phone = (
-        await login(ws_auth_client, key_user.api_key),
-        await login(ws_auth_client, key_user.api_key),
-    )
+    phone, laptop = two_sessions.ending, two_sessions.staying
     laptop_ws, phone_ws = await ws_connect(laptop.access), await ws_connect(phone.access)
 
     deleted = await ws_auth_client.delete(f"/sessions/{phone.session_id}", headers=laptop.bearer)
@@ -99,6 +119,7 @@ async def test_deleting_a_session_from_another_device_closes_its_socket(
 
     await _closed_with(phone_ws, 4003, "session revoked")
     await _alive(laptop_ws)
+    await _session_gone(ws_auth_client, phone, laptop)
 
 
 @pytest.mark.L2
@@ -123,6 +144,8 @@ async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
     for socket in sockets:
         await _closed_with(socket, 4003, "session revoked")
     await _alive(bystander_ws)
+    for session in sessions:
+        assert await me_status(ws_auth_client, session.access) == (401, "session_revoked")
 
 
 @pytest.mark.L2
@@ -131,15 +154,11 @@ async def test_the_revocation_event_alone_closes_the_sessions_sockets(
     gateways: Gateways,
     ws_open: Connect,
     ws_auth_client: httpx.AsyncClient,
-    ws_auth_admin: AuthAdmin,
+    two_sessions: TwoSessions,
 ) -> None:
     """The sweep runs once an hour here: only the event can close the socket."""
     gateway = await gateways.start(APEX_WS_SESSION_SWEEP="3600")
-    key_user = await ws_auth_admin.key_user()
-    ending, staying = (
-        await login(ws_auth_client, key_user.api_key),
-        await login(ws_auth_client, key_user.api_key),
-    )
+    ending, staying = two_sessions.ending, two_sessions.staying
     ending_ws, staying_ws = (
         await ws_open(gateway.url, ending.access),
         await ws_open(gateway.url, staying.access),
@@ -150,6 +169,7 @@ async def test_the_revocation_event_alone_closes_the_sessions_sockets(
 
     await _closed_with(ending_ws, 4003, "session revoked")
     await _alive(staying_ws)
+    await _session_gone(ws_auth_client, ending, staying)
 
 
 @pytest.mark.L2
@@ -158,16 +178,12 @@ async def test_the_session_sweep_alone_closes_a_socket_whose_revocation_event_wa
     gateways: Gateways,
     ws_open: Connect,
     ws_auth_client: httpx.AsyncClient,
-    ws_auth_admin: AuthAdmin,
+    two_sessions: TwoSessions,
     redis_namespace: RedisNamespace,
 ) -> None:
     """The session ends with no event (as when the gateway missed it): the sweep finds it."""
     gateway = await gateways.start(APEX_WS_SESSION_SWEEP="0.2")
-    key_user = await ws_auth_admin.key_user()
-    ending, staying = (
-        await login(ws_auth_client, key_user.api_key),
-        await login(ws_auth_client, key_user.api_key),
-    )
+    ending, staying = two_sessions.ending, two_sessions.staying
     ending_ws, staying_ws = (
         await ws_open(gateway.url, ending.access),
         await ws_open(gateway.url, staying.access),
@@ -181,6 +197,7 @@ async def test_the_session_sweep_alone_closes_a_socket_whose_revocation_event_wa
 
     assert await ending_ws.closed(timeout=10) == (4003, "session revoked")
     await _alive(staying_ws)
+    await _session_gone(ws_auth_client, ending, staying)
 
 
 # --- permissions.changed --------------------------------------------------------------------

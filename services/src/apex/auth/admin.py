@@ -24,9 +24,6 @@ router = APIRouter(
 Tier = Literal["free", "pro", "enterprise"]
 Context = Annotated[AuthContext, Depends(get_context)]
 _SCOPE = re.compile(r"[A-Za-z0-9:._*/-]{1,64}")
-# Only a domain under the reserved TLD .invalid (RFC 2606) can be bulk-deleted: no real
-# user has such an address, so a test run's clean-up can never reach a customer.
-_TEST_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+invalid")
 
 
 class _Body(BaseModel):
@@ -105,12 +102,12 @@ async def delete_test_users(
     context: Context,
     email_domain: Annotated[str, Query(min_length=1, max_length=253)],
 ) -> dict[str, Any]:
-    """Delete every user whose e-mail is in `email_domain`, which must be a domain under
-    the reserved TLD .invalid (a test run's namespace); their keys, identities, team
-    memberships, grants and reset tokens go with them (ON DELETE CASCADE), and so do the
-    teams and settings of the tenants no user is left in."""
+    """Delete every user whose e-mail is in `email_domain` or one of its subdomains, which
+    must be a domain under the reserved TLD .invalid (a test run's namespace); their keys,
+    identities, team memberships, grants and reset tokens go with them (ON DELETE
+    CASCADE), and so do the teams and settings of the tenants no user is left in."""
     domain = email_domain.lower()
-    if not _TEST_DOMAIN.fullmatch(domain):
+    if not users.is_test_domain(domain):
         raise ApiError(
             400, "invalid_domain", "only a domain under the reserved TLD .invalid can be deleted"
         )

@@ -36,6 +36,7 @@ AUTHZ_ACTIONS: Final = (
     "team.created",
     "team.updated",
     "team.deleted",
+    "teams.deleted",
     "team.member_set",
     "team.member_removed",
     "team.grant_set",

@@ -26,7 +26,8 @@ import asyncpg
 from fastapi import Request
 
 from apex.auth import audit, keys
-from apex.common.http import REALM, ApiError
+from apex.common.challenges import REALM
+from apex.common.http import ApiError
 
 __all__ = [
     "BASIC_CHALLENGE",

@@ -15,8 +15,9 @@ Anyone can put any address in a profile at some IdP, so an address is the IdP's 
   someone else's address for a later link (pre-account takeover).
 
 Then the user's memberships in IdP-mapped teams (``teams.idp_group``) follow
-the IdP's groups: added as "member" to mapped teams it is in, removed from mapped teams
-it is no longer in (teams without idp_group are never touched).
+the IdP's groups: added as "member" to the mapped teams of the user's own tenant (a user
+of no tenant: teams of no tenant) it is in, removed from mapped teams it is no longer in
+(teams without idp_group are never touched).
 """
 
 from __future__ import annotations
@@ -160,9 +161,12 @@ async def sync_groups(
     if not await conn.fetchval("SELECT to_regclass('team_members') IS NOT NULL"):
         return [], []
     wanted = sorted({g for g in groups if isinstance(g, str) and g})[:MAX_GROUPS]
+    # Only teams of the user's own tenant (none: teams of no tenant): an IdP's group name
+    # must never make a user a member of another tenant's team (issue 10, #11).
     added = await conn.fetch(
         "INSERT INTO team_members (team_id, user_id, role) "
-        "SELECT id, $1, 'member' FROM teams WHERE idp_group = ANY($2::text[]) "
+        "SELECT t.id, $1, 'member' FROM teams t JOIN users u ON u.id = $1 "
+        "WHERE t.idp_group = ANY($2::text[]) AND t.tenant_id IS NOT DISTINCT FROM u.tenant_id "
         "ON CONFLICT (team_id, user_id) DO NOTHING RETURNING team_id",
         user_id,
         wanted,

@@ -1,4 +1,10 @@
-"""Password login, second factors (TOTP, backup codes, SMS) and password reset by e-mail."""
+"""Password login, second factors (TOTP, backup codes, SMS) and password reset by e-mail.
+
+The routes' shared guards: `_per_client_ip` (a route dependency: the sign-in routes
+share APEX_SIGN_IN_PER_IP, against spraying one password or code over many accounts;
+forgot has its own), `_pending_login` (the mfa_token's login and its user) and
+`_session_user` (the user behind a session, 401 when it is gone).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 import math
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Final
 
 import asyncpg
@@ -29,7 +35,7 @@ from apex.auth.logins import (
     open_session,
 )
 from apex.auth.notify import DeliveryError
-from apex.common.config import RateLimit
+from apex.common.config import RateLimit, Settings
 from apex.common.http import ApiError, require_json_body
 
 __all__ = ["router"]
@@ -79,7 +85,26 @@ class ResetRequest(_Body):
 # --- password login -----------------------------------------------------------------
 
 
-@router.post("/auth/login")
+def _per_client_ip(kind: str, what: str, limit: Callable[[Settings], RateLimit]) -> Any:
+    """A route dependency: one event of the client's IP in the ``kind`` window (``limit``
+    of the settings), 429 ``rate_limited`` when it is full. The IP is the peer's
+    (``request.client.host``: behind a proxy, run uvicorn with its forwarded-IP options)."""
+
+    async def within(request: Request, context: Context) -> None:
+        client = request.client.host if request.client is not None else "unknown"
+        await _within_limit(context, f"{kind}:ip:{client}", limit(context.settings), what)
+
+    return Depends(within)
+
+
+# Password and second-factor attempts from one address, whatever the account (issue 10
+# #11: a per-account lockout never sees one password tried on many accounts).
+_SIGN_IN_PER_IP: Final = _per_client_ip(
+    "signin", "sign-in attempts from your address", lambda settings: settings.sign_in_per_ip
+)
+
+
+@router.post("/auth/login", dependencies=[_SIGN_IN_PER_IP])
 async def login(body: LoginRequest, context: Context, identity: Identity) -> dict[str, Any]:
     """E-mail + password: tokens, or an mfa challenge when the user has 2FA."""
     try:
@@ -104,19 +129,13 @@ async def login(body: LoginRequest, context: Context, identity: Identity) -> dic
 # --- second factor ------------------------------------------------------------------
 
 
-@router.post("/auth/mfa/verify")
+@router.post("/auth/mfa/verify", dependencies=[_SIGN_IN_PER_IP])
 async def mfa_verify(
     body: MfaVerifyRequest, context: Context, identity: Identity
 ) -> dict[str, Any]:
     """Answer an mfa_token with a TOTP code, a backup code or an SMS code: tokens."""
-    pending = await identity.mfa.pending(body.mfa_token)
-    if pending is None:
-        raise _invalid_mfa_token()
+    pending, user = await _pending_login(context, identity, body.mfa_token)
     code = body.code.strip()
-    async with context.pool.acquire() as conn:
-        user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
-    if user is None:
-        raise _invalid_mfa_token()
     budget = identity.mfa.attempts_budget(pending, context.settings.mfa_token_attempts)
     try:
         async with _attempt(identity, user, second_factor=True, extra=[budget]) as attempt:
@@ -141,15 +160,10 @@ async def mfa_verify(
 @router.post("/auth/mfa/sms", status_code=202)
 async def mfa_sms(body: MfaTokenRequest, context: Context, identity: Identity) -> dict[str, Any]:
     """Text a one-time code to the phone of the user behind an mfa_token."""
-    pending = await identity.mfa.pending(body.mfa_token)
-    if pending is None:
-        raise _invalid_mfa_token()
+    pending, user = await _pending_login(context, identity, body.mfa_token)
     if identity.sms is None:
         raise ApiError(503, "not_configured", "SMS is not configured (APEX_SMS_*)")
     async with context.pool.acquire() as conn:
-        user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
-        if user is None:
-            raise _invalid_mfa_token()
         if not user.phone:
             raise ApiError(409, "no_phone", "this account has no phone number for SMS codes")
         settings = context.settings
@@ -203,8 +217,7 @@ async def totp_enroll(caller: Caller, context: Context) -> dict[str, Any]:
             secret,
         )
         if row is None:
-            if await load_user(conn, user_id=user_id) is None:
-                raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+            await _session_user(conn, user_id)  # 401 if the user is gone
             raise ApiError(409, "totp_enabled", "TOTP is already enabled; disable it first")
     return {"secret": secret, "otpauth_uri": mfa.provisioning_uri(secret, row["email"])}
 
@@ -245,9 +258,7 @@ async def totp_disable(
     user_id = uuid.UUID(caller.session.user_id)
     code = body.code.strip()
     async with context.pool.acquire() as conn:
-        user = await load_user(conn, user_id=user_id)
-    if user is None:
-        raise ApiError(401, "session_revoked", "the user of this session no longer exists")
+        user = await _session_user(conn, user_id)
     async with _attempt(identity, user, sign_in=False, second_factor=True) as attempt:
         async with context.pool.acquire() as conn, conn.transaction():
             user = await _user_for_update(conn, user_id)
@@ -280,10 +291,17 @@ async def totp_disable(
 # --- password reset -----------------------------------------------------------------
 
 
-@router.post("/auth/password/forgot", status_code=202)
+@router.post(
+    "/auth/password/forgot",
+    status_code=202,
+    dependencies=[
+        _per_client_ip(
+            "forgot", "resets from your address", lambda settings: settings.password_forgot_per_ip
+        )
+    ],
+)
 async def forgot_password(
     body: ForgotRequest,
-    request: Request,
     background: BackgroundTasks,
     context: Context,
     identity: Identity,
@@ -295,10 +313,6 @@ async def forgot_password(
     lookup, the token and the mail come after the response.
     """
     settings = context.settings
-    client = request.client.host if request.client is not None else "unknown"
-    await _within_limit(
-        context, f"forgot:ip:{client}", settings.password_forgot_per_ip, "resets from your address"
-    )
     accepted = JSONResponse({"status": "accepted"}, status_code=202)
     try:
         email = users.normalize_email(body.email)
@@ -540,12 +554,32 @@ async def _within_limit(context: AuthContext, subject: str, limit: RateLimit, wh
         )
 
 
-async def _user_for_update(conn: asyncpg.Connection, user_id: uuid.UUID) -> LoginUser:
-    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+async def _pending_login(
+    context: AuthContext, identity: IdentityServices, mfa_token: str
+) -> tuple[mfa.PendingLogin, LoginUser]:
+    """The login an mfa_token stands for and its user; 401 ``invalid_mfa_token`` if either
+    is gone."""
+    pending = await identity.mfa.pending(mfa_token)
+    if pending is None:
+        raise _invalid_mfa_token()
+    async with context.pool.acquire() as conn:
+        user = await load_user(conn, user_id=uuid.UUID(pending.user_id))
+    if user is None:
+        raise _invalid_mfa_token()
+    return pending, user
+
+
+async def _session_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> LoginUser:
+    """The user behind a session; 401 ``session_revoked`` when it no longer exists."""
     user = await load_user(conn, user_id=user_id)
     if user is None:
         raise ApiError(401, "session_revoked", "the user of this session no longer exists")
     return user
+
+
+async def _user_for_update(conn: asyncpg.Connection, user_id: uuid.UUID) -> LoginUser:
+    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+    return await _session_user(conn, user_id)
 
 
 def _locked(retry_after: int) -> ApiError:

@@ -34,7 +34,8 @@ from apex.auth.guard import CONTEXT_TOKEN_TYPE, guard_of
 from apex.auth.resilience import REDIS_DOWN
 from apex.auth.sessions import Session
 from apex.auth.tokens import ALGORITHM
-from apex.common.http import ApiError, bearer_challenge
+from apex.common.challenges import bearer_challenge
+from apex.common.http import ApiError
 
 __all__ = ["router", "token_pair"]
 
@@ -291,9 +292,7 @@ async def _authenticate_caller(
         401,
         "invalid_client",
         "authenticate: an API key's client credentials (HTTP Basic) or a Bearer access token",
-        headers={
-            "WWW-Authenticate": f"{clients.BASIC_CHALLENGE}, {bearer_challenge(refused=False)}"
-        },
+        headers={"WWW-Authenticate": f"{clients.BASIC_CHALLENGE}, {bearer_challenge(None)}"},
     )
 
 

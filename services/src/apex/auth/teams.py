@@ -1,11 +1,13 @@
 """Teams, memberships and grants: tables, admin API, and a user's permission inputs.
 
 Admin routes (bearer APEX_ADMIN_TOKEN): ``/admin/teams`` (create, read, move/rename,
-delete), ``/admin/teams/{id}/members/{user_id}``, ``/admin/teams/{id}/grants/{perm}``,
-``/admin/users/{id}/grants/{perm}`` and ``/admin/users/{id}/permissions``. Every change
-is audited and invalidates the cached permissions of the users it affects (the members
-of the team and of all its descendants). The four grant routes (set or remove, of a team
-or of a user) run one code path, ``_change_grant``, parametrised by a ``_Grantee``.
+delete; ``DELETE /admin/teams?namespace=<domain>`` removes a test run's teams, those
+named ``<domain>/...`` or ``<subdomain>.<domain>/...``), ``/admin/teams/{id}/members/{user_id}``,
+``/admin/teams/{id}/grants/{perm}``, ``/admin/users/{id}/grants/{perm}`` and
+``/admin/users/{id}/permissions``. Every change is audited and invalidates the cached
+permissions of the users it affects (the members of the team and of all its
+descendants). The four grant routes (set or remove, of a team or of a user) run one
+code path, ``_change_grant``, parametrised by a ``_Grantee``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final
 
 import asyncpg
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.auth import audit, users
@@ -283,6 +285,45 @@ async def delete_team(team_id: str, context: Context) -> Response:
         )
     await guard_of(context).permissions.invalidate(affected)
     return Response(status_code=204)
+
+
+@router.delete("/teams")
+async def delete_test_teams(
+    context: Context, namespace: Annotated[str, Query(min_length=1, max_length=253)]
+) -> dict[str, Any]:
+    """Delete every team named ``<namespace>/...`` (or ``<subdomain>.<namespace>/...``)
+    with its descendants, where ``namespace`` is a domain under the reserved TLD
+    .invalid: a test run's teams (its users go by their e-mail domain, DELETE
+    /admin/users)."""
+    domain = namespace.lower()
+    if not users.is_test_domain(domain):
+        raise ApiError(
+            400, "invalid_namespace", "only a domain under the reserved TLD .invalid is a namespace"
+        )
+    async with context.pool.acquire() as conn, conn.transaction():
+        await _lock_hierarchy(conn)
+        # Matched literally (no LIKE): the domain's own characters never widen the match.
+        roots = await conn.fetch(
+            "SELECT id FROM teams WHERE strpos(name, '/') > 0 AND ("
+            "split_part(lower(name), '/', 1) = $1 "
+            "OR right(split_part(lower(name), '/', 1), length($1) + 1) = '.' || $1)",
+            domain,
+        )
+        affected = sorted(
+            {user for row in roots for user in await members_of_subtree(conn, row["id"])}
+        )
+        deleted = await conn.fetch(
+            "DELETE FROM teams WHERE id = ANY($1::uuid[]) RETURNING id", [r["id"] for r in roots]
+        )
+        await audit.record(
+            conn,
+            "teams.deleted",
+            subject=domain,
+            actor=audit.ADMIN,
+            detail={"namespace": domain, "count": len(deleted), "affected_users": affected},
+        )
+    await guard_of(context).permissions.invalidate(affected)
+    return {"deleted": len(deleted)}
 
 
 @router.put("/teams/{team_id}/members/{user_id}")

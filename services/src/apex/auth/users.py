@@ -15,6 +15,7 @@ __all__ = [
     "create_user",
     "delete_users_in_domain",
     "get_user",
+    "is_test_domain",
     "normalize_email",
     "set_tier",
 ]
@@ -23,6 +24,10 @@ MAX_EMAIL_LENGTH: Final = 254
 # Deliberately loose: one "@", no spaces, a dot in the domain. Whether an address
 # really receives mail is for a confirmation e-mail to find out, not a regex.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Only a domain under the reserved TLD .invalid (RFC 2606) is a test run's namespace and
+# can be bulk-deleted: no real user has such an address, so a clean-up never reaches a
+# customer.
+_TEST_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+invalid")
 
 
 class DuplicateEmail(Exception):
@@ -105,12 +110,15 @@ async def set_tier(conn: asyncpg.Connection, user_id: uuid.UUID, tier: str) -> U
 async def delete_users_in_domain(
     conn: asyncpg.Connection, domain: str
 ) -> tuple[int, list[uuid.UUID]]:
-    """Delete every user whose (normalized) e-mail is in ``domain``: how many, and the
-    tenants they left with no user at all (nobody can reach those tenants any more)."""
+    """Delete every user whose (normalized) e-mail is in ``domain`` or one of its
+    subdomains (a run's IdP users are ``idp.<domain>``): how many, and the tenants they
+    left with no user at all (nobody can reach those tenants any more)."""
     # The domain is matched literally: LIKE's wildcards in it would widen the match.
     rows = await conn.fetch(
-        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 RETURNING tenant_id",
+        "DELETE FROM users WHERE right(lower(email), length($1)) = $1 "
+        "OR right(split_part(lower(email), '@', 2), length($2)) = $2 RETURNING tenant_id",
         f"@{domain.lower()}",
+        f".{domain.lower()}",
     )
     tenants = sorted({row["tenant_id"] for row in rows if row["tenant_id"] is not None})
     remaining = await conn.fetch(
@@ -118,6 +126,11 @@ async def delete_users_in_domain(
     )
     left = {row["tenant_id"] for row in remaining}
     return len(rows), [tenant for tenant in tenants if tenant not in left]
+
+
+def is_test_domain(domain: str) -> bool:
+    """Whether ``domain`` (lower-case) is under the reserved TLD .invalid: a test run's."""
+    return _TEST_DOMAIN.fullmatch(domain) is not None
 
 
 def _user(row: asyncpg.Record) -> User:

@@ -51,6 +51,7 @@ _DEFAULT_MFA_LOCKOUT: Final = RateLimit(count=10, window=3600)
 _DEFAULT_SMS_PER_USER: Final = RateLimit(count=10, window=3600)
 _DEFAULT_FORGOT_PER_EMAIL: Final = RateLimit(count=3, window=3600)
 _DEFAULT_FORGOT_PER_IP: Final = RateLimit(count=30, window=3600)
+_DEFAULT_SIGN_IN_PER_IP: Final = RateLimit(count=600, window=600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Settings(ServiceSettings):
     mfa_sms_code_ttl: float = 300
     password_forgot_per_email: RateLimit = _DEFAULT_FORGOT_PER_EMAIL
     password_forgot_per_ip: RateLimit = _DEFAULT_FORGOT_PER_IP
+    sign_in_per_ip: RateLimit = _DEFAULT_SIGN_IN_PER_IP
     idp_trusted_domains: frozenset[str] = frozenset()
     saml_trusted_domains: frozenset[str] = frozenset()
 
@@ -221,6 +223,7 @@ def _security_settings(env: Env) -> dict[str, Any]:
             "APEX_PASSWORD_FORGOT_PER_EMAIL", "3/3600", expiring=True
         ),
         "password_forgot_per_ip": env.rate("APEX_PASSWORD_FORGOT_PER_IP", "30/3600", expiring=True),
+        "sign_in_per_ip": env.rate("APEX_SIGN_IN_PER_IP", "600/600", expiring=True),
         "idp_trusted_domains": _parse_domains(env, "APEX_IDP_TRUSTED_DOMAINS"),
         "saml_trusted_domains": _parse_domains(env, "APEX_SAML_TRUSTED_DOMAINS"),
     }

@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apex.common.challenges import bearer_challenge
+
 __all__ = [
     "MAX_AUTHORIZATION_LENGTH",
     "MAX_BODY_BYTES",
-    "REALM",
     "ApiError",
     "BodyLimitMiddleware",
-    "bearer_challenge",
     "bearer_token",
     "error_response",
     "install_error_handlers",
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES: Final = 64 * 1024
 # Our JWTs are about 1 KiB; anything far beyond that is not a token we issued.
 MAX_AUTHORIZATION_LENGTH: Final = 4096
-# The protection space our challenges name (RFC 7235 section 2.2).
-REALM: Final = "apex"
 
 _STATUS_CODES: Final[Mapping[int, str]] = {
     400: "bad_request",
@@ -77,13 +75,6 @@ class ApiError(Exception):
         self.code = code
         self.detail = detail
         self.headers = dict(headers or {})
-
-
-def bearer_challenge(*, refused: bool = True) -> str:
-    """The RFC 6750 challenge of a 401: ``error="invalid_token"`` when a credential was
-    presented and ``refused``; no error code when the request carried none (section 3.1)."""
-    challenge = f'Bearer realm="{REALM}"'
-    return f'{challenge}, error="invalid_token"' if refused else challenge
 
 
 def error_response(
@@ -208,7 +199,7 @@ def bearer_token(request: Request, *, code: str = "invalid_token") -> str:
             401,
             code,
             "missing Authorization: Bearer header",
-            headers={"WWW-Authenticate": bearer_challenge(refused=False)},
+            headers={"WWW-Authenticate": bearer_challenge(None)},
         )
     if len(header) > MAX_AUTHORIZATION_LENGTH:
         raise ApiError(
@@ -221,7 +212,7 @@ def bearer_token(request: Request, *, code: str = "invalid_token") -> str:
             401,
             code,
             "Authorization header must be 'Bearer <token>'",
-            headers={"WWW-Authenticate": bearer_challenge(refused=False)},
+            headers={"WWW-Authenticate": bearer_challenge(None)},
         )
     if not token:
         raise ApiError(401, code, "Authorization header must be 'Bearer <token>'")

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from apex.common.challenges import BearerError, bearer_challenge
 from apex.gateway import handler
 from apex.gateway.auth_client import TokenRejected
 from apex.gateway.connection import GatewayWebSocket
@@ -42,6 +43,8 @@ MAX_TOKEN: Final = 4096
 SUBPROTOCOL: Final = "apex.v1"
 # The subprotocol that carries a browser's token: "apex.bearer.<token>".
 BEARER_PROTOCOL: Final = "apex.bearer."
+# A 401's RFC 6750 error code by our own: none when the request sent no credentials.
+_TOKEN_ERROR: Final[dict[str, BearerError | None]] = {"missing_token": None}
 
 
 class _BadRequest(Exception):
@@ -66,13 +69,18 @@ def json_response(
     return Response(status, HTTPStatus(status).phrase, all_headers, raw)
 
 
-def error_response(status: int, code: str, detail: str) -> Response:
-    """``{"error","detail"}``; a 401 carries an RFC 6750 challenge: no error code when no
-    credentials were sent, ``invalid_token`` for any bad one (the JSON body says which)."""
+def error_response(
+    status: int, code: str, detail: str, *, challenge: BearerError | None = None
+) -> Response:
+    """``{"error","detail"}``. Every refusal of the credentials carries an RFC 6750
+    challenge (``apex.common.challenges``): a 401 names no error code when no credentials
+    were sent and ``invalid_token`` for any bad one (the JSON body says which); a 400
+    about how the token was sent passes ``challenge="invalid_request"``."""
     headers = None
     if status == 401:
-        challenge = "Bearer" if code == "missing_token" else 'Bearer error="invalid_token"'
-        headers = {"WWW-Authenticate": challenge}
+        headers = {"WWW-Authenticate": bearer_challenge(_TOKEN_ERROR.get(code, "invalid_token"))}
+    elif challenge is not None:
+        headers = {"WWW-Authenticate": bearer_challenge(challenge)}
     return json_response(status, {"error": code, "detail": detail}, headers=headers)
 
 
@@ -95,7 +103,7 @@ async def process_request(
     try:
         token = _token(request.headers, query)
     except _BadRequest as exc:
-        return error_response(400, "invalid_request", str(exc))
+        return error_response(400, "invalid_request", str(exc), challenge="invalid_request")
     if not token:
         return error_response(
             401,
