@@ -1,13 +1,16 @@
 """Per-user message logs in Redis: sequence numbers, streams, and the fan-out channel.
 
-Publishing to a user is one Lua script, so the sequence number, the stream entry and
-the notification cannot disagree: ``INCR <prefix>ws:seq:<uid>`` gives the seq, the
-message is appended to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0``
-(capped at the replay buffer; the stream expires APEX_WS_STREAM_TTL after its last
-message), and only then is it announced on the fan-out channel. Pub/sub only notifies: a
-gateway that missed announcements reads the stream. The seq counter does not expire: a
-user's seqs never start again at 1 under a client that remembers a higher one (and only
-users that exist get one: :mod:`apex.gateway.directory`).
+Publishing is one Lua script per batch of recipients (a direct message is a batch of
+one; a broadcast is one script per APPEND_BATCH users), so the seqs, the stream entries
+and the notification cannot disagree: for each recipient ``INCR <prefix>ws:seq:<uid>`` gives the seq, the message is appended
+to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0`` (capped at the replay
+buffer; the stream expires APEX_WS_STREAM_TTL after its last message), and only then is
+the whole batch announced on the fan-out channel in ONE message
+``{"m": <body>, "r": [[<uid>, <seq>], ...]}`` (every instance hears it once and hands
+each recipient with a feed there its seq). Pub/sub only notifies: a gateway that missed
+announcements reads the stream. The seq counter does not expire: a user's seqs never
+start again at 1 under a client that remembers a higher one (and only users that exist
+get one: :mod:`apex.gateway.directory`).
 """
 
 from __future__ import annotations
@@ -23,14 +26,26 @@ __all__ = ["Entry", "MessageLog", "message_frame"]
 
 READ_BATCH: Final = 500
 
-_PUBLISH: Final = """
--- KEYS[1]: seq counter, KEYS[2]: stream. ARGV[1]: message body (JSON), ARGV[2]: stream
--- length cap, ARGV[3]: fan-out channel, ARGV[4]: recipient user id, ARGV[5]: stream TTL.
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[3], cjson.encode({u = ARGV[4], s = seq, m = ARGV[1]}))
-return seq
+# Recipients per script: a broadcast to many users is several scripts, so Redis never
+# runs one script for long while its other clients wait.
+APPEND_BATCH: Final = 500
+
+_APPEND: Final = """
+-- KEYS: per recipient its seq counter, then its stream. ARGV[1]: message body (JSON),
+-- ARGV[2]: stream length cap, ARGV[3]: fan-out channel, ARGV[4]: stream TTL,
+-- ARGV[5..]: the recipients' user ids (in the order of KEYS). Returns their seqs.
+local seqs = {}
+local recipients = {}
+for i = 5, #ARGV do
+  local k = (i - 5) * 2
+  local seq = redis.call('INCR', KEYS[k + 1])
+  redis.call('XADD', KEYS[k + 2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
+  redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
+  seqs[#seqs + 1] = seq
+  recipients[#recipients + 1] = {ARGV[i], seq}
+end
+redis.call('PUBLISH', ARGV[3], cjson.encode({m = ARGV[1], r = recipients}))
+return seqs
 """
 
 
@@ -56,7 +71,7 @@ class MessageLog:
         self._prefix = prefix
         self._buffer = buffer
         self._ttl = ttl
-        self._publish = redis.register_script(_PUBLISH)
+        self._append = redis.register_script(_APPEND)
         self.channel = f"{prefix}ws:fanout"
 
     def _seq_key(self, user_id: str) -> str:
@@ -72,27 +87,22 @@ class MessageLog:
             {"id": message_id, "from": sender, "to": to, "data": data}, separators=(",", ":")
         )
 
+    def _script_call(self, user_ids: Sequence[str], body: str) -> dict[str, Any]:
+        keys = [key for u in user_ids for key in (self._seq_key(u), self._stream_key(u))]
+        return {"keys": keys, "args": [body, self._buffer, self.channel, self._ttl, *user_ids]}
+
     async def append(self, user_id: str, body: str) -> int:
         """Log ``body`` for ``user_id`` and announce it; return its seq."""
-        seq = await self._publish(
-            keys=[self._seq_key(user_id), self._stream_key(user_id)],
-            args=[body, self._buffer, self.channel, user_id, self._ttl],
-        )
-        return int(seq)
+        seqs = await self._append(**self._script_call([user_id], body))
+        return int(seqs[0])
 
     async def append_many(self, user_ids: Iterable[str], body: str) -> int:
-        """Log ``body`` for each user (a broadcast); return how many got it."""
+        """Log ``body`` for each user (a broadcast) and announce it; return how many got it.
+
+        One script (one round trip, one announcement) per APPEND_BATCH users."""
         users = list(user_ids)
-        if not users:
-            return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in users:
-                await self._publish(
-                    keys=[self._seq_key(user_id), self._stream_key(user_id)],
-                    args=[body, self._buffer, self.channel, user_id, self._ttl],
-                    client=pipe,
-                )
-            await pipe.execute()
+        for start in range(0, len(users), APPEND_BATCH):
+            await self._append(**self._script_call(users[start : start + APPEND_BATCH], body))
         return len(users)
 
     async def current_seq(self, user_id: str) -> int:
