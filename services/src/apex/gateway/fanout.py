@@ -1,23 +1,24 @@
 """Per-user message logs in Redis: sequence numbers, streams, and the fan-out channel.
 
-Publishing is one Lua script per batch of recipients (a direct message is a batch of
-one; a broadcast is one script per APPEND_BATCH users), so the seqs, the stream entries
-and the notification cannot disagree: for each recipient ``INCR <prefix>ws:seq:<uid>`` gives the seq, the message is appended
-to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0`` (capped at the replay
-buffer; the stream expires APEX_WS_STREAM_TTL after its last message), and only then is
-the whole batch announced on the fan-out channel in ONE message
-``{"m": <body>, "r": [[<uid>, <seq>], ...]}`` (every instance hears it once and hands
-each recipient with a feed there its seq). Pub/sub only notifies: a gateway that missed
-announcements reads the stream. The seq counter does not expire: a user's seqs never
-start again at 1 under a client that remembers a higher one (and only users that exist
-get one: :mod:`apex.gateway.directory`).
+Publishing is one Lua script (one round trip) per message, whatever its audience: a
+direct message names its recipient, a broadcast names its audience's set (the tenant's
+online users, read inside the script). For each recipient ``INCR <prefix>ws:seq:<uid>``
+gives the seq and the message is appended to ``<prefix>ws:stream:<uid>`` with the stream
+id ``<seq>-0`` (capped at the replay buffer; the stream expires APEX_WS_STREAM_TTL after
+its last message); only then is the message announced on the fan-out channel, ONCE for
+all its recipients: ``{"m": <body>, "r": [[<uid>, <seq>], ...]}`` (every instance hears
+it once and hands each recipient with a feed there its seq). So the seqs, the stream
+entries and the notification cannot disagree. Pub/sub only notifies: a gateway that
+missed announcements reads the stream. The seq counter does not expire: a user's seqs
+never start again at 1 under a client that remembers a higher one (and only users that
+exist get one: :mod:`apex.gateway.directory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -26,26 +27,32 @@ __all__ = ["Entry", "MessageLog", "message_frame"]
 
 READ_BATCH: Final = 500
 
-# Recipients per script: a broadcast to many users is several scripts, so Redis never
-# runs one script for long while its other clients wait.
-APPEND_BATCH: Final = 500
-
+# The script names each recipient's keys itself (``ARGV[5]`` is the keys' common
+# prefix): a broadcast's recipients are only known inside it. Fine on one Redis server
+# (which the gateway uses); a Redis Cluster would need the keys declared.
 _APPEND: Final = """
--- KEYS: per recipient its seq counter, then its stream. ARGV[1]: message body (JSON),
--- ARGV[2]: stream length cap, ARGV[3]: fan-out channel, ARGV[4]: stream TTL,
--- ARGV[5..]: the recipients' user ids (in the order of KEYS). Returns their seqs.
-local seqs = {}
-local recipients = {}
-for i = 5, #ARGV do
-  local k = (i - 5) * 2
-  local seq = redis.call('INCR', KEYS[k + 1])
-  redis.call('XADD', KEYS[k + 2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
-  redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
-  seqs[#seqs + 1] = seq
-  recipients[#recipients + 1] = {ARGV[i], seq}
+-- KEYS[1] (a broadcast): the set of its recipients; without KEYS, ARGV[6] is the one
+-- recipient. ARGV[1]: message body (JSON), ARGV[2]: stream length cap, ARGV[3]: fan-out
+-- channel, ARGV[4]: stream TTL, ARGV[5]: key prefix. Returns {recipients, last seq}.
+local users
+if #KEYS > 0 then
+  users = redis.call('SMEMBERS', KEYS[1])
+else
+  users = {ARGV[6]}
 end
-redis.call('PUBLISH', ARGV[3], cjson.encode({m = ARGV[1], r = recipients}))
-return seqs
+local recipients = {}
+local seq = 0
+for i, user in ipairs(users) do
+  seq = redis.call('INCR', ARGV[5] .. 'seq:' .. user)
+  local stream = ARGV[5] .. 'stream:' .. user
+  redis.call('XADD', stream, 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
+  redis.call('EXPIRE', stream, ARGV[4])
+  recipients[i] = {user, seq}
+end
+if #recipients > 0 then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({m = ARGV[1], r = recipients}))
+end
+return {#recipients, seq}
 """
 
 
@@ -87,23 +94,19 @@ class MessageLog:
             {"id": message_id, "from": sender, "to": to, "data": data}, separators=(",", ":")
         )
 
-    def _script_call(self, user_ids: Sequence[str], body: str) -> dict[str, Any]:
-        keys = [key for u in user_ids for key in (self._seq_key(u), self._stream_key(u))]
-        return {"keys": keys, "args": [body, self._buffer, self.channel, self._ttl, *user_ids]}
-
     async def append(self, user_id: str, body: str) -> int:
         """Log ``body`` for ``user_id`` and announce it; return its seq."""
-        seqs = await self._append(**self._script_call([user_id], body))
-        return int(seqs[0])
+        _, seq = await self._append(args=[*self._args(body), user_id])
+        return int(seq)
 
-    async def append_many(self, user_ids: Iterable[str], body: str) -> int:
-        """Log ``body`` for each user (a broadcast) and announce it; return how many got it.
+    async def broadcast(self, audience_key: str, body: str) -> int:
+        """Log ``body`` for every member of the set ``audience_key`` (user ids) and
+        announce it; return how many got it."""
+        count, _ = await self._append(keys=[audience_key], args=self._args(body))
+        return int(count)
 
-        One script (one round trip, one announcement) per APPEND_BATCH users."""
-        users = list(user_ids)
-        for start in range(0, len(users), APPEND_BATCH):
-            await self._append(**self._script_call(users[start : start + APPEND_BATCH], body))
-        return len(users)
+    def _args(self, body: str) -> list[str | int]:
+        return [body, self._buffer, self.channel, self._ttl, f"{self._prefix}ws:"]
 
     async def current_seq(self, user_id: str) -> int:
         """The seq of the user's newest message (0: none yet)."""
