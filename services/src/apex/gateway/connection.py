@@ -1,8 +1,10 @@
 """One client connection: its identity, bounded send queue, writer task and rate limits.
 
-Nothing that sends to a connection ever waits for it: frames go into a bounded queue
-that one writer task drains into the socket, every frame waiting at the time (up to
-WRITE_BATCH_CHARS) in one write. A client that does not read fills the
+Nothing that sends to a connection ever waits for it. A frame is written to the socket
+at once while the socket keeps up (nothing queued, websockets' write buffer under its
+limit); otherwise it goes into a bounded queue that one writer task drains into the
+socket as the client reads, every frame waiting at the time (up to WRITE_BATCH_CHARS)
+in one write. A client that does not read fills the
 queue and is closed 4009 "slow consumer"; its messages stay in its user's stream for
 a resume, and no other connection is slowed down.
 """
@@ -20,6 +22,7 @@ from typing import Any, Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from apex.gateway.auth_client import Principal
 from apex.gateway.ratelimit import TokenBucket
@@ -56,6 +59,18 @@ class GatewayWebSocket(ServerConnection):
         release, self.on_abandoned = self.on_abandoned, None
         if release is not None:
             release()
+
+    def write_now(self, frame: str | bytes) -> bool:
+        """Write ``frame`` to the socket now if that needs no wait (the connection is open
+        and its write buffer under the limit); False (nothing written) otherwise."""
+        if self.protocol.state is not State.OPEN or self.paused or self.transport.is_closing():
+            return False
+        if isinstance(frame, str):
+            self.protocol.send_text(frame.encode())
+        else:
+            self.protocol.send_binary(frame)
+        self.send_data()
+        return True
 
     async def send_many(self, frames: list[str | bytes]) -> None:
         """Send each of ``frames`` as a message of its own (text for a str, binary for
@@ -149,10 +164,16 @@ class Connection:
         return self.principal.session_id
 
     def send(self, message: dict[str, Any] | str) -> bool:
-        """Queue a frame without waiting; False if the connection is closing or just overflowed."""
+        """Send or queue a frame without waiting; False if the connection is closing or
+        just overflowed."""
         if self.closing:
             return False
         frame = message if isinstance(message, str) else json.dumps(message, separators=(",", ":"))
+        # Straight to the socket while it keeps up: no task switch per frame. Only with
+        # nothing queued, or this frame would overtake those.
+        if self._queue.empty() and self.ws.write_now(frame):
+            self._on_sent(1)
+            return True
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
