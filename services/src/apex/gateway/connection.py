@@ -4,9 +4,9 @@ Nothing that sends to a connection ever waits for it. A frame is written to the 
 at once while the socket keeps up (nothing queued, websockets' write buffer under its
 limit); otherwise it goes into a bounded queue that one writer task drains into the
 socket as the client reads, every frame waiting at the time (up to WRITE_BATCH_CHARS)
-in one write. A client that does not read fills the
-queue and is closed 4009 "slow consumer"; its messages stay in its user's stream for
-a resume, and no other connection is slowed down.
+in one write. A client that does not read fills the queue and is closed 4009 "slow
+consumer"; its messages stay in its user's stream for a resume, and no other
+connection is slowed down.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Pub/sub: what this instance hears from the others and from apex.auth.
 
 One task follows three Redis channels: the fan-out channel (``ws:fanout``: a message
-was logged for some users, one notification per batch of recipients with each one's
-seq; the feeds here of those users deliver it), the control channel
+was logged for its recipients, one notification listing each one's seq; the feeds here
+of those users deliver it), the control channel
 (``ws:control``: a user's tabs changed, so leadership may have moved) and apex.auth's
 events (``auth:events``: a revoked session closes its connections 4003; changed
 permissions are pushed to the user's connections, and remembered for their checks).
