@@ -85,8 +85,10 @@ def _dispatch(gw: Gateway, channel: str, data: str) -> None:
     if not isinstance(event, dict):
         return
     if channel == gw.log.channel:
-        body, feeds = str(event["m"]), gw.feeds
-        for user_id, seq in event["r"]:
+        # An announcement of another shape (an instance of an older version) has no
+        # recipients here: its users' next messages fill the gap from the streams.
+        body, feeds = str(event.get("m")), gw.feeds
+        for user_id, seq in event.get("r") or ():
             feed = feeds.get(user_id)
             if feed is not None:
                 feed.announce(int(seq), body)
