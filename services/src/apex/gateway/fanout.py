@@ -1,20 +1,24 @@
 """Per-user message logs in Redis: sequence numbers, streams, and the fan-out channel.
 
-Publishing to a user is one Lua script, so the sequence number, the stream entry and
-the notification cannot disagree: ``INCR <prefix>ws:seq:<uid>`` gives the seq, the
-message is appended to ``<prefix>ws:stream:<uid>`` with the stream id ``<seq>-0``
-(capped at the replay buffer; the stream expires APEX_WS_STREAM_TTL after its last
-message), and only then is it announced on the fan-out channel. Pub/sub only notifies: a
-gateway that missed announcements reads the stream. The seq counter does not expire: a
-user's seqs never start again at 1 under a client that remembers a higher one (and only
-users that exist get one: :mod:`apex.gateway.directory`).
+Publishing is one Lua script (one round trip) per message, whatever its audience: a
+direct message names its recipient, a broadcast names its audience's set (the tenant's
+online users, read inside the script). For each recipient ``INCR <prefix>ws:seq:<uid>``
+gives the seq and the message is appended to ``<prefix>ws:stream:<uid>`` with the stream
+id ``<seq>-0`` (capped at the replay buffer; the stream expires APEX_WS_STREAM_TTL after
+its last message); only then is the message announced on the fan-out channel, ONCE for
+all its recipients: ``{"m": <body>, "r": [[<uid>, <seq>], ...]}`` (every instance hears
+it once and hands each recipient with a feed there its seq). So the seqs, the stream
+entries and the notification cannot disagree. Pub/sub only notifies: a gateway that
+missed announcements reads the stream. The seq counter does not expire: a user's seqs
+never start again at 1 under a client that remembers a higher one (and only users that
+exist get one: :mod:`apex.gateway.directory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -23,14 +27,32 @@ __all__ = ["Entry", "MessageLog", "message_frame"]
 
 READ_BATCH: Final = 500
 
-_PUBLISH: Final = """
--- KEYS[1]: seq counter, KEYS[2]: stream. ARGV[1]: message body (JSON), ARGV[2]: stream
--- length cap, ARGV[3]: fan-out channel, ARGV[4]: recipient user id, ARGV[5]: stream TTL.
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[3], cjson.encode({u = ARGV[4], s = seq, m = ARGV[1]}))
-return seq
+# The script names each recipient's keys itself (``ARGV[5]`` is the keys' common
+# prefix): a broadcast's recipients are only known inside it. Fine on one Redis server
+# (which the gateway uses); a Redis Cluster would need the keys declared.
+_APPEND: Final = """
+-- KEYS[1] (a broadcast): the set of its recipients; without KEYS, ARGV[6] is the one
+-- recipient. ARGV[1]: message body (JSON), ARGV[2]: stream length cap, ARGV[3]: fan-out
+-- channel, ARGV[4]: stream TTL, ARGV[5]: key prefix. Returns {recipients, last seq}.
+local users
+if #KEYS > 0 then
+  users = redis.call('SMEMBERS', KEYS[1])
+else
+  users = {ARGV[6]}
+end
+local recipients = {}
+local seq = 0
+for i, user in ipairs(users) do
+  seq = redis.call('INCR', ARGV[5] .. 'seq:' .. user)
+  local stream = ARGV[5] .. 'stream:' .. user
+  redis.call('XADD', stream, 'MAXLEN', ARGV[2], seq .. '-0', 'm', ARGV[1])
+  redis.call('EXPIRE', stream, ARGV[4])
+  recipients[i] = {user, seq}
+end
+if #recipients > 0 then
+  redis.call('PUBLISH', ARGV[3], cjson.encode({m = ARGV[1], r = recipients}))
+end
+return {#recipients, seq}
 """
 
 
@@ -56,7 +78,7 @@ class MessageLog:
         self._prefix = prefix
         self._buffer = buffer
         self._ttl = ttl
-        self._publish = redis.register_script(_PUBLISH)
+        self._append = redis.register_script(_APPEND)
         self.channel = f"{prefix}ws:fanout"
 
     def _seq_key(self, user_id: str) -> str:
@@ -74,26 +96,17 @@ class MessageLog:
 
     async def append(self, user_id: str, body: str) -> int:
         """Log ``body`` for ``user_id`` and announce it; return its seq."""
-        seq = await self._publish(
-            keys=[self._seq_key(user_id), self._stream_key(user_id)],
-            args=[body, self._buffer, self.channel, user_id, self._ttl],
-        )
+        _, seq = await self._append(args=[*self._args(body), user_id])
         return int(seq)
 
-    async def append_many(self, user_ids: Iterable[str], body: str) -> int:
-        """Log ``body`` for each user (a broadcast); return how many got it."""
-        users = list(user_ids)
-        if not users:
-            return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in users:
-                await self._publish(
-                    keys=[self._seq_key(user_id), self._stream_key(user_id)],
-                    args=[body, self._buffer, self.channel, user_id, self._ttl],
-                    client=pipe,
-                )
-            await pipe.execute()
-        return len(users)
+    async def broadcast(self, audience_key: str, body: str) -> int:
+        """Log ``body`` for every member of the set ``audience_key`` (user ids) and
+        announce it; return how many got it."""
+        count, _ = await self._append(keys=[audience_key], args=self._args(body))
+        return int(count)
+
+    def _args(self, body: str) -> list[str | int]:
+        return [body, self._buffer, self.channel, self._ttl, f"{self._prefix}ws:"]
 
     async def current_seq(self, user_id: str) -> int:
         """The seq of the user's newest message (0: none yet)."""

@@ -65,8 +65,16 @@ class UserFeed:
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._retry: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._busy = False  # the task is handling an item (it may be awaiting Redis)
 
     def announce(self, seq: int, body: str) -> None:
+        """Deliver message ``seq`` to the user's connections here, in order."""
+        # Nothing queued or under way and no connection would see a gap: deliver at once,
+        # without waking the feed's task (a broadcast announces to every feed here).
+        if not self._busy and self._items.empty() and self._in_step(seq):
+            for conn in list(self.connections.values()):
+                self._deliver_next(conn, seq, body)
+            return
         self._items.put_nowait(_Announce(seq, body))
 
     def join(self, conn: Connection, welcome: dict[str, Any], resume_from: int | None) -> None:
@@ -110,6 +118,7 @@ class UserFeed:
     async def _run(self) -> None:
         while True:
             item = await self._items.get()
+            self._busy = True
             try:
                 await self._handle(item)
             except RedisError as exc:
@@ -124,6 +133,8 @@ class UserFeed:
             except Exception:
                 stop_if_cancelled()
                 log.exception("feed of user %s failed on %r", self.user_id, type(item).__name__)
+            finally:
+                self._busy = False
 
     async def _handle(self, item: _Item) -> None:
         if isinstance(item, _Announce):
@@ -154,12 +165,26 @@ class UserFeed:
         if item.resume_from is not None and item.resume_from < current:
             await self._replay(conn, item.resume_from, current)
 
+    def _in_step(self, seq: int) -> bool:
+        """No connection here would see a gap if ``seq`` came next."""
+        for conn in self.connections.values():
+            last = conn.last_seq
+            if last is not None and seq > last + 1:
+                return False
+        return True
+
     async def _deliver(self, conn: Connection, seq: int, body: str) -> None:
+        last = conn.last_seq
+        if last is not None and seq > last + 1:
+            await self._replay(conn, last, seq - 1)
+        self._deliver_next(conn, seq, body)
+
+    @staticmethod
+    def _deliver_next(conn: Connection, seq: int, body: str) -> None:
+        """Send ``seq`` if it is the connection's next one (no gap: the caller filled it)."""
         last = conn.last_seq
         if last is None or seq <= last:
             return  # not welcomed yet (the welcome's seq covers it) or a duplicate
-        if seq > last + 1:
-            await self._replay(conn, last, seq - 1)
         conn.send(message_frame(seq, body))
         conn.last_seq = seq
 

@@ -45,8 +45,8 @@ async def handle(gw: Gateway, ws: ServerConnection) -> None:
         raise TypeError("a connection must pass the handshake first")
     ws.take_over()
 
-    def count_out() -> None:
-        gw.metrics.messages_out += 1
+    def count_out(frames: int) -> None:
+        gw.metrics.messages_out += frames
 
     def count_slow(conn: Connection) -> None:
         log.info("connection %s of user %s is a slow consumer: closing", conn.id, conn.user_id)

@@ -71,7 +71,7 @@ async def _publish(gw: Gateway, conn: Connection, msg: dict[str, Any]) -> None:
         if not allowed:
             conn.error("forbidden", message_id, detail=f"broadcast needs {permission}")
             return
-        await gw.log.append_many(await gw.registry.online_users(tenant_id), body)
+        await gw.log.broadcast(gw.registry.online_key(tenant_id), body)
     conn.send({"type": "ack", "id": message_id})
 
 

@@ -1,7 +1,8 @@
 """Pub/sub: what this instance hears from the others and from apex.auth.
 
 One task follows three Redis channels: the fan-out channel (``ws:fanout``: a message
-was logged for a user; the user's feed here, if any, delivers it), the control channel
+was logged for its recipients, one notification listing each one's seq; the feeds here
+of those users deliver it), the control channel
 (``ws:control``: a user's tabs changed, so leadership may have moved) and apex.auth's
 events (``auth:events``: a revoked session closes its connections 4003; changed
 permissions are pushed to the user's connections, and remembered for their checks).
@@ -84,9 +85,13 @@ def _dispatch(gw: Gateway, channel: str, data: str) -> None:
     if not isinstance(event, dict):
         return
     if channel == gw.log.channel:
-        feed = gw.feeds.get(str(event.get("u")))
-        if feed is not None:
-            feed.announce(int(event["s"]), str(event["m"]))
+        # An announcement of another shape (an instance of an older version) has no
+        # recipients here: its users' next messages fill the gap from the streams.
+        body, feeds = str(event.get("m")), gw.feeds
+        for user_id, seq in event.get("r") or ():
+            feed = feeds.get(user_id)
+            if feed is not None:
+                feed.announce(int(seq), body)
     elif channel == gw.registry.control_channel:
         if event.get("type") == "tabs" and event.get("user_id") in gw.feeds:
             gw.spawn(heartbeat.update_leaders(gw, [str(event["user_id"])]))

@@ -71,7 +71,8 @@ class Registry:
     def _tabs_key(self, user_id: str) -> str:
         return f"{self._prefix}ws:tabs:{user_id}"
 
-    def _online_key(self, tenant_id: str | None) -> str:
+    def online_key(self, tenant_id: str | None) -> str:
+        """The set of the tenant's users with at least one tab (its broadcasts' audience)."""
         return f"{self._prefix}ws:online:{tenant_id or '-'}"
 
     def member(self, connection_id: str) -> str:
@@ -137,7 +138,7 @@ class Registry:
         oldest."""
         key = self._tabs_key(user_id)
         rank = await self._reserve_tab(
-            keys=[key, f"{key}:seq", self._online_key(tenant_id), self.instances_key],
+            keys=[key, f"{key}:seq", self.online_key(tenant_id), self.instances_key],
             args=[self.member(connection_id), user_id, time.time(), limit, self.instance_id],
         )
         return int(rank) > 0
@@ -150,13 +151,7 @@ class Registry:
             pipe.zrange(key, 0, -1)
             _, members = await pipe.execute()
         if not members:
-            await self._redis.srem(self._online_key(tenant_id), user_id)
-
-    async def online_users(self, tenant_id: str | None) -> list[str]:
-        """The tenant's users with at least one connection on some gateway (the audience
-        of the tenant's broadcasts)."""
-        members = await self._redis.smembers(self._online_key(tenant_id))
-        return sorted(str(member) for member in members)
+            await self._redis.srem(self.online_key(tenant_id), user_id)
 
     async def leaders(self, user_ids: Iterable[str]) -> dict[str, str | None]:
         """The leader tab (member) of each user; tabs of dead instances are pruned."""
