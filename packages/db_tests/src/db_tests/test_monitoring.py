@@ -128,7 +128,7 @@ async def test_pools_report_their_size_and_use(data_with: Any, admin_token: str)
     assert (primary["name"], primary["size"], primary["in_use"], primary["waiting"]) == (
         "primary", 4, 0, 0,
     )  # fmt: skip
-    assert body["replica"] == {"state": "absent", "lag_bytes": None}
+    assert body["replica"] == {"state": "absent", "lag_bytes": None, "error": None}
 
 
 @MONITORING

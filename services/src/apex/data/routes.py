@@ -233,7 +233,11 @@ async def pools(service: Service) -> dict[str, Any]:
             "primary": primary.stats().to_json(),
             "replica": replica.stats().to_json() if replica is not None else None,
         },
-        "replica": {"state": service.router.state, "lag_bytes": service.router.lag_bytes},
+        "replica": {
+            "state": service.router.state,
+            "lag_bytes": service.router.lag_bytes,
+            "error": service.router.error,
+        },
     }
 
 

@@ -219,6 +219,10 @@ async def summary(
 
 
 async def current_lsn(conn: asyncpg.Connection) -> str:
-    """The primary's current WAL position: after a commit on ``conn``, at or past it."""
-    lsn: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+    """A WAL position at or past the end of the commit that just ran on ``conn``.
+
+    The insert position, not ``pg_current_wal_lsn()`` (the write position): with
+    ``synchronous_commit=off`` a commit returns before its record is written out, and a
+    replica that replayed up to the write position would not have it yet."""
+    lsn: str = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
     return lsn
