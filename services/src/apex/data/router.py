@@ -90,7 +90,8 @@ class Router:
                 raise LookupError("the replica is not a standby (pg_last_wal_replay_lsn is NULL)")
             async with self.primary.connection() as conn:
                 lag = await conn.fetchval(
-                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint", replayed
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+                    replayed,
                 )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError, PoolExhausted, LookupError) as exc:
             self._set("down", None, exc)
