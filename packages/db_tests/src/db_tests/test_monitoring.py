@@ -58,6 +58,7 @@ CONTRACT_METRICS = {
 @HEALTH
 @pytest.mark.L2
 @pytest.mark.L3
+@pytest.mark.L4
 async def test_healthz_has_a_check_per_store(data_client: httpx.AsyncClient) -> None:
     response = await data_client.get("/healthz")
     assert response.status_code == 200, response.text
