@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from apex_testkit import PostgresPair
+from db_tests.cli import migrate
 from db_tests.client import BILLING_READ, RUN_AGENTS, DataUser, MakeUser, OpenData, usage_body
-from db_tests.replicas import migrate
 from db_tests.state import metrics, pool_stats, sample
 
 FAILOVER = pytest.mark.bvj(

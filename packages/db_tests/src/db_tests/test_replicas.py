@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from apex_testkit import PostgresPair, PostgresReplica
+from db_tests.cli import migrate
 from db_tests.client import BILLING_READ, RUN_AGENTS, DataUser, MakeUser, OpenData, usage_body
-from db_tests.replicas import migrate, replica_state, wait_replica_state
+from db_tests.replicas import replica_state, wait_replica_state
 from db_tests.state import metrics, sample
 
 LAG = pytest.mark.bvj(
