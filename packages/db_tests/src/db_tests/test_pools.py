@@ -128,7 +128,7 @@ async def test_the_database_never_sees_more_connections_than_the_pool_size(
 ) -> None:
     user = await make_data_user(permissions=(RUN_AGENTS, BILLING_READ))
     settings = {"APEX_DB_POOL_SIZE": "3", "APEX_DB_POOL_TIMEOUT": "10"}
-    async with proxied_data(clean_platform, instance=1, **settings) as data:
+    async with proxied_data(clean_platform, instance=6, **settings) as data:
         data.proxy.reset_stats()
         responses = await asyncio.gather(
             *(
