@@ -1,1 +1,36 @@
-"""The data layer: PostgreSQL pools and migrations, ClickHouse client, tenant isolation."""
+"""apex.data: the data layer, as a library and as a service.
+
+The library: PostgreSQL pools (``pool``) and migrations, the ClickHouse client, tenant
+isolation (``tenancy``), primary/replica routing (``router``), retries (``retry``), the
+usage domain (``usage``). The service contract (apex.topology): ``load_settings(env)``,
+then ``create_app(settings)`` gives the ASGI app; ``python -m apex.data`` runs it as a
+process (``python -m apex.data migrate|rollback|status`` manages the schema). Its routes
+are in ``routes``, its stores and error answers in ``service``, its metrics in
+``metrics``, who is asking in ``callers``.
+"""
+
+from collections.abc import Mapping
+
+from apex.data.app import create_app
+from apex.data.pool import DatabasePool, PoolExhausted
+from apex.data.retry import DatabaseUnavailable, RetryExhausted
+from apex.data.router import Router
+from apex.data.settings import Backoff, DataSettings
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> DataSettings:
+    """The service's settings from `env` (default: the process environment)."""
+    return DataSettings.from_env(env)
+
+
+__all__ = [
+    "Backoff",
+    "DataSettings",
+    "DatabasePool",
+    "DatabaseUnavailable",
+    "PoolExhausted",
+    "RetryExhausted",
+    "Router",
+    "create_app",
+    "load_settings",
+]

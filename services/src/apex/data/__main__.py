@@ -1,21 +1,32 @@
-"""``python -m apex.data migrate [--to N] | rollback --to N | status`` on APEX_DATABASE_URL."""
+"""``python -m apex.data [--host H] [--port P] [--fd N]`` serves the data service;
+``python -m apex.data migrate [--to N] | rollback --to N | status`` manages the schema at
+APEX_DATABASE_URL."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 import asyncpg
 
+from apex.common import serve
 from apex.common.config import ConfigError, Settings
+from apex.common.settings import Env
 from apex.data.migrations import MigrationError, migrate, rollback, status
+
+_COMMANDS = ("migrate", "rollback", "status")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m apex.data", description="Manage the PostgreSQL schema at APEX_DATABASE_URL."
+        prog="python -m apex.data",
+        description=(
+            "Manage the PostgreSQL schema at APEX_DATABASE_URL; without a command, serve "
+            "the data service ([--host H] [--port P] [--fd N])."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("migrate", help="apply pending migrations")
@@ -30,16 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, dsn: str) -> None:
+async def _run(args: argparse.Namespace, dsn: str, lock_timeout: float) -> None:
     if args.command == "migrate":
-        versions = await migrate(dsn, args.to)
+        versions = await migrate(dsn, args.to, lock_timeout=lock_timeout)
         print(
             f"applied {_versions(versions)}"
             if versions
             else "nothing to apply: the schema is up to date"
         )
     elif args.command == "rollback":
-        versions = await rollback(dsn, args.to)
+        versions = await rollback(dsn, args.to, lock_timeout=lock_timeout)
         print(
             f"reverted {_versions(versions)}"
             if versions
@@ -55,15 +66,23 @@ def _versions(versions: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return its exit code (2: configuration, 1: migration or connection error)."""
-    args = _parser().parse_args(argv)
+    """Serve, or run a schema command; return the exit code (2: configuration, 1: migration
+    or connection error, 3: the service could not start)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in (*_COMMANDS, "-h", "--help"):
+        # No subcommand: serve (the options are serve's --host/--port/--fd).
+        from apex.data import create_app, load_settings  # noqa: PLC0415 - FastAPI on demand
+
+        return serve.main("data", create_app, arguments, load_settings=load_settings)
+    args = _parser().parse_args(arguments)
     try:
         dsn = Settings.from_env().require("database_url", service="python -m apex.data")
+        lock_timeout = Env(os.environ).number("APEX_MIGRATION_LOCK_TIMEOUT", 5.0, unit="seconds")
     except ConfigError as exc:
         print(f"apex.data: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(args, dsn))
+        asyncio.run(_run(args, dsn, lock_timeout))
     except MigrationError as exc:
         print(f"apex.data: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,9 @@ something to paper over.
 
 Each version is applied (or reverted) in its own transaction holding an advisory
 lock, so two processes migrating the same database at once apply each version
-exactly once.
+exactly once. With a ``lock_timeout`` (``APEX_MIGRATION_LOCK_TIMEOUT`` for the CLI) a
+migration that waits longer than that for a table lock held by traffic fails with a
+clear error, instead of queueing every later query of that table behind it.
 """
 
 from __future__ import annotations
@@ -133,7 +135,11 @@ def _strip_comments(sql: str) -> str:
 
 
 async def migrate(
-    dsn: str, target: int | None = None, *, migrations: Sequence[Migration] | None = None
+    dsn: str,
+    target: int | None = None,
+    *,
+    migrations: Sequence[Migration] | None = None,
+    lock_timeout: float | None = None,
 ) -> list[int]:
     """Apply pending migrations up to ``target`` (default: newest); return the versions applied."""
     known = list(load_migrations() if migrations is None else migrations)
@@ -160,7 +166,7 @@ async def migrate(
                 _check_drift(recorded, known)
                 if migration.version in recorded:
                     continue
-                await _run(conn, migration, migration.up, "up")
+                await _run(conn, migration, migration.up, "up", lock_timeout)
                 await conn.execute(
                     "INSERT INTO apex_schema_migrations (version, name, checksum) "
                     "VALUES ($1, $2, $3)",
@@ -175,7 +181,11 @@ async def migrate(
 
 
 async def rollback(
-    dsn: str, target: int, *, migrations: Sequence[Migration] | None = None
+    dsn: str,
+    target: int,
+    *,
+    migrations: Sequence[Migration] | None = None,
+    lock_timeout: float | None = None,
 ) -> list[int]:
     """Revert every applied version above ``target``, newest first; return the versions reverted."""
     if target < 0:
@@ -207,7 +217,7 @@ async def rollback(
                     raise MigrationError(
                         f"cannot roll back {_label(migration)}: its down section is empty"
                     )
-                await _run(conn, migration, migration.down, "down")
+                await _run(conn, migration, migration.down, "down", lock_timeout)
                 await conn.execute("DELETE FROM apex_schema_migrations WHERE version = $1", version)
                 reverted.append(version)
     finally:
@@ -255,11 +265,28 @@ def _check_drift(recorded: dict[int, tuple[str, str]], known: Iterable[Migration
             )
 
 
-async def _run(conn: asyncpg.Connection, migration: Migration, sql: str, direction: str) -> None:
+async def _run(
+    conn: asyncpg.Connection,
+    migration: Migration,
+    sql: str,
+    direction: str,
+    lock_timeout: float | None,
+) -> None:
+    if lock_timeout is not None:
+        # After the advisory lock (a second migrator waits its turn, unbounded): only
+        # the migration's own table locks are bounded.
+        milliseconds = max(1, round(lock_timeout * 1000))
+        await conn.execute(f"SET LOCAL lock_timeout = {milliseconds}")
     try:
         # Without arguments asyncpg uses the simple query protocol, which runs a
         # whole multi-statement script in one call.
         await conn.execute(sql)
+    except asyncpg.LockNotAvailableError:
+        raise MigrationError(
+            f"{_label(migration)} ({direction}) waited over {lock_timeout:g} s for a table "
+            "lock held by other sessions (APEX_MIGRATION_LOCK_TIMEOUT) and gave up; "
+            "nothing of it was applied: retry when traffic allows"
+        ) from None
     except asyncpg.PostgresError as exc:
         raise MigrationError(
             f"{_label(migration)} ({direction}) failed: {type(exc).__name__}: {exc}"

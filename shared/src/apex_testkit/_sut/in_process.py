@@ -54,16 +54,23 @@ class InProcessPlatform(Platform):
         env = {**wiring.service_env(self.worker, service), **settings}
         base = f"http://{service}.apex.test"
         module_name = wiring.module(service)
-        if self.live.shares(module_name):
+        calls = {c: s for c, s in wiring.calls(service).items() if s not in settings}
+        # A kept-running app lives in the worker's apps loop; the services it calls would
+        # be served in this test's loop, so only a service that calls none is shared.
+        if self.live.shares(module_name) and not calls:
             async with self.live.client(module_name, env, instance, base) as client:
                 yield client
             return
         # Every client is an app instance of its own, whatever `instance` says.
-        with self.apps.app(module_name, env) as app:
-            async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-                transport = httpx.ASGITransport(app=manager.app)
-                async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-                    yield client
+        async with contextlib.AsyncExitStack() as stack:
+            # The services it calls, served on loopback sockets (as `_start` does).
+            for called, setting in calls.items():
+                env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
+            with self.apps.app(module_name, env) as app:
+                async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+                    transport = httpx.ASGITransport(app=manager.app)
+                    async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                        yield client
 
     @asynccontextmanager
     async def _serve(
