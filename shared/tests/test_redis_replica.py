@@ -39,8 +39,9 @@ def test_the_replica_shows_the_reset(
 
 
 def test_the_nodes_are_servers_of_their_own(
-    redis_namespace: RedisNamespace, redis_nodes: tuple[RedisNamespace, ...]
+    apex_worker, redis_namespace: RedisNamespace, redis_nodes: tuple[RedisNamespace, ...]
 ) -> None:
+    apex_worker.reset()  # what the tests before this one wrote (no clean_platform here)
     addresses = {parse_address(n.url) for n in (redis_namespace, *redis_nodes)}
     assert len(addresses) == 4
     first, *others = redis_nodes
