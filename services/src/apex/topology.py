@@ -131,6 +131,12 @@ _SERVICES: dict[str, Service] = {
         servers=("postgres", "redis"),
         calls={"auth": "APEX_AUTH_URL"},
     ),
+    "data": Service(
+        "data",
+        module="apex.data",
+        servers=("postgres", "redis", "clickhouse"),
+        calls={"auth": "APEX_AUTH_URL"},
+    ),
 }
 
 # Read-only view of the registered services, in start order.

@@ -2,8 +2,8 @@
 
 import sys
 
-from apex.auth.app import create_app
+from apex.auth import create_app, load_settings
 from apex.common.serve import main
 
 if __name__ == "__main__":
-    sys.exit(main("auth", create_app))
+    sys.exit(main("auth", create_app, load_settings=load_settings))

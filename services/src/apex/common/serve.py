@@ -14,17 +14,21 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from apex.common.config import ConfigError, Settings
+from apex.common.config import ConfigError
 from apex.common.logging import configure_logging
+from apex.common.settings import ServiceSettings
 
 __all__ = ["EXIT_CONFIG_ERROR", "EXIT_STARTUP_FAILURE", "main", "parse_args"]
 
 EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILURE = 3
+
+_Settings = TypeVar("_Settings", bound=ServiceSettings)
 
 
 class _GracefulServer(uvicorn.Server):
@@ -63,12 +67,19 @@ def parse_args(service: str, argv: Sequence[str] | None = None) -> argparse.Name
 
 
 def main(
-    service: str, create_app: Callable[[Settings], ASGIApp], argv: Sequence[str] | None = None
+    service: str,
+    create_app: Callable[[_Settings], ASGIApp],
+    argv: Sequence[str] | None = None,
+    *,
+    load_settings: Callable[[], _Settings],
 ) -> int:
-    """Serve ``create_app(Settings.from_env())`` until SIGTERM/SIGINT; return the exit code."""
+    """Serve ``create_app(load_settings())`` until SIGTERM/SIGINT; return the exit code.
+
+    ``load_settings``: the service's own (its package's ``load_settings``), reading the
+    process environment."""
     args = parse_args(service, argv)
     try:
-        settings = Settings.from_env()
+        settings = load_settings()
         configure_logging(settings.log_level)
         app = create_app(settings)
     except ConfigError as exc:

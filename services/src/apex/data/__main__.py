@@ -1,4 +1,6 @@
-"""``python -m apex.data migrate [--to N] | rollback --to N | status`` on APEX_DATABASE_URL."""
+"""``python -m apex.data [--host H] [--port P] [--fd N]`` serves the data service;
+``python -m apex.data migrate [--to N] | rollback --to N | status`` manages the schema at
+APEX_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -9,13 +11,20 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from apex.common import serve
 from apex.common.config import ConfigError, Settings
 from apex.data.migrations import MigrationError, migrate, rollback, status
+
+_COMMANDS = ("migrate", "rollback", "status")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m apex.data", description="Manage the PostgreSQL schema at APEX_DATABASE_URL."
+        prog="python -m apex.data",
+        description=(
+            "Manage the PostgreSQL schema at APEX_DATABASE_URL; without a command, serve "
+            "the data service ([--host H] [--port P] [--fd N])."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("migrate", help="apply pending migrations")
@@ -55,8 +64,15 @@ def _versions(versions: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return its exit code (2: configuration, 1: migration or connection error)."""
-    args = _parser().parse_args(argv)
+    """Serve, or run a schema command; return the exit code (2: configuration, 1: migration
+    or connection error, 3: the service could not start)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in (*_COMMANDS, "-h", "--help"):
+        # No subcommand: serve (the options are serve's --host/--port/--fd).
+        from apex.data import create_app, load_settings  # noqa: PLC0415 - FastAPI on demand
+
+        return serve.main("data", create_app, arguments, load_settings=load_settings)
+    args = _parser().parse_args(arguments)
     try:
         dsn = Settings.from_env().require("database_url", service="python -m apex.data")
     except ConfigError as exc:

@@ -1,0 +1,106 @@
+"""A client of the Apex data service (apex.data), for any team's tests.
+
+Public: `DataUser` (a platform user of one tenant, with a context token for apex.data
+made by apex.auth), `context_token` (asks apex.auth for one), `usage_body` (a valid
+`POST /v1/usage` body with a fresh idempotency key), `bearer`, `admin_headers` and
+`error_of`. `MakeUser` is the type of the `make_data_user` fixture.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+from auth_tests.client import KeyUser, Tokens
+
+__all__ = [
+    "AUDIENCE",
+    "BILLING_READ",
+    "RUN_AGENTS",
+    "DataUser",
+    "MakeUser",
+    "admin_headers",
+    "bearer",
+    "context_token",
+    "error_of",
+    "usage_body",
+]
+
+# The audience apex.data accepts context tokens for.
+AUDIENCE: Final = "apex-data"
+# Writing usage needs the first, reading it the second.
+RUN_AGENTS: Final = "agents:run"
+BILLING_READ: Final = "billing:read"
+
+
+@dataclass(frozen=True)
+class DataUser:
+    """A user of tenant `tenant_id` (None: of no tenant), signed in, with a context token
+    for apex.data carrying the permissions the user was granted."""
+
+    key_user: KeyUser
+    tokens: Tokens
+    tenant_id: str | None
+    token: str
+
+    @property
+    def user_id(self) -> str:
+        return self.key_user.user_id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers that present this user's context token."""
+        return bearer(self.token)
+
+
+# `await make_data_user(tenant=..., permissions=(...))`: what `make_data_user` hands out.
+MakeUser = Callable[..., Awaitable[DataUser]]
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization header carrying `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_headers(admin_token: str) -> dict[str, str]:
+    """The headers of apex.data's /admin/* routes and /metrics."""
+    return bearer(admin_token)
+
+
+async def context_token(
+    auth_client: httpx.AsyncClient, access_token: str, audience: str = AUDIENCE
+) -> str:
+    """A context token for `audience`, from apex.auth, for the holder of `access_token`."""
+    response = await auth_client.post(
+        "/auth/context-token", json={"audience": audience}, headers=bearer(access_token)
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["context_token"]
+    return token
+
+
+def usage_body(user_id: str, **fields: Any) -> dict[str, Any]:
+    """A valid `POST /v1/usage` body for `user_id` with a fresh idempotency key; `fields`
+    override (or, set to None, remove) any field."""
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "kind": "tokens",
+        "quantity": 100,
+        "cost_micros": 250,
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    for name, value in fields.items():
+        if value is None:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return body
+
+
+def error_of(response: httpx.Response) -> str:
+    """The machine-readable error code of a refused response."""
+    code: str = response.json()["error"]
+    return code

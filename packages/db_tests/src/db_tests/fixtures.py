@@ -1,0 +1,77 @@
+"""Fixtures of the db test package (pytest11 plugin `db_tests`): fixtures only.
+
+`data_client` is an HTTP client of apex.data wired for the run's level (L2: in process,
+L3: the worker's `python -m apex.data` process, L4: the target). Users and their
+context tokens are made with the identity team's client (`auth_tests.client`) on this
+package's own fixtures (`data_auth_client`, `data_auth_admin`), never with auth_tests'
+fixtures. What the fixtures hand out lives in the public module `client`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from auth_tests.client import AuthAdmin, login
+
+from apex_testkit import Platform
+from db_tests.client import DataUser, MakeUser, context_token
+
+
+@pytest.fixture
+async def data_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.data wired for the run's level."""
+    async with clean_platform.client("data") as client:
+        yield client
+
+
+@pytest.fixture
+async def data_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.auth (this package's own, not auth_tests' `auth_client`)."""
+    async with clean_platform.client("auth") as client:
+        yield client
+
+
+@pytest.fixture
+def data_auth_admin(data_auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
+    """auth's admin API (`auth_tests.client.AuthAdmin`) on `data_auth_client`."""
+    return AuthAdmin(data_auth_client, admin_token)
+
+
+@pytest.fixture
+def make_data_user(data_auth_client: httpx.AsyncClient, data_auth_admin: AuthAdmin) -> MakeUser:
+    """`await make_data_user(tenant=<uuid>|None, permissions=("agents:run", ...))`: a new
+    user of `tenant` (default: a new tenant) with these permissions granted, signed in,
+    with a context token for apex.data."""
+
+    async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> DataUser:
+        tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
+        key_user = await data_auth_admin.key_user(tenant_id=tenant_id)
+        for permission in permissions:
+            granted = await data_auth_client.put(
+                f"/admin/users/{key_user.user_id}/grants/{permission}",
+                json={"effect": "allow"},
+                headers=data_auth_admin.headers,
+            )
+            assert granted.status_code == 200, granted.text
+        tokens = await login(data_auth_client, key_user.api_key)
+        token = await context_token(data_auth_client, tokens.access)
+        return DataUser(key_user, tokens, tenant_id, token)
+
+    return make
+
+
+@pytest.fixture
+async def data_db(postgres_database: str) -> AsyncIterator[Any]:
+    """asyncpg connection to the worker's database, as the service's own role (L2/L3):
+    what the tests read to prove state."""
+    import asyncpg  # noqa: PLC0415 - only the tests that read the database need it
+
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
