@@ -10,7 +10,7 @@ fixtures. What the fixtures hand out lives in the public module `client`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -18,7 +18,8 @@ import pytest
 from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform
-from db_tests.client import DataUser, MakeUser, context_token
+from db_tests.client import DataUser, MakeUser, admin_headers, context_token
+from db_tests.stores import ClickHouseReader
 
 
 @pytest.fixture
@@ -75,3 +76,28 @@ async def data_db(postgres_database: str) -> AsyncIterator[Any]:
         yield conn
     finally:
         await conn.close()
+
+
+# -- data-flow: the outbox relay, ClickHouse, views, references, backups, the cache ------
+
+
+@pytest.fixture
+async def relay_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """apex.data without its background relay (APEX_OUTBOX_RELAY=off): outbox rows move
+    only when the test calls `POST /admin/relay/run`, so it sees every state in between."""
+    async with clean_platform.client("data", APEX_OUTBOX_RELAY="off") as client:
+        yield client
+
+
+@pytest.fixture
+def data_admin(admin_token: str) -> dict[str, str]:
+    """The headers of apex.data's /admin/* routes."""
+    return admin_headers(admin_token)
+
+
+@pytest.fixture
+def clickhouse(clickhouse_database: str) -> Iterator[ClickHouseReader]:
+    """The worker's ClickHouse database, read directly (L2/L3)."""
+    reader = ClickHouseReader(clickhouse_database)
+    yield reader
+    reader.close()

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
+from apex.data.flow import install_flow
 from apex.data.settings import DataSettings
 
 __all__ = ["create_app"]
@@ -24,5 +25,8 @@ def create_app(settings: DataSettings) -> FastAPI:
     async def healthz() -> JSONResponse:
         """200 while the service runs (the checks of each store come with the stores)."""
         return JSONResponse({"status": "ok", "checks": {}})
+
+    # -- data-flow: outbox relay, analytics, transfers, views, references, cache --------
+    install_flow(app, settings)
 
     return app

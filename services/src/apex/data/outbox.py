@@ -1,0 +1,344 @@
+"""The transactional outbox and its relay to ClickHouse.
+
+A business write and its outbox row commit in one PostgreSQL transaction
+(:func:`enqueue`), so ClickHouse hears of exactly the committed writes: a rolled-back
+transaction leaves no outbox row, and its NOTIFY (delivered only at commit) never fires.
+
+:class:`Relay` copies unrelayed rows to ClickHouse in batches. One pass locks a batch
+(``FOR UPDATE SKIP LOCKED``: two relays at once never send the same row at the same
+time), inserts it into ClickHouse, then sets ``relayed_at`` in the same transaction. A
+crash between the ClickHouse insert and that commit releases the locks and the next pass
+sends the rows again; the ClickHouse tables are ``ReplacingMergeTree(version)`` keyed by
+the record's id and every query reads them with ``FINAL``, so a row sent twice counts
+once. All ClickHouse SQL here runs on 18.16 (Debian's) and on current releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from apex.data.cache import Cache
+from apex.data.clickhouse import ClickHouse, ClickHouseError
+
+__all__ = [
+    "CACHE_TOPIC",
+    "CLICKHOUSE_TABLES",
+    "CREDIT_TOPIC",
+    "NOTIFY_CHANNEL",
+    "USAGE_TOPIC",
+    "Relay",
+    "RelayPass",
+    "enqueue",
+    "ensure_clickhouse_schema",
+    "pending_count",
+]
+
+log = logging.getLogger("apex.data.outbox")
+
+USAGE_TOPIC: Final = "usage"
+CREDIT_TOPIC: Final = "credit"
+# Rows of this topic carry {"tenant_id"}: the relay bumps the tenant's cache generation on
+# every cache node, so an invalidation that Redis missed at write time (a node down or cut)
+# still happens, once the node is back.
+CACHE_TOPIC: Final = "cache"
+NOTIFY_CHANNEL: Final = "apex_outbox"
+
+# Partitioned by month of the event: a row sent twice lands in the same partition, where
+# ReplacingMergeTree (and FINAL) collapses it. No DateTime64, TTL or settings clause, so
+# 18.16 accepts it as well.
+CLICKHOUSE_TABLES: Final[Mapping[str, str]] = {
+    "usage_events": (
+        "CREATE TABLE IF NOT EXISTS usage_events (id UUID, tenant_id UUID, user_id UUID, "
+        "kind String, quantity UInt64, cost_micros UInt64, occurred_at DateTime, "
+        "version UInt64) ENGINE = ReplacingMergeTree(version) "
+        "PARTITION BY toYYYYMM(occurred_at) ORDER BY (tenant_id, id)"
+    ),
+    "credit_events": (
+        "CREATE TABLE IF NOT EXISTS credit_events (id UUID, from_tenant UUID, to_tenant UUID, "
+        "amount_micros UInt64, occurred_at DateTime, version UInt64) "
+        "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) ORDER BY id"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Route:
+    """Where the rows of one topic go in ClickHouse, and how a payload becomes a row."""
+
+    table: str
+    columns: tuple[str, ...]
+    row: Callable[[Mapping[str, Any], int], tuple[Any, ...]]
+
+
+def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
+    return (
+        uuid.UUID(payload["id"]),
+        uuid.UUID(payload["tenant_id"]),
+        uuid.UUID(payload["user_id"]),
+        str(payload["kind"]),
+        int(payload["quantity"]),
+        int(payload["cost_micros"]),
+        _clickhouse_time(payload["occurred_at"]),
+        version,
+    )
+
+
+def _credit_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
+    return (
+        uuid.UUID(payload["id"]),
+        uuid.UUID(payload["from_tenant"]),
+        uuid.UUID(payload["to_tenant"]),
+        int(payload["amount_micros"]),
+        _clickhouse_time(payload["occurred_at"]),
+        version,
+    )
+
+
+_ROUTES: Final[Mapping[str, _Route]] = {
+    USAGE_TOPIC: _Route(
+        "usage_events",
+        ("id", "tenant_id", "user_id", "kind", "quantity", "cost_micros", "occurred_at", "version"),
+        _usage_row,
+    ),
+    CREDIT_TOPIC: _Route(
+        "credit_events",
+        ("id", "from_tenant", "to_tenant", "amount_micros", "occurred_at", "version"),
+        _credit_row,
+    ),
+}
+
+
+def _clickhouse_time(value: str) -> dt.datetime:
+    """An ISO 8601 instant as the naive UTC datetime ClickHouse's DateTime stores."""
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, Any]) -> None:
+    """Write one outbox row on ``conn``, inside the caller's transaction.
+
+    ``payload`` holds the event's fields (UUIDs and datetimes are stored as strings); the
+    topics and their fields are those of :data:`CLICKHOUSE_TABLES`. The NOTIFY that wakes
+    the relay is delivered only if the transaction commits.
+    """
+    if topic not in _ROUTES and topic != CACHE_TOPIC:
+        known = sorted([*_ROUTES, CACHE_TOPIC])
+        raise ValueError(f"unknown outbox topic {topic!r}; known: {known}")
+    if not conn.is_in_transaction():
+        # Outside a transaction the row would commit on its own, apart from the business
+        # row it announces: exactly what an outbox exists to prevent.
+        raise RuntimeError("enqueue must run inside the business write's transaction")
+    body = json.dumps({key: _json_value(value) for key, value in payload.items()})
+    # No RETURNING: the tenant role may insert outbox rows but not read them.
+    await conn.execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2::jsonb)", topic, body)
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+
+
+async def ensure_clickhouse_schema(clickhouse: ClickHouse) -> None:
+    """Create the relay's ClickHouse tables where missing."""
+    for ddl in CLICKHOUSE_TABLES.values():
+        await clickhouse.execute(ddl)
+
+
+async def pending_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Outbox rows not relayed yet (the relay's lag, in rows)."""
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE relayed_at IS NULL"))
+
+
+# What a store that is down or cut raises; the relay reports these and tries again later.
+_STORE_ERRORS: Final = (ClickHouseError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayPass:
+    """What one relay pass (or a run of passes) did."""
+
+    relayed: int = 0
+    batches: int = 0
+    pending: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The pass as JSON: ``{"relayed", "batches", "pending", "error"}``."""
+        return dataclasses.asdict(self)
+
+
+class Relay:
+    """Copies committed outbox rows to ClickHouse, at least once, counted once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clickhouse: ClickHouse,
+        *,
+        batch: int = 500,
+        poll: float = 0.5,
+        listen_dsn: str | None = None,
+        cache: Cache | None = None,
+        on_relayed: Callable[[int], None] | None = None,
+    ) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1 row, got {batch}")
+        if poll <= 0:
+            raise ValueError(f"poll must be a positive number of seconds, got {poll}")
+        self._pool = pool
+        self._clickhouse = clickhouse
+        self._batch = batch
+        self._poll = poll
+        self._listen_dsn = listen_dsn
+        self._cache = cache
+        self._on_relayed = on_relayed
+        self._wake = asyncio.Event()
+        self._schema_ready = False
+
+    async def relay_batch(self) -> int:
+        """Relay at most one batch; return how many rows it sent (0: nothing pending).
+
+        Raises ClickHouseError or a PostgreSQL error when a store fails; then nothing of
+        the batch is marked relayed and the next pass sends it again.
+        """
+        if not self._schema_ready:
+            await ensure_clickhouse_schema(self._clickhouse)
+            self._schema_ready = True
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, topic, payload FROM outbox WHERE relayed_at IS NULL "
+                "AND topic <> $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+                CACHE_TOPIC,
+            )
+            if not rows:
+                return 0
+            await self._send(rows)
+            # If the process dies here, the insert above is in ClickHouse and these rows are
+            # still pending: the next pass sends them again and FINAL counts them once.
+            await conn.execute(
+                "UPDATE outbox SET relayed_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
+        if self._on_relayed is not None:
+            self._on_relayed(len(rows))
+        return len(rows)
+
+    async def invalidate_batch(self) -> int:
+        """Apply at most one batch of cache invalidations; return how many were acked.
+
+        A row is acked only once every cache node took the bump; the others stay pending
+        (a node is down) and are tried again at the next pass. Without a cache, nothing."""
+        if self._cache is None:
+            return 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, payload FROM outbox WHERE relayed_at IS NULL AND topic = $2 "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+                CACHE_TOPIC,
+            )
+            done: list[int] = []
+            outcome: dict[str, bool] = {}
+            for row in rows:
+                tenant = str(json.loads(row["payload"])["tenant_id"])
+                if tenant not in outcome:
+                    outcome[tenant] = await self._cache.invalidate(tenant) == len(self._cache.urls)
+                if outcome[tenant]:
+                    done.append(row["id"])
+            if done:
+                await conn.execute(
+                    "UPDATE outbox SET relayed_at = now() WHERE id = ANY($1::bigint[])", done
+                )
+        return len(done)
+
+    async def _drain(self, done: list[int] | None = None) -> None:
+        """Relay, then invalidate, until nothing more goes; ``done`` (rows, batches) counts
+        what went, also when a store fails half-way."""
+        counts = done if done is not None else [0, 0]
+        failures: list[Exception] = []
+        # Each step on its own: ClickHouse being down must not hold cache invalidations
+        # back, nor the other way round.
+        for step in (self.relay_batch, self.invalidate_batch):
+            try:
+                while sent := await step():
+                    counts[0] += sent
+                    counts[1] += 1
+            except _STORE_ERRORS as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def run_once(self) -> RelayPass:
+        """Relay batches until nothing is pending or a store fails; say what happened."""
+        done = [0, 0]
+        error: str | None = None
+        try:
+            await self._drain(done)
+        except _STORE_ERRORS as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("outbox relay pass failed after %d rows: %s", done[0], error)
+        async with self._pool.acquire() as conn:
+            pending = await pending_count(conn)
+        return RelayPass(relayed=done[0], batches=done[1], pending=pending, error=error)
+
+    async def run_forever(self) -> None:
+        """Relay until cancelled: at once after each NOTIFY on the outbox channel, else
+        every ``poll`` seconds. A failing store is retried at the next poll."""
+        listener: asyncpg.Connection | None = None
+        try:
+            while True:
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
+                self._wake.clear()
+                with contextlib.suppress(*_STORE_ERRORS):
+                    await self._drain()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+        finally:
+            if listener is not None and not listener.is_closed():
+                with contextlib.suppress(*_STORE_ERRORS):
+                    await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """A connection of its own LISTENing on the outbox channel (not a pooled one: it
+        is held for as long as the relay runs), or None: polling alone still relays."""
+        if self._listen_dsn is None:
+            return None
+        try:
+            conn = await asyncpg.connect(self._listen_dsn, timeout=self._poll + 5.0)
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        except (*_STORE_ERRORS, TimeoutError):
+            return None
+        return conn
+
+    def _notified(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
+        by_topic: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            route = _ROUTES.get(row["topic"])
+            if route is None:
+                raise ClickHouseError(f"outbox row {row['id']} has unknown topic {row['topic']!r}")
+            payload = json.loads(row["payload"])
+            by_topic.setdefault(row["topic"], []).append(route.row(payload, row["id"]))
+        for topic, values in by_topic.items():
+            route = _ROUTES[topic]
+            await self._clickhouse.insert(route.table, values, route.columns)
