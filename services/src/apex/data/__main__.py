@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ import asyncpg
 
 from apex.common import serve
 from apex.common.config import ConfigError, Settings
+from apex.common.settings import Env
 from apex.data.migrations import MigrationError, migrate, rollback, status
 
 _COMMANDS = ("migrate", "rollback", "status")
@@ -39,16 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, dsn: str) -> None:
+async def _run(args: argparse.Namespace, dsn: str, lock_timeout: float | None = None) -> None:
     if args.command == "migrate":
-        versions = await migrate(dsn, args.to)
+        versions = await migrate(dsn, args.to, lock_timeout=lock_timeout)
         print(
             f"applied {_versions(versions)}"
             if versions
             else "nothing to apply: the schema is up to date"
         )
     elif args.command == "rollback":
-        versions = await rollback(dsn, args.to)
+        versions = await rollback(dsn, args.to, lock_timeout=lock_timeout)
         print(
             f"reverted {_versions(versions)}"
             if versions
@@ -75,11 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(arguments)
     try:
         dsn = Settings.from_env().require("database_url", service="python -m apex.data")
+        # -- data-flow: how long migration DDL may wait for a lock held by traffic --------
+        lock_timeout = Env(os.environ).number("APEX_MIGRATION_LOCK_TIMEOUT", 5.0, unit="seconds")
     except ConfigError as exc:
         print(f"apex.data: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(args, dsn))
+        asyncio.run(_run(args, dsn, lock_timeout))
     except MigrationError as exc:
         print(f"apex.data: {exc}", file=sys.stderr)
         return 1

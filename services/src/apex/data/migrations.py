@@ -8,7 +8,10 @@ something to paper over.
 
 Each version is applied (or reverted) in its own transaction holding an advisory
 lock, so two processes migrating the same database at once apply each version
-exactly once.
+exactly once. With a ``lock_timeout`` (APEX_MIGRATION_LOCK_TIMEOUT for the CLI) the
+DDL of a version waits at most that long for a lock that traffic holds (a long read of
+the table it alters), then fails with :class:`MigrationLockTimeout`, applying nothing of
+that version, instead of queueing every later query of that table behind itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncpg
 __all__ = [
     "Migration",
     "MigrationError",
+    "MigrationLockTimeout",
     "load_migrations",
     "migrate",
     "parse_migration",
@@ -53,6 +57,10 @@ CREATE TABLE IF NOT EXISTS apex_schema_migrations (
 
 class MigrationError(RuntimeError):
     """A migration file is malformed, changed after being applied, or cannot be run."""
+
+
+class MigrationLockTimeout(MigrationError):
+    """A version's DDL waited longer than the lock timeout; nothing of it was applied."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +141,15 @@ def _strip_comments(sql: str) -> str:
 
 
 async def migrate(
-    dsn: str, target: int | None = None, *, migrations: Sequence[Migration] | None = None
+    dsn: str,
+    target: int | None = None,
+    *,
+    migrations: Sequence[Migration] | None = None,
+    lock_timeout: float | None = None,
 ) -> list[int]:
-    """Apply pending migrations up to ``target`` (default: newest); return the versions applied."""
+    """Apply pending migrations up to ``target`` (default: newest); return the versions applied.
+
+    ``lock_timeout``: seconds the DDL of one version may wait for a lock (None: forever)."""
     known = list(load_migrations() if migrations is None else migrations)
     head = known[-1].version if known else 0
     if target is None:
@@ -160,7 +174,7 @@ async def migrate(
                 _check_drift(recorded, known)
                 if migration.version in recorded:
                     continue
-                await _run(conn, migration, migration.up, "up")
+                await _run(conn, migration, migration.up, "up", lock_timeout)
                 await conn.execute(
                     "INSERT INTO apex_schema_migrations (version, name, checksum) "
                     "VALUES ($1, $2, $3)",
@@ -175,9 +189,15 @@ async def migrate(
 
 
 async def rollback(
-    dsn: str, target: int, *, migrations: Sequence[Migration] | None = None
+    dsn: str,
+    target: int,
+    *,
+    migrations: Sequence[Migration] | None = None,
+    lock_timeout: float | None = None,
 ) -> list[int]:
-    """Revert every applied version above ``target``, newest first; return the versions reverted."""
+    """Revert every applied version above ``target``, newest first; return the versions reverted.
+
+    ``lock_timeout``: as for :func:`migrate`."""
     if target < 0:
         raise MigrationError(
             f"cannot roll back to version {target}: the lowest target is 0 (empty schema)"
@@ -207,7 +227,7 @@ async def rollback(
                     raise MigrationError(
                         f"cannot roll back {_label(migration)}: its down section is empty"
                     )
-                await _run(conn, migration, migration.down, "down")
+                await _run(conn, migration, migration.down, "down", lock_timeout)
                 await conn.execute("DELETE FROM apex_schema_migrations WHERE version = $1", version)
                 reverted.append(version)
     finally:
@@ -255,12 +275,32 @@ def _check_drift(recorded: dict[int, tuple[str, str]], known: Iterable[Migration
             )
 
 
-async def _run(conn: asyncpg.Connection, migration: Migration, sql: str, direction: str) -> None:
+async def _run(
+    conn: asyncpg.Connection,
+    migration: Migration,
+    sql: str,
+    direction: str,
+    lock_timeout: float | None = None,
+) -> None:
+    if lock_timeout is not None:
+        if not lock_timeout > 0:
+            raise MigrationError(f"the lock timeout must be a positive number, got {lock_timeout}")
+        # Set after the advisory lock was taken (the caller holds it): a second migrator
+        # still waits its turn, only the DDL's wait on traffic is bounded. LOCAL: it ends
+        # with this version's transaction.
+        milliseconds = max(1, round(lock_timeout * 1000))
+        await conn.execute(f"SET LOCAL lock_timeout = {milliseconds}")
     try:
         # Without arguments asyncpg uses the simple query protocol, which runs a
         # whole multi-statement script in one call.
         await conn.execute(sql)
     except asyncpg.PostgresError as exc:
+        if isinstance(exc, asyncpg.LockNotAvailableError) and lock_timeout is not None:
+            raise MigrationLockTimeout(
+                f"{_label(migration)} ({direction}) waited more than {lock_timeout:g} s for a "
+                "lock held by other sessions (APEX_MIGRATION_LOCK_TIMEOUT) and was not "
+                f"applied: {exc}"
+            ) from exc
         raise MigrationError(
             f"{_label(migration)} ({direction}) failed: {type(exc).__name__}: {exc}"
         ) from exc
