@@ -9,8 +9,9 @@ fixtures. What the fixtures hand out lives in the public module `client`.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -27,6 +28,20 @@ async def data_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClie
     """An HTTP client of apex.data wired for the run's level."""
     async with clean_platform.client("data") as client:
         yield client
+
+
+@pytest.fixture
+async def data_with(
+    clean_platform: Platform,
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """`await data_with(APEX_DB_POOL_SIZE="2", ...)`: an HTTP client of apex.data with
+    these settings (L2: in process; L3: the worker's process for these settings)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_client(**settings: str) -> httpx.AsyncClient:
+            return await stack.enter_async_context(clean_platform.client("data", **settings))
+
+        yield open_client
 
 
 @pytest.fixture
@@ -66,9 +81,9 @@ def make_data_user(data_auth_client: httpx.AsyncClient, data_auth_admin: AuthAdm
 
 
 @pytest.fixture
-async def data_db(postgres_database: str) -> AsyncIterator[Any]:
-    """asyncpg connection to the worker's database, as the service's own role (L2/L3):
-    what the tests read to prove state."""
+async def data_db(clean_platform: Platform, postgres_database: str) -> AsyncIterator[Any]:
+    """asyncpg connection to the worker's database (reset for this test), as the kit's
+    superuser (L2/L3): what the tests read to prove state."""
     import asyncpg  # noqa: PLC0415 - only the tests that read the database need it
 
     conn = await asyncpg.connect(postgres_database)

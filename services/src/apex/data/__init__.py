@@ -1,14 +1,20 @@
 """apex.data: the data layer, as a library and as a service.
 
-The library: PostgreSQL pools and migrations, the ClickHouse client, tenant isolation.
-The service contract (apex.topology): ``load_settings(env)``, then
-``create_app(settings)`` gives the ASGI app; ``python -m apex.data`` runs it as a process
-(``python -m apex.data migrate|rollback|status`` manages the schema).
+The library: PostgreSQL pools (``pool``) and migrations, the ClickHouse client, tenant
+isolation (``tenancy``), primary/replica routing (``router``), retries (``retry``), the
+usage domain (``usage``). The service contract (apex.topology): ``load_settings(env)``,
+then ``create_app(settings)`` gives the ASGI app; ``python -m apex.data`` runs it as a
+process (``python -m apex.data migrate|rollback|status`` manages the schema). Its routes
+are in ``routes``, its stores and error answers in ``service``, its metrics in
+``metrics``, who is asking in ``callers``.
 """
 
 from collections.abc import Mapping
 
 from apex.data.app import create_app
+from apex.data.pool import DatabasePool, PoolExhausted
+from apex.data.retry import DatabaseUnavailable, RetryExhausted
+from apex.data.router import Router
 from apex.data.settings import Backoff, DataSettings
 
 
@@ -17,4 +23,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> DataSettings:
     return DataSettings.from_env(env)
 
 
-__all__ = ["Backoff", "DataSettings", "create_app", "load_settings"]
+__all__ = [
+    "Backoff",
+    "DataSettings",
+    "DatabasePool",
+    "DatabaseUnavailable",
+    "PoolExhausted",
+    "RetryExhausted",
+    "Router",
+    "create_app",
+    "load_settings",
+]

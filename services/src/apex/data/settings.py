@@ -48,7 +48,7 @@ class DataSettings(ServiceSettings):
 
     redis_url: str
     database_url: str = dataclasses.field(repr=False)
-    auth_url: str | None = None
+    auth_url: str
     clickhouse_url: str | None = dataclasses.field(default=None, repr=False)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     replica_url: str | None = dataclasses.field(default=None, repr=False)
@@ -77,9 +77,11 @@ class DataSettings(ServiceSettings):
         if shared["redis_url"] is None:
             raise missing_setting("APEX_REDIS_URL", SERVICE)
         auth_url = env.url("APEX_AUTH_URL", HTTP_SCHEMES)
+        if auth_url is None:
+            raise missing_setting("APEX_AUTH_URL", SERVICE)
         return {
             **shared,
-            "auth_url": auth_url.rstrip("/") if auth_url else None,
+            "auth_url": auth_url.rstrip("/"),
             "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", _CLICKHOUSE_SCHEMES),
             "admin_token": env.get("APEX_ADMIN_TOKEN"),
             "replica_url": env.url("APEX_DATABASE_REPLICA_URL", _POSTGRES_SCHEMES),

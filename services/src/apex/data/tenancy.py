@@ -6,6 +6,11 @@ setting ``apex.tenant_id``; :func:`tenant_transaction` sets it and switches to t
 role ``apex_tenant`` (migration 0008) for the rest of the transaction: superusers and
 roles with BYPASSRLS are not subject to policies, so the service's own (possibly
 superuser) connection would otherwise see every tenant's rows.
+
+apex.data's own pools run every connection as ``apex_data`` (:data:`SERVICE_ROLE`,
+migration 0011): not BYPASSRLS, so a code path that forgets the tenant transaction sees
+no tenant row. :func:`audit_transaction` is the one explicit way to read every tenant's
+usage records (``apex_auditor``, read-only).
 """
 
 from __future__ import annotations
@@ -16,11 +21,22 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-__all__ = ["TENANT_ROLE", "TENANT_SETTING", "tenant_transaction"]
+__all__ = [
+    "AUDITOR_ROLE",
+    "SERVICE_ROLE",
+    "TENANT_ROLE",
+    "TENANT_SETTING",
+    "audit_transaction",
+    "tenant_transaction",
+]
 
 TENANT_SETTING = "apex.tenant_id"
 # Neither superuser nor BYPASSRLS; may only read and write the tenant tables.
 TENANT_ROLE = "apex_tenant"
+# What apex.data's pooled connections run as (SET ROLE on every acquire).
+SERVICE_ROLE = "apex_data"
+# Reads every tenant's usage records, writes nothing.
+AUDITOR_ROLE = "apex_auditor"
 
 
 @contextlib.asynccontextmanager
@@ -38,4 +54,12 @@ async def tenant_transaction(
         await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, str(tenant))
         # SET LOCAL: back to the connection's own role when the transaction ends.
         await conn.execute(f"SET LOCAL ROLE {TENANT_ROLE}")
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def audit_transaction(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A read-only transaction on ``conn`` that sees every tenant's usage records."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL ROLE {AUDITOR_ROLE}")
         yield conn

@@ -46,13 +46,18 @@ class InProcessPlatform(Platform):
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[httpx.AsyncClient]:
         # Every client is an app instance of its own, whatever `instance` says.
-        env = {**wiring.service_env(self.worker, service), **settings}
-        with self.apps.app(wiring.module(service), env) as app:
-            async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-                transport = httpx.ASGITransport(app=manager.app)
-                base = f"http://{service}.apex.test"
-                async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-                    yield client
+        async with contextlib.AsyncExitStack() as stack:
+            env = {**wiring.service_env(self.worker, service), **settings}
+            # The services it calls, served on loopback sockets (as `_start` does).
+            for called, setting in wiring.calls(service).items():
+                if setting not in settings:
+                    env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
+            with self.apps.app(wiring.module(service), env) as app:
+                async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+                    transport = httpx.ASGITransport(app=manager.app)
+                    base = f"http://{service}.apex.test"
+                    async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                        yield client
 
     @asynccontextmanager
     async def _serve(

@@ -1,0 +1,228 @@
+"""The data service's HTTP routes: usage records (tenant routes, context tokens) and the
+operators' routes (admin token).
+
+- ``POST /v1/usage``: one record (201; 200 with the first record for a known
+  idempotency key), header ``X-Apex-LSN``.
+- ``POST /v1/usage/batch``: many records through COPY (201 ``{"inserted": n}``).
+- ``GET /v1/usage/summary``: totals per kind, from the replica when it may serve
+  (``X-Apex-Min-LSN``: read-your-writes), else the primary.
+- ``GET /admin/pools``: each pool's counts, the replica's state and lag.
+- ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
+- ``GET /metrics``: Prometheus text.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import re
+import uuid
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.data import usage
+from apex.data.callers import BILLING_READ, RUN_AGENTS, Caller
+from apex.data.metrics import CONTENT_TYPE
+from apex.data.router import parse_lsn
+from apex.data.service import DataService
+
+__all__ = ["MAX_BATCH", "router"]
+
+router = APIRouter()
+
+# Records in one batch request (a bigger load is several requests).
+MAX_BATCH: Final = 10_000
+_KIND = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
+_BIGINT_MAX: Final = 2**63 - 1
+_EARLIEST: Final = datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+_LATEST: Final = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+LSN_HEADER: Final = "X-Apex-LSN"
+
+
+def service_of(request: Request) -> DataService:
+    """The running service (503 while it starts or stops)."""
+    service = request.app.state.service
+    if not isinstance(service, DataService):
+        raise ApiError(503, "unavailable", "the data service is starting or stopping")
+    return service
+
+
+Service = Annotated[DataService, Depends(service_of)]
+
+
+async def caller_of(request: Request, service: Service) -> Caller:
+    """The caller of a tenant route, from its context token."""
+    return await service.verifier.caller(bearer_token(request))
+
+
+CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+def _aware(value: datetime.datetime) -> datetime.datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return value
+
+
+def _kind(value: str) -> str:
+    if not _KIND.fullmatch(value):
+        raise ValueError("1-64 of a-z 0-9 _ . : - starting with a letter or digit")
+    return value
+
+
+class UsageIn(BaseModel):
+    """A usage record as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    user_id: uuid.UUID
+    kind: Annotated[str, AfterValidator(_kind)]
+    quantity: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
+    cost_micros: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    occurred_at: Annotated[datetime.datetime, AfterValidator(_aware)] | None = None
+
+    def new_record(self) -> usage.NewRecord:
+        return usage.NewRecord(
+            self.user_id,
+            self.kind,
+            self.quantity,
+            self.cost_micros,
+            self.idempotency_key,
+            self.occurred_at,
+        )
+
+
+class BatchIn(BaseModel):
+    """Many usage records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: Annotated[list[UsageIn], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@router.post("/v1/usage", dependencies=[Depends(require_json_body)])
+async def record_usage(body: UsageIn, caller: CallerDep, service: Service) -> JSONResponse:
+    """Store one record (and its outbox row) for the caller's tenant."""
+    caller.require(RUN_AGENTS)
+    record = body.new_record()
+
+    async def work() -> tuple[dict[str, Any], bool, str]:
+        async with service.router.primary.connection() as conn:
+            stored, created = await usage.insert_record(conn, caller.tenant_id, record)
+            return stored, created, await usage.current_lsn(conn)
+
+    stored, created, lsn = await service.run(work)
+    return JSONResponse(stored, status_code=201 if created else 200, headers={LSN_HEADER: lsn})
+
+
+@router.post("/v1/usage/batch", dependencies=[Depends(require_json_body)])
+async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JSONResponse:
+    """Store many records for the caller's tenant in one transaction."""
+    caller.require(RUN_AGENTS)
+    records = [r.new_record() for r in body.records]
+
+    async def work() -> tuple[int, str]:
+        async with service.router.primary.connection() as conn:
+            inserted = await usage.insert_batch(conn, caller.tenant_id, records)
+            return inserted, await usage.current_lsn(conn)
+
+    inserted, lsn = await service.run(work)
+    return JSONResponse({"inserted": inserted}, status_code=201, headers={LSN_HEADER: lsn})
+
+
+@router.get("/v1/usage/summary")
+async def usage_summary(
+    caller: CallerDep,
+    service: Service,
+    since: Annotated[datetime.datetime | None, Query()] = None,
+    until: Annotated[datetime.datetime | None, Query()] = None,
+    min_lsn: Annotated[str | None, Header(alias="X-Apex-Min-LSN")] = None,
+) -> dict[str, Any]:
+    """Totals per kind of the caller's tenant; ``source`` says who answered."""
+    caller.require(BILLING_READ)
+    start, end = _window(since, until)
+    lsn = _min_lsn(min_lsn)
+
+    async def work() -> dict[str, Any]:
+        async with service.router.reader(lsn) as (conn, source):
+            result = await usage.summary(conn, caller.tenant_id, start, end)
+        return {**result.to_json(), "source": source}
+
+    return await service.run(work)
+
+
+def _window(
+    since: datetime.datetime | None, until: datetime.datetime | None
+) -> tuple[datetime.datetime, datetime.datetime]:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(422, "invalid_request", f"{name}: must carry a time zone")
+    start, end = since or _EARLIEST, until or _LATEST
+    if start > end:
+        raise ApiError(422, "invalid_request", "since: must not be after until")
+    return start, end
+
+
+def _min_lsn(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_lsn(value.strip())
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"X-Apex-Min-LSN: {exc}") from None
+
+
+def require_admin(request: Request, service: Service) -> None:
+    """The admin routes answer the platform's admin token only."""
+    expected = service.settings.admin_token
+    if not expected:
+        raise ApiError(403, "forbidden", "the admin API needs APEX_ADMIN_TOKEN to be set")
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid_token", "not the admin token")
+
+
+Admin = Depends(require_admin)
+
+
+@router.get("/admin/pools", dependencies=[Admin])
+async def pools(service: Service) -> dict[str, Any]:
+    """Each pool's size, connections in use, idle and requests waiting; the role their
+    connections run as; the replica's state and last measured lag."""
+    primary = service.router.primary
+    replica = service.router.replica
+    return {
+        "pools": {
+            "primary": primary.stats().to_json(),
+            "replica": replica.stats().to_json() if replica is not None else None,
+        },
+        "replica": {"state": service.router.state, "lag_bytes": service.router.lag_bytes},
+    }
+
+
+@router.get("/admin/isolation", dependencies=[Admin])
+async def isolation(service: Service) -> dict[str, Any]:
+    """The row-level security self-check (002#10): the role the service's connections run
+    as, and how many usage records a query outside any tenant transaction sees (what a
+    code path that forgot the tenant context would see): 0 unless isolation is broken."""
+
+    async def check() -> dict[str, Any]:
+        async with service.router.primary.connection() as conn:
+            row = await conn.fetchrow("SELECT current_user, (SELECT count(*) FROM usage_records)")
+        return {"role": row[0], "usage_records_visible": row[1]}
+
+    return await service.run(check)
+
+
+@router.get("/metrics", dependencies=[Admin])
+async def metrics(service: Service) -> Response:
+    """The Prometheus text exposition of the service's metrics."""
+    service.router.primary.stats()
+    if service.router.replica is not None:
+        service.router.replica.stats()
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)

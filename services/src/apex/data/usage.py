@@ -1,0 +1,224 @@
+"""The domain: usage records (what agent runs consume) and their summaries.
+
+Every query runs in :func:`apex.data.tenancy.tenant_transaction`. A record and its
+outbox row (topic ``usage``, the payload the relay copies to ClickHouse) commit in one
+transaction; the same idempotency key again returns the first record and writes nothing.
+A batch is copied (COPY) into a temporary table, then inserted with ``ON CONFLICT DO
+NOTHING`` and its outbox rows, in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from apex.data.tenancy import tenant_transaction
+
+__all__ = [
+    "OUTBOX_CHANNEL",
+    "TOPIC",
+    "NewRecord",
+    "Summary",
+    "current_lsn",
+    "insert_batch",
+    "insert_record",
+    "record_json",
+    "summary",
+]
+
+# The outbox topic of usage records, and the channel a commit NOTIFYs the relay on.
+TOPIC: Final = "usage"
+OUTBOX_CHANNEL: Final = "apex_outbox"
+# The columns of a record, in the order COPY sends them.
+_COLUMNS: Final = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "kind",
+    "quantity",
+    "cost_micros",
+    "idempotency_key",
+    "occurred_at",
+)
+_SELECT_BY_KEY: Final = """
+SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+FROM usage_records WHERE tenant_id = $1 AND idempotency_key = $2
+"""
+# The record and its outbox row (the payload the relay copies to ClickHouse), in one
+# statement; no row when the idempotency key is taken.
+_INSERT_ONE: Final = """
+WITH ins AS (
+    INSERT INTO usage_records
+        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()))
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING *
+), outbox_rows AS (
+    INSERT INTO outbox (topic, payload)
+    SELECT 'usage', jsonb_build_object(
+        'id', id, 'tenant_id', tenant_id, 'user_id', user_id, 'kind', kind,
+        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at)
+    FROM ins
+)
+SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+FROM ins
+"""
+_INSERT_BATCH: Final = """
+WITH ins AS (
+    INSERT INTO usage_records
+        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at)
+    SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+    FROM usage_batch
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING *
+), outbox_rows AS (
+    INSERT INTO outbox (topic, payload)
+    SELECT 'usage', jsonb_build_object(
+        'id', id, 'tenant_id', tenant_id, 'user_id', user_id, 'kind', kind,
+        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at)
+    FROM ins
+)
+SELECT count(*) FROM ins
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class NewRecord:
+    """A usage record as a client sends it (validated by the route)."""
+
+    user_id: uuid.UUID
+    kind: str
+    quantity: int
+    cost_micros: int
+    idempotency_key: str
+    occurred_at: datetime.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Totals per kind of one tenant's records in a time range."""
+
+    tenant_id: uuid.UUID
+    by_kind: dict[str, dict[str, int]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenant_id": str(self.tenant_id), "by_kind": self.by_kind}
+
+
+def record_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored record as the API returns it."""
+    return {
+        "id": str(row["id"]),
+        "tenant_id": str(row["tenant_id"]),
+        "user_id": str(row["user_id"]),
+        "kind": row["kind"],
+        "quantity": row["quantity"],
+        "cost_micros": row["cost_micros"],
+        "idempotency_key": row["idempotency_key"],
+        "occurred_at": row["occurred_at"].isoformat(),
+    }
+
+
+async def insert_record(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, record: NewRecord
+) -> tuple[dict[str, Any], bool]:
+    """Store ``record`` for ``tenant_id`` with its outbox row: (the record, True), or the
+    record stored earlier under the same idempotency key and False."""
+    async with tenant_transaction(conn, tenant_id):
+        row = await conn.fetchrow(
+            _INSERT_ONE,
+            uuid.uuid4(),
+            tenant_id,
+            record.user_id,
+            record.kind,
+            record.quantity,
+            record.cost_micros,
+            record.idempotency_key,
+            record.occurred_at,
+        )
+        if row is not None:
+            await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+            return record_json(row), True
+        first = await conn.fetchrow(
+            _SELECT_BY_KEY,
+            tenant_id,
+            record.idempotency_key,
+        )
+    if first is None:  # pragma: no cover - the conflicting row exists (unique constraint)
+        raise RuntimeError("idempotency conflict without the conflicting record")
+    return record_json(first), False
+
+
+async def insert_batch(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, records: Sequence[NewRecord]
+) -> int:
+    """Store ``records`` for ``tenant_id`` (COPY, then one INSERT ... ON CONFLICT DO
+    NOTHING with their outbox rows): how many were new."""
+    async with tenant_transaction(conn, tenant_id):
+        await conn.execute(
+            """
+            CREATE TEMPORARY TABLE usage_batch (
+                id uuid, tenant_id uuid, user_id uuid, kind text, quantity bigint,
+                cost_micros bigint, idempotency_key text, occurred_at timestamptz
+            ) ON COMMIT DROP
+            """
+        )
+        now = await conn.fetchval("SELECT now()")
+        await conn.copy_records_to_table(
+            "usage_batch",
+            columns=_COLUMNS,
+            records=[
+                (
+                    uuid.uuid4(),
+                    tenant_id,
+                    r.user_id,
+                    r.kind,
+                    r.quantity,
+                    r.cost_micros,
+                    r.idempotency_key,
+                    r.occurred_at or now,
+                )
+                for r in records
+            ],
+        )
+        inserted: int = await conn.fetchval(_INSERT_BATCH)
+        if inserted:
+            await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    return inserted
+
+
+async def summary(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    since: datetime.datetime,
+    until: datetime.datetime,
+) -> Summary:
+    """Totals per kind of ``tenant_id``'s records with since <= occurred_at < until."""
+    async with tenant_transaction(conn, tenant_id):
+        rows = await conn.fetch(
+            """
+            SELECT kind, sum(quantity)::bigint AS quantity,
+                   sum(cost_micros)::bigint AS cost_micros
+            FROM usage_records
+            WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+            GROUP BY kind ORDER BY kind
+            """,
+            tenant_id,
+            since,
+            until,
+        )
+    return Summary(
+        tenant_id,
+        {r["kind"]: {"quantity": r["quantity"], "cost_micros": r["cost_micros"]} for r in rows},
+    )
+
+
+async def current_lsn(conn: asyncpg.Connection) -> str:
+    """The primary's current WAL position: after a commit on ``conn``, at or past it."""
+    lsn: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+    return lsn
