@@ -3,7 +3,8 @@
 Public: `DataUser` (a platform user of one tenant, with a context token for apex.data
 made by apex.auth), `context_token` (asks apex.auth for one), `usage_body` (a valid
 `POST /v1/usage` body with a fresh idempotency key), `bearer`, `admin_headers` and
-`error_of`. `MakeUser` is the type of the `make_data_user` fixture.
+`error_of`. `MakeUser` and `OpenData` are the types of the `make_data_user` and
+`data_with` fixtures.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from auth_tests.client import KeyUser, Tokens
 __all__ = [
     "AUDIENCE",
     "BILLING_READ",
+    "BILLING_WRITE",
     "RUN_AGENTS",
     "DataUser",
     "MakeUser",
+    "OpenData",
     "admin_headers",
     "bearer",
     "context_token",
@@ -34,6 +37,8 @@ AUDIENCE: Final = "apex-data"
 # Writing usage needs the first, reading it the second.
 RUN_AGENTS: Final = "agents:run"
 BILLING_READ: Final = "billing:read"
+# Moving credit to another tenant (POST /v1/credits/transfer).
+BILLING_WRITE: Final = "billing:write"
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class DataUser:
 
 # `await make_data_user(tenant=..., permissions=(...))`: what `make_data_user` hands out.
 MakeUser = Callable[..., Awaitable[DataUser]]
+# `await data_with(APEX_DB_POOL_SIZE="2", ...)`: what `data_with` hands out.
+OpenData = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 def bearer(token: str) -> dict[str, str]:

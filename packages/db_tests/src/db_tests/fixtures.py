@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -19,7 +19,8 @@ import pytest
 from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform
-from db_tests.client import DataUser, MakeUser, admin_headers, context_token
+from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
+from db_tests.state import Connect
 from db_tests.stores import ClickHouseReader
 
 
@@ -31,15 +32,14 @@ async def data_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClie
 
 
 @pytest.fixture
-async def data_with(
-    clean_platform: Platform,
-) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+async def data_with(clean_platform: Platform) -> AsyncIterator[OpenData]:
     """`await data_with(APEX_DB_POOL_SIZE="2", ...)`: an HTTP client of apex.data with
     these settings (L2: in process; L3: the worker's process for these settings)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def open_client(**settings: str) -> httpx.AsyncClient:
-            return await stack.enter_async_context(clean_platform.client("data", **settings))
+            client = clean_platform.client("data", instance=0, **settings)
+            return await stack.enter_async_context(client)
 
         yield open_client
 
@@ -90,6 +90,24 @@ async def data_db(clean_platform: Platform, postgres_database: str) -> AsyncIter
     try:
         yield conn
     finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db_connect(clean_platform: Platform, postgres_database: str) -> AsyncIterator[Connect]:
+    """`conn = await db_connect()`: another asyncpg connection to the worker's database
+    (L2/L3), e.g. one that holds locks while `data_db` reads; closed after the test."""
+    import asyncpg  # noqa: PLC0415 - only the tests that read the database need it
+
+    opened: list[Any] = []
+
+    async def connect() -> Any:
+        conn = await asyncpg.connect(postgres_database)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
         await conn.close()
 
 

@@ -1,12 +1,13 @@
 """What the tests read to prove state: the service's pools and metrics, and the database
 behind it (L2/L3: the worker's database, read as the kit's superuser).
 
-Public: `pool_stats`, `metrics`, `sample`, `usage_count`, `outbox_count`,
+Public: `Connect`, `pool_stats`, `metrics`, `sample`, `usage_count`, `outbox_count`,
 `waiting_backends`, `active_queries`, `APPLICATION_NAME`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -16,6 +17,7 @@ from db_tests.client import admin_headers
 
 __all__ = [
     "APPLICATION_NAME",
+    "Connect",
     "Samples",
     "active_queries",
     "metrics",
@@ -26,6 +28,8 @@ __all__ = [
     "waiting_backends",
 ]
 
+# `await db_connect()`: what the db_connect fixture hands out (an asyncpg connection).
+Connect = Callable[[], Awaitable[Any]]
 # The application_name of apex.data's connections (pg_stat_activity).
 APPLICATION_NAME: Final = "apex-data"
 # (metric sample name, sorted labels) -> value

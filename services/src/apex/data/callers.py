@@ -22,12 +22,14 @@ import httpx
 from apex.common.http import ApiError, bearer_challenge
 from apex.common.identity import ContextTokenError, verify_context_token
 
-__all__ = ["AUDIENCE", "BILLING_READ", "RUN_AGENTS", "Caller", "Verifier"]
+__all__ = ["AUDIENCE", "BILLING_READ", "BILLING_WRITE", "RUN_AGENTS", "Caller", "Verifier"]
 
 # The audience context tokens for this service name.
 AUDIENCE: Final = "apex-data"
 RUN_AGENTS: Final = "agents:run"
 BILLING_READ: Final = "billing:read"
+# Moving credit between tenants (the contract names no permission for it).
+BILLING_WRITE: Final = "billing:write"
 # A token naming an unknown key refetches the JWKS at most this often (a forged kid
 # must not turn every request into a request to apex.auth).
 _REFETCH_INTERVAL: Final = 5.0

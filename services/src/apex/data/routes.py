@@ -6,6 +6,8 @@ operators' routes (admin token).
 - ``POST /v1/usage/batch``: many records through COPY (201 ``{"inserted": n}``).
 - ``GET /v1/usage/summary``: totals per kind, from the replica when it may serve
   (``X-Apex-Min-LSN``: read-your-writes), else the primary.
+- ``POST /v1/credits/transfer``: move credit to another tenant (409
+  ``insufficient_credit``, or ``conflict_retry_exhausted`` after deadlocks).
 - ``GET /admin/pools``: each pool's counts, the replica's state and lag.
 - ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
 - ``GET /metrics``: Prometheus text.
@@ -24,8 +26,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError, bearer_token, require_json_body
-from apex.data import usage
-from apex.data.callers import BILLING_READ, RUN_AGENTS, Caller
+from apex.data import transfer, usage
+from apex.data.callers import BILLING_READ, BILLING_WRITE, RUN_AGENTS, Caller
 from apex.data.metrics import CONTENT_TYPE
 from apex.data.router import parse_lsn
 from apex.data.service import DataService
@@ -154,6 +156,36 @@ async def usage_summary(
         return {**result.to_json(), "source": source}
 
     return await service.run(work)
+
+
+class TransferIn(BaseModel):
+    """A credit transfer from the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_tenant: uuid.UUID
+    amount_micros: Annotated[int, Field(gt=0, le=_BIGINT_MAX, strict=True)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@router.post("/v1/credits/transfer", dependencies=[Depends(require_json_body)])
+async def credit_transfer(body: TransferIn, caller: CallerDep, service: Service) -> JSONResponse:
+    """Move credit from the caller's tenant to ``to_tenant``."""
+    caller.require(BILLING_WRITE)
+    if body.to_tenant == caller.tenant_id:
+        raise ApiError(422, "invalid_request", "to_tenant: must be another tenant")
+
+    async def work() -> tuple[dict[str, Any], bool]:
+        async with service.router.primary.connection() as conn:
+            return await transfer.transfer(
+                conn, caller.tenant_id, body.to_tenant, body.amount_micros, body.idempotency_key
+            )
+
+    try:
+        moved, created = await service.run(work)
+    except transfer.InsufficientCredit as exc:
+        raise ApiError(409, "insufficient_credit", str(exc)) from None
+    return JSONResponse(moved, status_code=201 if created else 200)
 
 
 def _window(
