@@ -56,7 +56,7 @@ def create_app(settings: DataSettings) -> FastAPI:
         )
 
     # -- data-flow: outbox relay, analytics, transfers, views, references, cache --------
-    install_flow(app, settings)
+    install_flow(app)
 
     return app
 

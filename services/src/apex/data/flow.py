@@ -1,9 +1,11 @@
-"""The data flow's stores in the service: the outbox relay (a background task of the app),
-the ClickHouse client, the summary cache, and the admin routes that drive them.
+"""The data flow in the service: the outbox relay (a background task of the app), the
+summary cache over several Redis nodes, and the routes that drive them.
 
-:func:`install_flow` adds them to an app: it wraps the app's lifespan (whatever else it
-opens) with :func:`open_flow`, and includes :data:`admin_router`. The admin routes need
-``Authorization: Bearer <APEX_ADMIN_TOKEN>`` (403 while the setting is unset).
+:func:`install_flow` adds them to an app built by :func:`apex.data.app.create_app`: it
+wraps the app's lifespan (which opens the :class:`~apex.data.service.DataService`) with
+:func:`open_flow`, which builds on that service's primary pool, ClickHouse client and
+metrics, and includes :data:`flow_router`. Admin routes take the admin token
+(:func:`apex.data.routes.require_admin`).
 """
 
 from __future__ import annotations
@@ -11,144 +13,149 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from apex.common.http import ApiError, bearer_token
+from apex.common.http import ApiError
 from apex.data import references, views
-from apex.data.cache import Cache
+from apex.data.cache import Cache, CacheResult
 from apex.data.clickhouse import ClickHouse, ClickHouseError
-from apex.data.outbox import Relay, pending_count
-from apex.data.pool import create_pool
-from apex.data.settings import DataSettings
+from apex.data.outbox import Relay
+from apex.data.pool import DatabasePool, PoolExhausted
+from apex.data.routes import Admin
+from apex.data.service import CONNECT_TIMEOUT, DataService
 
-__all__ = ["Flow", "admin_router", "get_flow", "install_flow", "open_flow", "require_admin"]
+__all__ = ["Flow", "flow_router", "install_flow", "open_flow"]
 
 log = logging.getLogger("apex.data.flow")
 
+RELAY_CONNECTIONS: Final = 2
 _DATABASE_DOWN: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclasses.dataclass
 class Flow:
-    """The stores of the data flow, opened by the app's lifespan."""
+    """What the data flow adds to the running service."""
 
-    settings: DataSettings
-    pool: asyncpg.Pool
+    service: DataService
     cache: Cache
-    clickhouse: ClickHouse | None
     relay: Relay | None
-    relayed_total: int = 0
-
-    def count_relayed(self, rows: int) -> None:
-        """What the relay calls after each acked batch (``apex_data_relay_rows_total``)."""
-        self.relayed_total += rows
 
     def require_clickhouse(self) -> tuple[ClickHouse, Relay]:
         """The ClickHouse client and relay, or 503 when APEX_CLICKHOUSE_URL is unset."""
-        if self.clickhouse is None or self.relay is None:
+        if self.service.clickhouse is None or self.relay is None:
             raise ApiError(503, "clickhouse_unconfigured", "APEX_CLICKHOUSE_URL is not set")
-        return self.clickhouse, self.relay
+        return self.service.clickhouse, self.relay
 
 
 @contextlib.asynccontextmanager
-async def open_flow(settings: DataSettings) -> AsyncIterator[Flow]:
-    """Open the flow's stores and run the relay in the background until the block ends."""
-    pool = await create_pool(settings.database_url, max_size=settings.pool_size)
+async def open_flow(service: DataService) -> AsyncIterator[Flow]:
+    """The flow on ``service``'s stores; the relay runs in the background (unless
+    APEX_OUTBOX_RELAY=off) until the block ends."""
+    settings, metrics = service.settings, service.metrics
+
+    def count(result: CacheResult) -> None:
+        metrics.cache_requests.labels(result).inc()
+
     cache = Cache(
         settings.cache_redis_urls,
         prefix=settings.redis_prefix,
         ttl=settings.cache_ttl,
         lock_ttl=settings.cache_lock_ttl,
+        on_result=count,
     )
-    clickhouse = ClickHouse.from_url(settings.clickhouse_url) if settings.clickhouse_url else None
-    flow = Flow(settings, pool, cache, clickhouse, None)
-    if clickhouse is not None:
-        flow.relay = Relay(
-            pool,
-            clickhouse,
+    # The relay's own two connections: a background pass never takes one of the
+    # requests' (APEX_DB_POOL_SIZE is what requests get, and what /admin/pools shows).
+    relay_pool = DatabasePool(
+        "relay",
+        settings.database_url,
+        size=RELAY_CONNECTIONS,
+        timeout=settings.pool_timeout,
+        statement_timeout=settings.statement_timeout,
+        connect_timeout=min(CONNECT_TIMEOUT, settings.connect_deadline),
+        metrics=metrics,
+    )
+    await relay_pool.open()
+    relay = None
+    if service.clickhouse is not None:
+        relay = Relay(
+            relay_pool.connection,
+            service.clickhouse,
             batch=settings.outbox_batch,
             poll=settings.outbox_poll,
             listen_dsn=settings.database_url,
             cache=cache,
-            on_relayed=flow.count_relayed,
+            on_relayed=metrics.relay_rows.inc,
+            on_pending=metrics.outbox_pending.set,
         )
     task = None
-    if flow.relay is not None and settings.outbox_relay:
-        task = asyncio.create_task(flow.relay.run_forever())
+    if relay is not None and settings.outbox_relay:
+        task = asyncio.create_task(relay.run_forever(), name="apex.data outbox relay")
     try:
-        yield flow
+        yield Flow(service, cache, relay)
     finally:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await cache.close()
-        if clickhouse is not None:
-            await clickhouse.close()
-        await pool.close()
+        await relay_pool.close()
 
 
-def install_flow(app: FastAPI, settings: DataSettings) -> None:
-    """Open the flow's stores around the app's own lifespan, and add its routes."""
+def install_flow(app: FastAPI) -> None:
+    """Open the flow inside the app's own lifespan (after its service), add its routes."""
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(application: Any) -> AsyncIterator[Any]:
-        async with inner(application) as state, open_flow(settings) as flow:
-            application.state.flow = flow
-            yield state
+        async with inner(application) as state:
+            service = application.state.service
+            async with open_flow(service) as flow:
+                application.state.flow = flow
+                try:
+                    yield state
+                finally:
+                    application.state.flow = None
 
     app.router.lifespan_context = lifespan
-    app.include_router(admin_router)
+    app.state.flow = None
+    app.include_router(flow_router)
 
 
-def get_flow(request: Request) -> Flow:
-    """Dependency: the app's flow; 503 if its lifespan has not run."""
-    flow = getattr(request.app.state, "flow", None)
+def flow_of(request: Request) -> Flow:
+    """The running flow (503 while the service starts or stops)."""
+    flow = request.app.state.flow
     if not isinstance(flow, Flow):
-        raise ApiError(503, "unavailable", "service not started: its lifespan has not run")
+        raise ApiError(503, "unavailable", "the data service is starting or stopping")
     return flow
 
 
-def require_admin(request: Request, flow: Flow = Depends(get_flow)) -> Flow:  # noqa: B008
-    """Dependency: the caller presents APEX_ADMIN_TOKEN as a bearer token."""
-    expected = flow.settings.admin_token
-    if not expected:
-        raise ApiError(403, "forbidden", "admin API disabled: APEX_ADMIN_TOKEN is not set")
-    if not hmac.compare_digest(bearer_token(request).encode(), expected.encode()):
-        raise ApiError(401, "invalid_token", "wrong admin token")
-    return flow
+FlowDep = Annotated[Flow, Depends(flow_of)]
+
+flow_router = APIRouter()
 
 
-admin_router = APIRouter(prefix="/admin")
+class RefreshIn(BaseModel):
+    """Which materialized view to refresh."""
 
-
-class _RefreshBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     view: str = "usage_daily"
 
 
-class _WarmBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tenant_ids: list[str] = Field(min_length=1, max_length=1000)
-
-
-@admin_router.post("/relay/run")
-async def run_relay(flow: Flow = Depends(require_admin)) -> JSONResponse:  # noqa: B008
+@flow_router.post("/admin/relay/run", dependencies=[Admin])
+async def run_relay(flow: FlowDep) -> JSONResponse:
     """One relay pass: 200 with its counts, 503 ``relay_failed`` when a store failed
     (nothing of the failed batch is acked; the counts say what went before)."""
     _, relay = flow.require_clickhouse()
     try:
         result = await relay.run_once()
-    except _DATABASE_DOWN as exc:
+    except (*_DATABASE_DOWN, PoolExhausted) as exc:
         raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
     if result.error is not None:
         counts = {key: value for key, value in result.as_dict().items() if key != "error"}
@@ -158,43 +165,34 @@ async def run_relay(flow: Flow = Depends(require_admin)) -> JSONResponse:  # noq
     return JSONResponse(result.as_dict())
 
 
-@admin_router.post("/views/refresh")
-async def refresh_view(
-    body: _RefreshBody | None = None,
-    flow: Flow = Depends(require_admin),  # noqa: B008
-) -> JSONResponse:
+@flow_router.post("/admin/views/refresh", dependencies=[Admin])
+async def refresh_view(flow: FlowDep, body: RefreshIn | None = None) -> JSONResponse:
     """REFRESH MATERIALIZED VIEW CONCURRENTLY, then validation against the base query."""
-    view = (body or _RefreshBody()).view
+    view = (body or RefreshIn()).view
     if view not in views.VIEWS:
         raise ApiError(422, "unknown_view", f"known views: {', '.join(sorted(views.VIEWS))}")
-    async with flow.pool.acquire() as conn:
+    async with flow.service.router.primary.connection() as conn:
         result = await views.refresh(conn, view)
     return JSONResponse(result.as_dict())
 
 
-@admin_router.get("/references/check")
-async def check_references(flow: Flow = Depends(require_admin)) -> JSONResponse:  # noqa: B008
+@flow_router.get("/admin/references/check", dependencies=[Admin])
+async def check_references(flow: FlowDep) -> JSONResponse:
     """Orphan events in ClickHouse and records missing from it (001#63)."""
     clickhouse, _ = flow.require_clickhouse()
     try:
-        report = await references.check(flow.pool, clickhouse)
+        report = await references.check(flow.service.router.primary.connection, clickhouse)
     except ClickHouseError as exc:
         raise ApiError(503, "clickhouse_unavailable", str(exc)) from exc
     return JSONResponse(report.as_dict())
 
 
-@admin_router.post("/references/repair")
-async def repair_references(flow: Flow = Depends(require_admin)) -> JSONResponse:  # noqa: B008
+@flow_router.post("/admin/references/repair", dependencies=[Admin])
+async def repair_references(flow: FlowDep) -> JSONResponse:
     """Delete orphan events, re-enqueue missing records (the relay copies them)."""
     clickhouse, _ = flow.require_clickhouse()
     try:
-        result = await references.repair(flow.pool, clickhouse)
+        result = await references.repair(flow.service.router.primary.connection, clickhouse)
     except ClickHouseError as exc:
         raise ApiError(503, "clickhouse_unavailable", str(exc)) from exc
     return JSONResponse(result.as_dict())
-
-
-async def outbox_pending(flow: Flow) -> int:
-    """Outbox rows not relayed yet (``relay_lag``, ``apex_data_outbox_pending``)."""
-    async with flow.pool.acquire() as conn:
-        return await pending_count(conn)

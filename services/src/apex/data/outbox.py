@@ -23,12 +23,14 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import asyncpg
 
 from apex.data.cache import Cache
 from apex.data.clickhouse import ClickHouse, ClickHouseError
+from apex.data.pool import PoolExhausted
 
 __all__ = [
     "CACHE_TOPIC",
@@ -46,7 +48,9 @@ __all__ = [
 log = logging.getLogger("apex.data.outbox")
 
 USAGE_TOPIC: Final = "usage"
-CREDIT_TOPIC: Final = "credit"
+# apex.data.transfer writes these ({"id", "from_tenant", "to_tenant", "amount_micros",
+# "created_at"}).
+CREDIT_TOPIC: Final = "credit_transfer"
 # Rows of this topic carry {"tenant_id"}: the relay bumps the tenant's cache generation on
 # every cache node, so an invalidation that Redis missed at write time (a node down or cut)
 # still happens, once the node is back.
@@ -99,7 +103,7 @@ def _credit_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
         uuid.UUID(payload["from_tenant"]),
         uuid.UUID(payload["to_tenant"]),
         int(payload["amount_micros"]),
-        _clickhouse_time(payload["occurred_at"]),
+        _clickhouse_time(payload["created_at"]),
         version,
     )
 
@@ -160,13 +164,24 @@ async def ensure_clickhouse_schema(clickhouse: ClickHouse) -> None:
         await clickhouse.execute(ddl)
 
 
-async def pending_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+# Lends a connection for one block (apex.data's pool: ``DatabasePool.connection``).
+Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+async def pending_count(conn: asyncpg.Connection) -> int:
     """Outbox rows not relayed yet (the relay's lag, in rows)."""
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE relayed_at IS NULL"))
 
 
 # What a store that is down or cut raises; the relay reports these and tries again later.
-_STORE_ERRORS: Final = (ClickHouseError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_STORE_ERRORS: Final = (
+    ClickHouseError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    PoolExhausted,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +203,7 @@ class Relay:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        connect: Connect,
         clickhouse: ClickHouse,
         *,
         batch: int = 500,
@@ -196,18 +211,20 @@ class Relay:
         listen_dsn: str | None = None,
         cache: Cache | None = None,
         on_relayed: Callable[[int], None] | None = None,
+        on_pending: Callable[[int], None] | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1 row, got {batch}")
         if poll <= 0:
             raise ValueError(f"poll must be a positive number of seconds, got {poll}")
-        self._pool = pool
+        self._connect = connect
         self._clickhouse = clickhouse
         self._batch = batch
         self._poll = poll
         self._listen_dsn = listen_dsn
         self._cache = cache
         self._on_relayed = on_relayed
+        self._on_pending = on_pending
         self._wake = asyncio.Event()
         self._schema_ready = False
 
@@ -220,12 +237,14 @@ class Relay:
         if not self._schema_ready:
             await ensure_clickhouse_schema(self._clickhouse)
             self._schema_ready = True
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._connect() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, topic, payload FROM outbox WHERE relayed_at IS NULL "
-                "AND topic <> $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "AND topic = ANY($2::text[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
-                CACHE_TOPIC,
+                # Only topics it knows: a row of another topic stays pending (and counted
+                # in the lag) instead of failing every batch after it.
+                list(_ROUTES),
             )
             if not rows:
                 return 0
@@ -247,7 +266,7 @@ class Relay:
         (a node is down) and are tried again at the next pass. Without a cache, nothing."""
         if self._cache is None:
             return 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._connect() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, payload FROM outbox WHERE relayed_at IS NULL AND topic = $2 "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -294,9 +313,16 @@ class Relay:
         except _STORE_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("outbox relay pass failed after %d rows: %s", done[0], error)
-        async with self._pool.acquire() as conn:
-            pending = await pending_count(conn)
+        pending = await self.pending()
         return RelayPass(relayed=done[0], batches=done[1], pending=pending, error=error)
+
+    async def pending(self) -> int:
+        """Outbox rows not relayed yet (also told to ``on_pending``)."""
+        async with self._connect() as conn:
+            count = await pending_count(conn)
+        if self._on_pending is not None:
+            self._on_pending(count)
+        return count
 
     async def run_forever(self) -> None:
         """Relay until cancelled: at once after each NOTIFY on the outbox channel, else
@@ -307,8 +333,15 @@ class Relay:
                 if listener is None or listener.is_closed():
                     listener = await self._listen()
                 self._wake.clear()
-                with contextlib.suppress(*_STORE_ERRORS):
+                try:
                     await self._drain()
+                    await self.pending()
+                except _STORE_ERRORS as exc:
+                    log.warning("outbox relay pass failed, retrying: %s", exc)
+                except Exception:
+                    # A background loop that dies is a relay that silently stops: log it
+                    # and keep going.
+                    log.exception("outbox relay pass failed unexpectedly")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
         finally:
@@ -324,7 +357,7 @@ class Relay:
         try:
             conn = await asyncpg.connect(self._listen_dsn, timeout=self._poll + 5.0)
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except (*_STORE_ERRORS, TimeoutError):
+        except _STORE_ERRORS:
             return None
         return conn
 
@@ -334,9 +367,7 @@ class Relay:
     async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
         by_topic: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
-            route = _ROUTES.get(row["topic"])
-            if route is None:
-                raise ClickHouseError(f"outbox row {row['id']} has unknown topic {row['topic']!r}")
+            route = _ROUTES[row["topic"]]
             payload = json.loads(row["payload"])
             by_topic.setdefault(row["topic"], []).append(route.row(payload, row["id"]))
         for topic, values in by_topic.items():

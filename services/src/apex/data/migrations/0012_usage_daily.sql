@@ -1,11 +1,13 @@
 -- usage_daily: usage per tenant, UTC day and kind, a materialized view of usage_records
 -- (issue 11, 001#61). apex.data.views refreshes it CONCURRENTLY, which needs the unique
 -- index below and lets reads go on during a refresh.
--- A materialized view has no row-level security of its own: it is not granted to
--- apex_tenant, and the service reads it with an explicit tenant filter. Its query runs
--- as the view's owner, which must see every tenant's rows (a superuser or a BYPASSRLS
--- role), like the other cross-tenant work (the relay, the references check).
--- Rolling back drops the view; usage_records keeps its rows.
+-- Its query reads every tenant's records, and a refresh runs it as the view's owner: the
+-- owner is apex_auditor (0011), whose policy sees every record, and only the owner may
+-- refresh, so apex.data refreshes as that role (apex_data is a member). A materialized
+-- view has no row-level security: it is granted to apex_data (which reads it with a
+-- tenant filter), never to apex_tenant.
+-- The reference check (apex.data.references) reads users' ids as apex_auditor.
+-- Rolling back drops the view and the grant; usage_records keeps its rows.
 
 -- migrate:up
 CREATE MATERIALIZED VIEW usage_daily AS
@@ -19,6 +21,10 @@ FROM usage_records
 GROUP BY tenant_id, (occurred_at AT TIME ZONE 'UTC')::date, kind
 WITH DATA;
 CREATE UNIQUE INDEX usage_daily_key ON usage_daily (tenant_id, day, kind);
+ALTER MATERIALIZED VIEW usage_daily OWNER TO apex_auditor;
+GRANT SELECT ON usage_daily TO apex_data;
+GRANT SELECT (id) ON users TO apex_auditor;
 
 -- migrate:down
+REVOKE SELECT (id) ON users FROM apex_auditor;
 DROP MATERIALIZED VIEW usage_daily;
