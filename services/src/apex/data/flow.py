@@ -13,22 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from apex.common.http import ApiError
 from apex.data import references, views
 from apex.data.cache import Cache, CacheResult
+from apex.data.callers import BILLING_READ
 from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.outbox import Relay
 from apex.data.pool import DatabasePool, PoolExhausted
-from apex.data.routes import Admin
+from apex.data.routes import Admin, CallerDep, _window
 from apex.data.service import CONNECT_TIMEOUT, DataService
 
 __all__ = ["Flow", "flow_router", "install_flow", "open_flow"]
@@ -196,3 +198,59 @@ async def repair_references(flow: FlowDep) -> JSONResponse:
     except ClickHouseError as exc:
         raise ApiError(503, "clickhouse_unavailable", str(exc)) from exc
     return JSONResponse(result.as_dict())
+
+
+# The whole range of ClickHouse's DateTime, for an open-ended window.
+_DATETIME_MIN: Final = 0
+_DATETIME_MAX: Final = 4_294_967_295
+_ANALYTICS: Final = (
+    "SELECT kind, sum(quantity), sum(cost_micros) FROM usage_events FINAL "
+    "WHERE tenant_id = toUUID(%(tenant)s) AND occurred_at >= toDateTime(%(since)s) "
+    "AND occurred_at < toDateTime(%(until)s) GROUP BY kind ORDER BY kind"
+)
+
+
+def _epoch(value: datetime.datetime | None, default: int) -> int:
+    """Seconds since the epoch of ``value`` (within DateTime's range), else ``default``."""
+    if value is None:
+        return default
+    return min(max(int(value.timestamp()), _DATETIME_MIN), _DATETIME_MAX)
+
+
+@flow_router.get("/v1/usage/analytics")
+async def usage_analytics(
+    caller: CallerDep,
+    flow: FlowDep,
+    since: Annotated[datetime.datetime | None, Query()] = None,
+    until: Annotated[datetime.datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """Totals per kind from ClickHouse (what the relay copied, each record once), and
+    ``relay_lag``: outbox rows not relayed yet (every tenant's: the relay is shared)."""
+    caller.require(BILLING_READ)
+    _window(since, until)
+    clickhouse, relay = flow.require_clickhouse()
+    params = {
+        "tenant": str(caller.tenant_id),
+        "since": _epoch(since, _DATETIME_MIN),
+        "until": _epoch(until, _DATETIME_MAX),
+    }
+    try:
+        rows = await clickhouse.execute(_ANALYTICS, params)
+    except ClickHouseError as exc:
+        if "usage_events" in str(exc) and "doesn't exist" in str(exc):
+            rows = []  # nothing relayed yet: the relay makes the table on its first pass
+        else:
+            raise ApiError(503, "clickhouse_unavailable", "ClickHouse is unreachable") from exc
+    try:
+        lag = await relay.pending()
+    except (*_DATABASE_DOWN, PoolExhausted) as exc:
+        raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
+    return {
+        "tenant_id": str(caller.tenant_id),
+        "by_kind": {
+            str(kind): {"quantity": int(quantity), "cost_micros": int(cost)}
+            for kind, quantity, cost in rows
+        },
+        "relay_lag": lag,
+        "source": "clickhouse",
+    }

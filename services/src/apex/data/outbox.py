@@ -123,10 +123,12 @@ _ROUTES: Final[Mapping[str, _Route]] = {
 
 
 def _clickhouse_time(value: str) -> dt.datetime:
-    """An ISO 8601 instant as the naive UTC datetime ClickHouse's DateTime stores."""
+    """An ISO 8601 instant as an aware UTC datetime, whole seconds (ClickHouse's DateTime).
+
+    Aware, so the driver stores the instant itself whatever the server's time zone; a
+    naive value (none is written by the platform) is taken as UTC."""
     moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
     return moment.replace(microsecond=0)
 
 
