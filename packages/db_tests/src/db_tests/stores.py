@@ -3,7 +3,7 @@ deployment's stores are not the tests' to read).
 
 Public: `write_usage` (a usage record and its outbox row, written the way the service
 writes them: one transaction, as the tenant role, in the payload shape of
-contract-data.md), `lock_waiters` (backends waiting for a lock on a table),
+contract-data.md), `blocked_by` (backends waiting for a lock the test holds),
 `ClickHouseReader` (usage events read with FINAL, as the platform reads them, and raw).
 """
 
@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 from clickhouse_driver import Client
 
-__all__ = ["ClickHouseReader", "lock_waiters", "write_usage"]
+__all__ = ["ClickHouseReader", "blocked_by", "ended", "write_usage"]
 
 
 async def write_usage(
@@ -80,14 +80,24 @@ async def write_usage(
     return record_id
 
 
-async def lock_waiters(conn: asyncpg.Connection, table: str) -> list[int]:
-    """PIDs of the backends (other than `conn`'s) waiting for a lock on `table`."""
+async def blocked_by(conn: asyncpg.Connection) -> list[int]:
+    """PIDs of the backends waiting for a lock that `conn` holds (a table or a row)."""
+    # pg_locks, not pg_stat_activity: the latter is a snapshot taken once per transaction,
+    # and the test asks from inside the transaction that holds the lock.
     rows = await conn.fetch(
-        "SELECT DISTINCT l.pid FROM pg_locks l WHERE NOT l.granted "
-        "AND l.relation = $1::regclass AND l.pid <> pg_backend_pid()",
-        table,
+        "SELECT DISTINCT pid FROM pg_locks WHERE NOT granted "
+        "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
     )
     return [row["pid"] for row in rows]
+
+
+async def ended(conn: asyncpg.Connection, pids: list[int]) -> bool:
+    """Whether none of the backends `pids` is left (a crashed client's are ended by
+    PostgreSQL once it notices the client gone)."""
+    alive = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+    )
+    return bool(alive == 0)
 
 
 class ClickHouseReader:
@@ -105,22 +115,31 @@ class ClickHouseReader:
         )
 
     async def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """Rows of `sql`; [] when the table does not exist yet (nothing relayed so far)."""
-        return await asyncio.to_thread(self._execute, sql, params)
+        """Rows of `sql`."""
+        return list(await asyncio.to_thread(self._client.execute, sql, params))
 
-    def _execute(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
-        tables = self._client.execute(
-            "SELECT name FROM system.tables WHERE database = currentDatabase()"
+    async def table(self, table: str, columns: str, *, final: bool = True) -> list[Any]:
+        """`SELECT <columns> FROM <table> [FINAL]`, sorted; [] while the table does not
+        exist yet (the relay makes it on its first pass)."""
+        exists = await self.execute(
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+            "AND name = %(table)s",
+            {"table": table},
         )
-        if ("usage_events",) not in tables and "usage_events" in sql:
+        if exists == [(0,)]:
             return []
-        return list(self._client.execute(sql, params))
+        sql = f"SELECT {columns} FROM {table}"  # noqa: S608 - the tests' own names
+        return sorted(await self.execute(f"{sql} FINAL" if final else sql))
 
     async def events(self, *, final: bool = True) -> list[tuple[str, int, int]]:
         """(id, quantity, cost_micros) of every usage event (FINAL: each id once)."""
-        sql = "SELECT id, quantity, cost_micros FROM usage_events"
-        rows = await self.execute(f"{sql} FINAL" if final else sql)
+        rows = await self.table("usage_events", "id, quantity, cost_micros", final=final)
         return sorted((str(row[0]), int(row[1]), int(row[2])) for row in rows)
+
+    async def credit_events(self) -> list[tuple[str, str, str, int]]:
+        """(id, from_tenant, to_tenant, amount_micros) of every credit event (FINAL)."""
+        rows = await self.table("credit_events", "id, from_tenant, to_tenant, amount_micros")
+        return sorted((str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows)
 
     async def event_ids(self) -> set[str]:
         """The ids of the usage events, as the platform counts them (FINAL)."""

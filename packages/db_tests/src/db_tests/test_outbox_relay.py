@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from apex_testkit import Level, Platform, eventually
-from db_tests.stores import ClickHouseReader, lock_waiters, write_usage
+from db_tests.stores import ClickHouseReader, blocked_by, ended, write_usage
 
 SYNC = pytest.mark.bvj(
     segment="enterprise", goal="Analytics and billing see exactly the usage that was committed",
@@ -36,13 +36,6 @@ RUN = "/admin/relay/run"
 
 async def pending(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE relayed_at IS NULL"))
-
-
-async def gone(conn: asyncpg.Connection, pids: list[int]) -> bool:
-    alive = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
-    )
-    return bool(alive == 0)
 
 
 async def write_records(conn: asyncpg.Connection, count: int) -> list[tuple[str, int, int]]:
@@ -68,7 +61,10 @@ async def test_committed_records_reach_clickhouse_once(
 
     response = await relay_client.post(RUN, headers=data_admin)
     assert response.status_code == 200, response.text
-    assert response.json() == {"relayed": 5, "batches": 1, "pending": 0, "error": None}
+    # One batch to ClickHouse, then one of cache invalidations (the tenant's summary).
+    assert response.json() == {
+        "relayed": 5, "invalidated": 1, "batches": 2, "pending": 0, "error": None
+    }  # fmt: skip
     assert await clickhouse.events() == written
 
     again = await relay_client.post(RUN, headers=data_admin)
@@ -144,7 +140,7 @@ async def test_relay_killed_between_insert_and_ack_counts_once(
             await data_db.execute("LOCK TABLE outbox IN SHARE MODE")
             run = asyncio.create_task(client.post(RUN, headers=data_admin))
             waiting = await eventually(
-                lambda: lock_waiters(data_db, "outbox"), timeout=30, message="relay at its ack"
+                lambda: blocked_by(data_db), timeout=30, message="relay at its ack"
             )
             assert await clickhouse.event_ids() == ids
             # The crash: between the ClickHouse insert and the outbox ack.
@@ -161,7 +157,7 @@ async def test_relay_killed_between_insert_and_ack_counts_once(
                 await run
         # The crashed relay's backends end once PostgreSQL sees their client gone.
         await eventually(
-            lambda: gone(data_db, waiting), timeout=30, message="the relay's backends ended"
+            lambda: ended(data_db, waiting), timeout=30, message="the relay's backends ended"
         )
         assert await pending(data_db) == 6
 

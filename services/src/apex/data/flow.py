@@ -30,7 +30,7 @@ from apex.data.callers import BILLING_READ
 from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.outbox import Relay
 from apex.data.pool import DatabasePool, PoolExhausted
-from apex.data.routes import Admin, CallerDep, _window
+from apex.data.routes import Admin, CallerDep, Service, _window
 from apex.data.service import CONNECT_TIMEOUT, DataService
 
 __all__ = ["Flow", "flow_router", "install_flow", "open_flow"]
@@ -48,6 +48,14 @@ class Flow:
     service: DataService
     cache: Cache
     relay: Relay | None
+
+    async def invalidate(self, *tenants: object) -> None:
+        """Bump the cache generation of ``tenants`` now, after a commit that changed them.
+
+        Best effort: a node that misses it is caught up by the relay, which invalidates
+        every tenant an outbox row names once it has copied the row."""
+        for tenant in tenants:
+            await self.cache.invalidate(str(tenant))
 
     def require_clickhouse(self) -> tuple[ClickHouse, Relay]:
         """The ClickHouse client and relay, or 503 when APEX_CLICKHOUSE_URL is unset."""
@@ -254,3 +262,25 @@ async def usage_analytics(
         "relay_lag": lag,
         "source": "clickhouse",
     }
+
+
+@flow_router.get("/v1/credits")
+async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> dict[str, Any]:
+    """The caller's tenant's credit balance, through the cache (``source``: cache, or
+    primary when the cache missed or its node is down)."""
+    caller.require(BILLING_READ)
+    tenant = caller.tenant_id
+
+    async def work() -> dict[str, Any]:
+        async with service.router.primary.connection() as conn:
+            balance = await conn.fetchval(
+                "SELECT balance_micros FROM tenant_credits WHERE tenant_id = $1", tenant
+            )
+        return {"balance_micros": int(balance or 0)}
+
+    async def compute() -> dict[str, Any]:
+        return await service.run(work)
+
+    value, result = await flow.cache.get_or_compute(str(tenant), compute, part="credits")
+    source = "cache" if result == "hit" else "primary"
+    return {"tenant_id": str(tenant), **value, "source": source}

@@ -33,11 +33,11 @@ from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.pool import PoolExhausted
 
 __all__ = [
-    "CACHE_TOPIC",
     "CLICKHOUSE_TABLES",
     "CREDIT_TOPIC",
     "NOTIFY_CHANNEL",
     "USAGE_TOPIC",
+    "CacheUnavailable",
     "Relay",
     "RelayPass",
     "enqueue",
@@ -51,10 +51,6 @@ USAGE_TOPIC: Final = "usage"
 # apex.data.transfer writes these ({"id", "from_tenant", "to_tenant", "amount_micros",
 # "created_at"}).
 CREDIT_TOPIC: Final = "credit_transfer"
-# Rows of this topic carry {"tenant_id"}: the relay bumps the tenant's cache generation on
-# every cache node, so an invalidation that Redis missed at write time (a node down or cut)
-# still happens, once the node is back.
-CACHE_TOPIC: Final = "cache"
 NOTIFY_CHANNEL: Final = "apex_outbox"
 
 # Partitioned by month of the event: a row sent twice lands in the same partition, where
@@ -82,6 +78,8 @@ class _Route:
     table: str
     columns: tuple[str, ...]
     row: Callable[[Mapping[str, Any], int], tuple[Any, ...]]
+    # The payload fields naming tenants whose cached summaries the event changes.
+    tenants: tuple[str, ...]
 
 
 def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
@@ -113,11 +111,13 @@ _ROUTES: Final[Mapping[str, _Route]] = {
         "usage_events",
         ("id", "tenant_id", "user_id", "kind", "quantity", "cost_micros", "occurred_at", "version"),
         _usage_row,
+        ("tenant_id",),
     ),
     CREDIT_TOPIC: _Route(
         "credit_events",
         ("id", "from_tenant", "to_tenant", "amount_micros", "occurred_at", "version"),
         _credit_row,
+        ("from_tenant", "to_tenant"),
     ),
 }
 
@@ -147,9 +147,8 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
     topics and their fields are those of :data:`CLICKHOUSE_TABLES`. The NOTIFY that wakes
     the relay is delivered only if the transaction commits.
     """
-    if topic not in _ROUTES and topic != CACHE_TOPIC:
-        known = sorted([*_ROUTES, CACHE_TOPIC])
-        raise ValueError(f"unknown outbox topic {topic!r}; known: {known}")
+    if topic not in _ROUTES:
+        raise ValueError(f"unknown outbox topic {topic!r}; known: {sorted(_ROUTES)}")
     if not conn.is_in_transaction():
         # Outside a transaction the row would commit on its own, apart from the business
         # row it announces: exactly what an outbox exists to prevent.
@@ -175,8 +174,13 @@ async def pending_count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE relayed_at IS NULL"))
 
 
+class CacheUnavailable(RuntimeError):
+    """Some cache invalidations could not reach every node; they stay pending."""
+
+
 # What a store that is down or cut raises; the relay reports these and tries again later.
 _STORE_ERRORS: Final = (
+    CacheUnavailable,
     ClickHouseError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -191,12 +195,14 @@ class RelayPass:
     """What one relay pass (or a run of passes) did."""
 
     relayed: int = 0
+    invalidated: int = 0
     batches: int = 0
     pending: int = 0
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The pass as JSON: ``{"relayed", "batches", "pending", "error"}``."""
+        """The pass as JSON: ``{"relayed", "invalidated", "batches", "pending", "error"}``:
+        rows copied to ClickHouse, cache invalidations applied, batches, rows left."""
         return dataclasses.asdict(self)
 
 
@@ -250,7 +256,16 @@ class Relay:
             )
             if not rows:
                 return 0
-            await self._send(rows)
+            tenants = await self._send(rows)
+            if self._cache is not None and tenants:
+                # Queued here, applied by the invalidation pass: a Redis outage must not
+                # hold the ClickHouse copy back. DO UPDATE waits for a pass that holds
+                # the tenant's row, so an invalidation queued meanwhile is never lost.
+                await conn.execute(
+                    "INSERT INTO cache_invalidations (tenant_id) SELECT unnest($1::uuid[]) "
+                    "ON CONFLICT (tenant_id) DO UPDATE SET queued_at = now()",
+                    tenants,
+                )
             # If the process dies here, the insert above is in ClickHouse and these rows are
             # still pending: the next pass sends them again and FINAL counts them once.
             await conn.execute(
@@ -262,45 +277,46 @@ class Relay:
         return len(rows)
 
     async def invalidate_batch(self) -> int:
-        """Apply at most one batch of cache invalidations; return how many were acked.
+        """Apply at most one batch of queued cache invalidations; return how many went.
 
-        A row is acked only once every cache node took the bump; the others stay pending
-        (a node is down) and are tried again at the next pass. Without a cache, nothing."""
+        A tenant leaves ``cache_invalidations`` only once every cache node took the bump;
+        the others stay queued (a node is down) and raise CacheUnavailable after the
+        rest is committed. Without a cache, nothing."""
         if self._cache is None:
             return 0
         async with self._connect() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, payload FROM outbox WHERE relayed_at IS NULL AND topic = $2 "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT tenant_id FROM cache_invalidations ORDER BY queued_at "
+                "LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
-                CACHE_TOPIC,
             )
-            done: list[int] = []
-            outcome: dict[str, bool] = {}
-            for row in rows:
-                tenant = str(json.loads(row["payload"])["tenant_id"])
-                if tenant not in outcome:
-                    outcome[tenant] = await self._cache.invalidate(tenant) == len(self._cache.urls)
-                if outcome[tenant]:
-                    done.append(row["id"])
+            done = [
+                row["tenant_id"]
+                for row in rows
+                if await self._cache.invalidate(str(row["tenant_id"])) == len(self._cache.urls)
+            ]
             if done:
                 await conn.execute(
-                    "UPDATE outbox SET relayed_at = now() WHERE id = ANY($1::bigint[])", done
+                    "DELETE FROM cache_invalidations WHERE tenant_id = ANY($1::uuid[])", done
                 )
+        if len(done) < len(rows):
+            raise CacheUnavailable(
+                f"{len(rows) - len(done)} cache invalidations wait for a cache node that is down"
+            )
         return len(done)
 
     async def _drain(self, done: list[int] | None = None) -> None:
-        """Relay, then invalidate, until nothing more goes; ``done`` (rows, batches) counts
-        what went, also when a store fails half-way."""
-        counts = done if done is not None else [0, 0]
+        """Relay, then invalidate, until nothing more goes; ``done`` (rows relayed,
+        invalidations applied, batches) counts what went, also when a store fails."""
+        counts = done if done is not None else [0, 0, 0]
         failures: list[Exception] = []
         # Each step on its own: ClickHouse being down must not hold cache invalidations
         # back, nor the other way round.
-        for step in (self.relay_batch, self.invalidate_batch):
+        for index, step in enumerate((self.relay_batch, self.invalidate_batch)):
             try:
                 while sent := await step():
-                    counts[0] += sent
-                    counts[1] += 1
+                    counts[index] += sent
+                    counts[2] += 1
             except _STORE_ERRORS as exc:
                 failures.append(exc)
         if failures:
@@ -308,7 +324,7 @@ class Relay:
 
     async def run_once(self) -> RelayPass:
         """Relay batches until nothing is pending or a store fails; say what happened."""
-        done = [0, 0]
+        done = [0, 0, 0]
         error: str | None = None
         try:
             await self._drain(done)
@@ -316,7 +332,8 @@ class Relay:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("outbox relay pass failed after %d rows: %s", done[0], error)
         pending = await self.pending()
-        return RelayPass(relayed=done[0], batches=done[1], pending=pending, error=error)
+        relayed, invalidated, batches = done
+        return RelayPass(relayed, invalidated, batches, pending, error)
 
     async def pending(self) -> int:
         """Outbox rows not relayed yet (also told to ``on_pending``)."""
@@ -366,12 +383,16 @@ class Relay:
     def _notified(self, *_args: object) -> None:
         self._wake.set()
 
-    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> list[str]:
+        """Insert ``rows`` into their ClickHouse tables; the tenants they name."""
         by_topic: dict[str, list[tuple[Any, ...]]] = {}
+        tenants: set[str] = set()
         for row in rows:
             route = _ROUTES[row["topic"]]
             payload = json.loads(row["payload"])
             by_topic.setdefault(row["topic"], []).append(route.row(payload, row["id"]))
+            tenants.update(str(payload[field]) for field in route.tenants)
         for topic, values in by_topic.items():
             route = _ROUTES[topic]
             await self._clickhouse.insert(route.table, values, route.columns)
+        return sorted(tenants)
