@@ -13,14 +13,19 @@ import asyncio
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+import httpx
 from clickhouse_driver import Client
 
-__all__ = ["ClickHouseReader", "blocked_by", "ended", "write_usage"]
+__all__ = ["ClickHouseReader", "FlowInstance", "blocked_by", "ended", "write_usage"]
+
+# `async with flow_instance(**settings) as client`: the type of the `flow_instance` fixture.
+FlowInstance = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 async def write_usage(

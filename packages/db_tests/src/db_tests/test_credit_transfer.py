@@ -22,7 +22,7 @@ import pytest
 from apex_testkit import Level, Platform, eventually
 from db_tests.client import BILLING_READ, BILLING_WRITE, DataUser, MakeUser, error_of
 from db_tests.faults import proxied_data
-from db_tests.stores import ClickHouseReader, blocked_by, ended
+from db_tests.stores import ClickHouseReader, FlowInstance, blocked_by, ended
 
 ROLLBACK = pytest.mark.bvj(
     segment="enterprise", goal="A failed transfer leaves no trace in any store",
@@ -42,13 +42,13 @@ TRANSFER = "/v1/credits/transfer"
 RUN = "/admin/relay/run"
 
 
-async def funded(make_data_user: MakeUser, data_db: asyncpg.Connection) -> tuple[DataUser, str]:
+async def funded(make_data_user: MakeUser, flow_db: asyncpg.Connection) -> tuple[DataUser, str]:
     """A sender with START micros (and the permissions to move and read them), and a
     receiver tenant with START."""
     sender = await make_data_user(permissions=(BILLING_WRITE, BILLING_READ))
     assert sender.tenant_id is not None
     receiver = str(uuid.uuid4())
-    await data_db.executemany(
+    await flow_db.executemany(
         "INSERT INTO tenant_credits (tenant_id, balance_micros) VALUES ($1::uuid, $2)",
         [(sender.tenant_id, START), (receiver, START)],
     )
@@ -95,11 +95,11 @@ async def balance(client: httpx.AsyncClient, user: DataUser) -> dict[str, Any]:
 async def test_transfer_reaches_every_store_once(
     relay_client: httpx.AsyncClient,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
     clickhouse: ClickHouseReader,
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     assert (await balance(relay_client, sender))["source"] == "primary"
     assert await balance(relay_client, sender) == {
         "tenant_id": sender.tenant_id, "balance_micros": START, "source": "cache"
@@ -111,7 +111,7 @@ async def test_transfer_reaches_every_store_once(
     assert await balance(relay_client, sender) == {
         "tenant_id": sender.tenant_id, "balance_micros": 700, "source": "primary"
     }  # fmt: skip
-    assert await state(data_db, sender.tenant_id, receiver) == {
+    assert await state(flow_db, sender.tenant_id, receiver) == {
         "balances": [700, 1300], "transfers": 1, "outbox": 1
     }  # fmt: skip
     assert await clickhouse.credit_events() == []
@@ -130,11 +130,11 @@ async def test_transfer_reaches_every_store_once(
 async def test_insufficient_credit_writes_nothing_anywhere(
     relay_client: httpx.AsyncClient,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
     clickhouse: ClickHouseReader,
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     assert (await balance(relay_client, sender))["balance_micros"] == START
 
     refused = await relay_client.post(
@@ -142,7 +142,7 @@ async def test_insufficient_credit_writes_nothing_anywhere(
     )
     assert refused.status_code == 409, refused.text
     assert error_of(refused) == "insufficient_credit"
-    assert await state(data_db, sender.tenant_id, receiver) == {
+    assert await state(flow_db, sender.tenant_id, receiver) == {
         "balances": [START, START], "transfers": 0, "outbox": 0
     }  # fmt: skip
     relayed = await relay_client.post(RUN, headers=data_admin)
@@ -159,43 +159,47 @@ async def test_insufficient_credit_writes_nothing_anywhere(
 @pytest.mark.L3
 async def test_transfer_killed_mid_transaction_leaves_nothing_then_retries_once(
     clean_platform: Platform,
+    flow_database: str,
+    flow_instance: FlowInstance,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
     clickhouse: ClickHouseReader,
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     key = uuid.uuid4().hex
     async with (
-        clean_platform.start("data", APEX_OUTBOX_RELAY="off") as service,
+        clean_platform.start(
+            "data", APEX_OUTBOX_RELAY="off", APEX_DATABASE_URL=flow_database
+        ) as service,
         httpx.AsyncClient(base_url=service.url, timeout=30) as client,
     ):
-        async with data_db.transaction():
+        async with flow_db.transaction():
             # The receiver's row is held: the service debits the sender, then waits.
-            await data_db.execute(
+            await flow_db.execute(
                 "SELECT 1 FROM tenant_credits WHERE tenant_id = $1::uuid FOR UPDATE", receiver
             )
             sent = asyncio.create_task(
                 client.post(TRANSFER, json=body(receiver, 300, key), headers=sender.headers)
             )
-            waiting = await eventually(lambda: blocked_by(data_db), timeout=30, message="mid-way")
+            waiting = await eventually(lambda: blocked_by(flow_db), timeout=30, message="mid-way")
             if clean_platform.level is Level.L3:
                 await service.kill()  # the process dies with its transaction open
             else:
                 for pid in waiting:  # its connection dies; the service retries the transfer
-                    await data_db.fetchval("SELECT pg_terminate_backend($1)", pid)
+                    await flow_db.fetchval("SELECT pg_terminate_backend($1)", pid)
         if clean_platform.level is Level.L3:
             with pytest.raises(httpx.TransportError):
                 await sent
             await eventually(
-                lambda: ended(data_db, waiting), timeout=30, message="the dead transaction gone"
+                lambda: ended(flow_db, waiting), timeout=30, message="the dead transaction gone"
             )
             # Nothing of the half-done transfer is visible.
-            assert await state(data_db, sender.tenant_id, receiver) == {
+            assert await state(flow_db, sender.tenant_id, receiver) == {
                 "balances": [START, START], "transfers": 0, "outbox": 0
             }  # fmt: skip
             # The client retries with the same key, elsewhere.
-            async with clean_platform.client("data", APEX_OUTBOX_RELAY="off") as other:
+            async with flow_instance() as other:
                 again = await other.post(
                     TRANSFER, json=body(receiver, 300, key), headers=sender.headers
                 )
@@ -204,10 +208,10 @@ async def test_transfer_killed_mid_transaction_leaves_nothing_then_retries_once(
             answer = await sent
             assert answer.status_code == 201, answer.text
 
-    assert await state(data_db, sender.tenant_id, receiver) == {
+    assert await state(flow_db, sender.tenant_id, receiver) == {
         "balances": [700, 1300], "transfers": 1, "outbox": 1
     }  # fmt: skip
-    async with clean_platform.client("data", APEX_OUTBOX_RELAY="off") as other:
+    async with flow_instance() as other:
         relayed = await other.post(RUN, headers=data_admin)
     assert relayed.status_code == 200, relayed.text
     assert [event[3] for event in await clickhouse.credit_events()] == [300]
@@ -217,14 +221,19 @@ async def test_transfer_killed_mid_transaction_leaves_nothing_then_retries_once(
 @pytest.mark.L3
 async def test_clickhouse_down_the_ledger_follows_once_it_is_back(
     clean_platform: Platform,
+    flow_database: str,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
     clickhouse: ClickHouseReader,
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     async with proxied_data(
-        clean_platform, instance=21, via="clickhouse", APEX_OUTBOX_RELAY="off"
+        clean_platform,
+        instance=21,
+        APEX_DATABASE_URL=flow_database,
+        via="clickhouse",
+        APEX_OUTBOX_RELAY="off",
     ) as data:
         data.proxy.down()
         moved = await data.client.post(TRANSFER, json=body(receiver, 250), headers=sender.headers)
@@ -242,7 +251,7 @@ async def test_clickhouse_down_the_ledger_follows_once_it_is_back(
     assert await clickhouse.credit_events() == [
         (moved.json()["id"], sender.tenant_id, receiver, 250)
     ]
-    assert await state(data_db, sender.tenant_id, receiver) == {
+    assert await state(flow_db, sender.tenant_id, receiver) == {
         "balances": [750, 1250], "transfers": 1, "outbox": 1
     }  # fmt: skip
 
@@ -251,13 +260,18 @@ async def test_clickhouse_down_the_ledger_follows_once_it_is_back(
 @pytest.mark.L3
 async def test_redis_cut_during_transfer_the_cache_catches_up(
     clean_platform: Platform,
+    flow_database: str,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     async with proxied_data(
-        clean_platform, instance=22, via="redis", APEX_OUTBOX_RELAY="off"
+        clean_platform,
+        instance=22,
+        APEX_DATABASE_URL=flow_database,
+        via="redis",
+        APEX_OUTBOX_RELAY="off",
     ) as data:
         await balance(data.client, sender)
         assert (await balance(data.client, sender))["source"] == "cache"
@@ -273,7 +287,7 @@ async def test_redis_cut_during_transfer_the_cache_catches_up(
         assert cut.status_code == 503, cut.text
         # The invalidation Redis missed waits in the outbox.
         assert (
-            await data_db.fetchval(
+            await flow_db.fetchval(
                 "SELECT count(*) FROM outbox WHERE topic = 'cache' AND relayed_at IS NULL"
             )
             == 2
@@ -283,7 +297,7 @@ async def test_redis_cut_during_transfer_the_cache_catches_up(
         back = await data.client.post(RUN, headers=data_admin)
         assert back.status_code == 200, back.text
         assert back.json()["pending"] == 0
-        assert await data_db.fetchval("SELECT count(*) FROM cache_invalidations") == 0
+        assert await flow_db.fetchval("SELECT count(*) FROM cache_invalidations") == 0
         assert (await balance(data.client, sender))["balance_micros"] == 600
 
 
@@ -291,13 +305,15 @@ async def test_redis_cut_during_transfer_the_cache_catches_up(
 @pytest.mark.L3
 async def test_postgres_down_nothing_is_written_and_the_cache_stays_true(
     clean_platform: Platform,
+    flow_database: str,
     make_data_user: MakeUser,
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
 ) -> None:
-    sender, receiver = await funded(make_data_user, data_db)
+    sender, receiver = await funded(make_data_user, flow_db)
     async with proxied_data(
         clean_platform,
         instance=23,
+        APEX_DATABASE_URL=flow_database,
         via="postgres",
         APEX_OUTBOX_RELAY="off",
         APEX_DB_CONNECT_DEADLINE="1",
@@ -311,6 +327,6 @@ async def test_postgres_down_nothing_is_written_and_the_cache_stays_true(
         assert await balance(data.client, sender) == {
             "tenant_id": sender.tenant_id, "balance_micros": START, "source": "cache"
         }  # fmt: skip
-    assert await state(data_db, sender.tenant_id, receiver) == {
+    assert await state(flow_db, sender.tenant_id, receiver) == {
         "balances": [START, START], "transfers": 0, "outbox": 0
     }  # fmt: skip

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from apex_testkit import Level, Platform, eventually
-from db_tests.stores import ClickHouseReader, blocked_by, ended, write_usage
+from db_tests.stores import ClickHouseReader, FlowInstance, blocked_by, ended, write_usage
 
 SYNC = pytest.mark.bvj(
     segment="enterprise", goal="Analytics and billing see exactly the usage that was committed",
@@ -54,10 +54,10 @@ async def write_records(conn: asyncpg.Connection, count: int) -> list[tuple[str,
 async def test_committed_records_reach_clickhouse_once(
     relay_client: httpx.AsyncClient,
     data_admin: dict[str, str],
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
-    written = await write_records(data_db, 5)
+    written = await write_records(flow_db, 5)
 
     response = await relay_client.post(RUN, headers=data_admin)
     assert response.status_code == 200, response.text
@@ -71,7 +71,7 @@ async def test_committed_records_reach_clickhouse_once(
     assert again.status_code == 200, again.text
     assert again.json()["relayed"] == 0
     assert await clickhouse.events(final=False) == written
-    assert await pending(data_db) == 0
+    assert await pending(flow_db) == 0
 
 
 @SYNC
@@ -80,34 +80,33 @@ async def test_committed_records_reach_clickhouse_once(
 async def test_rolled_back_write_never_reaches_clickhouse(
     relay_client: httpx.AsyncClient,
     data_admin: dict[str, str],
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
     tenant, user = str(uuid.uuid4()), str(uuid.uuid4())
-    kept = await write_usage(data_db, tenant, user, quantity=7)
-    await write_usage(data_db, tenant, user, quantity=9, commit=False)
+    kept = await write_usage(flow_db, tenant, user, quantity=7)
+    await write_usage(flow_db, tenant, user, quantity=9, commit=False)
 
     response = await relay_client.post(RUN, headers=data_admin)
     assert response.status_code == 200, response.text
     assert response.json()["relayed"] == 1
     assert await clickhouse.event_ids() == {kept}
-    assert await data_db.fetchval("SELECT count(*) FROM outbox") == 1
-    assert await data_db.fetchval("SELECT count(*) FROM usage_records") == 1
+    assert await flow_db.fetchval("SELECT count(*) FROM outbox") == 1
+    assert await flow_db.fetchval("SELECT count(*) FROM usage_records") == 1
 
 
 @SYNC
 @pytest.mark.L2
 async def test_two_relays_at_once_send_each_row_once(
-    clean_platform: Platform,
+    flow_instance: FlowInstance,
     data_admin: dict[str, str],
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
-    written = await write_records(data_db, 40)
-    settings = {"APEX_OUTBOX_RELAY": "off", "APEX_OUTBOX_BATCH": "3"}
+    written = await write_records(flow_db, 40)
     async with (
-        clean_platform.client("data", instance=0, **settings) as first,
-        clean_platform.client("data", instance=1, **settings) as second,
+        flow_instance(APEX_OUTBOX_BATCH="3") as first,
+        flow_instance(APEX_OUTBOX_BATCH="3") as second,
     ):
         answers = await asyncio.gather(
             first.post(RUN, headers=data_admin), second.post(RUN, headers=data_admin)
@@ -116,7 +115,7 @@ async def test_two_relays_at_once_send_each_row_once(
     # Rows locked by one relay are skipped by the other: together they sent each row once.
     assert sum(a.json()["relayed"] for a in answers) == 40
     assert await clickhouse.events() == written
-    assert await pending(data_db) == 0
+    assert await pending(flow_db) == 0
 
 
 @COORDINATION
@@ -124,23 +123,27 @@ async def test_two_relays_at_once_send_each_row_once(
 @pytest.mark.L3
 async def test_relay_killed_between_insert_and_ack_counts_once(
     clean_platform: Platform,
+    flow_database: str,
+    flow_instance: FlowInstance,
     data_admin: dict[str, str],
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
-    written = await write_records(data_db, 6)
+    written = await write_records(flow_db, 6)
     ids = {record for record, _, _ in written}
     async with (
-        clean_platform.start("data", APEX_OUTBOX_RELAY="off") as service,
+        clean_platform.start(
+            "data", APEX_OUTBOX_RELAY="off", APEX_DATABASE_URL=flow_database
+        ) as service,
         httpx.AsyncClient(base_url=service.url, timeout=30) as client,
     ):
-        async with data_db.transaction():
+        async with flow_db.transaction():
             # SHARE lets the relay lock its rows (FOR UPDATE) but not update them: it
             # inserts into ClickHouse, then waits to ack.
-            await data_db.execute("LOCK TABLE outbox IN SHARE MODE")
+            await flow_db.execute("LOCK TABLE outbox IN SHARE MODE")
             run = asyncio.create_task(client.post(RUN, headers=data_admin))
             waiting = await eventually(
-                lambda: blocked_by(data_db), timeout=30, message="relay at its ack"
+                lambda: blocked_by(flow_db), timeout=30, message="relay at its ack"
             )
             assert await clickhouse.event_ids() == ids
             # The crash: between the ClickHouse insert and the outbox ack.
@@ -148,7 +151,7 @@ async def test_relay_killed_between_insert_and_ack_counts_once(
                 await service.kill()
             else:
                 for pid in waiting:
-                    await data_db.fetchval("SELECT pg_terminate_backend($1)", pid)
+                    await flow_db.fetchval("SELECT pg_terminate_backend($1)", pid)
                 answer = await run
                 assert answer.status_code == 503, answer.text
                 assert answer.json()["error"] == "relay_failed"
@@ -157,49 +160,52 @@ async def test_relay_killed_between_insert_and_ack_counts_once(
                 await run
         # The crashed relay's backends end once PostgreSQL sees their client gone.
         await eventually(
-            lambda: ended(data_db, waiting), timeout=30, message="the relay's backends ended"
+            lambda: ended(flow_db, waiting), timeout=30, message="the relay's backends ended"
         )
-        assert await pending(data_db) == 6
+        assert await pending(flow_db) == 6
 
-    async with clean_platform.client("data", APEX_OUTBOX_RELAY="off") as client:
+    async with flow_instance() as client:
         response = await client.post(RUN, headers=data_admin)
     assert response.status_code == 200, response.text
     # Sent again, as promised (at least once) ...
     assert response.json()["relayed"] == 6
     # ... and still counted once.
     assert await clickhouse.events() == written
-    assert await pending(data_db) == 0
+    assert await pending(flow_db) == 0
 
 
 @COORDINATION
 @pytest.mark.L3
 async def test_clickhouse_cut_mid_relay_leaves_rows_pending_then_sends_them_once(
     clean_platform: Platform,
+    flow_database: str,
     data_admin: dict[str, str],
-    data_db: asyncpg.Connection,
+    flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
-    settings: dict[str, Any] = {"APEX_OUTBOX_RELAY": "off", "APEX_OUTBOX_BATCH": "2"}
-    process = clean_platform.instance("data", 2, via_proxy=("clickhouse",), **settings)
-    proxy = clean_platform.proxy("data", 2, "clickhouse")
-    first = await write_records(data_db, 2)
+    settings: dict[str, Any] = {
+        "APEX_OUTBOX_RELAY": "off", "APEX_OUTBOX_BATCH": "2", "APEX_DATABASE_URL": flow_database
+    }  # fmt: skip
+    process = clean_platform.instance("data", 20, via_proxy=("clickhouse",), **settings)
+    proxy = clean_platform.proxy("data", 20, "clickhouse")
+    first = await write_records(flow_db, 2)
     async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
         warm = await client.post(RUN, headers=data_admin)
         assert warm.status_code == 200, warm.text
-        written = sorted(first + await write_records(data_db, 5))
+        written = sorted(first + await write_records(flow_db, 5))
 
         proxy.down()
         cut = await client.post(RUN, headers=data_admin)
         assert cut.status_code == 503, cut.text
         assert cut.json()["error"] == "relay_failed"
-        assert await pending(data_db) == 5
+        assert await pending(flow_db) == 5
 
         proxy.up()
         back = await client.post(RUN, headers=data_admin)
     assert back.status_code == 200, back.text
     assert back.json()["relayed"] == 5
     assert await clickhouse.events() == written
-    assert await pending(data_db) == 0
+    assert await pending(flow_db) == 0
 
 
 @SYNC

@@ -2,9 +2,10 @@
 
 No database enforces a key that lives in the other one, so this module does. A ClickHouse
 usage event refers to a PostgreSQL usage record (same id) and to its user: an event
-whose record or user is gone from PostgreSQL is an *orphan*. A record whose outbox row
-was relayed but which has no event in ClickHouse is *missing* (a record whose outbox row
-is still pending is relay lag, not an inconsistency). Repair deletes the orphans from
+whose record or user is gone from PostgreSQL is an *orphan*. A record of a user who
+still exists, whose outbox row was relayed but which has no event in ClickHouse, is
+*missing* (a record whose outbox row is still pending is relay lag, not an
+inconsistency). Repair deletes the orphans from
 ClickHouse (a mutation, waited for) and re-enqueues the missing records, which the relay
 then copies like any other. The records are read across tenants, in
 :func:`apex.data.tenancy.audit_transaction` (the read-only role ``apex_auditor``, which
@@ -20,7 +21,7 @@ import uuid
 from typing import Any, Final
 
 from apex.data.clickhouse import ClickHouse, ClickHouseError
-from apex.data.outbox import USAGE_TOPIC, Connect, enqueue
+from apex.data.outbox import USAGE_TOPIC, Connect, enqueue, ensure_clickhouse_schema
 from apex.data.tenancy import audit_transaction
 
 __all__ = ["ReferenceReport", "RepairResult", "check", "repair"]
@@ -63,29 +64,38 @@ class RepairResult:
 
 async def check(connect: Connect, clickhouse: ClickHouse) -> ReferenceReport:
     """Compare the usage events in ClickHouse with the records and users in PostgreSQL."""
+    await ensure_clickhouse_schema(clickhouse)  # nothing relayed yet: no events at all
     events = await clickhouse.execute("SELECT id, user_id FROM usage_events FINAL")
     event_users = {str(row[0]): str(row[1]) for row in events}
     async with connect() as conn:
         async with audit_transaction(conn):
-            records = await conn.fetch("SELECT id::text AS id FROM usage_records")
+            records = await conn.fetch(
+                "SELECT id::text AS id, user_id::text AS user_id FROM usage_records"
+            )
+            record_users = {row["id"]: row["user_id"] for row in records}
             users = await conn.fetch(
                 "SELECT id::text AS id FROM users WHERE id = ANY($1::uuid[])",
-                sorted(set(event_users.values())),
+                sorted(set(event_users.values()) | set(record_users.values())),
             )
         relayed = await conn.fetch(
             "SELECT payload->>'id' AS id FROM outbox WHERE topic = $1 AND relayed_at IS NOT NULL",
             USAGE_TOPIC,
         )
-    record_ids = {row["id"] for row in records}
     user_ids = {row["id"] for row in users}
     orphans = sorted(
         event
         for event, user in event_users.items()
-        if event not in record_ids or user not in user_ids
+        if event not in record_users or user not in user_ids
     )
+    # A record of a user who is gone is not expected in ClickHouse (its event would be an
+    # orphan), so it is not missing either.
     relayed_ids = {row["id"] for row in relayed}
-    missing = sorted(record_ids & relayed_ids - event_users.keys())
-    return ReferenceReport(orphans, missing, len(event_users), len(record_ids))
+    missing = sorted(
+        record
+        for record, user in record_users.items()
+        if record in relayed_ids and record not in event_users and user in user_ids
+    )
+    return ReferenceReport(orphans, missing, len(event_users), len(record_users))
 
 
 async def repair(connect: Connect, clickhouse: ClickHouse) -> RepairResult:
@@ -110,8 +120,12 @@ async def repair(connect: Connect, clickhouse: ClickHouse) -> RepairResult:
 async def _delete_events(clickhouse: ClickHouse, ids: list[str]) -> None:
     """``ALTER TABLE ... DELETE`` (a mutation: 18.16 has them, applied in the background),
     then wait until no mutation of the table is left undone."""
-    values = [uuid.UUID(value) for value in ids]
-    await clickhouse.execute("ALTER TABLE usage_events DELETE WHERE id IN %(ids)s", {"ids": values})
+    # has() over strings: 18.16 converts neither an array nor string literals to UUIDs
+    # inside IN, and toString(UUID) reads the same everywhere.
+    values = [str(uuid.UUID(value)) for value in ids]
+    await clickhouse.execute(
+        "ALTER TABLE usage_events DELETE WHERE has(%(ids)s, toString(id))", {"ids": values}
+    )
     deadline = time.monotonic() + MUTATION_DEADLINE
     while time.monotonic() < deadline:
         left = await clickhouse.execute(
