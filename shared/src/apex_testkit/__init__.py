@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "rsa_key": "apex_testkit._keys",
     # servers and faults
     "RedisNamespace": "apex_testkit._provisioning.redis",
+    "PostgresReplica": "apex_testkit._provisioning.postgres_replica",
+    "PostgresPair": "apex_testkit._provisioning.postgres_replica",
     "FaultProxy": "apex_testkit._faults",
     # fakes of third parties
     "FakeIdp": "apex_testkit._fakes.oidc",
@@ -54,6 +56,8 @@ __all__ = [
     "Mail",
     "Mailbox",
     "Platform",
+    "PostgresPair",
+    "PostgresReplica",
     "RedisNamespace",
     "RunningService",
     "ServiceProcess",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from apex_testkit._faults import FaultProxy
     from apex_testkit._keys import rsa_key
     from apex_testkit._level import Level
+    from apex_testkit._provisioning.postgres_replica import PostgresPair, PostgresReplica
     from apex_testkit._provisioning.redis import RedisNamespace
     from apex_testkit._sut.platform import Platform, RunningService
     from apex_testkit._sut.processes import ServiceProcess

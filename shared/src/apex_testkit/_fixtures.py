@@ -14,7 +14,7 @@ import pytest
 
 from apex_testkit._faults import FaultProxy
 from apex_testkit._level import OWN_PLATFORM, Level, require_level
-from apex_testkit._provisioning import postgres, redis
+from apex_testkit._provisioning import postgres, postgres_replica, redis
 from apex_testkit._run import Run
 from apex_testkit._sandboxes import fake_of
 from apex_testkit._settings import RUN, SETTINGS, KitSettings
@@ -65,6 +65,32 @@ def postgres_database(apex_worker: Worker, apex_level: Level) -> str:
     this one would see none of its writes (and pass for the wrong reason)."""
     require_level(apex_level, OWN_PLATFORM, "postgres_database (the platform's database)")
     return apex_worker.postgres_database()
+
+
+@pytest.fixture(scope="session")
+def postgres_replica(
+    apex_worker: Worker, apex_level: Level
+) -> postgres_replica.PostgresReplica:
+    """This worker's database on the run's streaming read replica: `.url` (read-only),
+    `.primary_url` (this worker's postgres_database), `.wait_for_lsn(lsn)`,
+    `.wait_caught_up()`, `.replay_lsn()`, `.lag_bytes()`. Shared by the run's workers, so
+    never promoted nor paused: a test that needs that takes `postgres_pair`. L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "postgres_replica (the platform's replica)")
+    return apex_worker.postgres_replica()
+
+
+@pytest.fixture
+def postgres_pair(
+    apex_worker: Worker, apex_level: Level
+) -> Iterator[postgres_replica.PostgresPair]:
+    """A primary and its streaming replica of this test's own, for failover: `.promote()`,
+    `.stop_primary()`, `.kill_primary()`, `.link` (the FaultProxy replication goes
+    through), `.replica` (LSNs, lag, waits), `.multi_host_url`. Stopped after the test.
+    L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "postgres_pair")
+    pair = apex_worker.postgres_pair()
+    yield pair
+    pair.close()
 
 
 @pytest.fixture

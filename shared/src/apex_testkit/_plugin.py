@@ -17,7 +17,7 @@ import pytest
 from apex_testkit._level import WrongLevel
 from apex_testkit._options import PLUGINS as OPTIONS
 from apex_testkit._options import level, perf, services, target, timeout
-from apex_testkit._provisioning import SERVICES, ServiceUnavailable
+from apex_testkit._provisioning import SERVERS, ServiceUnavailable
 from apex_testkit._provisioning._chain import check_server
 from apex_testkit._run import Run, RunDirError
 from apex_testkit._settings import RUN, SETTINGS, KitSettings
@@ -94,7 +94,7 @@ def pytest_runtest_makereport(
     elif report.failed and "apex_worker" in getattr(item, "fixturenames", ()):
         # Only on failure: the state of the run's server processes, read from /proc.
         run = item.config.stash[RUN]
-        down = [d for d in (check_server(run, s) for s in SERVICES.values()) if d]
+        down = [d for d in (check_server(run, s) for s in SERVERS.values()) if d]
         if down:
             report.longrepr = "\n".join(_once(item.config, "ServerDown", d) for d in down)
     return report

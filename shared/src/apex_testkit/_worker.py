@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from apex_testkit._level import OWN_PLATFORM, Level, require_level
-from apex_testkit._provisioning import SERVICES, Server, clickhouse, obtain, postgres, redis
+from apex_testkit._provisioning import (
+    SERVERS,
+    SERVICES,
+    Server,
+    clickhouse,
+    obtain,
+    postgres,
+    postgres_replica,
+    redis,
+)
 from apex_testkit._provisioning._chain import (
+    RESET_TIMEOUT,
     ServiceUnavailable,
     check_server,
     down_marker,
@@ -48,6 +60,7 @@ class Worker:
         self._migrate = migrate
         self._redis: redis.RedisNamespace | None = None
         self._postgres: str | None = None
+        self._postgres_replica: postgres_replica.PostgresReplica | None = None
         self._clickhouse: str | None = None
         self._fakes: dict[str, FakeClient] = {}
         # (the server it needs, or None for a fake; the reset)
@@ -56,8 +69,12 @@ class Worker:
         self._closers: list[Callable[[], None]] = []
 
     def server(self, service: str) -> Server:
-        """The run's server of `service` (started by whichever process asks first)."""
-        return obtain(self.run, SERVICES[service], self.settings.chain(service))
+        """The run's server of `service` (started by whichever process asks first); a
+        replica or node by the provider of the server it is made from."""
+        if service in SERVICES:
+            return obtain(self.run, SERVICES[service], self.settings.chain(service))
+        made_from = self.server(SERVERS[service].follows)
+        return obtain(self.run, SERVERS[service], (made_from.provider,))
 
     @contextlib.contextmanager
     def guard(self, service: str) -> Iterator[None]:
@@ -82,7 +99,7 @@ class Worker:
 
     def _explain_failure(self, service: str, exc: Exception) -> None:
         """Raise ServerDown when `exc` came from the server dying or freezing."""
-        down = check_server(self.run, SERVICES[service], timed_out=is_timeout(exc))
+        down = check_server(self.run, SERVERS[service], timed_out=is_timeout(exc))
         if down is not None:
             raise down from None
 
@@ -106,6 +123,28 @@ class Worker:
             self._resets.append(("postgres", reset))
             self._closers.append(reset.close)
         return self._postgres
+
+    def postgres_replica(self) -> postgres_replica.PostgresReplica:
+        """This worker's database on the run's read replica (and on the primary). Before
+        each test the replica has replayed the reset: it shows what the primary shows."""
+        if self._postgres_replica is None:
+            dsn = self.postgres_database()
+            with self.guard("postgres-replica"):
+                server = self.server("postgres-replica")
+                replica = postgres_replica.worker_replica(server, dsn)
+                replica.wait_caught_up()
+            self._postgres_replica = replica
+            caught_up = functools.partial(replica.wait_caught_up, timeout=RESET_TIMEOUT)
+            self._resets.append(("postgres-replica", caught_up))
+        return self._postgres_replica
+
+    def postgres_pair(self) -> postgres_replica.PostgresPair:
+        """A primary and replica of the caller's own (the caller closes it), made with the
+        binaries of the run's PostgreSQL."""
+        with self.guard("postgres"):
+            server = self.server("postgres")
+        name = f"pg-pair-w{self.slot}-{secrets.token_hex(3)}"
+        return postgres_replica.start_pair(self.run, server, name)
 
     def clickhouse_database(self) -> str:
         if self._clickhouse is None:

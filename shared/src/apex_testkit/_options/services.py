@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from apex_testkit._masking import mask_secrets
-from apex_testkit._provisioning import SERVICES, parse_services
+from apex_testkit._provisioning import SERVERS, SERVICES, parse_services
 from apex_testkit._provisioning._chain import check_server
 from apex_testkit._settings import RUN
 
@@ -48,12 +48,12 @@ def parse(config: pytest.Config) -> dict[str, tuple[str, ...]]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Which provider supplied each server of the run (the run's owner only)."""
+    """Which provider supplied each server (and replica) of the run (the run's owner only)."""
     run = config.stash.get(RUN, None)
     if run is None or not run.owner:
         return
     lines = []
-    for name, service in SERVICES.items():
+    for name, service in SERVERS.items():
         server = run.read(f"server-{name}")
         if server and "error" not in server:
             version = server["version"] or "version unknown"

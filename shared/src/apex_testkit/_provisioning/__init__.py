@@ -2,11 +2,13 @@
 
 One server per service per run, from the first provider of its chain that works
 (url -> local -> embedded -> docker); a namespace of it per worker; a cheap reset per test.
+Replicas and extra nodes are made from the run's servers, by the provider of each, the
+same way: once per run, by the first process that needs them.
 """
 
 from __future__ import annotations
 
-from apex_testkit._provisioning import clickhouse, postgres, redis
+from apex_testkit._provisioning import clickhouse, postgres, postgres_replica, redis
 from apex_testkit._provisioning._chain import (
     PROVIDERS,
     Server,
@@ -19,9 +21,16 @@ from apex_testkit._provisioning._chain import (
 SERVICES: dict[str, Service] = {
     service.name: service for service in (redis.SERVICE, postgres.SERVICE, clickhouse.SERVICE)
 }
+# Servers made from one of SERVICES (a replica from its primary), by the provider that
+# supplied it: not in --services.
+DERIVED: dict[str, Service] = {service.name: service for service in (postgres_replica.REPLICA,)}
+# Every kind of server a run may have, by name.
+SERVERS: dict[str, Service] = SERVICES | DERIVED
 
 __all__ = [
+    "DERIVED",
     "PROVIDERS",
+    "SERVERS",
     "SERVICES",
     "Server",
     "Service",
@@ -30,5 +39,6 @@ __all__ = [
     "obtain",
     "parse_services",
     "postgres",
+    "postgres_replica",
     "redis",
 ]

@@ -122,6 +122,16 @@ def start_server(
 _REAPABLE: list[subprocess.Popen[bytes]] = []
 
 
+def reap(pid: int) -> None:
+    """Collect the exit status of a server of this process that was stopped before the
+    run's end (a test's own pair of servers), so it leaves no zombie behind."""
+    for process in _REAPABLE:
+        if process.pid == pid:
+            process.wait()
+            _REAPABLE.remove(process)
+            return
+
+
 def _port_clash(log: Path) -> bool:
     text = log.read_text(errors="replace") if log.exists() else ""
     return any(

@@ -93,6 +93,9 @@ class Service:
     fixes: Mapping[str, str]
     providers: Mapping[str, Launcher]
     problem: Probe
+    # For a server made from another of the run's (a replica from its primary): the name
+    # of that one, whose provider is this one's chain (not --services).
+    follows: str = ""
 
 
 def parse_services(spec: str) -> dict[str, tuple[str, ...]]:
@@ -184,7 +187,9 @@ def _explain(
     if fixes:
         first, *others = (fix.removeprefix("Fix: ") for fix in fixes)
         lines += [f"Fix: {first}", *(f"  or {fix}" for fix in others)]
-    if chain != PROVIDERS:
+    if service.follows:
+        lines.append(f"(the provider of the run's {service.follows} server: {'|'.join(chain)})")
+    elif chain != PROVIDERS:
         lines.append(f"(chain restricted to {'|'.join(chain)} by --services/APEX_TEST_SERVICES)")
     return "\n".join(lines), brief
 

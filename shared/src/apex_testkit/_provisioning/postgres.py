@@ -20,7 +20,7 @@ import asyncpg
 from apex_testkit import _loop
 from apex_testkit._processes import RunAs
 from apex_testkit._provisioning import _docker
-from apex_testkit._provisioning._binaries import start_server, version_of
+from apex_testkit._provisioning._binaries import Started, start_server, version_of
 from apex_testkit._provisioning._chain import (
     CONNECT_TIMEOUT,
     RESET_TIMEOUT,
@@ -162,38 +162,64 @@ def _copy_cluster(template: Path, data: Path) -> None:
         ) from None
 
 
-def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
+def server_account() -> RunAs | None:
+    """The account PostgreSQL runs as: None (this process's) unless root (then `postgres`)."""
     try:
-        run_as = RunAs.for_server("PostgreSQL", "postgres")
+        return RunAs.for_server("PostgreSQL", "postgres")
     except RuntimeError as exc:
         raise Failed(str(exc)) from None
-    # As root the server runs as `postgres`: its files go where that account can reach.
-    folder = run.server_dir("postgres", run_as)
+
+
+def start_cluster(
+    run: Run,
+    name: str,
+    bin_dir: Path,
+    folder: Path,
+    run_as: RunAs | None,
+    settings: tuple[str, ...] = (),
+) -> Started:
+    """Start the server of the cluster in `folder`/data (SERVER_SETTINGS, then `settings`)
+    on an ephemeral port, recorded in the run as `name`; its log is `folder`/server.log."""
     data = folder / "data"
-    _copy_cluster(_cluster_template(bin_dir, run_as), data)
-    if run_as:
-        run_as.own(folder)
 
     def argv(port: int) -> list[str]:
-        settings = [arg for setting in SERVER_SETTINGS for arg in ("-c", setting)]
-        return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *settings]
+        pairs = [arg for setting in (*SERVER_SETTINGS, *settings) for arg in ("-c", setting)]
+        return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *pairs]
 
-    log = folder / "server.log"
-    started = start_server(
+    return start_server(
         run,
-        "postgres",
+        name,
         argv,
         lambda port: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres"),
-        log=log,
+        log=folder / "server.log",
         run_as=run_as,
         cwd=folder,
         grace=10.0,
         # SIGTERM is a "smart" shutdown that waits for every client to leave.
         stop_signal=signal.SIGINT,
     )
+
+
+def new_cluster(run: Run, name: str, bin_dir: Path, run_as: RunAs | None) -> Path:
+    """A folder of the run for server `name` holding a fresh cluster (`data`), copied from
+    the cached initdb, owned by the account the server runs as."""
+    folder = run.server_dir(name, run_as)
+    _copy_cluster(_cluster_template(bin_dir, run_as), folder / "data")
+    if run_as:
+        run_as.own(folder)
+    return folder
+
+
+def _start_local(run: Run, bin_dir: Path, provider: str) -> Server:
+    # As root the server runs as `postgres`: its files go where that account can reach.
+    run_as = server_account()
+    folder = new_cluster(run, "postgres", bin_dir, run_as)
+    started = start_cluster(run, "postgres", bin_dir, folder, run_as)
     version = version_of([str(bin_dir / "postgres"), "--version"])
     url = f"postgresql://postgres@127.0.0.1:{started.port}/postgres"
-    return Server("postgres", provider, url, version, extra=started.extra())
+    # bin_dir: where a replica of it finds pg_basebackup of the same version.
+    extra = started.extra() | {"bin_dir": str(bin_dir)}
+    return Server("postgres", provider, url, version, extra=extra)
 
 
 def _local(run: Run) -> Server:
@@ -384,10 +410,14 @@ def _drop_recorded(record: dict[str, Any]) -> None:
 register_cleaner("pg_database", _drop_recorded)
 
 __all__ = [
+    "SERVER_SETTINGS",
     "SERVICE",
     "DatabaseReset",
     "create_database",
     "drop_database",
+    "new_cluster",
+    "server_account",
+    "start_cluster",
     "template_database",
     "with_database",
     "worker_database",
