@@ -1,10 +1,9 @@
 """PostgreSQL replicas: the run's read replica follows its primary; a test's own pair can
 have its replication paused (lag measured) and its replica promoted; nothing of either
-outlives the run; a replica no provider can make is one clear error."""
+a replica no provider can make is one clear error. (Their lifetime: test_replica_lifetime.)"""
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
@@ -16,9 +15,6 @@ from apex_testkit import PostgresPair, PostgresReplica, _loop
 from apex_testkit._provisioning import postgres_replica
 from apex_testkit._provisioning._chain import ServiceUnavailable, obtain
 from apex_testkit._run import Run
-from apex_testkit._waiting import wait_for
-
-from test_isolation import _run_dir_gone, _server_down  # isort: skip
 
 
 async def _execute(dsn: str, *statements: str) -> None:
@@ -60,6 +56,7 @@ def postgres_replica_lsn(lsn: str) -> int:
 
 def test_the_replica_shows_the_reset(apex_worker, postgres_replica: PostgresReplica) -> None:
     """Before each test the replica has replayed the reset of this worker's database."""
+    apex_worker.reset()  # what the tests before this one wrote (no clean_platform here)
     _loop.run(
         _execute(
             postgres_replica.primary_url,
@@ -90,7 +87,9 @@ def test_a_cut_link_makes_lag_measurable(postgres_pair: PostgresPair) -> None:
 
 def test_promotion_makes_the_replica_writable(postgres_pair: PostgresPair) -> None:
     replica = postgres_pair.replica
-    _loop.run(_execute(postgres_pair.primary_url, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)"))
+    _loop.run(
+        _execute(postgres_pair.primary_url, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+    )
     replica.wait_caught_up()
     postgres_pair.kill_primary()
     postgres_pair.promote()
@@ -109,10 +108,14 @@ async def _writable_port(dsn: str) -> int:
 
 def test_a_multi_host_url_finds_the_new_primary(postgres_pair: PostgresPair) -> None:
     url = postgres_pair.multi_host_url
-    assert _loop.run(_writable_port(url)) == int(postgres_pair.primary_url.split(":")[2].split("/")[0])
+    assert _loop.run(_writable_port(url)) == int(
+        postgres_pair.primary_url.split(":")[2].split("/")[0]
+    )
     postgres_pair.stop_primary()
     postgres_pair.promote()
-    assert _loop.run(_writable_port(url)) == int(postgres_pair.replica.url.split(":")[2].split("/")[0])
+    assert _loop.run(_writable_port(url)) == int(
+        postgres_pair.replica.url.split(":")[2].split("/")[0]
+    )
 
 
 # --- clear errors ------------------------------------------------------------------------
@@ -135,7 +138,9 @@ def test_no_replica_names_the_provider_and_the_fix(binary: str) -> None:
         bin_dir.mkdir()
         if binary == "failing":
             script = bin_dir / "pg_basebackup"
-            script.write_text("#!/bin/sh\necho 'pg_basebackup: error: no replication here' >&2\nexit 1\n")
+            script.write_text(
+                "#!/bin/sh\necho 'pg_basebackup: error: no replication here' >&2\nexit 1\n"
+            )
             script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         _fake_primary(run, bin_dir)
         with pytest.raises(ServiceUnavailable) as caught:
@@ -151,56 +156,6 @@ def test_no_replica_names_the_provider_and_the_fix(binary: str) -> None:
     else:
         assert "exited with code 1: pg_basebackup: error: no replication here" in message
         assert "Fix: let the primary take replication connections" in message
-
-
-USES_REPLICA = """
-import json, os, pytest
-from pathlib import Path
-from apex_testkit._waiting import wait_for
-
-bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
-
-@pytest.mark.L2
-@bvj
-def test_replica(postgres_replica, postgres_pair, apex_run):
-    out = Path(os.environ["OUT_DIR"])
-    seen = {"run": str(apex_run.path), "replica": postgres_replica.url,
-            "pair": [postgres_pair.primary_url, postgres_pair.replica.url]}
-    (out / "seen.json").write_text(json.dumps(seen))
-    if os.environ.get("HOLD"):
-        wait_for(lambda: (out / "release").exists(), timeout=120)
-"""
-
-
-def _all_down(seen: dict[str, object]) -> bool:
-    urls = [str(seen["replica"]), *map(str, seen["pair"])]  # type: ignore[call-overload]
-    return all(_server_down(url) for url in urls)
-
-
-def test_replicas_stop_with_the_run(test_package, inner_pytest, tmp_path: Path) -> None:
-    project = test_package("test_r.py", USES_REPLICA)
-    out = tmp_path / "out"
-    out.mkdir()
-    code, text = finish(inner_pytest(str(project), env=inner_env(OUT_DIR=str(out))))
-    assert code == 0, text
-    assert "postgres-replica: local postgresql://postgres@127.0.0.1:" in text, text
-    seen = json.loads((out / "seen.json").read_text())
-    assert _run_dir_gone(seen)
-    assert _all_down(seen)
-
-
-def test_kill_9_of_a_run_leaves_no_replica(test_package, inner_pytest, tmp_path: Path) -> None:
-    project = test_package("test_r.py", USES_REPLICA)
-    out = tmp_path / "out"
-    out.mkdir()
-    run = inner_pytest(str(project), env=inner_env(OUT_DIR=str(out), HOLD="1"))
-    wait_for(lambda: (out / "seen.json").exists(), timeout=60, message="run up")
-    seen = json.loads((out / "seen.json").read_text())
-    assert not _all_down(seen)
-    run.kill()  # SIGKILL: no teardown of any kind runs in the victim
-    run.communicate()
-    wait_for(lambda: _run_dir_gone(seen), timeout=30, message="run dir removed")
-    assert _all_down(seen)
 
 
 USES_REPLICA_ONLY = """
@@ -222,6 +177,8 @@ def test_an_external_primary_needs_an_external_replica(
     code, out = finish(inner_pytest(str(project), env=env))
     assert code == 1, out
     assert "No PostgreSQL replica server for this test run. Providers tried, in order:" in out
-    assert "- url: APEX_TEST_POSTGRES_REPLICA_URL is not set: the run's PostgreSQL is external" in out
+    assert (
+        "- url: APEX_TEST_POSTGRES_REPLICA_URL is not set: the run's PostgreSQL is external" in out
+    )
     assert "Fix: point APEX_TEST_POSTGRES_REPLICA_URL at a running server" in out
     assert "Traceback" not in out

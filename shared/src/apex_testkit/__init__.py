@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "RedisNamespace": "apex_testkit._provisioning.redis",
     "PostgresReplica": "apex_testkit._provisioning.postgres_replica",
     "PostgresPair": "apex_testkit._provisioning.postgres_replica",
+    "RedisReplica": "apex_testkit._provisioning.redis_replica",
+    "RedisPair": "apex_testkit._provisioning.redis_replica",
     "FaultProxy": "apex_testkit._faults",
     # fakes of third parties
     "FakeIdp": "apex_testkit._fakes.oidc",
@@ -59,6 +61,8 @@ __all__ = [
     "PostgresPair",
     "PostgresReplica",
     "RedisNamespace",
+    "RedisPair",
+    "RedisReplica",
     "RunningService",
     "ServiceProcess",
     "__version__",
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
     from apex_testkit._level import Level
     from apex_testkit._provisioning.postgres_replica import PostgresPair, PostgresReplica
     from apex_testkit._provisioning.redis import RedisNamespace
+    from apex_testkit._provisioning.redis_replica import RedisPair, RedisReplica
     from apex_testkit._sut.platform import Platform, RunningService
     from apex_testkit._sut.processes import ServiceProcess
     from apex_testkit._tls import tls_context

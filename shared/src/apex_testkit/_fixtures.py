@@ -14,7 +14,9 @@ import pytest
 
 from apex_testkit._faults import FaultProxy
 from apex_testkit._level import OWN_PLATFORM, Level, require_level
-from apex_testkit._provisioning import postgres, postgres_replica, redis
+from apex_testkit._provisioning import postgres, redis
+from apex_testkit._provisioning.postgres_replica import PostgresPair, PostgresReplica
+from apex_testkit._provisioning.redis_replica import RedisPair, RedisReplica
 from apex_testkit._run import Run
 from apex_testkit._sandboxes import fake_of
 from apex_testkit._settings import RUN, SETTINGS, KitSettings
@@ -59,6 +61,35 @@ def redis_namespace(apex_worker: Worker, apex_level: Level) -> redis.RedisNamesp
 
 
 @pytest.fixture(scope="session")
+def redis_nodes(apex_worker: Worker, apex_level: Level) -> tuple[redis.RedisNamespace, ...]:
+    """This worker's namespace (as redis_namespace) on each of the run's three extra Redis
+    servers, independent of the platform's and of each other. L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "redis_nodes")
+    return apex_worker.redis_nodes()
+
+
+@pytest.fixture(scope="session")
+def redis_replica(apex_worker: Worker, apex_level: Level) -> RedisReplica:
+    """This worker's database on the run's Redis replica (REPLICAOF the platform's Redis):
+    `.url` (read-only), `.primary_url` (redis_namespace's), `.prefix`, `.client()`,
+    `.wait_synced()`, `.lag_bytes()`. Shared by the run's workers, so never promoted nor
+    cut off: a test that needs that takes `redis_pair`. L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "redis_replica (the platform's Redis replica)")
+    return apex_worker.redis_replica()
+
+
+@pytest.fixture
+def redis_pair(apex_worker: Worker, apex_level: Level) -> Iterator[RedisPair]:
+    """A Redis master and its replica of this test's own, for failover: `.promote()`
+    (REPLICAOF NO ONE), `.stop_primary()`, `.kill_primary()`, `.link` (the FaultProxy the
+    replica follows through), `.replica`. Stopped after the test. L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "redis_pair")
+    pair = apex_worker.redis_pair()
+    yield pair
+    pair.close()
+
+
+@pytest.fixture(scope="session")
 def postgres_database(apex_worker: Worker, apex_level: Level) -> str:
     """DSN of this worker's PostgreSQL database, migrated to the platform's newest schema.
     L2/L3 only: at L4 the platform's database is the deployment's, and a test that read
@@ -68,9 +99,7 @@ def postgres_database(apex_worker: Worker, apex_level: Level) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_replica(
-    apex_worker: Worker, apex_level: Level
-) -> postgres_replica.PostgresReplica:
+def postgres_replica(apex_worker: Worker, apex_level: Level) -> PostgresReplica:
     """This worker's database on the run's streaming read replica: `.url` (read-only),
     `.primary_url` (this worker's postgres_database), `.wait_for_lsn(lsn)`,
     `.wait_caught_up()`, `.replay_lsn()`, `.lag_bytes()`. Shared by the run's workers, so
@@ -80,9 +109,7 @@ def postgres_replica(
 
 
 @pytest.fixture
-def postgres_pair(
-    apex_worker: Worker, apex_level: Level
-) -> Iterator[postgres_replica.PostgresPair]:
+def postgres_pair(apex_worker: Worker, apex_level: Level) -> Iterator[PostgresPair]:
     """A primary and its streaming replica of this test's own, for failover: `.promote()`,
     `.stop_primary()`, `.kill_primary()`, `.link` (the FaultProxy replication goes
     through), `.replica` (LSNs, lag, waits), `.multi_host_url`. Stopped after the test.

@@ -19,9 +19,10 @@ from apex_testkit._provisioning import (
     clickhouse,
     obtain,
     postgres,
-    postgres_replica,
     redis,
 )
+from apex_testkit._provisioning import postgres_replica as pg_replicas
+from apex_testkit._provisioning import redis_replica as redis_replicas
 from apex_testkit._provisioning._chain import (
     RESET_TIMEOUT,
     ServiceUnavailable,
@@ -59,8 +60,10 @@ class Worker:
         self.slot = slot
         self._migrate = migrate
         self._redis: redis.RedisNamespace | None = None
+        self._redis_nodes: tuple[redis.RedisNamespace, ...] | None = None
+        self._redis_replica: redis_replicas.RedisReplica | None = None
         self._postgres: str | None = None
-        self._postgres_replica: postgres_replica.PostgresReplica | None = None
+        self._postgres_replica: pg_replicas.PostgresReplica | None = None
         self._clickhouse: str | None = None
         self._fakes: dict[str, FakeClient] = {}
         # (the server it needs, or None for a fake; the reset)
@@ -112,6 +115,41 @@ class Worker:
             self._resets.append(("redis", namespace.reset))
         return self._redis
 
+    def redis_nodes(self) -> tuple[redis.RedisNamespace, ...]:
+        """This worker's namespace on each of the run's extra Redis servers."""
+        if self._redis_nodes is None:
+            namespaces = []
+            for service in redis_replicas.NODE_SERVICES:
+                with self.guard(service.name):
+                    namespace = redis.namespace(self.run, self.server(service.name), self.slot)
+                    namespace.reset()
+                namespaces.append(namespace)
+                self._resets.append((service.name, namespace.reset))
+            self._redis_nodes = tuple(namespaces)
+        return self._redis_nodes
+
+    def redis_replica(self) -> redis_replicas.RedisReplica:
+        """This worker's database on the run's Redis replica (and on its master). Before
+        each test the replica has processed the reset: it shows what the master shows."""
+        if self._redis_replica is None:
+            namespace = self.redis_namespace()
+            with self.guard("redis-replica"):
+                replica = redis_replicas.worker_replica(self.server("redis-replica"), namespace)
+                replica.wait_synced()
+            self._redis_replica = replica
+            synced = functools.partial(replica.wait_synced, timeout=RESET_TIMEOUT)
+            self._resets.append(("redis-replica", synced))
+        return self._redis_replica
+
+    def redis_pair(self) -> redis_replicas.RedisPair:
+        """A Redis master and replica of the caller's own (the caller closes them), from
+        the binary of the run's Redis."""
+        with self.guard("redis"):
+            server = self.server("redis")
+        return redis_replicas.start_pair(
+            self.run, server, f"redis-pair-w{self.slot}-{secrets.token_hex(3)}"
+        )
+
     def postgres_database(self) -> str:
         """DSN of this worker's database: a clone of the run's migrated template."""
         if self._postgres is None:
@@ -124,27 +162,27 @@ class Worker:
             self._closers.append(reset.close)
         return self._postgres
 
-    def postgres_replica(self) -> postgres_replica.PostgresReplica:
+    def postgres_replica(self) -> pg_replicas.PostgresReplica:
         """This worker's database on the run's read replica (and on the primary). Before
         each test the replica has replayed the reset: it shows what the primary shows."""
         if self._postgres_replica is None:
             dsn = self.postgres_database()
             with self.guard("postgres-replica"):
                 server = self.server("postgres-replica")
-                replica = postgres_replica.worker_replica(server, dsn)
+                replica = pg_replicas.worker_replica(server, dsn)
                 replica.wait_caught_up()
             self._postgres_replica = replica
             caught_up = functools.partial(replica.wait_caught_up, timeout=RESET_TIMEOUT)
             self._resets.append(("postgres-replica", caught_up))
         return self._postgres_replica
 
-    def postgres_pair(self) -> postgres_replica.PostgresPair:
+    def postgres_pair(self) -> pg_replicas.PostgresPair:
         """A primary and replica of the caller's own (the caller closes it), made with the
         binaries of the run's PostgreSQL."""
         with self.guard("postgres"):
             server = self.server("postgres")
         name = f"pg-pair-w{self.slot}-{secrets.token_hex(3)}"
-        return postgres_replica.start_pair(self.run, server, name)
+        return pg_replicas.start_pair(self.run, server, name)
 
     def clickhouse_database(self) -> str:
         if self._clickhouse is None:

@@ -8,7 +8,13 @@ same way: once per run, by the first process that needs them.
 
 from __future__ import annotations
 
-from apex_testkit._provisioning import clickhouse, postgres, postgres_replica, redis
+from apex_testkit._provisioning import (
+    clickhouse,
+    postgres,
+    postgres_replica,
+    redis,
+    redis_replica,
+)
 from apex_testkit._provisioning._chain import (
     PROVIDERS,
     Server,
@@ -23,7 +29,10 @@ SERVICES: dict[str, Service] = {
 }
 # Servers made from one of SERVICES (a replica from its primary), by the provider that
 # supplied it: not in --services.
-DERIVED: dict[str, Service] = {service.name: service for service in (postgres_replica.REPLICA,)}
+DERIVED: dict[str, Service] = {
+    service.name: service
+    for service in (postgres_replica.REPLICA, redis_replica.REPLICA, *redis_replica.NODE_SERVICES)
+}
 # Every kind of server a run may have, by name.
 SERVERS: dict[str, Service] = SERVICES | DERIVED
 
@@ -41,4 +50,5 @@ __all__ = [
     "postgres",
     "postgres_replica",
     "redis",
+    "redis_replica",
 ]

@@ -200,6 +200,8 @@ def _fix(service: Service, chain: tuple[str, ...], provider: str, failure: Unava
     if provider == "url":
         if not isinstance(failure, Failed):
             return f"point {service.url_env} at a running server"
+        if failure.fix:
+            return failure.fix
         rest = [p for p in chain if p != "url"]
         fix = f"correct {service.url_env} (what the server said is above)"
         if rest:

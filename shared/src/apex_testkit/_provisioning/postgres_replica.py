@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -27,9 +26,9 @@ import asyncpg
 
 from apex_testkit import _loop
 from apex_testkit._faults import FaultProxy, parse_address
-from apex_testkit._processes import ProcessRef, RunAs
-from apex_testkit._provisioning import postgres
-from apex_testkit._provisioning._binaries import Started, reap, version_of
+from apex_testkit._processes import RunAs
+from apex_testkit._provisioning import _pairs, postgres
+from apex_testkit._provisioning._binaries import Started, version_of
 from apex_testkit._provisioning._chain import (
     CONNECT_TIMEOUT,
     Failed,
@@ -39,6 +38,7 @@ from apex_testkit._provisioning._chain import (
     Unavailable,
     check_external,
 )
+from apex_testkit._provisioning._pairs import Node
 from apex_testkit._run import Run
 from apex_testkit._waiting import DeadlineExceeded
 
@@ -176,7 +176,9 @@ def base_backup(
             cwd=folder,
         )
     except subprocess.TimeoutExpired:
-        raise Failed(f"pg_basebackup of {primary_url} took over {BASE_BACKUP_TIMEOUT:g} s") from None
+        raise Failed(
+            f"pg_basebackup of {primary_url} took over {BASE_BACKUP_TIMEOUT:g} s"
+        ) from None
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip() or "(no output)"
         raise Failed(
@@ -278,14 +280,6 @@ def worker_replica(server: Server, primary_dsn: str) -> PostgresReplica:
 
 
 @dataclass
-class _Node:
-    name: str
-    process: ProcessRef
-    folder: Path
-    stopped: bool = False
-
-
-@dataclass
 class PostgresPair:
     """A primary and its streaming replica of one test's own, for failover: promote the
     replica, stop or kill either server, cut or slow the replication link.
@@ -299,7 +293,7 @@ class PostgresPair:
     replica: PostgresReplica
     link: FaultProxy
     _run: Run = field(repr=False)
-    _nodes: dict[str, _Node] = field(repr=False)
+    _nodes: dict[str, Node] = field(repr=False)
 
     @property
     def multi_host_url(self) -> str:
@@ -331,29 +325,12 @@ class PostgresPair:
         self._stop("replica", signal.SIGKILL)
 
     def _stop(self, role: str, sig: signal.Signals) -> None:
-        node = self._nodes[role]
-        if not node.stopped:
-            node.process.stop(grace=10.0, sig=sig)
-            reap(node.process.pid)
-            node.stopped = True
+        self._nodes[role].stop(sig)
 
     def close(self) -> None:
-        """Stop both servers (immediate shutdown) and the link; remove their files."""
-        _close(self._run, self._nodes, self.link)
-
-
-def _close(run: Run, nodes: dict[str, _Node], link: FaultProxy | None) -> None:
-    if link is not None:
-        link.stop()
-    for node in nodes.values():
-        if not node.stopped:
-            # Nothing of this pair outlives the test: no clean shutdown is needed.
-            node.process.stop(grace=10.0, sig=signal.SIGQUIT)
-            reap(node.process.pid)
-            node.stopped = True
-        run.forget(node.name)
-        shutil.rmtree(node.folder, ignore_errors=True)
-        run.forget(f"dir-{node.name}")
+        """Stop both servers (immediate shutdown: nothing of them outlives the test) and
+        the link; remove their files."""
+        _pairs.close(self._run, self._nodes.values(), self.link, signal.SIGQUIT)
 
 
 def start_pair(run: Run, primary: Server, name: str) -> PostgresPair:
@@ -367,23 +344,21 @@ def start_pair(run: Run, primary: Server, name: str) -> PostgresPair:
             f"({primary.provider}), and a pair is made with its binaries. "
             f"Fix: unset {postgres.SERVICE.url_env}, or --services postgres=local"
         )
-    nodes: dict[str, _Node] = {}
+    nodes: dict[str, Node] = {}
     link: FaultProxy | None = None
     try:
         run_as = postgres.server_account()
         folder = postgres.new_cluster(run, f"{name}-primary", Path(bin_dir), run_as)
         first = postgres.start_cluster(run, f"{name}-primary", Path(bin_dir), folder, run_as)
-        nodes["primary"] = _Node(f"{name}-primary", ProcessRef(first.pid, first.started), folder)
+        nodes["primary"] = Node.of(f"{name}-primary", first, folder)
         primary_url = f"postgresql://postgres@127.0.0.1:{first.port}/postgres"
         link = FaultProxy(primary_url, name=f"{name}-link").start()
         second, folder = start_replica(
             run, f"{name}-replica", Path(bin_dir), primary_url, via=link.address
         )
-        nodes["replica"] = _Node(
-            f"{name}-replica", ProcessRef(second.pid, second.started), folder
-        )
+        nodes["replica"] = Node.of(f"{name}-replica", second, folder)
     except BaseException as exc:
-        _close(run, nodes, link)
+        _pairs.close(run, nodes.values(), link, signal.SIGQUIT)
         if isinstance(exc, Unavailable):
             fix = getattr(exc, "fix", "") or f"Fix: {REPLICA.fixes['local']}"
             raise ServiceUnavailable(f"No PostgreSQL pair for this test: {exc}\n{fix}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -9,7 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from apex_testkit._provisioning import _docker
-from apex_testkit._provisioning._binaries import find_binary, start_server, version_of, wheel_binary
+from apex_testkit._provisioning._binaries import (
+    Started,
+    find_binary,
+    start_server,
+    version_of,
+    wheel_binary,
+)
 from apex_testkit._provisioning._chain import (
     CONNECT_TIMEOUT,
     RESET_TIMEOUT,
@@ -38,28 +45,42 @@ def _answers(url: str) -> bool:
     return _problem(url) is None
 
 
-def _start_binary(run: Run, binary: str, provider: str) -> Server:
-    folder = run.path / "redis"
+def start_redis(
+    run: Run,
+    name: str,
+    binary: str,
+    args: tuple[str, ...] = (),
+    ready: Callable[[str], bool] = _answers,
+) -> Started:
+    """Start `binary` as server `name` of the run (its files in a folder of that name),
+    with `args` after the kit's own, and wait until `ready(url of its database 0)`."""
+    folder = run.path / name
     folder.mkdir(exist_ok=True)
 
     def argv(port: int) -> list[str]:
         return [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--databases", str(DATABASES), "--dir", str(folder),
-            "--protected-mode", "no", "--daemonize", "no",
+            "--protected-mode", "no", "--daemonize", "no", *args,
         ]  # fmt: skip
 
-    started = start_server(
+    return start_server(
         run,
-        "redis-server",
+        name,
         argv,
-        lambda port: _answers(f"redis://127.0.0.1:{port}/0"),
+        lambda port: ready(f"redis://127.0.0.1:{port}/0"),
         log=folder / "server.log",
         grace=5.0,
     )
+
+
+def _start_binary(run: Run, binary: str, provider: str) -> Server:
+    started = start_redis(run, "redis-server", binary)
     url = f"redis://127.0.0.1:{started.port}/0"
     version = version_of([binary, "--version"])
-    return Server("redis", provider, url, version, extra=started.extra())
+    # binary: what the run's replica and extra nodes are started from.
+    extra = started.extra() | {"binary": binary}
+    return Server("redis", provider, url, version, extra=extra)
 
 
 def _local(run: Run) -> Server:
@@ -145,13 +166,14 @@ def namespace(run: Run, server: Server, slot: int) -> RedisNamespace:
     if server.owned:
         if slot + 1 >= DATABASES:
             raise RuntimeError(f"at most {DATABASES - 1} workers share one Redis server")
-        return RedisNamespace(_with_db(server.url, slot + 1), f"w{slot}:", exclusive=True)
+        return RedisNamespace(with_db(server.url, slot + 1), f"w{slot}:", exclusive=True)
     prefix = f"apex-test:{run.name}:w{slot}:"
     run.record(f"redis-prefix-{slot}", "redis_prefix", url=server.url, prefix=prefix)
     return RedisNamespace(server.url, prefix, exclusive=False)
 
 
-def _with_db(url: str, db: int) -> str:
+def with_db(url: str, db: int) -> str:
+    """The same server, logical database `db`."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{db}"))
 

@@ -1,0 +1,67 @@
+"""Redis beyond the run's server: the run's replica follows it, the extra nodes are
+servers of their own, and a test's own pair can have its link cut (lag measured) and its
+replica promoted."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from apex_testkit import RedisNamespace, RedisPair, RedisReplica
+from apex_testkit._faults import parse_address
+
+
+def test_the_replica_follows_a_write(
+    redis_namespace: RedisNamespace, redis_replica: RedisReplica
+) -> None:
+    key = f"{redis_replica.prefix}followed"
+    assert redis_replica.prefix == redis_namespace.prefix
+    redis_namespace.client().set(key, "yes")
+    redis_replica.wait_synced()
+    replica = redis_replica.client()
+    assert replica.get(key) == "yes"
+    with pytest.raises(redis.ReadOnlyError):
+        replica.set(key, "no")
+
+
+def test_the_replica_shows_the_reset(
+    apex_worker, redis_namespace: RedisNamespace, redis_replica: RedisReplica
+) -> None:
+    apex_worker.reset()  # what the tests before this one wrote (no clean_platform here)
+    redis_namespace.client().set(f"{redis_namespace.prefix}k", "v")
+    redis_replica.wait_synced()
+    assert redis_replica.client().dbsize() == 1
+    apex_worker.reset()
+    assert redis_replica.client().dbsize() == 0
+
+
+def test_the_nodes_are_servers_of_their_own(
+    redis_namespace: RedisNamespace, redis_nodes: tuple[RedisNamespace, ...]
+) -> None:
+    addresses = {parse_address(n.url) for n in (redis_namespace, *redis_nodes)}
+    assert len(addresses) == 4
+    first, *others = redis_nodes
+    first.client().set(f"{first.prefix}k", "v")
+    assert [node.client().dbsize() for node in others] == [0, 0]
+    assert redis_namespace.client().dbsize() == 0
+
+
+def test_a_cut_link_makes_lag_measurable_and_promotion_takes_writes(
+    redis_pair: RedisPair,
+) -> None:
+    master = redis.Redis.from_url(redis_pair.primary_url, decode_responses=True)
+    replica = redis_pair.replica
+    master.set("before", "1")
+    replica.wait_synced()
+    assert replica.lag_bytes() == 0
+    redis_pair.link.down()  # the replica's connection is cut
+    master.set("during", "2")
+    assert replica.lag_bytes() > 0
+    assert replica.client().get("during") is None
+    redis_pair.link.up()  # the replica reconnects and catches up
+    replica.wait_synced()
+    assert replica.client().get("during") == "2"
+    redis_pair.kill_primary()
+    redis_pair.promote()
+    replica.client().set("after", "3")
+    assert replica.client().mget("before", "during", "after") == ["1", "2", "3"]

@@ -1,0 +1,94 @@
+"""Replicas, extra nodes and pairs live no longer than they should: a test's own pair
+stops at the end of the test, the run's replicas and nodes at the end of the run, and a
+run killed with SIGKILL leaves none of them running."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+from conftest import finish, inner_env
+
+from apex_testkit._waiting import wait_for
+
+from test_isolation import _run_dir_gone, _server_down  # isort: skip
+
+USES_EVERYTHING = """
+import json, os, pytest
+from pathlib import Path
+import asyncpg, redis
+from apex_testkit import _loop
+from apex_testkit._waiting import wait_for
+
+bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
+OUT = Path(os.environ["OUT_DIR"])
+
+@pytest.mark.L2
+@bvj
+def test_1_everything(postgres_replica, postgres_pair, redis_replica, redis_nodes, redis_pair,
+                      apex_run):
+    seen = {
+        "run": str(apex_run.path),
+        "postgres": [postgres_replica.url, postgres_pair.primary_url, postgres_pair.replica.url],
+        "redis": [redis_replica.url, *(n.url for n in redis_nodes), redis_pair.primary_url,
+                  redis_pair.replica.url],
+        "pairs": [postgres_pair.primary_url, postgres_pair.replica.url,
+                  redis_pair.primary_url, redis_pair.replica.url],
+    }
+    (OUT / "seen.json").write_text(json.dumps(seen))
+
+@pytest.mark.L2
+@bvj
+def test_2_the_pairs_are_gone():
+    for url in json.loads((OUT / "seen.json").read_text())["pairs"]:
+        with pytest.raises((OSError, asyncpg.PostgresError, redis.ConnectionError)):
+            if url.startswith("redis"):
+                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+            else:
+                _loop.run(asyncpg.connect(url, timeout=1))
+    if os.environ.get("HOLD"):
+        wait_for(lambda: (OUT / "release").exists(), timeout=120)
+"""
+
+
+def _redis_down(url: str) -> bool:
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        return True
+    return False
+
+
+def _all_down(seen: dict[str, list[str]]) -> bool:
+    return all(map(_server_down, seen["postgres"])) and all(map(_redis_down, seen["redis"]))
+
+
+def _run(inner_pytest, test_package, tmp_path: Path, **env: str):  # type: ignore[no-untyped-def]
+    project = test_package("test_all.py", USES_EVERYTHING)
+    out = tmp_path / "out"
+    out.mkdir()
+    return out, inner_pytest(str(project), env=inner_env(OUT_DIR=str(out), **env))
+
+
+def test_everything_stops_with_its_test_or_its_run(test_package, inner_pytest, tmp_path: Path):
+    out, run = _run(inner_pytest, test_package, tmp_path)
+    code, text = finish(run)
+    assert code == 0, text
+    assert "2 passed" in text, text
+    for server in ("postgres-replica", "redis-replica", "redis-node-1", "redis-node-3"):
+        assert f"{server}: local " in text, text  # the run's summary names each
+    seen = json.loads((out / "seen.json").read_text())
+    assert _run_dir_gone(seen)
+    assert _all_down(seen)
+
+
+def test_kill_9_of_a_run_leaves_no_replica(test_package, inner_pytest, tmp_path: Path):
+    out, run = _run(inner_pytest, test_package, tmp_path, HOLD="1")
+    wait_for(lambda: (out / "seen.json").exists(), timeout=60, message="run up")
+    seen = json.loads((out / "seen.json").read_text())
+    wait_for(lambda: not _redis_down(seen["redis"][0]), timeout=60, message="replica up")
+    run.kill()  # SIGKILL: no teardown of any kind runs in the victim
+    run.communicate()
+    wait_for(lambda: _run_dir_gone(seen), timeout=30, message="run dir removed")
+    assert _all_down(seen)
