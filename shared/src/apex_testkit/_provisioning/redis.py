@@ -61,7 +61,9 @@ def start_redis(
         return [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--databases", str(DATABASES), "--dir", str(folder),
-            "--protected-mode", "no", "--daemonize", "no", *args,
+            "--protected-mode", "no", "--daemonize", "no",
+            # A replica's first sync starts at once, not after 5 s of waiting for others.
+            "--repl-diskless-sync-delay", "0", *args,
         ]  # fmt: skip
 
     return start_server(
