@@ -9,6 +9,9 @@ import redis
 
 from apex_testkit import RedisNamespace, RedisPair, RedisReplica
 from apex_testkit._faults import parse_address
+from apex_testkit._provisioning import redis_replica as replicas
+from apex_testkit._provisioning._chain import ServiceUnavailable, obtain
+from apex_testkit._run import Run
 
 
 def test_the_replica_follows_a_write(
@@ -65,3 +68,26 @@ def test_a_cut_link_makes_lag_measurable_and_promotion_takes_writes(
     redis_pair.promote()
     replica.client().set("after", "3")
     assert replica.client().mget("before", "during", "after") == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("service", [replicas.REPLICA, replicas.NODE_SERVICES[0]])
+def test_an_external_redis_has_no_servers_of_the_kit_beside_it(service, monkeypatch) -> None:
+    """The run's Redis is external (url): the kit has no binary to start more from."""
+    monkeypatch.setenv(replicas.REPLICA_URL_ENV, "redis://127.0.0.1:9/0")
+    run = Run.create()
+    try:
+        external = {"service": "redis", "provider": "url", "url": "redis://127.0.0.1:9/0"}
+        run.store("server-redis", external)
+        with pytest.raises(ServiceUnavailable) as caught:
+            obtain(run, service, ("url",))
+    finally:
+        run.close()
+    message = str(caught.value)
+    assert message.startswith(f"No {service.title} server for this test run. Providers tried")
+    assert "(the provider of the run's redis server: url)" in message
+    if service is replicas.REPLICA:  # the replica of an external Redis is the user's
+        assert "- url: redis://127.0.0.1:9/0 does not answer PING" in message
+        assert "APEX_TEST_REDIS_REPLICA_URL is set: the kit uses that server or none" in message
+    else:
+        assert "- url: the run's Redis is not the kit's own" in message
+        assert "Fix: --services redis=local" in message

@@ -1,6 +1,6 @@
 """Replicas, extra nodes and pairs live no longer than they should: a test's own pair
 stops at the end of the test, the run's replicas and nodes at the end of the run, and a
-run killed with SIGKILL leaves none of them running."""
+run killed with SIGKILL leaves none of them running. At L4 none of them exists."""
 
 from __future__ import annotations
 
@@ -92,3 +92,31 @@ def test_kill_9_of_a_run_leaves_no_replica(test_package, inner_pytest, tmp_path:
     run.communicate()
     wait_for(lambda: _run_dir_gone(seen), timeout=30, message="run dir removed")
     assert _all_down(seen)
+
+
+AT_L4 = """
+import pytest
+
+bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
+
+@pytest.mark.L4
+@bvj
+@pytest.mark.parametrize(
+    "name", ["postgres_replica", "postgres_pair", "redis_replica", "redis_nodes", "redis_pair"]
+)
+def test_asks_for(name, request):
+    request.getfixturevalue(name)
+"""
+
+
+def test_none_exists_at_l4(test_package, inner_pytest, tmp_path: Path):
+    project = test_package("test_l4.py", AT_L4)
+    target = tmp_path / "target.toml"
+    target.write_text('[services.auth]\nurl = "http://127.0.0.1:9"\n')
+    code, text = finish(inner_pytest(str(project), "--level", "L4", "--target", str(target)))
+    assert code == 1, text
+    assert "5 failed" in text, text
+    for name in ("postgres_replica", "postgres_pair", "redis_replica", "redis_nodes", "redis_pair"):
+        assert f"WrongLevel: {name}" in text, text
+    assert "exists at L2/L3 only, and this run is L4: mark the test for L2/L3 only" in text
+    assert "apex-testkit servers" not in text, "nothing was started"
