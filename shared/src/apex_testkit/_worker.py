@@ -172,8 +172,9 @@ class Worker:
                 replica = pg_replicas.worker_replica(server, dsn)
                 replica.wait_caught_up()
             self._postgres_replica = replica
-            caught_up = functools.partial(replica.wait_caught_up, timeout=RESET_TIMEOUT)
+            caught_up = pg_replicas.CaughtUp(replica)
             self._resets.append(("postgres-replica", caught_up))
+            self._closers.append(caught_up.close)
         return self._postgres_replica
 
     def postgres_pair(self) -> pg_replicas.PostgresPair:
