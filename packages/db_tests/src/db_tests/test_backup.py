@@ -11,7 +11,9 @@ damaged archive is refused with the tool's error and leaves the target as it was
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -24,6 +26,24 @@ BACKUP = pytest.mark.bvj(
     mrr=8000, scenario="001#62",
 )  # fmt: skip
 pytestmark = [BACKUP, pytest.mark.L3]
+
+
+@pytest.fixture
+async def restore_target(flow_database: str) -> AsyncIterator[str]:
+    """DSN of a second, empty database on the same server (dropped after the test):
+    where the backup of `flow_database` (the test's own, which no relay touches) goes."""
+    name = f"restore_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(flow_database)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield urlunsplit(urlsplit(flow_database)._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(flow_database)
+    try:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 async def rows_of(dsn: str, table: str) -> list[tuple[object, ...]]:
@@ -61,23 +81,23 @@ async def fill(dsn: str) -> None:
 
 
 async def test_restore_is_equal_row_for_row(
-    postgres_database: str, empty_database: str, tmp_path: Path, data_db: asyncpg.Connection
+    flow_database: str, restore_target: str, tmp_path: Path
 ) -> None:
-    await fill(postgres_database)
-    archive = await dump(postgres_database, tmp_path / "apex.dump")
+    await fill(flow_database)
+    archive = await dump(flow_database, tmp_path / "apex.dump")
     assert archive.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
 
-    await restore(archive, empty_database)
+    await restore(archive, restore_target)
 
-    tables = {c.table: c for c in await compare(postgres_database, empty_database)}
+    tables = {c.table: c for c in await compare(flow_database, restore_target)}
     assert all(c.equal for c in tables.values()), [c for c in tables.values() if not c.equal]
     for table in ("usage_records", "outbox", "tenant_credits", "credit_transfers", "usage_daily"):
-        source = await rows_of(postgres_database, table)
+        source = await rows_of(flow_database, table)
         assert source, f"{table} has rows to compare"
-        assert await rows_of(empty_database, table) == source
+        assert await rows_of(restore_target, table) == source
     assert tables["usage_records"].source_rows == 30
     # Row-level security came back too: without a tenant the service's role sees nothing.
-    restored = await asyncpg.connect(empty_database)
+    restored = await asyncpg.connect(restore_target)
     try:
         async with restored.transaction():
             await restored.execute("SET LOCAL ROLE apex_data")
@@ -87,33 +107,33 @@ async def test_restore_is_equal_row_for_row(
 
 
 async def test_compare_notices_a_difference(
-    postgres_database: str, empty_database: str, tmp_path: Path, data_db: asyncpg.Connection
+    flow_database: str, restore_target: str, tmp_path: Path
 ) -> None:
-    await fill(postgres_database)
-    await restore(await dump(postgres_database, tmp_path / "apex.dump"), empty_database)
-    restored = await asyncpg.connect(empty_database)
+    await fill(flow_database)
+    await restore(await dump(flow_database, tmp_path / "apex.dump"), restore_target)
+    restored = await asyncpg.connect(restore_target)
     try:
         await restored.execute("UPDATE tenant_credits SET balance_micros = balance_micros + 1")
     finally:
         await restored.close()
 
-    unequal = [c.table for c in await compare(postgres_database, empty_database) if not c.equal]
+    unequal = [c.table for c in await compare(flow_database, restore_target) if not c.equal]
     assert unequal == ["tenant_credits"]
 
 
 async def test_a_damaged_archive_is_refused_and_changes_nothing(
-    postgres_database: str, empty_database: str, tmp_path: Path, data_db: asyncpg.Connection
+    flow_database: str, restore_target: str, tmp_path: Path
 ) -> None:
-    await fill(postgres_database)
-    archive = await dump(postgres_database, tmp_path / "apex.dump")
+    await fill(flow_database)
+    archive = await dump(flow_database, tmp_path / "apex.dump")
     content = archive.read_bytes()
     damaged = tmp_path / "damaged.dump"
     damaged.write_bytes(content[: len(content) // 2])
 
     with pytest.raises(BackupError, match="pg_restore exited with status"):
-        await restore(damaged, empty_database)
+        await restore(damaged, restore_target)
     # One transaction: the empty database is still empty.
-    conn = await asyncpg.connect(empty_database)
+    conn = await asyncpg.connect(restore_target)
     try:
         assert await conn.fetchval("SELECT to_regclass('usage_records')") is None
     finally:
