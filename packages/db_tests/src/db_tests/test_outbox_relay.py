@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from apex_testkit import Level, Platform, eventually
+from db_tests.state import metrics, sample
 from db_tests.stores import ClickHouseReader, FlowInstance, blocked_by, ended, write_usage
 
 SYNC = pytest.mark.bvj(
@@ -54,6 +55,7 @@ async def write_records(conn: asyncpg.Connection, count: int) -> list[tuple[str,
 async def test_committed_records_reach_clickhouse_once(
     relay_client: httpx.AsyncClient,
     data_admin: dict[str, str],
+    admin_token: str,
     flow_db: asyncpg.Connection,
     clickhouse: ClickHouseReader,
 ) -> None:
@@ -72,6 +74,10 @@ async def test_committed_records_reach_clickhouse_once(
     assert again.json()["relayed"] == 0
     assert await clickhouse.events(final=False) == written
     assert await pending(flow_db) == 0
+    # The lag metric and the relayed rows, as Prometheus sees them.
+    samples = await metrics(relay_client, admin_token)
+    assert sample(samples, "apex_data_relay_rows_total") == 5
+    assert sample(samples, "apex_data_outbox_pending") == 0
 
 
 @SYNC
