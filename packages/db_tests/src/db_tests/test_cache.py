@@ -29,6 +29,7 @@ from redis import Redis
 from apex.data.cache import SCHEMA_VERSION, Cache, rendezvous_node
 from apex_testkit import RedisNamespace, eventually
 from db_tests.client import BILLING_READ, BILLING_WRITE, MakeUser
+from db_tests.faults import proxied_data
 from db_tests.stores import FlowInstance
 
 COHERENCY = pytest.mark.bvj(
@@ -368,3 +369,57 @@ async def test_a_write_through_one_instance_invalidates_another_on_every_node(
     assert [(b["balance_micros"], b["source"]) for b in balances] == [
         (500, "primary"), (500, "primary")
     ]  # fmt: skip
+
+
+@CACHE
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_one_recompute_and_a_high_hit_rate_under_load(
+    flow_instance: FlowInstance,
+    make_data_user: MakeUser,
+    flow_db: Any,
+    data_admin: dict[str, str],
+) -> None:
+    user = await make_data_user(permissions=(BILLING_READ,))
+    await flow_db.execute(
+        "INSERT INTO tenant_credits (tenant_id, balance_micros) VALUES ($1::uuid, 42)",
+        user.tenant_id,
+    )
+    async with flow_instance() as client:
+        answers = await asyncio.gather(
+            *(client.get("/v1/credits", headers=user.headers) for _ in range(40))
+        )
+        assert [a.status_code for a in answers] == [200] * 40
+        assert {a.json()["balance_micros"] for a in answers} == {42}
+        # One request computed from PostgreSQL; the others waited for its entry.
+        assert await cache_counts(client, data_admin) == {"hit": 39.0, "miss": 1.0}
+
+
+@CACHE
+@pytest.mark.L3
+async def test_a_cache_node_cut_means_misses_not_errors(
+    clean_platform: Any,
+    flow_database: str,
+    make_data_user: MakeUser,
+    flow_db: Any,
+    data_admin: dict[str, str],
+) -> None:
+    user = await make_data_user(permissions=(BILLING_READ,))
+    await flow_db.execute(
+        "INSERT INTO tenant_credits (tenant_id, balance_micros) VALUES ($1::uuid, 7)",
+        user.tenant_id,
+    )
+    async with proxied_data(
+        clean_platform, instance=24, via="redis", APEX_DATABASE_URL=flow_database,
+        APEX_OUTBOX_RELAY="off",
+    ) as data:  # fmt: skip
+        await data.client.get("/v1/credits", headers=user.headers)
+        data.proxy.reset_peers()  # every connection to Redis cut mid-stream
+        data.proxy.down()
+        cut = [await data.client.get("/v1/credits", headers=user.headers) for _ in range(3)]
+        assert [(r.status_code, r.json()["source"]) for r in cut] == [(200, "primary")] * 3
+        assert {r.json()["balance_micros"] for r in cut} == {7}
+        data.proxy.up()
+        back = await data.client.get("/v1/credits", headers=user.headers)
+        assert (back.status_code, back.json()["source"]) == (200, "cache")
+        assert await cache_counts(data.client, data_admin) == {"hit": 1.0, "miss": 4.0}
