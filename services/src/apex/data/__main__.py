@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, dsn: str, lock_timeout: float | None = None) -> None:
+async def _run(args: argparse.Namespace, dsn: str, lock_timeout: float) -> None:
     if args.command == "migrate":
         versions = await migrate(dsn, args.to, lock_timeout=lock_timeout)
         print(
@@ -77,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(arguments)
     try:
         dsn = Settings.from_env().require("database_url", service="python -m apex.data")
-        # -- data-flow: how long migration DDL may wait for a lock held by traffic --------
         lock_timeout = Env(os.environ).number("APEX_MIGRATION_LOCK_TIMEOUT", 5.0, unit="seconds")
     except ConfigError as exc:
         print(f"apex.data: configuration error: {exc}", file=sys.stderr)

@@ -8,10 +8,9 @@ something to paper over.
 
 Each version is applied (or reverted) in its own transaction holding an advisory
 lock, so two processes migrating the same database at once apply each version
-exactly once. With a ``lock_timeout`` (APEX_MIGRATION_LOCK_TIMEOUT for the CLI) the
-DDL of a version waits at most that long for a lock that traffic holds (a long read of
-the table it alters), then fails with :class:`MigrationLockTimeout`, applying nothing of
-that version, instead of queueing every later query of that table behind itself.
+exactly once. With a ``lock_timeout`` (``APEX_MIGRATION_LOCK_TIMEOUT`` for the CLI) a
+migration that waits longer than that for a table lock held by traffic fails with a
+clear error, instead of queueing every later query of that table behind it.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import asyncpg
 __all__ = [
     "Migration",
     "MigrationError",
-    "MigrationLockTimeout",
     "load_migrations",
     "migrate",
     "parse_migration",
@@ -57,10 +55,6 @@ CREATE TABLE IF NOT EXISTS apex_schema_migrations (
 
 class MigrationError(RuntimeError):
     """A migration file is malformed, changed after being applied, or cannot be run."""
-
-
-class MigrationLockTimeout(MigrationError):
-    """A version's DDL waited longer than the lock timeout; nothing of it was applied."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +141,7 @@ async def migrate(
     migrations: Sequence[Migration] | None = None,
     lock_timeout: float | None = None,
 ) -> list[int]:
-    """Apply pending migrations up to ``target`` (default: newest); return the versions applied.
-
-    ``lock_timeout``: seconds the DDL of one version may wait for a lock (None: forever)."""
+    """Apply pending migrations up to ``target`` (default: newest); return the versions applied."""
     known = list(load_migrations() if migrations is None else migrations)
     head = known[-1].version if known else 0
     if target is None:
@@ -195,9 +187,7 @@ async def rollback(
     migrations: Sequence[Migration] | None = None,
     lock_timeout: float | None = None,
 ) -> list[int]:
-    """Revert every applied version above ``target``, newest first; return the versions reverted.
-
-    ``lock_timeout``: as for :func:`migrate`."""
+    """Revert every applied version above ``target``, newest first; return the versions reverted."""
     if target < 0:
         raise MigrationError(
             f"cannot roll back to version {target}: the lowest target is 0 (empty schema)"
@@ -280,27 +270,24 @@ async def _run(
     migration: Migration,
     sql: str,
     direction: str,
-    lock_timeout: float | None = None,
+    lock_timeout: float | None,
 ) -> None:
     if lock_timeout is not None:
-        if not lock_timeout > 0:
-            raise MigrationError(f"the lock timeout must be a positive number, got {lock_timeout}")
-        # Set after the advisory lock was taken (the caller holds it): a second migrator
-        # still waits its turn, only the DDL's wait on traffic is bounded. LOCAL: it ends
-        # with this version's transaction.
+        # After the advisory lock (a second migrator waits its turn, unbounded): only
+        # the migration's own table locks are bounded.
         milliseconds = max(1, round(lock_timeout * 1000))
         await conn.execute(f"SET LOCAL lock_timeout = {milliseconds}")
     try:
         # Without arguments asyncpg uses the simple query protocol, which runs a
         # whole multi-statement script in one call.
         await conn.execute(sql)
+    except asyncpg.LockNotAvailableError:
+        raise MigrationError(
+            f"{_label(migration)} ({direction}) waited over {lock_timeout:g} s for a table "
+            "lock held by other sessions (APEX_MIGRATION_LOCK_TIMEOUT) and gave up; "
+            "nothing of it was applied: retry when traffic allows"
+        ) from None
     except asyncpg.PostgresError as exc:
-        if isinstance(exc, asyncpg.LockNotAvailableError) and lock_timeout is not None:
-            raise MigrationLockTimeout(
-                f"{_label(migration)} ({direction}) waited more than {lock_timeout:g} s for a "
-                "lock held by other sessions (APEX_MIGRATION_LOCK_TIMEOUT) and was not "
-                f"applied: {exc}"
-            ) from exc
         raise MigrationError(
             f"{_label(migration)} ({direction}) failed: {type(exc).__name__}: {exc}"
         ) from exc
