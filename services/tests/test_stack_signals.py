@@ -152,7 +152,7 @@ def test_the_stack_stops_cleanly_on_a_signal(
 ) -> None:
     stack = start_stack(launcher)
     stack.wait_ready()
-    assert sorted(stack.children) == ["auth", "gateway"], stack.output()
+    assert sorted(stack.children) == ["auth", "data", "gateway"], stack.output()
     assert all(_alive(pid) for pid in stack.children.values())
 
     code = stack.stop(signum, group=group)

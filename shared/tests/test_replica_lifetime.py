@@ -1,6 +1,7 @@
-"""Replicas, extra nodes and pairs live no longer than they should: a test's own pair
-stops at the end of the test, the run's replicas and nodes at the end of the run, and a
-run killed with SIGKILL leaves none of them running. At L4 none of them exists."""
+"""Replicas, extra nodes and pairs: one of each per run shared by its workers, each in its
+own database; they live no longer than they should (a test's own pair stops at the end of
+the test, the run's replicas and nodes at the end of the run, and a run killed with
+SIGKILL leaves none of them running). At L4 none of them exists."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ def test_1_everything(postgres_replica, postgres_pair, redis_replica, redis_node
         "pairs": [postgres_pair.primary_url, postgres_pair.replica.url,
                   redis_pair.primary_url, redis_pair.replica.url],
     }
-    (OUT / "seen.json").write_text(json.dumps(seen))
+    # Whole or not at all: the outer test reads it as soon as it exists.
+    (OUT / "seen.tmp").write_text(json.dumps(seen))
+    (OUT / "seen.tmp").replace(OUT / "seen.json")
+    if os.environ.get("HOLD"):  # with every server up, the pairs too, until killed
+        wait_for(lambda: (OUT / "release").exists(), timeout=120)
 
 @pytest.mark.L2
 @bvj
@@ -47,8 +52,6 @@ def test_2_the_pairs_are_gone():
                 redis.Redis.from_url(url, socket_connect_timeout=1).ping()
             else:
                 _loop.run(asyncpg.connect(url, timeout=1))
-    if os.environ.get("HOLD"):
-        wait_for(lambda: (OUT / "release").exists(), timeout=120)
 """
 
 
@@ -87,7 +90,8 @@ def test_kill_9_of_a_run_leaves_no_replica(test_package, inner_pytest, tmp_path:
     out, run = _run(inner_pytest, test_package, tmp_path, HOLD="1")
     wait_for(lambda: (out / "seen.json").exists(), timeout=60, message="run up")
     seen = json.loads((out / "seen.json").read_text())
-    wait_for(lambda: not _redis_down(seen["redis"][0]), timeout=60, message="replica up")
+    assert not any(map(_server_down, seen["postgres"])), "the replica and the pair answer"
+    assert not any(map(_redis_down, seen["redis"])), "the replica, the nodes and the pair answer"
     run.kill()  # SIGKILL: no teardown of any kind runs in the victim
     run.communicate()
     wait_for(lambda: _run_dir_gone(seen), timeout=30, message="run dir removed")
@@ -120,3 +124,59 @@ def test_none_exists_at_l4(test_package, inner_pytest, tmp_path: Path):
         assert f"WrongLevel: {name}" in text, text
     assert "exists at L2/L3 only, and this run is L4: mark the test for L2/L3 only" in text
     assert "apex-testkit servers" not in text, "nothing was started"
+
+
+WORKERS_READ = """
+import json, os, pytest
+from pathlib import Path
+import asyncpg
+from apex_testkit import _loop
+
+bvj = pytest.mark.bvj(segment="platform", goal="x", mrr=0, scenario="001#10")
+
+@pytest.mark.L2
+@bvj
+@pytest.mark.parametrize("n", range(4))
+def test_read_own(n, worker_id, postgres_replica, redis_replica, redis_nodes, clean_platform):
+    async def run(dsn, sql, *args):
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+    primary = postgres_replica.primary_url
+    _loop.run(run(primary, "CREATE TABLE IF NOT EXISTS marks (who text)"))
+    _loop.run(run(primary, "INSERT INTO marks VALUES ($1)", worker_id))
+    postgres_replica.wait_caught_up()
+    rows = _loop.run(run(postgres_replica.url, "SELECT DISTINCT who FROM marks"))
+    assert [row[0] for row in rows] == [worker_id]
+    seen = {"pg": postgres_replica.url, "redis": redis_replica.url,
+            "nodes": [node.url for node in redis_nodes]}
+    (Path(os.environ["OUT_DIR"]) / f"{worker_id}-{n}.json").write_text(json.dumps(seen))
+"""
+
+
+def test_workers_share_one_replica_each_in_its_own_database(
+    test_package, inner_pytest, tmp_path: Path
+):
+    project = test_package("test_w.py", WORKERS_READ)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, text = finish(inner_pytest(str(project), "-n", "2", env=inner_env(OUT_DIR=str(out))))
+    assert code == 0, text
+    assert "4 passed" in text, text
+    seen = {p.name.split("-")[0]: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(seen) == {"gw0", "gw1"}, "both workers ran tests"
+    first, second = seen["gw0"], seen["gw1"]
+    pairs = zip(
+        [first["pg"], first["redis"], *first["nodes"]],
+        [second["pg"], second["redis"], *second["nodes"]],
+        strict=True,
+    )
+    for one, other in pairs:
+        (server, database), (other_server, other_database) = (
+            one.rsplit("/", 1),
+            other.rsplit("/", 1),
+        )
+        assert other_server == server, "one server per run"
+        assert other_database != database, "a database of each worker's own"

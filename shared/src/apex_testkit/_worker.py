@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -24,7 +23,6 @@ from apex_testkit._provisioning import (
 from apex_testkit._provisioning import postgres_replica as pg_replicas
 from apex_testkit._provisioning import redis_replica as redis_replicas
 from apex_testkit._provisioning._chain import (
-    RESET_TIMEOUT,
     ServiceUnavailable,
     check_server,
     down_marker,
@@ -137,8 +135,9 @@ class Worker:
                 replica = redis_replicas.worker_replica(self.server("redis-replica"), namespace)
                 replica.wait_synced()
             self._redis_replica = replica
-            synced = functools.partial(replica.wait_synced, timeout=RESET_TIMEOUT)
+            synced = redis_replicas.Synced(replica)
             self._resets.append(("redis-replica", synced))
+            self._closers.append(synced.close)
         return self._redis_replica
 
     def redis_pair(self) -> redis_replicas.RedisPair:

@@ -1,15 +1,18 @@
-"""apex.data with a fault proxy between it and one of its servers (L3): outages, resets.
+"""apex.data with a fault proxy between it and one of its servers: outages, resets.
 
-Public: `proxied_data(platform, instance=N, via="postgres", **settings)` starts data
-instance N of this worker with its connections to `via` ("postgres", "redis",
-"clickhouse") through a `FaultProxy` of its own, and yields the instance's client and
-the proxy (`proxy.down()`, `proxy.reset_peers()`, `proxy.stats`, ...).
+Public: `proxied_data(platform, instance=N, via="postgres", **settings)` yields a
+`ProxiedData`: the client of a data instance whose connections to `via` ("postgres",
+"redis", "clickhouse") all go through a `FaultProxy` of its own, and that proxy
+(`proxy.down()`, `proxy.reset_peers()`, `proxy.stats`, ...). At L3 the instance is the
+worker's process N started with the kit's proxy (`platform.instance(via_proxy=...)`); at
+L2 (PostgreSQL only, give `upstream=` its DSN) the test's own proxy in front of the
+worker's database and an in-process app pointed at it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -22,20 +25,33 @@ __all__ = ["ProxiedData", "proxied_data"]
 
 @dataclass
 class ProxiedData:
-    """A data process (L3) whose every connection to one server goes through `proxy`."""
+    """A data instance whose every connection to one server goes through `proxy`."""
 
     client: httpx.AsyncClient
     proxy: FaultProxy
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def proxied_data(
-    platform: Platform, *, instance: int, via: str = "postgres", **settings: str
+    platform: Platform,
+    *,
+    instance: int,
+    via: str = "postgres",
+    upstream: str | None = None,
+    **settings: str,
 ) -> AsyncIterator[ProxiedData]:
-    """Data instance `instance` with a fault proxy to `via` (L3 only); the proxy is clear
-    and the instance healthy when this starts, and the proxy cleared again at the end."""
+    """Data instance `instance` with a fault proxy to `via`; the proxy is clear and the
+    instance healthy when this starts, and the proxy cleared again at the end."""
+    if platform.level is Level.L2:
+        if via != "postgres" or upstream is None:
+            pytest.fail("at L2 only PostgreSQL is proxied: give upstream=<its DSN>")
+        with FaultProxy(upstream, name=f"data-{instance}-postgres") as proxy:
+            url = proxy.url_for(upstream)
+            async with platform.client("data", instance=0, APEX_DATABASE_URL=url, **settings) as c:
+                yield ProxiedData(c, proxy)
+        return
     if platform.level is not Level.L3:
-        pytest.fail("faults need apex.data as a process: mark the test L3 only", pytrace=False)
+        pytest.fail("faults need the platform's own servers: mark the test L2/L3", pytrace=False)
     process = platform.instance("data", instance, via_proxy=(via,), **settings)
     proxy = platform.proxy("data", instance, via)
     proxy.clear()

@@ -41,6 +41,7 @@ async def _summary(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[s
     return body
 
 
+@pytest.mark.L4
 async def test_a_tenant_sees_only_its_own_records(
     data_client: httpx.AsyncClient, make_data_user: MakeUser
 ) -> None:
@@ -152,6 +153,7 @@ async def test_writing_needs_agents_run(
     assert await outbox_count(data_db) == 0
 
 
+@pytest.mark.L4
 async def test_reading_needs_billing_read(
     data_client: httpx.AsyncClient, make_data_user: MakeUser
 ) -> None:

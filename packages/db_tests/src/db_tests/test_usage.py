@@ -172,6 +172,7 @@ async def test_a_bad_batch_is_422_and_writes_nothing(
     assert await outbox_count(data_db) == 0
 
 
+@pytest.mark.L4
 async def test_the_summary_totals_each_kind_in_the_window(
     data_client: httpx.AsyncClient, writer: DataUser
 ) -> None:
@@ -214,6 +215,7 @@ async def test_the_summary_totals_each_kind_in_the_window(
     ],
     ids=["since-not-a-time", "since-naive", "since-after-until", "bad-min-lsn"],
 )
+@pytest.mark.L4
 async def test_a_bad_summary_query_is_422(
     data_client: httpx.AsyncClient,
     writer: DataUser,

@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "HTTP_SCHEMES",
@@ -127,6 +127,26 @@ class Env:
             raise ConfigError(f"{name} has port 0: {shown}")
         return value
 
+    def postgres_url(self, name: str) -> str | None:
+        """A PostgreSQL URL; several hosts are allowed (``postgresql://u@h1:5432,h2:5433/db
+        ?target_session_attrs=read-write``: libpq's and asyncpg's failover form), each
+        host checked like a URL's."""
+        value = self.get(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        hosts = parts.netloc.rpartition("@")[2]
+        if "," not in hosts:
+            return self.url(name, _POSTGRES_SCHEMES)
+        userinfo = parts.netloc[: len(parts.netloc) - len(hosts)]
+        for index, host in enumerate(hosts.split(",")):
+            single = urlunsplit(parts._replace(netloc=f"{userinfo}{host}"))
+            try:
+                Env({name: single}).url(name, _POSTGRES_SCHEMES)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (host {index + 1} of {name})") from None
+        return value
+
     def number(self, name: str, default: float, *, unit: str | None = None) -> float:
         """A finite number > 0 (of ``unit``, which the messages name)."""
         bound = f"a positive number of {unit}" if unit else "greater than 0"
@@ -222,7 +242,7 @@ class ServiceSettings:
         return {
             "redis_url": env.url("APEX_REDIS_URL", _REDIS_SCHEMES),
             "redis_prefix": env.raw("APEX_REDIS_PREFIX"),
-            "database_url": env.url("APEX_DATABASE_URL", _POSTGRES_SCHEMES),
+            "database_url": env.postgres_url("APEX_DATABASE_URL"),
             "jwt_issuer": env.text("APEX_JWT_ISSUER", "apex-auth"),
             "jwt_audience": env.text("APEX_JWT_AUDIENCE", "apex"),
             "log_level": env.log_level(),

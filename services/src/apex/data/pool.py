@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -22,6 +23,8 @@ from apex.data.metrics import Metrics
 from apex.data.tenancy import SERVICE_ROLE
 
 __all__ = ["DatabasePool", "PoolExhausted", "PoolStats", "create_pool"]
+
+log = logging.getLogger(__name__)
 
 # A query that takes longer than this is a bug or an outage, not a slow request:
 # fail it so the caller gets an answer (503) instead of a hung connection.
@@ -66,6 +69,8 @@ class PoolStats:
     in_use: int
     idle: int
     waiting: int
+    # host:port of the server the newest connection reached (None before the first).
+    server: str | None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +107,7 @@ class DatabasePool:
         self._pool: asyncpg.Pool | None = None
         self._in_use = 0
         self._waiting = 0
+        self._server: str | None = None
 
     async def open(self) -> None:
         """Create the pool (no connection yet: the first request opens one)."""
@@ -116,6 +122,7 @@ class DatabasePool:
                 "statement_timeout": str(max(1, round(self._statement_timeout * 1000))),
             },
             setup=_run_as_service_role,
+            init=self._on_connect,
         )
         if pool is None:  # pragma: no cover - asyncpg types the awaited pool as optional
             raise RuntimeError("asyncpg.create_pool returned no pool")
@@ -157,10 +164,22 @@ class DatabasePool:
     def stats(self) -> PoolStats:
         """The pool's counts now (also published as apex_data_pool_connections)."""
         idle = self._pool.get_idle_size() if self._pool is not None else 0
-        stats = PoolStats(self.name, self.size, self._in_use, idle, self._waiting)
+        stats = PoolStats(self.name, self.size, self._in_use, idle, self._waiting, self._server)
         for state in ("in_use", "idle", "waiting"):
             self._metrics.pool_connections.labels(self.name, state).set(getattr(stats, state))
         return stats
+
+    async def _on_connect(self, conn: asyncpg.Connection) -> None:
+        """A new connection: which server it reached. For a multi-host DSN, a different
+        server than before is a failover: logged and counted."""
+        server = await conn.fetchval(
+            "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || "
+            "coalesce(inet_server_port(), 0)"
+        )
+        if self._server is not None and server != self._server and self.name == "primary":
+            self._metrics.failovers.inc()
+            log.warning("failover: the primary is now %s (was %s)", server, self._server)
+        self._server = server
 
 
 async def _run_as_service_role(conn: asyncpg.Connection) -> None:

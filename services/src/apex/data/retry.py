@@ -45,6 +45,8 @@ CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # A multi-host DSN found no writable host (mid-failover: the replica not promoted yet).
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 

@@ -61,6 +61,8 @@ class Router:
         self._metrics = metrics
         self.state: ReplicaState = "absent" if replica is None else "down"
         self.lag_bytes: int | None = None
+        # Why the replica is down (the last measurement's error), for /admin/pools.
+        self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,7 +90,8 @@ class Router:
                 raise LookupError("the replica is not a standby (pg_last_wal_replay_lsn is NULL)")
             async with self.primary.connection() as conn:
                 lag = await conn.fetchval(
-                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", replayed
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+                    replayed,
                 )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError, PoolExhausted, LookupError) as exc:
             self._set("down", None, exc)
@@ -108,6 +111,7 @@ class Router:
             )
         self.state = state
         self.lag_bytes = lag
+        self.error = f"{type(why).__name__}: {why}" if why else None
         self._metrics.replica_lag.set(-1 if lag is None else lag)
 
     async def _measure_forever(self) -> None:
@@ -140,7 +144,7 @@ class Router:
         try:
             conn: asyncpg.Connection = await stack.enter_async_context(self.replica.connection())
             if min_lsn is not None and not await conn.fetchval(
-                "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", min_lsn
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", min_lsn
             ):
                 await stack.aclose()
                 return None

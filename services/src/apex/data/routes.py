@@ -10,6 +10,8 @@ operators' routes (admin token).
   ``insufficient_credit``, or ``conflict_retry_exhausted`` after deadlocks).
 - ``GET /admin/pools``: each pool's counts, the replica's state and lag.
 - ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
+- ``GET /admin/plans?tenant_id=``: ``EXPLAIN (FORMAT JSON)`` of the summary and the
+  idempotency lookup.
 - ``GET /metrics``: Prometheus text.
 """
 
@@ -240,7 +242,11 @@ async def pools(service: Service) -> dict[str, Any]:
             "primary": primary.stats().to_json(),
             "replica": replica.stats().to_json() if replica is not None else None,
         },
-        "replica": {"state": service.router.state, "lag_bytes": service.router.lag_bytes},
+        "replica": {
+            "state": service.router.state,
+            "lag_bytes": service.router.lag_bytes,
+            "error": service.router.error,
+        },
     }
 
 
@@ -256,6 +262,23 @@ async def isolation(service: Service) -> dict[str, Any]:
         return {"role": row[0], "usage_records_visible": row[1]}
 
     return await service.run(check)
+
+
+@router.get("/admin/plans", dependencies=[Admin])
+async def plans(
+    service: Service,
+    tenant_id: Annotated[uuid.UUID, Query()],
+    since: Annotated[datetime.datetime | None, Query()] = None,
+    until: Annotated[datetime.datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """The plans of the queries that must use an index (001#78), as the tenant runs them."""
+    start, end = _window(since, until)
+
+    async def work() -> dict[str, Any]:
+        async with service.router.primary.connection() as conn:
+            return await usage.plans(conn, tenant_id, start, end)
+
+    return await service.run(work)
 
 
 @router.get("/metrics", dependencies=[Admin])

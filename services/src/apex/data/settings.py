@@ -26,7 +26,6 @@ from apex.common.settings import (
 __all__ = ["Backoff", "DataSettings"]
 
 SERVICE: Final = "apex.data"
-_POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _CLICKHOUSE_SCHEMES: Final = ("clickhouse",)
 
@@ -84,7 +83,7 @@ class DataSettings(ServiceSettings):
             "auth_url": auth_url.rstrip("/"),
             "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", _CLICKHOUSE_SCHEMES),
             "admin_token": env.get("APEX_ADMIN_TOKEN"),
-            "replica_url": env.url("APEX_DATABASE_REPLICA_URL", _POSTGRES_SCHEMES),
+            "replica_url": env.postgres_url("APEX_DATABASE_REPLICA_URL"),
             "replica_max_lag_bytes": env.whole_number(
                 "APEX_REPLICA_MAX_LAG_BYTES", 16_777_216, unit="bytes"
             ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -27,6 +28,7 @@ __all__ = [
     "current_lsn",
     "insert_batch",
     "insert_record",
+    "plans",
     "record_json",
     "summary",
 ]
@@ -67,6 +69,12 @@ WITH ins AS (
 )
 SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
 FROM ins
+"""
+_SUMMARY: Final = """
+SELECT kind, sum(quantity)::bigint AS quantity, sum(cost_micros)::bigint AS cost_micros
+FROM usage_records
+WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+GROUP BY kind ORDER BY kind
 """
 _INSERT_BATCH: Final = """
 WITH ins AS (
@@ -200,25 +208,36 @@ async def summary(
 ) -> Summary:
     """Totals per kind of ``tenant_id``'s records with since <= occurred_at < until."""
     async with tenant_transaction(conn, tenant_id):
-        rows = await conn.fetch(
-            """
-            SELECT kind, sum(quantity)::bigint AS quantity,
-                   sum(cost_micros)::bigint AS cost_micros
-            FROM usage_records
-            WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3
-            GROUP BY kind ORDER BY kind
-            """,
-            tenant_id,
-            since,
-            until,
-        )
+        rows = await conn.fetch(_SUMMARY, tenant_id, since, until)
     return Summary(
         tenant_id,
         {r["kind"]: {"quantity": r["quantity"], "cost_micros": r["cost_micros"]} for r in rows},
     )
 
 
+async def plans(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    since: datetime.datetime,
+    until: datetime.datetime,
+) -> dict[str, Any]:
+    """PostgreSQL's plans (``EXPLAIN (FORMAT JSON)``) of the queries that must use an index:
+    the summary and the idempotency-key lookup, as ``tenant_id`` runs them."""
+    async with tenant_transaction(conn, tenant_id):
+        summary_plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {_SUMMARY}", tenant_id, since, until
+        )
+        key_plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {_SELECT_BY_KEY}", tenant_id, "any-key"
+        )
+    return {"summary": json.loads(summary_plan), "idempotency": json.loads(key_plan)}
+
+
 async def current_lsn(conn: asyncpg.Connection) -> str:
-    """The primary's current WAL position: after a commit on ``conn``, at or past it."""
-    lsn: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+    """A WAL position at or past the end of the commit that just ran on ``conn``.
+
+    The insert position, not ``pg_current_wal_lsn()`` (the write position): with
+    ``synchronous_commit=off`` a commit returns before its record is written out, and a
+    replica that replayed up to the write position would not have it yet."""
+    lsn: str = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
     return lsn

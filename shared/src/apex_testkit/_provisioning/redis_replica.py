@@ -24,6 +24,7 @@ from apex_testkit._provisioning import _pairs, redis
 from apex_testkit._provisioning._binaries import version_of
 from apex_testkit._provisioning._chain import (
     CONNECT_TIMEOUT,
+    RESET_TIMEOUT,
     Failed,
     Server,
     Service,
@@ -39,11 +40,12 @@ NODES = 3  # independent Redis servers of the run beside its own (`redis_nodes`)
 REPLICA_URL_ENV = "APEX_TEST_REDIS_REPLICA_URL"
 
 
-def _info(url: str) -> dict[str, str]:
-    """INFO replication of the server at `url`."""
-    client = redis_py.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
-    with client:
+def _info(url: str, client: redis_py.Redis | None = None) -> dict[str, str]:
+    """INFO replication of the server at `url` (through `client` when given)."""
+    if client is not None:
         return {k: str(v) for k, v in client.info("replication").items()}
+    with redis_py.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT) as new:
+        return _info(url, new)
 
 
 def _linked(url: str) -> bool:
@@ -93,6 +95,39 @@ class RedisReplica:
     def wait_synced(self, *, timeout: float = 10.0) -> int:
         """Wait until the replica has every write its master took before this call."""
         return self.wait_for_offset(self.primary_offset(), timeout=timeout)
+
+
+@dataclass
+class Synced:
+    """`wait_synced` of a replica through two long-lived clients: a worker's per-test wait
+    for the run's replica to process the reset costs no connects."""
+
+    replica: RedisReplica
+    timeout: float = RESET_TIMEOUT
+    _clients: list[redis_py.Redis] = field(default_factory=list, repr=False)
+
+    def __call__(self) -> None:
+        """Return once the replica has processed every write its master took so far."""
+        if not self._clients:
+            self._clients = [
+                redis_py.Redis.from_url(
+                    url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=self.timeout
+                )
+                for url in (self.replica.primary_url, self.replica.url)
+            ]
+        master, replica = self._clients
+        offset = int(_info("", master)["master_repl_offset"])
+        wait_for(
+            lambda: int(_info("", replica).get("slave_repl_offset", 0)) >= offset,
+            timeout=self.timeout,
+            message=f"the run's Redis replica processing its master's stream up to {offset}",
+        )
+
+    def close(self) -> None:
+        """Close both clients."""
+        for client in self._clients:
+            client.close()
+        self._clients = []
 
 
 # --- the run's nodes and replica: servers of the run, obtained like the others ----------
@@ -277,6 +312,7 @@ __all__ = [
     "REPLICA_URL_ENV",
     "RedisPair",
     "RedisReplica",
+    "Synced",
     "start_pair",
     "worker_replica",
 ]
