@@ -217,14 +217,15 @@ async def test_clickhouse_cut_mid_relay_leaves_rows_pending_then_sends_them_once
 @SYNC
 @pytest.mark.L2
 async def test_notify_wakes_the_background_relay(
-    clean_platform: Platform, data_db: asyncpg.Connection, clickhouse: ClickHouseReader
+    flow_instance: FlowInstance, flow_db: asyncpg.Connection, clickhouse: ClickHouseReader
 ) -> None:
     # An hour between polls: only the NOTIFY of the write can wake the relay in time.
-    async with clean_platform.client("data", APEX_OUTBOX_POLL="3600") as client:
+    # The test's own database: the only relay listening on it is this instance's.
+    async with flow_instance(APEX_OUTBOX_RELAY="on", APEX_OUTBOX_POLL="3600") as client:
         health = await client.get("/healthz")
         assert health.status_code == 200, health.text
         await eventually(
-            lambda: data_db.fetchval(
+            lambda: flow_db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND query LIKE 'LISTEN %apex_outbox%'"
             ),
@@ -232,10 +233,10 @@ async def test_notify_wakes_the_background_relay(
             message="the relay listening",
         )
         tenant, user = str(uuid.uuid4()), str(uuid.uuid4())
-        record = await write_usage(data_db, tenant, user, notify=True)
+        record = await write_usage(flow_db, tenant, user, notify=True)
 
         async def relayed() -> bool:
             # The ack commits just after the insert: wait for both.
-            return await pending(data_db) == 0 and await clickhouse.event_ids() == {record}
+            return await pending(flow_db) == 0 and await clickhouse.event_ids() == {record}
 
         await eventually(relayed, timeout=30, message="the record in ClickHouse, acked")
