@@ -31,13 +31,15 @@ from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.outbox import Relay
 from apex.data.pool import DatabasePool, PoolExhausted
 from apex.data.routes import Admin, CallerDep, Service, _window
-from apex.data.service import CONNECT_TIMEOUT, DataService
+from apex.data.service import DataService
 
 __all__ = ["Flow", "flow_router", "install_flow", "open_flow"]
 
 log = logging.getLogger("apex.data.flow")
 
 RELAY_CONNECTIONS: Final = 2
+# Seconds the app's shutdown waits for the relay task, and for its pool to close.
+RELAY_STOP_TIMEOUT: Final = 3.0
 _DATABASE_DOWN: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -88,7 +90,9 @@ async def open_flow(service: DataService) -> AsyncIterator[Flow]:
         size=RELAY_CONNECTIONS,
         timeout=settings.pool_timeout,
         statement_timeout=settings.statement_timeout,
-        connect_timeout=min(CONNECT_TIMEOUT, settings.connect_deadline),
+        # Also how long closing it waits for a lent connection: short, the app's shutdown
+        # is bounded (a relay that cannot connect in time tries again at its next poll).
+        connect_timeout=min(RELAY_STOP_TIMEOUT, settings.connect_deadline),
         metrics=metrics,
     )
     await relay_pool.open()
@@ -112,8 +116,8 @@ async def open_flow(service: DataService) -> AsyncIterator[Flow]:
     finally:
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, RELAY_STOP_TIMEOUT)
         await cache.close()
         await relay_pool.close()
 

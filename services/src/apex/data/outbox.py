@@ -365,8 +365,9 @@ class Relay:
                     await asyncio.wait_for(self._wake.wait(), self._poll)
         finally:
             if listener is not None and not listener.is_closed():
-                with contextlib.suppress(*_STORE_ERRORS):
-                    await listener.close()
+                # terminate, not close: a relay that is told to stop must not wait on a
+                # server's goodbye (the app's shutdown is bounded).
+                listener.terminate()
 
     async def _listen(self) -> asyncpg.Connection | None:
         """A connection of its own LISTENing on the outbox channel (not a pooled one: it
