@@ -7,6 +7,11 @@ Public: `proxied_data(platform, instance=N, via="postgres", **settings)` yields 
 worker's process N started with the kit's proxy (`platform.instance(via_proxy=...)`); at
 L2 (PostgreSQL only, give `upstream=` its DSN) the test's own proxy in front of the
 worker's database and an in-process app pointed at it.
+
+At L3 the kit keys a proxy by service, instance and dependency, not by settings: an
+instance number must always come with the same settings in this package (the tests use
+1: outage with a 30 s deadline, 2: a 0.3 s deadline, 3: fast backoff, 4: Redis,
+5: ClickHouse, 6: a pool of 3).
 """
 
 from __future__ import annotations

@@ -84,19 +84,21 @@ async def outbox_count(db: Any, tenant_id: str | None = None) -> int:
 
 
 async def waiting_backends(db: Any) -> int:
-    """apex.data's backends waiting on a lock right now."""
+    """apex.data's backends on this database waiting on a lock right now (other workers'
+    databases are on the same server)."""
     count: int = await db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-        "AND wait_event_type = 'Lock'",
+        "AND datname = current_database() AND wait_event_type = 'Lock'",
         APPLICATION_NAME,
     )
     return count
 
 
 async def active_queries(db: Any) -> int:
-    """apex.data's backends running a query right now."""
+    """apex.data's backends on this database running a query right now."""
     count: int = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND datname = current_database() AND state = 'active'",
         APPLICATION_NAME,
     )
     return count

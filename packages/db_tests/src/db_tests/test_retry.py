@@ -37,10 +37,17 @@ async def user(make_data_user: MakeUser) -> DataUser:
     return await make_data_user(permissions=(RUN_AGENTS, BILLING_READ))
 
 
-async def _retries_seen(data: ProxiedData, admin_token: str) -> None:
+async def _connection_retries(data: ProxiedData, admin_token: str) -> float:
+    samples = await metrics(data.client, admin_token)
+    return sample(samples, "apex_data_retries_total", reason="connection")
+
+
+async def _retries_seen(data: ProxiedData, admin_token: str, before: float) -> None:
+    """Wait until the instance retried its connection since `before` (its count then:
+    the worker's process for these settings may have retried for earlier tests)."""
+
     async def retrying() -> bool:
-        samples = await metrics(data.client, admin_token)
-        return sample(samples, "apex_data_retries_total", reason="connection") >= 1
+        return await _connection_retries(data, admin_token) > before
 
     await eventually(retrying, timeout=10, message="the service to retry its connection")
 
@@ -52,12 +59,13 @@ async def test_a_write_during_an_outage_succeeds_once_postgres_is_back(
 ) -> None:
     settings = {**FAST, "APEX_DB_CONNECT_DEADLINE": "30"}
     async with proxied_data(clean_platform, instance=1, **settings) as data:
+        before = await _connection_retries(data, admin_token)
         data.proxy.down()
         body = usage_body(user.user_id)
         pending = asyncio.create_task(
             data.client.post("/v1/usage", json=body, headers=user.headers)
         )
-        await _retries_seen(data, admin_token)
+        await _retries_seen(data, admin_token, before)
         assert not pending.done()
         data.proxy.up()
         response = await pending
@@ -77,9 +85,10 @@ async def test_a_read_during_an_outage_is_answered_once_postgres_is_back(
             "/v1/usage", json=usage_body(user.user_id, quantity=9), headers=user.headers
         )
         assert stored.status_code == 201, stored.text
+        before = await _connection_retries(data, admin_token)
         data.proxy.down()
         pending = asyncio.create_task(data.client.get("/v1/usage/summary", headers=user.headers))
-        await _retries_seen(data, admin_token)
+        await _retries_seen(data, admin_token, before)
         data.proxy.up()
         response = await pending
         assert response.status_code == 200, response.text
@@ -163,12 +172,13 @@ async def test_a_write_cut_mid_outage_is_retried_and_stored_once(
     async with proxied_data(
         clean_platform, instance=1, upstream=postgres_database, **settings
     ) as data:
+        before = await _connection_retries(data, admin_token)
         data.proxy.down()
         body = usage_body(user.user_id)
         pending = asyncio.create_task(
             data.client.post("/v1/usage", json=body, headers=user.headers)
         )
-        await _retries_seen(data, admin_token)
+        await _retries_seen(data, admin_token, before)
         data.proxy.up()
         response = await pending
         assert response.status_code == 201, response.text
