@@ -245,6 +245,8 @@ class Relay:
         if not self._schema_ready:
             await ensure_clickhouse_schema(self._clickhouse)
             self._schema_ready = True
+        if self._cache is not None:
+            await self._queue_invalidations()
         async with self._connect() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, topic, payload FROM outbox WHERE relayed_at IS NULL "
@@ -256,16 +258,7 @@ class Relay:
             )
             if not rows:
                 return 0
-            tenants = await self._send(rows)
-            if self._cache is not None and tenants:
-                # Queued here, applied by the invalidation pass: a Redis outage must not
-                # hold the ClickHouse copy back. DO UPDATE waits for a pass that holds
-                # the tenant's row, so an invalidation queued meanwhile is never lost.
-                await conn.execute(
-                    "INSERT INTO cache_invalidations (tenant_id) SELECT unnest($1::uuid[]) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET queued_at = now()",
-                    tenants,
-                )
+            await self._send(rows)
             # If the process dies here, the insert above is in ClickHouse and these rows are
             # still pending: the next pass sends them again and FINAL counts them once.
             await conn.execute(
@@ -275,6 +268,35 @@ class Relay:
         if self._on_relayed is not None:
             self._on_relayed(len(rows))
         return len(rows)
+
+    async def _queue_invalidations(self) -> None:
+        """Queue the tenants of the next batch for cache invalidation, in a transaction of
+        its own before the batch's: their writes are committed already, so an early
+        invalidation is as good as a late one, and no relay transaction ever holds locks
+        on two tables (a reset or another writer deleting across tables cannot deadlock
+        with it). Redis being down never holds the ClickHouse copy back."""
+        async with self._connect() as conn:
+            rows = await conn.fetch(
+                "SELECT topic, payload FROM outbox WHERE relayed_at IS NULL "
+                "AND topic = ANY($2::text[]) ORDER BY id LIMIT $1",
+                self._batch,
+                list(_ROUTES),
+            )
+            tenants = sorted(
+                {
+                    str(json.loads(row["payload"])[field])
+                    for row in rows
+                    for field in _ROUTES[row["topic"]].tenants
+                }
+            )
+            if tenants:
+                # DO UPDATE waits for an invalidation pass that holds the tenant's row, so
+                # an invalidation queued meanwhile is never lost.
+                await conn.execute(
+                    "INSERT INTO cache_invalidations (tenant_id) SELECT unnest($1::uuid[]) "
+                    "ON CONFLICT (tenant_id) DO UPDATE SET queued_at = now()",
+                    tenants,
+                )
 
     async def invalidate_batch(self) -> int:
         """Apply at most one batch of queued cache invalidations; return how many went.
@@ -384,16 +406,13 @@ class Relay:
     def _notified(self, *_args: object) -> None:
         self._wake.set()
 
-    async def _send(self, rows: Sequence[asyncpg.Record]) -> list[str]:
-        """Insert ``rows`` into their ClickHouse tables; the tenants they name."""
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Insert ``rows`` into their ClickHouse tables."""
         by_topic: dict[str, list[tuple[Any, ...]]] = {}
-        tenants: set[str] = set()
         for row in rows:
             route = _ROUTES[row["topic"]]
             payload = json.loads(row["payload"])
             by_topic.setdefault(row["topic"], []).append(route.row(payload, row["id"]))
-            tenants.update(str(payload[field]) for field in route.tenants)
         for topic, values in by_topic.items():
             route = _ROUTES[topic]
             await self._clickhouse.insert(route.table, values, route.columns)
-        return sorted(tenants)
