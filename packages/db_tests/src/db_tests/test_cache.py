@@ -423,3 +423,29 @@ async def test_a_cache_node_cut_means_misses_not_errors(
         back = await data.client.get("/v1/credits", headers=user.headers)
         assert (back.status_code, back.json()["source"]) == (200, "cache")
         assert await cache_counts(data.client, data_admin) == {"hit": 1.0, "miss": 4.0}
+
+
+@CACHE
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_warming_through_the_admin_route(
+    flow_instance: FlowInstance,
+    make_data_user: MakeUser,
+    flow_db: Any,
+    data_admin: dict[str, str],
+) -> None:
+    user = await make_data_user(permissions=(BILLING_READ,))
+    await flow_db.execute(
+        "INSERT INTO tenant_credits (tenant_id, balance_micros) VALUES ($1::uuid, 77)",
+        user.tenant_id,
+    )
+    async with flow_instance() as client:
+        warmed = await client.post(
+            "/admin/cache/warm", json={"tenant_ids": [user.tenant_id]}, headers=data_admin
+        )
+        assert warmed.status_code == 200, warmed.text
+        assert warmed.json() == {"warmed": 1, "tenants": 1}
+        first = await client.get("/v1/credits", headers=user.headers)
+        assert first.json() == {
+            "tenant_id": user.tenant_id, "balance_micros": 77, "source": "cache"
+        }  # fmt: skip

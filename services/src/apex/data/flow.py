@@ -15,13 +15,14 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Final
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError
 from apex.data import references, views
@@ -268,12 +269,8 @@ async def usage_analytics(
     }
 
 
-@flow_router.get("/v1/credits")
-async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> dict[str, Any]:
-    """The caller's tenant's credit balance, through the cache (``source``: cache, or
-    primary when the cache missed or its node is down)."""
-    caller.require(BILLING_READ)
-    tenant = caller.tenant_id
+def _balance_of(service: DataService, tenant: uuid.UUID) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The computation of ``tenant``'s cached balance, from the primary."""
 
     async def work() -> dict[str, Any]:
         async with service.router.primary.connection() as conn:
@@ -285,6 +282,33 @@ async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> 
     async def compute() -> dict[str, Any]:
         return await service.run(work)
 
+    return compute
+
+
+class WarmIn(BaseModel):
+    """The tenants whose cached balances to compute now."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=1000)]
+
+
+@flow_router.post("/admin/cache/warm", dependencies=[Admin])
+async def warm_cache(body: WarmIn, service: Service, flow: FlowDep) -> dict[str, Any]:
+    """Compute and store these tenants' balances in the cache (001#67); ``warmed`` counts
+    the ones whose cache node took them."""
+    warmed = 0
+    for tenant in body.tenant_ids:
+        warmed += await flow.cache.warm(str(tenant), _balance_of(service, tenant), "credits")
+    return {"warmed": warmed, "tenants": len(body.tenant_ids)}
+
+
+@flow_router.get("/v1/credits")
+async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> dict[str, Any]:
+    """The caller's tenant's credit balance, through the cache (``source``: cache, or
+    primary when the cache missed or its node is down)."""
+    caller.require(BILLING_READ)
+    tenant = caller.tenant_id
+    compute = _balance_of(service, tenant)
     value, result = await flow.cache.get_or_compute(str(tenant), compute, part="credits")
     source = "cache" if result == "hit" else "primary"
     return {"tenant_id": str(tenant), **value, "source": source}
