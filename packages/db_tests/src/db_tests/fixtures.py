@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -19,8 +19,9 @@ import pytest
 from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Platform
-from db_tests.client import DataUser, MakeUser, OpenData, context_token
+from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
 from db_tests.state import Connect
+from db_tests.stores import ClickHouseReader, FlowInstance
 
 
 @pytest.fixture
@@ -108,3 +109,68 @@ async def db_connect(clean_platform: Platform, postgres_database: str) -> AsyncI
     yield connect
     for conn in opened:
         await conn.close()
+
+
+# -- data-flow: the outbox relay, ClickHouse, views, references, backups, the cache ------
+
+
+@pytest.fixture
+async def flow_database(empty_database: str) -> str:
+    """DSN of a database of this test alone, migrated (L2/L3). At L3 the worker's other
+    apex.data processes run their relays on the worker's database: on this one only the
+    test's own instances move outbox rows."""
+    from apex.data.migrations import migrate  # noqa: PLC0415 - the tests that need it
+
+    await migrate(empty_database)
+    return empty_database
+
+
+@pytest.fixture
+async def flow_db(flow_database: str) -> AsyncIterator[Any]:
+    """asyncpg connection to `flow_database`, as the kit's superuser: what tests read."""
+    import asyncpg  # noqa: PLC0415 - only the tests that read the database need it
+
+    conn = await asyncpg.connect(flow_database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def flow_instance(clean_platform: Platform, flow_database: str) -> FlowInstance:
+    """`async with flow_instance(**settings) as client`: an apex.data instance of this test
+    alone on `flow_database` without its background relay (APEX_OUTBOX_RELAY=off), so
+    outbox rows move only when the test calls `POST /admin/relay/run`."""
+
+    @contextlib.asynccontextmanager
+    async def start(**settings: str) -> AsyncIterator[httpx.AsyncClient]:
+        env = {"APEX_OUTBOX_RELAY": "off", "APEX_DATABASE_URL": flow_database, **settings}
+        async with (
+            clean_platform.start("data", **env) as service,
+            httpx.AsyncClient(base_url=service.url, timeout=30) as client,
+        ):
+            yield client
+
+    return start
+
+
+@pytest.fixture
+async def relay_client(flow_instance: FlowInstance) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `flow_instance()`."""
+    async with flow_instance() as client:
+        yield client
+
+
+@pytest.fixture
+def data_admin(admin_token: str) -> dict[str, str]:
+    """The headers of apex.data's /admin/* routes."""
+    return admin_headers(admin_token)
+
+
+@pytest.fixture
+def clickhouse(clickhouse_database: str) -> Iterator[ClickHouseReader]:
+    """The worker's ClickHouse database, read directly (L2/L3)."""
+    reader = ClickHouseReader(clickhouse_database)
+    yield reader
+    reader.close()

@@ -127,7 +127,9 @@ async def test_the_database_never_sees_more_connections_than_the_pool_size(
     clean_platform: Platform, make_data_user: MakeUser, data_db: Any, admin_token: str
 ) -> None:
     user = await make_data_user(permissions=(RUN_AGENTS, BILLING_READ))
-    settings = {"APEX_DB_POOL_SIZE": "3", "APEX_DB_POOL_TIMEOUT": "10"}
+    # -- data-flow: the outbox relay has connections of its own (a pool of 2 and one that
+    # LISTENs, notes-data.md); this test measures the requests' pool alone.
+    settings = {"APEX_DB_POOL_SIZE": "3", "APEX_DB_POOL_TIMEOUT": "10", "APEX_OUTBOX_RELAY": "off"}
     async with proxied_data(clean_platform, instance=6, **settings) as data:
         data.proxy.reset_stats()
         responses = await asyncio.gather(

@@ -6,12 +6,17 @@ usage domain (``usage``). The service contract (apex.topology): ``load_settings(
 then ``create_app(settings)`` gives the ASGI app; ``python -m apex.data`` runs it as a
 process (``python -m apex.data migrate|rollback|status`` manages the schema). Its routes
 are in ``routes``, its stores and error answers in ``service``, its metrics in
-``metrics``, who is asking in ``callers``.
+``metrics``, who is asking in ``callers``. The data flow (``flow``): the outbox relay
+to ClickHouse (``outbox``), the Redis cache over several nodes (``cache``), materialized
+views (``views``), cross-database references (``references``), backups (``backup``).
 """
 
 from collections.abc import Mapping
 
 from apex.data.app import create_app
+from apex.data.backup import BackupError
+from apex.data.cache import Cache
+from apex.data.outbox import Relay, RelayPass
 from apex.data.pool import DatabasePool, PoolExhausted
 from apex.data.retry import DatabaseUnavailable, RetryExhausted
 from apex.data.router import Router
@@ -25,10 +30,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> DataSettings:
 
 __all__ = [
     "Backoff",
+    "BackupError",
+    "Cache",
     "DataSettings",
     "DatabasePool",
     "DatabaseUnavailable",
     "PoolExhausted",
+    "Relay",
+    "RelayPass",
     "RetryExhausted",
     "Router",
     "create_app",

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
+from apex.data.flow import install_flow
 from apex.data.metrics import Metrics
 from apex.data.routes import router
 from apex.data.service import DataService, install_data_errors, open_service
@@ -53,6 +54,9 @@ def create_app(settings: DataSettings) -> FastAPI:
             {"status": "ok" if healthy else "unavailable", "checks": checks},
             status_code=200 if healthy else 503,
         )
+
+    # -- data-flow: outbox relay, analytics, transfers, views, references, cache --------
+    install_flow(app)
 
     return app
 

@@ -103,6 +103,15 @@ async def retrying(
             delay = _reconnect_delay(backoff, reconnects, started, connect_deadline, exc)
             reconnects += 1
             reason = "connection"
+        except asyncpg.InterfaceError as exc:
+            # -- data-flow: a connection cut inside `async with conn.transaction()` surfaces
+            # as "cannot call Transaction.__aexit__(): the underlying connection is closed",
+            # the cut itself being its context: a lost connection, not a bug (was a 500).
+            if not isinstance(exc.__context__, CONNECTION_ERRORS):
+                raise
+            delay = _reconnect_delay(backoff, reconnects, started, connect_deadline, exc)
+            reconnects += 1
+            reason = "connection"
         metrics.retries.labels(reason).inc()
         log.info("retrying database work after %s (in %.3f s)", reason, delay)
         await asyncio.sleep(delay)

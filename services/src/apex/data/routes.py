@@ -171,7 +171,9 @@ class TransferIn(BaseModel):
 
 
 @router.post("/v1/credits/transfer", dependencies=[Depends(require_json_body)])
-async def credit_transfer(body: TransferIn, caller: CallerDep, service: Service) -> JSONResponse:
+async def credit_transfer(
+    body: TransferIn, caller: CallerDep, service: Service, request: Request
+) -> JSONResponse:
     """Move credit from the caller's tenant to ``to_tenant``."""
     caller.require(BILLING_WRITE)
     if body.to_tenant == caller.tenant_id:
@@ -187,6 +189,11 @@ async def credit_transfer(body: TransferIn, caller: CallerDep, service: Service)
         moved, created = await service.run(work)
     except transfer.InsufficientCredit as exc:
         raise ApiError(409, "insufficient_credit", str(exc)) from None
+    # -- data-flow: both tenants' cached balances are invalidated at once (the relay
+    # does it again once the transfer's outbox row is copied: a Redis fault is caught up).
+    flow = getattr(request.app.state, "flow", None)
+    if created and flow is not None:
+        await flow.invalidate(caller.tenant_id, body.to_tenant)
     return JSONResponse(moved, status_code=201 if created else 200)
 
 

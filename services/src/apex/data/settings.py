@@ -65,6 +65,8 @@ class DataSettings(ServiceSettings):
     cache_lock_ttl: float = 5.0
     outbox_batch: int = 500
     outbox_poll: float = 0.5
+    # -- data-flow: whether this instance runs the outbox relay in the background ------
+    outbox_relay: bool = True
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -100,7 +102,22 @@ class DataSettings(ServiceSettings):
             "cache_lock_ttl": env.number("APEX_CACHE_LOCK_TTL", 5.0, unit="seconds"),
             "outbox_batch": env.whole_number("APEX_OUTBOX_BATCH", 500, unit="rows"),
             "outbox_poll": env.number("APEX_OUTBOX_POLL", 0.5, unit="seconds"),
+            # -- data-flow ---------------------------------------------------------------
+            "outbox_relay": _switch(env, "APEX_OUTBOX_RELAY", default=True),
         }
+
+
+def _switch(env: Env, variable: str, *, default: bool) -> bool:
+    """``on``/``off`` (also true/false, 1/0, yes/no); unset: ``default``."""
+    text = env.get(variable)
+    if text is None:
+        return default
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{variable} must be on or off, got {text!r}")
 
 
 def _backoff(env: Env, variable: str) -> Backoff:

@@ -1,0 +1,241 @@
+"""The Redis cache of per-tenant summaries, spread over several Redis nodes.
+
+Keys are versioned: ``<prefix>data:v<schema>:summary:<tenant>:<generation>[:<part>]``.
+Each tenant has a generation counter (``<prefix>data:v<schema>:gen:<tenant>``) on every
+node; a write bumps it on every node (:meth:`Cache.invalidate`), so every entry computed
+before the write is unreachable at once, whatever instance or node list reads next, and
+expires on its own (APEX_CACHE_TTL). A tenant's entries and the generation they are read
+under live on one node, chosen by rendezvous hashing over the configured URLs: adding a
+node moves only the tenants that the new node wins.
+
+The cache is never the truth. A node that is down or cut, an entry evicted under
+``maxmemory`` or one that is corrupt (not JSON, or another schema version: it is deleted)
+are misses, answered by computing from PostgreSQL. One caller per key recomputes under
+load: a lock (``SET NX PX``, APEX_CACHE_LOCK_TTL) held by the first, while the others
+wait for its entry (or, past the lock's life, compute for themselves without storing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheResult", "rendezvous_node"]
+
+log = logging.getLogger("apex.data.cache")
+
+# Bump when the shape of a cached summary changes: old entries then read as misses.
+SCHEMA_VERSION: Final = 1
+# How often a caller waiting for another's recompute looks for its entry.
+_WAIT_STEP: Final = 0.01
+# Deletes the lock only if it is still the caller's (it may have expired and been taken).
+_RELEASE: Final = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+CacheResult = Literal["hit", "miss"]
+Compute = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+def rendezvous_node(key: str, nodes: Sequence[str]) -> int:
+    """The index of the node that owns ``key``: the highest hash of (node, key)."""
+    if not nodes:
+        raise ValueError("rendezvous hashing needs at least one node")
+    scores = [
+        hashlib.blake2b(f"{node}\x00{key}".encode(), digest_size=8).digest() for node in nodes
+    ]
+    return max(range(len(nodes)), key=scores.__getitem__)
+
+
+class Cache:
+    """Per-tenant cached JSON objects on one or more Redis nodes."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        prefix: str = "",
+        ttl: float = 300.0,
+        lock_ttl: float = 5.0,
+        timeout: float = 1.0,
+        on_result: Callable[[CacheResult], None] | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("the cache needs at least one Redis URL")
+        if ttl <= 0 or lock_ttl <= 0 or timeout <= 0:
+            raise ValueError("ttl, lock_ttl and timeout are positive numbers of seconds")
+        self.urls = tuple(urls)
+        self._nodes = [
+            # Short timeouts: a node that is down must cost a request a miss, not its deadline.
+            Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            for url in self.urls
+        ]
+        self._prefix = f"{prefix}data:v{SCHEMA_VERSION}:"
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._lock_ttl = lock_ttl
+        self._on_result = on_result
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"Cache(nodes={len(self.urls)})"
+
+    def generation_key(self, tenant: str) -> str:
+        """The key of ``tenant``'s generation counter (on every node)."""
+        return f"{self._prefix}gen:{tenant}"
+
+    def entry_key(self, tenant: str, generation: int, part: str = "") -> str:
+        """The key of ``tenant``'s entry under ``generation`` (``part``: which query)."""
+        key = f"{self._prefix}summary:{tenant}:{generation}"
+        return f"{key}:{part}" if part else key
+
+    def node_for(self, tenant: str) -> int:
+        """The index (in the URL list) of the node holding ``tenant``'s entries."""
+        return rendezvous_node(tenant, self.urls)
+
+    async def get_or_compute(
+        self, tenant: str, compute: Compute, part: str = ""
+    ) -> tuple[dict[str, Any], CacheResult]:
+        """``tenant``'s cached object, or ``compute()``'s result (stored for the next
+        caller); says whether it was a hit. Never raises for a Redis failure."""
+        node = self._nodes[self.node_for(tenant)]
+        try:
+            generation = await self._generation(node, tenant)
+            key = self.entry_key(tenant, generation, part)
+            cached = await self._read(node, key)
+        except RedisError as exc:
+            index = self.node_for(tenant)
+            log.warning("cache node %d unavailable, reading through: %s", index, exc)
+            return await self._computed(compute)
+        if cached is not None:
+            self._count("hit")
+            return cached, "hit"
+        return await self._recompute(node, key, compute)
+
+    async def invalidate(self, tenant: str) -> int:
+        """Bump ``tenant``'s generation on every node; return how many nodes took it."""
+        bumped = 0
+        for index, node in enumerate(self._nodes):
+            try:
+                await node.incr(self.generation_key(tenant))
+            except RedisError as exc:
+                log.warning("cache node %d missed an invalidation of %s: %s", index, tenant, exc)
+            else:
+                bumped += 1
+        return bumped
+
+    async def warm(self, tenant: str, compute: Compute, part: str = "") -> bool:
+        """Compute ``tenant``'s entry and store it now; False if its node is unavailable."""
+        node = self._nodes[self.node_for(tenant)]
+        value = dict(await compute())
+        try:
+            generation = await self._generation(node, tenant)
+            await self._store(node, self.entry_key(tenant, generation, part), value)
+        except RedisError:
+            return False
+        return True
+
+    async def ping(self) -> list[bool]:
+        """Whether each node answers, in URL order."""
+        results = []
+        for node in self._nodes:
+            try:
+                results.append(bool(await node.ping()))
+            except RedisError:
+                results.append(False)
+        return results
+
+    async def close(self) -> None:
+        """Close every node's connections."""
+        for node in self._nodes:
+            with contextlib.suppress(RedisError, OSError):
+                await node.aclose()
+
+    async def _generation(self, node: Redis, tenant: str) -> int:
+        raw = await node.get(self.generation_key(tenant))
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            # A corrupt counter: start a generation no earlier entry was stored under.
+            await node.set(self.generation_key(tenant), time.time_ns())
+            return time.time_ns()
+
+    async def _read(self, node: Redis, key: str) -> dict[str, Any] | None:
+        raw = await node.get(key)
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+            valid = (
+                isinstance(entry, dict)
+                and entry.get("v") == SCHEMA_VERSION
+                and isinstance(entry.get("value"), dict)
+            )
+        except (ValueError, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            log.warning("corrupt cache entry %s deleted", key)
+            await node.delete(key)
+            return None
+        value: dict[str, Any] = entry["value"]
+        return value
+
+    async def _store(self, node: Redis, key: str, value: Mapping[str, Any]) -> None:
+        body = json.dumps({"v": SCHEMA_VERSION, "value": value}, separators=(",", ":"))
+        await node.set(key, body, px=self._ttl_ms)
+
+    async def _recompute(
+        self, node: Redis, key: str, compute: Compute
+    ) -> tuple[dict[str, Any], CacheResult]:
+        lock = f"{key}:lock"
+        token = secrets.token_hex(8)
+        try:
+            owner = await node.set(lock, token, nx=True, px=max(1, int(self._lock_ttl * 1000)))
+            if not owner:
+                waited = await self._wait_for_entry(node, key, lock)
+                if waited is not None:
+                    self._count("hit")
+                    return waited, "hit"
+        except RedisError:
+            return await self._computed(compute)
+        value, result = await self._computed(compute)
+        if owner:
+            with contextlib.suppress(RedisError):
+                await self._store(node, key, value)
+                await node.eval(_RELEASE, 1, lock, token)
+        return value, result
+
+    async def _wait_for_entry(self, node: Redis, key: str, lock: str) -> dict[str, Any] | None:
+        """The entry another caller is computing, once stored; None if its lock went away
+        (or expired) without one."""
+        deadline = time.monotonic() + self._lock_ttl
+        while time.monotonic() < deadline:
+            cached = await self._read(node, key)
+            if cached is not None:
+                return cached
+            if not await node.exists(lock):
+                return await self._read(node, key)
+            await asyncio.sleep(_WAIT_STEP)
+        return None
+
+    async def _computed(self, compute: Compute) -> tuple[dict[str, Any], CacheResult]:
+        self._count("miss")
+        return dict(await compute()), "miss"
+
+    def _count(self, result: CacheResult) -> None:
+        if result == "hit":
+            self.hits += 1
+        else:
+            self.misses += 1
+        if self._on_result is not None:
+            self._on_result(result)

@@ -1,0 +1,314 @@
+"""The data flow in the service: the outbox relay (a background task of the app), the
+summary cache over several Redis nodes, and the routes that drive them.
+
+:func:`install_flow` adds them to an app built by :func:`apex.data.app.create_app`: it
+wraps the app's lifespan (which opens the :class:`~apex.data.service.DataService`) with
+:func:`open_flow`, which builds on that service's primary pool, ClickHouse client and
+metrics, and includes :data:`flow_router`. Admin routes take the admin token
+(:func:`apex.data.routes.require_admin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, Final
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from apex.common.http import ApiError
+from apex.data import references, views
+from apex.data.cache import Cache, CacheResult
+from apex.data.callers import BILLING_READ
+from apex.data.clickhouse import ClickHouse, ClickHouseError
+from apex.data.outbox import Relay
+from apex.data.pool import DatabasePool, PoolExhausted
+from apex.data.routes import Admin, CallerDep, Service, _window
+from apex.data.service import DataService
+
+__all__ = ["Flow", "flow_router", "install_flow", "open_flow"]
+
+log = logging.getLogger("apex.data.flow")
+
+RELAY_CONNECTIONS: Final = 2
+# Seconds the app's shutdown waits for the relay task, and for its pool to close.
+RELAY_STOP_TIMEOUT: Final = 3.0
+_DATABASE_DOWN: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclasses.dataclass
+class Flow:
+    """What the data flow adds to the running service."""
+
+    service: DataService
+    cache: Cache
+    relay: Relay | None
+
+    async def invalidate(self, *tenants: object) -> None:
+        """Bump the cache generation of ``tenants`` now, after a commit that changed them.
+
+        Best effort: a node that misses it is caught up by the relay, which invalidates
+        every tenant an outbox row names once it has copied the row."""
+        for tenant in tenants:
+            await self.cache.invalidate(str(tenant))
+
+    def require_clickhouse(self) -> tuple[ClickHouse, Relay]:
+        """The ClickHouse client and relay, or 503 when APEX_CLICKHOUSE_URL is unset."""
+        if self.service.clickhouse is None or self.relay is None:
+            raise ApiError(503, "clickhouse_unconfigured", "APEX_CLICKHOUSE_URL is not set")
+        return self.service.clickhouse, self.relay
+
+
+@contextlib.asynccontextmanager
+async def open_flow(service: DataService) -> AsyncIterator[Flow]:
+    """The flow on ``service``'s stores; the relay runs in the background (unless
+    APEX_OUTBOX_RELAY=off) until the block ends."""
+    settings, metrics = service.settings, service.metrics
+
+    def count(result: CacheResult) -> None:
+        metrics.cache_requests.labels(result).inc()
+
+    cache = Cache(
+        settings.cache_redis_urls,
+        prefix=settings.redis_prefix,
+        ttl=settings.cache_ttl,
+        lock_ttl=settings.cache_lock_ttl,
+        on_result=count,
+    )
+    # The relay's own two connections: a background pass never takes one of the
+    # requests' (APEX_DB_POOL_SIZE is what requests get, and what /admin/pools shows).
+    relay_pool = DatabasePool(
+        "relay",
+        settings.database_url,
+        size=RELAY_CONNECTIONS,
+        timeout=settings.pool_timeout,
+        statement_timeout=settings.statement_timeout,
+        # Also how long closing it waits for a lent connection: short, the app's shutdown
+        # is bounded (a relay that cannot connect in time tries again at its next poll).
+        connect_timeout=min(RELAY_STOP_TIMEOUT, settings.connect_deadline),
+        metrics=metrics,
+    )
+    await relay_pool.open()
+    relay = None
+    if service.clickhouse is not None:
+        relay = Relay(
+            relay_pool.connection,
+            service.clickhouse,
+            batch=settings.outbox_batch,
+            poll=settings.outbox_poll,
+            listen_dsn=settings.database_url,
+            cache=cache,
+            on_relayed=metrics.relay_rows.inc,
+            on_pending=metrics.outbox_pending.set,
+        )
+    task = None
+    if relay is not None and settings.outbox_relay:
+        task = asyncio.create_task(relay.run_forever(), name="apex.data outbox relay")
+    try:
+        yield Flow(service, cache, relay)
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, RELAY_STOP_TIMEOUT)
+        await cache.close()
+        await relay_pool.close()
+
+
+def install_flow(app: FastAPI) -> None:
+    """Open the flow inside the app's own lifespan (after its service), add its routes."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        async with inner(application) as state:
+            service = application.state.service
+            async with open_flow(service) as flow:
+                application.state.flow = flow
+                try:
+                    yield state
+                finally:
+                    application.state.flow = None
+
+    app.router.lifespan_context = lifespan
+    app.state.flow = None
+    app.include_router(flow_router)
+
+
+def flow_of(request: Request) -> Flow:
+    """The running flow (503 while the service starts or stops)."""
+    flow = request.app.state.flow
+    if not isinstance(flow, Flow):
+        raise ApiError(503, "unavailable", "the data service is starting or stopping")
+    return flow
+
+
+FlowDep = Annotated[Flow, Depends(flow_of)]
+
+flow_router = APIRouter()
+
+
+class RefreshIn(BaseModel):
+    """Which materialized view to refresh."""
+
+    model_config = ConfigDict(extra="forbid")
+    view: str = "usage_daily"
+
+
+@flow_router.post("/admin/relay/run", dependencies=[Admin])
+async def run_relay(flow: FlowDep) -> JSONResponse:
+    """One relay pass: 200 with its counts, 503 ``relay_failed`` when a store failed
+    (nothing of the failed batch is acked; the counts say what went before)."""
+    _, relay = flow.require_clickhouse()
+    try:
+        result = await relay.run_once()
+    except (*_DATABASE_DOWN, PoolExhausted) as exc:
+        raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
+    if result.error is not None:
+        counts = {key: value for key, value in result.as_dict().items() if key != "error"}
+        return JSONResponse(
+            {"error": "relay_failed", "detail": result.error, **counts}, status_code=503
+        )
+    return JSONResponse(result.as_dict())
+
+
+@flow_router.post("/admin/views/refresh", dependencies=[Admin])
+async def refresh_view(flow: FlowDep, body: RefreshIn | None = None) -> JSONResponse:
+    """REFRESH MATERIALIZED VIEW CONCURRENTLY, then validation against the base query."""
+    view = (body or RefreshIn()).view
+    if view not in views.VIEWS:
+        raise ApiError(422, "unknown_view", f"known views: {', '.join(sorted(views.VIEWS))}")
+    async with flow.service.router.primary.connection() as conn:
+        result = await views.refresh(conn, view)
+    return JSONResponse(result.as_dict())
+
+
+@flow_router.get("/admin/references/check", dependencies=[Admin])
+async def check_references(flow: FlowDep) -> JSONResponse:
+    """Orphan events in ClickHouse and records missing from it (001#63)."""
+    clickhouse, _ = flow.require_clickhouse()
+    try:
+        report = await references.check(flow.service.router.primary.connection, clickhouse)
+    except ClickHouseError as exc:
+        raise ApiError(503, "clickhouse_unavailable", str(exc)) from exc
+    return JSONResponse(report.as_dict())
+
+
+@flow_router.post("/admin/references/repair", dependencies=[Admin])
+async def repair_references(flow: FlowDep) -> JSONResponse:
+    """Delete orphan events, re-enqueue missing records (the relay copies them)."""
+    clickhouse, _ = flow.require_clickhouse()
+    try:
+        result = await references.repair(flow.service.router.primary.connection, clickhouse)
+    except ClickHouseError as exc:
+        raise ApiError(503, "clickhouse_unavailable", str(exc)) from exc
+    return JSONResponse(result.as_dict())
+
+
+# The whole range of ClickHouse's DateTime, for an open-ended window.
+_DATETIME_MIN: Final = 0
+_DATETIME_MAX: Final = 4_294_967_295
+_ANALYTICS: Final = (
+    "SELECT kind, sum(quantity), sum(cost_micros) FROM usage_events FINAL "
+    "WHERE tenant_id = toUUID(%(tenant)s) AND occurred_at >= toDateTime(%(since)s) "
+    "AND occurred_at < toDateTime(%(until)s) GROUP BY kind ORDER BY kind"
+)
+
+
+def _epoch(value: datetime.datetime | None, default: int) -> int:
+    """Seconds since the epoch of ``value`` (within DateTime's range), else ``default``."""
+    if value is None:
+        return default
+    return min(max(int(value.timestamp()), _DATETIME_MIN), _DATETIME_MAX)
+
+
+@flow_router.get("/v1/usage/analytics")
+async def usage_analytics(
+    caller: CallerDep,
+    flow: FlowDep,
+    since: Annotated[datetime.datetime | None, Query()] = None,
+    until: Annotated[datetime.datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """Totals per kind from ClickHouse (what the relay copied, each record once), and
+    ``relay_lag``: outbox rows not relayed yet (every tenant's: the relay is shared)."""
+    caller.require(BILLING_READ)
+    _window(since, until)
+    clickhouse, relay = flow.require_clickhouse()
+    params = {
+        "tenant": str(caller.tenant_id),
+        "since": _epoch(since, _DATETIME_MIN),
+        "until": _epoch(until, _DATETIME_MAX),
+    }
+    try:
+        rows = await clickhouse.execute(_ANALYTICS, params)
+    except ClickHouseError as exc:
+        if "usage_events" in str(exc) and "doesn't exist" in str(exc):
+            rows = []  # nothing relayed yet: the relay makes the table on its first pass
+        else:
+            raise ApiError(503, "clickhouse_unavailable", "ClickHouse is unreachable") from exc
+    try:
+        lag = await relay.pending()
+    except (*_DATABASE_DOWN, PoolExhausted) as exc:
+        raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
+    return {
+        "tenant_id": str(caller.tenant_id),
+        "by_kind": {
+            str(kind): {"quantity": int(quantity), "cost_micros": int(cost)}
+            for kind, quantity, cost in rows
+        },
+        "relay_lag": lag,
+        "source": "clickhouse",
+    }
+
+
+def _balance_of(service: DataService, tenant: uuid.UUID) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The computation of ``tenant``'s cached balance, from the primary."""
+
+    async def work() -> dict[str, Any]:
+        async with service.router.primary.connection() as conn:
+            balance = await conn.fetchval(
+                "SELECT balance_micros FROM tenant_credits WHERE tenant_id = $1", tenant
+            )
+        return {"balance_micros": int(balance or 0)}
+
+    async def compute() -> dict[str, Any]:
+        return await service.run(work)
+
+    return compute
+
+
+class WarmIn(BaseModel):
+    """The tenants whose cached balances to compute now."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=1000)]
+
+
+@flow_router.post("/admin/cache/warm", dependencies=[Admin])
+async def warm_cache(body: WarmIn, service: Service, flow: FlowDep) -> dict[str, Any]:
+    """Compute and store these tenants' balances in the cache (001#67); ``warmed`` counts
+    the ones whose cache node took them."""
+    warmed = 0
+    for tenant in body.tenant_ids:
+        warmed += await flow.cache.warm(str(tenant), _balance_of(service, tenant), "credits")
+    return {"warmed": warmed, "tenants": len(body.tenant_ids)}
+
+
+@flow_router.get("/v1/credits")
+async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> dict[str, Any]:
+    """The caller's tenant's credit balance, through the cache (``source``: cache, or
+    primary when the cache missed or its node is down)."""
+    caller.require(BILLING_READ)
+    tenant = caller.tenant_id
+    compute = _balance_of(service, tenant)
+    value, result = await flow.cache.get_or_compute(str(tenant), compute, part="credits")
+    source = "cache" if result == "hit" else "primary"
+    return {"tenant_id": str(tenant), **value, "source": source}
