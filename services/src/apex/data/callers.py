@@ -19,7 +19,8 @@ from typing import Any, Final
 
 import httpx
 
-from apex.common.http import ApiError, bearer_challenge
+from apex.common.challenges import bearer_challenge
+from apex.common.http import ApiError
 from apex.common.identity import ContextTokenError, verify_context_token
 
 __all__ = ["AUDIENCE", "BILLING_READ", "BILLING_WRITE", "RUN_AGENTS", "Caller", "Verifier"]
