@@ -333,12 +333,12 @@ async def test_bench_revocation_and_permission_change_latency(
     for n in range(rounds):
         allowed = n % 2 == 0
         started = time.perf_counter()
-        waits = [
+        heard = [
             asyncio.create_task(_timed(started, t.expect("permissions_changed", timeout=60)))
             for t in tabs
         ]
         await access.grant_user(user.user_id, "reports:export", "allow" if allowed else "deny")
-        for seconds, frame in await asyncio.gather(*waits):
+        for seconds, frame in await asyncio.gather(*heard):
             assert ("reports:export" in frame["permissions"]) is allowed, frame
             frames.append(seconds)
 
