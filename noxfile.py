@@ -285,9 +285,11 @@ def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage])
         run_measured(session, *pytest, env=env)
         return
     # No deployment given: start the whole platform as a local stack around the run.
+    # --check-leftovers: once pytest is done, the stack fails the session if the run left
+    # rows of its test namespaces in the stack's database (L4 tests clean up after themselves).
     target = REPORTS / "l4" / f"{session.name}.toml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    stack = ["apex-testkit", "stack", f"--target-out={target}", "--"]
+    stack = ["apex-testkit", "stack", f"--target-out={target}", "--check-leftovers", "--"]
     run_measured(session, *stack, *pytest, f"--target={target}", env=env)
 
 

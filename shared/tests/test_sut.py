@@ -83,6 +83,45 @@ def test_stack_runs_a_command_against_the_platform(tmp_path: Path):
         httpx.get(f"{loaded.url('auth')}/healthz", timeout=2)
 
 
+# Against the stack's target: writes in two test namespaces, deletes one, leaves the other.
+_LEAVES_ROWS = """
+import sys, httpx
+from apex_testkit._target import load_target
+target = load_target(sys.argv[1])
+auth = httpx.Client(
+    base_url=target.url("auth"), headers={"Authorization": f"Bearer {target.admin_token}"}
+)
+def user(email):
+    made = auth.post("/admin/users", json={"email": email, "tier": "pro"})
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
+kept = user("kept@sub.kept.invalid")
+assert auth.post(f"/admin/users/{kept}/api-keys", json={"name": "k", "scopes": []}).is_success
+assert auth.post("/admin/teams", json={"name": "kept.invalid/team"}).status_code == 201
+user("gone@gone.invalid")
+assert auth.delete("/admin/users", params={"email_domain": "gone.invalid"}).is_success
+"""
+
+
+def test_stack_check_leftovers_fails_a_run_that_left_rows_of_a_test_namespace(tmp_path: Path):
+    target, script = tmp_path / "target.toml", tmp_path / "leaves_rows.py"
+    script.write_text(_LEAVES_ROWS)
+    done = _stack(
+        f"--target-out={target}", "--check-leftovers", "--",
+        sys.executable, str(script), str(target), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # the command passed; what it left fails it
+    # The deleted namespace counts nothing; a key goes with its user, counted on its own.
+    counts = "(api_keys: 1, teams: 1, users: 1)"
+    assert f"the run left rows of test namespaces in the database {counts}" in done.stderr
+
+
+def test_stack_check_leftovers_needs_a_command(tmp_path: Path):
+    done = _stack("--check-leftovers", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--check-leftovers needs a COMMAND" in done.stderr
+
+
 def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
     done = _stack("--services", "redis=podman", "--", "true", cwd=tmp_path)
     assert done.returncode == 2

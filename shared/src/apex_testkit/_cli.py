@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("APEX_TEST_SERVICES", ""),
         help="provider chain per service, as pytest --services (env APEX_TEST_SERVICES)",
     )
+    stack.add_argument(
+        "--check-leftovers",
+        action="store_true",
+        help="after COMMAND, fail (exit 1) if rows of a test namespace (users under .invalid, "
+        "their keys, identities, grants, teams named <domain>/...) are left in the database",
+    )
     stack.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     commands.add_parser("sweep", help="remove what dead test runs left behind")
@@ -54,7 +60,12 @@ def _stack(args: argparse.Namespace) -> int:
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     try:
         chains = parse_services(args.services)
-        return run_stack(command, target_out=args.target_out, chains=chains)
+        return run_stack(
+            command,
+            target_out=args.target_out,
+            chains=chains,
+            check_leftovers=args.check_leftovers,
+        )
     except (ValueError, ServiceUnavailable, RuntimeError) as exc:
         print(f"apex-testkit stack: {mask_secrets(str(exc))}", file=sys.stderr)
         return 2

@@ -9,6 +9,10 @@ removes its run. COMMAND dies with the stack even when the stack is killed (kill
 
 The platform's third parties are the kit's fakes, started as sandboxes (processes of the
 run) and written into the target as `[sandboxes.<name>]` tables (see `_sandboxes`).
+
+With `check_leftovers`, once COMMAND has exited the stack counts what it left in the
+database of test namespaces (`_leftovers`): any row makes the exit code 1 (or COMMAND's own,
+if it failed), so an L4 run proves it cleaned up after itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from apex.topology import SERVICES, servers_needed
+from apex_testkit._leftovers import leftovers
 from apex_testkit._level import Level
 from apex_testkit._masking import mask_secrets
 from apex_testkit._processes import _die_with_parent, log_tail, spawn
@@ -63,26 +68,31 @@ def run_stack(
     *,
     target_out: Path | None,
     chains: dict[str, tuple[str, ...]],
+    check_leftovers: bool = False,
     timeout: float = 120.0,
 ) -> int:
     """Start the stack, run `command` against it (or wait for Ctrl-C), tear it all down.
 
     Returns the command's exit code, or 128 + the signal's number when SIGINT or SIGTERM
-    stopped the stack (130 after Ctrl-C).
+    stopped the stack (130 after Ctrl-C). With `check_leftovers` (a `command` only), 1
+    when the command succeeded but left rows of a test namespace in the database.
     """
+    if check_leftovers and not command:
+        raise ValueError("--check-leftovers needs a COMMAND to check after")
     run = Run.create()
     # Set explicitly: a script's background job starts with SIGINT ignored, and SIGTERM
     # would end the stack without its teardown (only the watchdog would clean up).
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
     try:
-        manifest, stack = _start(run, chains, timeout)
+        manifest, stack, database = _start(run, chains, timeout)
         if target_out is not None:
             target_out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(manifest, target_out)
             _say(f"target file: {target_out}")
         if command:
             _say(f"running: {' '.join(command)}")
-            return _run_command(run, command)
+            code = _run_command(run, command)
+            return _leftovers_checked(code, database) if check_leftovers else code
         _say("running; press Ctrl-C to stop")
         code = stack.wait()
         _say(f"the platform stack exited with code {code}:\n{log_tail(run.path / 'stack.log')}")
@@ -96,6 +106,17 @@ def run_stack(
         _say(f"stopped and cleaned up in {time.monotonic() - started:.1f} s")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _leftovers_checked(code: int, database: str) -> int:
+    """`code`, or 1 when it is 0 and test namespaces left rows in `database` (said either way)."""
+    left = leftovers(database)
+    if not left:
+        _say("no rows of a test namespace left in the database")
+        return code
+    counts = ", ".join(f"{table}: {count}" for table, count in sorted(left.items()))
+    _say(f"the run left rows of test namespaces in the database ({counts})")
+    return code or 1
 
 
 def _run_command(run: Run, command: Sequence[str]) -> int:
@@ -145,7 +166,8 @@ def _in_terminal_foreground() -> bool:
 
 def _start(
     run: Run, chains: dict[str, tuple[str, ...]], timeout: float
-) -> tuple[Path, subprocess.Popen[bytes]]:
+) -> tuple[Path, subprocess.Popen[bytes], str]:
+    """Start the platform: its target file, its process and the DSN of its database."""
     began = time.monotonic()
     settings = KitSettings(level=Level.L4, target=None, chains=chains)
     worker = Worker(run, settings, migrate, STACK_SLOT)
@@ -159,6 +181,7 @@ def _start(
     for name in servers_needed():
         server = worker.server(name)
         _say(f"{name}: {server.provider} {server.url} ready in {server.ready_seconds:.3f} s")
+    database = worker.postgres_database()  # the services' database (service_env made it)
     worker.close()
     manifest = run.path / "manifest.toml"
     log = run.path / "stack.log"
@@ -185,4 +208,4 @@ def _start(
     for service, url in sorted(target.services.items()):
         _say(f"{service}: {url}")
     _say(f"platform ready in {time.monotonic() - began:.2f} s (log: {log})")
-    return manifest, process
+    return manifest, process, database

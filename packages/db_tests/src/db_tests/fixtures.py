@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login
+from auth_tests.client import AuthAdmin, login, run_namespace
 
 from apex_testkit import Platform
 from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
@@ -51,10 +51,22 @@ async def data_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.Asyn
         yield client
 
 
+@pytest.fixture(scope="session")
+def data_namespace(platform: Platform) -> Iterator[str]:
+    """The e-mail domain of the users this worker makes (`auth_tests.client.run_namespace`):
+    at L4 one of its own on the shared deployment, whose users are deleted when the worker
+    ends; L2/L3 reset their own state."""
+    with run_namespace(platform) as domain:
+        yield domain
+
+
 @pytest.fixture
-def data_auth_admin(data_auth_client: httpx.AsyncClient, admin_token: str) -> AuthAdmin:
-    """auth's admin API (`auth_tests.client.AuthAdmin`) on `data_auth_client`."""
-    return AuthAdmin(data_auth_client, admin_token)
+def data_auth_admin(
+    data_auth_client: httpx.AsyncClient, admin_token: str, data_namespace: str
+) -> AuthAdmin:
+    """auth's admin API (`auth_tests.client.AuthAdmin`) on `data_auth_client`: users, keys,
+    in `data_namespace`."""
+    return AuthAdmin(data_auth_client, admin_token, data_namespace)
 
 
 @pytest.fixture

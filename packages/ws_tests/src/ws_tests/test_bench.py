@@ -1,6 +1,8 @@
 """Benchmarks of the gateway (marker perf; `nox -s bench`, or `pytest --perf -m perf -s`).
 
 001#19 leader handover latency (the contract's 1 s; the multitab tests only wait for it),
+001#4 the auth cascade's latency (a revocation closes the session's sockets within 1 s; a
+permission change reaches the user's connections; test_session_events only waits for them),
 001#76 concurrent connections held (target 1,000 on 2 cores) and 001#77 fan-out
 throughput (issue 9's targets: 10,000 deliveries/s plain, 7,000/s with permessage-deflate):
 a burst (every message at once; deliveries/s is the capacity) and then a paced run at half
@@ -11,7 +13,7 @@ A benchmark reports numbers (a table on stdout, JSON in $APEX_BENCH_DIR/gateway.
 default reports/bench); it never fails on speed, only on correctness (every connection
 welcomed, every message delivered once, in order).
 Sizes: APEX_BENCH_CONNECTIONS (1000), APEX_BENCH_RECEIVERS (50), APEX_BENCH_MESSAGES (400),
-APEX_BENCH_HANDOVERS (20).
+APEX_BENCH_HANDOVERS (20), APEX_BENCH_REVOCATIONS (20).
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pytest
+from auth_tests.access import AccessAdmin
+from auth_tests.client import AuthAdmin, login
 
 from apex_testkit import Level
 from ws_tests.client import Connect, HandshakeRefused, WsClient
@@ -265,3 +271,78 @@ async def test_bench_leader_handover(
         rows[f"{tag}.p99_ms"] = _percentile(seconds, 0.99) * 1000
         rows[f"{tag}.max_ms"] = max(seconds) * 1000
     _report("leader_handover", rows, apex_level)
+
+
+CASCADE = pytest.mark.bvj(
+    segment="enterprise", goal="Revocations and permission changes reach open sockets at once",
+    mrr=10000, scenario="001#4",
+)  # fmt: skip
+T = TypeVar("T")
+# The sweep once an hour: what closes a socket within a round is the auth event.
+SLOW_SWEEP = {"APEX_WS_SESSION_SWEEP": "3600"}
+
+
+async def _timed(started: float, waiting: Awaitable[T]) -> tuple[float, T]:
+    """Seconds from `started` (perf_counter) until `waiting` is done, and its result."""
+    result = await waiting
+    return time.perf_counter() - started, result
+
+
+def _latency_rows(tag: str, seconds: list[float]) -> dict[str, Any]:
+    return {
+        f"{tag}.samples": len(seconds),
+        f"{tag}.p50_ms": statistics.median(seconds) * 1000,
+        f"{tag}.p99_ms": _percentile(seconds, 0.99) * 1000,
+        f"{tag}.max_ms": max(seconds) * 1000,
+    }
+
+
+@CASCADE
+async def test_bench_revocation_and_permission_change_latency(
+    serve_gateway: Serve,
+    ws_open: Connect,
+    ws_auth_client: httpx.AsyncClient,
+    ws_auth_admin: AuthAdmin,
+    make_ws_user: MakeUser,
+    apex_level: Level,
+) -> None:
+    """Seconds from a logout request to the 4003 close of the session's socket on each of
+    two instances (the contract's 1 s), and from a grant's PUT to the `permissions_changed`
+    frame on each, APEX_BENCH_REVOCATIONS times each; the session sweep is too slow to
+    close anything meanwhile, so the closes measure the auth event's path."""
+    rounds = _size("APEX_BENCH_REVOCATIONS", 20)
+    urls = [await serve_gateway(instance=n, **SLOW_SWEEP) for n in (0, 1)]
+    key_user = await ws_auth_admin.key_user()
+
+    closes: list[float] = []
+    for _ in range(rounds):
+        session = await login(ws_auth_client, key_user.api_key)
+        sockets = [await ws_open(url, session.access) for url in urls]
+        started = time.perf_counter()
+        waits = [asyncio.create_task(_timed(started, s.closed(timeout=60))) for s in sockets]
+        logout = await ws_auth_client.post("/auth/logout", headers=session.bearer)
+        assert logout.status_code == 204, logout.text
+        for seconds, close in await asyncio.gather(*waits):
+            assert close == (4003, "session revoked"), close
+            closes.append(seconds)
+
+    user = await make_ws_user()
+    tabs = [await ws_open(url, user.token) for url in urls]
+    access = AccessAdmin(ws_auth_admin)
+    frames: list[float] = []
+    for n in range(rounds):
+        allowed = n % 2 == 0
+        started = time.perf_counter()
+        heard = [
+            asyncio.create_task(_timed(started, t.expect("permissions_changed", timeout=60)))
+            for t in tabs
+        ]
+        await access.grant_user(user.user_id, "reports:export", "allow" if allowed else "deny")
+        for seconds, frame in await asyncio.gather(*heard):
+            assert ("reports:export" in frame["permissions"]) is allowed, frame
+            frames.append(seconds)
+
+    rows: dict[str, Any] = {"instances": len(urls), "contract_ms": 1000}
+    rows.update(_latency_rows("revocation_to_close", closes))
+    rows.update(_latency_rows("permission_change_to_frame", frames))
+    _report("auth_cascade", rows, apex_level)

@@ -7,6 +7,8 @@ cause them through auth's own API, so they break when either side stops speaking
 other's language. A revocation has a second path, the gateway's periodic session sweep
 (every APEX_WS_SESSION_SWEEP seconds it checks that each socket's session still exists):
 each path is tested alone, the sweep made slow for the event, the event lost for the sweep.
+These are correctness tests: they wait for a close or a frame with a generous deadline.
+How soon it comes (the contract's 1 s) is measured by test_bench's revocation benchmark.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
 
 from apex_testkit import Platform, RedisNamespace
 from ws_tests.client import Connect, HandshakeRefused, WsClient
-from ws_tests.gateways import Gateways
+from ws_tests.gateways import Gateways, Serve
 from ws_tests.users import MakeUser
 
 CASCADE = pytest.mark.bvj(
@@ -30,8 +32,12 @@ CASCADE = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [CASCADE]
 
-# The contract's bound for a revocation to close sockets (1 s), plus scheduling slack.
-REVOKE_SECONDS = 3.0
+# How long a test waits for a close or a frame: a deadline for a condition, not a latency
+# bound (that is the benchmark's).
+DEADLINE = 15.0
+# The sweep of the gateways of the tests that prove the event path: once an hour, 240 times
+# DEADLINE, so within a test's deadline only the auth event can have closed a socket.
+SLOW_SWEEP = {"APEX_WS_SESSION_SWEEP": "3600"}
 
 
 @pytest.fixture
@@ -40,6 +46,16 @@ async def second_gateway(clean_platform: Platform, gateway_url: str) -> AsyncIte
     async with clean_platform.serve("gateway", instance=1) as url:
         assert url != gateway_url
         yield url
+
+
+@pytest.fixture
+async def event_only_gateways(serve_gateway: Serve) -> tuple[str, str]:
+    """Two gateway instances whose session sweep is too slow to close a socket in a test
+    (SLOW_SWEEP): a socket they close in time was closed by the revocation event."""
+    first = await serve_gateway(instance=0, **SLOW_SWEEP)
+    second = await serve_gateway(instance=1, **SLOW_SWEEP)
+    assert first != second
+    return first, second
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ async def _session_gone(client: httpx.AsyncClient, ended: Tokens, staying: Token
 
 
 async def _closed_with(client: WsClient, code: int, reason: str) -> None:
-    assert await client.closed(timeout=REVOKE_SECONDS) == (code, reason)
+    assert await client.closed(timeout=DEADLINE) == (code, reason)
 
 
 async def _alive(client: WsClient) -> None:
@@ -79,16 +95,18 @@ async def _alive(client: WsClient) -> None:
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
-    ws_connect: Connect,
-    second_gateway: str,
+    ws_open: Connect,
+    event_only_gateways: tuple[str, str],
     ws_auth_client: httpx.AsyncClient,
     two_sessions: TwoSessions,
 ) -> None:
+    """The event reaches every instance (their sweep is too slow to be what closes)."""
+    first, second = event_only_gateways
     ending, staying = two_sessions.ending, two_sessions.staying
-    on_a = await ws_connect(ending.access)
-    on_b = await ws_connect(ending.access, base_url=second_gateway)
-    other_tab_a = await ws_connect(staying.access)
-    other_tab_b = await ws_connect(staying.access, base_url=second_gateway)
+    on_a = await ws_open(first, ending.access)
+    on_b = await ws_open(second, ending.access)
+    other_tab_a = await ws_open(first, staying.access)
+    other_tab_b = await ws_open(second, staying.access)
     assert on_a.welcome["instance"] != on_b.welcome["instance"]
 
     logout = await ws_auth_client.post("/auth/logout", headers=ending.bearer)
@@ -101,7 +119,7 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
     await _alive(other_tab_b)
     await _session_gone(ws_auth_client, ending, staying)
     with pytest.raises(HandshakeRefused) as refused:
-        await ws_connect(ending.access, base_url=second_gateway)
+        await ws_open(second, ending.access)
     assert (refused.value.status, refused.value.body["error"]) == (401, "session_revoked")
 
 
@@ -111,6 +129,7 @@ async def test_logout_closes_the_sessions_sockets_on_every_instance_with_4003(
 async def test_deleting_a_session_from_another_device_closes_its_socket(
     ws_connect: Connect, ws_auth_client: httpx.AsyncClient, two_sessions: TwoSessions
 ) -> None:
+    """The run's gateway as deployed (L4 too): the event or the sweep, whichever comes first."""
     phone, laptop = two_sessions.ending, two_sessions.staying
     laptop_ws, phone_ws = await ws_connect(laptop.access), await ws_connect(phone.access)
 
@@ -125,19 +144,21 @@ async def test_deleting_a_session_from_another_device_closes_its_socket(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
-    ws_connect: Connect,
-    second_gateway: str,
+    ws_open: Connect,
+    event_only_gateways: tuple[str, str],
     ws_auth_client: httpx.AsyncClient,
     ws_auth_admin: AuthAdmin,
 ) -> None:
+    """By the event, on both instances (their sweep is too slow to be what closes)."""
+    first, second = event_only_gateways
     key_user = await ws_auth_admin.key_user()
     bystander = await ws_auth_admin.key_user()
     sessions = [await login(ws_auth_client, key_user.api_key) for _ in range(2)]
     sockets = [
-        await ws_connect(sessions[0].access),
-        await ws_connect(sessions[1].access, base_url=second_gateway),
+        await ws_open(first, sessions[0].access),
+        await ws_open(second, sessions[1].access),
     ]
-    bystander_ws = await ws_connect((await login(ws_auth_client, bystander.api_key)).access)
+    bystander_ws = await ws_open(first, (await login(ws_auth_client, bystander.api_key)).access)
 
     await ws_auth_admin.revoke_api_key(key_user.key_id)
 
@@ -156,8 +177,9 @@ async def test_the_revocation_event_alone_closes_the_sessions_sockets(
     ws_auth_client: httpx.AsyncClient,
     two_sessions: TwoSessions,
 ) -> None:
-    """The sweep runs once an hour here: only the event can close the socket."""
-    gateway = await gateways.start(APEX_WS_SESSION_SWEEP="3600")
+    """The sweep runs once an hour here (SLOW_SWEEP), the test waits DEADLINE: only the
+    event can have closed the socket."""
+    gateway = await gateways.start(**SLOW_SWEEP)
     ending, staying = two_sessions.ending, two_sessions.staying
     ending_ws, staying_ws = (
         await ws_open(gateway.url, ending.access),
@@ -195,7 +217,7 @@ async def test_the_session_sweep_alone_closes_a_socket_whose_revocation_event_wa
     finally:
         redis.close()
 
-    assert await ending_ws.closed(timeout=10) == (4003, "session revoked")
+    assert await ending_ws.closed(timeout=DEADLINE) == (4003, "session revoked")
     await _alive(staying_ws)
     await _session_gone(ws_auth_client, ending, staying)
 
@@ -227,14 +249,14 @@ async def test_permission_change_in_auth_reaches_every_connection_of_the_user(
     await _grant(ws_auth_admin, user.user_id, "reports:export", "allow")
 
     for tab in tabs:
-        frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
+        frame = await tab.expect("permissions_changed", timeout=DEADLINE)
         assert "reports:export" in frame["permissions"], frame
         assert frame["permissions"] == sorted(frame["permissions"])
 
     await _grant(ws_auth_admin, user.user_id, "reports:export", "deny")
 
     for tab in tabs:
-        frame = await tab.expect("permissions_changed", timeout=REVOKE_SECONDS)
+        frame = await tab.expect("permissions_changed", timeout=DEADLINE)
         assert "reports:export" not in frame["permissions"], frame
     # Nobody else hears of it: by the time the other user's ping is answered the events
     # have passed their instance.
@@ -264,8 +286,8 @@ async def test_permissions_changed_event_makes_the_gateway_fetch_the_users_permi
     finally:
         redis.close()
 
-    frame = await first_ws.expect("permissions_changed", timeout=REVOKE_SECONDS)
+    frame = await first_ws.expect("permissions_changed", timeout=DEADLINE)
     assert frame["permissions"] == expected.json()["permissions"]
-    await second_ws.expect("permissions_changed", timeout=REVOKE_SECONDS)
+    await second_ws.expect("permissions_changed", timeout=DEADLINE)
     await _alive(bystander_ws)
     assert not [f for f in bystander_ws.inbox if f.get("type") == "permissions_changed"]
