@@ -32,7 +32,7 @@ CACHE = pytest.mark.bvj(
     segment="platform", goal="The cache answers most reads under load",
     mrr=60000, scenario="001#66-75",
 )  # fmt: skip
-pytestmark = [pytest.mark.perf, pytest.mark.L2]
+pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3]
 
 RECORDS = 5000
 
