@@ -64,7 +64,9 @@ class Migrator:
     dsn: str
     level: Level
 
-    async def migrate(self, to: int | None = None, *, lock_timeout: float = LOCK_TIMEOUT) -> Outcome:
+    async def migrate(
+        self, to: int | None = None, *, lock_timeout: float = LOCK_TIMEOUT
+    ) -> Outcome:
         if self.level is Level.L3:
             target = () if to is None else ("--to", str(to))
             return await self._cli("migrate", *target, lock_timeout=lock_timeout)
