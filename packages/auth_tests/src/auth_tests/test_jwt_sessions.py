@@ -14,9 +14,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from apex_testkit import Platform, RedisNamespace, eventually
+from apex_testkit import Platform, RedisNamespace, eventually, rsa_key
 from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
 
 BVJ = pytest.mark.bvj(
@@ -263,7 +262,7 @@ def _forgeries(token: str, public_pem: bytes) -> dict[str, str]:
     """Tokens anyone could make from a genuine one and the public JWKS."""
     header, claims, signature = _parts(token)
     other_user = {**claims, "sub": str(uuid.uuid4())}
-    foreign_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    foreign_key = rsa_key("foreign")
     hs_input = f"{_encode({**header, 'alg': 'HS256'})}.{_encode(claims)}"
     hs_signature = _b64(hmac.new(public_pem, hs_input.encode(), hashlib.sha256).digest())
     return {

@@ -15,8 +15,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from apex_testkit import rsa_key
 from auth_tests.access import AccessAdmin, context_token, introspect, my_permissions
 from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
 
@@ -84,7 +84,7 @@ def _context_forgeries(token: str, jwks: dict[str, Any]) -> dict[str, str]:
     header = json.loads(_unb64(header_part))
     claims = json.loads(_unb64(payload_part))
     greedy = {**claims, "perms": [*claims.get("perms", []), "billing:write", "teams:manage"]}
-    foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    foreign = rsa_key("foreign")
     hs_input = f"{_encode({**header, 'alg': 'HS256'})}.{_encode(greedy)}"
     hs_signature = _b64(hmac.new(_public_pem(jwks), hs_input.encode(), hashlib.sha256).digest())
     return {
