@@ -53,6 +53,7 @@ USAGE_TOPIC: Final = "usage"
 CREDIT_TOPIC: Final = "credit_transfer"
 NOTIFY_CHANNEL: Final = "apex_outbox"
 
+
 @dataclasses.dataclass(frozen=True)
 class _Route:
     """Where the rows of one topic go in ClickHouse, and how a payload becomes a row."""
@@ -126,8 +127,8 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
     """Write one outbox row on ``conn``, inside the caller's transaction.
 
     ``payload`` holds the event's fields (UUIDs and datetimes are stored as strings); the
-    topics and their fields are those of ``apex.data.clickhouse_sql.CREATE_TABLES``. The NOTIFY that wakes
-    the relay is delivered only if the transaction commits.
+    topics and their fields are those of ``apex.data.clickhouse_sql.CREATE_TABLES``. The
+    NOTIFY that wakes the relay is delivered only if the transaction commits.
     """
     if topic not in _ROUTES:
         raise ValueError(f"unknown outbox topic {topic!r}; known: {sorted(_ROUTES)}")
