@@ -36,6 +36,7 @@ from apex.data.pool import PoolExhausted
 __all__ = [
     "CREDIT_TOPIC",
     "NOTIFY_CHANNEL",
+    "RELAY_PAUSE_LOCK",
     "USAGE_TOPIC",
     "CacheUnavailable",
     "Relay",
@@ -52,6 +53,10 @@ USAGE_TOPIC: Final = "usage"
 # "created_at"}).
 CREDIT_TOPIC: Final = "credit_transfer"
 NOTIFY_CHANNEL: Final = "apex_outbox"
+# A relay batch holds this PostgreSQL advisory lock shared for its transaction; a backup
+# (apex.data.backup) takes it exclusively while it snapshots both stores, so no batch is
+# half done (in ClickHouse, not yet acknowledged) at that moment.
+RELAY_PAUSE_LOCK: Final = 0x61706578_72656C79  # "apexrely"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +236,8 @@ class Relay:
         if self._cache is not None:
             await self._queue_invalidations()
         async with self._connect() as conn, conn.transaction():
+            # Waits while a backup snapshots the stores (a fraction of a second).
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", RELAY_PAUSE_LOCK)
             rows = await conn.fetch(
                 "SELECT id, topic, payload FROM outbox WHERE relayed_at IS NULL "
                 "AND topic = ANY($2::text[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
