@@ -68,9 +68,12 @@ async def freeze(clickhouse: ClickHouse, directory: Path) -> list[FrozenTable]:
     tables = []
     for name, create in found:
         table_dir = await _table_directory(clickhouse, str(name))
+        counted = await clickhouse.execute(clickhouse_sql.TABLE_ROWS.format(table=name))
         await clickhouse.execute(clickhouse_sql.FREEZE.format(table=name))
         target = directory / str(name)
-        parts = await asyncio.to_thread(_take_shadow, table_dir, target)
+        # A table without parts freezes to nothing at all.
+        empty = counted == [(0,)]
+        parts = await asyncio.to_thread(_take_shadow, table_dir, target, empty=empty)
         rows = sum([await asyncio.to_thread(_part_rows, target / part) for part in parts])
         tables.append(FrozenTable(str(name), str(create), parts, rows))
     return tables
@@ -151,9 +154,11 @@ async def _table_directory(clickhouse: ClickHouse, table: str) -> Path:
     return path
 
 
-def _take_shadow(table_dir: Path, target: Path) -> tuple[str, ...]:
+def _take_shadow(table_dir: Path, target: Path, *, empty: bool) -> tuple[str, ...]:
     """Move the parts that FREEZE just linked under ``<path>/shadow/<N>/`` to ``target``;
-    return their names. One FREEZE makes one ``<N>`` holding only its table."""
+    return their names. One FREEZE makes one ``<N>`` holding only its table (none for an
+    ``empty`` table)."""
+    target.mkdir(parents=True, exist_ok=False)
     for root in table_dir.parents:
         shadow = root / "shadow"
         if shadow.is_dir():
@@ -163,9 +168,10 @@ def _take_shadow(table_dir: Path, target: Path) -> tuple[str, ...]:
                 increment = max(frozen, key=lambda n: int(n.name))
                 break
     else:
+        if empty:
+            return ()
         raise ClickHouseBackupError(f"FREEZE left no shadow copy of {table_dir}")
     try:
-        target.mkdir(parents=True, exist_ok=False)
         parts = sorted(p.name for p in (increment / relative).iterdir() if p.is_dir())
         for part in parts:
             # A copy, not the links: the backup must not change when the server merges.
