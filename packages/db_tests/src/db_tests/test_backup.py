@@ -15,6 +15,7 @@ and nothing of either store is restored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import uuid
@@ -28,7 +29,8 @@ import pytest
 
 from apex.data.backup import BackupError, compare, dump, restore, restore_backup
 from apex.data.clickhouse import ClickHouse
-from apex.data.outbox import CREDIT_TOPIC, Relay, enqueue
+from apex.data.outbox import CREDIT_TOPIC, RELAY_PAUSE_LOCK, Connect, Relay, enqueue
+from apex_testkit import eventually
 from db_tests.cli import data_cli
 from db_tests.stores import write_usage
 
@@ -169,10 +171,8 @@ async def own_clickhouse(clickhouse_database: str) -> AsyncIterator[str]:
         await admin.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
-async def fill_both(dsn: str, clickhouse_url: str) -> None:
-    """`fill`, credit events in the outbox, everything relayed to ClickHouse, then two
-    records more whose outbox rows stay pending (not in ClickHouse)."""
-    await fill(dsn)
+def connector(dsn: str) -> Connect:
+    """What a Relay borrows connections from: here, a new one each time."""
 
     @contextlib.asynccontextmanager
     async def connect() -> AsyncIterator[asyncpg.Connection]:
@@ -181,6 +181,15 @@ async def fill_both(dsn: str, clickhouse_url: str) -> None:
             yield conn
         finally:
             await conn.close()
+
+    return connect
+
+
+async def fill_both(dsn: str, clickhouse_url: str) -> None:
+    """`fill`, credit events in the outbox, everything relayed to ClickHouse, then two
+    records more whose outbox rows stay pending (not in ClickHouse)."""
+    await fill(dsn)
+    connect = connector(dsn)
 
     async with connect() as conn:
         tenants = [str(row[0]) for row in await conn.fetch("SELECT tenant_id FROM tenant_credits")]
@@ -289,4 +298,36 @@ async def test_a_broken_backup_is_named_and_restores_nothing(
     try:
         assert await conn.fetchval("SELECT to_regclass('usage_records')") is None
     finally:
+        await conn.close()
+
+
+async def test_the_relay_waits_while_a_backup_snapshots(
+    flow_database: str, own_clickhouse: str
+) -> None:
+    conn = await asyncpg.connect(flow_database)
+    backup = await asyncpg.connect(flow_database)
+    try:
+        await write_usage(conn, str(uuid.uuid4()), str(uuid.uuid4()))
+        await backup.execute("SELECT pg_advisory_lock($1)", RELAY_PAUSE_LOCK)  # as create_backup
+        async with ClickHouse.from_url(own_clickhouse) as clickhouse:
+            batch = asyncio.create_task(Relay(connector(flow_database), clickhouse).relay_batch())
+
+            async def relay_waits() -> bool:
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted "
+                    "AND d.datname = current_database()"
+                )
+                return bool(waiting)
+
+            await eventually(relay_waits, timeout=10, message="the relay waiting on the lock")
+            assert not batch.done()
+            assert await clickhouse_rows(own_clickhouse) == {
+                "credit_events": [],
+                "usage_events": [],
+            }
+            await backup.execute("SELECT pg_advisory_unlock($1)", RELAY_PAUSE_LOCK)
+            assert await asyncio.wait_for(batch, 30) == 1
+    finally:
+        await backup.close()
         await conn.close()
