@@ -98,6 +98,15 @@ async def test_verify_names_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text(json.dumps({"format": 1}), encoding="utf-8")
     with pytest.raises(BackupError, match="malformed"):
         await verify_backup(tmp_path)
+    for table in (
+        {"name": "users; DROP", "parts": []},
+        {"name": "usage_events", "parts": ["../x"]},
+    ):
+        entry = {"create": "CREATE TABLE t", "rows": 0, **table}
+        manifest = {"format": 1, "postgres": "p", "clickhouse": [entry], "files": {}}
+        (tmp_path / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        with pytest.raises(BackupError, match=r"malformed.*the manifest names a"):
+            await verify_backup(tmp_path)
 
     (tmp_path / "postgres.dump").write_bytes(b"PGDMP archive")
     (tmp_path / "part.bin").write_bytes(b"columns")

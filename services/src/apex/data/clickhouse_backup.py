@@ -54,10 +54,14 @@ class FrozenTable:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrozenTable:
         """The table from :meth:`as_dict`'s JSON."""
+        name = str(data["name"])
+        # Names go into statements and paths: only the relay's tables, only part names.
+        if name not in clickhouse_sql.CREATE_TABLES:
+            raise ClickHouseBackupError(f"the manifest names a table apex.data has not: {name!r}")
         parts = tuple(str(part) for part in data["parts"])
         if not all(_PART.fullmatch(part) for part in parts):
             raise ClickHouseBackupError(f"the manifest names a part that is no part: {parts}")
-        return cls(str(data["name"]), str(data["create"]), parts, int(data["rows"]))
+        return cls(name, str(data["create"]), parts, int(data["rows"]))
 
 
 async def freeze(clickhouse: ClickHouse, directory: Path) -> list[FrozenTable]:
