@@ -456,6 +456,21 @@ def unit(session: nox.Session) -> None:
     )
 
 
+# Current ClickHouse in process (engine 26.9.2): the wheels ship the engine, about 600 MB,
+# so they live in the clickhouse-compat venv alone.
+CHDB = ("chdb==4.4.0", "chdb-core==26.9.0")
+
+
+@register("clickhouse-compat", tags=["ci-once"], allow_parallel=True)
+def clickhouse_compat(session: nox.Session) -> None:
+    """apex.data's ClickHouse SQL on the kit's 18.16 server and on current ClickHouse
+    (chdb), answers compared (services/compat_tests)."""
+    install(session, SHARED, SERVICES, extra=["./services[test]", *TEST_TOOLS, *CHDB])
+    run_measured(
+        session, "pytest", "services/compat_tests", *pytest_args(session), env=coverage_env(session)
+    )
+
+
 @register("bench", tags=["perf"])
 def bench(session: nox.Session) -> None:
     """Benchmarks (tests marked perf): numbers printed and written to reports/bench/."""

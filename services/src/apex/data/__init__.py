@@ -8,7 +8,9 @@ process (``python -m apex.data migrate|rollback|status`` manages the schema). It
 are in ``routes``, its stores and error answers in ``service``, its metrics in
 ``metrics``, who is asking in ``callers``. The data flow (``flow``): the outbox relay
 to ClickHouse (``outbox``), the Redis cache over several nodes (``cache``), materialized
-views (``views``), cross-database references (``references``), backups (``backup``).
+views (``views``), cross-database references (``references``), backups of both stores
+(``backup``, ClickHouse's half in ``clickhouse_backup``); every ClickHouse statement is in
+``clickhouse_sql``.
 """
 
 from __future__ import annotations

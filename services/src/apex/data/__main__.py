@@ -1,6 +1,7 @@
 """``python -m apex.data [--host H] [--port P] [--fd N]`` serves the data service;
 ``python -m apex.data migrate [--to N] | rollback --to N | status`` manages the schema at
-APEX_DATABASE_URL."""
+APEX_DATABASE_URL; ``backup DIR`` / ``restore DIR`` back up and restore PostgreSQL and,
+when APEX_CLICKHOUSE_URL is set, ClickHouse (:mod:`apex.data.backup`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from apex.common.config import ConfigError, Settings
 from apex.common.settings import Env
 from apex.data.migrations import MigrationError, migrate, rollback, status
 
-_COMMANDS = ("migrate", "rollback", "status")
+_COMMANDS = ("migrate", "rollback", "status", "backup", "restore")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,11 +39,57 @@ def _parser() -> argparse.ArgumentParser:
         "--to", type=int, required=True, metavar="N", help="revert every version above N (0: all)"
     )
     commands.add_parser("status", help="list migrations and whether each is applied")
+    save = commands.add_parser(
+        "backup", help="back up PostgreSQL (and ClickHouse, if APEX_CLICKHOUSE_URL is set)"
+    )
+    save.add_argument("directory", help="a new or empty folder for the backup")
+    load = commands.add_parser(
+        "restore", help="restore a backup into an empty database (and empty ClickHouse tables)"
+    )
+    load.add_argument("directory", help="the folder `backup` wrote")
     return parser
 
 
-async def _run(args: argparse.Namespace, dsn: str, lock_timeout: float) -> None:
-    if args.command == "migrate":
+class _BackupFailed(Exception):
+    """A backup or restore failed (BackupError or ClickHouseError, whose modules are
+    imported only by these commands)."""
+
+
+async def _backup(args: argparse.Namespace, dsn: str, clickhouse_url: str | None) -> None:
+    from apex.data import backup  # noqa: PLC0415 - the ClickHouse driver on demand
+    from apex.data.clickhouse import ClickHouse, ClickHouseError  # noqa: PLC0415
+
+    clickhouse = ClickHouse.from_url(clickhouse_url) if clickhouse_url else None
+    try:
+        if args.command == "backup":
+            manifest = await backup.create_backup(args.directory, dsn, clickhouse)
+            verb = "backed up"
+        else:
+            manifest = await backup.restore_backup(args.directory, dsn, clickhouse)
+            verb = "restored"
+    except (backup.BackupError, ClickHouseError) as exc:
+        raise _BackupFailed(str(exc)) from exc
+    finally:
+        if clickhouse is not None:
+            await clickhouse.close()
+    tables = manifest.clickhouse
+    stores = (
+        "PostgreSQL"
+        if tables is None
+        else (
+            "PostgreSQL and ClickHouse ("
+            + ", ".join(f"{t.name}: {t.rows} rows" for t in tables)
+            + ")"
+        )
+    )
+    print(f"{verb} {stores} ({args.directory})")
+
+
+async def _run(args: argparse.Namespace, settings: Settings, lock_timeout: float) -> None:
+    dsn = settings.require("database_url", service="python -m apex.data")
+    if args.command in ("backup", "restore"):
+        await _backup(args, dsn, settings.clickhouse_url)
+    elif args.command == "migrate":
         versions = await migrate(dsn, args.to, lock_timeout=lock_timeout)
         print(
             f"applied {_versions(versions)}"
@@ -66,8 +113,8 @@ def _versions(versions: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve, or run a schema command; return the exit code (2: configuration, 1: migration
-    or connection error, 3: the service could not start)."""
+    """Serve, or run a schema or backup command; return the exit code (2: configuration,
+    1: migration, backup or connection error, 3: the service could not start)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] not in (*_COMMANDS, "-h", "--help"):
         # No subcommand: serve (the options are serve's --host/--port/--fd).
@@ -76,14 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve.main("data", create_app, arguments, load_settings=load_settings)
     args = _parser().parse_args(arguments)
     try:
-        dsn = Settings.from_env().require("database_url", service="python -m apex.data")
+        settings = Settings.from_env()
+        settings.require("database_url", service="python -m apex.data")
         lock_timeout = Env(os.environ).number("APEX_MIGRATION_LOCK_TIMEOUT", 5.0, unit="seconds")
     except ConfigError as exc:
         print(f"apex.data: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(args, dsn, lock_timeout))
-    except MigrationError as exc:
+        asyncio.run(_run(args, settings, lock_timeout))
+    except (MigrationError, _BackupFailed) as exc:
         print(f"apex.data: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -1,4 +1,15 @@
-"""Backup and restore of the PostgreSQL database with the real ``pg_dump`` / ``pg_restore``.
+"""Backup and restore of apex.data: PostgreSQL with the real ``pg_dump`` / ``pg_restore``,
+ClickHouse with its own ``FREEZE`` / ``ATTACH PART`` (:mod:`apex.data.clickhouse_backup`).
+
+:func:`create_backup` backs up both stores into one directory (``python -m apex.data
+backup DIR``), :func:`restore_backup` restores both (``restore DIR``) after
+:func:`verify_backup` has checked every file against the backup's ``manifest.json``
+(SHA-256): a missing or damaged file restores nothing. Both stores are snapshotted at one
+moment: the backup takes the relay's pause lock (``outbox.RELAY_PAUSE_LOCK``), so no
+relay batch is half done, exports a PostgreSQL snapshot and freezes ClickHouse, then lets
+the relay go on while ``pg_dump --snapshot`` writes that snapshot. Every usage or credit
+event in the ClickHouse copy has its outbox row in the PostgreSQL copy, and every outbox
+row acknowledged there has its event in ClickHouse.
 
 :func:`dump` writes a custom-format archive (``pg_dump -Fc``: compressed, restorable
 table by table); :func:`restore` loads one into a database (normally an empty one);
@@ -13,15 +24,43 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import glob
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["BackupError", "TableComparison", "compare", "dump", "find_tool", "restore"]
+from apex.data.clickhouse import ClickHouse
+from apex.data.clickhouse_backup import (
+    ClickHouseBackupError,
+    FrozenTable,
+    check_targets,
+    freeze,
+    thaw,
+)
+from apex.data.outbox import RELAY_PAUSE_LOCK
+
+__all__ = [
+    "BackupError",
+    "Manifest",
+    "TableComparison",
+    "compare",
+    "create_backup",
+    "dump",
+    "find_tool",
+    "restore",
+    "restore_backup",
+    "verify_backup",
+]
+
+MANIFEST: Final = "manifest.json"
+POSTGRES_ARCHIVE: Final = "postgres.dump"
+CLICKHOUSE_FOLDER: Final = "clickhouse"
+_FORMAT: Final = 1
 
 _DEBIAN_BINARIES: Final = "/usr/lib/postgresql/*/bin"
 # Tables whose rows are compared; the view usage_daily follows from usage_records.
@@ -93,10 +132,12 @@ async def _run(tool: str, *args: str, dsn: str) -> None:
         raise BackupError(f"{tool} exited with status {process.returncode}: {message}")
 
 
-async def dump(dsn: str, path: str | Path) -> Path:
-    """Write the database at ``dsn`` to ``path`` (``pg_dump -Fc``); return the path."""
+async def dump(dsn: str, path: str | Path, *, snapshot: str | None = None) -> Path:
+    """Write the database at ``dsn`` to ``path`` (``pg_dump -Fc``); return the path.
+    ``snapshot``: an exported snapshot (``pg_export_snapshot()``) to dump, not a new one."""
     target = Path(path)
-    await _run("pg_dump", "--format=custom", "--no-owner", f"--file={target}", dsn=dsn)
+    at = [f"--snapshot={snapshot}"] if snapshot else []
+    await _run("pg_dump", "--format=custom", "--no-owner", *at, f"--file={target}", dsn=dsn)
     if await asyncio.to_thread(_size, target) == 0:
         raise BackupError(f"pg_dump left no archive at {target}")
     return target
@@ -151,3 +192,148 @@ async def _digest(conn: asyncpg.Connection, table: str) -> tuple[int, str | None
         f"FROM {table} t"
     )
     return int(row[0]), str(row[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a backup directory holds: the PostgreSQL archive, the ClickHouse tables (None:
+    the backup has no ClickHouse part) and the SHA-256 of every file, by relative path."""
+
+    postgres: str
+    clickhouse: tuple[FrozenTable, ...] | None
+    files: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest as JSON."""
+        tables = None if self.clickhouse is None else [t.as_dict() for t in self.clickhouse]
+        return {
+            "format": _FORMAT,
+            "postgres": self.postgres,
+            "clickhouse": tables,
+            "files": self.files,
+        }
+
+
+async def create_backup(
+    directory: str | Path, dsn: str, clickhouse: ClickHouse | None = None
+) -> Manifest:
+    """Back up the database at ``dsn`` and, given a client, the relay's ClickHouse tables
+    into ``directory`` (new or empty), at one moment (see the module's docstring)."""
+    target = Path(directory)
+    if await asyncio.to_thread(lambda: target.exists() and any(target.iterdir())):
+        raise BackupError(f"{target} is not empty: a backup goes into a new or empty folder")
+    await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+    lock = await asyncpg.connect(dsn)
+    reader = await asyncpg.connect(dsn)
+    try:
+        # A relay batch holds the lock for one short transaction; a wait longer than this
+        # is a stuck relay, which the error names.
+        await lock.execute("SET lock_timeout = '30s'")
+        try:
+            await lock.execute("SELECT pg_advisory_lock($1)", RELAY_PAUSE_LOCK)
+        except asyncpg.LockNotAvailableError as exc:
+            raise BackupError("the outbox relay did not pause within 30 s") from exc
+        try:
+            transaction = reader.transaction(isolation="repeatable_read", readonly=True)
+            await transaction.start()
+            snapshot = str(await reader.fetchval("SELECT pg_export_snapshot()"))
+            tables = None
+            if clickhouse is not None:
+                tables = tuple(await freeze(clickhouse, target / CLICKHOUSE_FOLDER))
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock($1)", RELAY_PAUSE_LOCK)
+        await dump(dsn, target / POSTGRES_ARCHIVE, snapshot=snapshot)
+        await transaction.rollback()
+    except ClickHouseBackupError as exc:
+        raise BackupError(str(exc)) from exc
+    finally:
+        await reader.close()
+        await lock.close()
+    files = await asyncio.to_thread(_checksums, target)
+    manifest = Manifest(POSTGRES_ARCHIVE, tables, files)
+    # Written last: a folder without its manifest is an unfinished backup.
+    text = json.dumps(manifest.as_dict(), indent=2, sort_keys=True)
+    await asyncio.to_thread((target / MANIFEST).write_text, text, encoding="utf-8")
+    return manifest
+
+
+async def verify_backup(directory: str | Path) -> Manifest:
+    """The manifest of the backup in ``directory``, after checking that every file it
+    names is there with its SHA-256; BackupError names each missing or damaged file."""
+    return await asyncio.to_thread(_verify, Path(directory))
+
+
+async def restore_backup(
+    directory: str | Path, dsn: str, clickhouse: ClickHouse | None = None
+) -> Manifest:
+    """Restore the backup in ``directory``: PostgreSQL into the (empty) database at
+    ``dsn``, ClickHouse's tables into ``clickhouse`` (absent or empty there). Nothing is
+    restored unless the whole backup verifies and the ClickHouse targets are empty."""
+    manifest = await verify_backup(directory)
+    if manifest.clickhouse is not None and clickhouse is None:
+        raise BackupError(
+            "the backup holds ClickHouse tables: restore it with a ClickHouse URL "
+            "(APEX_CLICKHOUSE_URL)"
+        )
+    tables = list(manifest.clickhouse or ())
+    try:
+        if clickhouse is not None:
+            await check_targets(clickhouse, tables)
+        await restore(Path(directory) / manifest.postgres, dsn)
+        if clickhouse is not None:
+            await thaw(clickhouse, Path(directory) / CLICKHOUSE_FOLDER, tables)
+    except ClickHouseBackupError as exc:
+        raise BackupError(str(exc)) from exc
+    return manifest
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory``, by path relative to it."""
+    return {
+        path.relative_to(directory).as_posix(): _sha256(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(directory: Path) -> Manifest:
+    try:
+        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackupError(
+            f"no {MANIFEST} in {directory}: not a backup, or an unfinished one"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{directory / MANIFEST} is unreadable: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise BackupError(f"{directory / MANIFEST} is not a manifest of format {_FORMAT}")
+    try:
+        files = {str(name): str(digest) for name, digest in data["files"].items()}
+        tables = data["clickhouse"]
+        clickhouse = None if tables is None else tuple(FrozenTable.from_dict(t) for t in tables)
+        manifest = Manifest(str(data["postgres"]), clickhouse, files)
+    except (KeyError, TypeError, ValueError, AttributeError, ClickHouseBackupError) as exc:
+        raise BackupError(f"{directory / MANIFEST} is malformed: {exc!r}") from None
+    problems = []
+    for name, digest in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{name} is damaged (its SHA-256 differs)")
+    if manifest.postgres not in files:
+        problems.append(f"the manifest lists no {manifest.postgres}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if problems[5:] else ""
+        )
+        raise BackupError(f"the backup in {directory} is incomplete, nothing restored: {shown}")
+    return manifest

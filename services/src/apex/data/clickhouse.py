@@ -2,8 +2,8 @@
 
 clickhouse-driver is synchronous and one ``Client`` is one connection that must not
 be used by two threads at once, so calls run in a worker thread one at a time.
-SQL sent from the platform must run on ClickHouse 18.16 as well as on current
-releases: no CTEs, window functions, DateTime64, Map or the ``true`` literal.
+The statements apex.data sends are in :mod:`apex.data.clickhouse_sql` (each runs on
+ClickHouse 18.16 and on current releases).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseDriverError
+
+from apex.data import clickhouse_sql
 
 __all__ = ["ClickHouse", "ClickHouseError"]
 
@@ -86,7 +88,7 @@ class ClickHouse:
     async def ping(self) -> bool:
         """Whether the server answers a trivial query."""
         try:
-            rows = await self.execute("SELECT 1")
+            rows = await self.execute(clickhouse_sql.PING)
         except ClickHouseError:
             return False
         return rows == [(1,)]
@@ -111,8 +113,7 @@ class ClickHouse:
         data = [tuple(row) for row in rows]
         if not data:
             return 0
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
-        await self._call(sql, data)
+        await self._call(clickhouse_sql.insert(table, columns), data)
         return len(data)
 
     async def close(self) -> None:

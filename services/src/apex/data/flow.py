@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError
-from apex.data import references, views
+from apex.data import clickhouse_sql, references, views
 from apex.data.cache import Cache, CacheResult
 from apex.data.callers import BILLING_READ
 from apex.data.clickhouse import ClickHouse, ClickHouseError
@@ -216,11 +216,6 @@ async def repair_references(flow: FlowDep) -> JSONResponse:
 # The whole range of ClickHouse's DateTime, for an open-ended window.
 _DATETIME_MIN: Final = 0
 _DATETIME_MAX: Final = 4_294_967_295
-_ANALYTICS: Final = (
-    "SELECT kind, sum(quantity), sum(cost_micros) FROM usage_events FINAL "
-    "WHERE tenant_id = toUUID(%(tenant)s) AND occurred_at >= toDateTime(%(since)s) "
-    "AND occurred_at < toDateTime(%(until)s) GROUP BY kind ORDER BY kind"
-)
 
 
 def _epoch(value: datetime.datetime | None, default: int) -> int:
@@ -248,7 +243,7 @@ async def usage_analytics(
         "until": _epoch(until, _DATETIME_MAX),
     }
     try:
-        rows = await clickhouse.execute(_ANALYTICS, params)
+        rows = await clickhouse.execute(clickhouse_sql.ANALYTICS, params)
     except ClickHouseError as exc:
         if "usage_events" in str(exc) and "doesn't exist" in str(exc):
             rows = []  # nothing relayed yet: the relay makes the table on its first pass

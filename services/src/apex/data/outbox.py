@@ -10,7 +10,7 @@ time), inserts it into ClickHouse, then sets ``relayed_at`` in the same transact
 crash between the ClickHouse insert and that commit releases the locks and the next pass
 sends the rows again; the ClickHouse tables are ``ReplacingMergeTree(version)`` keyed by
 the record's id and every query reads them with ``FINAL``, so a row sent twice counts
-once. All ClickHouse SQL here runs on 18.16 (Debian's) and on current releases.
+once. The ClickHouse SQL is in :mod:`apex.data.clickhouse_sql` (18.16 and current releases).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import asyncpg
 
 from apex.data.cache import Cache
 from apex.data.clickhouse import ClickHouse, ClickHouseError
+from apex.data.clickhouse_sql import CREATE_TABLES, INSERT_COLUMNS
 from apex.data.pool import PoolExhausted
 
 __all__ = [
-    "CLICKHOUSE_TABLES",
     "CREDIT_TOPIC",
     "NOTIFY_CHANNEL",
+    "RELAY_PAUSE_LOCK",
     "USAGE_TOPIC",
     "CacheUnavailable",
     "Relay",
@@ -52,23 +53,10 @@ USAGE_TOPIC: Final = "usage"
 # "created_at"}).
 CREDIT_TOPIC: Final = "credit_transfer"
 NOTIFY_CHANNEL: Final = "apex_outbox"
-
-# Partitioned by month of the event: a row sent twice lands in the same partition, where
-# ReplacingMergeTree (and FINAL) collapses it. No DateTime64, TTL or settings clause, so
-# 18.16 accepts it as well.
-CLICKHOUSE_TABLES: Final[Mapping[str, str]] = {
-    "usage_events": (
-        "CREATE TABLE IF NOT EXISTS usage_events (id UUID, tenant_id UUID, user_id UUID, "
-        "kind String, quantity UInt64, cost_micros UInt64, occurred_at DateTime, "
-        "version UInt64) ENGINE = ReplacingMergeTree(version) "
-        "PARTITION BY toYYYYMM(occurred_at) ORDER BY (tenant_id, id)"
-    ),
-    "credit_events": (
-        "CREATE TABLE IF NOT EXISTS credit_events (id UUID, from_tenant UUID, to_tenant UUID, "
-        "amount_micros UInt64, occurred_at DateTime, version UInt64) "
-        "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) ORDER BY id"
-    ),
-}
+# A relay batch holds this PostgreSQL advisory lock shared for its transaction; a backup
+# (apex.data.backup) takes it exclusively while it snapshots both stores, so no batch is
+# half done (in ClickHouse, not yet acknowledged) at that moment.
+RELAY_PAUSE_LOCK: Final = 0x61706578_72656C79  # "apexrely"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +97,13 @@ def _credit_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
 _ROUTES: Final[Mapping[str, _Route]] = {
     USAGE_TOPIC: _Route(
         "usage_events",
-        ("id", "tenant_id", "user_id", "kind", "quantity", "cost_micros", "occurred_at", "version"),
+        INSERT_COLUMNS["usage_events"],
         _usage_row,
         ("tenant_id",),
     ),
     CREDIT_TOPIC: _Route(
         "credit_events",
-        ("id", "from_tenant", "to_tenant", "amount_micros", "occurred_at", "version"),
+        INSERT_COLUMNS["credit_events"],
         _credit_row,
         ("from_tenant", "to_tenant"),
     ),
@@ -144,8 +132,8 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
     """Write one outbox row on ``conn``, inside the caller's transaction.
 
     ``payload`` holds the event's fields (UUIDs and datetimes are stored as strings); the
-    topics and their fields are those of :data:`CLICKHOUSE_TABLES`. The NOTIFY that wakes
-    the relay is delivered only if the transaction commits.
+    topics and their fields are those of ``apex.data.clickhouse_sql.CREATE_TABLES``. The
+    NOTIFY that wakes the relay is delivered only if the transaction commits.
     """
     if topic not in _ROUTES:
         raise ValueError(f"unknown outbox topic {topic!r}; known: {sorted(_ROUTES)}")
@@ -161,7 +149,7 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
 
 async def ensure_clickhouse_schema(clickhouse: ClickHouse) -> None:
     """Create the relay's ClickHouse tables where missing."""
-    for ddl in CLICKHOUSE_TABLES.values():
+    for ddl in CREATE_TABLES.values():
         await clickhouse.execute(ddl)
 
 
@@ -248,6 +236,8 @@ class Relay:
         if self._cache is not None:
             await self._queue_invalidations()
         async with self._connect() as conn, conn.transaction():
+            # Waits while a backup snapshots the stores (a fraction of a second).
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", RELAY_PAUSE_LOCK)
             rows = await conn.fetch(
                 "SELECT id, topic, payload FROM outbox WHERE relayed_at IS NULL "
                 "AND topic = ANY($2::text[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any, Final
 
+from apex.data import clickhouse_sql
 from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.outbox import USAGE_TOPIC, Connect, enqueue, ensure_clickhouse_schema
 from apex.data.tenancy import audit_transaction
@@ -65,7 +66,7 @@ class RepairResult:
 async def check(connect: Connect, clickhouse: ClickHouse) -> ReferenceReport:
     """Compare the usage events in ClickHouse with the records and users in PostgreSQL."""
     await ensure_clickhouse_schema(clickhouse)  # nothing relayed yet: no events at all
-    events = await clickhouse.execute("SELECT id, user_id FROM usage_events FINAL")
+    events = await clickhouse.execute(clickhouse_sql.EVENT_USERS)
     event_users = {str(row[0]): str(row[1]) for row in events}
     async with connect() as conn:
         async with audit_transaction(conn):
@@ -120,18 +121,11 @@ async def repair(connect: Connect, clickhouse: ClickHouse) -> RepairResult:
 async def _delete_events(clickhouse: ClickHouse, ids: list[str]) -> None:
     """``ALTER TABLE ... DELETE`` (a mutation: 18.16 has them, applied in the background),
     then wait until no mutation of the table is left undone."""
-    # has() over strings: 18.16 converts neither an array nor string literals to UUIDs
-    # inside IN, and toString(UUID) reads the same everywhere.
     values = [str(uuid.UUID(value)) for value in ids]
-    await clickhouse.execute(
-        "ALTER TABLE usage_events DELETE WHERE has(%(ids)s, toString(id))", {"ids": values}
-    )
+    await clickhouse.execute(clickhouse_sql.DELETE_EVENTS, {"ids": values})
     deadline = time.monotonic() + MUTATION_DEADLINE
     while time.monotonic() < deadline:
-        left = await clickhouse.execute(
-            "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
-            "AND table = 'usage_events' AND is_done = 0"
-        )
+        left = await clickhouse.execute(clickhouse_sql.PENDING_MUTATIONS)
         if left == [(0,)]:
             return
         await asyncio.sleep(_MUTATION_STEP)
