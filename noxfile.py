@@ -527,9 +527,12 @@ def coverage(session: nox.Session) -> None:
     combine_coverage(session, session.posargs or [str(COVERAGE_DIR)])
 
 
-@register("ci", requires=["lint", "collect", "selftest", "unit", "l2", "l3", "l4"])
+@register(
+    "ci", requires=["lint", "collect", "selftest", "clickhouse-compat", "unit", "l2", "l3", "l4"]
+)
 def ci(session: nox.Session) -> None:
-    """The project's tests (lint collect selftest unit l2 l3 l4), then the coverage report."""
+    """The project's tests (lint collect selftest clickhouse-compat unit l2 l3 l4), then the
+    coverage report."""
     # The report is this session's own body, so it runs only after every requirement,
     # with or without -j (a `coverage` requirement could start alongside l4).
     combine_coverage(session, [str(COVERAGE_DIR)])
