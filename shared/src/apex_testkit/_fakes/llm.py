@@ -18,7 +18,7 @@ Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 40
 
 Answers, in order of precedence: a scripted fault (429 with `retry-after`, `retry-after-ms`
 and `x-ratelimit-*`; any status; a hang until the client goes away or the fake is reset
-or stopped; a connection cut mid-answer; a malformed JSON body), a queued `Reply`, the
+or stopped; a connection cut mid-answer; a malformed JSON body), a queued `LlmReply`, the
 test's responder function (`llm_script.Responder`), else a default answer:
 "Fake answer to: " + the first 20 tokens of the last user message.
 """
@@ -46,8 +46,8 @@ from apex_testkit._fakes import llm_tokens as tokens
 from apex_testkit._fakes._control import FakeClient
 from apex_testkit._fakes._server import CONTROL, FakeServer
 from apex_testkit._fakes.llm_script import (
+    LlmReply,
     LlmRequest,
-    Reply,
     Responder,
     ResponderFunction,
 )
@@ -176,7 +176,7 @@ class LlmServer(FakeServer):
         self.release()
         self.released = asyncio.Event()
         self.models: dict[str, tuple[str, int, int]] = dict(MODELS)
-        self.replies: list[Reply] = []
+        self.replies: list[LlmReply] = []
         self.faults: list[dict[str, Any]] = []
         self.responder: str | None = None
 
@@ -332,12 +332,14 @@ class LlmServer(FakeServer):
 
     # -- answers --------------------------------------------------------------------------
 
-    async def _reply(self, request: Request, body: bytes) -> Reply | Response:
+    async def _reply(self, request: Request, body: bytes) -> LlmReply | Response:
         if self.replies:
             return self.replies.pop(0)
         if self.responder is None:
             last = LlmRequest.from_log("POST", request.url.path, {}, body.decode()).last_user_text
-            return Reply(content="Fake answer to: " + tokens.truncate(last, DEFAULT_REPLY_TOKENS))
+            return LlmReply(
+                content="Fake answer to: " + tokens.truncate(last, DEFAULT_REPLY_TOKENS)
+            )
         sent = {
             "method": request.method,
             "path": request.url.path,
@@ -351,7 +353,7 @@ class LlmServer(FakeServer):
             return _error(500, f"the test's LLM responder is unreachable: {exc!r}", "server_error")
         if answer.status_code != 200:
             return _error(500, f"the test's LLM responder failed:\n{answer.text}", "server_error")
-        return Reply.from_json(answer.json())
+        return LlmReply.from_json(answer.json())
 
     async def chat(self, request: Request) -> Response:
         refused = self._unauthorized(request)
@@ -490,7 +492,7 @@ class LlmServer(FakeServer):
 
     async def add_replies(self, request: Request) -> Response:
         body = await request.json()
-        self.replies.extend(Reply.from_json(data) for data in body["replies"])
+        self.replies.extend(LlmReply.from_json(data) for data in body["replies"])
         return Response(status_code=204)
 
     async def set_responder(self, request: Request) -> Response:
@@ -569,7 +571,7 @@ class _Answer:
     as the chunks of a stream."""
 
     def __init__(
-        self, body: Mapping[str, Any], reply: Reply, prompt: int, limit: int | None
+        self, body: Mapping[str, Any], reply: LlmReply, prompt: int, limit: int | None
     ) -> None:
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
@@ -705,15 +707,15 @@ class FakeLlm(FakeClient):
     def settings(self) -> dict[str, str]:
         return {"base_url": self.base_url, "api_key": self.api_key}
 
-    def reply(self, *replies: Reply | str) -> None:
+    def reply(self, *replies: LlmReply | str) -> None:
         """Queue answers: each chat completion takes the next one (a str is its content)."""
         if not replies:
-            raise ValueError("reply() needs at least one Reply or str")
-        self._call("POST", "replies", replies=[Reply.of(r).to_json() for r in replies])
+            raise ValueError("reply() needs at least one LlmReply or str")
+        self._call("POST", "replies", replies=[LlmReply.of(r).to_json() for r in replies])
 
     def respond_with(self, function: ResponderFunction | None) -> None:
         """Answer each chat completion the queue does not with `function(request)` (a
-        Reply or a str), run in a thread of this process; None: the default answer."""
+        LlmReply or a str), run in a thread of this process; None: the default answer."""
         self._stop_responder()
         if function is not None:
             self._responder = Responder(function)

@@ -1,6 +1,6 @@
 """What a test scripts the LLM fake with, and what it reads back.
 
-`Reply` (an answer: content, tool calls, finish reason, a delay) crosses to the fake as
+`LlmReply` (an answer: content, tool calls, finish reason, a delay) crosses to the fake as
 JSON, so a queue of replies works the same with the fake in a thread (L2), a process (L3)
 or a sandbox (L4). A reply that is a function of the request runs in the test process:
 `Responder` serves that function on a loopback port of its own, and the fake asks it for
@@ -38,7 +38,7 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
-class Reply:
+class LlmReply:
     """One scripted answer of a chat completion.
 
     `finish_reason` None means what the answer implies: "tool_calls" with tool calls,
@@ -62,16 +62,16 @@ class Reply:
             raise ValueError("delay and chunk_delay are seconds, >= 0")
 
     @classmethod
-    def of(cls, value: Reply | str) -> Reply:
+    def of(cls, value: LlmReply | str) -> LlmReply:
         """A reply, or a plain string as the reply's content."""
-        if isinstance(value, Reply):
+        if isinstance(value, LlmReply):
             return value
         if isinstance(value, str):
             return cls(content=value)
-        raise TypeError(f"a reply is a Reply or a str, not {type(value).__name__}")
+        raise TypeError(f"a reply is a LlmReply or a str, not {type(value).__name__}")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Reply:
+    def from_json(cls, data: Mapping[str, Any]) -> LlmReply:
         calls = [ToolCall(c["name"], c["arguments"], c.get("id")) for c in data["tool_calls"]]
         return cls(
             content=data["content"],
@@ -163,7 +163,7 @@ class LlmRequest:
         return self.headers.get("traceparent")
 
 
-ResponderFunction = Callable[[LlmRequest], "Reply | str"]
+ResponderFunction = Callable[[LlmRequest], "LlmReply | str"]
 
 
 class Responder:
@@ -179,7 +179,7 @@ class Responder:
                     request = LlmRequest.from_log(
                         sent["method"], sent["path"], sent["headers"], sent["body"]
                     )
-                    answer = json.dumps(Reply.of(function(request)).to_json()).encode()
+                    answer = json.dumps(LlmReply.of(function(request)).to_json()).encode()
                     status = 200
                 except Exception:  # noqa: BLE001 - the fake reports it to the LLM client
                     answer, status = traceback.format_exc().encode(), 500
@@ -208,8 +208,8 @@ class Responder:
 
 __all__ = [
     "FINISH_REASONS",
+    "LlmReply",
     "LlmRequest",
-    "Reply",
     "Responder",
     "ResponderFunction",
     "ToolCall",
