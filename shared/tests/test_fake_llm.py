@@ -8,7 +8,6 @@ What each scripted fault reaches the Python SDK as, checked against the SDK itse
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -143,7 +142,8 @@ def test_the_sdk_streams_chunks_a_usage_chunk_and_done(fake_llm):
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     last = json.loads(events[-2].removeprefix("data: "))
-    assert last["choices"][0]["finish_reason"] == "stop" and "usage" not in last
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert "usage" not in last
 
 
 def test_tool_calls_streamed_and_not(fake_llm):
@@ -161,9 +161,7 @@ def test_tool_calls_streamed_and_not(fake_llm):
     assert first.usage.completion_tokens == completion_tokens(None, [made.model_dump()])
 
     # The SDK's stream helper puts the tool call's delta chunks back together.
-    with client.chat.completions.stream(
-        model=MODEL, messages=USER, tools=[WEATHER_TOOL]
-    ) as stream:
+    with client.chat.completions.stream(model=MODEL, messages=USER, tools=[WEATHER_TOOL]) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
@@ -260,7 +258,8 @@ def test_embeddings_are_deterministic_unit_vectors_in_both_encodings(fake_llm):
     default = client.embeddings.create(model=model, input=["the cat", "the dog"])
     assert [d.index for d in default.data] == [0, 1]
     cat, dog = (d.embedding for d in default.data)
-    assert len(cat) == 1536 and cat != dog
+    assert len(cat) == 1536
+    assert cat != dog
     assert abs(sum(v * v for v in cat) - 1) < 1e-5
     floats = client.embeddings.create(model=model, input="the cat", encoding_format="float")
     assert floats.data[0].embedding == cat
@@ -293,9 +292,9 @@ def test_models_and_the_errors_in_openais_shape(fake_llm):
         "code": "model_not_found",
     }
     with pytest.raises(openai.AuthenticationError) as refused:
-        openai.OpenAI(base_url=fake_llm.base_url, api_key="sk-wrong-key", max_retries=0).chat.completions.create(
-            model=MODEL, messages=USER
-        )
+        openai.OpenAI(
+            base_url=fake_llm.base_url, api_key="sk-wrong-key", max_retries=0
+        ).chat.completions.create(model=MODEL, messages=USER)
     assert (refused.value.status_code, refused.value.code) == (401, "invalid_api_key")
     assert set(refused.value.body) == {"message", "type", "param", "code"}
     no_key = httpx.get(f"{fake_llm.base_url}/models")
@@ -432,12 +431,15 @@ def test_at_l4_fake_llm_is_a_client_of_the_targets_sandbox(apex_run, apex_worker
     owner = start(apex_run, "llm", process=False)
     try:
         file = tmp_path / "t.toml"
-        file.write_text(f'[services.auth]\nurl = "http://a"\n[sandboxes.llm]\nurl = "{owner.url}"\n')
+        file.write_text(
+            f'[services.auth]\nurl = "http://a"\n[sandboxes.llm]\nurl = "{owner.url}"\n'
+        )
         settings = replace(apex_worker.settings, level=Level.L4, target=load_target(file))
         worker = SimpleNamespace(run=apex_worker.run, settings=settings)
         owner.reply("scripted through the owner")
         with fake_of(worker, "llm") as attached:
-            assert attached.api_key == owner.api_key and attached.base_url == owner.base_url
+            assert attached.api_key == owner.api_key
+            assert attached.base_url == owner.base_url
             attached.reply("scripted through the sandbox")  # the reset emptied the queue
             answer = _client(owner).chat.completions.create(model=MODEL, messages=USER)
             assert answer.choices[0].message.content == "scripted through the sandbox"
@@ -461,8 +463,12 @@ def test_the_node_openai_sdk_accepts_the_fake(fake_llm, tmp_path):
         LlmReply(tool_calls=[ToolCall("get_weather", {"city": "Lima"})]),
     )
     script = Path(__file__).with_name("node_openai_client.cjs")
-    env = {**os.environ, "FAKE_URL": fake_llm.url, "FAKE_BASE_URL": fake_llm.base_url,
-           "FAKE_KEY": fake_llm.api_key}  # fmt: skip
+    env = {
+        **os.environ,
+        "FAKE_URL": fake_llm.url,
+        "FAKE_BASE_URL": fake_llm.base_url,
+        "FAKE_KEY": fake_llm.api_key,
+    }
     done = subprocess.run(
         [node, str(script)], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -474,7 +480,11 @@ def test_the_node_openai_sdk_accepts_the_fake(fake_llm, tmp_path):
         "usage": [prompt_tokens(USER), 4, prompt_tokens(USER) + 4],
     }
     assert seen["stream"] == {"content": "Streamed to node.", "usage": [prompt_tokens(USER), 4]}
-    assert seen["tool"] == {"name": "get_weather", "arguments": {"city": "Lima"}, "finish": "tool_calls"}
+    assert seen["tool"] == {
+        "name": "get_weather",
+        "arguments": {"city": "Lima"},
+        "finish": "tool_calls",
+    }
     assert seen["embedding"] == [len(v := embedding("text-embedding-3-small", "hi", 1536)), v[0]]
     assert "gpt-4o" in seen["models"]
     assert seen["errors"] == {
@@ -512,9 +522,7 @@ def test_llm(fake_llm):
 """
 
 
-def test_at_l3_the_llm_fake_is_a_process_stopped_with_the_run(
-    test_package, inner_pytest, tmp_path
-):
+def test_at_l3_the_llm_fake_is_a_process_stopped_with_the_run(test_package, inner_pytest, tmp_path):
     project = test_package("test_llm_l3.py", L3_LLM)
     out = tmp_path / "out.txt"
     run = inner_pytest(str(project), "--level", "L3", env=inner_env(OUT=str(out)))

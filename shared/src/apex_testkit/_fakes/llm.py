@@ -273,7 +273,7 @@ class LlmServer(FakeServer):
                     param=f"messages[{i}].tool_call_id",
                     code="missing_required_parameter",
                 )
-        if body.get("n", 1) != 1:
+        if body.get("n") not in (None, 1):
             return _error(400, "the fake LLM answers n=1 only", param="n", code="invalid_value")
         if body.get("stream_options") is not None and body.get("stream") is not True:
             return _error(
