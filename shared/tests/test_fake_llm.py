@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -181,6 +182,19 @@ def test_tool_calls_streamed_and_not(fake_llm):
     answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL])
     assert answer.choices[0].message.content == "It is sunny."
     assert fake_llm.calls[-1].messages[2]["tool_call_id"] == made.id
+
+
+def test_scripted_latency_delays_answers_and_chunks(fake_llm):
+    fake_llm.set_latency(0.2, chunk_delay=0.05)
+    fake_llm.reply(LlmReply("a b c", delay=0.1))
+    stream = _client(fake_llm).chat.completions.create(model=MODEL, messages=USER, stream=True)
+    chunks = list(stream)
+    ended = time.time()
+    # A lower bound only: the fake waited at least what it was told (0.1 + 0.2 before
+    # the first chunk, 0.05 before each next event, `[DONE]` included).
+    assert ended - fake_llm.calls[0].time >= 0.3 + 0.05 * len(chunks)
+    with pytest.raises(ValueError, match=">= 0"):
+        fake_llm.set_latency(-1)
 
 
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(fake_llm):

@@ -179,6 +179,7 @@ class LlmServer(FakeServer):
         self.replies: list[LlmReply] = []
         self.faults: list[dict[str, Any]] = []
         self.responder: str | None = None
+        self.latency = (0.0, 0.0)  # added to every answer's delay and chunk delay
 
     def release(self) -> None:
         self.released.set()
@@ -387,8 +388,8 @@ class LlmServer(FakeServer):
         reply = await self._reply(request, await request.body())
         if isinstance(reply, Response):
             return reply
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        if reply.delay + self.latency[0]:
+            await asyncio.sleep(reply.delay + self.latency[0])
         answer = _Answer(body, reply, prompt, limit if isinstance(limit, int) else None)
         headers = _rate_headers(REQUESTS_LIMIT - 1)
         if body.get("stream") is True:
@@ -396,7 +397,7 @@ class LlmServer(FakeServer):
             events = list(
                 answer.events(malformed=fault is not None and fault["kind"] == "malformed")
             )
-            return _Sse(events, headers, reply.chunk_delay, cut)
+            return _Sse(events, headers, reply.chunk_delay + self.latency[1], cut)
         document = json.dumps(answer.completion()).encode()
         if fault is not None and fault["kind"] == "cut":
             return _Cut(document, headers)
@@ -507,6 +508,11 @@ class LlmServer(FakeServer):
         self.faults.extend([fault] * int(body.get("times", 1)))
         return Response(status_code=204)
 
+    async def set_latency(self, request: Request) -> Response:
+        body = await request.json()
+        self.latency = (float(body["delay"]), float(body["chunk_delay"]))
+        return Response(status_code=204)
+
     async def add_model(self, request: Request) -> Response:
         body = await request.json()
         self.models[body["id"]] = (
@@ -536,6 +542,7 @@ class LlmServer(FakeServer):
             Route(f"{CONTROL}/responder", self.set_responder, methods=["POST"]),
             Route(f"{CONTROL}/faults", self.add_faults, methods=["POST"]),
             Route(f"{CONTROL}/models", self.add_model, methods=["POST"]),
+            Route(f"{CONTROL}/latency", self.set_latency, methods=["POST"]),
             Route(f"{CONTROL}/state", self.state),
         ]
 
@@ -686,7 +693,8 @@ class FakeLlm(FakeClient):
 
     `base_url` (with `/v1`, what `openai.OpenAI(base_url=...)` takes), `api_key`;
     `reply(*replies)`, `respond_with(function)`; faults `fail_next(status, retry_after=)`,
-    `hang_next()`, `cut_next(after_chunks=)`, `malformed_next()`; `add_model(...)`;
+    `hang_next()`, `cut_next(after_chunks=)`, `malformed_next()`; `set_latency(...)`,
+    `add_model(...)`;
     `calls` (the API requests: model, messages, headers...), `hanging`.
     """
 
@@ -756,6 +764,13 @@ class FakeLlm(FakeClient):
         """The next `times` model answers are 200 with JSON cut in half (a stream: its
         second chunk's)."""
         self._call("POST", "faults", fault={"kind": "malformed"}, times=times)
+
+    def set_latency(self, delay: float, *, chunk_delay: float = 0.0) -> None:
+        """Until reset, every chat answer waits `delay` seconds more before it starts and
+        a stream `chunk_delay` more between chunks (a provider's latency, for benchmarks)."""
+        if delay < 0 or chunk_delay < 0:
+            raise ValueError("delay and chunk_delay are seconds, >= 0")
+        self._call("POST", "latency", delay=delay, chunk_delay=chunk_delay)
 
     def add_model(
         self,
