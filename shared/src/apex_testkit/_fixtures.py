@@ -204,8 +204,7 @@ def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
     """The OpenAI-compatible LLM provider, reset: `base_url` (with /v1), `api_key`,
     `reply(*replies)`, `respond_with(function)`, `fail_next(429|500|503, retry_after=)`,
     `hang_next()`, `cut_next(after_chunks=)`, `malformed_next()`, `set_latency(...)`,
-    `add_model(...)`,
-    `calls`, `hanging`. L4: the target's `[sandboxes.llm]`."""
+    `add_model(...)`, `calls`, `hanging`. L4: the target's `[sandboxes.llm]`."""
     with fake_of(apex_worker, "llm") as fake:
         yield cast("FakeLlm", fake)
 
