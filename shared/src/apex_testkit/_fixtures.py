@@ -25,6 +25,7 @@ from apex_testkit._sut.wiring import migrate, run_secrets
 from apex_testkit._worker import Worker, worker_slot
 
 if TYPE_CHECKING:
+    from apex_testkit._fakes.llm import FakeLlm
     from apex_testkit._fakes.oidc import FakeIdp
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
@@ -196,6 +197,16 @@ def fake_sms(apex_worker: Worker) -> Iterator[FakeSms]:
     L4: the target's `[sandboxes.sms]`."""
     with fake_of(apex_worker, "sms") as fake:
         yield cast("FakeSms", fake)
+
+
+@pytest.fixture
+def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
+    """The OpenAI-compatible LLM provider, reset: `base_url` (with /v1), `api_key`,
+    `reply(*replies)`, `respond_with(function)`, `fail_next(429|500|503, retry_after=)`,
+    `hang_next()`, `cut_next(after_chunks=)`, `malformed_next()`, `set_latency(...)`,
+    `add_model(...)`, `calls`, `hanging`. L4: the target's `[sandboxes.llm]`."""
+    with fake_of(apex_worker, "llm") as fake:
+        yield cast("FakeLlm", fake)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Third-party sandboxes of an L4 target: the IdP, mail capture, SMS API... a deployment
 talks to, named in the target file by third-party name (apex.topology's `ThirdParty`
-names: oidc, saml, smtp, sms), each with the URL of its control API:
+names: oidc, saml, smtp, sms, llm), each with the URL of its control API:
 
 ```toml
 [sandboxes.oidc]

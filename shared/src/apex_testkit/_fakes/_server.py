@@ -67,6 +67,10 @@ class FakeServer(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop what `start` started."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Let requests the fake holds open (a scripted hang) finish: called on the
+        server's loop as it begins to stop, before it waits for open requests."""
+
     def app(self, extra: socket.socket | None = None) -> ASGIApp:
         """The ASGI app: protocol routes, control routes, request log."""
 
@@ -148,9 +152,20 @@ def base_url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def _uvicorn(app: ASGIApp) -> uvicorn.Server:
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    return uvicorn.Server(config)
+class _Serving(uvicorn.Server):
+    """uvicorn that lets the fake release the requests it holds as it stops (uvicorn
+    waits for open requests before the app's lifespan ends: too late for a hang)."""
+
+    def __init__(self, server: FakeServer, extra: socket.socket | None) -> None:
+        config = uvicorn.Config(
+            server.app(extra), log_level="warning", access_log=False, lifespan="on"
+        )
+        super().__init__(config)
+        self.fake = server
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.fake.release()
+        await super().shutdown(sockets)
 
 
 @dataclass
@@ -172,7 +187,7 @@ def start_thread(
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """Serve `server` on its own event loop in a daemon thread; return its stop function
     and its reset (run on that loop, as the control API's reset would be)."""
-    uv = _uvicorn(server.app(extra))
+    uv = _Serving(server, extra)
     failure: list[BaseException] = []
     loops: list[asyncio.AbstractEventLoop] = []
 
@@ -260,8 +275,8 @@ def start_fake(
     return RunningFake(name, url, extra_port, stop_process, pid=ref.pid)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without re-raising SIGTERM after a graceful stop (the process exits 0)."""
+class _Process(_Serving):
+    """_Serving without re-raising SIGTERM after a graceful stop (the process exits 0)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -278,15 +293,14 @@ class _Server(uvicorn.Server):
 def main(argv: Sequence[str], servers: Callable[[str], type[FakeServer]]) -> int:
     """`python -m apex_testkit._fakes NAME --fd N [--extra-fd M]`: serve one fake."""
     parser = argparse.ArgumentParser(prog="python -m apex_testkit._fakes")
-    parser.add_argument("name", help="oidc, saml, smtp or sms")
+    parser.add_argument("name", help="oidc, saml, smtp, sms or llm")
     parser.add_argument("--fd", type=int, required=True, help="inherited listening HTTP socket")
     parser.add_argument("--extra-fd", type=int, help="inherited second socket (SMTP)")
     args = parser.parse_args(list(argv))
     http = socket.socket(fileno=args.fd)
     extra = socket.socket(fileno=args.extra_fd) if args.extra_fd is not None else None
     server = servers(args.name)(base_url_of(http))
-    config = uvicorn.Config(server.app(extra), log_level="warning", access_log=False, lifespan="on")
-    asyncio.run(_Server(config).serve(sockets=[http]))
+    asyncio.run(_Process(server, extra).serve(sockets=[http]))
     return 0
 
 
