@@ -471,7 +471,11 @@ def test_the_node_openai_sdk_accepts_the_fake(fake_llm, tmp_path):
         [node, "-e", "require.resolve('openai')"], capture_output=True, check=False
     )
     if not found or found.returncode != 0:
-        pytest.skip("node with the npm package openai on NODE_PATH: `nox -s selftest`")
+        # A missing second client is a broken setup, not a reason to pass without it.
+        pytest.fail(
+            "node with the npm package openai on NODE_PATH is needed: run tools/setup.sh "
+            "(installs node and npm), then `nox -s selftest` (installs the package)"
+        )
     fake_llm.reply(
         "Node says hi.",
         "Streamed to node.",
