@@ -1,8 +1,8 @@
 """A test's own pair of servers (a primary and its replica, following it through a
 FaultProxy): started together or not at all, stopped by the test or at its end, their
 files removed, their records forgotten; the run's cleanup stops them if the test's
-process dies first. `Pair` is what PostgresPair and RedisPair share; `start_nodes` starts
-the servers of one."""
+process dies first. `Pair` is what PostgresPair and RedisPair share, `start` how both
+start."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from apex_testkit._faults import FaultProxy
 from apex_testkit._processes import ProcessRef
@@ -58,26 +58,6 @@ def close(run: Run, nodes: Iterable[Node], link: FaultProxy | None, sig: signal.
         run.forget(f"dir-{node.name}")
 
 
-def start_nodes(
-    run: Run, name: str, primary: StartPrimary, replica: StartReplica, sig: signal.Signals
-) -> tuple[dict[str, Node], FaultProxy]:
-    """`name`-primary, the link to it (`name`-link) and `name`-replica following it through
-    the link: the nodes ("primary", "replica") and the link. On any failure, what started
-    is closed (with `sig`) and the error raised."""
-    nodes: dict[str, Node] = {}
-    link: FaultProxy | None = None
-    try:
-        started, folder, url = primary(f"{name}-primary")
-        nodes["primary"] = Node.of(f"{name}-primary", started, folder, url)
-        link = FaultProxy(url, name=f"{name}-link").start()
-        started, folder, url = replica(f"{name}-replica", url, link.address)
-        nodes["replica"] = Node.of(f"{name}-replica", started, folder, url)
-    except BaseException:
-        close(run, nodes.values(), link, sig)
-        raise
-    return nodes, link
-
-
 @dataclass
 class Pair(Generic[R]):
     """A primary and its replica `R` of one test's own: stop or kill either server; `link`
@@ -111,3 +91,32 @@ class Pair(Generic[R]):
     def close(self) -> None:
         """Stop both servers and the link; remove their files."""
         close(self._run, self._nodes.values(), self.link, self._CLOSE)
+
+
+P = TypeVar("P", bound=Pair[Any])
+
+
+def start(
+    kind: type[P],
+    run: Run,
+    name: str,
+    primary: StartPrimary,
+    replica: StartReplica,
+    view: Callable[[str, str], Any],
+) -> P:
+    """A pair of `kind`: `name`-primary, the link to it (`name`-link) and `name`-replica
+    following it through the link, the replica as `view(replica URL, primary URL)`. On any
+    failure, what started is closed and the error raised."""
+    nodes: dict[str, Node] = {}
+    link: FaultProxy | None = None
+    try:
+        started, folder, url = primary(f"{name}-primary")
+        nodes["primary"] = Node.of(f"{name}-primary", started, folder, url)
+        link = FaultProxy(url, name=f"{name}-link").start()
+        started, folder, url = replica(f"{name}-replica", url, link.address)
+        nodes["replica"] = Node.of(f"{name}-replica", started, folder, url)
+    except BaseException:
+        close(run, nodes.values(), link, kind._CLOSE)
+        raise
+    primary_url = nodes["primary"].url
+    return kind(primary_url, view(nodes["replica"].url, primary_url), link, run, nodes)

@@ -382,12 +382,10 @@ def start_pair(run: Run, primary: Server, name: str) -> PostgresPair:
         return started, folder, _server_url(started)
 
     try:
-        nodes, link = _pairs.start_nodes(run, name, first, second, PostgresPair._CLOSE)
+        return _pairs.start(PostgresPair, run, name, first, second, PostgresReplica)
     except Unavailable as exc:
         fix = getattr(exc, "fix", "") or f"Fix: {REPLICA.fixes['local']}"
         raise ServiceUnavailable(f"No PostgreSQL pair for this test: {exc}\n{fix}") from None
-    primary_url, replica_url = nodes["primary"].url, nodes["replica"].url
-    return PostgresPair(primary_url, PostgresReplica(replica_url, primary_url), link, run, nodes)
 
 
 __all__ = [

@@ -272,11 +272,9 @@ def start_pair(run: Run, primary: Server, name: str) -> RedisPair:
         return started, run.path / node, f"redis://127.0.0.1:{started.port}/0"
 
     try:
-        nodes, link = _pairs.start_nodes(run, name, first, second, RedisPair._CLOSE)
+        return _pairs.start(RedisPair, run, name, first, second, RedisReplica)
     except Unavailable as exc:
         raise ServiceUnavailable(f"No Redis pair for this test: {exc}") from None
-    primary_url, replica_url = nodes["primary"].url, nodes["replica"].url
-    return RedisPair(primary_url, RedisReplica(replica_url, primary_url), link, run, nodes)
 
 
 __all__ = [
