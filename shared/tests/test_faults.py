@@ -167,6 +167,23 @@ def test_an_l3_instance_reaches_redis_through_its_proxy(apex_worker):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
 
 
+async def test_proxied_gives_a_healthy_instance_behind_a_clear_proxy(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    try:
+        platform.instance("auth", 8, via_proxy=("redis",))
+        platform.proxy("auth", 8, "redis").latency(50)  # left over: proxied clears it
+        async with platform.proxied("auth", 8, "redis") as proxied:
+            assert proxied.proxy is platform.proxy("auth", 8, "redis")
+            assert proxied.process is platform.instance("auth", 8, via_proxy=("redis",))
+            assert proxied.proxy.faults["latency_ms"] == 0
+            assert (await proxied.client.get("/healthz")).status_code == 200
+            proxied.proxy.down()
+        assert proxied.proxy.faults["down"] is False  # cleared at the end of the block
+        assert proxied.client.is_closed
+    finally:
+        platform.close()
+
+
 def test_down_keeps_the_port_for_up(fault_proxy, redis_namespace):
     """While down, connections are refused and no other socket can take the port (which
     would make up() fail or clients reach a stranger); up() listens on the same port."""

@@ -173,6 +173,8 @@ def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
         in_loop.instance("auth")
     with pytest.raises(WrongLevel, match=r"fault proxy .* L3 only"):
         in_loop.proxy("auth", 0, "redis")
+    with pytest.raises(WrongLevel, match=r"platform.proxied\('auth'\) .* L3 only"):
+        in_loop.proxied("auth", 0, "redis")
     target = tmp_path / "target.toml"
     target.write_text('[services.auth]\nurl = "http://127.0.0.1:9"\n')
     deployed = DeployedPlatform(load_target(target))

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "Level": "apex_testkit._level",
     "Platform": "apex_testkit._sut.platform",
     "RunningService": "apex_testkit._sut.platform",
+    "ProxiedService": "apex_testkit._sut.platform",
     "ServiceProcess": "apex_testkit._sut.processes",
     # waiting on conditions with deadlines
     "DeadlineExceeded": "apex_testkit._waiting",
@@ -71,6 +72,7 @@ __all__ = [
     "Platform",
     "PostgresPair",
     "PostgresReplica",
+    "ProxiedService",
     "RedisNamespace",
     "RedisPair",
     "RedisReplica",
@@ -108,7 +110,7 @@ if TYPE_CHECKING:
     from apex_testkit._provisioning.postgres_replica import PostgresPair, PostgresReplica
     from apex_testkit._provisioning.redis import RedisNamespace
     from apex_testkit._provisioning.redis_replica import RedisPair, RedisReplica
-    from apex_testkit._sut.platform import Platform, RunningService
+    from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
     from apex_testkit._sut.processes import ServiceProcess
     from apex_testkit._tls import tls_context
     from apex_testkit._waiting import DeadlineExceeded, eventually, wait_for

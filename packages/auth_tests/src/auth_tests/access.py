@@ -1,7 +1,8 @@
 """Authorization in apex.auth: teams, memberships, grants, effective permissions, context tokens.
 
 Public: `AccessAdmin` (the admin API of teams and grants, CONTRACT3), the fixed
-role -> permissions table, and what other services ask apex.auth before they act for a
+role -> permissions table, `granted_user` (a new user with permissions, signed in: what
+other teams' tests act as), and what other services ask apex.auth before they act for a
 user (`/authz/check`, context tokens and their introspection). `client` is an
 `httpx.AsyncClient` of apex.auth.
 """
@@ -9,16 +10,18 @@ user (`/authz/check`, context tokens and their introspection). `client` is an
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from auth_tests.client import AuthAdmin, KeyUser, Tokens
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, login
 
 __all__ = [
     "ROLE_PERMISSIONS",
     "AccessAdmin",
     "context_token",
+    "granted_user",
     "introspect",
     "is_allowed",
     "my_permissions",
@@ -134,6 +137,24 @@ class AccessAdmin:
         assert response.status_code == 200, response.text
         permissions: list[str] = response.json()["permissions"]
         return permissions
+
+
+async def granted_user(
+    admin: AuthAdmin,
+    *,
+    permissions: Sequence[str] = (),
+    tier: str = "pro",
+    tenant_id: str | None = None,
+    ttl: int | None = None,
+) -> tuple[KeyUser, Tokens]:
+    """A new user with one API key (`admin.key_user`), each of `permissions` granted to it
+    (allow), signed in with the key (`login`, session lifetime `ttl`): the user and its
+    tokens, made through `admin`'s client."""
+    key_user = await admin.key_user(tier=tier, tenant_id=tenant_id)
+    access = AccessAdmin(admin)
+    for permission in permissions:
+        await access.grant_user(key_user.user_id, permission)
+    return key_user, await login(admin.client, key_user.api_key, ttl=ttl)
 
 
 async def my_permissions(client: httpx.AsyncClient, tokens: Tokens) -> list[str]:

@@ -4,7 +4,7 @@ Public: `proxied_data(platform, instance=N, via="postgres", **settings)` yields 
 `ProxiedData`: the client of a data instance whose connections to `via` ("postgres",
 "redis", "clickhouse") all go through a `FaultProxy` of its own, and that proxy
 (`proxy.down()`, `proxy.reset_peers()`, `proxy.stats`, ...). At L3 the instance is the
-worker's process N started with the kit's proxy (`platform.instance(via_proxy=...)`); at
+worker's process N started with the kit's proxy (`platform.proxied(...)`); at
 L2 (PostgreSQL only, give `upstream=` its DSN) the test's own proxy in front of the
 worker's database and an in-process app pointed at it.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from apex_testkit import FaultProxy, Level, Platform, eventually, tls_context
+from apex_testkit import FaultProxy, Level, Platform
 
 __all__ = ["ProxiedData", "proxied_data"]
 
@@ -57,20 +57,5 @@ async def proxied_data(
         return
     if platform.level is not Level.L3:
         pytest.fail("faults need the platform's own servers: mark the test L2/L3", pytrace=False)
-    process = platform.instance("data", instance, via_proxy=(via,), **settings)
-    proxy = platform.proxy("data", instance, via)
-    proxy.clear()
-    async with httpx.AsyncClient(base_url=process.url, timeout=30, verify=tls_context()) as client:
-
-        async def healthy() -> bool:
-            return (await client.get("/healthz")).status_code == 200
-
-        await eventually(healthy, timeout=15, message="the proxied data instance to be healthy")
-        try:
-            yield ProxiedData(client, proxy)
-        except BaseException:
-            log = process.log.read_text(errors="replace") if process.log.exists() else ""
-            print(f"--- tail of {process.log}:\n{log[-4000:]}")
-            raise
-        finally:
-            proxy.clear()
+    async with platform.proxied("data", instance, via, **settings) as proxied:
+        yield ProxiedData(proxied.client, proxied.proxy)

@@ -2,7 +2,7 @@
 
 `data_client` is an HTTP client of apex.data wired for the run's level (L2: in process,
 L3: the worker's `python -m apex.data` process, L4: the target). Users and their
-context tokens are made with the identity team's client (`auth_tests.client`) on this
+context tokens are made with the identity team's library (`auth_tests.client`, `.access`) on this
 package's own fixtures (`data_auth_client`, `data_auth_admin`), never with auth_tests'
 fixtures. What the fixtures hand out lives in the public module `client`.
 """
@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login, run_namespace
+from auth_tests.access import granted_user
+from auth_tests.client import AuthAdmin, run_namespace
 
 from apex_testkit import Platform
 from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
@@ -77,15 +78,9 @@ def make_data_user(data_auth_client: httpx.AsyncClient, data_auth_admin: AuthAdm
 
     async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> DataUser:
         tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
-        key_user = await data_auth_admin.key_user(tenant_id=tenant_id)
-        for permission in permissions:
-            granted = await data_auth_client.put(
-                f"/admin/users/{key_user.user_id}/grants/{permission}",
-                json={"effect": "allow"},
-                headers=data_auth_admin.headers,
-            )
-            assert granted.status_code == 200, granted.text
-        tokens = await login(data_auth_client, key_user.api_key)
+        key_user, tokens = await granted_user(
+            data_auth_admin, permissions=permissions, tenant_id=tenant_id
+        )
         token = await context_token(data_auth_client, tokens.access)
         return DataUser(key_user, tokens, tenant_id, token)
 

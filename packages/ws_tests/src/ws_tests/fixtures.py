@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login, run_namespace
+from auth_tests.access import granted_user
+from auth_tests.client import AuthAdmin, run_namespace
 
 from apex_testkit import Platform, tls_context
 from ws_tests.client import Connect, WsClient, close_quietly, open_ws
@@ -85,7 +86,7 @@ def ws_auth_admin(
 
 
 @pytest.fixture
-def make_ws_user(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin) -> MakeUser:
+def make_ws_user(ws_auth_admin: AuthAdmin) -> MakeUser:
     """`await make_ws_user(tier="pro", ttl=None, tenant=None, permissions=())`: a new user
     of `tenant` (a tenant id; None: no tenant) with these permissions granted, signed in
     (through `ws_auth_client`)."""
@@ -97,15 +98,10 @@ def make_ws_user(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdmin) ->
         tenant: str | None = None,
         permissions: Sequence[str] = (),
     ) -> WsUser:
-        key_user = await ws_auth_admin.key_user(tier=tier, tenant_id=tenant)
-        for permission in permissions:
-            granted = await ws_auth_client.put(
-                f"/admin/users/{key_user.user_id}/grants/{permission}",
-                json={"effect": "allow"},
-                headers=ws_auth_admin.headers,
-            )
-            assert granted.status_code == 200, granted.text
-        return WsUser(key_user, await login(ws_auth_client, key_user.api_key, ttl=ttl))
+        key_user, tokens = await granted_user(
+            ws_auth_admin, permissions=permissions, tier=tier, tenant_id=tenant, ttl=ttl
+        )
+        return WsUser(key_user, tokens)
 
     return make
 

@@ -20,14 +20,14 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 
 from apex_testkit import FaultProxy, RedisNamespace, eventually
 from ws_tests.client import Connect, Frame, WsClient
 from ws_tests.gateways import GatewayHandle, Gateways, metric
-from ws_tests.users import MakeUser
+from ws_tests.users import MakeUser, WsUser
 
 BREAKER = pytest.mark.bvj(
     segment="platform", goal="Failure isolation: a sick dependency cannot hang every socket",
@@ -75,12 +75,14 @@ async def _with_open_periods(scenario: Callable[[float], Awaitable[None]]) -> No
     pytest.fail(f"every open period ({OPEN_PERIODS} s) ended before its steps were done")
 
 
-@dataclass(frozen=True)
-class BehindProxy:
-    """A gateway whose PostgreSQL is reached through a fault proxy."""
+class BehindProxy(NamedTuple):
+    """A gateway whose PostgreSQL is reached through a fault proxy, a new user, and a
+    socket of the user's on that gateway."""
 
     proxy: FaultProxy
     gateway: GatewayHandle
+    user: WsUser
+    client: WsClient
 
 
 StartBehindProxy = Callable[[float], Awaitable[BehindProxy]]
@@ -88,18 +90,24 @@ StartBehindProxy = Callable[[float], Awaitable[BehindProxy]]
 
 @pytest.fixture
 def db_behind_proxy(
-    gateways: Gateways, fault_proxy: Callable[[str], FaultProxy], postgres_database: str
+    gateways: Gateways,
+    fault_proxy: Callable[[str], FaultProxy],
+    postgres_database: str,
+    ws_open: Connect,
+    make_ws_user: MakeUser,
 ) -> StartBehindProxy:
-    """The PostgreSQL tests' setup: `await db_behind_proxy(open_seconds)` puts the worker's
-    database behind a fault proxy and starts a gateway that uses it, its breaker opening
-    after THRESHOLD failures for `open_seconds`."""
+    """The PostgreSQL tests' setup: `proxy, gateway, user, client = await
+    db_behind_proxy(open_seconds)` puts the worker's database behind a fault proxy, starts
+    a gateway that uses it, its breaker opening after THRESHOLD failures for
+    `open_seconds`, then makes a user and opens a socket of theirs on it."""
 
     async def start(open_seconds: float) -> BehindProxy:
         proxy = fault_proxy(postgres_database)
         gateway = await gateways.start(
             APEX_DATABASE_URL=proxy.url_for(postgres_database), **_settings(open_seconds)
         )
-        return BehindProxy(proxy, gateway)
+        user = await make_ws_user()
+        return BehindProxy(proxy, gateway, user, await ws_open(gateway.url, user.token))
 
     return start
 
@@ -118,14 +126,9 @@ async def _note(client: WsClient, title: str, timeout: float = 30) -> Frame:
 @pytest.mark.L3
 async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
     db_behind_proxy: StartBehindProxy,
-    ws_open: Connect,
-    make_ws_user: MakeUser,
 ) -> None:
     async def scenario(open_seconds: float) -> None:
-        setup = await db_behind_proxy(open_seconds)
-        proxy, gateway = setup.proxy, setup.gateway
-        user = await make_ws_user()
-        client = await ws_open(gateway.url, user.token)
+        proxy, gateway, _, client = await db_behind_proxy(open_seconds)
         assert (await _note(client, "before"))["type"] == "ack"
         assert await _state(gateway, "postgres") == 0
 
@@ -175,13 +178,9 @@ async def test_postgres_failures_open_the_breaker_then_a_trial_closes_it(
 @pytest.mark.L3
 async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
     db_behind_proxy: StartBehindProxy,
-    ws_open: Connect,
-    make_ws_user: MakeUser,
 ) -> None:
     async def scenario(open_seconds: float) -> None:
-        setup = await db_behind_proxy(open_seconds)
-        proxy, gateway = setup.proxy, setup.gateway
-        client = await ws_open(gateway.url, (await make_ws_user()).token)
+        proxy, gateway, _, client = await db_behind_proxy(open_seconds)
         proxy.down()
         for n in range(THRESHOLD):
             opened_after = time.monotonic()
@@ -218,13 +217,10 @@ async def test_a_failed_half_open_trial_opens_the_breaker_again_at_once(
 async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
     db_behind_proxy: StartBehindProxy,
     ws_open: Connect,
-    make_ws_user: MakeUser,
 ) -> None:
     async def scenario(open_seconds: float) -> None:
-        setup = await db_behind_proxy(open_seconds)
-        proxy, gateway = setup.proxy, setup.gateway
-        user = await make_ws_user()
-        clients = [await ws_open(gateway.url, user.token) for _ in range(4)]
+        proxy, gateway, user, first = await db_behind_proxy(open_seconds)
+        clients = [first, *[await ws_open(gateway.url, user.token) for _ in range(3)]]
         proxy.down()
         for n in range(THRESHOLD):
             opened_after = time.monotonic()
@@ -262,14 +258,10 @@ async def test_half_open_lets_one_trial_through_and_concurrent_calls_fail_fast(
 @pytest.mark.L3
 async def test_a_success_resets_the_failure_count(
     db_behind_proxy: StartBehindProxy,
-    ws_open: Connect,
-    make_ws_user: MakeUser,
 ) -> None:
     """Failures open the breaker only when consecutive: THRESHOLD - 1, a success, then
     THRESHOLD - 1 more leave it closed; one more failure opens it."""
-    setup = await db_behind_proxy(LONG_OPEN)
-    proxy, gateway = setup.proxy, setup.gateway
-    client = await ws_open(gateway.url, (await make_ws_user()).token)
+    proxy, gateway, _, client = await db_behind_proxy(LONG_OPEN)
 
     proxy.down()
     before = [await _note(client, f"a-{n}") for n in range(THRESHOLD - 1)]

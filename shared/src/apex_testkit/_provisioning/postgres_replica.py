@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from apex_testkit import _loop
-from apex_testkit._faults import FaultProxy, parse_address
+from apex_testkit._faults import parse_address
 from apex_testkit._processes import RunAs
 from apex_testkit._provisioning import _pairs, postgres
 from apex_testkit._provisioning._binaries import Started, version_of
@@ -41,7 +41,6 @@ from apex_testkit._provisioning._chain import (
     Unavailable,
     check_external,
 )
-from apex_testkit._provisioning._pairs import Node
 from apex_testkit._run import Run
 from apex_testkit._waiting import DeadlineExceeded
 
@@ -325,21 +324,19 @@ def worker_replica(server: Server, primary_dsn: str) -> PostgresReplica:
 
 
 @dataclass
-class PostgresPair:
+class PostgresPair(_pairs.Pair[PostgresReplica]):
     """A primary and its streaming replica of one test's own, for failover: promote the
     replica, stop or kill either server, cut or slow the replication link.
 
     `primary_url` and `replica.url` are the `postgres` database of each; `link` is the
     FaultProxy the replica streams through: `link.down()` cuts replication (the primary
     goes on, `replica.lag_bytes()` grows), `link.up()` restores it (the replica reconnects
-    within 100 ms and catches up); `link.latency(ms)` delays it.
+    within 100 ms and catches up); `link.latency(ms)` delays it. `stop_primary()` is a
+    fast shutdown (clients are disconnected); `close()` an immediate one.
     """
 
-    primary_url: str
-    replica: PostgresReplica
-    link: FaultProxy
-    _run: Run = field(repr=False)
-    _nodes: dict[str, Node] = field(repr=False)
+    _STOP = signal.SIGINT
+    _CLOSE = signal.SIGQUIT
 
     @property
     def multi_host_url(self) -> str:
@@ -356,27 +353,9 @@ class PostgresPair:
         if _loop.run(_on(self.replica.url, lambda conn: conn.fetchval(sql))) is not True:
             raise TimeoutError(f"the replica was not promoted within {timeout:g} s")
 
-    def stop_primary(self) -> None:
-        """Shut the primary down cleanly (fast shutdown: clients are disconnected)."""
-        self._stop("primary", signal.SIGINT)
 
-    def kill_primary(self) -> None:
-        """Kill the primary (SIGKILL), as a crashed machine would stop it."""
-        self._stop("primary", signal.SIGKILL)
-
-    def stop_replica(self) -> None:
-        self._stop("replica", signal.SIGINT)
-
-    def kill_replica(self) -> None:
-        self._stop("replica", signal.SIGKILL)
-
-    def _stop(self, role: str, sig: signal.Signals) -> None:
-        self._nodes[role].stop(sig)
-
-    def close(self) -> None:
-        """Stop both servers (immediate shutdown: nothing of them outlives the test) and
-        the link; remove their files."""
-        _pairs.close(self._run, self._nodes.values(), self.link, signal.SIGQUIT)
+def _server_url(started: Started) -> str:
+    return f"postgresql://postgres@127.0.0.1:{started.port}/postgres"
 
 
 def start_pair(run: Run, primary: Server, name: str) -> PostgresPair:
@@ -390,27 +369,23 @@ def start_pair(run: Run, primary: Server, name: str) -> PostgresPair:
             f"({primary.provider}), and a pair is made with its binaries. "
             f"Fix: unset {postgres.SERVICE.url_env}, or --services postgres=local"
         )
-    nodes: dict[str, Node] = {}
-    link: FaultProxy | None = None
-    try:
+    binaries = Path(bin_dir)
+
+    def first(node: str) -> tuple[Started, Path, str]:
         run_as = postgres.server_account()
-        folder = postgres.new_cluster(run, f"{name}-primary", Path(bin_dir), run_as)
-        first = postgres.start_cluster(run, f"{name}-primary", Path(bin_dir), folder, run_as)
-        nodes["primary"] = Node.of(f"{name}-primary", first, folder)
-        primary_url = f"postgresql://postgres@127.0.0.1:{first.port}/postgres"
-        link = FaultProxy(primary_url, name=f"{name}-link").start()
-        second, folder = start_replica(
-            run, f"{name}-replica", Path(bin_dir), primary_url, via=link.address
-        )
-        nodes["replica"] = Node.of(f"{name}-replica", second, folder)
-    except BaseException as exc:
-        _pairs.close(run, nodes.values(), link, signal.SIGQUIT)
-        if isinstance(exc, Unavailable):
-            fix = getattr(exc, "fix", "") or f"Fix: {REPLICA.fixes['local']}"
-            raise ServiceUnavailable(f"No PostgreSQL pair for this test: {exc}\n{fix}") from None
-        raise
-    replica_url = f"postgresql://postgres@127.0.0.1:{second.port}/postgres"
-    return PostgresPair(primary_url, PostgresReplica(replica_url, primary_url), link, run, nodes)
+        folder = postgres.new_cluster(run, node, binaries, run_as)
+        started = postgres.start_cluster(run, node, binaries, folder, run_as)
+        return started, folder, _server_url(started)
+
+    def second(node: str, primary_url: str, via: str) -> tuple[Started, Path, str]:
+        started, folder = start_replica(run, node, binaries, primary_url, via=via)
+        return started, folder, _server_url(started)
+
+    try:
+        return _pairs.start(PostgresPair, run, name, first, second, PostgresReplica)
+    except Unavailable as exc:
+        fix = getattr(exc, "fix", "") or f"Fix: {REPLICA.fixes['local']}"
+        raise ServiceUnavailable(f"No PostgreSQL pair for this test: {exc}\n{fix}") from None
 
 
 __all__ = [

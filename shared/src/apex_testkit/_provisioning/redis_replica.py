@@ -12,16 +12,16 @@ replica follows its master through a FaultProxy, stopped at the end of the test.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
 import redis as redis_py
 
-from apex_testkit._faults import FaultProxy, parse_address
+from apex_testkit._faults import parse_address
 from apex_testkit._provisioning import _pairs, redis
-from apex_testkit._provisioning._binaries import version_of
+from apex_testkit._provisioning._binaries import Started, version_of
 from apex_testkit._provisioning._chain import (
     CONNECT_TIMEOUT,
     RESET_TIMEOUT,
@@ -32,7 +32,6 @@ from apex_testkit._provisioning._chain import (
     Unavailable,
     check_external,
 )
-from apex_testkit._provisioning._pairs import Node
 from apex_testkit._run import Run
 from apex_testkit._waiting import wait_for
 
@@ -236,43 +235,19 @@ def worker_replica(server: Server, namespace: redis.RedisNamespace) -> RedisRepl
 
 
 @dataclass
-class RedisPair:
+class RedisPair(_pairs.Pair[RedisReplica]):
     """A Redis master and its replica of one test's own, for failover: promote the
-    replica (REPLICAOF NO ONE), stop or kill either server, cut or slow the link.
+    replica (REPLICAOF NO ONE), stop (SIGTERM) or kill either server, cut or slow the link.
 
     `primary_url` and `replica.url` are database 0 of each; `link` is the FaultProxy the
     replica follows its master through (`link.down()` cuts it: `replica.lag_bytes()`
     grows; `link.up()` restores it and the replica catches up).
     """
 
-    primary_url: str
-    replica: RedisReplica
-    link: FaultProxy
-    _run: Run = field(repr=False)
-    _nodes: dict[str, Node] = field(repr=False)
-
     def promote(self) -> None:
         """Make the replica a master (REPLICAOF NO ONE): it takes writes at once."""
         with redis_py.Redis.from_url(self.replica.url) as client:
             client.replicaof("NO", "ONE")
-
-    def stop_primary(self) -> None:
-        """Shut the master down (SIGTERM)."""
-        self._nodes["primary"].stop(signal.SIGTERM)
-
-    def kill_primary(self) -> None:
-        """Kill the master (SIGKILL), as a crashed machine would stop it."""
-        self._nodes["primary"].stop(signal.SIGKILL)
-
-    def stop_replica(self) -> None:
-        self._nodes["replica"].stop(signal.SIGTERM)
-
-    def kill_replica(self) -> None:
-        self._nodes["replica"].stop(signal.SIGKILL)
-
-    def close(self) -> None:
-        """Stop both servers and the link; remove their files."""
-        _pairs.close(self._run, self._nodes.values(), self.link, signal.SIGKILL)
 
 
 def start_pair(run: Run, primary: Server, name: str) -> RedisPair:
@@ -285,24 +260,21 @@ def start_pair(run: Run, primary: Server, name: str) -> RedisPair:
             f"({primary.provider}), and a pair is made with its binary. "
             "Fix: --services redis=local (apt-get install -y redis-server)"
         )
-    nodes: dict[str, Node] = {}
-    link: FaultProxy | None = None
-    try:
-        first = redis.start_redis(run, f"{name}-primary", str(binary))
-        nodes["primary"] = Node.of(f"{name}-primary", first, run.path / f"{name}-primary")
-        primary_url = f"redis://127.0.0.1:{first.port}/0"
-        link = FaultProxy(primary_url, name=f"{name}-link").start()
-        host, port = parse_address(link.address)
+
+    def first(node: str) -> tuple[Started, Path, str]:
+        started = redis.start_redis(run, node, str(binary))
+        return started, run.path / node, f"redis://127.0.0.1:{started.port}/0"
+
+    def second(node: str, primary_url: str, via: str) -> tuple[Started, Path, str]:
+        host, port = parse_address(via)
         args = ("--replicaof", host, str(port))
-        second = redis.start_redis(run, f"{name}-replica", str(binary), args, ready=_linked)
-        nodes["replica"] = Node.of(f"{name}-replica", second, run.path / f"{name}-replica")
-    except BaseException as exc:
-        _pairs.close(run, nodes.values(), link, signal.SIGKILL)
-        if isinstance(exc, Unavailable):
-            raise ServiceUnavailable(f"No Redis pair for this test: {exc}") from None
-        raise
-    replica_url = f"redis://127.0.0.1:{second.port}/0"
-    return RedisPair(primary_url, RedisReplica(replica_url, primary_url), link, run, nodes)
+        started = redis.start_redis(run, node, str(binary), args, ready=_linked)
+        return started, run.path / node, f"redis://127.0.0.1:{started.port}/0"
+
+    try:
+        return _pairs.start(RedisPair, run, name, first, second, RedisReplica)
+    except Unavailable as exc:
+        raise ServiceUnavailable(f"No Redis pair for this test: {exc}") from None
 
 
 __all__ = [

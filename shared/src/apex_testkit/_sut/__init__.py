@@ -15,7 +15,7 @@ from apex_testkit._level import Level
 from apex_testkit._settings import KitSettings
 from apex_testkit._sut.deployed import DeployedPlatform
 from apex_testkit._sut.in_process import InProcessPlatform
-from apex_testkit._sut.platform import Platform, RunningService
+from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
 from apex_testkit._sut.processes import ProcessPlatform, ServiceProcess
 from apex_testkit._worker import Worker
 
@@ -34,6 +34,7 @@ __all__ = [
     "InProcessPlatform",
     "Platform",
     "ProcessPlatform",
+    "ProxiedService",
     "RunningService",
     "ServiceProcess",
     "platform_for",

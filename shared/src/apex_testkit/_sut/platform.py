@@ -1,9 +1,10 @@
 """The platform as the tests see it, whatever the level: the `Platform` every level
-implements and the `RunningService` a test starts for itself.
+implements, the `RunningService` a test starts for itself and the `ProxiedService` it
+reaches behind a fault proxy.
 
 Each public method of `Platform` checks the level once, here, then calls the level's
-hook (`_client`, `_serve`, `_start`, `_instance`, `_proxy`); a level module implements
-only the hooks its level has.
+hook (`_client`, `_serve`, `_start`, `_instance`, `_proxy`, `_proxied`); a level module
+implements only the hooks its level has.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class RunningService:
         require_level(self.level, PROCESSES, "kill() of a service process")
         assert self._kill is not None  # noqa: S101 - every L3 instance has one
         await self._kill()
+
+
+@dataclass
+class ProxiedService:
+    """An instance (L3) whose every connection to one dependency goes through `proxy`
+    (`Platform.proxied`): its `client`, the `proxy` and the `process` itself."""
+
+    client: httpx.AsyncClient
+    proxy: FaultProxy
+    process: ServiceProcess
 
 
 class Platform(abc.ABC):
@@ -103,6 +114,18 @@ class Platform(abc.ABC):
         self.require(*PROCESSES, what="a fault proxy between processes")
         return self._proxy(service, instance, name)
 
+    def proxied(
+        self, service: str, instance: int, via: str, **settings: str
+    ) -> AbstractAsyncContextManager[ProxiedService]:
+        """Instance `instance` of `service` with a fault proxy to its dependency `via`
+        (`instance(service, instance, via_proxy=(via,), **settings)` and its `proxy`), and a
+        client of it; L3 only. The proxy is clear and the instance healthy when the block
+        starts, the proxy cleared again when it ends; a failure in the block prints the
+        tail of the instance's log. Instances are keyed by number and settings: give one
+        number the same settings everywhere."""
+        self.require(*PROCESSES, what=f"platform.proxied({service!r}) (a service process)")
+        return self._proxied(service, instance, via, settings)
+
     def reset(self) -> None:  # noqa: B027 - a no-op is the right default (L4)
         """Empty the platform's state before a test (a no-op against a deployment)."""
 
@@ -137,4 +160,9 @@ class Platform(abc.ABC):
         raise NotImplementedError
 
     def _proxy(self, service: str, instance: int, name: str) -> FaultProxy:
+        raise NotImplementedError
+
+    def _proxied(
+        self, service: str, instance: int, via: str, settings: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[ProxiedService]:
         raise NotImplementedError

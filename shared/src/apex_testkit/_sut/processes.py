@@ -2,7 +2,8 @@
 
 Each service instance is `python -m <module> --fd N` on a loopback socket the kit binds,
 started on first use, one per worker (and per settings); a test may start its own
-(`start`), and reach a dependency of an instance through a fault proxy (`via_proxy`).
+(`start`), and reach a dependency of an instance through a fault proxy (`via_proxy`,
+`proxied`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from apex_testkit._level import Level
 from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spawn, wait_healthy
 from apex_testkit._run import Run, record_process
 from apex_testkit._sut import wiring
-from apex_testkit._sut.platform import Platform, RunningService
+from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
 from apex_testkit._tls import tls_context
+from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
 
 
@@ -95,14 +97,14 @@ class ProcessPlatform(Platform):
         if key not in self._instances:
             env = {**wiring.service_env(self.worker, service), **settings}
             for dependency in via_proxy:
-                env |= self._proxied(service, instance, dependency, env)
+                env |= self._proxy_to(service, instance, dependency, env)
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
             process = self._process(service, env, name)
             process.start()
             self._instances[key] = process
         return self._instances[key]
 
-    def _proxied(
+    def _proxy_to(
         self, service: str, instance: int, dependency: str, env: Mapping[str, str]
     ) -> dict[str, str]:
         """Start a FaultProxy to `dependency`; the setting that now points through it."""
@@ -164,6 +166,31 @@ class ProcessPlatform(Platform):
                 f"no proxy to {name} for {service} instance {instance}: start it with "
                 f"platform.instance({service!r}, {instance}, via_proxy=({name!r},))"
             ) from None
+
+    @asynccontextmanager
+    async def _proxied(
+        self, service: str, instance: int, via: str, settings: Mapping[str, str]
+    ) -> AsyncIterator[ProxiedService]:
+        process = self.instance(service, instance, via_proxy=(via,), **settings)
+        proxy = self._proxy(service, instance, via)
+        proxy.clear()
+        tls = tls_context()
+        async with httpx.AsyncClient(base_url=process.url, timeout=30, verify=tls) as client:
+
+            async def healthy() -> bool:
+                return (await client.get("/healthz")).status_code == 200
+
+            what = f"the proxied {service} instance to be healthy"
+            await eventually(healthy, timeout=15, message=what)
+            try:
+                yield ProxiedService(client, proxy, process)
+            except BaseException:
+                # The instance's side of a failure, in the test's report.
+                log = process.log.read_text(errors="replace") if process.log.exists() else ""
+                print(f"--- tail of {process.log}:\n{log[-4000:]}")
+                raise
+            finally:
+                proxy.clear()
 
     def reset(self) -> None:
         """The worker's namespaces and fakes, and no fault left in any proxy."""
