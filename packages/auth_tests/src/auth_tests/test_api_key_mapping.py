@@ -173,6 +173,38 @@ async def test_revoked_key_is_rejected_and_its_sessions_end(
 
 @pytest.mark.L2
 @pytest.mark.L3
+async def test_a_session_never_outlives_its_key_when_the_sweep_was_missed(
+    auth_client: httpx.AsyncClient,
+    auth_db: asyncpg.Connection,
+    key_user: KeyUser,
+) -> None:
+    """The key is revoked in PostgreSQL but its sessions were never ended (the sweep was
+    interrupted: Redis down, an event missed): every route that takes the token refuses
+    it, /authz/check and the context-token exchange included, and the session ends."""
+    tokens = await login(auth_client, key_user.api_key)
+    check = {"permission": "agents:read"}
+    assert (
+        await auth_client.post("/authz/check", json=check, headers=tokens.bearer)
+    ).status_code == 200
+    await auth_db.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", key_user.key_id)
+
+    refused = {
+        "authz": await auth_client.post("/authz/check", json=check, headers=tokens.bearer),
+        "context": await auth_client.post(
+            "/auth/context-token", json={"audience": "apex-data"}, headers=tokens.bearer
+        ),
+        "permissions": await auth_client.get("/me/permissions", headers=tokens.bearer),
+        "me": await auth_client.get("/me", headers=tokens.bearer),
+    }
+    assert {name: (r.status_code, error_of(r)) for name, r in refused.items()} == {
+        name: (401, "session_revoked") for name in refused
+    }
+    refreshed = await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
+    assert refreshed.status_code == 401, "the session itself has ended"
+
+
+@pytest.mark.L2
+@pytest.mark.L3
 @pytest.mark.L4
 async def test_revoking_one_key_leaves_the_users_other_keys_working(
     auth_client: httpx.AsyncClient,

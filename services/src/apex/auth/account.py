@@ -3,7 +3,6 @@ is apex.auth.oauth's)."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Annotated, Any
 
@@ -11,15 +10,19 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.auth import audit, keys, logins
-from apex.auth.context import AuthContext, Principal, authenticated, get_context
+from apex.auth.context import (
+    AuthContext,
+    Principal,
+    authenticated,
+    end_orphaned_session,
+    get_context,
+)
 from apex.auth.oauth import token_pair
-from apex.auth.resilience import REDIS_DOWN
 from apex.auth.sessions import is_session_id, parse_refresh_token
 from apex.common.http import ApiError, require_json_body
 
 __all__ = ["router"]
 
-log = logging.getLogger(__name__)
 
 router = APIRouter(dependencies=[Depends(require_json_body)])
 
@@ -99,21 +102,9 @@ async def me(caller: Caller, context: Context) -> dict[str, Any]:
             caller.session.api_key_id,
         )
     if row is None or row["revoked"]:
-        # Belt and braces: revoking a key ends its sessions, but a session must
-        # never outlive its key or user even if that sweep was interrupted. PostgreSQL
-        # has the last word: with Redis down the answer is still 401, the clean-up waits.
-        try:
-            if await context.sessions.revoke(caller.session.id) is not None:
-                await context.session_revoked(
-                    caller.session, actor=audit.SYSTEM, reason="api_key_revoked"
-                )
-        except REDIS_DOWN as exc:
-            log.warning(
-                "session %s of a revoked key not ended in Redis: %r", caller.session.id, exc
-            )
-        raise ApiError(
-            401, "session_revoked", "the API key or user of this session no longer exists"
-        )
+        # The key's case is refused by `authenticated` already; a user deleted since the
+        # login is caught here (the query reads the user anyway).
+        raise await end_orphaned_session(context, caller.session, "api_key_revoked")
     return {
         "user_id": caller.session.user_id,
         "email": row["email"],

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from apex.auth import audit
 from apex.auth.ratelimit import SlidingWindowLimiter
+from apex.auth.resilience import REDIS_DOWN
 from apex.auth.sessions import Session, SessionStore
 from apex.auth.tokens import AccessClaims, Signer, TokenError
 from apex.common.config import Settings
@@ -110,6 +111,34 @@ async def authenticated(request: Request) -> Principal:
         session = await context.sessions.get(claims.session_id)
     if session is None or session.user_id != claims.subject:
         raise ApiError(401, "session_revoked", "the session of this token has ended")
+    if session.api_key_id is not None:
+        await _refuse_if_key_revoked(context, session)
     if context.guard is not None:
         await context.guard.charge(request, claims)  # per-user API rate limit
     return Principal(claims=claims, session=session)
+
+
+async def end_orphaned_session(context: AuthContext, session: Session, reason: str) -> ApiError:
+    """End a session that outlived its API key or user, and the 401 to answer with.
+
+    Revoking a key or deleting a user ends its sessions, but that sweep can be interrupted
+    (Redis down, an event missed): PostgreSQL has the last word, so a session must never
+    outlive its key or user. With Redis down the answer is still 401; the clean-up waits.
+    """
+    try:
+        if await context.sessions.revoke(session.id) is not None:
+            await context.session_revoked(session, actor=audit.SYSTEM, reason=reason)
+    except REDIS_DOWN as exc:
+        log.warning("session %s of a revoked key or user not ended in Redis: %r", session.id, exc)
+    return ApiError(401, "session_revoked", "the API key or user of this session no longer exists")
+
+
+async def _refuse_if_key_revoked(context: AuthContext, session: Session) -> None:
+    """401 for a session of an API key that has been revoked (or deleted) since its login."""
+    async with context.pool.acquire() as conn:
+        live = await conn.fetchval(
+            "SELECT true FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+            session.api_key_id,
+        )
+    if not live:
+        raise await end_orphaned_session(context, session, "api_key_revoked")
