@@ -64,7 +64,13 @@ async def test_healthz_has_a_check_per_store(data_client: httpx.AsyncClient) -> 
     assert response.status_code == 200, response.text
     assert response.json() == {
         "status": "ok",
-        "checks": {"postgres": "ok", "replica": "absent", "redis": "ok", "clickhouse": "ok"},
+        "checks": {
+            "postgres": "ok",
+            "replica": "absent",
+            "redis": "ok",
+            "clickhouse": "ok",
+            "auth": "ok",
+        },
     }
 
 
