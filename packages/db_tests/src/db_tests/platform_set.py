@@ -8,22 +8,29 @@ own overrides from `per_service`; a service that calls another (`Service.calls`)
 told where that one of the set is. `ServiceSet.http_urls` are what
 `apex.stack.consistency.check_services` and a /healthz probe take (every service answers
 plain HTTP on its port, a WebSocket one too); `ServiceSet.reports(admin_token)` are
-their `GET /admin/config`, agreeing or not.
+their `GET /admin/config`, agreeing or not. `reader_token(auth_url, admin_token,
+email_domain)` is a context token for apex.data, from that auth, of a new user of a new
+tenant who may read usage: what proves that a data service trusts that auth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+from auth_tests.client import AuthAdmin, login
+
 from apex import topology
 from apex.stack.consistency import fetch_report
 from apex_testkit import Platform, RunningService
+from db_tests.client import BILLING_READ, context_token
 
-__all__ = ["ServiceSet", "started_services"]
+__all__ = ["ServiceSet", "reader_token", "started_services"]
 
 
 def _http(url: str) -> str:
@@ -70,3 +77,19 @@ async def started_services(
             env = {**settings, **calls, **overrides.get(name, {})}
             running[name] = await stack.enter_async_context(platform.start(name, **env))
         yield ServiceSet(running)
+
+
+async def reader_token(auth_url: str, admin_token: str, email_domain: str) -> str:
+    """A context token for apex.data, from the auth at `auth_url`, of a new user of a new
+    tenant granted `billing:read`."""
+    async with httpx.AsyncClient(base_url=auth_url, timeout=30) as client:
+        admin = AuthAdmin(client, admin_token, email_domain)
+        user = await admin.key_user(tenant_id=str(uuid.uuid4()))
+        granted = await client.put(
+            f"/admin/users/{user.user_id}/grants/{BILLING_READ}",
+            json={"effect": "allow"},
+            headers=admin.headers,
+        )
+        assert granted.status_code == 200, granted.text
+        tokens = await login(client, user.api_key)
+        return await context_token(client, tokens.access)
