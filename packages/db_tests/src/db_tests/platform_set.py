@@ -1,7 +1,7 @@
 """Every service of the platform started by a test as one set, from one environment
 (L2/L3: `Platform.start`), each wired to the others of the set, not to the worker's.
 
-Public: `started_services(platform, per_service={...}, **settings)` yields a
+Public: `started_services(platform, settings, per_service={...})` yields a
 `ServiceSet`: the running services by topology name (`apex.topology.SERVICES`, in its
 order: each after the services it calls), started with `settings` plus the service's
 own overrides from `per_service`; a service that calls another (`Service.calls`) is
@@ -60,21 +60,24 @@ class ServiceSet:
 @contextlib.asynccontextmanager
 async def started_services(
     platform: Platform,
+    settings: Mapping[str, str] | None = None,
     *,
     per_service: Mapping[str, Mapping[str, str]] | None = None,
-    **settings: str,
 ) -> AsyncIterator[ServiceSet]:
     """Every service of the topology, started with `settings` (and `per_service[name]`),
     in the topology's order; each stopped (SIGTERM at L3) at the end of the block."""
     overrides = dict(per_service or {})
     unknown = sorted(set(overrides) - set(topology.SERVICES))
     if unknown:
-        raise ValueError(f"no platform service {', '.join(unknown)}: {', '.join(topology.SERVICES)}")
+        known = ", ".join(topology.SERVICES)
+        raise ValueError(f"no platform service {', '.join(unknown)}; known: {known}")
     async with contextlib.AsyncExitStack() as stack:
         running: dict[str, RunningService] = {}
         for name, service in topology.SERVICES.items():
-            calls = {setting: _http(running[called].url) for called, setting in service.calls.items()}
-            env = {**settings, **calls, **overrides.get(name, {})}
+            calls = {
+                setting: _http(running[called].url) for called, setting in service.calls.items()
+            }
+            env = {**(settings or {}), **calls, **overrides.get(name, {})}
             running[name] = await stack.enter_async_context(platform.start(name, **env))
         yield ServiceSet(running)
 

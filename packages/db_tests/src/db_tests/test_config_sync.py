@@ -51,11 +51,11 @@ async def _resolved(services: ServiceSet, admin_token: str) -> set[tuple[str, st
 async def test_a_changed_environment_reaches_every_service_after_a_restart(
     clean_platform: Platform, admin_token: str, data_namespace: str
 ) -> None:
-    async with started_services(clean_platform, **V1) as v1:
+    async with started_services(clean_platform, V1) as v1:
         assert await _resolved(v1, admin_token) == {tuple(V1.values())}
         old_token = await reader_token(v1.http_urls["auth"], admin_token, data_namespace)
         assert await _summary_status(v1.http_urls["data"], old_token) == 200
-    async with started_services(clean_platform, **V2) as v2:
+    async with started_services(clean_platform, V2) as v2:
         assert await _resolved(v2, admin_token) == {tuple(V2.values())}
         token = await reader_token(v2.http_urls["auth"], admin_token, data_namespace)
         assert await _summary_status(v2.http_urls["data"], token) == 200
@@ -66,7 +66,7 @@ async def test_a_changed_environment_reaches_every_service_after_a_restart(
 async def test_a_partial_rollout_is_named(
     clean_platform: Platform, admin_token: str, data_namespace: str
 ) -> None:
-    async with started_services(clean_platform, **V1) as v1:
+    async with started_services(clean_platform, V1) as v1:
         # Only data restarted with the new environment (beside the set's auth).
         urls = v1.http_urls
         async with clean_platform.start("data", **V2, APEX_AUTH_URL=urls["auth"]) as new_data:
@@ -77,18 +77,16 @@ async def test_a_partial_rollout_is_named(
             # The mismatch is real: the rolled-out data service refuses auth's tokens.
             assert await _summary_status(new_data.url, token) == 401
     message = str(raised.value)
-    assert "APEX_SETTINGS_VERSION differs: auth, gateway see '004-15-v1'; data sees '004-15-v2'" in (
-        message
-    )
-    assert "APEX_JWT_ISSUER differs: auth, gateway see 'apex-auth-v1'; data sees 'apex-auth-v2'" in (
-        message
-    )
+    version = "APEX_SETTINGS_VERSION differs: auth, gateway see '004-15-v1'; data sees '004-15-v2'"
+    issuer = "APEX_JWT_ISSUER differs: auth, gateway see 'apex-auth-v1'; data sees 'apex-auth-v2'"
+    assert version in message
+    assert issuer in message
 
 
 async def test_an_invalid_environment_is_refused_and_the_running_services_are_untouched(
     clean_platform: Platform, admin_token: str, data_namespace: str
 ) -> None:
-    async with started_services(clean_platform, **V1) as v1:
+    async with started_services(clean_platform, V1) as v1:
         urls = v1.http_urls
         with pytest.raises(RuntimeError) as refused:
             async with clean_platform.start(

@@ -62,7 +62,7 @@ async def test_a_shared_server_down_shows_in_every_service_and_clears(
     proxy = fault_proxy(redis_namespace.url)
     via_proxy = proxy.url_for(redis_namespace.url)
     async with (
-        started_services(clean_platform, APEX_REDIS_URL=via_proxy) as services,
+        started_services(clean_platform, {"APEX_REDIS_URL": via_proxy}) as services,
         _clients(services.http_urls) as clients,
     ):
         # Discovery: each caller was given the address of the service it calls, and
@@ -71,19 +71,17 @@ async def test_a_shared_server_down_shows_in_every_service_and_clears(
         for name, service in topology.SERVICES.items():
             for called, setting in service.calls.items():
                 assert reports[name]["settings"][setting] == services.http_urls[called]
-        assert {name: status for name, (status, _) in (await _health(clients)).items()} == {
-            name: 200 for name in clients
-        }
+        statuses = {name: status for name, (status, _) in (await _health(clients)).items()}
+        assert statuses == dict.fromkeys(clients, 200)
 
         proxy.down()
 
-        async def all_report_redis_down() -> dict[str, tuple[int, Any]] | None:
+        async def all_report_redis_down() -> bool:
             health = await _health(clients)
-            down = all(
+            return all(
                 status == 503 and body["checks"]["redis"] != "ok"
                 for status, body in health.values()
             )
-            return health if down else None
 
         await eventually(
             all_report_redis_down, timeout=OUTAGE_SECONDS, message="every service 503 on Redis"
@@ -123,10 +121,10 @@ async def test_auth_down_shows_in_the_data_service_and_clears(
 
             proxy.down()
 
-            async def degraded() -> dict[str, Any] | None:
+            async def degraded() -> dict[str, Any]:
                 answer = await client.get("/healthz")
                 body: dict[str, Any] = answer.json()
-                return body if answer.status_code == 200 and body["status"] == "degraded" else None
+                return body if answer.status_code == 200 and body["status"] == "degraded" else {}
 
             body = await eventually(degraded, timeout=OUTAGE_SECONDS, message="data degraded")
             assert body["checks"]["auth"].startswith("down"), body

@@ -149,8 +149,7 @@ def dev_stack(tmp_path: Path) -> Iterator[DevStack]:
     command = [str(Path(sys.executable).with_name("apex-testkit")), "stack", "--target-out"]
     env = {**os.environ, "APEX_TEST_TMPDIR": str(base)}
     with output.open("wb") as err:
-        # The command is the kit's own script beside this interpreter.
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [*command, str(workdir / "target.toml")],
             cwd=workdir,
             env=env,

@@ -1,8 +1,8 @@
 """The base of every service's settings, and the one set of parsers for ``APEX_*``.
 
 :class:`ServiceSettings` holds the fields all services share (Redis, PostgreSQL, JWT
-issuer and audience, log level, the settings version) and ``from_env``, the only place that reads the
-environment. A service's settings derive from it and add their own fields
+issuer and audience, log level, settings version) and ``from_env``, the only place that
+reads the environment. A service's settings derive from it and add their own fields
 (``apex.common.config.Settings``: the platform's and apex.auth's;
 ``apex.gateway.GatewaySettings``: the gateway's), read with :class:`Env`, whose parsers
 turn every bad value into a :class:`ConfigError` that names the variable (and the

@@ -2,9 +2,9 @@
 
 websockets calls :func:`process_request` for every HTTP request before any upgrade.
 ``/healthz`` (open: readiness probes), ``/metrics``, ``/instances`` and ``/admin/config``
-(the platform's admin token: they list internals) are answered here; on ``/ws`` the token is verified,
-the connection's slot under the per-user limit reserved, and a refusal is an HTTP
-response with a JSON body ``{"error","detail"}``; returning None lets websockets
+(the platform's admin token: they list internals) are answered here; on ``/ws`` the
+token is verified, the connection's slot under the per-user limit reserved, and a
+refusal is an HTTP response with a JSON body ``{"error","detail"}``; returning None lets websockets
 complete the upgrade.
 
 The token comes in ``Authorization: Bearer`` or, from a browser (whose WebSocket API

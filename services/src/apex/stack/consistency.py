@@ -39,9 +39,8 @@ def fetch_report(url: str, admin_token: str) -> dict[str, Any]:
     finally:
         connection.close()
     if response.status != 200:
-        raise ConfigMismatch(
-            f"{url}/admin/config answered HTTP {response.status}: {body[:200].decode(errors='replace')}"
-        )
+        text = body[:200].decode(errors="replace")
+        raise ConfigMismatch(f"{url}/admin/config answered HTTP {response.status}: {text}")
     report: dict[str, Any] = json.loads(body)
     return report
 
