@@ -66,7 +66,8 @@ class Service:
     """One platform service: how it runs and what it is wired to."""
 
     name: str
-    # Runs as `python -m <module> --fd N` (answering GET /healthz on that socket). In
+    # Runs as `python -m <module> --fd N` (answering GET /healthz on that socket, and
+    # GET /admin/config with the admin token: apex.stack compares what services share). In
     # process: `<module>.load_settings(env)`, then `create_app(settings)` (an ASGI app) or
     # `create_server(settings)` (its own server: `async with server.serving(sock=...)`,
     # `await server.shutdown()`). An ASGI service may also offer `await reset_memory(app)`:

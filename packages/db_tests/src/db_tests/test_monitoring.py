@@ -3,7 +3,7 @@ metrics pipeline (Prometheus exposition).
 
 The rules under test (contract-data.md, Routes): `/healthz` needs no credentials and
 says 200 with a check per store (postgres, replica `ok|lagging|down|absent`, redis,
-clickhouse), 503 when the primary or Redis is down; `/metrics` and `/admin/pools`
+clickhouse) and of apex.auth, 503 when the primary or Redis is down; `/metrics` and `/admin/pools`
 answer the admin token only; `/metrics` is Prometheus text that the official parser
 reads, with the contract's metrics, moving with the traffic.
 """
@@ -64,7 +64,13 @@ async def test_healthz_has_a_check_per_store(data_client: httpx.AsyncClient) -> 
     assert response.status_code == 200, response.text
     assert response.json() == {
         "status": "ok",
-        "checks": {"postgres": "ok", "replica": "absent", "redis": "ok", "clickhouse": "ok"},
+        "checks": {
+            "postgres": "ok",
+            "replica": "absent",
+            "redis": "ok",
+            "clickhouse": "ok",
+            "auth": "ok",
+        },
     }
 
 

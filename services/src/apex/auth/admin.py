@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from apex.auth import audit, keys, passwords, users
 from apex.auth.context import AuthContext, get_context, require_admin
 from apex.common.http import ApiError, require_json_body
+from apex.common.shared_config import config_report
 from apex.data.tenancy import tenant_transaction
 
 __all__ = ["router"]
@@ -65,6 +66,12 @@ class CreateApiKey(_Body):
             if not _SCOPE.fullmatch(scope):
                 raise ValueError("a scope is 1-64 characters of letters, digits and : . _ * / -")
         return list(dict.fromkeys(value))
+
+
+@router.get("/config")
+async def config(context: Context) -> dict[str, Any]:
+    """The shared settings this instance runs with, secrets as fingerprints (003)."""
+    return config_report("apex.auth", context.settings)
 
 
 @router.post("/users", status_code=201)

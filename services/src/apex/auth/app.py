@@ -1,4 +1,4 @@
-"""The apex.auth ASGI app: wiring, lifespan, health and JWKS."""
+"""The apex.auth ASGI app: wiring, lifespan, health, metrics and JWKS."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -18,9 +18,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from apex.auth import account, admin, authz, login_routes, oauth, sso_routes, teams, tenants
-from apex.auth.context import AuthContext
+from apex.auth.context import AuthContext, require_admin
 from apex.auth.guard import Guard, GuardMiddleware
 from apex.auth.logins import IdentityServices
+from apex.auth.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.auth.sessions import SessionStore
 from apex.auth.tokens import Signer
@@ -106,6 +107,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(GuardMiddleware)
+    # Outermost: every answer counts, the guard's and the body limit's refusals too.
+    metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(admin.router)
     app.include_router(account.router)
     app.include_router(oauth.router)
@@ -137,6 +141,11 @@ def create_app(settings: Settings) -> FastAPI:
             {"status": "ok" if healthy else "unavailable", "checks": checks, "mode": mode},
             status_code=200 if healthy else 503,
         )
+
+    @app.get("/metrics", dependencies=[Depends(require_admin)])
+    async def metrics_text() -> Response:
+        """The Prometheus text exposition of this instance's metrics (admin token)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/.well-known/jwks.json")
     async def jwks(request: Request) -> JSONResponse:

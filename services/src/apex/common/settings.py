@@ -1,8 +1,8 @@
 """The base of every service's settings, and the one set of parsers for ``APEX_*``.
 
 :class:`ServiceSettings` holds the fields all services share (Redis, PostgreSQL, JWT
-issuer and audience, log level) and ``from_env``, the only place that reads the
-environment. A service's settings derive from it and add their own fields
+issuer and audience, log level, settings version) and ``from_env``, the only place that
+reads the environment. A service's settings derive from it and add their own fields
 (``apex.common.config.Settings``: the platform's and apex.auth's;
 ``apex.gateway.GatewaySettings``: the gateway's), read with :class:`Env`, whose parsers
 turn every bad value into a :class:`ConfigError` that names the variable (and the
@@ -245,6 +245,9 @@ class ServiceSettings:
     jwt_issuer: str = "apex-auth"
     jwt_audience: str = "apex"
     log_level: str = "INFO"
+    # APEX_SETTINGS_VERSION: the operator's name for this revision of the environment
+    # (free text), reported by GET /admin/config so a rollout can be seen to be complete.
+    settings_version: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -261,6 +264,7 @@ class ServiceSettings:
             "jwt_issuer": env.text("APEX_JWT_ISSUER", "apex-auth"),
             "jwt_audience": env.text("APEX_JWT_AUDIENCE", "apex"),
             "log_level": env.log_level(),
+            "settings_version": env.get("APEX_SETTINGS_VERSION"),
         }
 
     def require(self, field: str, *, service: str) -> str:

@@ -43,16 +43,20 @@ def create_app(settings: DataSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
-        """200 with each store's check; 503 when the primary or Redis is down."""
+        """200 with each dependency's check; 503 when the primary or Redis is down;
+        ``degraded`` (still 200) while apex.auth is down: the keys it cached verify
+        context tokens meanwhile."""
         service = request.app.state.service
         if not isinstance(service, DataService):
             checks = {"postgres": "not started", "redis": "not started"}
         else:
             checks = await service.health()
         healthy = checks["postgres"] == "ok" and checks["redis"] == "ok"
+        status = "unavailable"
+        if healthy:
+            status = "ok" if checks.get("auth") == "ok" else "degraded"
         return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks},
-            status_code=200 if healthy else 503,
+            {"status": status, "checks": checks}, status_code=200 if healthy else 503
         )
 
     # -- data-flow: outbox relay, analytics, transfers, views, references, cache --------

@@ -65,6 +65,16 @@ class Verifier:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def probe(self, timeout: float) -> str:
+        """The health check of apex.auth as this service needs it: ``ok`` when its JWKS
+        answers 200 within ``timeout`` seconds, else ``down: <why>`` (the keys cached
+        from an earlier fetch still verify tokens meanwhile)."""
+        try:
+            response = await self._http.get(self._url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return f"down: {type(exc).__name__}"
+        return "ok" if response.status_code == 200 else f"down: HTTP {response.status_code}"
+
     async def caller(self, token: str) -> Caller:
         """The caller a context token names; ApiError 401/403/503 otherwise."""
         claims = await self._claims(token)

@@ -12,6 +12,8 @@ operators' routes (admin token).
 - ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
 - ``GET /admin/plans?tenant_id=``: ``EXPLAIN (FORMAT JSON)`` of the summary and the
   idempotency lookup.
+- ``GET /admin/config``: the shared settings this instance resolved (secrets as
+  fingerprints), ``apex.common.shared_config``.
 - ``GET /metrics``: Prometheus text.
 """
 
@@ -28,11 +30,13 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.common.shared_config import config_report
 from apex.data import transfer, usage
 from apex.data.callers import BILLING_READ, BILLING_WRITE, RUN_AGENTS, Caller
 from apex.data.metrics import CONTENT_TYPE
 from apex.data.router import parse_lsn
 from apex.data.service import DataService
+from apex.data.settings import SERVICE
 
 __all__ = ["MAX_BATCH", "router"]
 
@@ -279,6 +283,12 @@ async def plans(
             return await usage.plans(conn, tenant_id, start, end)
 
     return await service.run(work)
+
+
+@router.get("/admin/config", dependencies=[Admin])
+async def config(service: Service) -> dict[str, Any]:
+    """The shared settings this instance runs with (003: cross-service consistency)."""
+    return config_report(SERVICE, service.settings)
 
 
 @router.get("/metrics", dependencies=[Admin])

@@ -61,14 +61,22 @@ class DataService:
         )
 
     async def health(self) -> dict[str, str]:
-        """The check of each store: ok, or why not (replica: ok|lagging|down|absent)."""
-        postgres, redis, clickhouse = await asyncio.gather(
+        """The check of each store: ok, or why not (replica: ok|lagging|down|absent), and
+        of apex.auth, whose keys verify context tokens (ok, or down: why)."""
+        postgres, redis, clickhouse, auth = await asyncio.gather(
             _probe(self._postgres_ok()),
             _probe(self._redis_ok()),
             _probe(self._clickhouse_ok()),
+            self.verifier.probe(HEALTH_TIMEOUT),
         )
         replica = await self.router.measure() if self.router.replica is not None else "absent"
-        return {"postgres": postgres, "replica": replica, "redis": redis, "clickhouse": clickhouse}
+        return {
+            "postgres": postgres,
+            "replica": replica,
+            "redis": redis,
+            "clickhouse": clickhouse,
+            "auth": auth,
+        }
 
     async def _postgres_ok(self) -> str:
         async with self.router.primary.connection() as conn:

@@ -2,9 +2,9 @@
 
 The service contract (apex.topology): ``load_settings(env)``, then
 ``create_server(settings)`` gives a :class:`Gateway`; ``async with gateway.serving() as
-server`` serves WebSocket (``/ws``) and HTTP (``/healthz``, ``/metrics``, ``/instances``)
-on one port; ``python -m apex.gateway`` runs it as a process. ``create_gateway`` is the
-same function under the name the gateway's contract gives it.
+server`` serves WebSocket (``/ws``) and HTTP (``/healthz``, ``/metrics``, ``/instances``,
+``/admin/config``) on one port; ``python -m apex.gateway`` runs it as a process.
+``create_gateway`` is the same function under the name the gateway's contract gives it.
 
 Where things are: ``server`` (wiring, lifecycle, drain), ``handshake`` (HTTP routes and
 the upgrade), ``handler`` (one connection and its messages), ``messages`` (a handler

@@ -1,10 +1,10 @@
 """The HTTP side of the gateway's port: the WebSocket handshake and the plain GET routes.
 
 websockets calls :func:`process_request` for every HTTP request before any upgrade.
-``/healthz`` (open: readiness probes), ``/metrics`` and ``/instances`` (the platform's
-admin token: they list internals) are answered here; on ``/ws`` the token is verified,
-the connection's slot under the per-user limit reserved, and a refusal is an HTTP
-response with a JSON body ``{"error","detail"}``; returning None lets websockets
+``/healthz`` (open: readiness probes), ``/metrics``, ``/instances`` and ``/admin/config``
+(the platform's admin token: they list internals) are answered here; on ``/ws`` the
+token is verified, the connection's slot under the per-user limit reserved, and a
+refusal is an HTTP response with a JSON body ``{"error","detail"}``; returning None lets websockets
 complete the upgrade.
 
 The token comes in ``Authorization: Bearer`` or, from a browser (whose WebSocket API
@@ -28,6 +28,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from apex.common.challenges import BearerError, bearer_challenge
+from apex.common.shared_config import config_report
 from apex.gateway import handler
 from apex.gateway.auth_client import TokenRejected
 from apex.gateway.connection import GatewayWebSocket
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["BEARER_PROTOCOL", "SUBPROTOCOL", "json_response", "process_request"]
 
 WS_PATH: Final = "/ws"
-OPERATOR_PATHS: Final = ("/metrics", "/instances")
+OPERATOR_PATHS: Final = ("/metrics", "/instances", "/admin/config")
 MAX_TOKEN: Final = 4096
 SUBPROTOCOL: Final = "apex.v1"
 # The subprotocol that carries a browser's token: "apex.bearer.<token>".
@@ -143,7 +144,7 @@ async def process_request(
 
 
 async def _operator_route(gateway: Gateway, path: str, headers: Headers) -> Response:
-    """``/metrics`` or ``/instances`` for a request with the admin token."""
+    """``/metrics``, ``/instances`` or ``/admin/config`` for a request with the admin token."""
     expected = gateway.settings.admin_token
     if not expected:
         return error_response(403, "forbidden", f"{path} needs APEX_ADMIN_TOKEN to be set")
@@ -156,6 +157,8 @@ async def _operator_route(gateway: Gateway, path: str, headers: Headers) -> Resp
         return json_response(
             200, gateway.render_metrics(), content_type="text/plain; version=0.0.4"
         )
+    if path == "/admin/config":
+        return json_response(200, config_report("apex.gateway", gateway.settings))
     try:
         return json_response(200, {"instances": await gateway.registry.instances()})
     except RedisError:

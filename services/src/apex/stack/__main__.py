@@ -1,7 +1,8 @@
 """``python -m apex.stack --manifest FILE [--host H] [--<service>-port P ...]``.
 
 Starts every service of :mod:`apex.topology`, in its order, as a child process on a
-socket the stack binds itself, waits until each answers /healthz, writes the manifest,
+socket the stack binds itself, waits until each answers /healthz, checks that they
+resolved the shared settings alike (:mod:`apex.stack.consistency`), writes the manifest,
 and runs until SIGINT or SIGTERM; then it stops the children (SIGTERM, SIGKILL after a
 grace period), waits for them and exits 0. Migrations are not run here: the caller
 runs ``python -m apex.data migrate``.
@@ -22,6 +23,7 @@ from types import FrameType
 
 from apex.common.config import ConfigError, Settings
 from apex.stack import plan
+from apex.stack.consistency import ConfigMismatch, check_services
 from apex.stack.manifest import render_manifest, write_manifest
 from apex.stack.supervisor import Child, StackError, bind_listener, spawn_service
 from apex.topology import Service
@@ -101,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for child in children:
             if not child.wait_healthy(deadline, stop.is_set):
                 return 0
+        _check_configuration(children, settings.admin_token)
         write_manifest(args.manifest, render_manifest(urls, settings.admin_token))
         running = ", ".join(
             f"{child.name} at {urls[child.name]} (pid {child.process.pid})" for child in children
@@ -136,6 +139,22 @@ def _start(args: argparse.Namespace, children: list[Child]) -> dict[str, str]:
     for child in children:
         child.start_output_pump()
     return urls
+
+
+def _check_configuration(children: Sequence[Child], admin_token: str | None) -> None:
+    """StackError unless the healthy children resolved the shared settings alike (each
+    parses the one environment with its own code: a default or a parser of its own
+    could differ). Without an admin token there is no way to ask: said, not checked."""
+    if admin_token is None:
+        print(
+            "apex.stack: APEX_ADMIN_TOKEN is unset: the services' shared settings are not compared",
+            file=sys.stderr,
+        )
+        return
+    try:
+        check_services({child.name: child.url for child in children}, admin_token)
+    except ConfigMismatch as exc:
+        raise StackError(str(exc)) from None
 
 
 def _watch(children: Sequence[Child], stop: threading.Event) -> None:
