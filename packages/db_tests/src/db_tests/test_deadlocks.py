@@ -59,6 +59,10 @@ async def _opposite_transfer_deadlocks(
     sender, locking the receiver first: a deadlock PostgreSQL resolves by failing the
     service's transaction (it waited first). Returns the service's answer."""
     other = await db_connect()
+    # PostgreSQL aborts the backend whose deadlock check runs first: the service's, as it
+    # waited first, unless a loaded machine delays its check past ours. Ours runs only
+    # after a minute, so the victim is the service's transaction every time.
+    await other.execute("SET deadlock_timeout = '60s'")
     transaction = other.transaction()
     await transaction.start()
     await other.execute(
