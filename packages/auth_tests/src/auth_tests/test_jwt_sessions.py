@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from apex_testkit import Platform, RedisNamespace, eventually, rsa_key
-from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login, sign_as_platform
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Security foundation: stateless JWTs backed by revocable sessions",
@@ -339,9 +339,7 @@ async def test_correctly_signed_tokens_with_bad_claims_are_refused(
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
     forged_claims = {k: v for k, v in {**claims, **change}.items() if v is not None}
-    forged = jwt.encode(
-        forged_claims, jwt_signing_key, algorithm="RS256", headers={"kid": header["kid"]}
-    )
+    forged = sign_as_platform(forged_claims, jwt_signing_key, header["kid"])
 
     assert await _status(auth_client, forged) == (401, error)
 
@@ -356,9 +354,7 @@ async def test_a_token_signed_with_the_real_key_but_unchanged_claims_works(
     """The control for the test above: re-signing alone changes nothing."""
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
-    resigned = jwt.encode(
-        claims, jwt_signing_key, algorithm="RS256", headers={"kid": header["kid"]}
-    )
+    resigned = sign_as_platform(claims, jwt_signing_key, header["kid"])
     assert await _status(auth_client, resigned) == (200, None)
 
 
