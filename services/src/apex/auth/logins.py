@@ -158,8 +158,9 @@ class IdentityServices:
         self.saml = None
 
 
-def get_identity(request: Request) -> IdentityServices:
-    """Dependency: the app's identity services; 503 if its lifespan has not run."""
+async def get_identity(request: Request) -> IdentityServices:
+    """Dependency: the app's identity services; 503 if its lifespan has not run (async:
+    no thread hop, as `apex.auth.context.get_context`)."""
     identity = getattr(request.app.state, "identity", None)
     if not isinstance(identity, IdentityServices):
         raise ApiError(503, "unavailable", "service not started: its lifespan has not run")
