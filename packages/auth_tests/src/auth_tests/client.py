@@ -70,7 +70,7 @@ class Tokens:
     access: str
     refresh: str
     session_id: str
-    expires_in: int
+    expires_in: float  # seconds: whole, unless the platform's APEX_JWT_ACCESS_TTL is a fraction
 
     @classmethod
     def of(cls, response: httpx.Response) -> Tokens:

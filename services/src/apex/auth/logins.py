@@ -264,7 +264,7 @@ async def refresh_interactive(
 
 
 def token_pair(
-    access_token: str, refresh_token: str, ttl: int, session_id: str, user_id: str
+    access_token: str, refresh_token: str, ttl: float, session_id: str, user_id: str
 ) -> dict[str, Any]:
     """The token response of a login (the /auth/token shape plus ``user_id``)."""
     return {
