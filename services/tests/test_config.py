@@ -88,9 +88,10 @@ def test_private_key_with_escaped_newlines_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("APEX_JWT_ACCESS_TTL", "abc", "APEX_JWT_ACCESS_TTL must be a whole number"),
-        ("APEX_JWT_ACCESS_TTL", "0", "APEX_JWT_ACCESS_TTL must be at least 1"),
-        ("APEX_JWT_REFRESH_TTL", "-5", "APEX_JWT_REFRESH_TTL must be at least 1"),
+        ("APEX_JWT_ACCESS_TTL", "abc", "APEX_JWT_ACCESS_TTL must be a number of seconds"),
+        ("APEX_JWT_ACCESS_TTL", "0", "APEX_JWT_ACCESS_TTL must be a positive number of seconds"),
+        ("APEX_JWT_ACCESS_TTL", "0.0004", "APEX_JWT_ACCESS_TTL must be at least 0.001 seconds"),
+        ("APEX_JWT_REFRESH_TTL", "-5", "APEX_JWT_REFRESH_TTL must be a positive number of seconds"),
         ("APEX_DATABASE_URL", "mysql://db/x", "APEX_DATABASE_URL must start with postgresql://"),
         ("APEX_DATABASE_URL", "postgresql://:5432/x", "APEX_DATABASE_URL has no host"),
         ("APEX_DATABASE_URL", "postgresql://db:99999/x", "APEX_DATABASE_URL is not a valid URL"),
@@ -118,6 +119,14 @@ def test_bad_values_name_the_variable_and_the_value(
     assert variable in text
     if variable != "APEX_JWT_PRIVATE_KEY":  # a secret: never echoed
         assert value in text
+
+
+def test_token_ttls_may_be_fractions_of_a_second() -> None:
+    """Test environments see tokens expire in tenths of a second; whole values stay ints."""
+    short = Settings.from_env({"APEX_JWT_ACCESS_TTL": "0.25", "APEX_JWT_REFRESH_TTL": "0.5"})
+    assert (short.jwt_access_ttl, short.jwt_refresh_ttl) == (0.25, 0.5)
+    whole = Settings.from_env({"APEX_JWT_ACCESS_TTL": "60.0"}).jwt_access_ttl
+    assert (whole, type(whole)) == (60, int)
 
 
 def test_refresh_ttl_shorter_than_access_ttl_is_refused() -> None:

@@ -139,6 +139,33 @@ def test_expired_token(signer: Signer) -> None:
     _expect(signer, token, "token_expired")
 
 
+def test_whole_second_lifetimes_keep_integer_times(signer: Signer) -> None:
+    raw = jwt.decode(_issue(signer, ttl=60), options={"verify_signature": False})
+    assert all(type(raw[claim]) is int for claim in ("iat", "nbf", "exp"))
+
+
+def test_a_fractional_lifetime_expires_to_the_millisecond(signer: Signer) -> None:
+    """RFC 7519 NumericDates may be fractional: a 0.25 s token lives 0.25 s from its
+    fractional issue time, and expires then, not at pyjwt's whole second before."""
+    now = time.time()
+    live = _issue(signer, ttl=0.25, now=now - 0.2)
+    raw = jwt.decode(live, options={"verify_signature": False})
+    assert raw["exp"] == round(raw["iat"] + 0.25, 3)
+    assert raw["iat"] == round(now - 0.2, 3)
+    claims = signer.verify(live)
+    assert claims.expires_at - claims.issued_at == pytest.approx(0.25)
+    _expect(signer, _issue(signer, ttl=0.25, now=now - 0.3), "token_expired")
+
+
+def test_an_expiry_that_is_not_a_number_is_an_invalid_token(
+    signer: Signer, private_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(
+        _claims(exp="soon"), private_key, algorithm="RS256", headers={"kid": signer.kid}
+    )
+    _expect(signer, token, "invalid_token")
+
+
 def test_alg_none_is_refused(signer: Signer) -> None:
     header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": signer.kid}).encode())
     payload = _b64(json.dumps(_claims()).encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import secrets
 import uuid
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from apex_testkit import Level, Platform
 
@@ -37,6 +40,7 @@ __all__ = [
     "me_status",
     "platform_transport",
     "run_namespace",
+    "sign_as_platform",
 ]
 
 
@@ -66,7 +70,7 @@ class Tokens:
     access: str
     refresh: str
     session_id: str
-    expires_in: int
+    expires_in: float  # seconds: whole, unless the platform's APEX_JWT_ACCESS_TTL is a fraction
 
     @classmethod
     def of(cls, response: httpx.Response) -> Tokens:
@@ -236,6 +240,22 @@ async def exchange(
 async def login(client: httpx.AsyncClient, api_key: str, ttl: int | None = None) -> Tokens:
     """A successful exchange: the tokens of a new session."""
     return Tokens.of(await exchange(client, api_key, ttl))
+
+
+def sign_as_platform(claims: dict[str, Any], signing_key: str, kid: str) -> str:
+    """A JWT of `claims` signed RS256 with the platform's own key (`signing_key`: the PEM
+    the `jwt_signing_key` fixture gives) under `kid`: a token whose only fault, if any, is
+    in its claims."""
+    return jwt.encode(claims, _private_key(signing_key), algorithm="RS256", headers={"kid": kid})
+
+
+@functools.cache
+def _private_key(pem: str) -> rsa.RSAPrivateKey:
+    # cryptography validates an RSA key on every load of its PEM (tens of milliseconds,
+    # what jwt.encode does with a PEM string each call): load each key once per process.
+    key = load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey), "the platform signs with an RSA key"
+    return key
 
 
 def error_of(response: httpx.Response) -> str:

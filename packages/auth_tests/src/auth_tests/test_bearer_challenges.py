@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from auth_tests.client import KeyUser, challenges, error_of, login
+from auth_tests.client import KeyUser, challenges, error_of, login, sign_as_platform
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Interoperability: any OAuth 2.0 client understands our 401s",
@@ -112,10 +112,10 @@ async def test_an_expired_token_is_an_invalid_token(
     tokens = await login(auth_client, key_user.api_key)
     claims = jwt.decode(tokens.access, options={"verify_signature": False})
     header = jwt.get_unverified_header(tokens.access)
-    expired = jwt.encode(
+    expired = sign_as_platform(
         {**claims, "iat": claims["iat"] - 7200, "nbf": claims["iat"] - 7200,
          "exp": claims["iat"] - 3600},
-        jwt_signing_key, algorithm="RS256", headers={"kid": header["kid"]},
+        jwt_signing_key, header["kid"],
     )  # fmt: skip
 
     response = await _call(auth_client, route, {"Authorization": f"Bearer {expired}"})

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from apex_testkit import Platform, RedisNamespace, eventually, rsa_key
-from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login, sign_as_platform
 
 BVJ = pytest.mark.bvj(
     segment="platform", goal="Security foundation: stateless JWTs backed by revocable sessions",
@@ -220,11 +221,11 @@ async def test_sessions_can_be_listed_and_ended_one_by_one(
     assert await _status(auth_client, stranger) == (200, None)
 
 
-@pytest.mark.L2
-@pytest.mark.L3
 @pytest.mark.L4
 @pytest.mark.slow
 async def test_access_token_expires(auth_client: httpx.AsyncClient, key_user: KeyUser) -> None:
+    """A deployment's lifetimes are whole seconds: a 1 s token. (L2/L3 prove the same in
+    tenths of a second, with a platform set to a fractional lifetime: below.)"""
     tokens = await login(auth_client, key_user.api_key, ttl=1)
     assert tokens.expires_in == 1
     _, claims, _ = _parts(tokens.access)
@@ -239,6 +240,65 @@ async def test_access_token_expires(auth_client: httpx.AsyncClient, key_user: Ke
         await auth_client.post("/auth/refresh", json={"refresh_token": tokens.refresh})
     )
     assert await _status(auth_client, renewed) == (200, None)
+
+
+@pytest.mark.L2
+@pytest.mark.L3
+@pytest.mark.slow
+async def test_access_token_expires_to_the_millisecond(
+    clean_platform: Platform, auth_client: httpx.AsyncClient, key_user: KeyUser
+) -> None:
+    """APEX_JWT_ACCESS_TTL=0.3: a token is valid inside its lifetime and refused as expired
+    once its fractional exp (RFC 7519 NumericDate) has passed, not at a whole second
+    before; the session lives on. What a client asks for stays whole seconds."""
+    asked = await login(auth_client, key_user.api_key, ttl=1)
+    assert asked.expires_in == 1
+    _, claims, _ = _parts(asked.access)
+    assert claims["exp"] - claims["iat"] == 1
+
+    async with clean_platform.client("auth", APEX_JWT_ACCESS_TTL="0.3") as short:
+        tokens = await _valid_in_time(short, lambda: login(short, key_user.api_key))
+        assert tokens.expires_in == 0.3
+        _, claims, _ = _parts(tokens.access)
+        assert round(claims["exp"] - claims["iat"], 3) == 0.3
+
+        async def expired() -> bool:
+            return await _status(short, tokens) == (401, "token_expired")
+
+        await eventually(expired, timeout=10, message="a 0.3 s token to be refused as expired")
+        assert time.time() >= claims["exp"], "refused before its exp"
+        # The session itself lives on: a refresh gives a fresh, valid token.
+        latest = tokens
+
+        async def refreshed() -> Tokens:
+            nonlocal latest
+            response = await short.post("/auth/refresh", json={"refresh_token": latest.refresh})
+            latest = Tokens.of(response)
+            return latest
+
+        assert (await _valid_in_time(short, refreshed)).expires_in == 0.3
+
+
+async def _valid_in_time(
+    client: httpx.AsyncClient, issue: Callable[[], Awaitable[Tokens]]
+) -> Tokens:
+    """Tokens from `issue()` whose sub-second access token was accepted before its exp. A
+    token refused as expired after its exp (a loaded machine took its whole lifetime) is
+    no failure: `issue()` makes a new one; refused before its exp, or otherwise, fails."""
+
+    async def accepted() -> Tokens | None:
+        tokens = await issue()
+        status = await _status(client, tokens)
+        if status == (401, "token_expired") and time.time() >= _parts(tokens.access)[1]["exp"]:
+            return None
+        assert status == (200, None), "a token inside its lifetime is refused"
+        return tokens
+
+    tokens = await eventually(
+        accepted, timeout=10, interval=0.001, message="a sub-second token used in time"
+    )
+    assert tokens is not None  # eventually returns only a truthy value
+    return tokens
 
 
 @pytest.mark.L2
@@ -339,9 +399,7 @@ async def test_correctly_signed_tokens_with_bad_claims_are_refused(
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
     forged_claims = {k: v for k, v in {**claims, **change}.items() if v is not None}
-    forged = jwt.encode(
-        forged_claims, jwt_signing_key, algorithm="RS256", headers={"kid": header["kid"]}
-    )
+    forged = sign_as_platform(forged_claims, jwt_signing_key, header["kid"])
 
     assert await _status(auth_client, forged) == (401, error)
 
@@ -356,9 +414,7 @@ async def test_a_token_signed_with_the_real_key_but_unchanged_claims_works(
     """The control for the test above: re-signing alone changes nothing."""
     tokens = await login(auth_client, key_user.api_key)
     header, claims, _ = _parts(tokens.access)
-    resigned = jwt.encode(
-        claims, jwt_signing_key, algorithm="RS256", headers={"kid": header["kid"]}
-    )
+    resigned = sign_as_platform(claims, jwt_signing_key, header["kid"])
     assert await _status(auth_client, resigned) == (200, None)
 
 

@@ -27,7 +27,7 @@ from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 from signxml.signer import XMLSigner
 
-from apex_testkit import WRAPPING_EMAIL, FakeSamlIdp, Platform, parse_authn_request
+from apex_testkit import WRAPPING_EMAIL, FakeSamlIdp, Platform, parse_authn_request, tls_context
 from auth_tests.access import AccessAdmin
 from auth_tests.client import AuthAdmin, JwksVerifier, Tokens, error_of, idp_email, me
 from auth_tests.flows import create_password_user, enroll_totp
@@ -62,7 +62,7 @@ async def _browser_login(
     """The whole SP-initiated round trip, as a browser does it: redirect to /sso, then the
     auto-submitted form back to our ACS."""
     idp.login_as(name_id, email, groups)
-    async with httpx.AsyncClient(timeout=10) as browser:
+    async with httpx.AsyncClient(timeout=10, verify=tls_context()) as browser:
         page = await browser.get(await _start(client))
     assert page.status_code == 200, page.text
     fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))

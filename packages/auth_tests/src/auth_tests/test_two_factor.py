@@ -13,8 +13,9 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -41,6 +42,7 @@ BVJ = pytest.mark.bvj(
 pytestmark = [BVJ, pytest.mark.L2, pytest.mark.L3]
 
 PHONE = "+15555550123"
+T = TypeVar("T")
 
 
 async def _challenge(client: httpx.AsyncClient, person: PasswordUser) -> dict[str, Any]:
@@ -591,38 +593,65 @@ async def test_the_lockout_follows_its_settings_and_ends_after_its_window(
 # -- sub-scenarios: TOTP window edges, SMS code expiry and replacement (issue 10) -------------
 
 
-async def _well_inside_a_time_step() -> int:
-    """The current TOTP step, once at least 3 s of it are left: a code computed now for a
-    step relative to it reaches the platform within the same step (a test's requests take
-    milliseconds; 3 s leaves room for a loaded machine, and waits in 1 test of 10)."""
+async def _within_one_step(attempt: Callable[[int], Awaitable[T]]) -> T:
+    """What `attempt(step)` returns, given the current TOTP step, once no step boundary
+    passed while it ran: the codes it computed for `step` and its neighbours then reached
+    the platform within that same step. Each attempt makes what it uses afresh (a person,
+    a challenge), so a repeat starts clean. A step is 30 s and an attempt milliseconds:
+    about one run in hundreds repeats, where waiting for a settled step waited 1 in 10."""
 
-    async def settled() -> int | None:
-        now = time.time()
-        return int(now // 30) if now % 30 < 27 else None
+    async def tried() -> tuple[T] | None:
+        step = int(time.time() // 30)
+        result = await attempt(step)
+        return (result,) if int(time.time() // 30) == step else None
 
-    step = await eventually(settled, timeout=10, interval=0.2, message="a fresh TOTP step")
-    assert step is not None  # eventually returns only a truthy value
-    return step
+    done = await eventually(
+        tried, timeout=30, interval=0.001, message="an attempt within one TOTP step"
+    )
+    assert done is not None  # eventually returns only a truthy value
+    return done[0]
+
+
+@dataclass(frozen=True)
+class _Tried:
+    """One person's two 2FA verifications within one TOTP step, and their logins before
+    the first and between the two."""
+
+    person: PasswordUser
+    logins_before: list[str]
+    first: httpx.Response
+    logins_between: list[str]
+    second: httpx.Response | None
 
 
 @pytest.mark.parametrize(("steps", "accepted"), [(-2, False), (-1, True), (1, True), (2, False)])
 async def test_the_totp_window_is_one_step_either_side(
     auth_client: httpx.AsyncClient,
     auth_admin: AuthAdmin,
-    person: PasswordUser,
     steps: int,
     accepted: bool,
 ) -> None:
     """CONTRACT3: a current TOTP code with valid_window=1: the codes of the previous and of
     the next 30 s step are accepted, two steps away they are wrong codes."""
-    enrolled = await enroll_totp(auth_client, person)
-    challenge = await _challenge(auth_client, person)
-    before = await auth_admin.logins(person.user_id)
-    step = await _well_inside_a_time_step()
 
-    response = await _verify(
-        auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=(step + steps) * 30)
-    )
+    async def attempt(step: int) -> _Tried:
+        person = await create_password_user(auth_admin, phone=PHONE)
+        enrolled = await enroll_totp(auth_client, person)
+        challenge = await _challenge(auth_client, person)
+        before = await auth_admin.logins(person.user_id)
+        first = await _verify(
+            auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=(step + steps) * 30)
+        )
+        between = await auth_admin.logins(person.user_id)
+        second = None
+        if first.status_code == 401:  # does the refused code leave the challenge usable?
+            second = await _verify(
+                auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=step * 30)
+            )
+        return _Tried(person, before, first, between, second)
+
+    tried = await _within_one_step(attempt)
+    person, before, response = tried.person, tried.logins_before, tried.first
 
     if accepted:
         tokens = Tokens.of(response)
@@ -630,35 +659,44 @@ async def test_the_totp_window_is_one_step_either_side(
         assert await auth_admin.logins(person.user_id) == [*before, tokens.session_id]
     else:
         assert (response.status_code, error_of(response)) == (401, "invalid_code")
-        assert await auth_admin.logins(person.user_id) == before, "a session was opened"
-        right = await _verify(
-            auth_client, challenge["mfa_token"], totp_code(enrolled.secret, at=step * 30)
-        )
+        assert tried.logins_between == before, "a session was opened"
+        right = tried.second
+        assert right is not None
         assert right.status_code == 200, "the refused code burnt the challenge"
 
 
 async def test_a_code_of_a_step_before_the_last_accepted_one_is_reused(
-    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin, person: PasswordUser
+    auth_client: httpx.AsyncClient, auth_admin: AuthAdmin
 ) -> None:
     """Within the window, but older than a code already accepted: never again."""
-    enrolled = await enroll_totp(auth_client, person)
-    before = await auth_admin.logins(person.user_id)
-    step = await _well_inside_a_time_step()
-    current = await _verify(
-        auth_client,
-        (await _challenge(auth_client, person))["mfa_token"],
-        totp_code(enrolled.secret, at=step * 30),
-    )
+
+    async def attempt(step: int) -> _Tried:
+        person = await create_password_user(auth_admin, phone=PHONE)
+        enrolled = await enroll_totp(auth_client, person)
+        before = await auth_admin.logins(person.user_id)
+        current = await _verify(
+            auth_client,
+            (await _challenge(auth_client, person))["mfa_token"],
+            totp_code(enrolled.secret, at=step * 30),
+        )
+        between = await auth_admin.logins(person.user_id)
+        older = await _verify(
+            auth_client,
+            (await _challenge(auth_client, person))["mfa_token"],
+            totp_code(enrolled.secret, at=(step - 1) * 30),
+        )
+        return _Tried(person, before, current, between, older)
+
+    tried = await _within_one_step(attempt)
+    current, older = tried.first, tried.second
     assert current.status_code == 200, current.text
-
-    older = await _verify(
-        auth_client,
-        (await _challenge(auth_client, person))["mfa_token"],
-        totp_code(enrolled.secret, at=(step - 1) * 30),
-    )
-
+    assert tried.logins_between == [*tried.logins_before, Tokens.of(current).session_id]
+    assert older is not None
     assert (older.status_code, error_of(older)) == (401, "code_reused")
-    assert await auth_admin.logins(person.user_id) == [*before, Tokens.of(current).session_id]
+    assert await auth_admin.logins(tried.person.user_id) == [
+        *tried.logins_before,
+        Tokens.of(current).session_id,
+    ]
 
 
 async def _sms_codes(fake_sms: FakeSms, count: int) -> list[str]:

@@ -79,17 +79,19 @@ class Principal:
     session: Session
 
 
-def get_context(request: Request) -> AuthContext:
+async def get_context(request: Request) -> AuthContext:
     """Dependency: the app's context; 503 if its lifespan has not run."""
+    # async, as every dependency here: FastAPI runs a plain `def` dependency in its thread
+    # pool, a thread hop (0.1-1 ms, more on a loaded machine) per request for a lookup.
     context = getattr(request.app.state, "auth", None)
     if not isinstance(context, AuthContext):
         raise ApiError(503, "unavailable", "service not started: its lifespan has not run")
     return context
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Dependency: the caller presents APEX_ADMIN_TOKEN as a bearer token."""
-    expected = get_context(request).settings.admin_token
+    expected = (await get_context(request)).settings.admin_token
     if not expected:
         raise ApiError(403, "forbidden", "admin API disabled")
     token = bearer_token(request)
@@ -99,7 +101,7 @@ def require_admin(request: Request) -> None:
 
 async def authenticated(request: Request) -> Principal:
     """Dependency: the caller presents a valid access token of a live session."""
-    context = get_context(request)
+    context = await get_context(request)
     try:
         claims = context.signer.verify(bearer_token(request))
     except TokenError as exc:

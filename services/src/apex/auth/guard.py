@@ -29,7 +29,7 @@ from apex.auth.ratelimit import Decision, SlidingWindowLimiter
 from apex.auth.resilience import REDIS_DOWN, Resilience
 from apex.auth.sessions import Session
 from apex.auth.tokens import AccessClaims
-from apex.common.config import RateLimit, Settings
+from apex.common.config import RateLimit, Settings, lifetime
 from apex.common.http import ApiError, bearer_token, error_response
 from apex.common.identity import CONTEXT_TOKEN_TYPE
 
@@ -166,7 +166,7 @@ class Guard:
             created_at=float(claims.issued_at),
             expires_at=float(claims.expires_at),
             refreshed_at=None,
-            access_ttl=claims.expires_at - claims.issued_at,
+            access_ttl=lifetime(claims.expires_at - claims.issued_at),
             method=method or "api_key",
             amr=amr,
         )

@@ -158,8 +158,9 @@ class IdentityServices:
         self.saml = None
 
 
-def get_identity(request: Request) -> IdentityServices:
-    """Dependency: the app's identity services; 503 if its lifespan has not run."""
+async def get_identity(request: Request) -> IdentityServices:
+    """Dependency: the app's identity services; 503 if its lifespan has not run (async:
+    no thread hop, as `apex.auth.context.get_context`)."""
     identity = getattr(request.app.state, "identity", None)
     if not isinstance(identity, IdentityServices):
         raise ApiError(503, "unavailable", "service not started: its lifespan has not run")
@@ -263,7 +264,7 @@ async def refresh_interactive(
 
 
 def token_pair(
-    access_token: str, refresh_token: str, ttl: int, session_id: str, user_id: str
+    access_token: str, refresh_token: str, ttl: float, session_id: str, user_id: str
 ) -> dict[str, Any]:
     """The token response of a login (the /auth/token shape plus ``user_id``)."""
     return {

@@ -151,9 +151,9 @@ async def _open(
     conn: asyncpg.Connection,
     owner: keys.KeyOwner,
     *,
-    ttl: int,
+    ttl: float,
     scopes: list[str],
-    session_ttl: int | None = None,
+    session_ttl: float | None = None,
     grant: str | None = None,
 ) -> tuple[str, str, Session]:
     """A session of ``owner``'s key within its exchange limit; its access and refresh token."""
@@ -206,7 +206,9 @@ async def _open(
     return access_token, refresh_token, session
 
 
-def token_pair(access_token: str, refresh_token: str, ttl: int, session_id: str) -> dict[str, Any]:
+def token_pair(
+    access_token: str, refresh_token: str, ttl: float, session_id: str
+) -> dict[str, Any]:
     """The answer of the JSON exchange and of a refresh."""
     return {
         "access_token": access_token,

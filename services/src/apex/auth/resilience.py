@@ -58,7 +58,7 @@ class Resilience:
         prefix: str,
         probe_interval: float,
         max_staleness: float,
-        revocation_ttl: int,
+        revocation_ttl: float,
     ) -> None:
         self._redis = redis
         self.channel = f"{prefix}auth:events"
@@ -167,7 +167,7 @@ class Resilience:
         self.mode = "degraded"
         self.last_error = type(exc).__name__
 
-    async def record_revocation(self, session_id: str, *, ttl: int | None = None) -> None:
+    async def record_revocation(self, session_id: str, *, ttl: float | None = None) -> None:
         """Remember locally and in ``revoked_sids`` that ``session_id`` has been revoked."""
         now = time.time()
         expiry = now + (ttl if ttl is not None else self.revocation_ttl)
@@ -175,7 +175,7 @@ class Resilience:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.revoked_key, {session_id: expiry}, gt=True)
             pipe.zremrangebyscore(self.revoked_key, "-inf", now)
-            pipe.expire(self.revoked_key, self.revocation_ttl + 60)
+            pipe.expire(self.revoked_key, math.ceil(self.revocation_ttl) + 60)
             await pipe.execute()
 
     # -- probing ----------------------------------------------------------------

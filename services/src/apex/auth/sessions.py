@@ -27,6 +27,8 @@ from typing import Any, Final, Literal
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from apex.common.config import lifetime
+
 __all__ = [
     "RotateResult",
     "Session",
@@ -137,7 +139,7 @@ class Session:
     created_at: float
     expires_at: float
     refreshed_at: float | None
-    access_ttl: int
+    access_ttl: float  # seconds: an int when whole (apex.common.config.lifetime)
     method: str = "api_key"
     amr: tuple[str, ...] = ("api_key",)
 
@@ -182,7 +184,7 @@ def is_session_id(text: str) -> bool:
 class SessionStore:
     """Sessions of one platform namespace (Redis prefix)."""
 
-    def __init__(self, redis: Redis, *, prefix: str, ttl: int) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, ttl: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self.ttl = ttl
@@ -208,10 +210,10 @@ class SessionStore:
         api_key_id: str | None,
         tenant_id: str | None,
         scopes: Sequence[str],
-        access_ttl: int,
+        access_ttl: float,
         method: str = "api_key",
         amr: Sequence[str] = ("api_key",),
-        ttl: int | None = None,
+        ttl: float | None = None,
     ) -> tuple[Session, str]:
         """Start a session; return it and its first refresh token.
 
@@ -221,7 +223,7 @@ class SessionStore:
         session_id = uuid.uuid4().hex
         secret = _new_secret()
         now = time.time()
-        lifetime = self.ttl if ttl is None else min(ttl, self.ttl)
+        span = self.ttl if ttl is None else min(ttl, self.ttl)
         session = Session(
             id=session_id,
             user_id=user_id,
@@ -229,7 +231,7 @@ class SessionStore:
             tenant_id=tenant_id,
             scopes=list(scopes),
             created_at=now,
-            expires_at=now + lifetime,
+            expires_at=now + span,
             refreshed_at=None,
             access_ttl=access_ttl,
             method=method,
@@ -250,7 +252,9 @@ class SessionStore:
         key = self.session_key(session_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, lifetime)
+            # In milliseconds: the lifetimes may be fractions of a second (a test
+            # environment's APEX_JWT_*_TTL).
+            pipe.pexpire(key, round(span * 1000))
             # The index sets live as long as the longest session can; members whose
             # session expired are pruned when read.
             indexes = [self.user_index_key(user_id)]
@@ -258,7 +262,7 @@ class SessionStore:
                 indexes.append(self.key_index_key(api_key_id))
             for index in indexes:
                 pipe.sadd(index, session_id)
-                pipe.expire(index, self.ttl)
+                pipe.pexpire(index, round(self.ttl * 1000))
             await pipe.execute()
         return session, format_refresh_token(session_id, secret)
 
@@ -375,7 +379,7 @@ def _session(session_id: str, values: Sequence[bytes | str | None]) -> Session |
         created_at=float(fields["created_at"] or 0),
         expires_at=float(fields["expires_at"] or 0),
         refreshed_at=float(refreshed) if refreshed else None,
-        access_ttl=int(fields["access_ttl"] or 0),
+        access_ttl=lifetime(float(fields["access_ttl"] or 0)),
         method=method,
         amr=tuple(json.loads(fields["amr"])) if fields["amr"] else (method,),
     )

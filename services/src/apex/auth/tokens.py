@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from apex.common import jwts
-from apex.common.config import load_private_key
+from apex.common.config import lifetime, load_private_key
 
 __all__ = ["ALGORITHM", "AccessClaims", "Signer", "TokenError"]
 
@@ -53,8 +53,8 @@ class AccessClaims:
     tier: str
     scopes: list[str]
     api_key_id: str | None
-    issued_at: int
-    expires_at: int
+    issued_at: float  # NumericDates: ints, unless the lifetime is a fraction of a second
+    expires_at: float
     token_id: str
     amr: list[str] = dataclasses.field(default_factory=list)
 
@@ -100,16 +100,20 @@ class Signer:
         tier: str,
         scopes: Sequence[str],
         api_key_id: str | None,
-        ttl: int,
-        now: int | None = None,
+        ttl: float,
+        now: float | None = None,
         amr: Sequence[str] = ("api_key",),
     ) -> str:
-        """A signed access token valid for ``ttl`` seconds.
+        """A signed access token valid for ``ttl`` seconds (whole seconds: integer times, as
+        ever; a fraction, to the millisecond: fractional times, RFC 7519 NumericDates).
 
         ``kid`` (the API key id) is null for sessions not opened with an API key;
         ``amr`` names how the user authenticated (RFC 8176 style: pwd, otp, oidc, ...).
         """
-        issued_at = int(time.time()) if now is None else now
+        clock = time.time() if now is None else now
+        # A fractional lifetime counts from the fractional now: from the whole second it
+        # would lose up to a second, more than it has.
+        issued_at = int(clock) if float(ttl).is_integer() else lifetime(clock)
         claims = {
             "iss": self.issuer,
             "aud": self.audience,
@@ -121,7 +125,7 @@ class Signer:
             "kid": api_key_id,
             "iat": issued_at,
             "nbf": issued_at,
-            "exp": issued_at + ttl,
+            "exp": lifetime(issued_at + ttl),
             "jti": uuid.uuid4().hex,
             "amr": list(amr),
         }
@@ -173,8 +177,8 @@ def _access_claims(claims: dict[str, Any]) -> AccessClaims:
         tier=str(claims.get("tier", "")),
         scopes=scopes,
         api_key_id=kid,
-        issued_at=int(claims["iat"]),
-        expires_at=int(claims["exp"]),
+        issued_at=lifetime(float(claims["iat"])),
+        expires_at=lifetime(float(claims["exp"])),
         token_id=str(claims.get("jti", "")),
         amr=amr,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "PasswordHashCost",
     "RateLimit",
     "Settings",
+    "lifetime",
     "load_private_key",
     "parse_device_limits",
     "parse_rate_limits",
@@ -74,8 +75,9 @@ class Settings(ServiceSettings):
 
     clickhouse_url: str | None = None
     jwt_private_key: str | None = dataclasses.field(default=None, repr=False)
-    jwt_access_ttl: int = 900
-    jwt_refresh_ttl: int = 2_592_000
+    # Whole seconds (ints) unless set to a fraction (a test environment's, to the ms).
+    jwt_access_ttl: float = 900
+    jwt_refresh_ttl: float = 2_592_000
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     auth_rate_limits: Mapping[str, RateLimit] = dataclasses.field(
         default_factory=lambda: dict(_DEFAULT_LIMITS)
@@ -120,8 +122,8 @@ class Settings(ServiceSettings):
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
-        access_ttl = env.whole_number("APEX_JWT_ACCESS_TTL", 900, unit="seconds")
-        refresh_ttl = env.whole_number("APEX_JWT_REFRESH_TTL", 2_592_000, unit="seconds")
+        access_ttl = _token_ttl(env, "APEX_JWT_ACCESS_TTL", 900)
+        refresh_ttl = _token_ttl(env, "APEX_JWT_REFRESH_TTL", 2_592_000)
         if refresh_ttl < access_ttl:
             raise ConfigError(
                 f"APEX_JWT_REFRESH_TTL ({refresh_ttl}) must not be shorter than "
@@ -295,6 +297,22 @@ def parse_device_limits(text: str, variable: str = "APEX_DEVICE_LIMITS") -> dict
             raise ConfigError(f"{variable}: {item!r} needs a whole number of sessions, at least 1")
         limits[tier] = count
     return {**_DEFAULT_DEVICE_LIMITS, **limits}
+
+
+def lifetime(seconds: float) -> float:
+    """A token lifetime to the millisecond: an int when whole, so the tokens and answers
+    of whole-second lifetimes (production's) carry the integers they always did. RFC 7519
+    NumericDates may be fractional: a test environment sets 0.3 s and sees a token expire
+    without waiting out whole seconds."""
+    value = round(float(seconds), 3)
+    return int(value) if value.is_integer() else value
+
+
+def _token_ttl(env: Env, name: str, default: int) -> float:
+    value = lifetime(env.number(name, default, unit="seconds"))
+    if value <= 0:
+        raise ConfigError(f"{name} must be at least 0.001 seconds, got {env.get(name)!r}")
+    return value
 
 
 @functools.lru_cache(maxsize=8)

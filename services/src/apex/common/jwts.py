@@ -7,6 +7,8 @@ JwtRejected into its own error and wording.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,7 +55,11 @@ def decode(
     leeway: float = 0,
 ) -> dict[str, Any]:
     """The claims of `token` if its signature (by `key`), times, audience and issuer hold
-    and every claim of `require` is present; JwtRejected naming the failed check if not."""
+    and every claim of `require` is present; JwtRejected naming the failed check if not.
+
+    `exp` is checked here, to the fraction of a second: pyjwt truncates it to an int, and
+    would refuse a token with a fractional expiry (RFC 7519 NumericDate) up to a second
+    before it. A whole-second `exp` is checked as pyjwt does: expired once now >= exp."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -62,12 +68,10 @@ def decode(
             audience=audience,
             issuer=issuer,
             leeway=leeway,
-            options={"require": list(require)},
+            options={"require": list(require), "verify_exp": False},
         )
     except jwt.MissingRequiredClaimError as exc:
         raise JwtRejected("claims", f"lack {exc.claim!r}") from None
-    except jwt.ExpiredSignatureError:
-        raise JwtRejected("exp", "has passed: the token expired") from None
     except jwt.ImmatureSignatureError as exc:
         check = "nbf" if "nbf" in str(exc) else "iat"
         raise JwtRejected(check, "is in the future: the token is not valid yet") from None
@@ -79,4 +83,13 @@ def decode(
         raise JwtRejected("signature", "does not verify") from None
     except jwt.PyJWTError as exc:
         raise JwtRejected("token", f"is invalid ({type(exc).__name__})") from None
+    if "exp" in claims:
+        _check_expiry(claims["exp"], leeway)
     return claims
+
+
+def _check_expiry(exp: object, leeway: float) -> None:
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise JwtRejected("claims", "exp is not a NumericDate")
+    if exp <= time.time() - leeway:
+        raise JwtRejected("exp", "has passed: the token expired")

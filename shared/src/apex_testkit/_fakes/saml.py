@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
@@ -58,8 +59,8 @@ def _new_id() -> str:
     return "_" + secrets.token_hex(16)
 
 
-def _signing_pair() -> tuple[str, str]:
-    """A new RSA key and a self-signed certificate for it, as PEM."""
+def _signing_pair() -> tuple[rsa.RSAPrivateKey, str]:
+    """The fake's RSA key and a self-signed certificate for it (PEM)."""
     key = rsa_key("fake-saml")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apex-testkit fake SAML IdP")])
     now = dt.datetime.now(dt.UTC)
@@ -73,12 +74,7 @@ def _signing_pair() -> tuple[str, str]:
         .not_valid_after(now + dt.timedelta(days=365))
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+    return key, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def parse_authn_request(saml_request: str) -> dict[str, str]:
@@ -135,7 +131,7 @@ class SamlServer(FakeServer):
     def __init__(self, base_url: str) -> None:
         super().__init__(base_url)
         self.entity_id = f"{base_url}/metadata"
-        self.key_pem, self.cert_pem = _signing_pair()
+        self.key, self.cert_pem = _signing_pair()
         self.reset()
 
     def reset(self) -> None:
@@ -295,8 +291,10 @@ class SamlServer(FakeServer):
             digest_algorithm=DigestAlgorithm.SHA256,
             c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
         )
+        # The key object, not its PEM: signxml would load (and validate) the PEM on every
+        # signature, tens of milliseconds each.
         return signer.sign(
-            element, key=self.key_pem, cert=self.cert_pem, reference_uri=element.get("ID")
+            element, key=self.key, cert=self.cert_pem, reference_uri=element.get("ID")
         )
 
     def response(

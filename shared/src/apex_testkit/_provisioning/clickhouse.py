@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-from clickhouse_driver import Client
-from clickhouse_driver.errors import Error as ClickHouseError
 
 from apex_testkit._provisioning import _docker
 from apex_testkit._provisioning._binaries import find_binary, start_server
@@ -22,6 +19,9 @@ from apex_testkit._provisioning._chain import (
     safe_identifier,
 )
 from apex_testkit._run import Run, register_cleaner
+
+if TYPE_CHECKING:
+    from clickhouse_driver import Client
 
 # `<yandex>` is the root element 18.x knows; current releases still accept it.
 _CONFIG = """<?xml version="1.0"?>
@@ -60,6 +60,10 @@ def client(
     url: str, *, connect_timeout: float = 2, send_receive_timeout: float = 60, **settings: Any
 ) -> Client:
     """A native-protocol client for `clickhouse://user:password@host:port/database`."""
+    # On first use: the driver takes 0.3-0.7 s to import, and this module is imported by
+    # every test process (the plugin's), most of which never talk to ClickHouse.
+    from clickhouse_driver import Client  # noqa: PLC0415
+
     parts = urlsplit(url)
     return Client(
         host=parts.hostname or "127.0.0.1",
@@ -86,6 +90,8 @@ def _problem(url: str, timeout: float = 1.0) -> str | None:
         socket.create_connection(address, timeout).close()
     except (OSError, ValueError) as exc:
         return str(exc) or type(exc).__name__
+    from clickhouse_driver.errors import Error as ClickHouseError  # noqa: PLC0415 - see client
+
     conn = client(url, connect_timeout=timeout, send_receive_timeout=timeout)
     try:
         conn.execute("SELECT 1")
