@@ -384,7 +384,10 @@ def _held_socket(host: str, attempts: int = 5) -> socket.socket:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((host, 0))
             port = int(probe.getsockname()[1])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (as
+        # _processes.listening_socket): the relay writes in pieces and would otherwise wait
+        # out the peer's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.bind((host, port))
         except OSError:  # taken between the probe and the bind: another port
