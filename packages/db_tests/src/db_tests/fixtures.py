@@ -18,7 +18,7 @@ import httpx
 import pytest
 from auth_tests.client import AuthAdmin, login, run_namespace
 
-from apex_testkit import Platform
+from apex_testkit import Platform, tls_context
 from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
 from db_tests.state import Connect
 from db_tests.stores import ClickHouseReader, FlowInstance
@@ -160,7 +160,7 @@ def flow_instance(clean_platform: Platform, flow_database: str) -> FlowInstance:
         env = {"APEX_OUTBOX_RELAY": "off", "APEX_DATABASE_URL": flow_database, **settings}
         async with (
             clean_platform.start("data", **env) as service,
-            httpx.AsyncClient(base_url=service.url, timeout=30) as client,
+            httpx.AsyncClient(base_url=service.url, timeout=30, verify=tls_context()) as client,
         ):
             yield client
 
