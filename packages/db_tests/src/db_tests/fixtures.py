@@ -127,14 +127,11 @@ async def db_connect(clean_platform: Platform, postgres_database: str) -> AsyncI
 
 
 @pytest.fixture
-async def flow_database(empty_database: str) -> str:
-    """DSN of a database of this test alone, migrated (L2/L3). At L3 the worker's other
-    apex.data processes run their relays on the worker's database: on this one only the
-    test's own instances move outbox rows."""
-    from apex.data.migrations import migrate  # noqa: PLC0415 - the tests that need it
-
-    await migrate(empty_database)
-    return empty_database
+def flow_database(migrated_database: str) -> str:
+    """DSN of a database of this test alone, migrated (L2/L3; the kit's clone of the run's
+    migrated template). At L3 the worker's other apex.data processes run their relays on
+    the worker's database: on this one only the test's own instances move outbox rows."""
+    return migrated_database
 
 
 @pytest.fixture
