@@ -130,15 +130,23 @@ def test_stack_with_bad_services_spec_says_so(tmp_path: Path):
 
 async def test_l2_serves_a_service_on_a_real_socket_in_the_test_loop(apex_worker):
     platform = InProcessPlatform(apex_worker)
-    async with platform.serve("auth") as url:
-        assert url.startswith("http://127.0.0.1:")
+    try:
+        async with platform.serve("auth") as url:
+            assert url.startswith("http://127.0.0.1:")
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/healthz")).json()["status"] == "ok"
+                jwks = (await client.get("/.well-known/jwks.json")).json()
+                assert jwks["keys"][0]["kty"] == "RSA"
+                # The worker's running app (apex.auth can reset its memory), as the
+                # worker's process is at L3: a client sees the same key.
+                async with platform.client("auth") as same:
+                    assert (await same.get("/.well-known/jwks.json")).json() == jwks
+                assert platform.live.running_apps, "served by the kept-running app"
         async with httpx.AsyncClient(base_url=url) as client:
-            assert (await client.get("/healthz")).json()["status"] == "ok"
-            jwks = (await client.get("/.well-known/jwks.json")).json()
-            assert jwks["keys"][0]["kty"] == "RSA"
-    async with httpx.AsyncClient(base_url=url) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.get("/healthz")
+            with pytest.raises(httpx.ConnectError):
+                await client.get("/healthz")
+    finally:
+        platform.close()
 
 
 async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_worker):

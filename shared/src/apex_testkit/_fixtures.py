@@ -6,6 +6,7 @@ async is function-scoped and lives in the test's own event loop.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, cast
@@ -122,16 +123,35 @@ def postgres_pair(apex_worker: Worker, apex_level: Level) -> Iterator[PostgresPa
 
 
 @pytest.fixture
-def empty_database(apex_worker: Worker, request: pytest.FixtureRequest) -> Iterator[str]:
+def empty_database(apex_worker: Worker) -> Iterator[str]:
     """DSN of a fresh, empty PostgreSQL database, dropped after the test."""
-    with apex_worker.guard("postgres"):
-        server = apex_worker.server("postgres")
-        name = f"{apex_worker.run.name}_e{apex_worker.slot}_{secrets.token_hex(3)}"
+    with _own_database(apex_worker, migrated=False) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def migrated_database(apex_worker: Worker, apex_level: Level) -> Iterator[str]:
+    """DSN of a PostgreSQL database of this test's own at the platform's newest schema (a
+    clone of the run's migrated template, as each worker's database is; no migration runs),
+    dropped after the test. L2/L3 only."""
+    require_level(apex_level, OWN_PLATFORM, "migrated_database")
+    with _own_database(apex_worker, migrated=True) as dsn:
+        yield dsn
+
+
+@contextlib.contextmanager
+def _own_database(worker: Worker, *, migrated: bool) -> Iterator[str]:
+    with worker.guard("postgres"):
+        server = worker.server("postgres")
+        name = f"{worker.run.name}_e{worker.slot}_{secrets.token_hex(3)}"
         if not server.owned:
-            apex_worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
-        dsn = postgres.create_database(server, name)
+            worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
+        if migrated:
+            dsn = postgres.clone_template(worker.run, server, name, migrate)
+        else:
+            dsn = postgres.create_database(server, name)
     yield dsn
-    with apex_worker.guard("postgres"):
+    with worker.guard("postgres"):
         postgres.drop_database(server.url, name)
 
 

@@ -1,7 +1,8 @@
 """The apex-testkit pytest plugin (entry point pytest11): the run's lifetime and settings.
 
 It loads the kit's other plugins: collection rules (`_collection`), one plugin per option
-(`_options/`: --level, --target, --services, --perf, --test-timeout) and the fixtures (`_fixtures`).
+(`_options/`: --level, --target, --services, --perf, --test-timeout, --test-order) and the
+fixtures (`_fixtures`).
 
 The xdist controller (or the single pytest process) owns the run; workers join it
 through workerinput, so the whole session shares one server per service.
@@ -16,7 +17,7 @@ import pytest
 
 from apex_testkit._level import WrongLevel
 from apex_testkit._options import PLUGINS as OPTIONS
-from apex_testkit._options import level, perf, services, target, timeout
+from apex_testkit._options import level, order, perf, services, target, timeout
 from apex_testkit._provisioning import SERVERS, ServiceUnavailable
 from apex_testkit._provisioning._chain import check_server
 from apex_testkit._run import Run, RunDirError
@@ -47,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
         chains=services.parse(config),
         perf=perf.parse(config),
         test_timeout=timeout.parse(config),
+        longest_first=order.parse(config),
     )
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:

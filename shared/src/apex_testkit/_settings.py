@@ -1,6 +1,6 @@
-"""The kit's settings for one run (level, target, provider chains, perf, test timeout), as
-the options in `apex_testkit._options` parsed them, and where the run keeps them (config
-stash)."""
+"""The kit's settings for one run (level, target, provider chains, perf, test timeout, test
+order), as the options in `apex_testkit._options` parsed them, and where the run keeps them
+(config stash)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class KitSettings:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     perf: bool = False
     test_timeout: float = 300.0  # seconds per test phase; 0 = no limit
+    longest_first: bool = True  # xdist workers sort by the last runs' durations
 
     def chain(self, server: str) -> tuple[str, ...]:
         """The providers to try for `server`, in order (--services, else all)."""

@@ -19,7 +19,7 @@ import pytest
 from auth_tests.access import granted_user
 from auth_tests.client import AuthAdmin, run_namespace
 
-from apex_testkit import Platform
+from apex_testkit import Platform, tls_context
 from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
 from db_tests.state import Connect
 from db_tests.stores import ClickHouseReader, FlowInstance
@@ -122,14 +122,11 @@ async def db_connect(clean_platform: Platform, postgres_database: str) -> AsyncI
 
 
 @pytest.fixture
-async def flow_database(empty_database: str) -> str:
-    """DSN of a database of this test alone, migrated (L2/L3). At L3 the worker's other
-    apex.data processes run their relays on the worker's database: on this one only the
-    test's own instances move outbox rows."""
-    from apex.data.migrations import migrate  # noqa: PLC0415 - the tests that need it
-
-    await migrate(empty_database)
-    return empty_database
+def flow_database(migrated_database: str) -> str:
+    """DSN of a database of this test alone, migrated (L2/L3; the kit's clone of the run's
+    migrated template). At L3 the worker's other apex.data processes run their relays on
+    the worker's database: on this one only the test's own instances move outbox rows."""
+    return migrated_database
 
 
 @pytest.fixture
@@ -155,7 +152,7 @@ def flow_instance(clean_platform: Platform, flow_database: str) -> FlowInstance:
         env = {"APEX_OUTBOX_RELAY": "off", "APEX_DATABASE_URL": flow_database, **settings}
         async with (
             clean_platform.start("data", **env) as service,
-            httpx.AsyncClient(base_url=service.url, timeout=30) as client,
+            httpx.AsyncClient(base_url=service.url, timeout=30, verify=tls_context()) as client,
         ):
             yield client
 

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from apex_testkit import Level, Platform, eventually
+from apex_testkit import Level, Platform, eventually, tls_context
 from db_tests.client import BILLING_READ, BILLING_WRITE, DataUser, MakeUser, error_of
 from db_tests.faults import proxied_data
 from db_tests.stores import ClickHouseReader, FlowInstance, blocked_by, ended
@@ -172,7 +172,7 @@ async def test_transfer_killed_mid_transaction_leaves_nothing_then_retries_once(
         clean_platform.start(
             "data", APEX_OUTBOX_RELAY="off", APEX_DATABASE_URL=flow_database
         ) as service,
-        httpx.AsyncClient(base_url=service.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=service.url, timeout=30, verify=tls_context()) as client,
     ):
         async with flow_db.transaction():
             # The receiver's row is held: the service debits the sender, then waits.

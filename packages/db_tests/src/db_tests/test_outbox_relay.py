@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from apex_testkit import Level, Platform, eventually
+from apex_testkit import Level, Platform, eventually, tls_context
 from db_tests.state import metrics, sample
 from db_tests.stores import ClickHouseReader, FlowInstance, blocked_by, ended, write_usage
 
@@ -141,7 +141,7 @@ async def test_relay_killed_between_insert_and_ack_counts_once(
         clean_platform.start(
             "data", APEX_OUTBOX_RELAY="off", APEX_DATABASE_URL=flow_database
         ) as service,
-        httpx.AsyncClient(base_url=service.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=service.url, timeout=30, verify=tls_context()) as client,
     ):
         async with flow_db.transaction():
             # SHARE lets the relay lock its rows (FOR UPDATE) but not update them: it
@@ -195,7 +195,7 @@ async def test_clickhouse_cut_mid_relay_leaves_rows_pending_then_sends_them_once
     process = clean_platform.instance("data", 20, via_proxy=("clickhouse",), **settings)
     proxy = clean_platform.proxy("data", 20, "clickhouse")
     first = await write_records(flow_db, 2)
-    async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=process.url, timeout=30, verify=tls_context()) as client:
         warm = await client.post(RUN, headers=data_admin)
         assert warm.status_code == 200, warm.text
         written = sorted(first + await write_records(flow_db, 5))

@@ -22,6 +22,7 @@ import httpx
 from apex.common.challenges import bearer_challenge
 from apex.common.http import ApiError
 from apex.common.identity import ContextTokenError, verify_context_token
+from apex.common.tls import client_tls_context
 
 __all__ = ["AUDIENCE", "BILLING_READ", "BILLING_WRITE", "RUN_AGENTS", "Caller", "Verifier"]
 
@@ -60,7 +61,7 @@ class Verifier:
         self._jwks: Mapping[str, Any] | None = None
         self._fetched_at = -_REFETCH_INTERVAL
         self._lock = asyncio.Lock()
-        self._http = httpx.AsyncClient(timeout=_JWKS_TIMEOUT)
+        self._http = httpx.AsyncClient(timeout=_JWKS_TIMEOUT, verify=client_tls_context())
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -8,6 +8,7 @@
 - `services`: --services / APEX_TEST_SERVICES
 - `perf`: --perf / APEX_TEST_PERF
 - `timeout`: --test-timeout / APEX_TEST_TIMEOUT
+- `order`: --test-order / APEX_TEST_ORDER
 
 Each is a pytest plugin of its own (the kit's plugin lists them in `pytest_plugins`).
 """
@@ -15,5 +16,6 @@ Each is a pytest plugin of its own (the kit's plugin lists them in `pytest_plugi
 from __future__ import annotations
 
 PLUGINS = tuple(
-    f"apex_testkit._options.{name}" for name in ("level", "target", "services", "perf", "timeout")
+    f"apex_testkit._options.{name}"
+    for name in ("level", "target", "services", "perf", "timeout", "order")
 )

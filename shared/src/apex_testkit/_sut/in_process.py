@@ -3,10 +3,12 @@
 A client of a service that can reset its memory (`reset_memory(app)`) reaches the
 worker's running app of that service, settings and instance number, its lifespan kept
 between tests in the worker's apps loop and its memory reset whenever a client opens it
-idle (`live.LiveApps`). A client of any other service gets an app instance of its own
-behind httpx's ASGI transport, its lifespan run in the test's event loop. `serve` and
-`start` serve the service (and the services it calls) on loopback sockets inside the
-test's own event loop. All through the service contract: `<module>.load_settings(env)`,
+idle (`live.LiveApps`); `serve` of such a service (also of one that a client's or a
+started service's app calls) puts that running app on a loopback socket of the test's
+loop. A client of any other service gets an app instance of its own behind httpx's ASGI
+transport, its lifespan run in the test's event loop. `start`, and `serve` of the other
+services, serve a fresh instance (and the services it calls) on loopback sockets inside
+the test's own event loop. All through the service contract: `<module>.load_settings(env)`,
 then `create_app(settings)` (run under uvicorn) or `create_server(settings)` (its own
 server). Apps are reused by later tests of the worker with the same settings, each time
 with a fresh lifespan (`apps.AppPool`).
@@ -76,7 +78,15 @@ class InProcessPlatform(Platform):
     async def _serve(
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[str]:
-        # Every L2 instance is a fresh one in the test's loop.
+        module_name = wiring.module(service)
+        # A service that can reset its memory and calls none: the worker's running app
+        # behind a socket of this test's loop (as the worker's process is at L3).
+        if self.live.shares(module_name) and not wiring.calls(service):
+            env = {**wiring.service_env(self.worker, service), **settings}
+            async with self.live.serving(module_name, env, instance) as url:
+                yield wiring.service_url(service, url)
+            return
+        # Any other: a fresh instance in the test's loop.
         async with self._start(service, settings) as running:
             yield running.url
 
