@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     # what is costly to make, made once per process
     "tls_context": "apex_testkit._tls",
     "rsa_key": "apex_testkit._keys",
+    # benchmark reports (tests marked perf)
+    "bench_report": "apex_testkit._bench",
     # servers and faults
     "RedisNamespace": "apex_testkit._provisioning.redis",
     "PostgresReplica": "apex_testkit._provisioning.postgres_replica",
@@ -66,6 +68,7 @@ __all__ = [
     "RunningService",
     "ServiceProcess",
     "__version__",
+    "bench_report",
     "eventually",
     "parse_authn_request",
     "rsa_key",
@@ -74,6 +77,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from apex_testkit._bench import bench_report
     from apex_testkit._fakes.oidc import FakeIdp
     from apex_testkit._fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
     from apex_testkit._fakes.sms import FakeSms
