@@ -146,7 +146,10 @@ async def test_metrics_move_with_reads_writes_and_pool_waits(
         )
         assert stored.status_code == 201, stored.text
     for _ in range(2):
-        read = await data_client.get("/v1/usage/summary", headers=user.headers)
+        # no-cache: both reads go to the database (a repeated read is a cache hit).
+        read = await data_client.get(
+            "/v1/usage/summary", headers={**user.headers, "Cache-Control": "no-cache"}
+        )
         assert read.status_code == 200, read.text
     after = await metrics(data_client, admin_token)
     reads = "apex_data_reads_total"

@@ -48,7 +48,10 @@ async def _write(client: httpx.AsyncClient, user: DataUser, quantity: int = 100)
 async def _summary(
     client: httpx.AsyncClient, user: DataUser, min_lsn: str | None = None
 ) -> dict[str, Any]:
-    headers = {**user.headers, **({"X-Apex-Min-LSN": min_lsn} if min_lsn else {})}
+    # no-cache: these tests are about who of the primary and the replica answers (the
+    # summary cache, test_summary_cache.py, would answer a repeated read itself).
+    headers = {**user.headers, "Cache-Control": "no-cache"}
+    headers |= {"X-Apex-Min-LSN": min_lsn} if min_lsn else {}
     response = await client.get("/v1/usage/summary", headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()

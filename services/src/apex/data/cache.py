@@ -136,11 +136,31 @@ class Cache:
 
     async def warm(self, tenant: str, compute: Compute, part: str = "") -> bool:
         """Compute ``tenant``'s entry and store it now; False if its node is unavailable."""
-        node = self._nodes[self.node_for(tenant)]
-        value = dict(await compute())
+        generation = await self.generation(tenant)
+        if generation is None:
+            return False
+        return await self.put(tenant, generation, part, await compute())
+
+    async def generation(self, tenant: str) -> int | None:
+        """``tenant``'s generation on its node (None: the node is unavailable). Read it
+        before computing a value for :meth:`put`: a write that bumps it meanwhile makes
+        the value unreachable instead of serving it."""
         try:
-            generation = await self._generation(node, tenant)
-            await self._store(node, self.entry_key(tenant, generation, part), value)
+            return await self._generation(self._nodes[self.node_for(tenant)], tenant)
+        except RedisError:
+            return None
+
+    async def put(
+        self, tenant: str, generation: int, part: str, value: Mapping[str, Any]
+    ) -> bool:
+        """Store ``value`` as ``tenant``'s entry under ``generation`` (read before the
+        value was computed); False if its node is unavailable."""
+        try:
+            await self._store(
+                self._nodes[self.node_for(tenant)],
+                self.entry_key(tenant, generation, part),
+                dict(value),
+            )
         except RedisError:
             return False
         return True
@@ -208,11 +228,17 @@ class Cache:
                     return waited, "hit"
         except RedisError:
             return await self._computed(compute)
-        value, result = await self._computed(compute)
-        if owner:
-            with contextlib.suppress(RedisError):
-                await self._store(node, key, value)
-                await node.eval(_RELEASE, 1, lock, token)
+        try:
+            value, result = await self._computed(compute)
+            if owner:
+                with contextlib.suppress(RedisError):
+                    await self._store(node, key, value)
+        finally:
+            # Also when the computation failed: the next caller recomputes at once
+            # instead of waiting out the lock's life for an entry that never comes.
+            if owner:
+                with contextlib.suppress(RedisError):
+                    await node.eval(_RELEASE, 1, lock, token)
         return value, result
 
     async def _wait_for_entry(self, node: Redis, key: str, lock: str) -> dict[str, Any] | None:

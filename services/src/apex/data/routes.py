@@ -4,8 +4,9 @@ operators' routes (admin token).
 - ``POST /v1/usage``: one record (201; 200 with the first record for a known
   idempotency key), header ``X-Apex-LSN``.
 - ``POST /v1/usage/batch``: many records through COPY (201 ``{"inserted": n}``).
-- ``GET /v1/usage/summary``: totals per kind, from the replica when it may serve
-  (``X-Apex-Min-LSN``: read-your-writes), else the primary.
+- ``GET /v1/usage/summary``: totals per kind, through the cache (``apex.data.summaries``),
+  else from the replica when it may serve (``X-Apex-Min-LSN``: read-your-writes), else
+  the primary. The write routes invalidate the tenant's cached summaries.
 - ``POST /v1/credits/transfer``: move credit to another tenant (409
   ``insufficient_credit``, or ``conflict_retry_exhausted`` after deadlocks).
 - ``GET /admin/pools``: each pool's counts, the replica's state and lag.
@@ -28,7 +29,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError, bearer_token, require_json_body
-from apex.data import transfer, usage
+from apex.data import summaries, transfer, usage
+from apex.data.cache import Cache
 from apex.data.callers import BILLING_READ, BILLING_WRITE, RUN_AGENTS, Caller
 from apex.data.metrics import CONTENT_TYPE
 from apex.data.router import parse_lsn
@@ -110,7 +112,9 @@ class BatchIn(BaseModel):
 
 
 @router.post("/v1/usage", dependencies=[Depends(require_json_body)])
-async def record_usage(body: UsageIn, caller: CallerDep, service: Service) -> JSONResponse:
+async def record_usage(
+    body: UsageIn, caller: CallerDep, service: Service, request: Request
+) -> JSONResponse:
     """Store one record (and its outbox row) for the caller's tenant."""
     caller.require(RUN_AGENTS)
     record = body.new_record()
@@ -121,11 +125,15 @@ async def record_usage(body: UsageIn, caller: CallerDep, service: Service) -> JS
             return stored, created, await usage.current_lsn(conn)
 
     stored, created, lsn = await service.run(work)
+    if created:
+        await _invalidate(request, caller.tenant_id)
     return JSONResponse(stored, status_code=201 if created else 200, headers={LSN_HEADER: lsn})
 
 
 @router.post("/v1/usage/batch", dependencies=[Depends(require_json_body)])
-async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JSONResponse:
+async def record_batch(
+    body: BatchIn, caller: CallerDep, service: Service, request: Request
+) -> JSONResponse:
     """Store many records for the caller's tenant in one transaction."""
     caller.require(RUN_AGENTS)
     records = [r.new_record() for r in body.records]
@@ -136,6 +144,8 @@ async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JS
             return inserted, await usage.current_lsn(conn)
 
     inserted, lsn = await service.run(work)
+    if inserted:
+        await _invalidate(request, caller.tenant_id)
     return JSONResponse({"inserted": inserted}, status_code=201, headers={LSN_HEADER: lsn})
 
 
@@ -143,21 +153,47 @@ async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JS
 async def usage_summary(
     caller: CallerDep,
     service: Service,
+    request: Request,
     since: Annotated[datetime.datetime | None, Query()] = None,
     until: Annotated[datetime.datetime | None, Query()] = None,
     min_lsn: Annotated[str | None, Header(alias="X-Apex-Min-LSN")] = None,
+    cache_control: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """Totals per kind of the caller's tenant; ``source`` says who answered."""
+    """Totals per kind of the caller's tenant, through the cache (``Cache-Control:
+    no-cache``: from the database); ``source`` says who answered."""
     caller.require(BILLING_READ)
     start, end = _window(since, until)
     lsn = _min_lsn(min_lsn)
+    return await summaries.read_summary(
+        service,
+        _cache_of(request),
+        caller.tenant_id,
+        start,
+        end,
+        min_lsn=lsn,
+        use_cache=not _no_cache(cache_control),
+    )
 
-    async def work() -> dict[str, Any]:
-        async with service.router.reader(lsn) as (conn, source):
-            result = await usage.summary(conn, caller.tenant_id, start, end)
-        return {**result.to_json(), "source": source}
 
-    return await service.run(work)
+def _cache_of(request: Request) -> Cache | None:
+    """The running flow's cache (None before the flow is installed, or while it stops)."""
+    flow = getattr(request.app.state, "flow", None)
+    cache = getattr(flow, "cache", None)
+    return cache if isinstance(cache, Cache) else None
+
+
+def _no_cache(value: str | None) -> bool:
+    """Whether a Cache-Control header asks for the origin's answer (RFC 9111 no-cache)."""
+    directives = (part.strip().split("=")[0].lower() for part in (value or "").split(","))
+    return "no-cache" in directives or "no-store" in directives
+
+
+async def _invalidate(request: Request, tenant_id: uuid.UUID) -> None:
+    """Bump ``tenant_id``'s cache generation after a commit that changed its records
+    (best effort: the relay bumps it again, durably, once it copies the outbox row)."""
+    cache = _cache_of(request)
+    if cache is not None:
+        await cache.invalidate(str(tenant_id))
 
 
 class TransferIn(BaseModel):
