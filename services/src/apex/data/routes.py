@@ -71,6 +71,17 @@ CallerDep = Annotated[Caller, Depends(caller_of)]
 def _aware(value: datetime.datetime) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        # Stored as UTC: 0001-01-01T00:00+14:00 is before year 1 there.
+        value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError("must be within years 1-9999 in UTC") from None
+    return value
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000): PostgreSQL text cannot hold it")
     return value
 
 
@@ -89,7 +100,7 @@ class UsageIn(BaseModel):
     kind: Annotated[str, AfterValidator(_kind)]
     quantity: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
     cost_micros: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
     occurred_at: Annotated[datetime.datetime, AfterValidator(_aware)] | None = None
 
     def new_record(self) -> usage.NewRecord:
@@ -203,7 +214,7 @@ class TransferIn(BaseModel):
 
     to_tenant: uuid.UUID
     amount_micros: Annotated[int, Field(gt=0, le=_BIGINT_MAX, strict=True)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
 
 
 @router.post("/v1/credits/transfer", dependencies=[Depends(require_json_body)])
@@ -237,8 +248,11 @@ def _window(
     since: datetime.datetime | None, until: datetime.datetime | None
 ) -> tuple[datetime.datetime, datetime.datetime]:
     for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(422, "invalid_request", f"{name}: must carry a time zone")
+        if value is not None:
+            try:
+                _aware(value)
+            except ValueError as exc:
+                raise ApiError(422, "invalid_request", f"{name}: {exc}") from None
     start, end = since or _EARLIEST, until or _LATEST
     if start > end:
         raise ApiError(422, "invalid_request", "since: must not be after until")
