@@ -11,6 +11,7 @@ operators' routes (admin token).
   ``insufficient_credit``, or ``conflict_retry_exhausted`` after deadlocks).
 - ``GET /admin/pools``: each pool's counts, the replica's state and lag.
 - ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
+- ``POST /admin/tenants/purge``: delete what tenants wrote (an L4 run's, at its end).
 - ``GET /admin/plans?tenant_id=``: ``EXPLAIN (FORMAT JSON)`` of the summary and the
   idempotency lookup.
 - ``GET /metrics``: Prometheus text.
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError, bearer_token, require_json_body
-from apex.data import summaries, transfer, usage
+from apex.data import purge, summaries, transfer, usage
 from apex.data.cache import Cache
 from apex.data.callers import BILLING_READ, BILLING_WRITE, RUN_AGENTS, Caller
 from apex.data.metrics import CONTENT_TYPE
@@ -312,6 +313,30 @@ async def isolation(service: Service) -> dict[str, Any]:
         return {"role": row[0], "usage_records_visible": row[1]}
 
     return await service.run(check)
+
+
+class PurgeIn(BaseModel):
+    """The tenants whose rows to delete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@router.post("/admin/tenants/purge", dependencies=[Admin])
+async def purge_tenants(body: PurgeIn, service: Service, request: Request) -> dict[str, Any]:
+    """Delete what these tenants wrote (``apex.data.purge``): their usage records, the
+    outbox rows carrying them, their transfers and balances; counts per table."""
+    tenants = list(dict.fromkeys(body.tenant_ids))
+
+    async def work() -> purge.Purged:
+        async with service.router.primary.connection() as conn:
+            return await purge.purge_tenants(conn, tenants)
+
+    purged = await service.run(work)
+    for tenant in tenants:
+        await _invalidate(request, tenant)
+    return {**purged.as_dict(), "tenants": len(tenants)}
 
 
 @router.get("/admin/plans", dependencies=[Admin])
