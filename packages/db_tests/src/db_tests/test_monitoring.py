@@ -103,6 +103,7 @@ async def test_clickhouse_down_is_reported_but_not_fatal(clean_platform: Platfor
 @MONITORING
 @pytest.mark.L2
 @pytest.mark.L3
+@pytest.mark.L4
 @pytest.mark.parametrize("path", ["/metrics", "/admin/pools", "/admin/isolation"])
 async def test_operator_routes_answer_the_admin_token_only(
     data_client: httpx.AsyncClient, admin_token: str, path: str
@@ -162,6 +163,7 @@ async def test_metrics_move_with_reads_writes_and_pool_waits(
 
 @PIPELINE
 @pytest.mark.L3
+@pytest.mark.L4
 async def test_metrics_are_prometheus_text_with_every_contract_metric(
     data_client: httpx.AsyncClient, admin_token: str
 ) -> None:
