@@ -29,7 +29,8 @@ WHERE (topic = 'usage' AND payload->>'tenant_id' = ANY($1::text[]))
        AND (payload->>'from_tenant' = ANY($1::text[]) OR payload->>'to_tenant' = ANY($1::text[])))
 """
 _TRANSFERS: Final = (
-    "DELETE FROM credit_transfers WHERE from_tenant = ANY($1::uuid[]) OR to_tenant = ANY($1::uuid[])"
+    "DELETE FROM credit_transfers "
+    "WHERE from_tenant = ANY($1::uuid[]) OR to_tenant = ANY($1::uuid[])"
 )
 _CREDITS: Final = "DELETE FROM tenant_credits WHERE tenant_id = ANY($1::uuid[])"
 
