@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit import eventually
+from apex_testkit import Platform, eventually
 from db_tests.client import BILLING_READ, RUN_AGENTS, DataUser, MakeUser, usage_body
+from db_tests.faults import proxied_data
 from db_tests.state import metrics, sample
 from db_tests.stores import FlowInstance
 
@@ -160,6 +161,28 @@ async def test_a_min_lsn_never_takes_an_entry_from_before_a_lost_invalidation(
     assert await _summary(client, user, **{"X-Apex-Min-LSN": lsn}) == (10, "primary")
     # The fresh summary replaced the stale entry: later reads take it from the cache.
     assert await _summary(client, user) == (10, "cache")
+
+
+@COHERENCY
+@pytest.mark.L3
+async def test_a_write_whose_invalidation_redis_missed_is_still_read_by_its_writer(
+    clean_platform: Platform, flow_database: str, user: DataUser
+) -> None:
+    async with proxied_data(
+        clean_platform, instance=25, via="redis", APEX_DATABASE_URL=flow_database,
+        APEX_OUTBOX_RELAY="off",
+    ) as data:  # fmt: skip
+        await _write(data.client, user, 3)
+        await _summary(data.client, user)
+        assert await _summary(data.client, user) == (3, "cache")
+        data.proxy.reset_peers()  # every connection to Redis cut mid-stream
+        data.proxy.down()
+        # Stored (201), but the bump of the tenant's generation never reached Redis.
+        written = await _write(data.client, user, 4)
+        data.proxy.up()
+        lsn = {"X-Apex-Min-LSN": written.headers["X-Apex-LSN"]}
+        assert await _summary(data.client, user, **lsn) == (7, "primary")
+        assert (await _summary(data.client, user, **lsn))[0] == 7
 
 
 @COHERENCY
