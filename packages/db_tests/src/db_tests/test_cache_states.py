@@ -260,4 +260,4 @@ def _service_prefix(url: str, tenant: str) -> str:
     finally:
         raw.close()
     assert keys, f"no summary entry of {tenant} on {url}"
-    return keys[0].split(marker, 1)[0]
+    return str(keys[0]).split(marker, 1)[0]

@@ -123,6 +123,7 @@ async def test_analytics_agree_with_the_summary_once_relayed(
 
     # The background relay copies the batch; each record counts once in ClickHouse.
     analytics = await eventually(relayed, timeout=60, message="the batch in analytics")
+    assert analytics is not None
     assert analytics["source"] == "clickhouse"
 
 

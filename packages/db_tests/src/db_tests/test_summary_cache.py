@@ -57,12 +57,15 @@ async def _write(
 
 
 async def _summary(
-    client: httpx.AsyncClient, user: DataUser, *, params: dict[str, str] | None = None,
-    **headers: str,
-) -> tuple[int, str]:  # fmt: skip
+    client: httpx.AsyncClient,
+    user: DataUser,
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
     """The tenant's total quantity of tokens in the window, and who answered."""
     response = await client.get(
-        "/v1/usage/summary", params=params or {}, headers={**user.headers, **headers}
+        "/v1/usage/summary", params=params or {}, headers={**user.headers, **(headers or {})}
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -158,7 +161,7 @@ async def test_a_min_lsn_never_takes_an_entry_from_before_a_lost_invalidation(
         user.user_id,
     )
     lsn = await flow_db.fetchval("SELECT pg_current_wal_insert_lsn()::text")
-    assert await _summary(client, user, **{"X-Apex-Min-LSN": lsn}) == (10, "primary")
+    assert await _summary(client, user, headers={"X-Apex-Min-LSN": lsn}) == (10, "primary")
     # The fresh summary replaced the stale entry: later reads take it from the cache.
     assert await _summary(client, user) == (10, "cache")
 
@@ -181,8 +184,8 @@ async def test_a_write_whose_invalidation_redis_missed_is_still_read_by_its_writ
         written = await _write(data.client, user, 4)
         data.proxy.up()
         lsn = {"X-Apex-Min-LSN": written.headers["X-Apex-LSN"]}
-        assert await _summary(data.client, user, **lsn) == (7, "primary")
-        assert (await _summary(data.client, user, **lsn))[0] == 7
+        assert await _summary(data.client, user, headers=lsn) == (7, "primary")
+        assert (await _summary(data.client, user, headers=lsn))[0] == 7
 
 
 @COHERENCY
@@ -196,7 +199,7 @@ async def test_every_read_after_a_write_sees_it(
         written = await _write(data_client, user, quantity)
         total += quantity
         lsn = {"X-Apex-Min-LSN": written.headers["X-Apex-LSN"]}
-        assert (await _summary(data_client, user, **lsn))[0] == total
+        assert (await _summary(data_client, user, headers=lsn))[0] == total
         assert (await _summary(data_client, user))[0] == total
     await _cached(data_client, user, total)
 
@@ -208,4 +211,7 @@ async def test_no_cache_is_answered_by_the_database(
 ) -> None:
     await _write(data_client, user, 8)
     await _cached(data_client, user, 8)
-    assert await _summary(data_client, user, **{"Cache-Control": "no-cache"}) == (8, "primary")
+    assert await _summary(data_client, user, headers={"Cache-Control": "no-cache"}) == (
+        8,
+        "primary",
+    )

@@ -253,7 +253,7 @@ class Cache:
             new_keys = [
                 f"{self._prefix}summary:{tenant}:{target_generation}{p}" for p, _, _ in live
             ]
-            args = [str(target_generation)]
+            args: list[bytes | str] = [str(target_generation)]
             for _, value, ttl in live:
                 args += [value, str(ttl)]
             copied = int(
