@@ -37,7 +37,6 @@ CASCADE = pytest.mark.bvj(
     segment="platform", goal="One write drops every cached view of its tenant, and only those",
     mrr=8000, scenario="001#66",
 )  # fmt: skip
-pytestmark = [pytest.mark.L2, pytest.mark.L3]
 
 JANUARY = {"since": "2026-01-01T00:00:00Z", "until": "2026-02-01T00:00:00Z"}
 
@@ -91,6 +90,8 @@ async def _cached(client: httpx.AsyncClient, user: DataUser, total: int, **param
 
 
 @COHERENCY
+@pytest.mark.L2
+@pytest.mark.L3
 async def test_a_summary_read_twice_is_answered_by_the_cache_and_counted(
     client: httpx.AsyncClient, user: DataUser, admin_token: str
 ) -> None:
@@ -111,6 +112,8 @@ async def test_a_summary_read_twice_is_answered_by_the_cache_and_counted(
 
 
 @CASCADE
+@pytest.mark.L2
+@pytest.mark.L3
 async def test_a_write_drops_every_cached_window_of_its_tenant_only(
     client: httpx.AsyncClient, user: DataUser, make_data_user: MakeUser
 ) -> None:
@@ -132,6 +135,8 @@ async def test_a_write_drops_every_cached_window_of_its_tenant_only(
 
 
 @COHERENCY
+@pytest.mark.L2
+@pytest.mark.L3
 async def test_a_write_is_seen_by_the_next_read_and_then_cached(
     client: httpx.AsyncClient, user: DataUser
 ) -> None:
@@ -145,6 +150,8 @@ async def test_a_write_is_seen_by_the_next_read_and_then_cached(
 
 
 @COHERENCY
+@pytest.mark.L2
+@pytest.mark.L3
 async def test_a_min_lsn_never_takes_an_entry_from_before_a_lost_invalidation(
     client: httpx.AsyncClient, user: DataUser, flow_db: Any
 ) -> None:
@@ -189,6 +196,8 @@ async def test_a_write_whose_invalidation_redis_missed_is_still_read_by_its_writ
 
 
 @COHERENCY
+@pytest.mark.L2
+@pytest.mark.L3
 @pytest.mark.L4
 async def test_every_read_after_a_write_sees_it(
     data_client: httpx.AsyncClient, user: DataUser
@@ -205,6 +214,8 @@ async def test_every_read_after_a_write_sees_it(
 
 
 @COHERENCY
+@pytest.mark.L2
+@pytest.mark.L3
 @pytest.mark.L4
 async def test_no_cache_is_answered_by_the_database(
     data_client: httpx.AsyncClient, user: DataUser
