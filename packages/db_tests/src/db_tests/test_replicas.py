@@ -176,3 +176,29 @@ async def test_a_replica_that_is_down_is_bypassed(
     health = await client.get("/healthz")
     assert health.status_code == 200, health.text
     assert health.json()["checks"]["replica"] == "down"
+
+
+async def test_a_summary_the_replica_computed_is_never_cached(
+    data_with: OpenData, postgres_replica: PostgresReplica, user: DataUser, admin_token: str
+) -> None:
+    # Cached, a replica's summary would outlive its lag (it may miss a write not replayed
+    # yet): the cache keeps the primary's only. No relay: nothing else bumps the tenant.
+    client = await data_with(
+        APEX_DATABASE_REPLICA_URL=postgres_replica.url, APEX_OUTBOX_RELAY="off", **FAST
+    )
+    lsn = await _write(client, user, quantity=2)
+    postgres_replica.wait_for_lsn(lsn)
+    await wait_replica_state(client, admin_token, "ok")
+    sources = []
+    for _ in range(3):
+        response = await client.get("/v1/usage/summary", headers=user.headers)
+        assert response.status_code == 200, response.text
+        assert _quantity(response.json()) == 2
+        sources.append(response.json()["source"])
+    assert sources == ["replica"] * 3
+    # The primary's answer (read-your-writes past the replica) is kept.
+    far = {**user.headers, "X-Apex-Min-LSN": FAR_FUTURE_LSN}
+    assert (await client.get("/v1/usage/summary", headers=far)).json()["source"] == "primary"
+    assert (await client.get("/v1/usage/summary", headers=user.headers)).json()["source"] == (
+        "cache"
+    )

@@ -138,10 +138,16 @@ class Cache:
         return rendezvous_node(tenant, self.urls)
 
     async def get_or_compute(
-        self, tenant: str, compute: Compute, part: str = ""
+        self,
+        tenant: str,
+        compute: Compute,
+        part: str = "",
+        *,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> tuple[dict[str, Any], CacheResult]:
         """``tenant``'s cached object, or ``compute()``'s result (stored for the next
-        caller); says whether it was a hit. Never raises for a Redis failure."""
+        caller unless ``keep`` says no); says whether it was a hit. Never raises for a
+        Redis failure."""
         node = self._nodes[self.node_for(tenant)]
         try:
             generation = await self._generation(node, tenant)
@@ -154,7 +160,7 @@ class Cache:
         if cached is not None:
             self._count("hit")
             return cached, "hit"
-        return await self._recompute(node, key, compute)
+        return await self._recompute(node, key, compute, keep)
 
     async def invalidate(self, tenant: str) -> int:
         """Bump ``tenant``'s generation on every node; return how many nodes took it."""
@@ -321,7 +327,11 @@ class Cache:
         await node.set(key, body, px=self._ttl_ms)
 
     async def _recompute(
-        self, node: Redis, key: str, compute: Compute
+        self,
+        node: Redis,
+        key: str,
+        compute: Compute,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> tuple[dict[str, Any], CacheResult]:
         lock = f"{key}:lock"
         token = secrets.token_hex(8)
@@ -336,7 +346,7 @@ class Cache:
             return await self._computed(compute)
         try:
             value, result = await self._computed(compute)
-            if owner:
+            if owner and (keep is None or keep(value)):
                 with contextlib.suppress(RedisError):
                     await self._store(node, key, value)
         finally:

@@ -1,10 +1,12 @@
 """The usage summary read through the cache (``GET /v1/usage/summary``).
 
 A summary is computed by the router's reader (the replica when it may serve, else the
-primary) and kept in the tenant's cache (:class:`apex.data.cache.Cache`, part
-``usage:<since>:<until>``) until a write bumps the tenant's generation: the write routes
-do it right after their commit, the relay again once it has copied the write's outbox
-row (a node that missed the first bump is caught up). A hit answers ``source: cache``.
+primary) and, when the primary computed it, kept in the tenant's cache
+(:class:`apex.data.cache.Cache`, part ``usage:<since>:<until>``) until a write bumps the
+tenant's generation: the write routes do it right after their commit, the relay again
+once it has copied the write's outbox row (a node that missed the first bump is caught
+up). A hit answers ``source: cache``. A replica's summary is not kept: it may miss a
+write not replayed yet, and kept it would outlive the replica's bounded lag.
 
 Read-your-writes holds through the cache too. An entry carries the WAL position its
 source had reached before the query ran (the primary's insert position, the replica's
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -81,18 +84,25 @@ async def read_summary(
     if cache is None or not use_cache:
         return _answer(await compute())
     part = summary_part(since, until)
-    value, result = await cache.get_or_compute(str(tenant_id), compute, part)
+    value, result = await cache.get_or_compute(str(tenant_id), compute, part, keep=_from_primary)
     if result == "miss":
         return _answer(value)
     if min_lsn is not None and not _past(value.get("lsn"), min_lsn):
         # Computed before the write the caller saw (or at it): not for this caller.
         generation = await cache.generation(str(tenant_id))
         fresh = await compute()
-        if generation is not None:
+        if generation is not None and _from_primary(fresh):
             await cache.put(str(tenant_id), generation, part, fresh)
         return _answer(fresh)
     service.metrics.reads.labels("cache").inc()
     return _answer({**value, "source": "cache"})
+
+
+def _from_primary(value: Mapping[str, Any]) -> bool:
+    """Whether a computed summary may be stored: the primary's only. A replica's may miss a
+    write it has not replayed yet, and stored it would outlive the replica's lag (bounded
+    by APEX_REPLICA_MAX_LAG_BYTES) until the tenant's next write or APEX_CACHE_TTL."""
+    return value.get("source") == "primary"
 
 
 async def _position(conn: asyncpg.Connection) -> str:
