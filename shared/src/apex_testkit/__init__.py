@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     # what is costly to make, made once per process
     "tls_context": "apex_testkit._tls",
     "rsa_key": "apex_testkit._keys",
+    # benchmark reports (tests marked perf)
+    "bench_report": "apex_testkit._bench",
     # servers and faults
     "RedisNamespace": "apex_testkit._provisioning.redis",
     "PostgresReplica": "apex_testkit._provisioning.postgres_replica",
@@ -80,6 +82,7 @@ __all__ = [
     "ServiceProcess",
     "ToolCall",
     "__version__",
+    "bench_report",
     "completion_tokens",
     "count_tokens",
     "embedding_tokens",
@@ -92,6 +95,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from apex_testkit._bench import bench_report
     from apex_testkit._fakes.llm import FakeLlm
     from apex_testkit._fakes.llm_script import LlmReply, LlmRequest, ToolCall
     from apex_testkit._fakes.llm_tokens import (

@@ -2,7 +2,8 @@
 
 Every L4 test process writes in a namespace of its own: an e-mail domain under the
 reserved TLD .invalid (users in it or its subdomains, teams named `<domain>/...`), which it
-deletes when it ends (the platform's `DELETE /admin/users` and `/admin/teams`). The local
+deletes when it ends (the platform's `DELETE /admin/users` and `/admin/teams`, and
+apex.data's `POST /admin/tenants/purge` for its tenants' usage records). The local
 stack's database is made for one run, so after the run nothing of any such namespace may be
 left: `apex-testkit stack --check-leftovers` counts the rows with `leftovers(dsn)`.
 
@@ -20,7 +21,10 @@ __all__ = ["NAMESPACE_ROWS", "leftovers"]
 # How many rows of each table belong to a test namespace. A user of one: its e-mail's domain
 # is under .invalid (a namespace or one of its subdomains); a team of one: its name's part
 # before the first "/" is. A user's keys, identities, grants... go with it (ON DELETE
-# CASCADE): counted all the same, so a broken cascade shows too.
+# CASCADE): counted all the same, so a broken cascade shows too. A usage record (apex.data)
+# belongs to a tenant, not to a user: one of a test namespace is a record of a tenant that
+# no user outside the test namespaces belongs to (on the stack's database, made for one
+# run, every tenant is a test's: those of deleted namespaces have no user left at all).
 NAMESPACE_ROWS = """
 WITH u AS (SELECT id FROM users WHERE lower(split_part(email, '@', 2)) LIKE '%.invalid'),
 t AS (
@@ -39,7 +43,11 @@ SELECT
     (SELECT count(*) FROM password_resets WHERE user_id IN (SELECT id FROM u))
         AS password_resets,
     (SELECT count(*) FROM t) AS teams,
-    (SELECT count(*) FROM team_grants WHERE team_id IN (SELECT id FROM t)) AS team_grants
+    (SELECT count(*) FROM team_grants WHERE team_id IN (SELECT id FROM t)) AS team_grants,
+    (SELECT count(*) FROM usage_records r WHERE NOT EXISTS (
+        SELECT 1 FROM users k
+        WHERE k.tenant_id = r.tenant_id AND k.id NOT IN (SELECT id FROM u)
+    )) AS usage_records
 """
 
 

@@ -5,7 +5,7 @@ through one auth instance takes to reach another instance's memory.
 The correctness test (test_permissions) only waits for the change with a generous
 deadline; the latency bound lives here: every round within PROPAGATION_BOUND seconds
 (pub/sub delivery; a missing invalidation would wait out the caches' 300 s TTL). Numbers
-go to a table on stdout and to $APEX_BENCH_DIR/auth.json (`auth_tests.bench.report`).
+go to a table on stdout and to $APEX_BENCH_DIR/auth.json (`apex_testkit.bench_report`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from apex_testkit import Level, Platform, eventually
+from apex_testkit import Level, Platform, bench_report, eventually
 from auth_tests.access import AccessAdmin, is_allowed
-from auth_tests.bench import report
 from auth_tests.client import AuthAdmin, Tokens, login
 
 CACHE = pytest.mark.bvj(
@@ -70,7 +69,8 @@ async def test_bench_a_permission_change_reaches_the_other_instance(
                 await _seconds_until(access.set_member(team["id"], user.user_id, "admin"), restored)
             )
 
-    report(
+    bench_report(
+        "auth",
         "cross_instance_invalidation",
         {
             "changes": len(samples),

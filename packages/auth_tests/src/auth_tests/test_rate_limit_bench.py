@@ -5,7 +5,7 @@ or `pytest --pyargs auth_tests --perf -m perf -s`).
 comes back (the window, 2 s here, not less), and, hammering for two and a half windows,
 the most requests accepted within any one window length (never more than the limit: a
 fixed window would let twice the limit through around each boundary). Numbers go to a
-table on stdout and to $APEX_BENCH_DIR/auth.json (`auth_tests.bench.report`). Only the
+table on stdout and to $APEX_BENCH_DIR/auth.json (`apex_testkit.bench_report`). Only the
 window's correctness can fail a benchmark, never its speed; the normal run
 (test_rate_limits.py) waits on conditions and reads no clock.
 """
@@ -19,8 +19,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from apex_testkit import Level, Platform
-from auth_tests.bench import report
+from apex_testkit import Level, Platform, bench_report
 from auth_tests.client import AuthAdmin, Tokens, login
 
 WINDOWS = pytest.mark.bvj(
@@ -68,7 +67,8 @@ async def test_bench_the_budget_comes_back_after_the_window(
         await asyncio.sleep(0.1)  # the measurement's polling interval, not a synchronisation
     back_after = time.monotonic() - started
 
-    report(
+    bench_report(
+        "auth",
         "sliding_window_recovery",
         {
             "window_s": float(WINDOW),
@@ -105,7 +105,8 @@ async def test_bench_no_window_ever_holds_more_than_the_limit(
         sum(1 for later in accepted[i:] if later[1] - first[0] < WINDOW - CLOCK_SLACK)
         for i, first in enumerate(accepted)
     )
-    report(
+    bench_report(
+        "auth",
         "sliding_window_hammer",
         {
             "window_s": float(WINDOW),

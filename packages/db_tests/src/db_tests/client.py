@@ -4,13 +4,13 @@ Public: `DataUser` (a platform user of one tenant, with a context token for apex
 made by apex.auth), `context_token` (asks apex.auth for one), `usage_body` (a valid
 `POST /v1/usage` body with a fresh idempotency key), `bearer`, `admin_headers` and
 `error_of`. `MakeUser` and `OpenData` are the types of the `make_data_user` and
-`data_with` fixtures.
+`data_with` fixtures. `purge_tenants` deletes what tenants wrote (an L4 run's, at its end).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,6 +29,7 @@ __all__ = [
     "bearer",
     "context_token",
     "error_of",
+    "purge_tenants",
     "usage_body",
 ]
 
@@ -39,6 +40,8 @@ RUN_AGENTS: Final = "agents:run"
 BILLING_READ: Final = "billing:read"
 # Moving credit to another tenant (POST /v1/credits/transfer).
 BILLING_WRITE: Final = "billing:write"
+# Tenants per `POST /admin/tenants/purge` (the route takes up to 10,000).
+PURGE_CHUNK: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,21 @@ def error_of(response: httpx.Response) -> str:
     """The machine-readable error code of a refused response."""
     code: str = response.json()["error"]
     return code
+
+
+async def purge_tenants(
+    data_client: httpx.AsyncClient, admin_token: str, tenant_ids: Sequence[str]
+) -> dict[str, int]:
+    """Delete what `tenant_ids` wrote to apex.data (`POST /admin/tenants/purge`, in chunks
+    the route takes): the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    for start in range(0, len(tenant_ids), PURGE_CHUNK):
+        response = await data_client.post(
+            "/admin/tenants/purge",
+            json={"tenant_ids": list(tenant_ids[start : start + PURGE_CHUNK])},
+            headers=admin_headers(admin_token),
+        )
+        assert response.status_code == 200, response.text
+        for table, count in response.json().items():
+            deleted[table] = deleted.get(table, 0) + int(count)
+    return deleted

@@ -11,7 +11,8 @@ worker's database and an in-process app pointed at it.
 At L3 the kit keys a proxy by service, instance and dependency, not by settings: an
 instance number must always come with the same settings in this package (the tests use
 1: outage with a 30 s deadline, 2: a 0.3 s deadline, 3: fast backoff, 4: Redis,
-5: ClickHouse, 6: a pool of 3).
+5: ClickHouse, 6: a pool of 3; 21-25: a database of the test's own, through ClickHouse
+(21), Redis (22, 24, 25) or PostgreSQL (23)).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ fixtures. What the fixtures hand out lives in the public module `client`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,8 +20,15 @@ import pytest
 from auth_tests.access import granted_user
 from auth_tests.client import AuthAdmin, run_namespace
 
-from apex_testkit import Platform, tls_context
-from db_tests.client import DataUser, MakeUser, OpenData, admin_headers, context_token
+from apex_testkit import Level, Platform, tls_context
+from db_tests.client import (
+    DataUser,
+    MakeUser,
+    OpenData,
+    admin_headers,
+    context_token,
+    purge_tenants,
+)
 from db_tests.state import Connect
 from db_tests.stores import ClickHouseReader, FlowInstance
 
@@ -70,14 +78,34 @@ def data_auth_admin(
     return AuthAdmin(data_auth_client, admin_token, data_namespace)
 
 
+@pytest.fixture(scope="session")
+def data_tenants(platform: Platform) -> Iterator[set[str]]:
+    """The tenants of the users this worker makes (`make_data_user` adds them). At L4
+    what they wrote to apex.data (usage records, outbox rows, transfers, balances) is
+    deleted when the worker ends (`client.purge_tenants`); L2/L3 reset their own state."""
+    tenants: set[str] = set()
+    yield tenants
+    if platform.level is Level.L4 and tenants:
+        asyncio.run(_purge(platform, sorted(tenants)))
+
+
+async def _purge(platform: Platform, tenants: Sequence[str]) -> None:
+    async with platform.client("data") as client:
+        await purge_tenants(client, platform.admin_token, tenants)
+
+
 @pytest.fixture
-def make_data_user(data_auth_client: httpx.AsyncClient, data_auth_admin: AuthAdmin) -> MakeUser:
+def make_data_user(
+    data_auth_client: httpx.AsyncClient, data_auth_admin: AuthAdmin, data_tenants: set[str]
+) -> MakeUser:
     """`await make_data_user(tenant=<uuid>|None, permissions=("agents:run", ...))`: a new
     user of `tenant` (default: a new tenant) with these permissions granted, signed in,
     with a context token for apex.data."""
 
     async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> DataUser:
         tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
+        if tenant_id is not None:
+            data_tenants.add(tenant_id)
         key_user, tokens = await granted_user(
             data_auth_admin, permissions=permissions, tenant_id=tenant_id
         )

@@ -9,11 +9,8 @@ right), never its speed.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +18,7 @@ import httpx
 import pytest
 
 from apex.data.cache import Cache
-from apex_testkit import Level, RedisNamespace
+from apex_testkit import Level, RedisNamespace, bench_report
 from db_tests.stores import ClickHouseReader, FlowInstance
 
 RELAY = pytest.mark.bvj(
@@ -35,20 +32,6 @@ CACHE = pytest.mark.bvj(
 pytestmark = [pytest.mark.perf, pytest.mark.L2, pytest.mark.L3]
 
 RECORDS = 5000
-
-
-def _report(section: str, rows: dict[str, Any]) -> None:
-    """Merge `rows` into db.json under `section` and print them as a table."""
-    directory = Path(os.environ.get("APEX_BENCH_DIR", "reports/bench"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "db.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = {"level": Level.L2.value, "cpus": os.cpu_count(), **rows}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    print(f"\n== db benchmark: {section} -> {path}")
-    for key, value in rows.items():
-        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value}"
-        print(f"  {key:<34}  {shown}")
 
 
 async def _backlog(conn: asyncpg.Connection, count: int) -> None:
@@ -80,6 +63,7 @@ async def test_relay_throughput_and_lag(
     flow_db: asyncpg.Connection,
     data_admin: dict[str, str],
     clickhouse: ClickHouseReader,
+    apex_level: Level,
 ) -> None:
     await _backlog(flow_db, RECORDS)
     async with flow_instance(APEX_OUTBOX_BATCH=str(batch)) as client:
@@ -93,7 +77,8 @@ async def test_relay_throughput_and_lag(
     assert response.status_code == 200, response.text
     assert response.json()["relayed"] == RECORDS
     assert len(await clickhouse.event_ids()) == RECORDS
-    _report(
+    bench_report(
+        "db",
         f"relay_batch_{batch}",
         {
             "rows": RECORDS,
@@ -103,11 +88,14 @@ async def test_relay_throughput_and_lag(
             "oldest_pending_seconds_before": float(lag_before or 0.0),
             "pending_after": response.json()["pending"],
         },
+        apex_level,
     )
 
 
 @CACHE
-async def test_cache_hit_rate_under_load(redis_nodes: tuple[RedisNamespace, ...]) -> None:
+async def test_cache_hit_rate_under_load(
+    redis_nodes: tuple[RedisNamespace, ...], apex_level: Level
+) -> None:
     tenants = [str(uuid.uuid4()) for _ in range(20)]
     cache = Cache([n.url for n in redis_nodes], prefix=redis_nodes[0].prefix)
     computed = 0
@@ -131,7 +119,8 @@ async def test_cache_hit_rate_under_load(redis_nodes: tuple[RedisNamespace, ...]
     reads = 25 * 4 * len(tenants)
     assert cache.hits + cache.misses == reads
     assert computed == cache.misses
-    _report(
+    bench_report(
+        "db",
         "cache_hit_rate",
         {
             "reads": reads,
@@ -140,4 +129,5 @@ async def test_cache_hit_rate_under_load(redis_nodes: tuple[RedisNamespace, ...]
             "recomputes": computed,
             "reads_per_second": reads / seconds,
         },
+        apex_level,
     )

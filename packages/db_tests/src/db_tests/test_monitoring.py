@@ -109,6 +109,7 @@ async def test_clickhouse_down_is_reported_but_not_fatal(clean_platform: Platfor
 @MONITORING
 @pytest.mark.L2
 @pytest.mark.L3
+@pytest.mark.L4
 @pytest.mark.parametrize("path", ["/metrics", "/admin/pools", "/admin/isolation"])
 async def test_operator_routes_answer_the_admin_token_only(
     data_client: httpx.AsyncClient, admin_token: str, path: str
@@ -152,7 +153,10 @@ async def test_metrics_move_with_reads_writes_and_pool_waits(
         )
         assert stored.status_code == 201, stored.text
     for _ in range(2):
-        read = await data_client.get("/v1/usage/summary", headers=user.headers)
+        # no-cache: both reads go to the database (a repeated read is a cache hit).
+        read = await data_client.get(
+            "/v1/usage/summary", headers={**user.headers, "Cache-Control": "no-cache"}
+        )
         assert read.status_code == 200, read.text
     after = await metrics(data_client, admin_token)
     reads = "apex_data_reads_total"
@@ -165,6 +169,7 @@ async def test_metrics_move_with_reads_writes_and_pool_waits(
 
 @PIPELINE
 @pytest.mark.L3
+@pytest.mark.L4
 async def test_metrics_are_prometheus_text_with_every_contract_metric(
     data_client: httpx.AsyncClient, admin_token: str
 ) -> None:

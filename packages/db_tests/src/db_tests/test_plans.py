@@ -81,6 +81,7 @@ async def test_the_summary_and_the_idempotency_lookup_use_their_index(
         assert not any(n["Node Type"] == "Seq Scan" for n in nodes), (query, scans)
 
 
+@pytest.mark.L4
 async def test_plans_answer_the_admin_token_only(data_client: httpx.AsyncClient) -> None:
     response = await data_client.get("/admin/plans", params={"tenant_id": str(uuid.uuid4())})
     assert response.status_code == 401, response.text

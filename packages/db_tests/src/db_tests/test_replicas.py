@@ -48,7 +48,10 @@ async def _write(client: httpx.AsyncClient, user: DataUser, quantity: int = 100)
 async def _summary(
     client: httpx.AsyncClient, user: DataUser, min_lsn: str | None = None
 ) -> dict[str, Any]:
-    headers = {**user.headers, **({"X-Apex-Min-LSN": min_lsn} if min_lsn else {})}
+    # no-cache: these tests are about who of the primary and the replica answers (the
+    # summary cache, test_summary_cache.py, would answer a repeated read itself).
+    headers = {**user.headers, "Cache-Control": "no-cache"}
+    headers |= {"X-Apex-Min-LSN": min_lsn} if min_lsn else {}
     response = await client.get("/v1/usage/summary", headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -134,6 +137,10 @@ async def test_a_replica_past_the_lag_bound_is_bypassed_until_it_catches_up(
         APEX_DATABASE_URL=pair.primary_url,
         APEX_DATABASE_REPLICA_URL=pair.replica.url,
         APEX_REPLICA_MAX_LAG_BYTES="65536",
+        # No background relay: its acks of the batch's 2,000 outbox rows (over 64 KiB of
+        # WAL) could land after the link is back and make the replica lag again just
+        # before the last read (seen at L3 on a loaded machine).
+        APEX_OUTBOX_RELAY="off",
         **FAST,
     )
     await wait_replica_state(client, admin_token, "ok")
@@ -169,3 +176,29 @@ async def test_a_replica_that_is_down_is_bypassed(
     health = await client.get("/healthz")
     assert health.status_code == 200, health.text
     assert health.json()["checks"]["replica"] == "down"
+
+
+async def test_a_summary_the_replica_computed_is_never_cached(
+    data_with: OpenData, postgres_replica: PostgresReplica, user: DataUser, admin_token: str
+) -> None:
+    # Cached, a replica's summary would outlive its lag (it may miss a write not replayed
+    # yet): the cache keeps the primary's only. No relay: nothing else bumps the tenant.
+    client = await data_with(
+        APEX_DATABASE_REPLICA_URL=postgres_replica.url, APEX_OUTBOX_RELAY="off", **FAST
+    )
+    lsn = await _write(client, user, quantity=2)
+    postgres_replica.wait_for_lsn(lsn)
+    await wait_replica_state(client, admin_token, "ok")
+    sources = []
+    for _ in range(3):
+        response = await client.get("/v1/usage/summary", headers=user.headers)
+        assert response.status_code == 200, response.text
+        assert _quantity(response.json()) == 2
+        sources.append(response.json()["source"])
+    assert sources == ["replica"] * 3
+    # The primary's answer (read-your-writes past the replica) is kept.
+    far = {**user.headers, "X-Apex-Min-LSN": FAR_FUTURE_LSN}
+    assert (await client.get("/v1/usage/summary", headers=far)).json()["source"] == "primary"
+    assert (await client.get("/v1/usage/summary", headers=user.headers)).json()["source"] == (
+        "cache"
+    )

@@ -7,10 +7,11 @@ then ``create_app(settings)`` gives the ASGI app; ``python -m apex.data`` runs i
 process (``python -m apex.data migrate|rollback|status`` manages the schema). Its routes
 are in ``routes``, its stores and error answers in ``service``, its metrics in
 ``metrics``, who is asking in ``callers``. The data flow (``flow``): the outbox relay
-to ClickHouse (``outbox``), the Redis cache over several nodes (``cache``), materialized
-views (``views``), cross-database references (``references``), backups of both stores
-(``backup``, ClickHouse's half in ``clickhouse_backup``); every ClickHouse statement is in
-``clickhouse_sql``.
+to ClickHouse (``outbox``), the Redis cache over several nodes (``cache``) and the
+summary read through it (``summaries``), materialized views (``views``), cross-database
+references (``references``), backups of both stores (``backup``, ClickHouse's half in
+``clickhouse_backup``), deleting tenants' rows (``purge``); every ClickHouse statement is
+in ``clickhouse_sql``.
 """
 
 from __future__ import annotations

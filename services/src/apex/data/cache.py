@@ -13,12 +13,21 @@ The cache is never the truth. A node that is down or cut, an entry evicted under
 are misses, answered by computing from PostgreSQL. One caller per key recomputes under
 load: a lock (``SET NX PX``, APEX_CACHE_LOCK_TTL) held by the first, while the others
 wait for its entry (or, past the lock's life, compute for themselves without storing).
+
+Adding nodes (001#72): append them to the list, roll the new list out to every instance,
+then :meth:`Cache.migrate_from` (old list) moves the current entries of the tenants the
+new nodes won, so the addition costs no miss storm. It relies on writers bumping nodes
+in list order (:meth:`Cache.invalidate`): a write's bump reaches the old node before the
+new one, so an entry copied from the old node under the new node's generation is either
+current or made unreachable by that write's later bump (checked with a script on the
+new node: the copy lands only if its generation is still the one read first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +39,7 @@ from typing import Any, Final, Literal
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-__all__ = ["SCHEMA_VERSION", "Cache", "CacheResult", "rendezvous_node"]
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheResult", "Migrated", "rendezvous_node"]
 
 log = logging.getLogger("apex.data.cache")
 
@@ -42,6 +51,21 @@ _WAIT_STEP: Final = 0.01
 _RELEASE: Final = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
+
+# Copies a tenant's entries onto its new node if the tenant's generation there is still
+# ARGV[1] (no write bumped it since it was read): KEYS[1] the generation, then the
+# entries' keys; ARGV[2..] value, PX pairs. Never overwrites an entry.
+_COPY: Final = """
+if (redis.call('get', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+local copied = 0
+for i = 2, #KEYS do
+  if redis.call('set', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2 * i - 1], 'NX') then
+    copied = copied + 1
+  end
+end
+return copied
+"""
+_SCAN_COUNT: Final = 500
 
 CacheResult = Literal["hit", "miss"]
 Compute = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -55,6 +79,16 @@ def rendezvous_node(key: str, nodes: Sequence[str]) -> int:
         hashlib.blake2b(f"{node}\x00{key}".encode(), digest_size=8).digest() for node in nodes
     ]
     return max(range(len(nodes)), key=scores.__getitem__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migrated:
+    """What :meth:`Cache.migrate_from` did: tenants and entries moved to their new node,
+    and tenants skipped (their entries were not current, or a write came in between)."""
+
+    tenants: int
+    entries: int
+    skipped: int
 
 
 class Cache:
@@ -104,10 +138,16 @@ class Cache:
         return rendezvous_node(tenant, self.urls)
 
     async def get_or_compute(
-        self, tenant: str, compute: Compute, part: str = ""
+        self,
+        tenant: str,
+        compute: Compute,
+        part: str = "",
+        *,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> tuple[dict[str, Any], CacheResult]:
         """``tenant``'s cached object, or ``compute()``'s result (stored for the next
-        caller); says whether it was a hit. Never raises for a Redis failure."""
+        caller unless ``keep`` says no); says whether it was a hit. Never raises for a
+        Redis failure."""
         node = self._nodes[self.node_for(tenant)]
         try:
             generation = await self._generation(node, tenant)
@@ -120,7 +160,7 @@ class Cache:
         if cached is not None:
             self._count("hit")
             return cached, "hit"
-        return await self._recompute(node, key, compute)
+        return await self._recompute(node, key, compute, keep)
 
     async def invalidate(self, tenant: str) -> int:
         """Bump ``tenant``'s generation on every node; return how many nodes took it."""
@@ -136,14 +176,104 @@ class Cache:
 
     async def warm(self, tenant: str, compute: Compute, part: str = "") -> bool:
         """Compute ``tenant``'s entry and store it now; False if its node is unavailable."""
-        node = self._nodes[self.node_for(tenant)]
-        value = dict(await compute())
+        generation = await self.generation(tenant)
+        if generation is None:
+            return False
+        return await self.put(tenant, generation, part, await compute())
+
+    async def generation(self, tenant: str) -> int | None:
+        """``tenant``'s generation on its node (None: the node is unavailable). Read it
+        before computing a value for :meth:`put`: a write that bumps it meanwhile makes
+        the value unreachable instead of serving it."""
         try:
-            generation = await self._generation(node, tenant)
-            await self._store(node, self.entry_key(tenant, generation, part), value)
+            return await self._generation(self._nodes[self.node_for(tenant)], tenant)
+        except RedisError:
+            return None
+
+    async def put(self, tenant: str, generation: int, part: str, value: Mapping[str, Any]) -> bool:
+        """Store ``value`` as ``tenant``'s entry under ``generation`` (read before the
+        value was computed); False if its node is unavailable."""
+        try:
+            await self._store(
+                self._nodes[self.node_for(tenant)],
+                self.entry_key(tenant, generation, part),
+                dict(value),
+            )
         except RedisError:
             return False
         return True
+
+    async def migrate_from(self, previous: Sequence[str]) -> Migrated:
+        """Move the current entries of the tenants that nodes added after ``previous``
+        (the list before, a prefix of this cache's) won from their old node to their new
+        one (see the module's docstring). Run it once every instance uses the new list;
+        entries of tenants that did not move are left alone."""
+        previous = tuple(previous)
+        if not previous or self.urls[: len(previous)] != previous:
+            raise ValueError(
+                "migrate_from: the previous node list must be the start of the new one "
+                f"(nodes are added at the end), got {list(previous)} for {list(self.urls)}"
+            )
+        tenants = entries = skipped = 0
+        for index in range(len(previous)):
+            moving = await self._entries_leaving(index, previous)
+            for tenant, keys in moving.items():
+                copied = await self._move(index, tenant, keys)
+                if copied is None:
+                    skipped += 1
+                elif copied:
+                    tenants, entries = tenants + 1, entries + copied
+        return Migrated(tenants, entries, skipped)
+
+    async def _entries_leaving(self, index: int, previous: Sequence[str]) -> dict[str, list[str]]:
+        """The entry keys on node ``index`` of tenants it owned under ``previous`` and
+        that another node owns now, by tenant."""
+        node = self._nodes[index]
+        summary = f"{self._prefix}summary:"
+        moving: dict[str, list[str]] = {}
+        async for raw in node.scan_iter(match=f"{summary}*", count=_SCAN_COUNT):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if key.endswith(":lock"):
+                continue
+            tenant = key[len(summary) :].split(":", 1)[0]
+            if rendezvous_node(tenant, previous) == index and self.node_for(tenant) != index:
+                moving.setdefault(tenant, []).append(key)
+        return moving
+
+    async def _move(self, index: int, tenant: str, keys: Sequence[str]) -> int | None:
+        """Copy ``tenant``'s current entries from node ``index`` to its node and delete
+        them there: how many were copied, or None when skipped."""
+        source, target = self._nodes[index], self._nodes[self.node_for(tenant)]
+        try:
+            # The new node's generation first: a write's bump reaches it last.
+            target_generation = await self._generation(target, tenant)
+            source_generation = await self._generation(source, tenant)
+            current = f"{self._prefix}summary:{tenant}:{source_generation}"
+            parts = [k[len(current) :] for k in keys if k == current or k.startswith(current + ":")]
+            values = [
+                (await source.get(current + p), await source.pttl(current + p)) for p in parts
+            ]
+            if await self._generation(source, tenant) != source_generation:
+                return None  # a write came in while the entries were read
+            live = [(p, v, ttl) for p, (v, ttl) in zip(parts, values, strict=True) if v and ttl > 0]
+            new_keys = [
+                f"{self._prefix}summary:{tenant}:{target_generation}{p}" for p, _, _ in live
+            ]
+            args: list[bytes | str] = [str(target_generation)]
+            for _, value, ttl in live:
+                args += [value, str(ttl)]
+            copied = int(
+                await target.eval(
+                    _COPY, 1 + len(new_keys), self.generation_key(tenant), *new_keys, *args
+                )
+            )
+            if copied < 0:
+                return None
+            await source.delete(*keys)
+        except RedisError as exc:
+            log.warning("cache migration of %s from node %d failed: %s", tenant, index, exc)
+            return None
+        return copied
 
     async def ping(self) -> list[bool]:
         """Whether each node answers, in URL order."""
@@ -166,9 +296,11 @@ class Cache:
         try:
             return int(raw) if raw is not None else 0
         except ValueError:
-            # A corrupt counter: start a generation no earlier entry was stored under.
-            await node.set(self.generation_key(tenant), time.time_ns())
-            return time.time_ns()
+            # A corrupt counter: start a generation no earlier entry was stored under (the
+            # one stored: a second clock reading would be one no entry is ever read under).
+            fresh = time.time_ns()
+            await node.set(self.generation_key(tenant), fresh)
+            return fresh
 
     async def _read(self, node: Redis, key: str) -> dict[str, Any] | None:
         raw = await node.get(key)
@@ -195,7 +327,11 @@ class Cache:
         await node.set(key, body, px=self._ttl_ms)
 
     async def _recompute(
-        self, node: Redis, key: str, compute: Compute
+        self,
+        node: Redis,
+        key: str,
+        compute: Compute,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> tuple[dict[str, Any], CacheResult]:
         lock = f"{key}:lock"
         token = secrets.token_hex(8)
@@ -208,11 +344,17 @@ class Cache:
                     return waited, "hit"
         except RedisError:
             return await self._computed(compute)
-        value, result = await self._computed(compute)
-        if owner:
-            with contextlib.suppress(RedisError):
-                await self._store(node, key, value)
-                await node.eval(_RELEASE, 1, lock, token)
+        try:
+            value, result = await self._computed(compute)
+            if owner and (keep is None or keep(value)):
+                with contextlib.suppress(RedisError):
+                    await self._store(node, key, value)
+        finally:
+            # Also when the computation failed: the next caller recomputes at once
+            # instead of waiting out the lock's life for an entry that never comes.
+            if owner:
+                with contextlib.suppress(RedisError):
+                    await node.eval(_RELEASE, 1, lock, token)
         return value, result
 
     async def _wait_for_entry(self, node: Redis, key: str, lock: str) -> dict[str, Any] | None:

@@ -4,12 +4,14 @@ operators' routes (admin token).
 - ``POST /v1/usage``: one record (201; 200 with the first record for a known
   idempotency key), header ``X-Apex-LSN``.
 - ``POST /v1/usage/batch``: many records through COPY (201 ``{"inserted": n}``).
-- ``GET /v1/usage/summary``: totals per kind, from the replica when it may serve
-  (``X-Apex-Min-LSN``: read-your-writes), else the primary.
+- ``GET /v1/usage/summary``: totals per kind, through the cache (``apex.data.summaries``),
+  else from the replica when it may serve (``X-Apex-Min-LSN``: read-your-writes), else
+  the primary. The write routes invalidate the tenant's cached summaries.
 - ``POST /v1/credits/transfer``: move credit to another tenant (409
   ``insufficient_credit``, or ``conflict_retry_exhausted`` after deadlocks).
 - ``GET /admin/pools``: each pool's counts, the replica's state and lag.
 - ``GET /admin/isolation``: the role the pools run as and what it sees without a tenant.
+- ``POST /admin/tenants/purge``: delete what tenants wrote (an L4 run's, at its end).
 - ``GET /admin/plans?tenant_id=``: ``EXPLAIN (FORMAT JSON)`` of the summary and the
   idempotency lookup.
 - ``GET /admin/config``: the shared settings this instance resolved (secrets as
@@ -31,7 +33,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError, bearer_token, require_json_body
 from apex.common.shared_config import config_report
-from apex.data import transfer, usage
+from apex.data import purge, summaries, transfer, usage
+from apex.data.cache import Cache
 from apex.data.callers import BILLING_READ, BILLING_WRITE, RUN_AGENTS, Caller
 from apex.data.metrics import CONTENT_TYPE
 from apex.data.router import parse_lsn
@@ -73,6 +76,17 @@ CallerDep = Annotated[Caller, Depends(caller_of)]
 def _aware(value: datetime.datetime) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        # Stored as UTC: 0001-01-01T00:00+14:00 is before year 1 there.
+        value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError("must be within years 1-9999 in UTC") from None
+    return value
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000): PostgreSQL text cannot hold it")
     return value
 
 
@@ -91,7 +105,7 @@ class UsageIn(BaseModel):
     kind: Annotated[str, AfterValidator(_kind)]
     quantity: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
     cost_micros: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
     occurred_at: Annotated[datetime.datetime, AfterValidator(_aware)] | None = None
 
     def new_record(self) -> usage.NewRecord:
@@ -114,7 +128,9 @@ class BatchIn(BaseModel):
 
 
 @router.post("/v1/usage", dependencies=[Depends(require_json_body)])
-async def record_usage(body: UsageIn, caller: CallerDep, service: Service) -> JSONResponse:
+async def record_usage(
+    body: UsageIn, caller: CallerDep, service: Service, request: Request
+) -> JSONResponse:
     """Store one record (and its outbox row) for the caller's tenant."""
     caller.require(RUN_AGENTS)
     record = body.new_record()
@@ -125,11 +141,15 @@ async def record_usage(body: UsageIn, caller: CallerDep, service: Service) -> JS
             return stored, created, await usage.current_lsn(conn)
 
     stored, created, lsn = await service.run(work)
+    if created:
+        await _invalidate(request, caller.tenant_id)
     return JSONResponse(stored, status_code=201 if created else 200, headers={LSN_HEADER: lsn})
 
 
 @router.post("/v1/usage/batch", dependencies=[Depends(require_json_body)])
-async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JSONResponse:
+async def record_batch(
+    body: BatchIn, caller: CallerDep, service: Service, request: Request
+) -> JSONResponse:
     """Store many records for the caller's tenant in one transaction."""
     caller.require(RUN_AGENTS)
     records = [r.new_record() for r in body.records]
@@ -140,6 +160,8 @@ async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JS
             return inserted, await usage.current_lsn(conn)
 
     inserted, lsn = await service.run(work)
+    if inserted:
+        await _invalidate(request, caller.tenant_id)
     return JSONResponse({"inserted": inserted}, status_code=201, headers={LSN_HEADER: lsn})
 
 
@@ -147,21 +169,47 @@ async def record_batch(body: BatchIn, caller: CallerDep, service: Service) -> JS
 async def usage_summary(
     caller: CallerDep,
     service: Service,
+    request: Request,
     since: Annotated[datetime.datetime | None, Query()] = None,
     until: Annotated[datetime.datetime | None, Query()] = None,
     min_lsn: Annotated[str | None, Header(alias="X-Apex-Min-LSN")] = None,
+    cache_control: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """Totals per kind of the caller's tenant; ``source`` says who answered."""
+    """Totals per kind of the caller's tenant, through the cache (``Cache-Control:
+    no-cache``: from the database); ``source`` says who answered."""
     caller.require(BILLING_READ)
     start, end = _window(since, until)
     lsn = _min_lsn(min_lsn)
+    return await summaries.read_summary(
+        service,
+        _cache_of(request),
+        caller.tenant_id,
+        start,
+        end,
+        min_lsn=lsn,
+        use_cache=not _no_cache(cache_control),
+    )
 
-    async def work() -> dict[str, Any]:
-        async with service.router.reader(lsn) as (conn, source):
-            result = await usage.summary(conn, caller.tenant_id, start, end)
-        return {**result.to_json(), "source": source}
 
-    return await service.run(work)
+def _cache_of(request: Request) -> Cache | None:
+    """The running flow's cache (None before the flow is installed, or while it stops)."""
+    flow = getattr(request.app.state, "flow", None)
+    cache = getattr(flow, "cache", None)
+    return cache if isinstance(cache, Cache) else None
+
+
+def _no_cache(value: str | None) -> bool:
+    """Whether a Cache-Control header asks for the origin's answer (RFC 9111 no-cache)."""
+    directives = (part.strip().split("=")[0].lower() for part in (value or "").split(","))
+    return "no-cache" in directives or "no-store" in directives
+
+
+async def _invalidate(request: Request, tenant_id: uuid.UUID) -> None:
+    """Bump ``tenant_id``'s cache generation after a commit that changed its records
+    (best effort: the relay bumps it again, durably, once it copies the outbox row)."""
+    cache = _cache_of(request)
+    if cache is not None:
+        await cache.invalidate(str(tenant_id))
 
 
 class TransferIn(BaseModel):
@@ -171,7 +219,7 @@ class TransferIn(BaseModel):
 
     to_tenant: uuid.UUID
     amount_micros: Annotated[int, Field(gt=0, le=_BIGINT_MAX, strict=True)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
 
 
 @router.post("/v1/credits/transfer", dependencies=[Depends(require_json_body)])
@@ -205,8 +253,11 @@ def _window(
     since: datetime.datetime | None, until: datetime.datetime | None
 ) -> tuple[datetime.datetime, datetime.datetime]:
     for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(422, "invalid_request", f"{name}: must carry a time zone")
+        if value is not None:
+            try:
+                _aware(value)
+            except ValueError as exc:
+                raise ApiError(422, "invalid_request", f"{name}: {exc}") from None
     start, end = since or _EARLIEST, until or _LATEST
     if start > end:
         raise ApiError(422, "invalid_request", "since: must not be after until")
@@ -266,6 +317,30 @@ async def isolation(service: Service) -> dict[str, Any]:
         return {"role": row[0], "usage_records_visible": row[1]}
 
     return await service.run(check)
+
+
+class PurgeIn(BaseModel):
+    """The tenants whose rows to delete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@router.post("/admin/tenants/purge", dependencies=[Admin])
+async def purge_tenants(body: PurgeIn, service: Service, request: Request) -> dict[str, Any]:
+    """Delete what these tenants wrote (``apex.data.purge``): their usage records, the
+    outbox rows carrying them, their transfers and balances; counts per table."""
+    tenants = list(dict.fromkeys(body.tenant_ids))
+
+    async def work() -> purge.Purged:
+        async with service.router.primary.connection() as conn:
+            return await purge.purge_tenants(conn, tenants)
+
+    purged = await service.run(work)
+    for tenant in tenants:
+        await _invalidate(request, tenant)
+    return {**purged.as_dict(), "tenants": len(tenants)}
 
 
 @router.get("/admin/plans", dependencies=[Admin])

@@ -76,11 +76,19 @@ FROM usage_records
 WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3
 GROUP BY kind ORDER BY kind
 """
+_BATCH_TABLE: Final = """
+CREATE TEMPORARY TABLE usage_batch (
+    id uuid, tenant_id uuid, user_id uuid, kind text, quantity bigint,
+    cost_micros bigint, idempotency_key text, occurred_at timestamptz
+) ON COMMIT DROP
+"""
 _INSERT_BATCH: Final = """
 WITH ins AS (
     INSERT INTO usage_records
         (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at)
-    SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+    SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key,
+        -- a record without occurred_at: the transaction's time (no round trip to ask it)
+        COALESCE(occurred_at, now())
     FROM usage_batch
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING *
@@ -168,15 +176,7 @@ async def insert_batch(
     """Store ``records`` for ``tenant_id`` (COPY, then one INSERT ... ON CONFLICT DO
     NOTHING with their outbox rows): how many were new."""
     async with tenant_transaction(conn, tenant_id):
-        await conn.execute(
-            """
-            CREATE TEMPORARY TABLE usage_batch (
-                id uuid, tenant_id uuid, user_id uuid, kind text, quantity bigint,
-                cost_micros bigint, idempotency_key text, occurred_at timestamptz
-            ) ON COMMIT DROP
-            """
-        )
-        now = await conn.fetchval("SELECT now()")
+        await conn.execute(_BATCH_TABLE)
         await conn.copy_records_to_table(
             "usage_batch",
             columns=_COLUMNS,
@@ -189,7 +189,7 @@ async def insert_batch(
                     r.quantity,
                     r.cost_micros,
                     r.idempotency_key,
-                    r.occurred_at or now,
+                    r.occurred_at,
                 )
                 for r in records
             ],
