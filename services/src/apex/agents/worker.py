@@ -63,6 +63,7 @@ class WorkerPool:
         self._redis = redis
         self._metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -78,16 +79,22 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Stop every consumer and the work in flight (its jobs stay pending)."""
-        for task in [*self._tasks, *self._inflight.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._inflight.values(), return_exceptions=True)
+        self._stopping = True
+        tasks = {*self._tasks, *self._inflight.values()}
+        # Cancelled again until done: on Python 3.11 a cancellation that lands as a
+        # client-side timeout expires can come out as a TimeoutError (an OSError), which
+        # the loops survive; the flag ends them on their next turn.
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=_ERROR_PAUSE)
         self._tasks.clear()
         self._inflight.clear()
 
     async def _consume(self, consumer: str) -> None:
         idle = self._settings.job_claim_idle
         last_claim = -idle
-        while True:
+        while not self._stopping:
             try:
                 if time.monotonic() - last_claim >= idle / 2:
                     last_claim = time.monotonic()
@@ -124,7 +131,7 @@ class WorkerPool:
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of
         APEX_JOB_CLAIM_IDLE)."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._settings.job_claim_idle / 3)
             try:
                 await self._queue.touch(job, consumer)
@@ -184,11 +191,11 @@ class WorkerPool:
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._queue.cancel_channel)
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=_BLOCK_SECONDS)
                     if message is None or message.get("type") != "message":
                         continue
