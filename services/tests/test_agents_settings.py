@@ -116,6 +116,6 @@ async def test_a_429_waits_its_retry_after_capped_at_the_timeout(
 ) -> None:
     provider = Provider("llm", "http://llm/v1", "key", timeout=5.0, retries=2)
     try:
-        assert provider._wait(_rate_limited(headers), 1) == wait  # noqa: SLF001
+        assert provider.retry_wait(_rate_limited(headers), 1) == wait
     finally:
         await provider.aclose()

@@ -86,7 +86,7 @@ class Provider:
                         f"{self.name}: {type(exc).__name__} after {attempt} attempt(s)",
                         attempt,
                     ) from exc
-                await asyncio.sleep(self._wait(exc, attempt))
+                await asyncio.sleep(self.retry_wait(exc, attempt))
                 continue
             except openai.APIError as exc:
                 raise LlmError("provider_error", f"{self.name}: {exc}", attempt) from exc
@@ -99,7 +99,7 @@ class Provider:
                 attempts=attempt,
             )
 
-    def _wait(self, exc: Exception, attempt: int) -> float:
+    def retry_wait(self, exc: Exception, attempt: int) -> float:
         """Seconds before the next attempt: a 429's retry-after (at most the call timeout),
         else exponential backoff with full jitter."""
         if isinstance(exc, openai.RateLimitError):
