@@ -11,6 +11,7 @@ the public module `client`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from auth_tests.client import AuthAdmin, login, run_namespace
 
 from agent_tests.client import AgentUser, MakeUser, OpenAgents, context_token
-from apex_testkit import Platform
+from apex_testkit import Platform, RedisNamespace
 
 
 @pytest.fixture
@@ -31,12 +32,21 @@ async def agents_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncCl
 
 
 @pytest.fixture
-async def agents_with(clean_platform: Platform) -> AsyncIterator[OpenAgents]:
+async def agents_with(
+    clean_platform: Platform, redis_namespace: RedisNamespace
+) -> AsyncIterator[OpenAgents]:
     """`await agents_with(APEX_LLM_RETRIES="0", ...)`: an HTTP client of apex.agents with
-    these settings (L2: in process; L3: the worker's process for these settings)."""
+    these settings (L2: in process; L3: the worker's process for these settings).
+
+    Each set of settings gets a job queue of its own (APEX_REDIS_PREFIX: the worker's
+    prefix and a digest of the settings, unless the test names one): at L3 the worker's
+    processes with other settings, started by earlier tests, keep consuming their queue,
+    and must not run this instance's jobs with their settings."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def open_client(**settings: str) -> httpx.AsyncClient:
+            digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
+            settings.setdefault("APEX_REDIS_PREFIX", f"{redis_namespace.prefix}{digest}:")
             client = clean_platform.client("agents", instance=0, **settings)
             return await stack.enter_async_context(client)
 
