@@ -32,6 +32,7 @@ async def runner(make_agent_user: MakeUser) -> AgentUser:
     return await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS))
 
 
+@pytest.mark.L4
 async def test_a_429_then_a_500_are_retried_and_the_third_answer_counts(
     agents_client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm
 ) -> None:
@@ -66,6 +67,7 @@ async def test_past_the_retries_the_run_fails_and_costs_nothing(
     assert run["cost_micros"] == 0
 
 
+@pytest.mark.L4
 async def test_a_refused_request_is_not_retried(
     agents_client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm
 ) -> None:

@@ -102,6 +102,7 @@ async def test_a_bad_body_is_422_and_runs_nothing(
     await _nothing_happened(agents_db, fake_llm)
 
 
+@pytest.mark.L4
 async def test_another_tenants_run_is_404_to_read_and_to_cancel(
     agents_client: httpx.AsyncClient, make_agent_user: MakeUser, fake_llm: FakeLlm
 ) -> None:
