@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from apex.agents import AgentSettings, Model, cost_micros, load_settings
+from apex.agents.__main__ import main
 from apex.agents.costs import DEFAULT_MODELS
 from apex.agents.llm import Provider
 from apex.common.settings import ConfigError
@@ -119,3 +120,13 @@ async def test_a_429_waits_its_retry_after_capped_at_the_timeout(
         assert provider.retry_wait(_rate_limited(headers), 1) == wait
     finally:
         await provider.aclose()
+
+
+def test_the_worker_command_names_a_missing_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ("APEX_LLM_BASE_URL", "APEX_DATABASE_URL", "APEX_REDIS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["worker"]) == 2
+    assert "APEX_DATABASE_URL" in capsys.readouterr().err
+    assert main(["worker", "--extra"]) == 2
