@@ -52,6 +52,9 @@ def _stack_env(redis_namespace: Any, postgres_database: str) -> dict[str, str]:
         "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}stack-signals:",
         "APEX_ADMIN_TOKEN": "stack-signals-admin",
         "APEX_LOG_LEVEL": "WARNING",
+        # apex.agents needs a provider's address to start (it calls none until a run).
+        "APEX_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+        "APEX_LLM_API_KEY": "stack-signals-unused",
     }
 
 
@@ -152,7 +155,7 @@ def test_the_stack_stops_cleanly_on_a_signal(
 ) -> None:
     stack = start_stack(launcher)
     stack.wait_ready()
-    assert sorted(stack.children) == ["auth", "data", "gateway"], stack.output()
+    assert sorted(stack.children) == ["agents", "auth", "data", "gateway"], stack.output()
     assert all(_alive(pid) for pid in stack.children.values())
 
     code = stack.stop(signum, group=group)

@@ -118,6 +118,9 @@ _SMS = ThirdParty(
     },
     url="base_url",
 )
+_LLM = ThirdParty(
+    "llm", {"base_url": "APEX_LLM_BASE_URL", "api_key": "APEX_LLM_API_KEY"}, url="base_url"
+)
 
 # In start order: a service comes after the services it calls.
 _SERVICES: dict[str, Service] = {
@@ -139,6 +142,13 @@ _SERVICES: dict[str, Service] = {
         module="apex.data",
         servers=("postgres", "redis", "clickhouse"),
         calls={"auth": "APEX_AUTH_URL"},
+    ),
+    "agents": Service(
+        "agents",
+        module="apex.agents",
+        servers=("postgres", "redis"),
+        calls={"auth": "APEX_AUTH_URL", "data": "APEX_DATA_URL"},
+        third_parties=(_LLM,),
     ),
 }
 

@@ -53,11 +53,13 @@ class Caller:
 
 
 class Verifier:
-    """Verifies context tokens against apex.auth's JWKS."""
+    """Verifies context tokens for ``audience`` (default: apex.data's) against apex.auth's
+    JWKS."""
 
-    def __init__(self, auth_url: str, issuer: str) -> None:
+    def __init__(self, auth_url: str, issuer: str, audience: str = AUDIENCE) -> None:
         self._url = f"{auth_url}/.well-known/jwks.json"
         self._issuer = issuer
+        self._audience = audience
         self._jwks: Mapping[str, Any] | None = None
         self._fetched_at = -_REFETCH_INTERVAL
         self._lock = asyncio.Lock()
@@ -94,14 +96,14 @@ class Verifier:
     async def _claims(self, token: str) -> dict[str, Any]:
         jwks = await self._keys(refresh=False)
         try:
-            return verify_context_token(token, jwks, AUDIENCE, issuer=self._issuer)
+            return verify_context_token(token, jwks, self._audience, issuer=self._issuer)
         except ContextTokenError as exc:
             if "unknown key" not in str(exc):
                 raise _refused(str(exc)) from None
         # A key apex.auth rotated in after our last fetch: fetch again (rate-limited).
         jwks = await self._keys(refresh=True)
         try:
-            return verify_context_token(token, jwks, AUDIENCE, issuer=self._issuer)
+            return verify_context_token(token, jwks, self._audience, issuer=self._issuer)
         except ContextTokenError as exc:
             raise _refused(str(exc)) from None
 

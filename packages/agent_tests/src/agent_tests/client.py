@@ -1,0 +1,160 @@
+"""A client of the Apex agents service (apex.agents), for any team's tests.
+
+Public: `AgentUser` (a platform user of one tenant, with a context token for apex.agents
+made by apex.auth), `context_token`, `run_body` (a valid `POST /v1/runs` body with a fresh
+idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
+`until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
+call under a price), `bearer`, `admin_headers`, `error_of`. `MakeUser` and `OpenAgents`
+are the types of the `make_agent_user` and `agents_with` fixtures.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+from auth_tests.client import KeyUser, Tokens
+
+from apex_testkit import eventually
+
+__all__ = [
+    "AUDIENCE",
+    "FINAL",
+    "READ_RUNS",
+    "RUN_AGENTS",
+    "AgentUser",
+    "MakeUser",
+    "OpenAgents",
+    "admin_headers",
+    "bearer",
+    "context_token",
+    "cost_micros",
+    "error_of",
+    "final_run",
+    "run_body",
+    "submit",
+    "until",
+]
+
+# The audience apex.agents accepts context tokens for.
+AUDIENCE: Final = "apex-agents"
+# Submitting and cancelling runs needs the first, reading them the second.
+RUN_AGENTS: Final = "agents:run"
+READ_RUNS: Final = "agents:read"
+# The states a run never leaves.
+FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
+
+
+@dataclass(frozen=True)
+class AgentUser:
+    """A user of tenant `tenant_id` (None: of no tenant), signed in, with a context token
+    for apex.agents carrying the permissions the user was granted."""
+
+    key_user: KeyUser
+    tokens: Tokens
+    tenant_id: str | None
+    token: str
+
+    @property
+    def user_id(self) -> str:
+        return self.key_user.user_id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers that present this user's context token."""
+        return bearer(self.token)
+
+
+# `await make_agent_user(tenant=..., permissions=(...))`: what `make_agent_user` hands out.
+MakeUser = Callable[..., Awaitable[AgentUser]]
+# `await agents_with(APEX_LLM_RETRIES="0", ...)`: what `agents_with` hands out.
+OpenAgents = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization header carrying `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_headers(admin_token: str) -> dict[str, str]:
+    """The headers of apex.agents' /admin/* routes and /metrics."""
+    return bearer(admin_token)
+
+
+async def context_token(
+    auth_client: httpx.AsyncClient, access_token: str, audience: str = AUDIENCE
+) -> str:
+    """A context token for `audience`, from apex.auth, for the holder of `access_token`."""
+    response = await auth_client.post(
+        "/auth/context-token", json={"audience": audience}, headers=bearer(access_token)
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["context_token"]
+    return token
+
+
+def run_body(**fields: Any) -> dict[str, Any]:
+    """A valid `POST /v1/runs` body (agent `assistant`) with a fresh idempotency key;
+    `fields` override (or, set to None, remove) any field."""
+    body: dict[str, Any] = {
+        "agent": "assistant",
+        "input": "What is the capital of France?",
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    for name, value in fields.items():
+        if value is None:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return body
+
+
+async def submit(client: httpx.AsyncClient, user: AgentUser, **fields: Any) -> str:
+    """Submit `run_body(**fields)` as `user`; the new run's id (202 asserted)."""
+    response = await client.post("/v1/runs", json=run_body(**fields), headers=user.headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued", response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+async def final_run(
+    client: httpx.AsyncClient, user: AgentUser, run_id: str, *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The run once it is in a final state (polled with a deadline)."""
+
+    async def final() -> dict[str, Any] | None:
+        response = await client.get(f"/v1/runs/{run_id}", headers=user.headers)
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
+        return run if run["status"] in FINAL else None
+
+    run: dict[str, Any] | None = await eventually(
+        final, timeout=timeout, message=f"run {run_id} final"
+    )
+    assert run is not None  # eventually returns a truthy value
+    return run
+
+
+async def until(condition: Callable[[], bool], *, message: str, timeout: float = 30.0) -> None:
+    """Poll a quick check (e.g. `fake_llm.hanging == 1`) with a deadline, giving the event
+    loop (where an L2 app's workers run) its turn between polls."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, timeout=timeout, message=message)
+
+
+def cost_micros(prompt: int, completion: int, input_per_1k: int, output_per_1k: int) -> int:
+    """The contract's cost of one call: micros per 1,000 tokens, rounded up once."""
+    return -(-(prompt * input_per_1k + completion * output_per_1k) // 1000)
+
+
+def error_of(response: httpx.Response) -> str:
+    """The machine-readable error code of a refused response."""
+    code: str = response.json()["error"]
+    return code

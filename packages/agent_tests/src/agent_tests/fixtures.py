@@ -1,0 +1,113 @@
+"""Fixtures of the agent test package (pytest11 plugin `agent_tests`): fixtures only.
+
+`agents_client` is an HTTP client of apex.agents wired for the run's level (L2: in
+process, its worker tasks in the app's lifespan; L3: the worker's `python -m apex.agents`
+process; L4: the target), its LLM provider the kit's `fake_llm`. Users and their context
+tokens are made with the identity team's client (`auth_tests.client`) on this package's
+own fixtures (`agent_auth_client`, `agent_auth_admin`). What the fixtures hand out lives in
+the public module `client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from auth_tests.client import AuthAdmin, login, run_namespace
+
+from agent_tests.client import AgentUser, MakeUser, OpenAgents, context_token
+from apex_testkit import Platform, RedisNamespace
+
+
+@pytest.fixture
+async def agents_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.agents wired for the run's level."""
+    async with clean_platform.client("agents") as client:
+        yield client
+
+
+@pytest.fixture
+async def agents_with(
+    clean_platform: Platform, redis_namespace: RedisNamespace
+) -> AsyncIterator[OpenAgents]:
+    """`await agents_with(APEX_LLM_RETRIES="0", ...)`: an HTTP client of apex.agents with
+    these settings (L2: in process; L3: the worker's process for these settings).
+
+    Each set of settings gets a job queue of its own (APEX_REDIS_PREFIX: the worker's
+    prefix and a digest of the settings, unless the test names one): at L3 the worker's
+    processes with other settings, started by earlier tests, keep consuming their queue,
+    and must not run this instance's jobs with their settings."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_client(**settings: str) -> httpx.AsyncClient:
+            digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
+            settings.setdefault("APEX_REDIS_PREFIX", f"{redis_namespace.prefix}{digest}:")
+            client = clean_platform.client("agents", instance=0, **settings)
+            return await stack.enter_async_context(client)
+
+        yield open_client
+
+
+@pytest.fixture
+async def agent_auth_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.auth (this package's own, not auth_tests' `auth_client`)."""
+    async with clean_platform.client("auth") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def agent_namespace(platform: Platform) -> Iterator[str]:
+    """The e-mail domain of the users this worker makes (`auth_tests.client.run_namespace`):
+    at L4 one of its own on the shared deployment, whose users are deleted when the worker
+    ends; L2/L3 reset their own state."""
+    with run_namespace(platform) as domain:
+        yield domain
+
+
+@pytest.fixture
+def agent_auth_admin(
+    agent_auth_client: httpx.AsyncClient, admin_token: str, agent_namespace: str
+) -> AuthAdmin:
+    """auth's admin API (`auth_tests.client.AuthAdmin`) on `agent_auth_client`."""
+    return AuthAdmin(agent_auth_client, admin_token, agent_namespace)
+
+
+@pytest.fixture
+def make_agent_user(agent_auth_client: httpx.AsyncClient, agent_auth_admin: AuthAdmin) -> MakeUser:
+    """`await make_agent_user(tenant=<uuid>|None, permissions=("agents:run", ...))`: a new
+    user of `tenant` (default: a new tenant) with these permissions granted, signed in,
+    with a context token for apex.agents."""
+
+    async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> AgentUser:
+        tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
+        key_user = await agent_auth_admin.key_user(tenant_id=tenant_id)
+        for permission in permissions:
+            granted = await agent_auth_client.put(
+                f"/admin/users/{key_user.user_id}/grants/{permission}",
+                json={"effect": "allow"},
+                headers=agent_auth_admin.headers,
+            )
+            assert granted.status_code == 200, granted.text
+        tokens = await login(agent_auth_client, key_user.api_key)
+        token = await context_token(agent_auth_client, tokens.access)
+        return AgentUser(key_user, tokens, tenant_id, token)
+
+    return make
+
+
+@pytest.fixture
+async def agents_db(clean_platform: Platform, postgres_database: str) -> AsyncIterator[Any]:
+    """asyncpg connection to the worker's database (reset for this test), as the kit's
+    superuser (L2/L3): what the tests read to prove state (`agent_runs`)."""
+    import asyncpg  # noqa: PLC0415 - only the tests that read the database need it
+
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        yield conn
+    finally:
+        await conn.close()

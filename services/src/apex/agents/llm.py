@@ -1,0 +1,127 @@
+"""The LLM provider, through the official ``openai`` SDK (``AsyncOpenAI``).
+
+The SDK's own retries are off (``max_retries=0``): :class:`Provider` retries a 429, a 5xx,
+a timeout or a lost connection itself, up to ``APEX_LLM_RETRIES`` times after the first
+attempt, waiting the provider's ``retry-after`` on a 429 (capped at the call timeout) and
+a short backoff otherwise. Any other error (400, 401, 404: the request itself is wrong)
+fails at once. Cancelling the awaiting task closes the HTTP connection: the provider sees
+the client go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Final
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+__all__ = ["Completion", "LlmError", "Provider"]
+
+# A retry without a retry-after waits uniform(0, min(cap, base * 2^n)) seconds.
+_BACKOFF_BASE: Final = 0.05
+_BACKOFF_CAP: Final = 1.0
+_RETRYABLE: Final = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One answer: its text and the provider's reported usage."""
+
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+
+
+class LlmError(Exception):
+    """The provider did not answer: ``reason`` is the contract's error code."""
+
+    def __init__(self, reason: str, detail: str, attempts: int) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.attempts = attempts
+
+
+class Provider:
+    """One OpenAI-compatible provider."""
+
+    def __init__(
+        self, name: str, base_url: str, api_key: str, *, timeout: float, retries: int
+    ) -> None:
+        self.name = name
+        self._timeout = timeout
+        self._retries = retries
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self, model: str, messages: Sequence[ChatCompletionMessageParam], *, max_tokens: int
+    ) -> Completion:
+        """The provider's answer to ``messages``; LlmError when it gave none."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = await self._client.chat.completions.create(
+                    model=model, messages=list(messages), max_tokens=max_tokens
+                )
+            except _RETRYABLE as exc:
+                if attempt > self._retries:
+                    raise LlmError(
+                        "provider_unavailable",
+                        f"{self.name}: {type(exc).__name__} after {attempt} attempt(s)",
+                        attempt,
+                    ) from exc
+                await asyncio.sleep(self.retry_wait(exc, attempt))
+                continue
+            except openai.APIError as exc:
+                raise LlmError("provider_error", f"{self.name}: {exc}", attempt) from exc
+            if answer.usage is None or not answer.choices:
+                raise LlmError("provider_error", f"{self.name}: no usage or no choice", attempt)
+            return Completion(
+                content=answer.choices[0].message.content or "",
+                prompt_tokens=answer.usage.prompt_tokens,
+                completion_tokens=answer.usage.completion_tokens,
+                attempts=attempt,
+            )
+
+    def retry_wait(self, exc: Exception, attempt: int) -> float:
+        """Seconds before the next attempt: a 429's retry-after (at most the call timeout),
+        else exponential backoff with full jitter."""
+        if isinstance(exc, openai.RateLimitError):
+            after = _retry_after(exc.response.headers)
+            if after is not None:
+                return min(after, self._timeout)
+        return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+
+
+def _retry_after(headers: object) -> float | None:
+    """``retry-after-ms`` (milliseconds) or ``retry-after`` (seconds), if present."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        text = get(name)
+        if text is None:
+            continue
+        try:
+            value = float(text) * scale
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return None

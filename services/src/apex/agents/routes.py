@@ -1,0 +1,136 @@
+"""apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
+
+- ``POST /v1/runs {agent, input, priority?, idempotency_key}`` (``agents:run``): 202
+  ``{run_id, status: "queued"}`` and a job on the queue; the same key again: 200 with the
+  first run, nothing queued.
+- ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
+- ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
+  stopped; a final run is answered as it is.
+- ``GET /metrics`` (admin token): Prometheus text.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.metrics import CONTENT_TYPE
+from apex.agents.runs import Run
+from apex.agents.service import AgentService
+from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.data.callers import Caller
+
+__all__ = ["READ_RUNS", "RUN_AGENTS", "router"]
+
+router = APIRouter()
+
+RUN_AGENTS: Final = "agents:run"
+READ_RUNS: Final = "agents:read"
+MAX_INPUT_CHARS: Final = 100_000
+
+
+def service_of(request: Request) -> AgentService:
+    """The running service (503 while it starts or stops)."""
+    service = request.app.state.service
+    if not isinstance(service, AgentService):
+        raise ApiError(503, "unavailable", "the agents service is starting or stopping")
+    return service
+
+
+Service = Annotated[AgentService, Depends(service_of)]
+
+
+async def caller_of(request: Request, service: Service) -> Caller:
+    """The caller, from its context token (audience apex-agents)."""
+    return await service.verifier.caller(bearer_token(request))
+
+
+CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+class RunIn(BaseModel):
+    """A run as a client submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Annotated[str, Field(min_length=1, max_length=100)]
+    input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
+    priority: Literal["high", "normal", "low"] = "normal"
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@router.post("/v1/runs", dependencies=[Depends(require_json_body)])
+async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONResponse:
+    """Queue a run of a built-in agent."""
+    caller.require(RUN_AGENTS)
+    if body.agent not in BUILTIN_AGENTS:
+        known = ", ".join(sorted(BUILTIN_AGENTS))
+        raise ApiError(422, "unknown_agent", f"no agent {body.agent!r}; known: {known}")
+    run, created = await service.store.submit(
+        tenant_id=caller.tenant_id,
+        user_id=caller.user_id,
+        agent=body.agent,
+        input_text=body.input,
+        priority=body.priority,
+        idempotency_key=body.idempotency_key,
+    )
+    if created:
+        await service.queue.enqueue(run.id, run.priority)
+        service.metrics.runs.labels("submitted").inc()
+    return JSONResponse(
+        {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200
+    )
+
+
+async def _run_of(run_id: str, caller: Caller, service: AgentService) -> Run:
+    """The caller's tenant's run ``run_id``; 404 for any other (or a malformed id)."""
+    try:
+        key = uuid.UUID(run_id)
+    except ValueError:
+        key = None
+    run = None if key is None else await service.store.get(key, caller.tenant_id)
+    if run is None:
+        raise ApiError(404, "not_found", "no such run")
+    return run
+
+
+@router.get("/v1/runs/{run_id}")
+async def get_run(run_id: str, caller: CallerDep, service: Service) -> dict[str, Any]:
+    """The run, if it is the caller's tenant's."""
+    caller.require(READ_RUNS)
+    return (await _run_of(run_id, caller, service)).view()
+
+
+@router.post("/v1/runs/{run_id}/cancel")
+async def cancel_run(run_id: str, caller: CallerDep, service: Service) -> dict[str, Any]:
+    """Cancel the run: marked cancelled first, then every worker told to stop its work."""
+    caller.require(RUN_AGENTS)
+    run = await _run_of(run_id, caller, service)
+    cancelled = await service.store.cancel(run.id, caller.tenant_id)
+    if cancelled is None:  # pragma: no cover - runs are never deleted
+        raise ApiError(404, "not_found", "no such run")
+    if cancelled.status == "cancelled":
+        await service.queue.cancel(run.id)
+    return cancelled.view()
+
+
+def require_admin(request: Request, service: Service) -> None:
+    """The admin routes (and /metrics) answer the platform's admin token only."""
+    expected = service.settings.admin_token
+    if not expected:
+        raise ApiError(403, "forbidden", "the admin API needs APEX_ADMIN_TOKEN to be set")
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid_token", "not the admin token")
+
+
+@router.get("/metrics", dependencies=[Depends(require_admin)])
+async def metrics(service: Service) -> Response:
+    """The Prometheus text exposition of the service's metrics."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,211 @@
+"""Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migration 0015).
+
+A run is ``queued`` when submitted, ``running`` once a worker took its job, then one of
+``succeeded``, ``failed`` or ``cancelled`` (the final states: a final run never changes
+again). Each transition is one conditional UPDATE, so two workers holding the same job
+(a redelivery) finish it once, and a cancel wins over a late answer. Every read and
+write names the tenant, so another tenant's run is not found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any, Final
+
+import asyncpg
+
+__all__ = ["FINAL", "Run", "RunStore", "Usage"]
+
+FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
+_ACTIVE: Final = ("queued", "running")
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What a run's LLM calls used, by the provider's report, and what it cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    provider: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run as stored."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: str
+    agent: str
+    input: str
+    priority: str
+    status: str
+    result: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    provider_path: list[str]
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Run:
+        return cls(
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            user_id=row["user_id"],
+            agent=row["agent"],
+            input=row["input"],
+            priority=row["priority"],
+            status=row["status"],
+            result=row["result"],
+            error=row["error"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            cost_micros=row["cost_micros"],
+            provider_path=json.loads(row["provider_path"]),
+        )
+
+    def view(self) -> dict[str, Any]:
+        """The run as `GET /v1/runs/{id}` answers it."""
+        return {
+            "run_id": str(self.id),
+            "agent": self.agent,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "steps": [],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            "cost_micros": self.cost_micros,
+            "provider_path": self.provider_path,
+        }
+
+
+_COLUMNS: Final = (
+    "id, tenant_id, user_id, agent, input, priority, status, result, error, prompt_tokens, "
+    "completion_tokens, cost_micros, provider_path"
+)
+
+
+class RunStore:
+    """The runs table, through a pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def ping(self) -> None:
+        """Raise unless PostgreSQL answers."""
+        async with self._pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def submit(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        user_id: str,
+        agent: str,
+        input_text: str,
+        priority: str,
+        idempotency_key: str,
+    ) -> tuple[Run, bool]:
+        """The new queued run, True; or the tenant's run with this key, False."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
+                f"idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
+                uuid.uuid4(),
+                tenant_id,
+                user_id,
+                agent,
+                input_text,
+                priority,
+                idempotency_key,
+            )
+            if row is not None:
+                return Run.of(row), True
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM agent_runs "  # noqa: S608 - constant columns
+                "WHERE tenant_id = $1 AND idempotency_key = $2",
+                tenant_id,
+                idempotency_key,
+            )
+        if row is None:  # pragma: no cover - the conflicting row cannot vanish: no deletes
+            raise RuntimeError("the run holding this idempotency key disappeared")
+        return Run.of(row), False
+
+    async def get(self, run_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Run | None:
+        """The run, if it exists (and belongs to ``tenant_id`` when given)."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM agent_runs "  # noqa: S608 - constant columns
+                "WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+                run_id,
+                tenant_id,
+            )
+        return None if row is None else Run.of(row)
+
+    async def start(self, run_id: uuid.UUID) -> Run | None:
+        """Mark the run running; None when it is final already (cancelled, or finished by
+        another delivery of its job). A running run is taken again: a redelivered job
+        whose worker died."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE agent_runs SET status = 'running', updated_at = now() "  # noqa: S608
+                f"WHERE id = $1 AND status = ANY($2::text[]) RETURNING {_COLUMNS}",
+                run_id,
+                list(_ACTIVE),
+            )
+        return None if row is None else Run.of(row)
+
+    async def succeed(self, run_id: uuid.UUID, result: str, usage: Usage) -> bool:
+        """Record the answer and its usage; False when the run was final already."""
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE agent_runs SET status = 'succeeded', result = $2, prompt_tokens = $3, "
+                "completion_tokens = $4, cost_micros = $5, "
+                "provider_path = provider_path || jsonb_build_array($6::text), "
+                "llm_attempts = llm_attempts + $7, updated_at = now(), finished_at = now() "
+                "WHERE id = $1 AND status = 'running'",
+                run_id,
+                result,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cost_micros,
+                usage.provider,
+                usage.attempts,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def fail(self, run_id: uuid.UUID, error: str, *, status: str = "failed") -> bool:
+        """Mark the run ``status`` (failed, timed_out) with ``error``; False when final."""
+        async with self._pool.acquire() as conn:
+            outcome = await conn.execute(
+                "UPDATE agent_runs SET status = $2, error = $3, updated_at = now(), "
+                "finished_at = now() WHERE id = $1 AND status = ANY($4::text[])",
+                run_id,
+                status,
+                error,
+                list(_ACTIVE),
+            )
+        return bool(outcome == "UPDATE 1")
+
+    async def cancel(self, run_id: uuid.UUID, tenant_id: uuid.UUID) -> Run | None:
+        """Cancel the tenant's run if it is not final; the run as it is now (None: no
+        such run of this tenant)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE agent_runs SET status = 'cancelled', error = 'cancelled', "
+                "updated_at = now(), finished_at = now() "
+                "WHERE id = $1 AND tenant_id = $2 AND status = ANY($3::text[])",
+                run_id,
+                tenant_id,
+                list(_ACTIVE),
+            )
+        return await self.get(run_id, tenant_id)
