@@ -6,6 +6,7 @@
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
+- ``GET /admin/config`` (admin token): the shared settings this instance runs with.
 - ``GET /metrics`` (admin token): Prometheus text.
 """
 
@@ -23,7 +24,9 @@ from apex.agents.definitions import BUILTIN_AGENTS
 from apex.agents.metrics import CONTENT_TYPE
 from apex.agents.runs import Run
 from apex.agents.service import AgentService
+from apex.agents.settings import SERVICE
 from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.common.shared_config import config_report
 from apex.data.callers import Caller
 
 __all__ = ["READ_RUNS", "RUN_AGENTS", "router"]
@@ -128,6 +131,12 @@ def require_admin(request: Request, service: Service) -> None:
     token = bearer_token(request)
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(401, "invalid_token", "not the admin token")
+
+
+@router.get("/admin/config", dependencies=[Depends(require_admin)])
+async def config(service: Service) -> dict[str, Any]:
+    """The shared settings this instance runs with (003: cross-service consistency)."""
+    return config_report(SERVICE, service.settings)
 
 
 @router.get("/metrics", dependencies=[Depends(require_admin)])
