@@ -10,7 +10,13 @@ freshly started one would, as when every client had an app and a lifespan of its
 the servers behind it are emptied by `clean_platform` as before. Concurrent clients of
 one instance number and settings share the app: one instance, as a process is at L3.
 
-What this saves is the lifespan, about 15 ms a client; what it costs is a thread hop per
+`served` does the same for a service served on a loopback socket (an ASGI app under
+uvicorn, or a service's own server such as the gateway's, `reset_memory(server)`): the
+server keeps running in the apps' loop between tests, and a test reaches it over its
+socket from its own loop, as it reaches an L3 process.
+
+What this saves is the lifespan, about 15 ms a client (a served gateway with the auth it
+calls: about 30 ms a test, and its pools stay warm); what it costs is a thread hop per
 request (tens of microseconds). Without the hook a service keeps a lifespan per client.
 """
 
@@ -19,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +35,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from apex_testkit._loop import BackgroundLoop
+from apex_testkit._processes import listening_socket
+from apex_testkit._sut.asgi_serving import serving_asgi
 
 __all__ = ["RESET_HOOK", "LiveApps", "LoopTransport"]
 
@@ -38,7 +47,8 @@ RESET_HOOK = "reset_memory"
 MAX_LIVE = 8
 STARTUP_TIMEOUT = 30.0
 
-Key = tuple[str, tuple[tuple[str, str], ...], int]
+# (how it is reached: "client" or "served", module, settings, instance number)
+Key = tuple[str, str, tuple[tuple[str, str], ...], int]
 
 
 class LoopTransport(httpx.AsyncBaseTransport):
@@ -59,10 +69,11 @@ class LoopTransport(httpx.AsyncBaseTransport):
 class _Running:
     """One app whose lifespan runs in the apps' loop."""
 
-    app: Any  # what create_app made: the reset hook's argument
-    asgi: Any  # what the lifespan manager serves (the app, with lifespan state)
+    app: Any  # what create_app or create_server made: the reset hook's argument
+    asgi: Any  # what the lifespan manager serves (the app, with lifespan state); None: served
     stop: asyncio.Event
     task: asyncio.Task[None]
+    url: str = ""  # served: http://host:port of its socket
     users: int = 0
     broken: bool = field(default=False)
 
@@ -86,20 +97,49 @@ class LiveApps:
     ) -> AsyncIterator[httpx.AsyncClient]:
         """A client of the running app of `module_name` with `env` and number `instance`,
         its memory reset first unless another client is using it."""
-        key: Key = (module_name, tuple(sorted(env.items())), instance)
-        running = await self._checkout(key)
-        running.users += 1
-        failed = True
-        try:
+        key: Key = ("client", module_name, tuple(sorted(env.items())), instance)
+        async def start() -> _Running:
+            return await self._loop.run_async(_start(self._make_app(module_name, env)))
+
+        async with self._held(key, start) as running:
             transport = LoopTransport(running.asgi, self._loop)
             async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
                 yield client
+
+    @asynccontextmanager
+    async def served(
+        self, module_name: str, env: Mapping[str, str], instance: int
+    ) -> AsyncIterator[str]:
+        """http://host:port of the running server of `module_name` with `env` and number
+        `instance` (its socket served in the apps' loop), its memory reset first unless
+        another test's block is using it."""
+        key: Key = ("served", module_name, tuple(sorted(env.items())), instance)
+        async with self._held(key, lambda: self._serve(module_name, env)) as running:
+            yield running.url
+
+    @asynccontextmanager
+    async def _held(
+        self, key: Key, start: Callable[[], Awaitable[_Running]]
+    ) -> AsyncIterator[_Running]:
+        running = await self._checkout(key, start)
+        running.users += 1
+        failed = True
+        try:
+            yield running
             failed = False
         finally:
             running.users -= 1
             # A test that failed inside the block may have left the app mid-request:
             # the next client gets a fresh one.
             running.broken = running.broken or failed
+
+    async def _serve(self, module_name: str, env: Mapping[str, str]) -> _Running:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "create_app"):
+            app = self._make_app(module_name, env)
+            return await self._loop.run_async(_start_serving(app, module_name, serving_asgi))
+        server = module.create_server(module.load_settings(dict(env)))
+        return await self._loop.run_async(_start_serving(server, module_name, None))
 
     @property
     def running_apps(self) -> tuple[Any, ...]:
@@ -113,18 +153,17 @@ class LiveApps:
             self._loop.run(_stop(app), timeout=STARTUP_TIMEOUT * 2)
         self._loop.stop()
 
-    async def _checkout(self, key: Key) -> _Running:
+    async def _checkout(self, key: Key, start: Callable[[], Awaitable[_Running]]) -> _Running:
         running = self._running.pop(key, None)
         if running is not None and running.users == 0 and (running.broken or running.task.done()):
             await self._loop.run_async(_stop(running))
             running = None
         if running is None:
             await self._evict()
-            app = self._make_app(key[0], dict(key[1]))
-            running = await self._loop.run_async(_start(app))
+            running = await start()
         self._running[key] = running  # the most recently used last
         if running.users == 0:
-            hook = getattr(importlib.import_module(key[0]), RESET_HOOK)
+            hook = getattr(importlib.import_module(key[1]), RESET_HOOK)
             try:
                 await self._loop.run_async(hook(running.app))
             except BaseException:
@@ -159,6 +198,36 @@ async def _start(app: Any) -> _Running:
     task = loop.create_task(hold(), name="apex-testkit-lifespan")
     asgi = await started
     return _Running(app=app, asgi=asgi, stop=stop, task=task)
+
+
+async def _start_serving(
+    target: Any, name: str, asgi: Callable[[Any, socket.socket, str], Any] | None
+) -> _Running:
+    """Serve `target` on a new loopback socket in the running loop (the apps' loop) until
+    stopped: an ASGI app under uvicorn (`asgi` is `serving_asgi`), else the service's own
+    server (`target.serving(sock=...)`)."""
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+    stop = asyncio.Event()
+    sock = listening_socket()
+    host, port = sock.getsockname()[:2]
+    serving = asgi(target, sock, name) if asgi is not None else target.serving(sock=sock)
+
+    async def hold() -> None:
+        try:
+            async with serving:
+                started.set_result(None)
+                await stop.wait()
+        except Exception as exc:
+            if started.done():
+                raise
+            started.set_exception(exc)  # the start-up failed: its caller raises it
+        finally:
+            sock.close()
+
+    task = loop.create_task(hold(), name=f"apex-testkit-serving-{name}")
+    await started
+    return _Running(app=target, asgi=None, stop=stop, task=task, url=f"http://{host}:{port}")
 
 
 async def _stop(running: _Running) -> None:
