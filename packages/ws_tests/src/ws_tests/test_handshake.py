@@ -221,7 +221,7 @@ async def test_bad_signature_is_refused_with_401_invalid_token(
 @HANDSHAKE
 async def test_token_signed_by_another_key_is_refused(ws_connect: Connect, ws_user: WsUser) -> None:
     # Same kid, another key: the kit's cached foreign key (not the platform's).
-    refused = await _refused(ws_connect, forge(ws_user.token, rsa_key("foreign-signer")))
+    refused = await _refused(ws_connect, forge(ws_user.token, rsa_key("foreign")))
 
     assert (refused.status, refused.body["error"]) == (401, "invalid_token")
 
