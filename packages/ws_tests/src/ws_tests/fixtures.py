@@ -2,9 +2,10 @@
 
 `ws_connect(token)` opens a WebSocket to the gateway wired for the run's level: at L2 the
 gateway (and the auth service it trusts) serve on loopback ports in process, kept running
-by the worker between tests (its memory reset for each), at L3 they are `python -m apex.gateway` / `apex.auth` processes, at L4 the target's
-URLs. Users and tokens are made with the identity team's client (`auth_tests.client`) on
-the kit's fixtures (`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
+by the worker between tests (its memory reset for each), at L3 they are `python -m
+apex.gateway` / `apex.auth` processes, at L4 the target's URLs. Users and tokens are made
+with the identity team's client (`auth_tests.client`) on the kit's fixtures
+(`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
 What these fixtures hand out lives in the package's public modules: `client` (the
 WebSocket client), `users`, `gateways`, `messages` and `app`.
 """

@@ -121,6 +121,8 @@ class Gateway:
         self.directory = UserDirectory(self.database)
         # Set by pub/sub once subscribed: until then connections would miss live messages.
         self.subscribed = asyncio.Event()
+        # Set whenever a connection's handler is done and none (nor any feed) is left.
+        self.all_gone = asyncio.Event()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown: asyncio.Task[None] | None = None
@@ -228,11 +230,12 @@ class Gateway:
         """
         if self._server is None or self.draining:
             raise RuntimeError("apex.gateway: reset_memory needs a serving, undrained gateway")
-        for conn in list(self.connections.values()):
-            conn.ws.transport.abort()
-        async with asyncio.timeout(RESET_SECONDS):
-            while self.connections or self.feeds:
-                await asyncio.sleep(0.001)
+        if self.connections or self.feeds:
+            self.all_gone.clear()
+            for conn in list(self.connections.values()):
+                conn.ws.transport.abort()
+            async with asyncio.timeout(RESET_SECONDS):
+                await self.all_gone.wait()
         for breaker in self.breakers.values():
             breaker.reset()
         self.metrics = Metrics()

@@ -6,13 +6,13 @@ between tests in the worker's apps loop and its memory reset whenever a client o
 idle (`live.LiveApps`). A client of any other service gets an app instance of its own
 behind httpx's ASGI transport, its lifespan run in the test's event loop. `serve` of such
 a service (when the services it calls can reset theirs too) likewise hands out the
-worker's running server of those settings and number, served in the apps' loop, as an
-L3 test shares the worker's process; any other `serve`, and every `start` (an instance
-the test may stop), serves a fresh instance (and the services it calls) on loopback
-sockets inside the test's own event loop. All through the service contract: `<module>.load_settings(env)`,
-then `create_app(settings)` (run under uvicorn) or `create_server(settings)` (its own
-server). Apps are reused by later tests of the worker with the same settings, each time
-with a fresh lifespan (`apps.AppPool`).
+worker's running server of those settings and number, served in the apps' loop, as an L3
+test shares the worker's process; any other `serve`, and every `start` (an instance the
+test may stop), serves a fresh instance (and the services it calls) on loopback sockets
+inside the test's own event loop. All through the service contract:
+`<module>.load_settings(env)`, then `create_app(settings)` (run under uvicorn) or
+`create_server(settings)` (its own server). Apps are reused by later tests of the worker
+with the same settings, each time with a fresh lifespan (`apps.AppPool`).
 """
 
 from __future__ import annotations

@@ -98,6 +98,7 @@ class LiveApps:
         """A client of the running app of `module_name` with `env` and number `instance`,
         its memory reset first unless another client is using it."""
         key: Key = ("client", module_name, tuple(sorted(env.items())), instance)
+
         async def start() -> _Running:
             return await self._loop.run_async(_start(self._make_app(module_name, env)))
 
