@@ -45,6 +45,9 @@ RESET_HOOK = "reset_memory"
 # Running apps a worker keeps: each holds connections (a PostgreSQL pool, Redis clients,
 # a subscription). Past it the least recently used idle one is stopped.
 MAX_LIVE = 8
+# Served ones among them: each is a subscriber of the worker's pub/sub channels (an idle
+# gateway still receives every message published in the worker), so fewer are kept.
+MAX_SERVED = 4
 STARTUP_TIMEOUT = 30.0
 
 # (how it is reached: "client" or "served", module, settings, instance number)
@@ -160,7 +163,7 @@ class LiveApps:
             await self._loop.run_async(_stop(running))
             running = None
         if running is None:
-            await self._evict()
+            await self._evict(key[0])
             running = await start()
         self._running[key] = running  # the most recently used last
         if running.users == 0:
@@ -172,10 +175,19 @@ class LiveApps:
                 raise
         return running
 
-    async def _evict(self) -> None:
+    async def _evict(self, kind: str) -> None:
+        """Make room for one more app of `kind`: stop the least recently used idle ones
+        past MAX_LIVE in all, or past MAX_SERVED served ones for a served one."""
         idle = [key for key, running in self._running.items() if running.users == 0]
         while len(self._running) >= MAX_LIVE and idle:
             await self._loop.run_async(_stop(self._running.pop(idle.pop(0))))
+        served = [key for key in idle if key[0] == "served" and key in self._running]
+
+        def count() -> int:
+            return sum(1 for key in self._running if key[0] == "served")
+
+        while kind == "served" and count() >= MAX_SERVED and served:
+            await self._loop.run_async(_stop(self._running.pop(served.pop(0))))
 
 
 async def _start(app: Any) -> _Running:
