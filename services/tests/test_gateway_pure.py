@@ -226,7 +226,7 @@ def test_settings_from_env() -> None:
             "APEX_WS_PING_INTERVAL": "0.5",
             "APEX_ADMIN_TOKEN": "s3cret",
             "APEX_WS_BINARY_RATE": "10/2",
-            "APEX_WS_UPLOAD_TTL": "60",
+            "APEX_WS_UPLOAD_TTL": "0.25",
             "APEX_WS_UPLOADS_PER_USER": "3",
             "APEX_WS_UPLOAD_BYTES_PER_USER": "1000",
             "APEX_WS_STREAM_TTL": "120",
@@ -239,7 +239,7 @@ def test_settings_from_env() -> None:
     assert "s3cret" not in repr(settings)
     assert settings.binary_rate == Rate(10, 2.0)
     assert (settings.upload_ttl, settings.uploads_per_user, settings.upload_bytes_per_user) == (
-        60,
+        0.25,
         3,
         1000,
     )
@@ -267,7 +267,7 @@ def test_settings_from_env() -> None:
         ({"APEX_GATEWAY_INSTANCE_ID": "a b"}, "APEX_GATEWAY_INSTANCE_ID must be"),
         ({"APEX_AUTH_URL": "ftp://auth"}, "APEX_AUTH_URL must start with"),
         ({"APEX_WS_BINARY_RATE": "fast"}, "APEX_WS_BINARY_RATE must be count/seconds"),
-        ({"APEX_WS_UPLOAD_TTL": "1.5"}, "APEX_WS_UPLOAD_TTL must be a whole number of seconds"),
+        ({"APEX_WS_UPLOAD_TTL": "0"}, "APEX_WS_UPLOAD_TTL must be a positive number of seconds"),
         ({"APEX_WS_UPLOADS_PER_USER": "0"}, "APEX_WS_UPLOADS_PER_USER must be greater than 0"),
         ({"APEX_WS_UPLOAD_BYTES_PER_USER": "-1"}, "APEX_WS_UPLOAD_BYTES_PER_USER must be at"),
         ({"APEX_WS_STREAM_TTL": "0"}, "APEX_WS_STREAM_TTL must be at least 1"),

@@ -2,9 +2,10 @@
 
 An inner run of tests that write everywhere (PostgreSQL through the app, Redis sessions
 and lockout counters, the running app's memory: revoked sessions, cached permissions,
-the IdPs' metadata; every fake) and tests that assert they see none of it, in a random
-order that the failure message repeats. The apps the inner tests reach are the same
-running ones (the lifespan kept, `apex_testkit._sut.live`), which the run checks too.
+the IdPs' metadata; the served gateway's connections and counters; every fake) and tests
+that assert they see none of it, in a random order that the failure message repeats.
+The apps the inner tests reach are the same running ones (the lifespan kept, and the
+served auth and gateway, `apex_testkit._sut.live`), which the run checks too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import random
 from conftest import finish, inner_env
 
 WRITE_AND_CHECK = """
+import json
 import smtplib
 import asyncpg
 import httpx
 import pytest
+import websockets
 from apex_testkit import _loop
 
 pytestmark = [
@@ -29,6 +32,8 @@ PASSWORD = "correct horse battery staple"
 SEEN: list[str] = []
 # The running apps each test reached (one set, if the worker kept them running).
 APPS: set[frozenset[int]] = set()
+# WebSockets the writing tests leave open: the next test's gateway must have let them go.
+LEFT_OPEN: list[object] = []
 
 
 def _running_apps(platform):
@@ -77,7 +82,14 @@ async def test_write_everywhere(
         assert (await client.get("/auth/saml/login")).status_code == 302
         wrong = {"email": "leak@tests.apex.invalid", "password": "not the password!"}
         assert (await client.post("/auth/login", json=wrong)).status_code == 401
-        APPS.add(_running_apps(clean_platform))
+        # The served gateway's memory: a connection left open, its counters moved.
+        async with clean_platform.serve("gateway") as url:
+            ws = await websockets.connect(f"{url}/ws", additional_headers=bearer)
+            LEFT_OPEN.append(ws)
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            await ws.send(json.dumps({"type": "ping", "id": "leak"}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+            APPS.add(_running_apps(clean_platform))
     fake_idp.login_as("leak", "leak@tests.apex.invalid")
     fake_saml_idp.login_as("leak", "leak@tests.apex.invalid")
     async with httpx.AsyncClient() as http:
@@ -92,7 +104,11 @@ async def test_sees_nothing(
     n, clean_platform, admin_token, redis_namespace, postgres_database, fake_idp,
     fake_saml_idp, mailbox, fake_sms
 ):
-    assert redis_namespace.client().dbsize() == 0
+    # Nothing but the registrations the worker's served gateways renew (every APEX_WS_
+    # INSTANCE_TTL / 3 s, between tests too, as an L3 gateway process does).
+    keys = redis_namespace.client().keys(f"{redis_namespace.prefix}*")
+    registry = f"{redis_namespace.prefix}gw:instance"
+    assert [k for k in keys if not k.startswith(registry)] == [], keys
     rows = _loop.run(_rows(postgres_database))
     assert not {table: count for table, count in rows.items() if count}, rows
     assert fake_idp.requests == [] and fake_saml_idp.requests == []
@@ -115,11 +131,25 @@ async def test_sees_nothing(
         assert (await client.get("/auth/saml/login")).status_code == 302
     assert [r.path for r in fake_idp.requests] == ["/.well-known/openid-configuration"]
     assert [r.path for r in fake_saml_idp.requests] == ["/metadata"]
-    APPS.add(_running_apps(clean_platform))
+    async with clean_platform.serve("gateway") as url:
+        http_url = url.replace("ws", "http", 1)
+        async with httpx.AsyncClient(base_url=http_url, headers=admin) as http:
+            health = (await http.get("/healthz")).json()
+            assert (health["status"], health["connections"]) == ("ok", 0), health
+            metrics = (await http.get("/metrics")).text
+            assert "apex_gateway_messages_in_total 0" in metrics, metrics
+        for access in SEEN:  # an earlier test's session opens no socket either
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(
+                    f"{url}/ws", additional_headers={"Authorization": f"Bearer {access}"}
+                )
+            assert refused.value.response.status_code == 401
+        APPS.add(_running_apps(clean_platform))
 
 
 def test_the_apps_were_kept_running():
-    assert len(APPS) == 1 and len(next(iter(APPS))) == 1, APPS
+    # auth's app for clients, and the served auth and gateway (the gateway calls auth)
+    assert len(APPS) == 1 and len(next(iter(APPS))) == 3, APPS
 """
 
 

@@ -70,9 +70,10 @@ class Service:
     # GET /admin/config with the admin token: apex.stack compares what services share). In
     # process: `<module>.load_settings(env)`, then `create_app(settings)` (an ASGI app) or
     # `create_server(settings)` (its own server: `async with server.serving(sock=...)`,
-    # `await server.shutdown()`). An ASGI service may also offer `await reset_memory(app)`:
-    # a running app forgets what it holds in memory (caches, modes) as if its lifespan had
-    # just started, so a test harness can keep one app running between tests.
+    # `await server.shutdown()`). A service may also offer `await reset_memory(app)` (ASGI)
+    # or `await reset_memory(server)` (its own server, serving): a running instance forgets
+    # what it holds in memory (caches, modes, connections) as if it had just started, so a
+    # test harness can keep one instance running between tests.
     module: str
     protocol: Protocol = "http"
     servers: tuple[str, ...] = ()

@@ -1,10 +1,11 @@
 """Fixtures of the ws test package (pytest11 plugin `ws_tests`): fixtures only.
 
 `ws_connect(token)` opens a WebSocket to the gateway wired for the run's level: at L2 the
-gateway (and the auth service it trusts) serve on loopback ports inside the test's event
-loop, at L3 they are `python -m apex.gateway` / `apex.auth` processes, at L4 the target's
-URLs. Users and tokens are made with the identity team's client (`auth_tests.client`) on
-the kit's fixtures (`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
+gateway (and the auth service it trusts) serve on loopback ports in process, kept running
+by the worker between tests (its memory reset for each), at L3 they are `python -m
+apex.gateway` / `apex.auth` processes, at L4 the target's URLs. Users and tokens are made
+with the identity team's client (`auth_tests.client`) on the kit's fixtures
+(`ws_auth_client`, `ws_auth_admin`), never with auth_tests' fixtures.
 What these fixtures hand out lives in the package's public modules: `client` (the
 WebSocket client), `users`, `gateways`, `messages` and `app`.
 """
@@ -141,9 +142,10 @@ async def ws_open(serve_gateway: Serve, gateways: Gateways) -> AsyncIterator[Con
 @pytest.fixture
 async def serve_gateway(clean_platform: Platform) -> AsyncIterator[Serve]:
     """`url = await serve_gateway(instance=0, **settings)`: instance N of the worker's
-    gateway with these settings (L2: in the test's event loop; L3: the worker's process for
-    these settings, shared with other tests: never stop or kill it, use `gateways` for
-    that; L4: the target, no settings)."""
+    gateway with these settings, shared with other tests: never stop or kill it, use
+    `gateways` for that (L2: the worker's running gateway for these settings, in the kit's
+    apps loop, its memory reset for the test; L3: the worker's process for these settings;
+    L4: the target, no settings)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def serve(instance: int = 0, **settings: str) -> str:

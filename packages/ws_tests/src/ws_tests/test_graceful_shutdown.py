@@ -184,7 +184,7 @@ async def test_a_shutdown_with_redis_hanging_ends_within_its_bounds(
     """Redis stops answering (a blackhole: the gateway's calls wait for their timeouts):
     the shutdown still tells and closes every client and returns within the drain timeout
     plus the shutdown grace (with slack for a busy machine), never hanging on Redis."""
-    drain, grace = 1.0, 1.0
+    drain, grace = 0.4, 0.4
     proxy = fault_proxy(redis_namespace.url)
     leaving = await gateways.start(
         APEX_REDIS_URL=proxy.url_for(redis_namespace.url),

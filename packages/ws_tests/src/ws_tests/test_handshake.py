@@ -27,7 +27,7 @@ from auth_tests.client import AuthAdmin, Tokens, challenges, error_of, idp_email
 from auth_tests.flows import oidc_login
 from websockets.exceptions import ConnectionClosed
 
-from apex_testkit import FakeIdp, RedisNamespace, eventually, tls_context
+from apex_testkit import FakeIdp, RedisNamespace, eventually, rsa_key, tls_context
 from ws_tests.client import Connect, HandshakeRefused, WsClient, stays_open
 from ws_tests.gateways import Gateways, http_url
 from ws_tests.users import MakeUser, WsUser, forge
@@ -220,14 +220,8 @@ async def test_bad_signature_is_refused_with_401_invalid_token(
 @pytest.mark.L3
 @HANDSHAKE
 async def test_token_signed_by_another_key_is_refused(ws_connect: Connect, ws_user: WsUser) -> None:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
-
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = other.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    refused = await _refused(ws_connect, forge(ws_user.token, pem))  # same kid, wrong key
+    # Same kid, another key: the kit's cached foreign key (not the platform's).
+    refused = await _refused(ws_connect, forge(ws_user.token, rsa_key("foreign")))
 
     assert (refused.status, refused.body["error"]) == (401, "invalid_token")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, KeyUser, Tokens, login, me_status
+from auth_tests.client import AuthAdmin, KeyUser, Tokens, error_of, login, me_status
 
 from apex_testkit import Platform, RedisNamespace
 from ws_tests.client import Connect, HandshakeRefused, WsClient
@@ -75,10 +75,19 @@ async def two_sessions(ws_auth_client: httpx.AsyncClient, ws_auth_admin: AuthAdm
     return TwoSessions(key_user, ending, await login(ws_auth_client, key_user.api_key))
 
 
-async def _session_gone(client: httpx.AsyncClient, ended: Tokens, staying: Tokens) -> None:
-    """auth agrees the socket's session has ended: its token is refused, and the user's
-    other session no longer lists it (while that one lives on)."""
+async def _ended_in_auth(client: httpx.AsyncClient, ended: Tokens) -> None:
+    """auth agrees the session has ended: its access token and its refresh token are both
+    refused."""
     assert await me_status(client, ended.access) == (401, "session_revoked")
+    refreshed = await client.post("/auth/refresh", json={"refresh_token": ended.refresh})
+    assert refreshed.status_code == 401, refreshed.text
+    assert error_of(refreshed) == "invalid_refresh_token"
+
+
+async def _session_gone(client: httpx.AsyncClient, ended: Tokens, staying: Tokens) -> None:
+    """auth agrees the socket's session has ended (`_ended_in_auth`), and the user's other
+    session no longer lists it (while that one lives on)."""
+    await _ended_in_auth(client, ended)
     listed = await client.get("/sessions", headers=staying.bearer)
     assert listed.status_code == 200, listed.text
     assert [s["session_id"] for s in listed.json()["sessions"]] == [staying.session_id]
@@ -166,7 +175,7 @@ async def test_revoking_an_api_key_closes_the_sockets_of_all_its_sessions(
         await _closed_with(socket, 4003, "session revoked")
     await _alive(bystander_ws)
     for session in sessions:
-        assert await me_status(ws_auth_client, session.access) == (401, "session_revoked")
+        await _ended_in_auth(ws_auth_client, session)
 
 
 @pytest.mark.L2

@@ -30,6 +30,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> GatewaySettings:
     return GatewaySettings.from_env(env)
 
 
+async def reset_memory(server: Gateway) -> None:
+    """Make a serving gateway forget what it holds in memory, as if it had just started
+    (:meth:`Gateway.reset_memory`): the service contract's hook (apex.topology) for a test
+    harness that keeps one instance running between tests."""
+    await server.reset_memory()
+
+
 __all__ = [
     "Gateway",
     "GatewaySettings",
@@ -38,4 +45,5 @@ __all__ = [
     "create_server",
     "load_settings",
     "pick_instance",
+    "reset_memory",
 ]

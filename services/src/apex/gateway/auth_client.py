@@ -77,6 +77,11 @@ class AuthClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def forget_keys(self) -> None:
+        """Drop the cached JWKS: the next token fetches auth's keys again."""
+        self._keys = {}
+        self._fetched_at = 0.0
+
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token with a live session; TokenRejected otherwise."""
         try:

@@ -69,6 +69,10 @@ class Breaker:
         if state is BreakerState.HALF_OPEN:
             self._trial_running = True
 
+    def reset(self) -> None:
+        """Closed with no failure counted, as a new breaker."""
+        self.success()
+
     def success(self) -> None:
         """The admitted call worked: close the breaker."""
         self._failures = 0

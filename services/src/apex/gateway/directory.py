@@ -34,6 +34,10 @@ class UserDirectory:
         # user id -> (when the entry expires, the user's tenant id or None)
         self._known: dict[str, tuple[float, str | None]] = {}
 
+    def forget(self) -> None:
+        """Drop every cached tenant: the next lookups ask the database."""
+        self._known.clear()
+
     async def in_tenant(self, user_id: str, tenant_id: str | None) -> bool:
         """Whether ``user_id`` is a user of ``tenant_id`` (None: of no tenant).
 

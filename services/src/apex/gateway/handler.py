@@ -93,6 +93,8 @@ async def handle(gw: Gateway, ws: ServerConnection) -> None:
         if feed.leave(conn):
             gw.feeds.pop(user_id, None)
         await release_tab(gw, conn.principal, conn.id)
+        if not gw.connections and not gw.feeds:
+            gw.all_gone.set()
 
 
 async def release_tab(gw: Gateway, principal: Principal, connection_id: str) -> None:

@@ -78,6 +78,10 @@ def _resync(gw: Gateway) -> None:
 
 
 def _dispatch(gw: Gateway, channel: str, data: str) -> None:
+    if not gw.connections and not gw.feeds:
+        # Every event is about connections here (messages for their users, their tabs,
+        # their sessions): an instance with none has nothing to do, not even parse it.
+        return
     try:
         event = json.loads(data)
     except ValueError:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL: Final = Subprotocol(handshake.SUBPROTOCOL)
 STARTUP_TIMEOUT_SECONDS: Final = 10.0
 SHUTDOWN_CLOSE_SECONDS: Final = 3.0
+# How long reset_memory waits for the handlers of the connections it aborted.
+RESET_SECONDS: Final = 5.0
 # A burst of handshakes queues for a Redis connection instead of opening hundreds at once
 # (each connect then competes with the handshakes for the loop, and times out).
 REDIS_POOL_SIZE: Final = 64
@@ -119,6 +121,8 @@ class Gateway:
         self.directory = UserDirectory(self.database)
         # Set by pub/sub once subscribed: until then connections would miss live messages.
         self.subscribed = asyncio.Event()
+        # Set whenever a connection's handler is done and none (nor any feed) is left.
+        self.all_gone = asyncio.Event()
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown: asyncio.Task[None] | None = None
@@ -215,6 +219,29 @@ class Gateway:
             ("Redis (bytes)", self._redis_bytes.aclose()),
         ):
             await _within(closing_client, deadline, name)
+
+    async def reset_memory(self) -> None:
+        """Forget what this running instance holds in memory, as if it had just started:
+        its connections (aborted, and waited until their handlers are done), their feeds,
+        the breakers (closed), the counters, cached tenants and auth's keys; then register
+        again at once. Its clients, pools, subscription and background tasks stay. For a
+        harness that keeps one instance running between tests after emptying its Redis and
+        PostgreSQL (apex_testkit at L2); a deployed instance never needs it.
+        """
+        if self._server is None or self.draining:
+            raise RuntimeError("apex.gateway: reset_memory needs a serving, undrained gateway")
+        if self.connections or self.feeds:
+            self.all_gone.clear()
+            for conn in list(self.connections.values()):
+                conn.ws.transport.abort()
+            async with asyncio.timeout(RESET_SECONDS):
+                await self.all_gone.wait()
+        for breaker in self.breakers.values():
+            breaker.reset()
+        self.metrics = Metrics()
+        self.directory.forget()
+        self.auth.forget_keys()
+        await self.registry.heartbeat(0)
 
     # -- the HTTP side and the connections ----------------------------------------------
 

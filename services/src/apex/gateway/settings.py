@@ -57,7 +57,7 @@ class GatewaySettings(ServiceSettings):
     drain_timeout: float = 10.0
     shutdown_grace: float = 5.0
     max_upload: int = 10_485_760
-    upload_ttl: int = 3600
+    upload_ttl: float = 3600.0
     uploads_per_user: int = 10
     upload_bytes_per_user: int = 52_428_800
     breaker: RateLimit = _DEFAULT_BREAKER
@@ -93,7 +93,7 @@ class GatewaySettings(ServiceSettings):
             "drain_timeout": env.number("APEX_WS_DRAIN_TIMEOUT", 10.0),
             "shutdown_grace": env.number("APEX_WS_SHUTDOWN_GRACE", 5.0, unit="seconds"),
             "max_upload": env.whole_number("APEX_WS_MAX_UPLOAD", 10_485_760),
-            "upload_ttl": env.whole_number("APEX_WS_UPLOAD_TTL", 3600, unit="seconds"),
+            "upload_ttl": env.number("APEX_WS_UPLOAD_TTL", 3600.0, unit="seconds"),
             "uploads_per_user": env.whole_number("APEX_WS_UPLOADS_PER_USER", 10),
             "upload_bytes_per_user": env.whole_number(
                 "APEX_WS_UPLOAD_BYTES_PER_USER", 52_428_800, unit="bytes"

@@ -55,10 +55,10 @@ for _, member in ipairs(members) do
 end
 if used + tonumber(ARGV[4]) > tonumber(ARGV[3]) then return {'bytes', used} end
 redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[6]), ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[10])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[10]) * 1000))
 redis.call('HSET', KEYS[2], 'user_id', ARGV[7], 'name', ARGV[8], 'size', ARGV[4],
            'sha256', ARGV[9], 'received', 0, 'state', 'open')
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[6]) * 1000))
 return {'ok', used}
 """
 
@@ -72,8 +72,8 @@ if tonumber(ARGV[2]) ~= received then return {'bad_offset', received} end
 if received + string.len(ARGV[3]) > tonumber(meta[2]) then return {'too_large', received} end
 redis.call('APPEND', KEYS[2], ARGV[3])
 received = redis.call('HINCRBY', KEYS[1], 'received', string.len(ARGV[3]))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000))
+redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[4]) * 1000))
 redis.call('ZADD', KEYS[3], 'XX', tonumber(ARGV[5]) + tonumber(ARGV[4]), meta[2] .. ':' .. ARGV[6])
 return {'ok', received}
 """
@@ -119,13 +119,13 @@ class Upload:
 @dataclasses.dataclass(frozen=True)
 class Quotas:
     """What one user may store: ``count`` uploads of at most ``total_bytes`` together,
-    each at most ``max_size`` bytes; an unfinished one lives ``ttl`` seconds after its
-    last chunk."""
+    each at most ``max_size`` bytes; an unfinished one lives ``ttl`` seconds (fractions
+    too: the keys expire to the millisecond) after its last chunk."""
 
     max_size: int
     count: int
     total_bytes: int
-    ttl: int
+    ttl: float
 
 
 class UploadStore:
@@ -163,7 +163,7 @@ class UploadStore:
         verdict, used = await self._start(
             keys=[self._user_key(user_id), self._meta_key(upload.id)],
             args=[
-                int(time.time()),
+                time.time(),
                 quotas.count,
                 quotas.total_bytes,
                 size,
@@ -214,7 +214,7 @@ class UploadStore:
                 chunk.offset,
                 chunk.data,
                 self.quotas.ttl,
-                int(time.time()),
+                time.time(),
                 chunk.upload_id,
             ],
         )
@@ -239,7 +239,7 @@ class UploadStore:
                 pipe.hset(meta, "state", "complete")
                 pipe.expire(meta, COMPLETE_TTL_SECONDS)
                 pipe.expire(stored, COMPLETE_TTL_SECONDS)
-                expires = int(time.time()) + COMPLETE_TTL_SECONDS
+                expires = time.time() + COMPLETE_TTL_SECONDS
                 pipe.zadd(self._user_key(user_id), {_member(upload): expires}, xx=True)
                 complete = True
             else:

@@ -3,15 +3,16 @@
 A client of a service that can reset its memory (`reset_memory(app)`) reaches the
 worker's running app of that service, settings and instance number, its lifespan kept
 between tests in the worker's apps loop and its memory reset whenever a client opens it
-idle (`live.LiveApps`); `serve` of such a service (also of one that a client's or a
-started service's app calls) puts that running app on a loopback socket of the test's
-loop. A client of any other service gets an app instance of its own behind httpx's ASGI
-transport, its lifespan run in the test's event loop. `start`, and `serve` of the other
-services, serve a fresh instance (and the services it calls) on loopback sockets inside
-the test's own event loop. All through the service contract: `<module>.load_settings(env)`,
-then `create_app(settings)` (run under uvicorn) or `create_server(settings)` (its own
-server). Apps are reused by later tests of the worker with the same settings, each time
-with a fresh lifespan (`apps.AppPool`).
+idle (`live.LiveApps`). A client of any other service gets an app instance of its own
+behind httpx's ASGI transport, its lifespan run in the test's event loop. `serve` of such
+a service (when the services it calls can reset theirs too) likewise hands out the
+worker's running server of those settings and number, served in the apps' loop, as an L3
+test shares the worker's process; any other `serve`, and every `start` (an instance the
+test may stop), serves a fresh instance (and the services it calls) on loopback sockets
+inside the test's own event loop. All through the service contract:
+`<module>.load_settings(env)`, then `create_app(settings)` (run under uvicorn) or
+`create_server(settings)` (its own server). Apps are reused by later tests of the worker
+with the same settings, each time with a fresh lifespan (`apps.AppPool`).
 """
 
 from __future__ import annotations
@@ -78,17 +79,30 @@ class InProcessPlatform(Platform):
     async def _serve(
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[str]:
-        module_name = wiring.module(service)
-        # A service that can reset its memory and calls none: the worker's running app
-        # behind a socket of this test's loop (as the worker's process is at L3).
-        if self.live.shares(module_name) and not wiring.calls(service):
-            env = {**wiring.service_env(self.worker, service), **settings}
-            async with self.live.serving(module_name, env, instance) as url:
-                yield wiring.service_url(service, url)
+        if not self._serves_live(service, settings):
+            # A fresh instance in the test's loop.
+            async with self._start(service, settings) as running:
+                yield running.url
             return
-        # Any other: a fresh instance in the test's loop.
-        async with self._start(service, settings) as running:
-            yield running.url
+        # The worker's running server of these settings and number (its memory reset),
+        # as an L3 test shares the worker's process; the services it calls likewise.
+        async with contextlib.AsyncExitStack() as stack:
+            env = wiring.service_env(self.worker, service)
+            for called, setting in wiring.calls(service).items():
+                env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
+            served = self.live.served(wiring.module(service), {**env, **settings}, instance)
+            yield wiring.service_url(service, await stack.enter_async_context(served))
+
+    def _serves_live(self, service: str, settings: Mapping[str, str]) -> bool:
+        """Whether `service` with `settings` is served by a server kept running between
+        tests: its module offers the reset hook, and so (served alike) does every service it
+        calls, none of which the settings point elsewhere (a proxy of the test's own)."""
+        calls = wiring.calls(service)
+        return (
+            self.live.shares(wiring.module(service))
+            and not set(calls.values()) & set(settings)
+            and all(self._serves_live(called, {}) for called in calls)
+        )
 
     @asynccontextmanager
     async def _start(

@@ -13,7 +13,13 @@ A service that calls it (apex.data and the gateway call apex.auth) reaches the s
 on a loopback socket of the test's loop (`serving`: a forwarding ASGI app under
 `serving_asgi`), as it would reach the worker's process at L3.
 
-What this saves is the lifespan, about 15 ms a client; what it costs is a thread hop per
+`served` does the same for a service served on a loopback socket (an ASGI app under
+uvicorn, or a service's own server such as the gateway's, `reset_memory(server)`): the
+server keeps running in the apps' loop between tests, and a test reaches it over its
+socket from its own loop, as it reaches an L3 process.
+
+What this saves is the lifespan, about 15 ms a client (a served gateway with the auth it
+calls: about 30 ms a test, and its pools stay warm); what it costs is a thread hop per
 request (tens of microseconds). Without the hook a service keeps a lifespan per client.
 """
 
@@ -22,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +48,13 @@ RESET_HOOK = "reset_memory"
 # Running apps a worker keeps: each holds connections (a PostgreSQL pool, Redis clients,
 # a subscription). Past it the least recently used idle one is stopped.
 MAX_LIVE = 8
+# Served ones among them: each is a subscriber of the worker's pub/sub channels (an idle
+# gateway still receives every message published in the worker), so fewer are kept.
+MAX_SERVED = 4
 STARTUP_TIMEOUT = 30.0
 
-Key = tuple[str, tuple[tuple[str, str], ...], int]
+# (how it is reached: "client" or "served", module, settings, instance number)
+Key = tuple[str, str, tuple[tuple[str, str], ...], int]
 
 
 class LoopTransport(httpx.AsyncBaseTransport):
@@ -64,10 +75,11 @@ class LoopTransport(httpx.AsyncBaseTransport):
 class _Running:
     """One app whose lifespan runs in the apps' loop."""
 
-    app: Any  # what create_app made: the reset hook's argument
-    asgi: Any  # what the lifespan manager serves (the app, with lifespan state)
+    app: Any  # what create_app or create_server made: the reset hook's argument
+    asgi: Any  # what the lifespan manager serves (the app, with lifespan state); None: served
     stop: asyncio.Event
     task: asyncio.Task[None]
+    url: str = ""  # served: http://host:port of its socket
     users: int = 0
     broken: bool = field(default=False)
 
@@ -91,45 +103,50 @@ class LiveApps:
     ) -> AsyncIterator[httpx.AsyncClient]:
         """A client of the running app of `module_name` with `env` and number `instance`,
         its memory reset first unless another client is using it."""
-        async with (
-            self._using(module_name, env, instance) as transport,
-            httpx.AsyncClient(transport=transport, base_url=base_url) as client,
-        ):
-            yield client
+        key: Key = ("client", module_name, tuple(sorted(env.items())), instance)
+
+        async def start() -> _Running:
+            return await self._loop.run_async(_start(self._make_app(module_name, env)))
+
+        async with self._held(key, start) as running:
+            transport = LoopTransport(running.asgi, self._loop)
+            async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+                yield client
 
     @asynccontextmanager
-    async def serving(
+    async def served(
         self, module_name: str, env: Mapping[str, str], instance: int
     ) -> AsyncIterator[str]:
-        """The running app of `module_name` (as `client` finds it) served on a loopback
-        socket in the caller's loop, for the services that call it over HTTP: yields the
-        http:// base URL. What it saves over a fresh app served there is the app's
-        lifespan, about 0.1 s."""
-        async with self._using(module_name, env, instance) as transport:
-            sock = listening_socket()
-            host, port = sock.getsockname()[:2]
-            try:
-                async with serving_asgi(_Forward(transport), sock, module_name):
-                    yield f"http://{host}:{port}"
-            finally:
-                sock.close()
+        """http://host:port of the running server of `module_name` with `env` and number
+        `instance` (its socket served in the apps' loop), its memory reset first unless
+        another test's block is using it."""
+        key: Key = ("served", module_name, tuple(sorted(env.items())), instance)
+        async with self._held(key, lambda: self._serve(module_name, env)) as running:
+            yield running.url
 
     @asynccontextmanager
-    async def _using(
-        self, module_name: str, env: Mapping[str, str], instance: int
-    ) -> AsyncIterator[LoopTransport]:
-        key: Key = (module_name, tuple(sorted(env.items())), instance)
-        running = await self._checkout(key)
+    async def _held(
+        self, key: Key, start: Callable[[], Awaitable[_Running]]
+    ) -> AsyncIterator[_Running]:
+        running = await self._checkout(key, start)
         running.users += 1
         failed = True
         try:
-            yield LoopTransport(running.asgi, self._loop)
+            yield running
             failed = False
         finally:
             running.users -= 1
             # A test that failed inside the block may have left the app mid-request:
             # the next client gets a fresh one.
             running.broken = running.broken or failed
+
+    async def _serve(self, module_name: str, env: Mapping[str, str]) -> _Running:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "create_app"):
+            app = self._make_app(module_name, env)
+            return await self._loop.run_async(_start_serving(app, module_name, serving_asgi))
+        server = module.create_server(module.load_settings(dict(env)))
+        return await self._loop.run_async(_start_serving(server, module_name, None))
 
     @property
     def running_apps(self) -> tuple[Any, ...]:
@@ -143,18 +160,17 @@ class LiveApps:
             self._loop.run(_stop(app), timeout=STARTUP_TIMEOUT * 2)
         self._loop.stop()
 
-    async def _checkout(self, key: Key) -> _Running:
+    async def _checkout(self, key: Key, start: Callable[[], Awaitable[_Running]]) -> _Running:
         running = self._running.pop(key, None)
         if running is not None and running.users == 0 and (running.broken or running.task.done()):
             await self._loop.run_async(_stop(running))
             running = None
         if running is None:
-            await self._evict()
-            app = self._make_app(key[0], dict(key[1]))
-            running = await self._loop.run_async(_start(app))
+            await self._evict(key[0])
+            running = await start()
         self._running[key] = running  # the most recently used last
         if running.users == 0:
-            hook = getattr(importlib.import_module(key[0]), RESET_HOOK)
+            hook = getattr(importlib.import_module(key[1]), RESET_HOOK)
             try:
                 await self._loop.run_async(hook(running.app))
             except BaseException:
@@ -162,48 +178,19 @@ class LiveApps:
                 raise
         return running
 
-    async def _evict(self) -> None:
+    async def _evict(self, kind: str) -> None:
+        """Make room for one more app of `kind`: stop the least recently used idle ones
+        past MAX_LIVE in all, or past MAX_SERVED served ones for a served one."""
         idle = [key for key, running in self._running.items() if running.users == 0]
         while len(self._running) >= MAX_LIVE and idle:
             await self._loop.run_async(_stop(self._running.pop(idle.pop(0))))
+        served = [key for key in idle if key[0] == "served" and key in self._running]
 
+        def count() -> int:
+            return sum(1 for key in self._running if key[0] == "served")
 
-class _Forward:
-    """An ASGI app that hands each HTTP request to a running app of the apps' loop (through
-    `transport`) and sends its answer back as it came, bytes and headers unchanged."""
-
-    def __init__(self, transport: LoopTransport) -> None:
-        self._transport = transport
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":  # the running app's lifespan is kept elsewhere
-            while True:
-                phase = (await receive())["type"].removeprefix("lifespan.")
-                await send({"type": f"lifespan.{phase}.complete"})
-                if phase == "shutdown":
-                    return
-        if scope["type"] != "http":
-            raise RuntimeError(f"a kept-running app is served for HTTP only, not {scope['type']}")
-        body = bytearray()
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        request = httpx.Request(
-            scope["method"],
-            "http://live.apex.test" + target.decode("ascii"),
-            headers=scope["headers"],
-            content=bytes(body),
-        )
-        response = await self._transport.handle_async_request(request)
-        raw = b"".join([chunk async for chunk in response.aiter_raw()])
-        start = {"type": "http.response.start", "status": response.status_code}
-        await send({**start, "headers": response.headers.raw})
-        await send({"type": "http.response.body", "body": raw})
+        while kind == "served" and count() >= MAX_SERVED and served:
+            await self._loop.run_async(_stop(self._running.pop(served.pop(0))))
 
 
 async def _start(app: Any) -> _Running:
@@ -227,6 +214,36 @@ async def _start(app: Any) -> _Running:
     task = loop.create_task(hold(), name="apex-testkit-lifespan")
     asgi = await started
     return _Running(app=app, asgi=asgi, stop=stop, task=task)
+
+
+async def _start_serving(
+    target: Any, name: str, asgi: Callable[[Any, socket.socket, str], Any] | None
+) -> _Running:
+    """Serve `target` on a new loopback socket in the running loop (the apps' loop) until
+    stopped: an ASGI app under uvicorn (`asgi` is `serving_asgi`), else the service's own
+    server (`target.serving(sock=...)`)."""
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+    stop = asyncio.Event()
+    sock = listening_socket()
+    host, port = sock.getsockname()[:2]
+    serving = asgi(target, sock, name) if asgi is not None else target.serving(sock=sock)
+
+    async def hold() -> None:
+        try:
+            async with serving:
+                started.set_result(None)
+                await stop.wait()
+        except Exception as exc:
+            if started.done():
+                raise
+            started.set_exception(exc)  # the start-up failed: its caller raises it
+        finally:
+            sock.close()
+
+    task = loop.create_task(hold(), name=f"apex-testkit-serving-{name}")
+    await started
+    return _Running(app=target, asgi=None, stop=stop, task=task, url=f"http://{host}:{port}")
 
 
 async def _stop(running: _Running) -> None:

@@ -86,8 +86,10 @@ class Platform(abc.ABC):
     ) -> AbstractAsyncContextManager[str]:
         """The base URL of `service` on a real socket (http:// or ws://), for clients that
         need a network peer (WebSocket clients, other services); with the services it
-        calls. L2 serves it (and them) on loopback ports inside the test's event loop, L3
-        gives the worker's process, L4 the target's URL.
+        calls. L2 gives the worker's running server of these settings and number when the
+        service (and what it calls) can reset its memory (`reset_memory`), kept between
+        tests in the apps' loop, else serves it (and them) on loopback ports inside the
+        test's event loop; L3 gives the worker's process, L4 the target's URL.
         """
         self._reconfigurable(service, settings)
         return self._serve(service, instance, settings)
