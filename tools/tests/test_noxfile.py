@@ -141,7 +141,16 @@ def test_a_level_tag_selects_each_package_once_and_no_aggregate(noxfile: ModuleT
 
 def test_ci_requires_the_project_tests_in_order(noxfile: ModuleType) -> None:
     (ci,) = [s for s in noxfile.SESSIONS if s.name == "ci"]
-    assert ci.requires == ("lint", "collect", "selftest", "unit", "l2", "l3", "l4")
+    assert ci.requires == (
+        "lint",
+        "collect",
+        "selftest",
+        "clickhouse-compat",
+        "unit",
+        "l2",
+        "l3",
+        "l4",
+    )
 
 
 def test_collect_covers_every_level_session_the_matrix_plans(noxfile: ModuleType) -> None:
