@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import re
 import secrets
 import uuid
@@ -306,30 +307,42 @@ async def me_status(client: httpx.AsyncClient, access: str) -> tuple[int, str | 
     return response.status_code, (None if response.status_code == 200 else error_of(response))
 
 
-class _Through(httpx.AsyncBaseTransport):
-    """Sends every request through an existing client of the platform."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._client.send(request)
-        content = await response.aread()
-        # The body is decoded already: drop what described its encoding on the wire.
-        headers = [
-            (name, value)
-            for name, value in response.headers.multi_items()
-            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
-        ]
-        return httpx.Response(response.status_code, headers=headers, content=content)
+def _authlib_httpx() -> Any:
+    """The httpx module authlib's clients are built on: httpx2 where it is installed
+    (authlib prefers it; the openai SDK requires it), else httpx."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return httpx
 
 
-def platform_transport(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+def platform_transport(client: httpx.AsyncClient) -> Any:
     """A transport that reaches the platform the way `client` does (in-process at L2, over a
-    socket at L3/L4), so a third-party client library built on httpx (authlib) can be
-    pointed at it: `AsyncOAuth2Client(..., transport=platform_transport(auth_client),
-    base_url=auth_client.base_url)`."""
-    return _Through(client)
+    socket at L3/L4), so a third-party client library built on httpx or httpx2 (authlib) can
+    be pointed at it: `AsyncOAuth2Client(..., transport=platform_transport(auth_client),
+    base_url=str(auth_client.base_url))`. Requests and answers are copied between the two
+    libraries, bytes and headers as they are."""
+    library = _authlib_httpx()
+
+    class Through(library.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        async def handle_async_request(self, request: Any) -> Any:
+            sent = httpx.Request(
+                request.method,
+                str(request.url),
+                headers=list(request.headers.multi_items()),
+                content=await request.aread(),
+            )
+            response = await client.send(sent)
+            content = await response.aread()
+            # The body is decoded already: drop what described its encoding on the wire.
+            headers = [
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            ]
+            return library.Response(response.status_code, headers=headers, content=content)
+
+    return Through()
 
 
 class JwksVerifier:

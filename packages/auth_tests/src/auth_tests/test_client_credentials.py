@@ -151,7 +151,7 @@ async def test_authlib_obtains_a_token_that_opens_the_protected_routes(
         client_secret=client_secret,
         token_endpoint_auth_method=method,
         transport=platform_transport(auth_client),
-        base_url=auth_client.base_url,
+        base_url=str(auth_client.base_url),
     ) as oauth:
         token = await oauth.fetch_token(token_endpoint, grant_type="client_credentials")
         profile = await oauth.get("/me")

@@ -184,7 +184,7 @@ async def test_authlib_introspects_as_rfc_7662_says(
         client_secret=client_secret,
         token_endpoint_auth_method="client_secret_basic",
         transport=platform_transport(auth_client),
-        base_url=auth_client.base_url,
+        base_url=str(auth_client.base_url),
     ) as oauth:
         url = str(auth_client.base_url.join(INTROSPECT))
         active = await oauth.introspect_token(url, token=minted["context_token"])
