@@ -30,6 +30,9 @@ SIZING = pytest.mark.bvj(
 )  # fmt: skip
 
 SMALL = {"APEX_DB_POOL_SIZE": "2", "APEX_DB_POOL_TIMEOUT": "0.2"}
+# The blocked reads each hold a connection: without no-cache the second would wait on the
+# first's recompute lock (stampede protection) instead of on the pool.
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 async def _lock_usage(db_connect: Connect) -> Any:
@@ -59,7 +62,7 @@ async def test_a_request_that_waits_past_the_pool_timeout_is_503_pool_exhausted(
     reader = await make_data_user(permissions=(BILLING_READ,))
     lock = await _lock_usage(db_connect)
     blocked = [
-        asyncio.create_task(client.get("/v1/usage/summary", headers=reader.headers))
+        asyncio.create_task(client.get("/v1/usage/summary", headers={**reader.headers, **NO_CACHE}))
         for _ in range(2)
     ]
     await _in_use_becomes(client, admin_token, 2)
@@ -85,7 +88,8 @@ async def test_a_write_refused_for_pool_exhaustion_writes_nothing(
     user = await make_data_user(permissions=(RUN_AGENTS, BILLING_READ))
     lock = await _lock_usage(db_connect)
     blocked = [
-        asyncio.create_task(client.get("/v1/usage/summary", headers=user.headers)) for _ in range(2)
+        asyncio.create_task(client.get("/v1/usage/summary", headers={**user.headers, **NO_CACHE}))
+        for _ in range(2)
     ]
     await _in_use_becomes(client, admin_token, 2)
     refused = await client.post("/v1/usage", json=usage_body(user.user_id), headers=user.headers)
