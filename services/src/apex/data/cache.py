@@ -39,7 +39,7 @@ from typing import Any, Final, Literal
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-__all__ = ["SCHEMA_VERSION", "Cache", "CacheResult", "Migrated", "rendezvous_node"]
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheResult", "Migrated", "NodeMemory", "rendezvous_node"]
 
 log = logging.getLogger("apex.data.cache")
 
@@ -68,6 +68,24 @@ return copied
 _SCAN_COUNT: Final = 500
 
 CacheResult = Literal["hit", "miss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeMemory:
+    """One cache node's memory as Redis reports it (``INFO``): bytes used, its
+    ``maxmemory`` (0: none), and the keys it has evicted since it started."""
+
+    node: int
+    used_bytes: int
+    limit_bytes: int
+    evicted_keys: int
+
+    @property
+    def pressure(self) -> float:
+        """Used over the limit (0.0 without a limit)."""
+        return self.used_bytes / self.limit_bytes if self.limit_bytes else 0.0
+
+
 Compute = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
@@ -284,6 +302,25 @@ class Cache:
             except RedisError:
                 results.append(False)
         return results
+
+    async def memory(self) -> list[NodeMemory | None]:
+        """Each node's memory (001#70), in URL order; None for a node that does not answer."""
+        report: list[NodeMemory | None] = []
+        for index, node in enumerate(self._nodes):
+            try:
+                info = await node.info()
+            except (RedisError, OSError):
+                report.append(None)
+                continue
+            report.append(
+                NodeMemory(
+                    index,
+                    int(info.get("used_memory", 0)),
+                    int(info.get("maxmemory", 0)),
+                    int(info.get("evicted_keys", 0)),
+                )
+            )
+        return report
 
     async def close(self) -> None:
         """Close every node's connections."""

@@ -297,6 +297,35 @@ async def warm_cache(body: WarmIn, service: Service, flow: FlowDep) -> dict[str,
     return {"warmed": warmed, "tenants": len(body.tenant_ids)}
 
 
+@flow_router.get("/admin/cache/memory", dependencies=[Admin])
+async def cache_memory(service: Service, flow: FlowDep) -> dict[str, Any]:
+    """Each cache node's memory (001#70): bytes used, its limit, evicted keys, the pressure
+    (used / limit), and ``alert`` when a node is at or past APEX_CACHE_MEMORY_ALERT of its
+    limit or does not answer. The metrics follow the same reading."""
+    threshold = service.settings.cache_memory_alert
+    nodes: list[dict[str, Any]] = []
+    for index, node in enumerate(await flow.cache.memory()):
+        if node is None:
+            nodes.append({"node": index, "state": "down", "alert": True})
+            continue
+        label = str(node.node)
+        service.metrics.cache_memory.labels(label, "used").set(node.used_bytes)
+        service.metrics.cache_memory.labels(label, "limit").set(node.limit_bytes)
+        service.metrics.cache_evicted.labels(label).set(node.evicted_keys)
+        nodes.append(
+            {
+                "node": index,
+                "state": "up",
+                "used_bytes": node.used_bytes,
+                "limit_bytes": node.limit_bytes,
+                "evicted_keys": node.evicted_keys,
+                "pressure": round(node.pressure, 4),
+                "alert": node.limit_bytes > 0 and node.pressure >= threshold,
+            }
+        )
+    return {"threshold": threshold, "alert": any(n["alert"] for n in nodes), "nodes": nodes}
+
+
 @flow_router.get("/v1/credits")
 async def credit_balance(caller: CallerDep, service: Service, flow: FlowDep) -> dict[str, Any]:
     """The caller's tenant's credit balance, through the cache (``source``: cache, or

@@ -55,6 +55,19 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        # 001#70: what each cache node's Redis reports, as of the last memory report.
+        self.cache_memory = Gauge(
+            "apex_data_cache_memory_bytes",
+            "Cache node memory as Redis reports it: used, and its maxmemory limit (0: none)",
+            ["node", "kind"],
+            registry=registry,
+        )
+        self.cache_evicted = Gauge(
+            "apex_data_cache_evicted_keys",
+            "Keys a cache node has evicted since it started (Redis INFO evicted_keys)",
+            ["node"],
+            registry=registry,
+        )
         self.retries = Counter(
             "apex_data_retries",
             "Transactions retried, by reason (deadlock, serialization, connection)",

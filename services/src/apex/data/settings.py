@@ -63,6 +63,7 @@ class DataSettings(ServiceSettings):
     cache_redis_urls: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     cache_ttl: float = 300.0
     cache_lock_ttl: float = 5.0
+    cache_memory_alert: float = 0.9
     outbox_batch: int = 500
     outbox_poll: float = 0.5
     # -- data-flow: whether this instance runs the outbox relay in the background ------
@@ -100,11 +101,19 @@ class DataSettings(ServiceSettings):
             "cache_redis_urls": _redis_urls(env, "APEX_CACHE_REDIS_URLS", shared["redis_url"]),
             "cache_ttl": env.number("APEX_CACHE_TTL", 300.0, unit="seconds"),
             "cache_lock_ttl": env.number("APEX_CACHE_LOCK_TTL", 5.0, unit="seconds"),
+            "cache_memory_alert": _fraction(env, "APEX_CACHE_MEMORY_ALERT", 0.9),
             "outbox_batch": env.whole_number("APEX_OUTBOX_BATCH", 500, unit="rows"),
             "outbox_poll": env.number("APEX_OUTBOX_POLL", 0.5, unit="seconds"),
             # -- data-flow ---------------------------------------------------------------
             "outbox_relay": _switch(env, "APEX_OUTBOX_RELAY", default=True),
         }
+
+
+def _fraction(env: Env, variable: str, default: float) -> float:
+    value = env.number(variable, default)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{variable}: {value} is not a fraction in (0, 1]")
+    return value
 
 
 def _switch(env: Env, variable: str, *, default: bool) -> bool:
