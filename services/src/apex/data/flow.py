@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError
-from apex.data import clickhouse_sql, references, views
+from apex.data import clickhouse_sql, references, views, warming
 from apex.data.cache import Cache, CacheResult
 from apex.data.callers import BILLING_READ
 from apex.data.clickhouse import ClickHouse, ClickHouseError
@@ -109,14 +109,24 @@ async def open_flow(service: DataService) -> AsyncIterator[Flow]:
             on_relayed=metrics.relay_rows.inc,
             on_pending=metrics.outbox_pending.set,
         )
-    task = None
+    tasks = []
     if relay is not None and settings.outbox_relay:
-        task = asyncio.create_task(relay.run_forever(), name="apex.data outbox relay")
+        tasks.append(asyncio.create_task(relay.run_forever(), name="apex.data outbox relay"))
+    if settings.cache_warm_interval:
+        warm = warming.warm_forever(
+            service,
+            cache,
+            _balance_of,
+            interval=settings.cache_warm_interval,
+            top=settings.cache_warm_top,
+        )
+        tasks.append(asyncio.create_task(warm, name="apex.data cache warming"))
     try:
         yield Flow(service, cache, relay)
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, RELAY_STOP_TIMEOUT)
         await cache.close()
@@ -281,20 +291,27 @@ def _balance_of(service: DataService, tenant: uuid.UUID) -> Callable[[], Awaitab
 
 
 class WarmIn(BaseModel):
-    """The tenants whose cached balances to compute now."""
+    """The tenants whose cached balances to compute now: these (`tenant_ids`), or the `top`
+    busiest by priority (`apex.data.warming`); exactly one of the two."""
 
     model_config = ConfigDict(extra="forbid")
-    tenant_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=1000)]
+    tenant_ids: Annotated[list[uuid.UUID] | None, Field(min_length=1, max_length=1000)] = None
+    top: Annotated[int | None, Field(ge=1, le=1000)] = None
 
 
 @flow_router.post("/admin/cache/warm", dependencies=[Admin])
 async def warm_cache(body: WarmIn, service: Service, flow: FlowDep) -> dict[str, Any]:
-    """Compute and store these tenants' balances in the cache (001#67); ``warmed`` counts
-    the ones whose cache node took them."""
-    warmed = 0
-    for tenant in body.tenant_ids:
-        warmed += await flow.cache.warm(str(tenant), _balance_of(service, tenant), "credits")
-    return {"warmed": warmed, "tenants": len(body.tenant_ids)}
+    """Compute and store tenants' balances in the cache (001#67), in priority order for
+    `top`; ``warmed`` counts the ones whose cache node took them, ``order`` (with `top`)
+    names them as warmed."""
+    if body.tenant_ids is not None and body.top is None:
+        warmed = await warming.warm_balances(service, flow.cache, body.tenant_ids, _balance_of)
+        return {"warmed": warmed, "tenants": len(body.tenant_ids)}
+    if body.top is not None and body.tenant_ids is None:
+        order = await warming.busiest_tenants(service, body.top)
+        warmed = await warming.warm_balances(service, flow.cache, order, _balance_of)
+        return {"warmed": warmed, "tenants": len(order), "order": [str(t) for t in order]}
+    raise ApiError(422, "invalid_request", "give exactly one of tenant_ids and top")
 
 
 @flow_router.get("/admin/cache/memory", dependencies=[Admin])

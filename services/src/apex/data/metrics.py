@@ -68,6 +68,11 @@ class Metrics:
             ["node"],
             registry=registry,
         )
+        self.cache_warmed = Counter(
+            "apex_data_cache_warmed",
+            "Cached balances computed ahead of a read (POST /admin/cache/warm, scheduled)",
+            registry=registry,
+        )
         self.retries = Counter(
             "apex_data_retries",
             "Transactions retried, by reason (deadlock, serialization, connection)",

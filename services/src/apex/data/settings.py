@@ -64,6 +64,8 @@ class DataSettings(ServiceSettings):
     cache_ttl: float = 300.0
     cache_lock_ttl: float = 5.0
     cache_memory_alert: float = 0.9
+    cache_warm_interval: float = 0.0
+    cache_warm_top: int = 100
     outbox_batch: int = 500
     outbox_poll: float = 0.5
     # -- data-flow: whether this instance runs the outbox relay in the background ------
@@ -102,6 +104,9 @@ class DataSettings(ServiceSettings):
             "cache_ttl": env.number("APEX_CACHE_TTL", 300.0, unit="seconds"),
             "cache_lock_ttl": env.number("APEX_CACHE_LOCK_TTL", 5.0, unit="seconds"),
             "cache_memory_alert": _fraction(env, "APEX_CACHE_MEMORY_ALERT", 0.9),
+            # Unset: no scheduled warming (POST /admin/cache/warm still warms on request).
+            "cache_warm_interval": env.number("APEX_CACHE_WARM_INTERVAL", 0.0, unit="seconds"),
+            "cache_warm_top": env.whole_number("APEX_CACHE_WARM_TOP", 100, unit="tenants"),
             "outbox_batch": env.whole_number("APEX_OUTBOX_BATCH", 500, unit="rows"),
             "outbox_poll": env.number("APEX_OUTBOX_POLL", 0.5, unit="seconds"),
             # -- data-flow ---------------------------------------------------------------
