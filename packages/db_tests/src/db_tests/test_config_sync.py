@@ -77,8 +77,9 @@ async def test_a_partial_rollout_is_named(
             # The mismatch is real: the rolled-out data service refuses auth's tokens.
             assert await _summary_status(new_data.url, token) == 401
     message = str(raised.value)
-    version = "APEX_SETTINGS_VERSION differs: auth, gateway see '004-15-v1'; data sees '004-15-v2'"
-    issuer = "APEX_JWT_ISSUER differs: auth, gateway see 'apex-auth-v1'; data sees 'apex-auth-v2'"
+    v1_side = ", ".join(name for name in urls if name != "data")
+    version = f"APEX_SETTINGS_VERSION differs: {v1_side} see '004-15-v1'; data sees '004-15-v2'"
+    issuer = f"APEX_JWT_ISSUER differs: {v1_side} see 'apex-auth-v1'; data sees 'apex-auth-v2'"
     assert version in message
     assert issuer in message
 

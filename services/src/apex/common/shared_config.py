@@ -3,9 +3,10 @@ disagree.
 
 Every service answers ``GET /admin/config`` (admin token) with :func:`config_report`:
 for each shared setting (the database, Redis and its key prefix, the JWT issuer and
-audience, the admin token, where apex.auth is, ``APEX_SETTINGS_VERSION``) the value it
-runs with, a secret (or a URL that may carry one) as a fingerprint only. Services started
-from one environment must agree on each of them: a gateway that trusts another issuer,
+audience, the admin token, where apex.auth and apex.data are, ``APEX_SETTINGS_VERSION``)
+the value it runs with, a secret (or a URL that may carry one) as a fingerprint only.
+Services started from one environment must agree on each of them: a gateway that trusts
+another issuer,
 or a data service on another database, breaks in ways no single health check shows.
 :func:`mismatches` compares the reports of several services and :class:`ConfigMismatch`
 names each setting they disagree on and which service sees which value
@@ -44,6 +45,7 @@ SHARED_SETTINGS: Final[Mapping[str, tuple[str, bool]]] = {
     "APEX_JWT_AUDIENCE": ("jwt_audience", False),
     "APEX_ADMIN_TOKEN": ("admin_token", True),
     "APEX_AUTH_URL": ("auth_url", False),
+    "APEX_DATA_URL": ("data_url", False),
     SETTINGS_VERSION: ("settings_version", False),
 }
 _FINGERPRINT_HEX: Final = 16
