@@ -6,8 +6,8 @@ for each shared setting (the database, Redis and its key prefix, the JWT issuer 
 audience, the admin token, where apex.auth and apex.data are, ``APEX_SETTINGS_VERSION``)
 the value it runs with, a secret (or a URL that may carry one) as a fingerprint only.
 Services started from one environment must agree on each of them: a gateway that trusts
-another issuer,
-or a data service on another database, breaks in ways no single health check shows.
+another issuer, or a data service on another database, breaks in ways no single health
+check shows.
 :func:`mismatches` compares the reports of several services and :class:`ConfigMismatch`
 names each setting they disagree on and which service sees which value
 (``apex.stack.consistency`` fetches the reports of running services).
