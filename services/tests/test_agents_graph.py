@@ -5,6 +5,7 @@ supervisor's order of steps with a scripted sub-agent call (no LLM, no database)
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from typing import Any
 
@@ -161,7 +162,7 @@ async def _run(workflow: Workflow, script: Script) -> Any:
     saves: list[list[dict[str, Any]]] = []
 
     async def save(steps: list[dict[str, Any]]) -> None:
-        saves.append(steps)
+        saves.append(copy.deepcopy(steps))  # the supervisor goes on changing its records
 
     outcome = await Supervisor(script, save).run(workflow, "question")
     return outcome, saves
@@ -182,7 +183,8 @@ async def test_the_supervisor_skips_a_false_branch_and_its_dependants() -> None:
     assert [s["status"] for s in outcome.steps] == ["succeeded", "succeeded", "skipped", "skipped"]
     assert script.inputs == ["route", "yes\n\n[output of step route]\nyes"]
     assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.cost_micros) == (20, 4, 10)
-    assert saves[-1] == outcome.steps or saves
+    assert saves[-1] == outcome.steps
+    assert [s["status"] for s in saves[0]] == ["running", "pending", "pending", "pending"]
 
 
 async def test_the_supervisor_fails_on_a_step_and_runs_no_dependant() -> None:
@@ -215,3 +217,22 @@ async def test_the_supervisor_runs_independent_steps_at_once() -> None:
     assert outcome.status == "succeeded"
     assert json.loads(outcome.result or "") == {"k": "b"}
     assert outcome.conflicts == ("k",)
+
+
+async def test_a_redelivered_run_reuses_the_steps_that_succeeded() -> None:
+    workflow = flow(
+        {"id": "a", "input": "a"}, {"id": "b", "input": "b", "depends_on": ["a"]}, rule="first"
+    )
+    script = Script({"a": "A", "b": "B"})
+    first, _ = await _run(workflow, script)
+    again = Script({"b": "B2"})
+    saves: list[list[dict[str, Any]]] = []
+
+    async def save(steps: list[dict[str, Any]]) -> None:
+        saves.append(copy.deepcopy(steps))  # the supervisor goes on changing its records
+
+    before = [first.steps[0], {**first.steps[1], "status": "running"}]
+    outcome = await Supervisor(again, save).run(workflow, "question", before)
+    assert again.inputs == ["b\n\n[output of step a]\nA"]  # no second call for a
+    assert (outcome.status, outcome.result) == ("succeeded", "B2")
+    assert outcome.prompt_tokens == 20

@@ -113,6 +113,7 @@ def _record(step: Step) -> dict[str, Any]:
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "cost_micros": 0,
         "provider": None,
+        "attempts": 0,
     }
 
 
@@ -170,5 +171,5 @@ def _outcome(
         completion_tokens=sum(r["usage"]["completion_tokens"] for r in ran),
         cost_micros=sum(r["cost_micros"] for r in ran),
         provider_path=providers,
-        attempts=sum(r.get("attempts", 0) for r in ran),
+        attempts=sum(r["attempts"] for r in ran),
     )
