@@ -1,8 +1,9 @@
 """apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
 
-- ``POST /v1/runs {agent, input, priority?, idempotency_key}`` (``agents:run``): 202
-  ``{run_id, status: "queued"}`` and a job on the queue; the same key again: 200 with the
-  first run, nothing queued.
+- ``POST /v1/runs {agent | workflow, input, priority?, idempotency_key}``
+  (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue; the same
+  key again: 200 with the first run, nothing queued. A workflow is checked first (unknown
+  agent or step, a cycle: 422, nothing stored).
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.metrics import CONTENT_TYPE
 from apex.agents.runs import Run
 from apex.agents.service import AgentService
@@ -36,6 +38,7 @@ router = APIRouter()
 RUN_AGENTS: Final = "agents:run"
 READ_RUNS: Final = "agents:read"
 MAX_INPUT_CHARS: Final = 100_000
+MAX_STEPS: Final = 50
 
 
 def service_of(request: Request) -> AgentService:
@@ -57,24 +60,74 @@ async def caller_of(request: Request, service: Service) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller_of)]
 
 
-class RunIn(BaseModel):
-    """A run as a client submits it."""
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class WhenIn(BaseModel):
+    """A step's condition: the output of ``step`` equals ``equals``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    agent: Annotated[str, Field(min_length=1, max_length=100)]
+    step: Name
+    equals: Any
+
+
+class StepIn(BaseModel):
+    """One step of a workflow as a client declares it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Name
+    agent: Name
+    input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)] | None = None
+    depends_on: Annotated[list[Name], Field(max_length=MAX_STEPS)] = []
+    when: WhenIn | None = None
+
+
+class WorkflowIn(BaseModel):
+    """A workflow as a client declares it (checked further by apex.agents.graph)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: Annotated[list[StepIn], Field(min_length=1, max_length=MAX_STEPS)]
+    aggregate: Literal["merge", "first", "vote"] = "merge"
+
+
+class RunIn(BaseModel):
+    """A run as a client submits it: of one agent, or of a workflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Name | None = None
+    workflow: WorkflowIn | None = None
     input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
     priority: Literal["high", "normal", "low"] = "normal"
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
 
 
+def _workflow_of(body: RunIn) -> Workflow | None:
+    """The run's checked workflow (None: a run of one agent); 422 for a bad one."""
+    if (body.agent is None) == (body.workflow is None):
+        raise ApiError(422, "invalid_request", "a run names either an agent or a workflow")
+    if body.workflow is None:
+        if body.agent not in BUILTIN_AGENTS:
+            known = ", ".join(sorted(BUILTIN_AGENTS))
+            raise ApiError(422, "unknown_agent", f"no agent {body.agent!r}; known: {known}")
+        return None
+    workflow = Workflow.of(body.workflow.model_dump())
+    try:
+        check(workflow, BUILTIN_AGENTS)
+    except WorkflowError as exc:
+        raise ApiError(422, exc.code, exc.detail) from exc
+    return workflow
+
+
 @router.post("/v1/runs", dependencies=[Depends(require_json_body)])
 async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONResponse:
-    """Queue a run of a built-in agent."""
+    """Queue a run of a built-in agent or of a workflow (checked before anything is
+    stored)."""
     caller.require(RUN_AGENTS)
-    if body.agent not in BUILTIN_AGENTS:
-        known = ", ".join(sorted(BUILTIN_AGENTS))
-        raise ApiError(422, "unknown_agent", f"no agent {body.agent!r}; known: {known}")
+    workflow = _workflow_of(body)
     run, created = await service.store.submit(
         tenant_id=caller.tenant_id,
         user_id=caller.user_id,
@@ -82,6 +135,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         input_text=body.input,
         priority=body.priority,
         idempotency_key=body.idempotency_key,
+        workflow=None if workflow is None else workflow.to_json(),
     )
     if created:
         await service.queue.enqueue(run.id, run.priority)

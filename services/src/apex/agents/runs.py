@@ -1,4 +1,8 @@
-"""Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migration 0015).
+"""Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migrations 0015
+and 0016).
+
+A run is of one agent or of a workflow (its declaration, each step's record and the
+merge's conflicting keys are kept with it).
 
 A run is ``queued`` when submitted, ``running`` once a worker took its job, then one of
 ``succeeded``, ``failed`` or ``cancelled`` (the final states: a final run never changes
@@ -16,7 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["FINAL", "Run", "RunStore", "Usage"]
+__all__ = ["FINAL", "Run", "RunStore", "Usage", "WorkflowOutcome"]
 
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
 _ACTIVE: Final = ("queued", "running")
@@ -34,13 +38,30 @@ class Usage:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkflowOutcome:
+    """How a workflow ended: its status and result or error, each step's record, the
+    conflicting keys of a merge, and its steps' usage summed."""
+
+    status: str
+    result: str | None
+    error: str | None
+    steps: list[dict[str, Any]]
+    conflicts: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    provider_path: list[str]
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """One run as stored."""
 
     id: uuid.UUID
     tenant_id: uuid.UUID
     user_id: str
-    agent: str
+    agent: str | None
     input: str
     priority: str
     status: str
@@ -50,6 +71,9 @@ class Run:
     completion_tokens: int
     cost_micros: int
     provider_path: list[str]
+    workflow: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    conflicts: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Run:
@@ -67,17 +91,20 @@ class Run:
             completion_tokens=row["completion_tokens"],
             cost_micros=row["cost_micros"],
             provider_path=json.loads(row["provider_path"]),
+            workflow=None if row["workflow"] is None else json.loads(row["workflow"]),
+            steps=json.loads(row["steps"]),
+            conflicts=json.loads(row["conflicts"]),
         )
 
     def view(self) -> dict[str, Any]:
         """The run as `GET /v1/runs/{id}` answers it."""
-        return {
+        view: dict[str, Any] = {
             "run_id": str(self.id),
             "agent": self.agent,
             "status": self.status,
             "result": self.result,
             "error": self.error,
-            "steps": [],
+            "steps": self.steps,
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
@@ -85,11 +112,17 @@ class Run:
             "cost_micros": self.cost_micros,
             "provider_path": self.provider_path,
         }
+        if self.workflow is not None:
+            view["workflow"] = self.workflow
+            view["conflicts"] = self.conflicts
+            failed = [step["id"] for step in self.steps if step.get("status") == "failed"]
+            view["failed_step"] = failed[0] if failed else None
+        return view
 
 
 _COLUMNS: Final = (
     "id, tenant_id, user_id, agent, input, priority, status, result, error, prompt_tokens, "
-    "completion_tokens, cost_micros, provider_path"
+    "completion_tokens, cost_micros, provider_path, workflow, steps, conflicts"
 )
 
 
@@ -109,16 +142,18 @@ class RunStore:
         *,
         tenant_id: uuid.UUID,
         user_id: str,
-        agent: str,
+        agent: str | None,
         input_text: str,
         priority: str,
         idempotency_key: str,
+        workflow: dict[str, Any] | None = None,
     ) -> tuple[Run, bool]:
-        """The new queued run, True; or the tenant's run with this key, False."""
+        """The new queued run (of an agent, or of a workflow), True; or the tenant's run
+        with this key, False."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
-                f"idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                f"idempotency_key, workflow) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                 f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
                 uuid.uuid4(),
                 tenant_id,
@@ -127,6 +162,7 @@ class RunStore:
                 input_text,
                 priority,
                 idempotency_key,
+                None if workflow is None else json.dumps(workflow),
             )
             if row is not None:
                 return Run.of(row), True
@@ -180,6 +216,40 @@ class RunStore:
                 usage.cost_micros,
                 usage.provider,
                 usage.attempts,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def save_steps(self, run_id: uuid.UUID, steps: list[dict[str, Any]]) -> bool:
+        """Record a running workflow's steps as they are now; False when it is final."""
+        async with self._pool.acquire() as conn:
+            outcome = await conn.execute(
+                "UPDATE agent_runs SET steps = $2::jsonb, updated_at = now() "
+                "WHERE id = $1 AND status = 'running'",
+                run_id,
+                json.dumps(steps),
+            )
+        return bool(outcome == "UPDATE 1")
+
+    async def finish_workflow(self, run_id: uuid.UUID, outcome: WorkflowOutcome) -> bool:
+        """Record a workflow's end: status, result or error, its steps, conflicts and the
+        sum of its steps' usage; False when the run was final already."""
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE agent_runs SET status = $2, result = $3, error = $4, steps = $5::jsonb, "
+                "conflicts = $6::jsonb, prompt_tokens = $7, completion_tokens = $8, "
+                "cost_micros = $9, provider_path = $10::jsonb, llm_attempts = llm_attempts + $11, "
+                "updated_at = now(), finished_at = now() WHERE id = $1 AND status = 'running'",
+                run_id,
+                outcome.status,
+                outcome.result,
+                outcome.error,
+                json.dumps(outcome.steps),
+                json.dumps(list(outcome.conflicts)),
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                outcome.cost_micros,
+                json.dumps(outcome.provider_path),
+                outcome.attempts,
             )
         return bool(status == "UPDATE 1")
 

@@ -7,13 +7,15 @@ starts, so a cancel (published after the run is marked ``cancelled`` in PostgreS
 either finds the task and cancels it (closing the provider's connection) or comes before
 it, and the task then finds the run final and does nothing. A job is acknowledged only
 once its run is final: a worker that dies mid-job leaves it pending, and another worker
-claims it after ``APEX_JOB_CLAIM_IDLE`` seconds.
+claims it after ``APEX_JOB_CLAIM_IDLE`` seconds. A run of a workflow is handed to
+:class:`apex.agents.supervisor.Supervisor`, one LLM call per step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -28,11 +30,13 @@ from redis.exceptions import RedisError
 
 from apex.agents.costs import cost_micros
 from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.graph import Workflow
 from apex.agents.jobs import Job, JobQueue
 from apex.agents.llm import LlmError, Provider
 from apex.agents.metrics import Metrics
-from apex.agents.runs import RunStore, Usage
+from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
+from apex.agents.supervisor import Supervisor
 
 __all__ = ["WorkerPool"]
 
@@ -142,7 +146,10 @@ class WorkerPool:
         run = await self._store.start(run_id)
         if run is None:
             return  # final already: cancelled, or finished by another delivery
-        agent = BUILTIN_AGENTS.get(run.agent)
+        if run.workflow is not None:
+            await self._work_workflow(run)
+            return
+        agent = BUILTIN_AGENTS.get(run.agent or "")
         model = self._settings.models.get(agent.model) if agent is not None else None
         if agent is None or model is None:
             await self._store.fail(run.id, "unknown_agent")
@@ -177,6 +184,50 @@ class WorkerPool:
         if await self._store.succeed(run.id, completion.content, usage):
             self._count_usage(agent.model, usage)
 
+    async def _work_workflow(self, run: Run) -> None:
+        """Run a workflow's steps through the supervisor within APEX_RUN_TIMEOUT."""
+        workflow = Workflow.of(run.workflow or {})
+        supervisor = Supervisor(self._call_agent, functools.partial(self._store.save_steps, run.id))
+        try:
+            outcome = await asyncio.wait_for(
+                supervisor.run(workflow, run.input, run.steps), self._settings.run_timeout
+            )
+        except TimeoutError:
+            if await self._store.fail(run.id, "run_timeout", status="timed_out"):
+                self._metrics.runs.labels("timed_out").inc()
+            return
+        if await self._store.finish_workflow(run.id, outcome):
+            self._metrics.runs.labels(outcome.status).inc()
+
+    async def _call_agent(self, agent_name: str, text: str) -> tuple[str, Usage]:
+        """One sub-agent call of a workflow step: the answer and its usage (counted in
+        the metrics); LlmError when the provider gave none."""
+        agent = BUILTIN_AGENTS.get(agent_name)
+        model = self._settings.models.get(agent.model) if agent is not None else None
+        if agent is None or model is None:
+            raise LlmError("unknown_agent", f"no agent {agent_name!r} or no price of its model", 0)
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": agent.system},
+            {"role": "user", "content": text},
+        ]
+        try:
+            completion = await self._provider.complete(
+                agent.model, messages, max_tokens=agent.max_tokens
+            )
+        except LlmError as exc:
+            self._count_calls(exc.attempts, ok=False)
+            raise
+        self._count_calls(completion.attempts, ok=True)
+        usage = Usage(
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_micros=cost_micros(model, completion.prompt_tokens, completion.completion_tokens),
+            provider=self._provider.name,
+            attempts=completion.attempts,
+        )
+        self._count_tokens(agent.model, usage)
+        return completion.content, usage
+
     def _count_calls(self, attempts: int, *, ok: bool) -> None:
         calls = self._metrics.llm_calls
         name = self._provider.name
@@ -185,6 +236,9 @@ class WorkerPool:
 
     def _count_usage(self, model_name: str, usage: Usage) -> None:
         self._metrics.runs.labels("succeeded").inc()
+        self._count_tokens(model_name, usage)
+
+    def _count_tokens(self, model_name: str, usage: Usage) -> None:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(model_name, "completion").inc(usage.completion_tokens)
         self._metrics.cost.labels(model_name).inc(usage.cost_micros)
