@@ -1,8 +1,8 @@
 """A client of the Apex agents service (apex.agents), for any team's tests.
 
 Public: `AgentUser` (a platform user of one tenant, with a context token for apex.agents
-made by apex.auth), `context_token`, `run_body` (a valid `POST /v1/runs` body with a fresh
-idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
+made by apex.auth: `auth_tests.access.ServiceUser`), `run_body` (a valid `POST /v1/runs`
+body with a fresh idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
 `until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
 call under a price), `bearer`, `admin_headers`, `error_of`. `MakeUser` and `OpenAgents`
 are the types of the `make_agent_user` and `agents_with` fixtures.
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
-from auth_tests.client import KeyUser, Tokens
+from auth_tests.access import ServiceUser, bearer
 
 from apex_testkit import eventually
 
@@ -30,7 +29,6 @@ __all__ = [
     "OpenAgents",
     "admin_headers",
     "bearer",
-    "context_token",
     "cost_micros",
     "error_of",
     "final_run",
@@ -41,31 +39,13 @@ __all__ = [
 
 # The audience apex.agents accepts context tokens for.
 AUDIENCE: Final = "apex-agents"
+# A user with a context token for apex.agents (`auth_tests.access.service_user`).
+AgentUser = ServiceUser
 # Submitting and cancelling runs needs the first, reading them the second.
 RUN_AGENTS: Final = "agents:run"
 READ_RUNS: Final = "agents:read"
 # The states a run never leaves.
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
-
-
-@dataclass(frozen=True)
-class AgentUser:
-    """A user of tenant `tenant_id` (None: of no tenant), signed in, with a context token
-    for apex.agents carrying the permissions the user was granted."""
-
-    key_user: KeyUser
-    tokens: Tokens
-    tenant_id: str | None
-    token: str
-
-    @property
-    def user_id(self) -> str:
-        return self.key_user.user_id
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The request headers that present this user's context token."""
-        return bearer(self.token)
 
 
 # `await make_agent_user(tenant=..., permissions=(...))`: what `make_agent_user` hands out.
@@ -74,26 +54,9 @@ MakeUser = Callable[..., Awaitable[AgentUser]]
 OpenAgents = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
-def bearer(token: str) -> dict[str, str]:
-    """An Authorization header carrying `token`."""
-    return {"Authorization": f"Bearer {token}"}
-
-
 def admin_headers(admin_token: str) -> dict[str, str]:
     """The headers of apex.agents' /admin/* routes and /metrics."""
     return bearer(admin_token)
-
-
-async def context_token(
-    auth_client: httpx.AsyncClient, access_token: str, audience: str = AUDIENCE
-) -> str:
-    """A context token for `audience`, from apex.auth, for the holder of `access_token`."""
-    response = await auth_client.post(
-        "/auth/context-token", json={"audience": audience}, headers=bearer(access_token)
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["context_token"]
-    return token
 
 
 def run_body(**fields: Any) -> dict[str, Any]:

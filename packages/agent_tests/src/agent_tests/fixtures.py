@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_tests.client import AuthAdmin, login, run_namespace
+from auth_tests.access import service_user
+from auth_tests.client import AuthAdmin, run_namespace
 
-from agent_tests.client import AgentUser, MakeUser, OpenAgents, context_token
+from agent_tests.client import AUDIENCE, AgentUser, MakeUser, OpenAgents
 from apex_testkit import Platform, RedisNamespace
 
 
@@ -85,17 +86,9 @@ def make_agent_user(agent_auth_client: httpx.AsyncClient, agent_auth_admin: Auth
 
     async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> AgentUser:
         tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
-        key_user = await agent_auth_admin.key_user(tenant_id=tenant_id)
-        for permission in permissions:
-            granted = await agent_auth_client.put(
-                f"/admin/users/{key_user.user_id}/grants/{permission}",
-                json={"effect": "allow"},
-                headers=agent_auth_admin.headers,
-            )
-            assert granted.status_code == 200, granted.text
-        tokens = await login(agent_auth_client, key_user.api_key)
-        token = await context_token(agent_auth_client, tokens.access)
-        return AgentUser(key_user, tokens, tenant_id, token)
+        return await service_user(
+            agent_auth_admin, AUDIENCE, permissions=permissions, tenant_id=tenant_id
+        )
 
     return make
 

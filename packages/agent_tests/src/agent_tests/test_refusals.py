@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from auth_tests.access import context_token
 
 from agent_tests.client import (
     READ_RUNS,
@@ -19,7 +20,6 @@ from agent_tests.client import (
     AgentUser,
     MakeUser,
     bearer,
-    context_token,
     error_of,
     final_run,
     run_body,
@@ -55,7 +55,7 @@ async def test_a_token_for_another_audience_is_401_and_runs_nothing(
     agents_db: Any,
 ) -> None:
     user = await make_agent_user(permissions=(RUN_AGENTS,))
-    data_token = await context_token(agent_auth_client, user.tokens.access, "apex-data")
+    data_token = await context_token(agent_auth_client, user.tokens, "apex-data")
     response = await agents_client.post("/v1/runs", json=run_body(), headers=bearer(data_token))
     assert response.status_code == 401, response.text
     assert error_of(response) == "invalid_token"

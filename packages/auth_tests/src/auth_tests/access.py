@@ -2,8 +2,9 @@
 
 Public: `AccessAdmin` (the admin API of teams and grants, CONTRACT3), the fixed
 role -> permissions table, `granted_user` (a new user with permissions, signed in: what
-other teams' tests act as), and what other services ask apex.auth before they act for a
-user (`/authz/check`, context tokens and their introspection). `client` is an
+other teams' tests act as), `service_user` (such a user with a context token for one
+service: a `ServiceUser`), `bearer`, and what other services ask apex.auth before they act
+for a user (`/authz/check`, context tokens and their introspection). `client` is an
 `httpx.AsyncClient` of apex.auth.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,11 +22,14 @@ from auth_tests.client import AuthAdmin, KeyUser, Tokens, login
 __all__ = [
     "ROLE_PERMISSIONS",
     "AccessAdmin",
+    "ServiceUser",
+    "bearer",
     "context_token",
     "granted_user",
     "introspect",
     "is_allowed",
     "my_permissions",
+    "service_user",
 ]
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -155,6 +160,45 @@ async def granted_user(
     for permission in permissions:
         await access.grant_user(key_user.user_id, permission)
     return key_user, await login(admin.client, key_user.api_key, ttl=ttl)
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization header carrying `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """A user of tenant `tenant_id` (None: of no tenant), signed in, with a context token
+    (`token`) for one service carrying the permissions the user was granted."""
+
+    key_user: KeyUser
+    tokens: Tokens
+    tenant_id: str | None
+    token: str
+
+    @property
+    def user_id(self) -> str:
+        return self.key_user.user_id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers that present this user's context token."""
+        return bearer(self.token)
+
+
+async def service_user(
+    admin: AuthAdmin,
+    audience: str,
+    *,
+    permissions: Sequence[str] = (),
+    tenant_id: str | None = None,
+) -> ServiceUser:
+    """`granted_user` with a context token for the service `audience`, made through
+    `admin`'s client: what a test of another service acts as."""
+    key_user, tokens = await granted_user(admin, permissions=permissions, tenant_id=tenant_id)
+    token = await context_token(admin.client, tokens, audience)
+    return ServiceUser(key_user, tokens, tenant_id, token)
 
 
 async def my_permissions(client: httpx.AsyncClient, tokens: Tokens) -> list[str]:

@@ -1,7 +1,7 @@
 """A client of the Apex data service (apex.data), for any team's tests.
 
 Public: `DataUser` (a platform user of one tenant, with a context token for apex.data
-made by apex.auth), `context_token` (asks apex.auth for one), `usage_body` (a valid
+made by apex.auth: `auth_tests.access.ServiceUser`), `usage_body` (a valid
 `POST /v1/usage` body with a fresh idempotency key), `bearer`, `admin_headers` and
 `error_of`. `MakeUser` and `OpenData` are the types of the `make_data_user` and
 `data_with` fixtures. `purge_tenants` deletes what tenants wrote (an L4 run's, at its end).
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
-from auth_tests.client import KeyUser, Tokens
+from auth_tests.access import ServiceUser, bearer
 
 __all__ = [
     "AUDIENCE",
@@ -27,7 +26,6 @@ __all__ = [
     "OpenData",
     "admin_headers",
     "bearer",
-    "context_token",
     "error_of",
     "purge_tenants",
     "usage_body",
@@ -35,6 +33,8 @@ __all__ = [
 
 # The audience apex.data accepts context tokens for.
 AUDIENCE: Final = "apex-data"
+# A user with a context token for apex.data (`auth_tests.access.service_user`).
+DataUser = ServiceUser
 # Writing usage needs the first, reading it the second.
 RUN_AGENTS: Final = "agents:run"
 BILLING_READ: Final = "billing:read"
@@ -44,52 +44,15 @@ BILLING_WRITE: Final = "billing:write"
 PURGE_CHUNK: Final = 1000
 
 
-@dataclass(frozen=True)
-class DataUser:
-    """A user of tenant `tenant_id` (None: of no tenant), signed in, with a context token
-    for apex.data carrying the permissions the user was granted."""
-
-    key_user: KeyUser
-    tokens: Tokens
-    tenant_id: str | None
-    token: str
-
-    @property
-    def user_id(self) -> str:
-        return self.key_user.user_id
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The request headers that present this user's context token."""
-        return bearer(self.token)
-
-
 # `await make_data_user(tenant=..., permissions=(...))`: what `make_data_user` hands out.
 MakeUser = Callable[..., Awaitable[DataUser]]
 # `await data_with(APEX_DB_POOL_SIZE="2", ...)`: what `data_with` hands out.
 OpenData = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
-def bearer(token: str) -> dict[str, str]:
-    """An Authorization header carrying `token`."""
-    return {"Authorization": f"Bearer {token}"}
-
-
 def admin_headers(admin_token: str) -> dict[str, str]:
     """The headers of apex.data's /admin/* routes and /metrics."""
     return bearer(admin_token)
-
-
-async def context_token(
-    auth_client: httpx.AsyncClient, access_token: str, audience: str = AUDIENCE
-) -> str:
-    """A context token for `audience`, from apex.auth, for the holder of `access_token`."""
-    response = await auth_client.post(
-        "/auth/context-token", json={"audience": audience}, headers=bearer(access_token)
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["context_token"]
-    return token
 
 
 def usage_body(user_id: str, **fields: Any) -> dict[str, Any]:

@@ -17,16 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_tests.access import granted_user
+from auth_tests.access import service_user
 from auth_tests.client import AuthAdmin, run_namespace
 
 from apex_testkit import Level, Platform, tls_context
 from db_tests.client import (
+    AUDIENCE,
     DataUser,
     MakeUser,
     OpenData,
     admin_headers,
-    context_token,
     purge_tenants,
 )
 from db_tests.state import Connect
@@ -106,11 +106,9 @@ def make_data_user(
         tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
         if tenant_id is not None:
             data_tenants.add(tenant_id)
-        key_user, tokens = await granted_user(
-            data_auth_admin, permissions=permissions, tenant_id=tenant_id
+        return await service_user(
+            data_auth_admin, AUDIENCE, permissions=permissions, tenant_id=tenant_id
         )
-        token = await context_token(data_auth_client, tokens.access)
-        return DataUser(key_user, tokens, tenant_id, token)
 
     return make
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from auth_tests.access import context_token
 from auth_tests.client import AuthAdmin, login
 
 from apex import topology
 from apex.stack.consistency import fetch_report
 from apex_testkit import Platform, RunningService
-from db_tests.client import BILLING_READ, context_token
+from db_tests.client import AUDIENCE, BILLING_READ
 
 __all__ = ["ServiceSet", "reader_token", "started_services"]
 
@@ -95,4 +96,4 @@ async def reader_token(auth_url: str, admin_token: str, email_domain: str) -> st
         )
         assert granted.status_code == 200, granted.text
         tokens = await login(client, user.api_key)
-        return await context_token(client, tokens.access)
+        return await context_token(client, tokens, AUDIENCE)
