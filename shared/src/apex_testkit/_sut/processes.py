@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Final
 
 import httpx
 
@@ -27,6 +28,11 @@ from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
 from apex_testkit._tls import tls_context
 from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
+
+# uvicorn closes a connection idle for 5 s, httpx reuses one idle for up to 5 s: a request
+# sent on a connection the server is closing at that moment fails with a ReadError. Idle
+# connections the kit's clients keep expire well before the server's.
+_LIMITS: Final = httpx.Limits(keepalive_expiry=2.0)
 
 
 class ServiceProcess:
@@ -129,7 +135,9 @@ class ProcessPlatform(Platform):
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[httpx.AsyncClient]:
         url = self.instance(service, instance, **settings).url
-        async with httpx.AsyncClient(base_url=url, timeout=30, verify=tls_context()) as client:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, verify=tls_context(), limits=_LIMITS
+        ) as client:
             yield client
 
     @asynccontextmanager
@@ -175,7 +183,9 @@ class ProcessPlatform(Platform):
         proxy = self._proxy(service, instance, via)
         proxy.clear()
         tls = tls_context()
-        async with httpx.AsyncClient(base_url=process.url, timeout=30, verify=tls) as client:
+        async with httpx.AsyncClient(
+            base_url=process.url, timeout=30, verify=tls, limits=_LIMITS
+        ) as client:
 
             async def healthy() -> bool:
                 return (await client.get("/healthz")).status_code == 200
