@@ -15,6 +15,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.agents.calls import AgentCaller
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
@@ -80,8 +81,9 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
+        caller = AgentCaller(settings, provider=provider, metrics=metrics)
         pool_of_workers = WorkerPool(
-            settings, store=store, queue=queue, provider=provider, redis=redis, metrics=metrics
+            settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)

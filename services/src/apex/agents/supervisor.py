@@ -21,8 +21,9 @@ from apex.agents.runs import Usage, WorkflowOutcome
 
 __all__ = ["CallAgent", "SaveSteps", "Supervisor"]
 
-# One sub-agent call: (agent name, its input) -> (its answer, its usage); LlmError if none.
-CallAgent = Callable[[str, str], Coroutine[Any, Any, tuple[str, Usage]]]
+# One sub-agent call: (step id, agent name, its input) -> (its answer, its usage); LlmError
+# if none.
+CallAgent = Callable[[str, str, str], Coroutine[Any, Any, tuple[str, Usage]]]
 # Save the step records of the running run.
 SaveSteps = Callable[[list[dict[str, Any]]], Awaitable[object]]
 
@@ -99,7 +100,7 @@ class Supervisor:
                     }  # every one succeeded
                     text = step_input(step, run_input, outputs)
                     record["status"] = "running"
-                    task = asyncio.create_task(self._call(step.agent, text))
+                    task = asyncio.create_task(self._call(step.id, step.agent, text))
                     running[task] = step.id
 
 

@@ -24,15 +24,13 @@ import uuid
 from typing import Final
 
 import asyncpg
-from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from apex.agents.costs import cost_micros
-from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.calls import MAIN_STEP, AgentCaller, CallContext
 from apex.agents.graph import Workflow
 from apex.agents.jobs import Job, JobQueue
-from apex.agents.llm import LlmError, Provider
+from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
@@ -56,14 +54,14 @@ class WorkerPool:
         *,
         store: RunStore,
         queue: JobQueue,
-        provider: Provider,
+        caller: AgentCaller,
         redis: Redis,
         metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
         self._queue = queue
-        self._provider = provider
+        self._caller = caller
         self._redis = redis
         self._metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,19 +147,9 @@ class WorkerPool:
         if run.workflow is not None:
             await self._work_workflow(run)
             return
-        agent = BUILTIN_AGENTS.get(run.agent or "")
-        model = self._settings.models.get(agent.model) if agent is not None else None
-        if agent is None or model is None:
-            await self._store.fail(run.id, "unknown_agent")
-            self._metrics.runs.labels("failed").inc()
-            return
-        messages: list[ChatCompletionMessageParam] = [
-            {"role": "system", "content": agent.system},
-            {"role": "user", "content": run.input},
-        ]
         try:
-            completion = await asyncio.wait_for(
-                self._provider.complete(agent.model, messages, max_tokens=agent.max_tokens),
+            content, usage = await asyncio.wait_for(
+                self._caller.call(CallContext(run, MAIN_STEP), run.agent or "", run.input),
                 self._settings.run_timeout,
             )
         except TimeoutError:
@@ -169,25 +157,20 @@ class WorkerPool:
                 self._metrics.runs.labels("timed_out").inc()
             return
         except LlmError as exc:
-            self._count_calls(exc.attempts, ok=False)
             if await self._store.fail(run.id, exc.reason):
                 self._metrics.runs.labels("failed").inc()
             return
-        self._count_calls(completion.attempts, ok=True)
-        usage = Usage(
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            cost_micros=cost_micros(model, completion.prompt_tokens, completion.completion_tokens),
-            provider=self._provider.name,
-            attempts=completion.attempts,
-        )
-        if await self._store.succeed(run.id, completion.content, usage):
-            self._count_usage(agent.model, usage)
+        if await self._store.succeed(run.id, content, usage):
+            self._metrics.runs.labels("succeeded").inc()
 
     async def _work_workflow(self, run: Run) -> None:
         """Run a workflow's steps through the supervisor within APEX_RUN_TIMEOUT."""
         workflow = Workflow.of(run.workflow or {})
-        supervisor = Supervisor(self._call_agent, functools.partial(self._store.save_steps, run.id))
+
+        async def call_step(step: str, agent_name: str, text: str) -> tuple[str, Usage]:
+            return await self._caller.call(CallContext(run, step), agent_name, text)
+
+        supervisor = Supervisor(call_step, functools.partial(self._store.save_steps, run.id))
         try:
             outcome = await asyncio.wait_for(
                 supervisor.run(workflow, run.input, run.steps), self._settings.run_timeout
@@ -198,50 +181,6 @@ class WorkerPool:
             return
         if await self._store.finish_workflow(run.id, outcome):
             self._metrics.runs.labels(outcome.status).inc()
-
-    async def _call_agent(self, agent_name: str, text: str) -> tuple[str, Usage]:
-        """One sub-agent call of a workflow step: the answer and its usage (counted in
-        the metrics); LlmError when the provider gave none."""
-        agent = BUILTIN_AGENTS.get(agent_name)
-        model = self._settings.models.get(agent.model) if agent is not None else None
-        if agent is None or model is None:
-            raise LlmError("unknown_agent", f"no agent {agent_name!r} or no price of its model", 0)
-        messages: list[ChatCompletionMessageParam] = [
-            {"role": "system", "content": agent.system},
-            {"role": "user", "content": text},
-        ]
-        try:
-            completion = await self._provider.complete(
-                agent.model, messages, max_tokens=agent.max_tokens
-            )
-        except LlmError as exc:
-            self._count_calls(exc.attempts, ok=False)
-            raise
-        self._count_calls(completion.attempts, ok=True)
-        usage = Usage(
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            cost_micros=cost_micros(model, completion.prompt_tokens, completion.completion_tokens),
-            provider=self._provider.name,
-            attempts=completion.attempts,
-        )
-        self._count_tokens(agent.model, usage)
-        return completion.content, usage
-
-    def _count_calls(self, attempts: int, *, ok: bool) -> None:
-        calls = self._metrics.llm_calls
-        name = self._provider.name
-        calls.labels(name, "retried").inc(attempts - 1)
-        calls.labels(name, "ok" if ok else "failed").inc()
-
-    def _count_usage(self, model_name: str, usage: Usage) -> None:
-        self._metrics.runs.labels("succeeded").inc()
-        self._count_tokens(model_name, usage)
-
-    def _count_tokens(self, model_name: str, usage: Usage) -> None:
-        self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)
-        self._metrics.tokens.labels(model_name, "completion").inc(usage.completion_tokens)
-        self._metrics.cost.labels(model_name).inc(usage.cost_micros)
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
