@@ -24,6 +24,15 @@ __all__ = ["FINAL", "Run", "RunStore", "Usage", "WorkflowOutcome"]
 
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
 _ACTIVE: Final = ("queued", "running")
+# A run ended from outside its supervisor (cancelled, timed out, failed) closes its step
+# records too: a step in flight is `cancelled`, one not started `not_run` (as the
+# supervisor records them when a step fails), so no final run shows a step `running`.
+_CLOSE_STEPS: Final = (
+    "steps = COALESCE((SELECT jsonb_agg(CASE s->>'status' "
+    "WHEN 'running' THEN s || '{\"status\": \"cancelled\"}'::jsonb "
+    "WHEN 'pending' THEN s || '{\"status\": \"not_run\"}'::jsonb ELSE s END ORDER BY i) "
+    "FROM jsonb_array_elements(steps) WITH ORDINALITY AS t(s, i)), '[]'::jsonb)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,8 +266,9 @@ class RunStore:
         """Mark the run ``status`` (failed, timed_out) with ``error``; False when final."""
         async with self._pool.acquire() as conn:
             outcome = await conn.execute(
-                "UPDATE agent_runs SET status = $2, error = $3, updated_at = now(), "
-                "finished_at = now() WHERE id = $1 AND status = ANY($4::text[])",
+                f"UPDATE agent_runs SET status = $2, error = $3, {_CLOSE_STEPS}, "  # noqa: S608 - constant
+                "updated_at = now(), finished_at = now() "
+                "WHERE id = $1 AND status = ANY($4::text[])",
                 run_id,
                 status,
                 error,
@@ -271,8 +281,8 @@ class RunStore:
         such run of this tenant)."""
         async with self._pool.acquire() as conn:
             await conn.execute(
-                "UPDATE agent_runs SET status = 'cancelled', error = 'cancelled', "
-                "updated_at = now(), finished_at = now() "
+                "UPDATE agent_runs SET status = 'cancelled', error = 'cancelled', "  # noqa: S608
+                f"{_CLOSE_STEPS}, updated_at = now(), finished_at = now() "
                 "WHERE id = $1 AND tenant_id = $2 AND status = ANY($3::text[])",
                 run_id,
                 tenant_id,
