@@ -451,13 +451,14 @@ def selftest(session: nox.Session) -> None:
 
 def node_clients(session: nox.Session) -> dict[str, str]:
     """The npm packages the fakes are also held to (a second, independent client: the
-    official Node `openai` SDK), installed in nox's cache; NODE_PATH for the tests."""
+    official Node `openai` and `stripe` SDKs), installed in nox's cache; NODE_PATH for the tests."""
     if shutil.which("npm") is None:
         session.error("no npm: run tools/setup.sh (it installs node and npm for the Node clients)")
     prefix = Path(session.cache_dir) / "node-clients"
     # openai 7 needs Node 22; Debian 12 and these machines have Node 20.
     npm = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund"]
-    session.run(*npm, "--no-package-lock", "--prefer-offline", "openai@6", external=True)
+    clients = ("openai@6", "stripe@23")
+    session.run(*npm, "--no-package-lock", "--prefer-offline", *clients, external=True)
     return {"NODE_PATH": str(prefix / "node_modules")}
 
 
