@@ -27,8 +27,8 @@ from apex_testkit._worker import Worker, worker_slot
 
 if TYPE_CHECKING:
     from apex_testkit._fakes.llm import FakeLlm
-    from apex_testkit._fakes.payments import FakePayments
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.payments import FakePayments
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mailbox

@@ -1,6 +1,6 @@
 """A fake of Stripe's API (v1), stateful, for the official `stripe` SDKs (Python and Node).
 
-Protocol (what the SDKs send and expect; objects in `payments_objects`):
+Protocol (what the SDKs send and expect; objects in `payments_objects`, `payments_billing`):
 - `Authorization: Bearer <secret key>` (or HTTP Basic with the key as user); a missing or
   wrong key is 401 `invalid_request_error`, as Stripe answers.
 - Form bodies with bracketed keys (`payments_form`); JSON answers; errors
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -43,8 +44,9 @@ from starlette.routing import BaseRoute, Route
 
 from apex_testkit._fakes._control import FakeClient
 from apex_testkit._fakes._server import CONTROL, FakeServer
+from apex_testkit._fakes.payments_billing import Account
 from apex_testkit._fakes.payments_form import FormError, canonical, decode
-from apex_testkit._fakes.payments_objects import API_VERSION, Objects, StripeError, new_id, public
+from apex_testkit._fakes.payments_objects import API_VERSION, StripeError, new_id, public
 
 __all__ = ["FakePayments", "PaymentsServer", "WebhookDelivery", "stripe_signature"]
 
@@ -52,7 +54,7 @@ __all__ = ["FakePayments", "PaymentsServer", "WebhookDelivery", "stripe_signatur
 # most cap (Stripe retries for three days; tests make it short).
 DEFAULT_BACKOFF: Final = (0.05, 2.0)
 DELIVERY_TIMEOUT: Final = 10.0
-_Handler = Callable[[Objects, dict[str, Any], tuple[str, ...]], dict[str, Any]]
+_Handler = Callable[[Account, dict[str, Any], tuple[str, ...]], dict[str, Any]]
 
 
 @dataclass
@@ -83,7 +85,7 @@ def stripe_signature(payload: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def _list(objects: Objects, kind: str, url: str, params: dict[str, Any], *keys: str) -> Any:
+def _list(objects: Account, kind: str, url: str, params: dict[str, Any], *keys: str) -> Any:
     listing = objects.listing(kind, url, **{key: params.get(key) for key in keys})
     limit = params.get("limit")
     if limit is not None:
@@ -171,7 +173,7 @@ class PaymentsServer(FakeServer):
 
     def reset(self) -> None:
         super().reset()
-        self.objects = Objects(self._on_event)
+        self.objects = Account(self._on_event)
         self.idempotency: dict[str, tuple[str, str, int, dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.pending: list[_Pending] = []
@@ -218,9 +220,7 @@ class PaymentsServer(FakeServer):
             key, self.api_key
         ):
             shown = f"{key[:8]}{'*' * max(len(key) - 12, 0)}{key[-4:]}" if key else "''"
-            return StripeError(
-                401, "invalid_request_error", f"Invalid API Key provided: {shown}"
-            )
+            return StripeError(401, "invalid_request_error", f"Invalid API Key provided: {shown}")
         return None
 
     async def api(self, request: Request) -> Response:
@@ -320,7 +320,7 @@ class PaymentsServer(FakeServer):
         return JSONResponse(endpoint)
 
     def _add_endpoint(self, url: str, events: list[str], secret: str | None) -> dict[str, Any]:
-        endpoint = {
+        endpoint: dict[str, Any] = {
             "id": new_id("webhook_endpoint"),
             "object": "webhook_endpoint",
             "api_version": API_VERSION,
@@ -355,10 +355,8 @@ class PaymentsServer(FakeServer):
                 self.wake.clear()
                 waits = [p.due - time.monotonic() for p in self.pending if not self.held]
                 timeout = max(min(waits), 0.0) if waits else None
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
-                except TimeoutError:
-                    pass
 
     async def _send(self, client: httpx.AsyncClient, pending: _Pending) -> None:
         event, endpoint = pending.event, pending.endpoint
@@ -377,7 +375,13 @@ class PaymentsServer(FakeServer):
             error = f"{type(exc).__name__}: {exc}"
         self.deliveries.append(
             WebhookDelivery(
-                event["id"], event["type"], endpoint["id"], pending.attempt, status, time.time(), error
+                event["id"],
+                event["type"],
+                endpoint["id"],
+                pending.attempt,
+                status,
+                time.time(),
+                error,
             )
         )
         if status is not None and 200 <= status < 300:
@@ -396,7 +400,9 @@ class PaymentsServer(FakeServer):
     async def control_endpoint(self, request: Request) -> Response:
         body = await request.json()
         endpoint = self._add_endpoint(
-            body["url"], list(body.get("events") or ["*"]), body.get("secret") or self.webhook_secret
+            body["url"],
+            list(body.get("events") or ["*"]),
+            body.get("secret") or self.webhook_secret,
         )
         return JSONResponse(endpoint)
 
