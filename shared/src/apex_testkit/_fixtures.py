@@ -28,6 +28,7 @@ from apex_testkit._worker import Worker, worker_slot
 if TYPE_CHECKING:
     from apex_testkit._fakes.llm import FakeLlm
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.payments import FakePayments
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mailbox
@@ -227,6 +228,18 @@ def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
     `add_model(...)`, `calls`, `hanging`. L4: the target's `[sandboxes.llm]`."""
     with fake_of(apex_worker, "llm") as fake:
         yield cast("FakeLlm", fake)
+
+
+@pytest.fixture
+def fake_payments(apex_worker: Worker) -> Iterator[FakePayments]:
+    """The Stripe-compatible payment provider, reset: `base_url`, `api_key`,
+    `webhook_secret`, `add_endpoint(url)`, `hold_webhooks()`,
+    `release_webhooks(order="reverse")`, `resend(event_id)`, `deliveries`,
+    `fail_next(500|429)`, `set_dunning(days)`, `set_webhook_backoff(base, cap)`, `requests`;
+    everything else through the official `stripe` SDK. L4: the target's
+    `[sandboxes.payments]`."""
+    with fake_of(apex_worker, "payments") as fake:
+        yield cast("FakePayments", fake)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from apex_testkit._fakes._server import FakeServer, RunningFake, start_fake
 from apex_testkit._run import Run
 
 # Fake name -> its module (SERVER: the FakeServer class, CLIENT: the FakeClient class).
-FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm")
+FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm", "payments")
 
 
 def server_class(name: str) -> type[FakeServer]:
