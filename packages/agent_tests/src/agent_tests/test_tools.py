@@ -167,3 +167,18 @@ async def test_a_tool_whose_parameters_are_not_a_json_schema_is_refused_and_not_
     assert [v["version"] for v in echo.json()["versions"]] == ["1.0.0"]
     shell = await agents_client.get("/v1/tools/shell", headers=headers)
     assert shell.status_code == 404, shell.text
+
+
+async def test_a_workflow_steps_tool_calls_are_on_its_step(
+    agents_client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm, calc_agent: str
+) -> None:
+    fake_llm.reply(calculate("2 ** 10", "call_1"), "1024")
+    flow = {"steps": [{"id": "sum", "agent": AGENT, "depends_on": []}], "aggregate": "first"}
+    run_id = await submit(agents_client, runner, agent=None, workflow=flow)
+    run = await final_run(agents_client, runner, run_id)
+    assert (run["status"], run["result"]) == ("succeeded", "1024")
+    (step,) = run["steps"]
+    assert [(c["name"], c["allowed"], c["result"]) for c in step["tool_calls"]] == [
+        ("calculator", True, "1024")
+    ]
+    assert tool_message(chat_calls(fake_llm)[1])["content"] == "1024"
