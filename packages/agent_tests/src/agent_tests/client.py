@@ -4,20 +4,22 @@ Public: `AgentUser` (a platform user of one tenant, with a context token for ape
 made by apex.auth: `auth_tests.access.ServiceUser`), `run_body` (a valid `POST /v1/runs`
 body with a fresh idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
 `until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
-call under a price), `bearer`, `admin_headers`, `error_of`. `MakeUser` and `OpenAgents`
-are the types of the `make_agent_user` and `agents_with` fixtures.
+call under a price), `bearer`, `admin_headers`, `error_of`, `agent_definition` (a valid
+`POST /v1/agents` body), `chat_calls` (the fake provider's chat completion requests).
+`MakeUser` and `OpenAgents` are the types of the `make_agent_user` and `agents_with`
+fixtures.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import httpx
 from auth_tests.access import ServiceUser, bearer
 
-from apex_testkit import eventually
+from apex_testkit import FakeLlm, LlmRequest, eventually
 
 __all__ = [
     "AUDIENCE",
@@ -28,7 +30,9 @@ __all__ = [
     "MakeUser",
     "OpenAgents",
     "admin_headers",
+    "agent_definition",
     "bearer",
+    "chat_calls",
     "cost_micros",
     "error_of",
     "final_run",
@@ -121,3 +125,24 @@ def error_of(response: httpx.Response) -> str:
     """The machine-readable error code of a refused response."""
     code: str = response.json()["error"]
     return code
+
+
+def agent_definition(
+    name: str, *, version: str = "1.0.0", tools: Mapping[str, str] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A valid `POST /v1/agents` body (model gpt-4o-mini) naming `tools` (name -> semver
+    range); `fields` override any field."""
+    return {
+        "name": name,
+        "version": version,
+        "model": "gpt-4o-mini",
+        "system": f"You are {name} {version}.",
+        "tools": dict(tools or {}),
+        "max_tokens": 256,
+        **fields,
+    }
+
+
+def chat_calls(fake_llm: FakeLlm) -> list[LlmRequest]:
+    """The chat completion requests the fake provider received, oldest first."""
+    return [call for call in fake_llm.calls if call.path.endswith("/chat/completions")]

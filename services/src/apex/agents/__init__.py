@@ -5,10 +5,11 @@ gives the ASGI app, whose lifespan starts ``APEX_AGENTS_WORKERS`` worker tasks;
 ``python -m apex.agents`` serves it, ``python -m apex.agents worker`` runs workers alone,
 ``python -m apex.agents migrate|rollback|status`` manages the platform's schema (its
 tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings``,
-``definitions`` (the built-in agents), ``runs`` (the run state machine in PostgreSQL),
-``jobs`` (the Redis Streams queue), ``worker``, ``llm`` (the provider through the official
-``openai`` SDK), ``costs`` (the model price table), ``metrics``, ``service``, ``routes``,
-``app``.
+``definitions`` (versioned agent and tool definitions), ``semver``, ``tools`` (the
+built-in tools, argument validation, authorization, the tool-call loop), ``runs`` (the
+run state machine in PostgreSQL), ``jobs`` (the Redis Streams queue), ``worker``, ``llm``
+(the provider through the official ``openai`` SDK), ``costs`` (the model price table),
+``metrics``, ``service``, ``routes``, ``definition_routes``, ``app``.
 """
 
 from __future__ import annotations

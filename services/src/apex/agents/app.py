@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from apex.agents import definition_routes
 from apex.agents.routes import router
 from apex.agents.service import AgentService, open_service
 from apex.agents.settings import AgentSettings
@@ -36,6 +37,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.include_router(router)
+    app.include_router(definition_routes.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

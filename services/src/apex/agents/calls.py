@@ -24,11 +24,12 @@ import dataclasses
 from openai.types.chat import ChatCompletionMessageParam
 
 from apex.agents.costs import cost_micros
-from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.definitions import DefinitionError, DefinitionStore
 from apex.agents.llm import LlmError, Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
+from apex.agents.tools import converse
 
 __all__ = ["MAIN_STEP", "AgentCaller", "CallContext"]
 
@@ -47,25 +48,43 @@ class CallContext:
 class AgentCaller:
     """Makes one agent call of a run (the stages in the module's docstring)."""
 
-    def __init__(self, settings: AgentSettings, *, provider: Provider, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        provider: Provider,
+        metrics: Metrics,
+        definitions: DefinitionStore,
+    ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
+        self._definitions = definitions
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
         LlmError when there is none."""
-        agent = BUILTIN_AGENTS.get(agent_name)
+        pinned = context.run.agent_version if agent_name == context.run.agent else None
+        agent = await self._definitions.agent(agent_name, pinned)
         model = self._settings.models.get(agent.model) if agent is not None else None
         if agent is None or model is None:
             raise LlmError("unknown_agent", f"no agent {agent_name!r} or no price of its model", 0)
+        try:
+            tools = await self._definitions.tools_of(agent)
+        except DefinitionError as exc:
+            raise LlmError(exc.code, exc.detail, 0) from None
         messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": agent.system},
             {"role": "user", "content": text},
         ]
         try:
-            completion = await self._provider.complete(
-                agent.model, messages, max_tokens=agent.max_tokens
+            completion = await converse(
+                lambda history, specs: self._provider.complete(
+                    agent.model, history, max_tokens=agent.max_tokens, tools=specs
+                ),
+                messages,
+                tools,
+                context.run.permissions,
             )
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)
@@ -74,9 +93,13 @@ class AgentCaller:
         usage = Usage(
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            cost_micros=cost_micros(model, completion.prompt_tokens, completion.completion_tokens),
+            # Rounded up once per provider call (notes-agents.md), summed over the rounds.
+            cost_micros=sum(
+                cost_micros(model, r.prompt_tokens, r.completion_tokens) for r in completion.rounds
+            ),
             provider=self._provider.name,
             attempts=completion.attempts,
+            tool_calls=completion.tool_calls,
         )
         self._count_tokens(agent.model, usage)
         return completion.content, usage

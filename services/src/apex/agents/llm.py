@@ -17,9 +17,13 @@ from collections.abc import Sequence
 from typing import Final
 
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
 
-__all__ = ["Completion", "LlmError", "Provider"]
+__all__ = ["Completion", "LlmError", "LlmToolCall", "Provider"]
 
 # A retry without a retry-after waits uniform(0, min(cap, base * 2^n)) seconds.
 _BACKOFF_BASE: Final = 0.05
@@ -33,13 +37,24 @@ _RETRYABLE: Final = (
 
 
 @dataclasses.dataclass(frozen=True)
+class LlmToolCall:
+    """A function call the model asked for: its id, the function and its arguments (the
+    JSON text the model wrote, unparsed)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Completion:
-    """One answer: its text and the provider's reported usage."""
+    """One answer: its text, the tool calls it asks for, and the provider's reported usage."""
 
     content: str
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    tool_calls: tuple[LlmToolCall, ...] = ()
 
 
 class LlmError(Exception):
@@ -69,16 +84,20 @@ class Provider:
         await self._client.close()
 
     async def complete(
-        self, model: str, messages: Sequence[ChatCompletionMessageParam], *, max_tokens: int
+        self,
+        model: str,
+        messages: Sequence[ChatCompletionMessageParam],
+        *,
+        max_tokens: int,
+        tools: Sequence[ChatCompletionToolParam] = (),
     ) -> Completion:
-        """The provider's answer to ``messages``; LlmError when it gave none."""
+        """The provider's answer to ``messages`` (offering ``tools``, if any); LlmError
+        when it gave none."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                answer = await self._client.chat.completions.create(
-                    model=model, messages=list(messages), max_tokens=max_tokens
-                )
+                answer = await self._create(model, messages, max_tokens, tools)
             except _RETRYABLE as exc:
                 if attempt > self._retries:
                     raise LlmError(
@@ -92,12 +111,30 @@ class Provider:
                 raise LlmError("provider_error", f"{self.name}: {exc}", attempt) from exc
             if answer.usage is None or not answer.choices:
                 raise LlmError("provider_error", f"{self.name}: no usage or no choice", attempt)
+            message = answer.choices[0].message
             return Completion(
-                content=answer.choices[0].message.content or "",
+                content=message.content or "",
                 prompt_tokens=answer.usage.prompt_tokens,
                 completion_tokens=answer.usage.completion_tokens,
                 attempts=attempt,
+                tool_calls=_tool_calls(message.tool_calls),
             )
+
+    async def _create(
+        self,
+        model: str,
+        messages: Sequence[ChatCompletionMessageParam],
+        max_tokens: int,
+        tools: Sequence[ChatCompletionToolParam],
+    ) -> ChatCompletion:
+        """One request; ``tools`` only when there are some (a request without tools is
+        unchanged by them)."""
+        create = self._client.chat.completions.create
+        if tools:
+            return await create(
+                model=model, messages=list(messages), max_tokens=max_tokens, tools=list(tools)
+            )
+        return await create(model=model, messages=list(messages), max_tokens=max_tokens)
 
     def retry_wait(self, exc: Exception, attempt: int) -> float:
         """Seconds before the next attempt: a 429's retry-after (at most the call timeout),
@@ -107,6 +144,18 @@ class Provider:
             if after is not None:
                 return min(after, self._timeout)
         return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+
+
+def _tool_calls(calls: Sequence[object] | None) -> tuple[LlmToolCall, ...]:
+    """The function calls of an answer (other kinds of tool call have no function)."""
+    found = []
+    for call in calls or ():
+        function = getattr(call, "function", None)
+        if function is not None:
+            found.append(
+                LlmToolCall(str(getattr(call, "id", "")), function.name, function.arguments)
+            )
+    return tuple(found)
 
 
 def _retry_after(headers: object) -> float | None:

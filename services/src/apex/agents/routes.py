@@ -1,9 +1,11 @@
 """apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
 
-- ``POST /v1/runs {agent | workflow, input, priority?, idempotency_key}``
+- ``POST /v1/runs {agent | workflow, agent_version?, input, priority?, idempotency_key}``
   (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue; the same
   key again: 200 with the first run, nothing queued. A workflow is checked first (unknown
-  agent or step, a cycle: 422, nothing stored).
+  agent or step, a cycle: 422, nothing stored); an agent's version is resolved (its
+  latest unless named) with its tools (422 ``incompatible``), and the user's permissions
+  (the context token's ``perms``) are kept with the run for its tool calls.
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
@@ -21,7 +23,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from apex.agents.definitions import BUILTIN_AGENTS
+from apex.agents.definitions import DefinitionError
 from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.metrics import CONTENT_TYPE
 from apex.agents.runs import Run
@@ -99,35 +101,51 @@ class RunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: Name | None = None
+    agent_version: Annotated[str, Field(min_length=1, max_length=50)] | None = None
     workflow: WorkflowIn | None = None
     input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
     priority: Literal["high", "normal", "low"] = "normal"
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _workflow_of(body: RunIn) -> Workflow | None:
-    """The run's checked workflow (None: a run of one agent); 422 for a bad one."""
+async def _workflow_of(body: RunIn, service: AgentService) -> tuple[Workflow | None, str | None]:
+    """The run's checked workflow (None: a run of one agent) and the agent version the run
+    is pinned to (a run of one agent); 422 for a bad one."""
     if (body.agent is None) == (body.workflow is None):
         raise ApiError(422, "invalid_request", "a run names either an agent or a workflow")
+    agents = await service.definitions.agent_versions()
     if body.workflow is None:
-        if body.agent not in BUILTIN_AGENTS:
-            known = ", ".join(sorted(BUILTIN_AGENTS))
+        if body.agent not in agents:
+            known = ", ".join(sorted(agents))
             raise ApiError(422, "unknown_agent", f"no agent {body.agent!r}; known: {known}")
-        return None
+        agent = await service.definitions.agent(body.agent, body.agent_version)
+        if agent is None:
+            versions = ", ".join(a.version for a in agents[body.agent])
+            raise ApiError(
+                422,
+                "unknown_agent",
+                f"agent {body.agent} has no version {body.agent_version}; versions: {versions}",
+            )
+        try:
+            await service.definitions.tools_of(agent)
+        except DefinitionError as exc:
+            raise ApiError(exc.status, exc.code, exc.detail) from exc
+        return None, agent.version
+    if body.agent_version is not None:
+        raise ApiError(422, "invalid_request", "agent_version is for a run of one agent")
     workflow = Workflow.of(body.workflow.model_dump())
     try:
-        check(workflow, BUILTIN_AGENTS)
+        check(workflow, agents)
     except WorkflowError as exc:
         raise ApiError(422, exc.code, exc.detail) from exc
-    return workflow
+    return workflow, None
 
 
 @router.post("/v1/runs", dependencies=[Depends(require_json_body)])
 async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONResponse:
-    """Queue a run of a built-in agent or of a workflow (checked before anything is
-    stored)."""
+    """Queue a run of an agent or of a workflow (checked before anything is stored)."""
     caller.require(RUN_AGENTS)
-    workflow = _workflow_of(body)
+    workflow, agent_version = await _workflow_of(body, service)
     run, created = await service.store.submit(
         tenant_id=caller.tenant_id,
         user_id=caller.user_id,
@@ -136,6 +154,8 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         priority=body.priority,
         idempotency_key=body.idempotency_key,
         workflow=None if workflow is None else workflow.to_json(),
+        agent_version=agent_version,
+        permissions=caller.permissions,
     )
     if created:
         await service.queue.enqueue(run.id, run.priority)

@@ -1,5 +1,5 @@
-"""Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migrations 0015
-and 0016).
+"""Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migrations 0015,
+0016 and 0017).
 
 A run is of one agent or of a workflow (its declaration, each step's record and the
 merge's conflicting keys are kept with it).
@@ -44,6 +44,7 @@ class Usage:
     cost_micros: int
     provider: str
     attempts: int
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,9 @@ class Run:
     workflow: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     conflicts: list[str] = dataclasses.field(default_factory=list)
+    agent_version: str | None = None
+    permissions: frozenset[str] = frozenset()
+    tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Run:
@@ -103,6 +107,9 @@ class Run:
             workflow=None if row["workflow"] is None else json.loads(row["workflow"]),
             steps=json.loads(row["steps"]),
             conflicts=json.loads(row["conflicts"]),
+            agent_version=row["agent_version"],
+            permissions=frozenset(json.loads(row["permissions"])),
+            tool_calls=json.loads(row["tool_calls"]),
         )
 
     def view(self) -> dict[str, Any]:
@@ -110,6 +117,7 @@ class Run:
         view: dict[str, Any] = {
             "run_id": str(self.id),
             "agent": self.agent,
+            "agent_version": self.agent_version,
             "status": self.status,
             "result": self.result,
             "error": self.error,
@@ -120,6 +128,7 @@ class Run:
             },
             "cost_micros": self.cost_micros,
             "provider_path": self.provider_path,
+            "tool_calls": self.tool_calls,
         }
         if self.workflow is not None:
             view["workflow"] = self.workflow
@@ -131,7 +140,8 @@ class Run:
 
 _COLUMNS: Final = (
     "id, tenant_id, user_id, agent, input, priority, status, result, error, prompt_tokens, "
-    "completion_tokens, cost_micros, provider_path, workflow, steps, conflicts"
+    "completion_tokens, cost_micros, provider_path, workflow, steps, conflicts, agent_version, "
+    "permissions, tool_calls"
 )
 
 
@@ -156,13 +166,16 @@ class RunStore:
         priority: str,
         idempotency_key: str,
         workflow: dict[str, Any] | None = None,
+        agent_version: str | None = None,
+        permissions: frozenset[str] = frozenset(),
     ) -> tuple[Run, bool]:
         """The new queued run (of an agent, or of a workflow), True; or the tenant's run
         with this key, False."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
-                f"idempotency_key, workflow) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                f"idempotency_key, workflow, agent_version, permissions) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
                 f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
                 uuid.uuid4(),
                 tenant_id,
@@ -172,6 +185,8 @@ class RunStore:
                 priority,
                 idempotency_key,
                 None if workflow is None else json.dumps(workflow),
+                agent_version,
+                json.dumps(sorted(permissions)),
             )
             if row is not None:
                 return Run.of(row), True
@@ -216,8 +231,8 @@ class RunStore:
                 "UPDATE agent_runs SET status = 'succeeded', result = $2, prompt_tokens = $3, "
                 "completion_tokens = $4, cost_micros = $5, "
                 "provider_path = provider_path || jsonb_build_array($6::text), "
-                "llm_attempts = llm_attempts + $7, updated_at = now(), finished_at = now() "
-                "WHERE id = $1 AND status = 'running'",
+                "llm_attempts = llm_attempts + $7, tool_calls = $8::jsonb, updated_at = now(), "
+                "finished_at = now() WHERE id = $1 AND status = 'running'",
                 run_id,
                 result,
                 usage.prompt_tokens,
@@ -225,6 +240,7 @@ class RunStore:
                 usage.cost_micros,
                 usage.provider,
                 usage.attempts,
+                json.dumps(list(usage.tool_calls)),
             )
         return bool(status == "UPDATE 1")
 

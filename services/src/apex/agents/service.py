@@ -16,6 +16,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from apex.agents.calls import AgentCaller
+from apex.agents.definitions import DefinitionStore
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
@@ -44,6 +45,7 @@ class AgentService:
     provider: Provider
     verifier: Verifier
     workers: WorkerPool
+    definitions: DefinitionStore
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -81,12 +83,21 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics)
+        definitions = DefinitionStore(pool)
+        caller = AgentCaller(settings, provider=provider, metrics=metrics, definitions=definitions)
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
-            settings, metrics, store, queue, redis, provider, verifier, pool_of_workers
+            settings,
+            metrics,
+            store,
+            queue,
+            redis,
+            provider,
+            verifier,
+            pool_of_workers,
+            definitions=definitions,
         )

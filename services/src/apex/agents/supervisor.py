@@ -115,6 +115,7 @@ def _record(step: Step) -> dict[str, Any]:
         "cost_micros": 0,
         "provider": None,
         "attempts": 0,
+        "tool_calls": [],
     }
 
 
@@ -132,6 +133,7 @@ def _settle(record: dict[str, Any], task: asyncio.Task[tuple[str, Usage]]) -> st
         cost_micros=usage.cost_micros,
         provider=usage.provider,
         attempts=usage.attempts,
+        tool_calls=list(usage.tool_calls),
     )
     return None
 
