@@ -150,7 +150,7 @@ class Script:
         self.fail = fail
         self.inputs: list[str] = []
 
-    async def __call__(self, agent: str, text: str) -> tuple[str, Usage]:
+    async def __call__(self, step: str, agent: str, text: str) -> tuple[str, Usage]:
         self.inputs.append(text)
         first = text.split("\n", 1)[0]
         if first == self.fail:
@@ -204,7 +204,7 @@ async def test_the_supervisor_fails_on_a_step_and_runs_no_dependant() -> None:
 async def test_the_supervisor_runs_independent_steps_at_once() -> None:
     both = asyncio.Barrier(2)
 
-    async def call(agent: str, text: str) -> tuple[str, Usage]:
+    async def call(step: str, agent: str, text: str) -> tuple[str, Usage]:
         await asyncio.wait_for(both.wait(), 10)  # only passes with both calls in flight
         return f'{{"k": "{text[0]}"}}', Usage(1, 1, 1, "llm", 1)
 
