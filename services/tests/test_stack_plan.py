@@ -76,7 +76,8 @@ def test_the_manifest_url_has_the_scheme_of_the_protocol(toy: Service) -> None:
         "gateway": {"url": "ws://127.0.0.1:2001"},
         "data": {"url": "http://127.0.0.1:2002"},
         "agents": {"url": "http://127.0.0.1:2003"},
-        "toy": {"url": "ws://127.0.0.1:2004"},
+        "billing": {"url": "http://127.0.0.1:2004"},
+        "toy": {"url": "ws://127.0.0.1:2005"},
     }
 
 

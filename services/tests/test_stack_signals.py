@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from apex import topology
 from apex_testkit import wait_for
 
 STARTUP_TIMEOUT = 90.0
@@ -55,6 +56,10 @@ def _stack_env(redis_namespace: Any, postgres_database: str) -> dict[str, str]:
         # apex.agents needs a provider's address to start (it calls none until a run).
         "APEX_LLM_BASE_URL": "http://127.0.0.1:9/v1",
         "APEX_LLM_API_KEY": "stack-signals-unused",
+        # apex.billing likewise needs its payment provider's (it calls none until asked).
+        "APEX_PAYMENTS_BASE_URL": "http://127.0.0.1:9",
+        "APEX_PAYMENTS_API_KEY": "sk_test_stack_signals_unused",
+        "APEX_PAYMENTS_WEBHOOK_SECRET": "whsec_stack_signals_unused",
     }
 
 
@@ -155,7 +160,7 @@ def test_the_stack_stops_cleanly_on_a_signal(
 ) -> None:
     stack = start_stack(launcher)
     stack.wait_ready()
-    assert sorted(stack.children) == ["agents", "auth", "data", "gateway"], stack.output()
+    assert sorted(stack.children) == sorted(topology.SERVICES), stack.output()
     assert all(_alive(pid) for pid in stack.children.values())
 
     code = stack.stop(signum, group=group)

@@ -350,6 +350,27 @@ def test_a_test_clock_drives_a_trial_renewals_dunning_and_cancellation(fake_paym
     assert kinds[-1] == "customer.subscription.deleted"
 
 
+def test_error_if_incomplete_keeps_no_subscription_when_the_first_payment_fails(fake_payments):
+    client = sdk(fake_payments)
+    customer, _ = customer_paying_with(client, "pm_card_chargeCustomerFail")
+    price = monthly_price(client, 2900)
+    with pytest.raises(stripe.CardError) as declined:
+        client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"price": price.id}],
+                "payment_behavior": "error_if_incomplete",
+            }
+        )
+    assert declined.value.error.decline_code == "generic_decline"
+    assert client.v1.subscriptions.list(params={"customer": customer.id}).data == []
+    # Without it, the subscription stays `incomplete` with its invoice open.
+    kept = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": price.id}]}
+    )
+    assert kept.status == "incomplete"
+
+
 def test_renewals_are_paid_and_an_upgrade_is_prorated_to_the_unit(fake_payments):
     client = sdk(fake_payments)
     clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": NEW_YEAR})

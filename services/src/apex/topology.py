@@ -122,6 +122,15 @@ _SMS = ThirdParty(
 _LLM = ThirdParty(
     "llm", {"base_url": "APEX_LLM_BASE_URL", "api_key": "APEX_LLM_API_KEY"}, url="base_url"
 )
+_PAYMENTS = ThirdParty(
+    "payments",
+    {
+        "base_url": "APEX_PAYMENTS_BASE_URL",
+        "api_key": "APEX_PAYMENTS_API_KEY",
+        "webhook_secret": "APEX_PAYMENTS_WEBHOOK_SECRET",
+    },
+    url="base_url",
+)
 
 # In start order: a service comes after the services it calls.
 _SERVICES: dict[str, Service] = {
@@ -150,6 +159,13 @@ _SERVICES: dict[str, Service] = {
         servers=("postgres", "redis"),
         calls={"auth": "APEX_AUTH_URL", "data": "APEX_DATA_URL"},
         third_parties=(_LLM,),
+    ),
+    "billing": Service(
+        "billing",
+        module="apex.billing",
+        servers=("postgres", "redis", "clickhouse"),
+        calls={"auth": "APEX_AUTH_URL", "data": "APEX_DATA_URL"},
+        third_parties=(_PAYMENTS,),
     ),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -34,6 +35,7 @@ __all__ = [
     "bearer_token",
     "error_response",
     "install_error_handlers",
+    "require_admin_token",
     "require_json_body",
 ]
 
@@ -268,3 +270,13 @@ class BodyLimitMiddleware:
         scope: Scope, receive: Receive, send: Send, status: int, code: str, detail: str
     ) -> None:
         await error_response(status, code, detail)(scope, receive, send)
+
+
+def require_admin_token(request: Request, expected: str | None) -> None:
+    """The admin routes (and /metrics) answer the platform's admin token only: 403 when
+    the service has none (APEX_ADMIN_TOKEN unset), 401 for another token."""
+    if not expected:
+        raise ApiError(403, "forbidden", "the admin API needs APEX_ADMIN_TOKEN to be set")
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid_token", "not the admin token")

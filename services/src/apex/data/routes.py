@@ -22,7 +22,6 @@ operators' routes (admin token).
 from __future__ import annotations
 
 import datetime
-import hmac
 import re
 import uuid
 from typing import Annotated, Any, Final
@@ -31,7 +30,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.common.http import ApiError, bearer_token, require_admin_token, require_json_body
 from apex.common.shared_config import config_report
 from apex.data import purge, summaries, transfer, usage
 from apex.data.cache import Cache
@@ -275,12 +274,7 @@ def _min_lsn(value: str | None) -> str | None:
 
 def require_admin(request: Request, service: Service) -> None:
     """The admin routes answer the platform's admin token only."""
-    expected = service.settings.admin_token
-    if not expected:
-        raise ApiError(403, "forbidden", "the admin API needs APEX_ADMIN_TOKEN to be set")
-    token = bearer_token(request)
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(401, "invalid_token", "not the admin token")
+    require_admin_token(request, service.settings.admin_token)
 
 
 Admin = Depends(require_admin)

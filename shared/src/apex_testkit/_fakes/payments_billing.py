@@ -85,6 +85,9 @@ class Account(Objects):
                 param="items[0][price]",
             )
         quantity = integer(items[0], "quantity") or 1
+        behavior = params.get("payment_behavior", "allow_incomplete")
+        if behavior not in ("allow_incomplete", "error_if_incomplete", "default_incomplete"):
+            raise invalid(f"Invalid payment_behavior: {behavior}", param="payment_behavior")
         now = self.now(customer["id"])
         trial_days = integer(params, "trial_period_days") or 0
         default_pm = params.get("default_payment_method")
@@ -145,7 +148,24 @@ class Account(Objects):
         paid = self._collect(invoice, subscription)
         if not trial_days and paid:
             self._set_status(subscription, "active")
+        if not paid and behavior == "error_if_incomplete":
+            # Stripe answers 402 and keeps no subscription (its invoice is voided).
+            invoice.update(status="void", next_payment_attempt=None)
+            subscription.update(status="incomplete_expired", deleted=True)
+            raise StripeError(
+                402,
+                "card_error",
+                "Your card was declined.",
+                code="card_declined",
+                decline_code=self._decline_code(invoice),
+            )
         return subscription
+
+    def _decline_code(self, invoice: dict[str, Any]) -> str:
+        """The decline code of the invoice's last payment attempt."""
+        intent = self.objects.get(str(invoice.get("payment_intent")))
+        error = (intent or {}).get("last_payment_error") or {}
+        return str(error.get("decline_code") or "generic_decline")
 
     def _period_end(self, price: dict[str, Any], start: int) -> int:
         recurring = price["recurring"]

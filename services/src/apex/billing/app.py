@@ -1,0 +1,51 @@
+"""The apex.billing ASGI app: wiring, lifespan and health."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from apex.billing.routes import router
+from apex.billing.service import BillingService, open_service
+from apex.billing.settings import SERVICE, BillingSettings
+from apex.common.http import BodyLimitMiddleware, install_error_handlers
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: BillingSettings) -> FastAPI:
+    """The apex.billing app; its lifespan opens its stores and the provider's client."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_service(settings) as service:
+            app.state.service = service
+            try:
+                yield
+            finally:
+                app.state.service = None
+
+    app = FastAPI(title=SERVICE, version="0.1.0", lifespan=lifespan)
+    app.state.service = None
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
+    app.include_router(router)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """200 with each dependency's check; 503 when PostgreSQL or Redis is down."""
+        service = request.app.state.service
+        if not isinstance(service, BillingService):
+            checks = {"postgres": "not started", "redis": "not started"}
+        else:
+            checks = await service.health()
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "checks": checks},
+            status_code=200 if healthy else 503,
+        )
+
+    return app

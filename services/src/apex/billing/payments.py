@@ -1,0 +1,166 @@
+"""The payment provider, through the official ``stripe`` SDK (``StripeClient``, async).
+
+:class:`PaymentProvider` is the one place apex.billing talks to the provider: its API base
+is APEX_PAYMENTS_BASE_URL, and every write carries an idempotency key derived from what it
+does (the tenant, the plan, the subscription), so a retried request never makes a second
+customer, price or subscription. The SDK retries a lost connection or a 5xx twice itself
+(``max_network_retries``: it reuses the idempotency key). A card the provider declines
+raises :class:`PaymentDeclined` with its decline code; a provider that does not answer
+raises :class:`ProviderUnavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import stripe
+
+__all__ = ["PaymentDeclined", "PaymentProvider", "ProviderUnavailable"]
+
+_NETWORK_RETRIES: Final = 2
+
+
+class PaymentDeclined(Exception):
+    """The provider refused the card: ``code`` is its decline code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ProviderUnavailable(Exception):
+    """The provider did not answer, or answered with an error of its own."""
+
+
+class PaymentProvider:
+    """The provider's API as apex.billing uses it."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float) -> None:
+        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base_url},
+            http_client=self._http,
+            max_network_retries=_NETWORK_RETRIES,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def customer(self, tenant: str, test_clock: str | None) -> str:
+        """A new customer for ``tenant`` (made once per tenant: the key is the tenant's)."""
+        params: dict[str, Any] = {"metadata": {"tenant_id": tenant}}
+        if test_clock is not None:
+            params["test_clock"] = test_clock
+        found = await self._call(
+            self._client.v1.customers.create_async, params, key=f"customer:{tenant}"
+        )
+        return str(found.id)
+
+    async def price(self, plan: str, amount: int, currency: str) -> str:
+        """A monthly price of ``amount`` for ``plan`` (its product named after the plan)."""
+        params = {
+            "currency": currency,
+            "unit_amount": amount,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": f"Apex {plan}"},
+            "lookup_key": f"apex-{plan}-{amount}",
+        }
+        found = await self._call(
+            self._client.v1.prices.create_async, params, key=f"price:{plan}:{amount}:{currency}"
+        )
+        return str(found.id)
+
+    async def attach(self, customer: str, payment_method: str) -> str:
+        """Attach ``payment_method`` to ``customer`` and make it the default; its id."""
+        attached = await self._call(
+            lambda params, options: self._client.v1.payment_methods.attach_async(
+                payment_method, params, options
+            ),
+            {"customer": customer},
+            key=f"attach:{customer}:{payment_method}",
+        )
+        await self._call(
+            lambda params, options: self._client.v1.customers.update_async(
+                customer, params, options
+            ),
+            {"invoice_settings": {"default_payment_method": attached.id}},
+            key=f"default:{customer}:{attached.id}",
+        )
+        return str(attached.id)
+
+    async def subscribe(
+        self, customer: str, price: str, *, trial_days: int, key: str
+    ) -> stripe.Subscription:
+        """A subscription of ``customer`` to ``price``, its first invoice paid or nothing
+        (``payment_behavior=error_if_incomplete``: a decline makes no subscription)."""
+        params: dict[str, Any] = {
+            "customer": customer,
+            "items": [{"price": price}],
+            "payment_behavior": "error_if_incomplete",
+        }
+        if trial_days:
+            params["trial_period_days"] = trial_days
+        found: stripe.Subscription = await self._call(
+            self._client.v1.subscriptions.create_async, params, key=key
+        )
+        return found
+
+    async def change(
+        self, subscription: str, item: str, price: str, *, prorate_now: bool, key: str
+    ) -> stripe.Subscription:
+        """Move the subscription's item to ``price``: prorated and invoiced now, or the
+        proration left for the next invoice."""
+        params = {
+            "items": [{"id": item, "price": price}],
+            "proration_behavior": "always_invoice" if prorate_now else "create_prorations",
+        }
+        found: stripe.Subscription = await self._call(
+            lambda params, options: self._client.v1.subscriptions.update_async(
+                subscription, params, options
+            ),
+            params,
+            key=key,
+        )
+        return found
+
+    async def cancel_at_period_end(
+        self, subscription: str, cancel: bool, *, key: str
+    ) -> stripe.Subscription:
+        """Set (or undo) the end of the subscription at its period's end."""
+        found: stripe.Subscription = await self._call(
+            lambda params, options: self._client.v1.subscriptions.update_async(
+                subscription, params, options
+            ),
+            {"cancel_at_period_end": cancel},
+            key=key,
+        )
+        return found
+
+    async def subscription(self, subscription: str) -> stripe.Subscription:
+        """The subscription as the provider has it now."""
+        try:
+            found: stripe.Subscription = await self._client.v1.subscriptions.retrieve_async(
+                subscription
+            )
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
+        return found
+
+    async def invoice(self, invoice: str) -> stripe.Invoice:
+        """The invoice as the provider has it now."""
+        try:
+            found: stripe.Invoice = await self._client.v1.invoices.retrieve_async(invoice)
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
+        return found
+
+    async def _call(self, method: Any, params: dict[str, Any], *, key: str) -> Any:
+        try:
+            return await method(params, {"idempotency_key": key})
+        except stripe.CardError as exc:
+            code = (exc.error.decline_code if exc.error else None) or exc.code or "card_declined"
+            raise PaymentDeclined(str(code), str(exc.user_message)) from exc
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
