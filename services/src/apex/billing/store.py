@@ -1,4 +1,4 @@
-"""apex.billing's rows in PostgreSQL (migration 0017): customers, prices, subscriptions,
+"""apex.billing's rows in PostgreSQL (migration 0018): customers, prices, subscriptions,
 processed webhook events and invoices. Every query names the tenant or the provider id.
 """
 
