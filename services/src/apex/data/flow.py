@@ -242,8 +242,9 @@ async def usage_analytics(
     since: Annotated[datetime.datetime | None, Query()] = None,
     until: Annotated[datetime.datetime | None, Query()] = None,
 ) -> dict[str, Any]:
-    """Totals per kind from ClickHouse (what the relay copied, each record once), and
-    ``relay_lag``: outbox rows not relayed yet (every tenant's: the relay is shared)."""
+    """Totals per kind from ClickHouse (what the relay copied, each record once), cost per
+    agent and model (the records' labels, ``by_agent_model``), and ``relay_lag``: outbox
+    rows not relayed yet (every tenant's: the relay is shared)."""
     caller.require(BILLING_READ)
     _window(since, until)
     clickhouse, relay = flow.require_clickhouse()
@@ -254,9 +255,10 @@ async def usage_analytics(
     }
     try:
         rows = await clickhouse.execute(clickhouse_sql.ANALYTICS, params)
+        by_label = await clickhouse.execute(clickhouse_sql.COSTS_BY_AGENT_MODEL, params)
     except ClickHouseError as exc:
         if "usage_events" in str(exc) and "doesn't exist" in str(exc):
-            rows = []  # nothing relayed yet: the relay makes the table on its first pass
+            rows, by_label = [], []  # nothing relayed yet: the relay makes the table
         else:
             raise ApiError(503, "clickhouse_unavailable", "ClickHouse is unreachable") from exc
     try:
@@ -269,6 +271,10 @@ async def usage_analytics(
             str(kind): {"quantity": int(quantity), "cost_micros": int(cost)}
             for kind, quantity, cost in rows
         },
+        "by_agent_model": [
+            {"agent": agent, "model": model, "quantity": int(quantity), "cost_micros": int(cost)}
+            for agent, model, quantity, cost in by_label
+        ],
         "relay_lag": lag,
         "source": "clickhouse",
     }

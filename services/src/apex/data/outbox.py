@@ -71,6 +71,8 @@ class _Route:
 
 
 def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
+    # A payload written before migration 0019 has no labels.
+    labels = sorted(dict(payload.get("labels") or {}).items())
     return (
         uuid.UUID(payload["id"]),
         uuid.UUID(payload["tenant_id"]),
@@ -80,6 +82,8 @@ def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
         int(payload["cost_micros"]),
         _clickhouse_time(payload["occurred_at"]),
         version,
+        [str(key) for key, _ in labels],
+        [str(value) for _, value in labels],
     )
 
 
