@@ -130,7 +130,9 @@ async def test_each_step_of_a_workflow_is_billed_once_and_a_failed_step_not_at_a
         [f"{good}:a:1", f"{good}:b:1", f"{bad}:a:1", f"{bad}:b:1"]
     )
     for run in (good_run, bad_run):
-        billed = {r.idempotency_key: r.cost_micros for r in rows if r.labels["run_id"] == run["run_id"]}
+        billed = {
+            r.idempotency_key: r.cost_micros for r in rows if r.labels["run_id"] == run["run_id"]
+        }
         steps = {f"{run['run_id']}:{s['id']}:1": s["cost_micros"] for s in run["steps"]
                  if s["status"] == "succeeded"}  # fmt: skip
         assert billed == steps

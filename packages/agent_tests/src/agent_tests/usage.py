@@ -106,9 +106,7 @@ async def admin_json(client: httpx.AsyncClient, admin_token: str, path: str) -> 
     return body
 
 
-async def metric(
-    client: httpx.AsyncClient, admin_token: str, name: str, **labels: str
-) -> float:
+async def metric(client: httpx.AsyncClient, admin_token: str, name: str, **labels: str) -> float:
     """The value of sample `name` with `labels` in apex.agents' /metrics (0 if absent)."""
     response = await client.get("/metrics", headers=admin_headers(admin_token))
     assert response.status_code == 200, response.text
