@@ -64,7 +64,8 @@ async def rows_of(agents_db: Any, run_ids: list[str], count: int) -> list[UsageR
         assert len(rows) <= count, rows
         return rows if len(rows) == count else None
 
-    rows: list[UsageRow] = await eventually(arrived, timeout=30, message="the cost records")
+    rows = await eventually(arrived, timeout=30, message="the cost records")
+    assert rows is not None  # eventually returns a truthy value
     return rows
 
 

@@ -207,6 +207,7 @@ async def test_each_failure_of_data_is_counted_and_logged_at_most_once_per_inter
         return data.get("data") if data.get("data", {}).get("errors", 0) >= 5 else None
 
     data = await eventually(failing, timeout=30, message="5 failed deliveries")
+    assert data is not None  # eventually returns a truthy value
     assert data["state"] == "down"
     # Within APEX_ERROR_LOG_INTERVAL: one warning, every other failure suppressed.
     counted = await metric(

@@ -47,7 +47,18 @@ async def usage_rows(db: Any, run_ids: Iterable[str]) -> list[UsageRow]:
         "ORDER BY idempotency_key",
         list(run_ids),
     )
-    return [UsageRow(*row[:6], json.loads(row[6])) for row in rows]
+    return [
+        UsageRow(
+            tenant_id=row[0],
+            user_id=row[1],
+            kind=row[2],
+            quantity=row[3],
+            cost_micros=row[4],
+            idempotency_key=row[5],
+            labels=json.loads(row[6]),
+        )
+        for row in rows
+    ]
 
 
 class ClickHouseCosts:
