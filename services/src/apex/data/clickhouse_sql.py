@@ -74,7 +74,7 @@ ANALYTICS: Final = (
     "WHERE tenant_id = toUUID(%(tenant)s) AND occurred_at >= toDateTime(%(since)s) "
     "AND occurred_at < toDateTime(%(until)s) GROUP BY kind ORDER BY kind"
 )
-# GET /v1/usage/analytics' by_agent_model: cost per agent and model of one tenant in
+# GET /v1/usage/analytics/agents: cost per agent and model of one tenant in
 # [since, until), from the records' labels (parallel arrays, sorted by key: no Map type
 # on 18.16; a missing label reads as '').
 COSTS_BY_AGENT_MODEL: Final = (
