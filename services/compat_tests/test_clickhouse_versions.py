@@ -197,6 +197,13 @@ def usage(
     )  # fmt: skip
 
 
+# usage_events as the relay made it before the labels (issue 11).
+OLD_USAGE_EVENTS = (
+    "CREATE TABLE usage_events (id UUID, tenant_id UUID, user_id UUID, kind String, "
+    "quantity UInt64, cost_micros UInt64, occurred_at DateTime, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) "
+    "ORDER BY (tenant_id, id)"
+)
 MINI = {"agent": "assistant", "model": "gpt-4o-mini", "provider": "llm", "run_id": "r1"}
 WRITER = {"agent": "writer", "model": "gpt-4o"}
 
@@ -208,6 +215,12 @@ async def test_every_statement_answers_alike_on_both(
     assert int(embedded.version.split(".")[0]) >= 25, embedded.version
     both = Both(server, embedded)
     assert await both.agree(clickhouse_sql.PING) == [("1",)]
+    # A usage_events made before the labels: the relay's start adds their columns.
+    await both.agree(OLD_USAGE_EVENTS)
+    assert await both.agree(clickhouse_sql.LABEL_COLUMNS) == []
+    assert await both.agree(clickhouse_sql.ADD_LABEL_COLUMNS) == []
+    labels = [("label_keys",), ("label_values",)]
+    assert await both.agree(clickhouse_sql.LABEL_COLUMNS) == labels
     for ddl in clickhouse_sql.CREATE_TABLES.values():
         assert await both.agree(ddl) == []
         assert await both.agree(ddl) == []  # IF NOT EXISTS: the relay's start, again

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 __all__ = [
+    "ADD_LABEL_COLUMNS",
     "ANALYTICS",
     "ATTACH_PART",
     "COSTS_BY_AGENT_MODEL",
@@ -24,6 +25,7 @@ __all__ = [
     "EVENT_USERS",
     "FREEZE",
     "INSERT_COLUMNS",
+    "LABEL_COLUMNS",
     "PENDING_MUTATIONS",
     "PING",
     "RENAME_TABLE",
@@ -53,6 +55,16 @@ CREATE_TABLES: Final[Mapping[str, str]] = {
         "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) ORDER BY id"
     ),
 }
+# usage_events made before the labels (migration 0019) lacks their columns: the relay's
+# start probes for them and adds them (CREATE TABLE IF NOT EXISTS leaves a table alone).
+LABEL_COLUMNS: Final = (
+    "SELECT name FROM system.columns WHERE database = currentDatabase() "
+    "AND table = 'usage_events' AND name IN ('label_keys', 'label_values') ORDER BY name"
+)
+ADD_LABEL_COLUMNS: Final = (
+    "ALTER TABLE usage_events ADD COLUMN label_keys Array(String), "
+    "ADD COLUMN label_values Array(String)"
+)
 # The columns the relay inserts, per table (the values go as native-protocol blocks).
 INSERT_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     "usage_events": (
@@ -129,6 +141,8 @@ DROP_TABLE: Final = "DROP TABLE IF EXISTS {table}"
 STATEMENTS: Final[Mapping[str, str]] = {
     "PING": PING,
     **{f"CREATE_TABLES[{name}]": ddl for name, ddl in CREATE_TABLES.items()},
+    "LABEL_COLUMNS": LABEL_COLUMNS,
+    "ADD_LABEL_COLUMNS": ADD_LABEL_COLUMNS,
     **{f"insert[{name}]": insert(name, cols) for name, cols in INSERT_COLUMNS.items()},
     "ANALYTICS": ANALYTICS,
     "COSTS_BY_AGENT_MODEL": COSTS_BY_AGENT_MODEL,

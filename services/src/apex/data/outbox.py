@@ -30,7 +30,12 @@ import asyncpg
 
 from apex.data.cache import Cache
 from apex.data.clickhouse import ClickHouse, ClickHouseError
-from apex.data.clickhouse_sql import CREATE_TABLES, INSERT_COLUMNS
+from apex.data.clickhouse_sql import (
+    ADD_LABEL_COLUMNS,
+    CREATE_TABLES,
+    INSERT_COLUMNS,
+    LABEL_COLUMNS,
+)
 from apex.data.pool import PoolExhausted
 
 __all__ = [
@@ -152,9 +157,12 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
 
 
 async def ensure_clickhouse_schema(clickhouse: ClickHouse) -> None:
-    """Create the relay's ClickHouse tables where missing."""
+    """Create the relay's ClickHouse tables where missing, and add the label columns to a
+    ``usage_events`` made before them."""
     for ddl in CREATE_TABLES.values():
         await clickhouse.execute(ddl)
+    if not await clickhouse.execute(LABEL_COLUMNS):
+        await clickhouse.execute(ADD_LABEL_COLUMNS)
 
 
 # Lends a connection for one block (apex.data's pool: ``DatabasePool.connection``).
