@@ -8,11 +8,14 @@ run's tenant and user, kind `llm`, quantity the call's prompt + completion token
 `<run_id>:<step>:<call>` (a single-agent run's step is `main`, calls count from 1) and
 labels `{agent, model, provider, run_id}`; a call that got no answer is not billed;
 apex.data copies the records with their labels to ClickHouse, where cost per tenant,
-agent and model is one query (each record once).
+agent and model is one query (each record once). A record apex.data can never take (a
+malformed entry of the stream `<prefix>agents:costs`) moves to `<prefix>agents:costs:dead`
+with a reason and holds up no other (`GET /admin/costs`: `waiting`, `dead`).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +32,7 @@ from agent_tests.client import (
     submit,
 )
 from agent_tests.usage import ClickHouseCosts, UsageRow, admin_json, usage_rows
-from apex_testkit import FakeLlm, eventually
+from apex_testkit import FakeLlm, RedisNamespace, eventually
 
 COSTS = pytest.mark.bvj(
     segment="enterprise", goal="Every LLM call a tenant's agents make is billed once, in apex.data",
@@ -172,3 +175,39 @@ async def test_cost_per_tenant_agent_and_model_is_a_clickhouse_query(
     # Delivered: nothing waits, nothing was refused.
     status = await admin_json(agents_client, admin_token, "/admin/costs")
     assert (status["waiting"], status["dead"]) == (0, 0)
+
+
+@COSTS
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_record_apex_data_cannot_take_is_set_aside_and_holds_up_no_other(
+    agents_with: OpenAgents,
+    runner: AgentUser,
+    fake_llm: FakeLlm,
+    agents_db: Any,
+    redis_namespace: RedisNamespace,
+    admin_token: str,
+) -> None:
+    prefix = f"{redis_namespace.prefix}dead-{uuid.uuid4().hex[:8]}:"
+    client = await agents_with(APEX_REDIS_PREFIX=prefix)
+    redis = redis_namespace.client()
+    try:
+        # Oldest in the stream: an entry that is no cost record (no tenant, no tokens).
+        redis.xadd(f"{prefix}agents:costs", {"run_id": "not-a-record"})
+        fake_llm.reply(ANSWER)
+        run_id = await submit(client, runner)
+        assert (await final_run(client, runner, run_id))["status"] == "succeeded"
+
+        (row,) = await rows_of(agents_db, [run_id], 1)
+        assert row.idempotency_key == f"{run_id}:main:1"
+
+        async def set_aside() -> dict[str, Any] | None:
+            status = await admin_json(client, admin_token, "/admin/costs")
+            return status if (status["waiting"], status["dead"]) == (0, 1) else None
+
+        await eventually(set_aside, timeout=30, message="the malformed entry set aside")
+        ((_, fields),) = redis.xrange(f"{prefix}agents:costs:dead")
+        assert fields["run_id"] == "not-a-record"
+        assert fields["reason"].startswith("malformed entry")
+    finally:
+        redis.close()

@@ -49,6 +49,8 @@ KIND: Final = "llm"
 TENANT_HEADER: Final = "X-Apex-Tenant"
 DATA: Final = "data"
 REDIS: Final = "redis"
+# How long stop() waits for the task between two cancellations.
+_STOP_PAUSE: Final = 0.5
 _FIELDS: Final = (
     "tenant_id", "user_id", "run_id", "step", "call", "agent", "model", "provider",
     "prompt_tokens", "completion_tokens", "cost_micros", "occurred_at",
@@ -176,6 +178,7 @@ class CostDelivery:
             base_url=data_url, timeout=timeout, verify=client_tls_context()
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         # Cycles that sent at least one record (what 001#93 counts), and records sent.
         self.cycles = 0
         self.delivered = 0
@@ -186,10 +189,16 @@ class CostDelivery:
 
     async def stop(self) -> None:
         """Stop the task (the records not sent stay in the stream) and close the client."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        task = self._task
+        # Cancelled again until done: on Python 3.11 a cancellation that lands as a
+        # timeout expires (the idle wait's, a request's) can come out as a TimeoutError,
+        # which the loop survives; the flag ends it on its next turn.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_STOP_PAUSE)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("cost delivery ended with %r", task.exception())
         await self._http.aclose()
 
     async def status(self) -> dict[str, Any]:
@@ -197,7 +206,7 @@ class CostDelivery:
         return {**await self._ledger.backlog(), "cycles": self.cycles, "delivered": self.delivered}
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 sent, more = await self.cycle()
             except (RedisError, OSError) as exc:
@@ -226,24 +235,26 @@ class CostDelivery:
         self.cycles += 1
         sent = 0
         for entry_id, fields in entries:
-            outcome = await self._send(fields)
+            outcome, reason = await self._send(fields)
             if outcome is None:
                 return None, False
             if outcome == "dead":
-                await ledger.redis.xadd(ledger.dead, {**fields, "reason": "refused"})  # type: ignore[dict-item]
+                dead = {**fields, "reason": reason}
+                await ledger.redis.xadd(ledger.dead, dead)  # type: ignore[arg-type]
             await ledger.redis.xdel(ledger.stream, entry_id)
             ledger.records.labels(outcome).inc()
             sent += 1
             self.delivered += 1
         return sent, len(entries) == self._batch
 
-    async def _send(self, fields: Mapping[str, str]) -> str | None:
-        """POST one record: ``delivered`` (201), ``duplicate`` (200), ``dead`` (a
-        malformed record or a 422), None (apex.data failing: try again later)."""
+    async def _send(self, fields: Mapping[str, str]) -> tuple[str | None, str]:
+        """POST one record: (``delivered``, 201), (``duplicate``, 200: stored before),
+        (``dead``, why: a malformed entry or a 422), (None, why: apex.data failing, try
+        again later)."""
         try:
             record = CostRecord.of(fields)
-        except (KeyError, ValueError, TypeError):
-            return "dead"
+        except (KeyError, ValueError, TypeError) as exc:
+            return "dead", f"malformed entry: {type(exc).__name__}: {exc}"
         try:
             response = await self._http.post(
                 "/v1/usage",
@@ -251,14 +262,16 @@ class CostDelivery:
                 headers={"Authorization": f"Bearer {self._token}", TENANT_HEADER: record.tenant_id},
             )
         except httpx.HTTPError as exc:
-            self._errors.failed(DATA, f"{type(exc).__name__}")
-            return None
-        if response.status_code in (200, 201):
+            self._errors.failed(DATA, type(exc).__name__)
+            return None, type(exc).__name__
+        status = response.status_code
+        if status in (200, 201):
             self._errors.recovered(DATA)
-            return "delivered" if response.status_code == 201 else "duplicate"
-        if response.status_code == 422:
-            log.warning("cost record %s refused: %s", record.idempotency_key, response.text[:500])
-            return "dead"
+            return ("delivered" if status == 201 else "duplicate"), f"HTTP {status}"
+        if status == 422:
+            reason = f"HTTP 422: {response.text[:500]}"
+            log.warning("cost record %s refused: %s", record.idempotency_key, reason)
+            return "dead", reason
         # 401/403 (the credential: an operator's fix), 429, 5xx: the record waits.
-        self._errors.failed(DATA, f"HTTP {response.status_code}")
-        return None
+        self._errors.failed(DATA, f"HTTP {status}")
+        return None, f"HTTP {status}"
