@@ -206,7 +206,9 @@ async def test_a_record_apex_data_cannot_take_is_set_aside_and_holds_up_no_other
             return status if (status["waiting"], status["dead"]) == (0, 1) else None
 
         await eventually(set_aside, timeout=30, message="the malformed entry set aside")
-        ((_, fields),) = redis.xrange(f"{prefix}agents:costs:dead")
+        # decode_responses: ids and fields are str.
+        dead: list[tuple[str, dict[str, str]]] = redis.xrange(f"{prefix}agents:costs:dead")  # type: ignore[assignment]
+        ((_, fields),) = dead
         assert fields["run_id"] == "not-a-record"
         assert fields["reason"].startswith("malformed entry")
     finally:
