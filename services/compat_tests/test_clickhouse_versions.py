@@ -181,12 +181,31 @@ def embedded(tmp_path: Path) -> Iterator[Embedded]:
 
 
 def usage(
-    event: int, tenant: uuid.UUID, kind: str, quantity: int, days: int, version: int
+    event: int,
+    tenant: uuid.UUID,
+    kind: str,
+    quantity: int,
+    days: int,
+    version: int,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[Any, ...]:
+    pairs = sorted((labels or {}).items())
     return (
         uuid.UUID(int=event), tenant, USER, kind, quantity, quantity * 10,
         JANUARY + dt.timedelta(days=days), version,
+        [key for key, _ in pairs], [value for _, value in pairs],
     )  # fmt: skip
+
+
+# usage_events as the relay made it before the labels (issue 11).
+OLD_USAGE_EVENTS = (
+    "CREATE TABLE usage_events (id UUID, tenant_id UUID, user_id UUID, kind String, "
+    "quantity UInt64, cost_micros UInt64, occurred_at DateTime, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) "
+    "ORDER BY (tenant_id, id)"
+)
+MINI = {"agent": "assistant", "model": "gpt-4o-mini", "provider": "llm", "run_id": "r1"}
+WRITER = {"agent": "writer", "model": "gpt-4o"}
 
 
 async def test_every_statement_answers_alike_on_both(
@@ -196,6 +215,12 @@ async def test_every_statement_answers_alike_on_both(
     assert int(embedded.version.split(".")[0]) >= 25, embedded.version
     both = Both(server, embedded)
     assert await both.agree(clickhouse_sql.PING) == [("1",)]
+    # A usage_events made before the labels: the relay's start adds their columns.
+    await both.agree(OLD_USAGE_EVENTS)
+    assert await both.agree(clickhouse_sql.LABEL_COLUMNS) == []
+    assert await both.agree(clickhouse_sql.ADD_LABEL_COLUMNS) == []
+    labels = [("label_keys",), ("label_values",)]
+    assert await both.agree(clickhouse_sql.LABEL_COLUMNS) == labels
     for ddl in clickhouse_sql.CREATE_TABLES.values():
         assert await both.agree(ddl) == []
         assert await both.agree(ddl) == []  # IF NOT EXISTS: the relay's start, again
@@ -203,13 +228,13 @@ async def test_every_statement_answers_alike_on_both(
     # Two relay batches; event 2 is sent twice (a relay crash before the ack), then a
     # newer version of event 3: FINAL keeps one row of each, the newest.
     first = [
-        usage(1, TENANTS[0], "tokens", 5, 0, 1),
-        usage(2, TENANTS[0], "tokens", 7, 1, 2),
-        usage(3, TENANTS[0], "images", 2, 40, 3),
+        usage(1, TENANTS[0], "tokens", 5, 0, 1, MINI),
+        usage(2, TENANTS[0], "tokens", 7, 1, 2, MINI),
+        usage(3, TENANTS[0], "images", 2, 40, 3, WRITER),
         usage(4, TENANTS[1], "tokens", 11, 2, 4),
     ]
     await both.insert("usage_events", first)
-    await both.insert("usage_events", [first[1], usage(3, TENANTS[0], "images", 9, 40, 5)])
+    await both.insert("usage_events", [first[1], usage(3, TENANTS[0], "images", 9, 40, 5, WRITER)])
     credits = [
         (uuid.UUID(int=100 + n), TENANTS[0], TENANTS[1], 5 * n, JANUARY, 10 + n) for n in range(3)
     ]
@@ -229,6 +254,15 @@ async def test_every_statement_answers_alike_on_both(
     ]
     assert await both.agree(analytics, {"tenant": str(uuid.UUID(int=0xC)), **everything}) == []
     assert len(await both.agree(clickhouse_sql.EVENT_USERS)) == 4
+    # Cost per agent and model, from the labels (a record without them reads as '').
+    by_label = clickhouse_sql.COSTS_BY_AGENT_MODEL
+    assert await both.agree(by_label, {"tenant": tenant, **everything}) == [
+        ("assistant", "gpt-4o-mini", "12", "120"),
+        ("writer", "gpt-4o", "9", "90"),
+    ]
+    assert await both.agree(by_label, {"tenant": str(TENANTS[1]), **everything}) == [
+        ("", "", "11", "110")
+    ]
 
     # The backup's statements, through the real module on each engine.
     # (Each engine spells a CREATE statement its own way: the names are compared.)

@@ -10,6 +10,7 @@ the public module `client`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -21,8 +22,8 @@ import pytest
 from auth_tests.access import service_user
 from auth_tests.client import AuthAdmin, run_namespace
 
-from agent_tests.client import AUDIENCE, AgentUser, MakeUser, OpenAgents
-from apex_testkit import Platform, RedisNamespace
+from agent_tests.client import AUDIENCE, AgentUser, MakeUser, OpenAgents, admin_headers
+from apex_testkit import Level, Platform, RedisNamespace, eventually
 
 
 @pytest.fixture
@@ -78,14 +79,49 @@ def agent_auth_admin(
     return AuthAdmin(agent_auth_client, admin_token, agent_namespace)
 
 
+@pytest.fixture(scope="session")
+def agent_tenants(platform: Platform) -> Iterator[set[str]]:
+    """The tenants of the users this worker makes (`make_agent_user` adds them). Their
+    runs' costs reach apex.data: at L4, when the worker ends, once apex.agents has sent
+    every cost record, what they wrote to apex.data is deleted (`POST
+    /admin/tenants/purge`); L2/L3 reset their own state."""
+    tenants: set[str] = set()
+    yield tenants
+    if platform.level is Level.L4 and tenants:
+        asyncio.run(_purge_costs(platform, sorted(tenants)))
+
+
+async def _purge_costs(platform: Platform, tenants: Sequence[str]) -> None:
+    headers = admin_headers(platform.admin_token)
+    async with platform.client("agents") as agents:
+
+        async def delivered() -> bool:
+            response = await agents.get("/admin/costs", headers=headers)
+            if response.status_code == 404:
+                return True  # this deployment sends no costs to apex.data
+            assert response.status_code == 200, response.text
+            return bool(response.json()["waiting"] == 0)
+
+        await eventually(delivered, timeout=60, message="every cost record sent to apex.data")
+    async with platform.client("data") as data:
+        response = await data.post(
+            "/admin/tenants/purge", json={"tenant_ids": list(tenants)}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+
+
 @pytest.fixture
-def make_agent_user(agent_auth_client: httpx.AsyncClient, agent_auth_admin: AuthAdmin) -> MakeUser:
+def make_agent_user(
+    agent_auth_client: httpx.AsyncClient, agent_auth_admin: AuthAdmin, agent_tenants: set[str]
+) -> MakeUser:
     """`await make_agent_user(tenant=<uuid>|None, permissions=("agents:run", ...))`: a new
     user of `tenant` (default: a new tenant) with these permissions granted, signed in,
     with a context token for apex.agents."""
 
     async def make(*, tenant: str | None = "new", permissions: Sequence[str] = ()) -> AgentUser:
         tenant_id = str(uuid.uuid4()) if tenant == "new" else tenant
+        if tenant_id is not None:
+            agent_tenants.add(tenant_id)
         return await service_user(
             agent_auth_admin, AUDIENCE, permissions=permissions, tenant_id=tenant_id
         )

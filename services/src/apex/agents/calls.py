@@ -23,6 +23,7 @@ import dataclasses
 
 from openai.types.chat import ChatCompletionMessageParam
 
+from apex.agents.cost_records import CostLedger, CostRecord
 from apex.agents.costs import cost_micros
 from apex.agents.definitions import DefinitionError, DefinitionStore
 from apex.agents.llm import LlmError, Provider
@@ -55,11 +56,13 @@ class AgentCaller:
         provider: Provider,
         metrics: Metrics,
         definitions: DefinitionStore,
+        costs: CostLedger | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
         self._definitions = definitions
+        self._costs = costs
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
@@ -88,6 +91,7 @@ class AgentCaller:
             )
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)
+            self._metrics.step_errors.labels(exc.reason).inc()
             raise
         self._count_calls(completion.attempts, ok=True)
         usage = Usage(
@@ -102,6 +106,8 @@ class AgentCaller:
             tool_calls=completion.tool_calls,
         )
         self._count_tokens(agent.model, usage)
+        if self._costs is not None:  # stage 6: the cost on its way to apex.data
+            await self._costs.append(_record(context, 1, agent_name, agent.model, usage))
         return completion.content, usage
 
     def _count_calls(self, attempts: int, *, ok: bool) -> None:
@@ -114,3 +120,21 @@ class AgentCaller:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(model_name, "completion").inc(usage.completion_tokens)
         self._metrics.cost.labels(model_name).inc(usage.cost_micros)
+
+
+def _record(context: CallContext, call: int, agent: str, model: str, usage: Usage) -> CostRecord:
+    """The cost record of the ``call``-th answered LLM call of the context's step."""
+    run = context.run
+    return CostRecord.now(
+        tenant_id=str(run.tenant_id),
+        user_id=run.user_id,
+        run_id=str(run.id),
+        step=context.step,
+        call=call,
+        agent=agent,
+        model=model,
+        provider=usage.provider,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost_micros=usage.cost_micros,
+    )

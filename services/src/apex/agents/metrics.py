@@ -49,6 +49,13 @@ class Metrics:
             "Jobs taken over from a consumer that left them unacknowledged (XAUTOCLAIM)",
             registry=registry,
         )
+        # -- error aggregation (001#88) --------------------------------------------------
+        self.step_errors = Counter(
+            "apex_agents_step_errors",
+            "Agent calls (a run's step) that ended without an answer, by error",
+            ["error"],
+            registry=registry,
+        )
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

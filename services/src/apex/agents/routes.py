@@ -10,6 +10,10 @@
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
 - ``GET /admin/config`` (admin token): the shared settings this instance runs with.
+- ``GET /admin/costs`` (admin token): cost records waiting for apex.data, refused ones,
+  delivery cycles and records sent by this process (``apex.agents.cost_records``).
+- ``GET /admin/dependencies`` (admin token): each failing dependency's errors, warnings
+  logged and suppressed (``apex.agents.dependencies``).
 - ``GET /metrics`` (admin token): Prometheus text.
 """
 
@@ -211,6 +215,21 @@ def require_admin(request: Request, service: Service) -> None:
 async def config(service: Service) -> dict[str, Any]:
     """The shared settings this instance runs with (003: cross-service consistency)."""
     return config_report(SERVICE, service.settings)
+
+
+@router.get("/admin/costs", dependencies=[Depends(require_admin)])
+async def cost_delivery(service: Service) -> dict[str, Any]:
+    """``{waiting, dead, cycles, delivered}``; 404 when costs are not sent to apex.data."""
+    if service.costs is None:
+        raise ApiError(404, "not_found", "costs are not sent: APEX_DATA_URL or APEX_USAGE_TOKEN")
+    return await service.costs.status()
+
+
+@router.get("/admin/dependencies", dependencies=[Depends(require_admin)])
+async def dependencies(service: Service) -> dict[str, Any]:
+    """Each dependency that failed: state, errors, warnings logged and suppressed."""
+    snapshot = {} if service.dependencies is None else service.dependencies.snapshot()
+    return {"dependencies": snapshot}
 
 
 @router.get("/metrics", dependencies=[Depends(require_admin)])

@@ -129,6 +129,7 @@ class Run:
             "cost_micros": self.cost_micros,
             "provider_path": self.provider_path,
             "tool_calls": self.tool_calls,
+            "errors": self.errors(),
         }
         if self.workflow is not None:
             view["workflow"] = self.workflow
@@ -136,6 +137,22 @@ class Run:
             failed = [step["id"] for step in self.steps if step.get("status") == "failed"]
             view["failed_step"] = failed[0] if failed else None
         return view
+
+    def errors(self) -> list[dict[str, str | None]]:
+        """Error aggregation (001#88): ``{step, error}`` of each failed step in declared
+        order (a single-agent run's one step is ``main``); a run that failed or timed out
+        apart from any step (a workflow's timeout) adds ``{step: null, error}``."""
+        if self.workflow is None:
+            failed = self.status in ("failed", "timed_out") and self.error is not None
+            return [{"step": "main", "error": self.error}] if failed else []
+        errors: list[dict[str, str | None]] = [
+            {"step": step["id"], "error": step.get("error")}
+            for step in self.steps
+            if step.get("status") == "failed"
+        ]
+        if not errors and self.status in ("failed", "timed_out"):
+            errors.append({"step": None, "error": self.error})
+        return errors
 
 
 _COLUMNS: Final = (

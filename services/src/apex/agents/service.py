@@ -1,8 +1,9 @@
 """The running agents service: what its lifespan opens, for the routes and the workers.
 
 :func:`open_service` opens the PostgreSQL pool (acting as ``apex_app``, migration 0010),
-Redis, the LLM provider, the context-token verifier (audience ``apex-agents``) and the
-worker pool, and closes them after its block.
+Redis, the LLM provider, the context-token verifier (audience ``apex-agents``), the
+worker pool and, when apex.data and the usage credential are set, the cost records'
+delivery to apex.data (``apex.agents.cost_records``), and closes them after its block.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
 from redis.asyncio import Redis
 
 from apex.agents.calls import AgentCaller
+from apex.agents.cost_records import CostDelivery, CostLedger
 from apex.agents.definitions import DefinitionStore
+from apex.agents.dependencies import DependencyErrors
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
@@ -27,6 +31,8 @@ from apex.data.callers import Verifier
 from apex.data.pool import create_pool
 
 __all__ = ["AUDIENCE", "AgentService", "open_service"]
+
+log = logging.getLogger(__name__)
 
 # The audience context tokens for this service name.
 AUDIENCE: Final = "apex-agents"
@@ -46,6 +52,8 @@ class AgentService:
     verifier: Verifier
     workers: WorkerPool
     definitions: DefinitionStore
+    dependencies: DependencyErrors | None = None
+    costs: CostDelivery | None = None
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -84,7 +92,11 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
         definitions = DefinitionStore(pool)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics, definitions=definitions)
+        dependencies = DependencyErrors(metrics.registry, settings.error_log_interval)
+        ledger, delivery = await _cost_delivery(settings, redis, metrics, dependencies, stack)
+        caller = AgentCaller(
+            settings, provider=provider, metrics=metrics, definitions=definitions, costs=ledger
+        )
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )
@@ -100,4 +112,33 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             verifier,
             pool_of_workers,
             definitions=definitions,
+            dependencies=dependencies,
+            costs=delivery,
         )
+
+
+async def _cost_delivery(
+    settings: AgentSettings,
+    redis: Redis,
+    metrics: Metrics,
+    dependencies: DependencyErrors,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[CostLedger | None, CostDelivery | None]:
+    """The cost records' ledger and their delivery task (stopped with ``stack``), when
+    apex.data and the usage credential are set; else none (costs stay on the runs)."""
+    if settings.data_url is None or settings.usage_token is None:
+        log.warning("costs are not sent to apex.data: APEX_DATA_URL or APEX_USAGE_TOKEN unset")
+        return None, None
+    ledger = CostLedger(redis, settings.redis_prefix, metrics.registry)
+    delivery = CostDelivery(
+        ledger,
+        dependencies,
+        data_url=settings.data_url,
+        token=settings.usage_token,
+        batch=settings.cost_batch,
+        interval=settings.cost_interval,
+        timeout=settings.cost_timeout,
+    )
+    delivery.start()
+    stack.push_async_callback(delivery.stop)
+    return ledger, delivery

@@ -42,6 +42,12 @@ class AgentSettings(ServiceSettings):
     job_claim_idle: float = 30.0
     run_timeout: float = 120.0
     models: Mapping[str, Model] = dataclasses.field(default_factory=lambda: DEFAULT_MODELS)
+    # -- costs to apex.data and degradation (apex.agents.cost_records, .dependencies) ----
+    usage_token: str | None = dataclasses.field(default=None, repr=False)
+    cost_batch: int = 100
+    cost_interval: float = 1.0
+    cost_timeout: float = 5.0
+    error_log_interval: float = 60.0
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -73,6 +79,12 @@ class AgentSettings(ServiceSettings):
             "job_claim_idle": env.number("APEX_JOB_CLAIM_IDLE", 30.0, unit="seconds"),
             "run_timeout": env.number("APEX_RUN_TIMEOUT", 120.0, unit="seconds"),
             "models": _models(env, "APEX_MODELS"),
+            # -- costs to apex.data and degradation ------------------------------------
+            "usage_token": env.get("APEX_USAGE_TOKEN"),
+            "cost_batch": env.whole_number("APEX_COST_BATCH", 100, unit="records"),
+            "cost_interval": env.number("APEX_COST_INTERVAL", 1.0, unit="seconds"),
+            "cost_timeout": env.number("APEX_COST_TIMEOUT", 5.0, unit="seconds"),
+            "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
         }
 
 

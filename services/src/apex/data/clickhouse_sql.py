@@ -15,14 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 __all__ = [
+    "ADD_LABEL_COLUMNS",
     "ANALYTICS",
     "ATTACH_PART",
+    "COSTS_BY_AGENT_MODEL",
     "CREATE_TABLES",
     "DELETE_EVENTS",
     "DROP_TABLE",
     "EVENT_USERS",
     "FREEZE",
     "INSERT_COLUMNS",
+    "LABEL_COLUMNS",
     "PENDING_MUTATIONS",
     "PING",
     "RENAME_TABLE",
@@ -42,7 +45,8 @@ CREATE_TABLES: Final[Mapping[str, str]] = {
     "usage_events": (
         "CREATE TABLE IF NOT EXISTS usage_events (id UUID, tenant_id UUID, user_id UUID, "
         "kind String, quantity UInt64, cost_micros UInt64, occurred_at DateTime, "
-        "version UInt64) ENGINE = ReplacingMergeTree(version) "
+        "version UInt64, label_keys Array(String), label_values Array(String)) "
+        "ENGINE = ReplacingMergeTree(version) "
         "PARTITION BY toYYYYMM(occurred_at) ORDER BY (tenant_id, id)"
     ),
     "credit_events": (
@@ -51,10 +55,21 @@ CREATE_TABLES: Final[Mapping[str, str]] = {
         "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(occurred_at) ORDER BY id"
     ),
 }
+# usage_events made before the labels (migration 0019) lacks their columns: the relay's
+# start probes for them and adds them (CREATE TABLE IF NOT EXISTS leaves a table alone).
+LABEL_COLUMNS: Final = (
+    "SELECT name FROM system.columns WHERE database = currentDatabase() "
+    "AND table = 'usage_events' AND name IN ('label_keys', 'label_values') ORDER BY name"
+)
+ADD_LABEL_COLUMNS: Final = (
+    "ALTER TABLE usage_events ADD COLUMN label_keys Array(String), "
+    "ADD COLUMN label_values Array(String)"
+)
 # The columns the relay inserts, per table (the values go as native-protocol blocks).
 INSERT_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     "usage_events": (
-        "id", "tenant_id", "user_id", "kind", "quantity", "cost_micros", "occurred_at", "version"
+        "id", "tenant_id", "user_id", "kind", "quantity", "cost_micros", "occurred_at", "version",
+        "label_keys", "label_values",
     ),
     "credit_events": ("id", "from_tenant", "to_tenant", "amount_micros", "occurred_at", "version"),
 }  # fmt: skip
@@ -70,6 +85,16 @@ ANALYTICS: Final = (
     "SELECT kind, sum(quantity), sum(cost_micros) FROM usage_events FINAL "
     "WHERE tenant_id = toUUID(%(tenant)s) AND occurred_at >= toDateTime(%(since)s) "
     "AND occurred_at < toDateTime(%(until)s) GROUP BY kind ORDER BY kind"
+)
+# GET /v1/usage/analytics/agents: cost per agent and model of one tenant in
+# [since, until), from the records' labels (parallel arrays, sorted by key: no Map type
+# on 18.16; a missing label reads as '').
+COSTS_BY_AGENT_MODEL: Final = (
+    "SELECT label_values[indexOf(label_keys, 'agent')] AS agent, "
+    "label_values[indexOf(label_keys, 'model')] AS model, sum(quantity), sum(cost_micros) "
+    "FROM usage_events FINAL WHERE tenant_id = toUUID(%(tenant)s) "
+    "AND occurred_at >= toDateTime(%(since)s) AND occurred_at < toDateTime(%(until)s) "
+    "GROUP BY agent, model ORDER BY agent, model"
 )
 # apex.data.references (001#63): every event's record and user, each record once.
 EVENT_USERS: Final = "SELECT id, user_id FROM usage_events FINAL"
@@ -116,8 +141,11 @@ DROP_TABLE: Final = "DROP TABLE IF EXISTS {table}"
 STATEMENTS: Final[Mapping[str, str]] = {
     "PING": PING,
     **{f"CREATE_TABLES[{name}]": ddl for name, ddl in CREATE_TABLES.items()},
+    "LABEL_COLUMNS": LABEL_COLUMNS,
+    "ADD_LABEL_COLUMNS": ADD_LABEL_COLUMNS,
     **{f"insert[{name}]": insert(name, cols) for name, cols in INSERT_COLUMNS.items()},
     "ANALYTICS": ANALYTICS,
+    "COSTS_BY_AGENT_MODEL": COSTS_BY_AGENT_MODEL,
     "EVENT_USERS": EVENT_USERS,
     "DELETE_EVENTS": DELETE_EVENTS,
     "PENDING_MUTATIONS": PENDING_MUTATIONS,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from apex.common.http import ApiError
 from apex.data import clickhouse_sql, references, views, warming
 from apex.data.cache import Cache, CacheResult
-from apex.data.callers import BILLING_READ
+from apex.data.callers import BILLING_READ, Caller
 from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.outbox import Relay
 from apex.data.pool import DatabasePool, PoolExhausted
@@ -245,24 +245,7 @@ async def usage_analytics(
     """Totals per kind from ClickHouse (what the relay copied, each record once), and
     ``relay_lag``: outbox rows not relayed yet (every tenant's: the relay is shared)."""
     caller.require(BILLING_READ)
-    _window(since, until)
-    clickhouse, relay = flow.require_clickhouse()
-    params = {
-        "tenant": str(caller.tenant_id),
-        "since": _epoch(since, _DATETIME_MIN),
-        "until": _epoch(until, _DATETIME_MAX),
-    }
-    try:
-        rows = await clickhouse.execute(clickhouse_sql.ANALYTICS, params)
-    except ClickHouseError as exc:
-        if "usage_events" in str(exc) and "doesn't exist" in str(exc):
-            rows = []  # nothing relayed yet: the relay makes the table on its first pass
-        else:
-            raise ApiError(503, "clickhouse_unavailable", "ClickHouse is unreachable") from exc
-    try:
-        lag = await relay.pending()
-    except (*_DATABASE_DOWN, PoolExhausted) as exc:
-        raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
+    rows, lag = await _analytics(flow, caller, clickhouse_sql.ANALYTICS, since, until)
     return {
         "tenant_id": str(caller.tenant_id),
         "by_kind": {
@@ -272,6 +255,58 @@ async def usage_analytics(
         "relay_lag": lag,
         "source": "clickhouse",
     }
+
+
+@flow_router.get("/v1/usage/analytics/agents")
+async def usage_by_agent_model(
+    caller: CallerDep,
+    flow: FlowDep,
+    since: Annotated[datetime.datetime | None, Query()] = None,
+    until: Annotated[datetime.datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """Cost per agent and model from ClickHouse (the records' labels, each record once:
+    apex.agents' LLM calls), and ``relay_lag`` as for the analytics."""
+    caller.require(BILLING_READ)
+    sql = clickhouse_sql.COSTS_BY_AGENT_MODEL
+    rows, lag = await _analytics(flow, caller, sql, since, until)
+    return {
+        "tenant_id": str(caller.tenant_id),
+        "by_agent_model": [
+            {"agent": agent, "model": model, "quantity": int(quantity), "cost_micros": int(cost)}
+            for agent, model, quantity, cost in rows
+        ],
+        "relay_lag": lag,
+        "source": "clickhouse",
+    }
+
+
+async def _analytics(
+    flow: Flow,
+    caller: Caller,
+    sql: str,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """The rows of the tenant's ClickHouse query ``sql`` in the window, and the relay lag."""
+    _window(since, until)
+    clickhouse, relay = flow.require_clickhouse()
+    params = {
+        "tenant": str(caller.tenant_id),
+        "since": _epoch(since, _DATETIME_MIN),
+        "until": _epoch(until, _DATETIME_MAX),
+    }
+    try:
+        rows = await clickhouse.execute(sql, params)
+    except ClickHouseError as exc:
+        if "usage_events" in str(exc) and "doesn't exist" in str(exc):
+            rows = []  # nothing relayed yet: the relay makes the table on its first pass
+        else:
+            raise ApiError(503, "clickhouse_unavailable", "ClickHouse is unreachable") from exc
+    try:
+        lag = await relay.pending()
+    except (*_DATABASE_DOWN, PoolExhausted) as exc:
+        raise ApiError(503, "database_unavailable", f"PostgreSQL: {type(exc).__name__}") from exc
+    return rows, lag
 
 
 def _balance_of(service: DataService, tenant: uuid.UUID) -> Callable[[], Awaitable[dict[str, Any]]]:

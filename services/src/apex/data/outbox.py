@@ -30,7 +30,12 @@ import asyncpg
 
 from apex.data.cache import Cache
 from apex.data.clickhouse import ClickHouse, ClickHouseError
-from apex.data.clickhouse_sql import CREATE_TABLES, INSERT_COLUMNS
+from apex.data.clickhouse_sql import (
+    ADD_LABEL_COLUMNS,
+    CREATE_TABLES,
+    INSERT_COLUMNS,
+    LABEL_COLUMNS,
+)
 from apex.data.pool import PoolExhausted
 
 __all__ = [
@@ -71,6 +76,8 @@ class _Route:
 
 
 def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
+    # A payload written before migration 0019 has no labels.
+    labels = sorted(dict(payload.get("labels") or {}).items())
     return (
         uuid.UUID(payload["id"]),
         uuid.UUID(payload["tenant_id"]),
@@ -80,6 +87,8 @@ def _usage_row(payload: Mapping[str, Any], version: int) -> tuple[Any, ...]:
         int(payload["cost_micros"]),
         _clickhouse_time(payload["occurred_at"]),
         version,
+        [str(key) for key, _ in labels],
+        [str(value) for _, value in labels],
     )
 
 
@@ -148,9 +157,12 @@ async def enqueue(conn: asyncpg.Connection, topic: str, payload: Mapping[str, An
 
 
 async def ensure_clickhouse_schema(clickhouse: ClickHouse) -> None:
-    """Create the relay's ClickHouse tables where missing."""
+    """Create the relay's ClickHouse tables where missing, and add the label columns to a
+    ``usage_events`` made before them."""
     for ddl in CREATE_TABLES.values():
         await clickhouse.execute(ddl)
+    if not await clickhouse.execute(LABEL_COLUMNS):
+        await clickhouse.execute(ADD_LABEL_COLUMNS)
 
 
 # Lends a connection for one block (apex.data's pool: ``DatabasePool.connection``).

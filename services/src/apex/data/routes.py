@@ -4,6 +4,8 @@ operators' routes (admin token).
 - ``POST /v1/usage``: one record (201; 200 with the first record for a known
   idempotency key), header ``X-Apex-LSN``.
 - ``POST /v1/usage/batch``: many records through COPY (201 ``{"inserted": n}``).
+  Both write routes also take the usage writers' service credential
+  (``APEX_USAGE_TOKEN``, apex.agents'), naming the tenant in ``X-Apex-Tenant``.
 - ``GET /v1/usage/summary``: totals per kind, through the cache (``apex.data.summaries``),
   else from the replica when it may serve (``X-Apex-Min-LSN``: read-your-writes), else
   the primary. The write routes invalidate the tenant's cached summaries.
@@ -22,6 +24,7 @@ operators' routes (admin token).
 from __future__ import annotations
 
 import datetime
+import hmac
 import re
 import uuid
 from typing import Annotated, Any, Final
@@ -51,6 +54,13 @@ _BIGINT_MAX: Final = 2**63 - 1
 _EARLIEST: Final = datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
 _LATEST: Final = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 LSN_HEADER: Final = "X-Apex-LSN"
+# The tenant a usage writer's service credential writes for.
+TENANT_HEADER: Final = "X-Apex-Tenant"
+# The caller's user id of a write with the service credential (the record names its user).
+USAGE_WRITER: Final = "service:usage-writer"
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_LABELS: Final = 16
+MAX_LABEL_VALUE: Final = 200
 
 
 def service_of(request: Request) -> DataService:
@@ -70,6 +80,30 @@ async def caller_of(request: Request, service: Service) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+async def usage_writer_of(
+    request: Request,
+    service: Service,
+    tenant: Annotated[str | None, Header(alias=TENANT_HEADER)] = None,
+) -> Caller:
+    """The caller of a usage write: a context token, or the usage writers' service
+    credential (APEX_USAGE_TOKEN: apex.agents, writing for the tenant it names in
+    ``X-Apex-Tenant``; it may write usage and nothing else)."""
+    token = bearer_token(request)
+    expected = service.settings.usage_token
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        return await service.verifier.caller(token)
+    try:
+        tenant_id = uuid.UUID(tenant or "")
+    except ValueError:
+        raise ApiError(
+            403, "no_tenant", f"the service credential needs the tenant's id in {TENANT_HEADER}"
+        ) from None
+    return Caller(tenant_id, USAGE_WRITER, frozenset({RUN_AGENTS}))
+
+
+UsageWriterDep = Annotated[Caller, Depends(usage_writer_of)]
 
 
 def _aware(value: datetime.datetime) -> datetime.datetime:
@@ -95,6 +129,17 @@ def _kind(value: str) -> str:
     return value
 
 
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, text in value.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise ValueError(f"label {key!r}: keys are 1-64 of a-z 0-9 _, starting with a-z")
+        if len(text) > MAX_LABEL_VALUE or "\x00" in text:
+            raise ValueError(f"label {key!r}: at most {MAX_LABEL_VALUE} characters, no NUL")
+    return value
+
+
 class UsageIn(BaseModel):
     """A usage record as a client sends it."""
 
@@ -106,6 +151,7 @@ class UsageIn(BaseModel):
     cost_micros: Annotated[int, Field(ge=0, le=_BIGINT_MAX, strict=True)]
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
     occurred_at: Annotated[datetime.datetime, AfterValidator(_aware)] | None = None
+    labels: Annotated[dict[str, Annotated[str, Field(strict=True)]], AfterValidator(_labels)] = {}
 
     def new_record(self) -> usage.NewRecord:
         return usage.NewRecord(
@@ -115,6 +161,7 @@ class UsageIn(BaseModel):
             self.cost_micros,
             self.idempotency_key,
             self.occurred_at,
+            self.labels,
         )
 
 
@@ -128,7 +175,7 @@ class BatchIn(BaseModel):
 
 @router.post("/v1/usage", dependencies=[Depends(require_json_body)])
 async def record_usage(
-    body: UsageIn, caller: CallerDep, service: Service, request: Request
+    body: UsageIn, caller: UsageWriterDep, service: Service, request: Request
 ) -> JSONResponse:
     """Store one record (and its outbox row) for the caller's tenant."""
     caller.require(RUN_AGENTS)
@@ -147,7 +194,7 @@ async def record_usage(
 
 @router.post("/v1/usage/batch", dependencies=[Depends(require_json_body)])
 async def record_batch(
-    body: BatchIn, caller: CallerDep, service: Service, request: Request
+    body: BatchIn, caller: UsageWriterDep, service: Service, request: Request
 ) -> JSONResponse:
     """Store many records for the caller's tenant in one transaction."""
     caller.require(RUN_AGENTS)

@@ -39,6 +39,7 @@ class Backoff:
 
 
 _DEFAULT_BACKOFF: Final = Backoff(0.05, 1.0)
+_MIN_SECRET: Final = 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,8 @@ class DataSettings(ServiceSettings):
     auth_url: str
     clickhouse_url: str | None = dataclasses.field(default=None, repr=False)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    # The usage writers' service credential (apex.agents'): unset, only context tokens.
+    usage_token: str | None = dataclasses.field(default=None, repr=False)
     replica_url: str | None = dataclasses.field(default=None, repr=False)
     replica_max_lag_bytes: int = 16_777_216
     replica_lag_check: float = 1.0
@@ -86,6 +89,7 @@ class DataSettings(ServiceSettings):
             "auth_url": auth_url.rstrip("/"),
             "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", _CLICKHOUSE_SCHEMES),
             "admin_token": env.get("APEX_ADMIN_TOKEN"),
+            "usage_token": _secret(env, "APEX_USAGE_TOKEN"),
             "replica_url": env.postgres_url("APEX_DATABASE_REPLICA_URL"),
             "replica_max_lag_bytes": env.whole_number(
                 "APEX_REPLICA_MAX_LAG_BYTES", 16_777_216, unit="bytes"
@@ -112,6 +116,14 @@ class DataSettings(ServiceSettings):
             # -- data-flow ---------------------------------------------------------------
             "outbox_relay": _switch(env, "APEX_OUTBOX_RELAY", default=True),
         }
+
+
+def _secret(env: Env, variable: str) -> str | None:
+    """A shared secret: unset, or at least 16 characters (a short one is guessable)."""
+    value = env.get(variable)
+    if value is not None and len(value) < _MIN_SECRET:
+        raise ConfigError(f"{variable} must be at least {_MIN_SECRET} characters")
+    return value
 
 
 def _fraction(env: Env, variable: str, default: float) -> float:

@@ -4,7 +4,9 @@ Every query runs in :func:`apex.data.tenancy.tenant_transaction`. A record and i
 outbox row (topic ``usage``, the payload the relay copies to ClickHouse) commit in one
 transaction; the same idempotency key again returns the first record and writes nothing.
 A batch is copied (COPY) into a temporary table, then inserted with ``ON CONFLICT DO
-NOTHING`` and its outbox rows, in one transaction.
+NOTHING`` and its outbox rows, in one transaction. A record's ``labels`` (a JSON object of
+strings, migration 0019: apex.agents' agent, model, provider and run) travel with it to
+ClickHouse.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import datetime
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -46,9 +48,11 @@ _COLUMNS: Final = (
     "cost_micros",
     "idempotency_key",
     "occurred_at",
+    "labels",
 )
 _SELECT_BY_KEY: Final = """
-SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at,
+    labels
 FROM usage_records WHERE tenant_id = $1 AND idempotency_key = $2
 """
 # The record and its outbox row (the payload the relay copies to ClickHouse), in one
@@ -56,18 +60,20 @@ FROM usage_records WHERE tenant_id = $1 AND idempotency_key = $2
 _INSERT_ONE: Final = """
 WITH ins AS (
     INSERT INTO usage_records
-        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()))
+        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at,
+        labels)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()), $9::jsonb)
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING *
 ), outbox_rows AS (
     INSERT INTO outbox (topic, payload)
     SELECT 'usage', jsonb_build_object(
         'id', id, 'tenant_id', tenant_id, 'user_id', user_id, 'kind', kind,
-        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at)
+        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at,
+        'labels', labels)
     FROM ins
 )
-SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at
+SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at, labels
 FROM ins
 """
 _SUMMARY: Final = """
@@ -79,16 +85,17 @@ GROUP BY kind ORDER BY kind
 _BATCH_TABLE: Final = """
 CREATE TEMPORARY TABLE usage_batch (
     id uuid, tenant_id uuid, user_id uuid, kind text, quantity bigint,
-    cost_micros bigint, idempotency_key text, occurred_at timestamptz
+    cost_micros bigint, idempotency_key text, occurred_at timestamptz, labels jsonb
 ) ON COMMIT DROP
 """
 _INSERT_BATCH: Final = """
 WITH ins AS (
     INSERT INTO usage_records
-        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at)
+        (id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key, occurred_at,
+        labels)
     SELECT id, tenant_id, user_id, kind, quantity, cost_micros, idempotency_key,
         -- a record without occurred_at: the transaction's time (no round trip to ask it)
-        COALESCE(occurred_at, now())
+        COALESCE(occurred_at, now()), labels
     FROM usage_batch
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING *
@@ -96,7 +103,8 @@ WITH ins AS (
     INSERT INTO outbox (topic, payload)
     SELECT 'usage', jsonb_build_object(
         'id', id, 'tenant_id', tenant_id, 'user_id', user_id, 'kind', kind,
-        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at)
+        'quantity', quantity, 'cost_micros', cost_micros, 'occurred_at', occurred_at,
+        'labels', labels)
     FROM ins
 )
 SELECT count(*) FROM ins
@@ -113,6 +121,11 @@ class NewRecord:
     cost_micros: int
     idempotency_key: str
     occurred_at: datetime.datetime | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def labels_json(self) -> str:
+        """The labels as the JSON text stored in ``usage_records.labels``."""
+        return json.dumps(dict(self.labels), sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +150,7 @@ def record_json(row: asyncpg.Record) -> dict[str, Any]:
         "cost_micros": row["cost_micros"],
         "idempotency_key": row["idempotency_key"],
         "occurred_at": row["occurred_at"].isoformat(),
+        "labels": json.loads(row["labels"]),
     }
 
 
@@ -156,6 +170,7 @@ async def insert_record(
             record.cost_micros,
             record.idempotency_key,
             record.occurred_at,
+            record.labels_json(),
         )
         if row is not None:
             await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
@@ -190,6 +205,7 @@ async def insert_batch(
                     r.cost_micros,
                     r.idempotency_key,
                     r.occurred_at,
+                    r.labels_json(),
                 )
                 for r in records
             ],

@@ -39,7 +39,8 @@ def migrate(dsn: str) -> None:
 
 
 def run_secrets(run: Run) -> dict[str, str]:
-    """Signing key and admin token shared by every service instance of this run."""
+    """Signing key and admin token shared by every service instance of this run, and the
+    usage writers' credential (APEX_USAGE_TOKEN: apex.data and the services calling it)."""
     with run.lock("secrets"):
         stored = run.read("secrets")
         if stored is None:
@@ -52,7 +53,11 @@ def run_secrets(run: Run) -> dict[str, str]:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ).decode()
-            stored = {"jwt_private_key": pem, "admin_token": secrets.token_urlsafe(24)}
+            stored = {
+                "jwt_private_key": pem,
+                "admin_token": secrets.token_urlsafe(24),
+                "usage_token": secrets.token_urlsafe(24),
+            }
             run.store("secrets", stored)
     return {str(k): str(v) for k, v in stored.items()}
 
@@ -127,6 +132,9 @@ def service_env(worker: Worker, service: str) -> dict[str, str]:
         "APEX_ADMIN_TOKEN": shared["admin_token"],
         "APEX_LOG_LEVEL": "WARNING",
     }
+    if service == "data" or "data" in entry.calls:
+        # The usage writers' service credential: only apex.data and its callers hold it.
+        env["APEX_USAGE_TOKEN"] = shared["usage_token"]
     for server in entry.servers:
         env |= server_env(worker, server)
     if worker.settings.level in (Level.L2, Level.L3):

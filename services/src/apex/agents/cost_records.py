@@ -1,0 +1,277 @@
+"""Each answered LLM call's cost, on its way to apex.data (contract-agents.md § Who is asking).
+
+Stage 6 of :class:`apex.agents.calls.AgentCaller` appends a :class:`CostRecord` to the
+Redis stream ``<prefix>agents:costs`` (:class:`CostLedger`): a run never waits for
+apex.data, so apex.data down or hanging fails no run (001#89, 001#91). A
+:class:`CostDelivery` task in every process of the service sends the stream's records,
+oldest first, to apex.data's ``POST /v1/usage`` (kind ``llm``, quantity the call's
+tokens, idempotency key ``<run_id>:<step>:<call>``, labels ``{agent, model, provider,
+run_id}``) with the usage writers' service credential (``APEX_USAGE_TOKEN``, the
+run's tenant in ``X-Apex-Tenant``; notes-agents.md says why), and deletes a record from
+the stream only once apex.data answered 201 (stored) or 200 (stored before). So a record
+is never lost (it stays until apex.data has it) and never doubled (a record sent twice,
+by two processes or after a crash between the answer and the delete, is one row in
+apex.data by its idempotency key). A record apex.data refuses as malformed (422) cannot
+succeed later: it moves to ``<prefix>agents:costs:dead`` with the reason.
+
+A delivery cycle sends at most ``APEX_COST_BATCH`` records and stops at the first
+failure; after a failing cycle the next one starts ``APEX_COST_INTERVAL`` seconds later,
+after a full one at once, after the rest on a new record or the interval. So once
+apex.data answers again, a backlog of N records is gone within ceil(N / APEX_COST_BATCH)
+cycles (plus the one that was failing when it came back: 001#93).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from apex.agents.dependencies import DependencyErrors
+from apex.common.tls import client_tls_context
+
+__all__ = ["KIND", "CostDelivery", "CostLedger", "CostRecord"]
+
+log = logging.getLogger(__name__)
+
+# The usage kind of an LLM call's cost in apex.data.
+KIND: Final = "llm"
+# The header naming the tenant a usage write with the service credential is for.
+TENANT_HEADER: Final = "X-Apex-Tenant"
+DATA: Final = "data"
+REDIS: Final = "redis"
+# How long stop() waits for the task between two cancellations.
+_STOP_PAUSE: Final = 0.5
+_FIELDS: Final = (
+    "tenant_id", "user_id", "run_id", "step", "call", "agent", "model", "provider",
+    "prompt_tokens", "completion_tokens", "cost_micros", "occurred_at",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CostRecord:
+    """One answered LLM call of a run's step: who pays, what it used, what it cost."""
+
+    tenant_id: str
+    user_id: str
+    run_id: str
+    step: str
+    call: int
+    agent: str
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    occurred_at: str
+
+    @classmethod
+    def now(cls, **fields: Any) -> CostRecord:
+        """A record of a call answered now (``occurred_at``: the answer's time, UTC)."""
+        moment = datetime.datetime.now(datetime.UTC).isoformat()
+        return cls(**fields, occurred_at=moment)
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<run_id>:<step>:<call>``: the same call recorded twice is one record."""
+        return f"{self.run_id}:{self.step}:{self.call}"
+
+    def fields(self) -> dict[str, str]:
+        """The record as a stream entry's fields."""
+        return {name: str(getattr(self, name)) for name in _FIELDS}
+
+    @classmethod
+    def of(cls, fields: Mapping[str, str]) -> CostRecord:
+        """The record a stream entry holds; ValueError (or KeyError) when malformed."""
+        return cls(
+            tenant_id=fields["tenant_id"],
+            user_id=fields["user_id"],
+            run_id=fields["run_id"],
+            step=fields["step"],
+            call=int(fields["call"]),
+            agent=fields["agent"],
+            model=fields["model"],
+            provider=fields["provider"],
+            prompt_tokens=int(fields["prompt_tokens"]),
+            completion_tokens=int(fields["completion_tokens"]),
+            cost_micros=int(fields["cost_micros"]),
+            occurred_at=fields["occurred_at"],
+        )
+
+    def usage_body(self) -> dict[str, Any]:
+        """The body of apex.data's ``POST /v1/usage`` for this record."""
+        return {
+            "user_id": self.user_id,
+            "kind": KIND,
+            "quantity": self.prompt_tokens + self.completion_tokens,
+            "cost_micros": self.cost_micros,
+            "idempotency_key": self.idempotency_key,
+            "occurred_at": self.occurred_at,
+            "labels": {
+                "agent": self.agent,
+                "model": self.model,
+                "provider": self.provider,
+                "run_id": self.run_id,
+            },
+        }
+
+
+class CostLedger:
+    """The stream of cost records waiting for apex.data (``<prefix>agents:costs``)."""
+
+    def __init__(self, redis: Redis, prefix: str, registry: CollectorRegistry) -> None:
+        self.redis = redis
+        self.stream = f"{prefix}agents:costs"
+        self.dead = f"{prefix}agents:costs:dead"
+        self.appended = asyncio.Event()
+        self.records = Counter(
+            "apex_agents_cost_records",
+            "Cost records by outcome (queued, delivered, duplicate: apex.data had it, dead)",
+            ["outcome"],
+            registry=registry,
+        )
+
+    async def append(self, record: CostRecord) -> None:
+        """Queue ``record`` for apex.data (a Redis error propagates: the step's job is
+        not acknowledged, so it runs again)."""
+        await self.redis.xadd(self.stream, record.fields())  # type: ignore[arg-type]
+        self.records.labels("queued").inc()
+        self.appended.set()
+
+    async def backlog(self) -> dict[str, int]:
+        """``{waiting, dead}``: records not yet in apex.data, and refused ones."""
+        waiting, dead = await asyncio.gather(
+            self.redis.xlen(self.stream), self.redis.xlen(self.dead)
+        )
+        return {"waiting": int(waiting), "dead": int(dead)}
+
+
+class CostDelivery:
+    """The task sending the ledger's records to apex.data (see the module's docstring)."""
+
+    def __init__(
+        self,
+        ledger: CostLedger,
+        errors: DependencyErrors,
+        *,
+        data_url: str,
+        token: str,
+        batch: int,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self._ledger = ledger
+        self._errors = errors
+        self._token = token
+        self._batch = batch
+        self._interval = interval
+        self._http = httpx.AsyncClient(
+            base_url=data_url, timeout=timeout, verify=client_tls_context()
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        # Cycles that sent at least one record (what 001#93 counts), and records sent.
+        self.cycles = 0
+        self.delivered = 0
+
+    def start(self) -> None:
+        """Start the delivery task."""
+        self._task = asyncio.create_task(self._run(), name="agents-cost-delivery")
+
+    async def stop(self) -> None:
+        """Stop the task (the records not sent stay in the stream) and close the client."""
+        self._stopping = True
+        task = self._task
+        # Cancelled again until done: on Python 3.11 a cancellation that lands as a
+        # timeout expires (the idle wait's, a request's) can come out as a TimeoutError,
+        # which the loop survives; the flag ends it on its next turn.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_STOP_PAUSE)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("cost delivery ended with %r", task.exception())
+        await self._http.aclose()
+
+    async def status(self) -> dict[str, Any]:
+        """What ``GET /admin/costs`` answers."""
+        return {**await self._ledger.backlog(), "cycles": self.cycles, "delivered": self.delivered}
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                sent, more = await self.cycle()
+            except (RedisError, OSError) as exc:
+                self._errors.failed(REDIS, f"{type(exc).__name__}: {exc}")
+                sent, more = None, False
+            if more:
+                continue
+            if sent is None:
+                # apex.data (or Redis) failing: new records must not hurry the next try.
+                await asyncio.sleep(self._interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ledger.appended.wait(), self._interval)
+            self._ledger.appended.clear()
+
+    async def cycle(self) -> tuple[int | None, bool]:
+        """Send up to APEX_COST_BATCH records, oldest first, until one fails: (records
+        sent, or None when one failed; whether a full batch went out)."""
+        ledger = self._ledger
+        # decode_responses: ids and fields are str.
+        entries: list[tuple[str, dict[str, str]]] = await ledger.redis.xrange(  # type: ignore[assignment]
+            ledger.stream, count=self._batch
+        )
+        if not entries:
+            return 0, False
+        self.cycles += 1
+        sent = 0
+        for entry_id, fields in entries:
+            outcome, reason = await self._send(fields)
+            if outcome is None:
+                return None, False
+            if outcome == "dead":
+                dead = {**fields, "reason": reason}
+                await ledger.redis.xadd(ledger.dead, dead)  # type: ignore[arg-type]
+            await ledger.redis.xdel(ledger.stream, entry_id)
+            ledger.records.labels(outcome).inc()
+            sent += 1
+            self.delivered += 1
+        return sent, len(entries) == self._batch
+
+    async def _send(self, fields: Mapping[str, str]) -> tuple[str | None, str]:
+        """POST one record: (``delivered``, 201), (``duplicate``, 200: stored before),
+        (``dead``, why: a malformed entry or a 422), (None, why: apex.data failing, try
+        again later)."""
+        try:
+            record = CostRecord.of(fields)
+        except (KeyError, ValueError, TypeError) as exc:
+            return "dead", f"malformed entry: {type(exc).__name__}: {exc}"
+        try:
+            response = await self._http.post(
+                "/v1/usage",
+                json=record.usage_body(),
+                headers={"Authorization": f"Bearer {self._token}", TENANT_HEADER: record.tenant_id},
+            )
+        except httpx.HTTPError as exc:
+            self._errors.failed(DATA, type(exc).__name__)
+            return None, type(exc).__name__
+        status = response.status_code
+        if status in (200, 201):
+            self._errors.recovered(DATA)
+            return ("delivered" if status == 201 else "duplicate"), f"HTTP {status}"
+        if status == 422:
+            reason = f"HTTP 422: {response.text[:500]}"
+            log.warning("cost record %s refused: %s", record.idempotency_key, reason)
+            return "dead", reason
+        # 401/403 (the credential: an operator's fix), 429, 5xx: the record waits.
+        self._errors.failed(DATA, f"HTTP {status}")
+        return None, f"HTTP {status}"
