@@ -23,6 +23,8 @@ import dataclasses
 
 from openai.types.chat import ChatCompletionMessageParam
 
+from apex.agents.audit import AuditLog
+from apex.agents.config import AgentConfig
 from apex.agents.costs import cost_micros
 from apex.agents.definitions import BUILTIN_AGENTS
 from apex.agents.llm import LlmError, Provider
@@ -38,25 +40,32 @@ MAIN_STEP = "main"
 
 @dataclasses.dataclass(frozen=True)
 class CallContext:
-    """Who a call is for: the run (tenant, id) and the step of it making the call."""
+    """Who a call is for: the run (tenant, id) and the step of it making the call, and
+    the config the run captured when it started (kept to its end: a reload applies to
+    runs that start after it)."""
 
     run: Run
     step: str
+    config: AgentConfig
 
 
 class AgentCaller:
     """Makes one agent call of a run (the stages in the module's docstring)."""
 
-    def __init__(self, settings: AgentSettings, *, provider: Provider, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: AgentSettings, *, provider: Provider, metrics: Metrics, audit: AuditLog
+    ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
+        self._audit = audit
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
         LlmError when there is none."""
+        await self._audit.record(context.run, "step.started", step=context.step, agent=agent_name)
         agent = BUILTIN_AGENTS.get(agent_name)
-        model = self._settings.models.get(agent.model) if agent is not None else None
+        model = context.config.models.get(agent.model) if agent is not None else None
         if agent is None or model is None:
             raise LlmError("unknown_agent", f"no agent {agent_name!r} or no price of its model", 0)
         messages: list[ChatCompletionMessageParam] = [
@@ -69,6 +78,15 @@ class AgentCaller:
             )
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)
+            await self._audit.record(
+                context.run,
+                "llm.failed",
+                step=context.step,
+                provider=self._provider.name,
+                model=agent.model,
+                error=exc.reason,
+                attempts=exc.attempts,
+            )
             raise
         self._count_calls(completion.attempts, ok=True)
         usage = Usage(
@@ -79,6 +97,17 @@ class AgentCaller:
             attempts=completion.attempts,
         )
         self._count_tokens(agent.model, usage)
+        await self._audit.record(
+            context.run,
+            "llm.called",
+            step=context.step,
+            provider=usage.provider,
+            model=agent.model,
+            tokens={"prompt": usage.prompt_tokens, "completion": usage.completion_tokens},
+            cost_micros=usage.cost_micros,
+            cached=False,
+            attempts=usage.attempts,
+        )
         return completion.content, usage
 
     def _count_calls(self, attempts: int, *, ok: bool) -> None:

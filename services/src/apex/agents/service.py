@@ -2,7 +2,8 @@
 
 :func:`open_service` opens the PostgreSQL pool (acting as ``apex_app``, migration 0010),
 Redis, the LLM provider, the context-token verifier (audience ``apex-agents``) and the
-worker pool, and closes them after its block.
+worker pool, and closes them after its block. It also holds the run states, the audit
+trail and the reloadable config (``state``, ``audit``, ``config``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.agents.audit import AuditLog
 from apex.agents.calls import AgentCaller
+from apex.agents.config import ConfigHolder
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
+from apex.agents.state import StateStore
 from apex.agents.worker import WorkerPool
 from apex.data.callers import Verifier
 from apex.data.pool import create_pool
@@ -44,6 +48,9 @@ class AgentService:
     provider: Provider
     verifier: Verifier
     workers: WorkerPool
+    states: StateStore
+    audit: AuditLog
+    config: ConfigHolder
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -81,12 +88,32 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics)
+        states, audit = StateStore(pool), AuditLog(pool)
+        config = ConfigHolder(settings.agents_config, settings.models)
+        caller = AgentCaller(settings, provider=provider, metrics=metrics, audit=audit)
         pool_of_workers = WorkerPool(
-            settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
+            settings,
+            store=store,
+            queue=queue,
+            caller=caller,
+            redis=redis,
+            metrics=metrics,
+            states=states,
+            audit=audit,
+            config=config,
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
-            settings, metrics, store, queue, redis, provider, verifier, pool_of_workers
+            settings,
+            metrics,
+            store,
+            queue,
+            redis,
+            provider,
+            verifier,
+            pool_of_workers,
+            states=states,
+            audit=audit,
+            config=config,
         )
