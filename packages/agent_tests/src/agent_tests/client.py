@@ -4,12 +4,14 @@ Public: `AgentUser` (a platform user of one tenant, with a context token for ape
 made by apex.auth: `auth_tests.access.ServiceUser`), `run_body` (a valid `POST /v1/runs`
 body with a fresh idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
 `until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
-call under a price), `bearer`, `admin_headers`, `error_of`. `MakeUser` and `OpenAgents`
+call under a price), `bearer`, `admin_headers`, `error_of`, `Held` (a `fake_llm`
+responder that holds chosen answers until released). `MakeUser` and `OpenAgents`
 are the types of the `make_agent_user` and `agents_with` fixtures.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -17,7 +19,7 @@ from typing import Any, Final
 import httpx
 from auth_tests.access import ServiceUser, bearer
 
-from apex_testkit import eventually
+from apex_testkit import LlmRequest, eventually
 
 __all__ = [
     "AUDIENCE",
@@ -25,6 +27,7 @@ __all__ = [
     "READ_RUNS",
     "RUN_AGENTS",
     "AgentUser",
+    "Held",
     "MakeUser",
     "OpenAgents",
     "admin_headers",
@@ -121,3 +124,37 @@ def error_of(response: httpx.Response) -> str:
     """The machine-readable error code of a refused response."""
     code: str = response.json()["error"]
     return code
+
+
+class Held:
+    """A responder for `fake_llm.respond_with`: the first `times` requests whose last user
+    message contains `marker` get no answer until `release()` (or `timeout` seconds, a
+    safety net); every request is answered `answer(text)` (default `"answer: " + text`).
+    `held` counts the requests held so far. Release it in a `finally`."""
+
+    def __init__(
+        self,
+        marker: str,
+        *,
+        times: int = 1,
+        timeout: float = 30.0,
+        answer: Callable[[str], str] | None = None,
+    ) -> None:
+        self.marker, self.times, self.timeout = marker, times, timeout
+        self._answer = answer or (lambda text: "answer: " + text[:40])
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.held = 0
+
+    def __call__(self, request: LlmRequest) -> str:
+        text = request.last_user_text
+        with self._lock:
+            hold = self.marker in text and self.held < self.times
+            if hold:
+                self.held += 1
+        if hold:
+            self._released.wait(self.timeout)
+        return self._answer(text)
+
+    def release(self) -> None:
+        self._released.set()
