@@ -7,8 +7,9 @@ gives the ASGI app, whose lifespan starts ``APEX_AGENTS_WORKERS`` worker tasks;
 tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings``,
 ``definitions`` (the built-in agents), ``runs`` (the run state machine in PostgreSQL),
 ``jobs`` (the Redis Streams queue), ``worker``, ``llm`` (the provider through the official
-``openai`` SDK), ``costs`` (the model price table), ``metrics``, ``service``, ``routes``,
-``app``.
+``openai`` SDK), ``costs`` (the model price table), ``state`` (run states, versions,
+restore), ``audit`` (the audit trail), ``config`` (the reloadable config), ``metrics``,
+``service``, ``routes``, ``app``.
 """
 
 from __future__ import annotations
