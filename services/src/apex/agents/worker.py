@@ -119,18 +119,23 @@ class WorkerPool:
     async def _interrupt(self, job: Job) -> bool:
         """Persist the job's run as interrupted and queue it again; False when it was not
         running (then its job stays pending: whoever claims it finds it final or runs it)."""
+        errors = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
         try:
             if not await self._store.interrupt(job.run_id):
                 return False
+        except errors as exc:
+            log.warning("run %s: interrupt: %s: %s", job.run_id, type(exc).__name__, exc)
+            return False  # still running: its job is claimed after APEX_JOB_CLAIM_IDLE
+        try:
             await self._states.snapshot(job.run_id)
             run = await self._store.get(job.run_id)
             if run is not None:
                 await self._audit.record(run, "run.interrupted")
                 await self._queue.enqueue(run.id, run.priority)
             await self._queue.ack(job)
-        except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except errors as exc:
             # Its job stays pending: a worker claims it after APEX_JOB_CLAIM_IDLE.
-            log.warning("run %s: interrupt: %s: %s", job.run_id, type(exc).__name__, exc)
+            log.warning("run %s: requeue: %s: %s", job.run_id, type(exc).__name__, exc)
         return True
 
     async def _consume(self, consumer: str) -> None:
