@@ -5,13 +5,14 @@ made by apex.auth: `auth_tests.access.ServiceUser`), `run_body` (a valid `POST /
 body with a fresh idempotency key), `submit`, `final_run` (waits for a run to reach a final state),
 `until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
 call under a price), `bearer`, `admin_headers`, `error_of`, `agent_definition` (a valid
-`POST /v1/agents` body), `chat_calls` (the fake provider's chat completion requests).
-`MakeUser` and `OpenAgents` are the types of the `make_agent_user` and `agents_with`
-fixtures.
+`POST /v1/agents` body), `chat_calls` (the fake provider's chat completion requests),
+`Held` (a `fake_llm` responder that holds chosen answers until released). `MakeUser` and
+`OpenAgents` are the types of the `make_agent_user` and `agents_with` fixtures.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -27,6 +28,7 @@ __all__ = [
     "READ_RUNS",
     "RUN_AGENTS",
     "AgentUser",
+    "Held",
     "MakeUser",
     "OpenAgents",
     "admin_headers",
@@ -146,3 +148,37 @@ def agent_definition(
 def chat_calls(fake_llm: FakeLlm) -> list[LlmRequest]:
     """The chat completion requests the fake provider received, oldest first."""
     return [call for call in fake_llm.calls if call.path.endswith("/chat/completions")]
+
+
+class Held:
+    """A responder for `fake_llm.respond_with`: the first `times` requests whose last user
+    message contains `marker` get no answer until `release()` (or `timeout` seconds, a
+    safety net); every request is answered `answer(text)` (default `"answer: " + text`).
+    `held` counts the requests held so far. Release it in a `finally`."""
+
+    def __init__(
+        self,
+        marker: str,
+        *,
+        times: int = 1,
+        timeout: float = 30.0,
+        answer: Callable[[str], str] | None = None,
+    ) -> None:
+        self.marker, self.times, self.timeout = marker, times, timeout
+        self._answer = answer or (lambda text: "answer: " + text[:40])
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.held = 0
+
+    def __call__(self, request: LlmRequest) -> str:
+        text = request.last_user_text
+        with self._lock:
+            hold = self.marker in text and self.held < self.times
+            if hold:
+                self.held += 1
+        if hold:
+            self._released.wait(self.timeout)
+        return self._answer(text)
+
+    def release(self) -> None:
+        self._released.set()

@@ -9,7 +9,8 @@ tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings`
 built-in tools, argument validation, authorization, the tool-call loop), ``runs`` (the
 run state machine in PostgreSQL), ``jobs`` (the Redis Streams queue), ``worker``, ``llm``
 (the provider through the official ``openai`` SDK), ``costs`` (the model price table),
-``metrics``, ``service``, ``routes``, ``definition_routes``, ``app``.
+``state`` (run states, versions, restore), ``audit`` (the audit trail), ``config`` (the
+reloadable config), ``metrics``, ``service``, ``routes``, ``definition_routes``, ``app``.
 """
 
 from __future__ import annotations

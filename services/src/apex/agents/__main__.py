@@ -1,6 +1,8 @@
 """``python -m apex.agents [--host H] [--port P] [--fd N]`` serves the agents service (its
 lifespan runs APEX_AGENTS_WORKERS worker tasks); ``python -m apex.agents worker`` runs
-worker tasks alone (max(APEX_AGENTS_WORKERS, 1)) until SIGTERM or SIGINT;
+worker tasks alone (max(APEX_AGENTS_WORKERS, 1)) until SIGTERM or SIGINT; both reload
+APEX_AGENTS_CONFIG on SIGHUP and, on SIGTERM, persist their runs in flight as
+``interrupted`` (resumed by the next worker);
 ``python -m apex.agents migrate [--to N] | rollback --to N | status`` manages the
 platform's schema at APEX_DATABASE_URL, as ``python -m apex.data`` does (apex.agents'
 tables are among its migrations)."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +26,7 @@ _SCHEMA_COMMANDS = ("migrate", "rollback", "status")
 
 def _worker_main() -> int:
     from apex.agents import load_settings  # noqa: PLC0415 - the service on demand
+    from apex.agents.config import reload_on_signal  # noqa: PLC0415
     from apex.agents.service import open_service  # noqa: PLC0415
 
     try:
@@ -37,7 +41,8 @@ def _worker_main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with open_service(settings, workers=max(settings.workers, 1)):
+        async with open_service(settings, workers=max(settings.workers, 1)) as service:
+            loop.add_signal_handler(signal.SIGHUP, reload_on_signal, service.config)
             await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -62,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(arguments)
     from apex.agents import create_app, load_settings  # noqa: PLC0415 - FastAPI on demand
 
-    return serve.main("agents", create_app, arguments, load_settings=load_settings)
+    app = functools.partial(create_app, reload_on_sighup=True)
+    return serve.main("agents", app, arguments, load_settings=load_settings)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from apex.agents import definition_routes
+from apex.agents.config import reload_on_signal
 from apex.agents.routes import router
 from apex.agents.service import AgentService, open_service
 from apex.agents.settings import AgentSettings
@@ -19,17 +22,23 @@ __all__ = ["create_app"]
 SERVICE = "apex.agents"
 
 
-def create_app(settings: AgentSettings) -> FastAPI:
+def create_app(settings: AgentSettings, *, reload_on_sighup: bool = False) -> FastAPI:
     """The apex.agents app; its lifespan opens its stores and starts APEX_AGENTS_WORKERS
-    worker tasks."""
+    worker tasks (and, with ``reload_on_sighup``: ``python -m apex.agents``, reloads the
+    config on SIGHUP; never in a test's process)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service(settings, workers=settings.workers) as service:
             app.state.service = service
+            if reload_on_sighup:
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGHUP, reload_on_signal, service.config)
             try:
                 yield
             finally:
+                if reload_on_sighup:
+                    loop.remove_signal_handler(signal.SIGHUP)
                 app.state.service = None
 
     app = FastAPI(title=SERVICE, version="0.1.0", lifespan=lifespan)

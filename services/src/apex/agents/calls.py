@@ -23,6 +23,8 @@ import dataclasses
 
 from openai.types.chat import ChatCompletionMessageParam
 
+from apex.agents.audit import AuditLog
+from apex.agents.config import AgentConfig
 from apex.agents.cost_records import CostLedger, CostRecord
 from apex.agents.costs import cost_micros
 from apex.agents.definitions import DefinitionError, DefinitionStore
@@ -40,10 +42,13 @@ MAIN_STEP = "main"
 
 @dataclasses.dataclass(frozen=True)
 class CallContext:
-    """Who a call is for: the run (tenant, id) and the step of it making the call."""
+    """Who a call is for: the run (tenant, id) and the step of it making the call, and
+    the config the run captured when it started (kept to its end: a reload applies to
+    runs that start after it)."""
 
     run: Run
     step: str
+    config: AgentConfig
 
 
 class AgentCaller:
@@ -56,6 +61,7 @@ class AgentCaller:
         provider: Provider,
         metrics: Metrics,
         definitions: DefinitionStore,
+        audit: AuditLog,
         costs: CostLedger | None = None,
     ) -> None:
         self._settings = settings
@@ -63,13 +69,15 @@ class AgentCaller:
         self._metrics = metrics
         self._definitions = definitions
         self._costs = costs
+        self._audit = audit
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
         LlmError when there is none."""
+        await self._audit.record(context.run, "step.started", step=context.step, agent=agent_name)
         pinned = context.run.agent_version if agent_name == context.run.agent else None
         agent = await self._definitions.agent(agent_name, pinned)
-        model = self._settings.models.get(agent.model) if agent is not None else None
+        model = context.config.models.get(agent.model) if agent is not None else None
         if agent is None or model is None:
             raise LlmError("unknown_agent", f"no agent {agent_name!r} or no price of its model", 0)
         try:
@@ -92,6 +100,15 @@ class AgentCaller:
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)
             self._metrics.step_errors.labels(exc.reason).inc()
+            await self._audit.record(
+                context.run,
+                "llm.failed",
+                step=context.step,
+                provider=self._provider.name,
+                model=agent.model,
+                error=exc.reason,
+                attempts=exc.attempts,
+            )
             raise
         self._count_calls(completion.attempts, ok=True)
         usage = Usage(
@@ -108,6 +125,27 @@ class AgentCaller:
         self._count_tokens(agent.model, usage)
         if self._costs is not None:  # stage 6: the cost on its way to apex.data
             await self._costs.append(_record(context, 1, agent_name, agent.model, usage))
+        await self._audit.record(
+            context.run,
+            "llm.called",
+            step=context.step,
+            provider=usage.provider,
+            model=agent.model,
+            tokens={"prompt": usage.prompt_tokens, "completion": usage.completion_tokens},
+            cost_micros=usage.cost_micros,
+            cached=False,
+            attempts=usage.attempts,
+        )
+        for record in usage.tool_calls:
+            kind = "tool.called" if record.get("allowed") else "tool.denied"
+            await self._audit.record(
+                context.run,
+                kind,
+                step=context.step,
+                tool=record.get("name"),
+                version=record.get("version"),
+                error=record.get("error"),
+            )
         return completion.content, usage
 
     def _count_calls(self, attempts: int, *, ok: bool) -> None:

@@ -9,11 +9,18 @@
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
+- ``GET /v1/runs/{id}/state[?version=n]`` (``agents:read``): a version of the run's state
+  (default: the latest); ``POST /v1/runs/{id}/restore {version}`` (``agents:run``): the
+  run set back to that version and queued again (an active run: 409 ``run_active``).
+- ``GET /v1/runs/{id}/audit`` (``agents:read``): the run's audit events in order.
 - ``GET /admin/config`` (admin token): the shared settings this instance runs with.
 - ``GET /admin/costs`` (admin token): cost records waiting for apex.data, refused ones,
   delivery cycles and records sent by this process (``apex.agents.cost_records``).
 - ``GET /admin/dependencies`` (admin token): each failing dependency's errors, warnings
   logged and suppressed (``apex.agents.dependencies``).
+- ``POST /admin/config/reload`` (admin token): APEX_AGENTS_CONFIG read again (invalid:
+  422 ``invalid_config``, the old config stays); ``POST /admin/shutdown {"mode":
+  "emergency"}`` (admin token): the workers stop, their runs in flight ``interrupted``.
 - ``GET /metrics`` (admin token): Prometheus text.
 """
 
@@ -23,17 +30,19 @@ import hmac
 import uuid
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.agents.definitions import DefinitionError
 from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.metrics import CONTENT_TYPE
-from apex.agents.runs import Run
+from apex.agents.runs import FINAL, Run
 from apex.agents.service import AgentService
 from apex.agents.settings import SERVICE
+from apex.agents.state import RestoreError
 from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.common.settings import ConfigError
 from apex.common.shared_config import config_report
 from apex.data.callers import Caller
 
@@ -162,6 +171,8 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         permissions=caller.permissions,
     )
     if created:
+        await service.states.snapshot(run.id)
+        await service.audit.record(run, "run.submitted", priority=run.priority)
         await service.queue.enqueue(run.id, run.priority)
         service.metrics.runs.labels("submitted").inc()
     return JSONResponse(
@@ -198,7 +209,68 @@ async def cancel_run(run_id: str, caller: CallerDep, service: Service) -> dict[s
         raise ApiError(404, "not_found", "no such run")
     if cancelled.status == "cancelled":
         await service.queue.cancel(run.id)
+        if run.status not in FINAL:
+            await service.states.snapshot(run.id)
+            await service.audit.record(run, "run.cancelled")
     return cancelled.view()
+
+
+@router.get("/v1/runs/{run_id}/state")
+async def get_state(
+    run_id: str,
+    caller: CallerDep,
+    service: Service,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """A version of the run's state (default: the latest); 404 for an unknown version."""
+    caller.require(READ_RUNS)
+    run = await _run_of(run_id, caller, service)
+    state = await service.states.get(run.id, caller.tenant_id, version)
+    if state is None:
+        raise ApiError(404, "not_found", f"the run has no state version {version}")
+    return state.view()
+
+
+class RestoreIn(BaseModel):
+    """The version a run is set back to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1, strict=True)]
+
+
+@router.post("/v1/runs/{run_id}/restore", dependencies=[Depends(require_json_body)])
+async def restore_run(
+    run_id: str, body: RestoreIn, caller: CallerDep, service: Service
+) -> JSONResponse:
+    """Set the run back to a state version and queue it again: the steps that had
+    succeeded in it are reused, the others run again."""
+    caller.require(RUN_AGENTS)
+    run = await _run_of(run_id, caller, service)
+    try:
+        priority = await service.states.restore(run.id, caller.tenant_id, body.version)
+    except RestoreError as exc:
+        raise ApiError(exc.status, exc.code, exc.detail) from exc
+    version = await service.states.snapshot(run.id)
+    await service.audit.record(run, "run.restored", version=body.version)
+    await service.queue.enqueue(run.id, priority)
+    return JSONResponse(
+        {
+            "run_id": str(run.id),
+            "status": "queued",
+            "restored_from": body.version,
+            "version": version,
+        },
+        status_code=202,
+    )
+
+
+@router.get("/v1/runs/{run_id}/audit")
+async def get_audit(run_id: str, caller: CallerDep, service: Service) -> dict[str, Any]:
+    """The run's audit events in the order they were recorded."""
+    caller.require(READ_RUNS)
+    run = await _run_of(run_id, caller, service)
+    return {"run_id": str(run.id), "events": await service.audit.events(run.id, run.tenant_id)}
 
 
 def require_admin(request: Request, service: Service) -> None:
@@ -236,3 +308,32 @@ async def dependencies(service: Service) -> dict[str, Any]:
 async def metrics(service: Service) -> Response:
     """The Prometheus text exposition of the service's metrics."""
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.post("/admin/config/reload", dependencies=[Depends(require_admin)])
+async def reload_config(service: Service) -> dict[str, Any]:
+    """Read APEX_AGENTS_CONFIG again: runs that start from now on use it, runs in flight
+    keep theirs; an invalid file is 422 and the old config stays."""
+    if service.config.path is None:
+        raise ApiError(409, "not_configured", "APEX_AGENTS_CONFIG is unset: nothing to reload")
+    try:
+        fresh = service.config.reload()
+    except ConfigError as exc:
+        raise ApiError(422, "invalid_config", str(exc)) from exc
+    return fresh.view()
+
+
+class ShutdownIn(BaseModel):
+    """How to shut down (``emergency``: the only mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["emergency"]
+
+
+@router.post("/admin/shutdown", dependencies=[Depends(require_admin), Depends(require_json_body)])
+async def shutdown(body: ShutdownIn, service: Service) -> dict[str, Any]:
+    """Emergency shutdown: the workers take no more jobs; each run in flight is persisted
+    as ``interrupted`` with its state and queued again for the next worker."""
+    interrupted = await service.workers.stop()
+    return {"mode": body.mode, "interrupted": [str(run_id) for run_id in interrupted]}

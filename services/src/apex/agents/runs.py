@@ -6,9 +6,11 @@ merge's conflicting keys are kept with it).
 
 A run is ``queued`` when submitted, ``running`` once a worker took its job, then one of
 ``succeeded``, ``failed`` or ``cancelled`` (the final states: a final run never changes
-again). Each transition is one conditional UPDATE, so two workers holding the same job
-(a redelivery) finish it once, and a cancel wins over a late answer. Every read and
-write names the tenant, so another tenant's run is not found.
+again). A running run whose worker shut down is ``interrupted`` until a worker takes it
+again (it resumes from its last state: ``apex.agents.state``). Each transition is one
+conditional UPDATE, so two workers holding the same job (a redelivery) finish it once,
+and a cancel wins over a late answer. Every read and write names the tenant, so another
+tenant's run is not found.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncpg
 __all__ = ["FINAL", "Run", "RunStore", "Usage", "WorkflowOutcome"]
 
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
-_ACTIVE: Final = ("queued", "running")
+_ACTIVE: Final = ("queued", "running", "interrupted")
 # A run ended from outside its supervisor (cancelled, timed out, failed) closes its step
 # records too: a step in flight is `cancelled`, one not started `not_run` (as the
 # supervisor records them when a step fails), so no final run shows a step `running`.
@@ -306,6 +308,17 @@ class RunStore:
                 status,
                 error,
                 list(_ACTIVE),
+            )
+        return bool(outcome == "UPDATE 1")
+
+    async def interrupt(self, run_id: uuid.UUID) -> bool:
+        """Mark a running run ``interrupted`` (its worker shuts down; its steps as last
+        saved); False when it is not running."""
+        async with self._pool.acquire() as conn:
+            outcome = await conn.execute(
+                "UPDATE agent_runs SET status = 'interrupted', updated_at = now() "
+                "WHERE id = $1 AND status = 'running'",
+                run_id,
             )
         return bool(outcome == "UPDATE 1")
 

@@ -4,6 +4,8 @@
 Redis, the LLM provider, the context-token verifier (audience ``apex-agents``), the
 worker pool and, when apex.data and the usage credential are set, the cost records'
 delivery to apex.data (``apex.agents.cost_records``), and closes them after its block.
+It also holds the run states, the audit trail and the reloadable config (``state``,
+``audit``, ``config``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.agents.audit import AuditLog
 from apex.agents.calls import AgentCaller
+from apex.agents.config import ConfigHolder
 from apex.agents.cost_records import CostDelivery, CostLedger
 from apex.agents.definitions import DefinitionStore
 from apex.agents.dependencies import DependencyErrors
@@ -26,6 +30,7 @@ from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
+from apex.agents.state import StateStore
 from apex.agents.worker import WorkerPool
 from apex.data.callers import Verifier
 from apex.data.pool import create_pool
@@ -52,6 +57,9 @@ class AgentService:
     verifier: Verifier
     workers: WorkerPool
     definitions: DefinitionStore
+    states: StateStore
+    audit: AuditLog
+    config: ConfigHolder
     dependencies: DependencyErrors | None = None
     costs: CostDelivery | None = None
 
@@ -92,13 +100,28 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
         definitions = DefinitionStore(pool)
+        states, audit = StateStore(pool), AuditLog(pool)
+        config = ConfigHolder(settings.agents_config, settings.models)
         dependencies = DependencyErrors(metrics.registry, settings.error_log_interval)
         ledger, delivery = await _cost_delivery(settings, redis, metrics, dependencies, stack)
         caller = AgentCaller(
-            settings, provider=provider, metrics=metrics, definitions=definitions, costs=ledger
+            settings,
+            provider=provider,
+            metrics=metrics,
+            definitions=definitions,
+            audit=audit,
+            costs=ledger,
         )
         pool_of_workers = WorkerPool(
-            settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
+            settings,
+            store=store,
+            queue=queue,
+            caller=caller,
+            redis=redis,
+            metrics=metrics,
+            states=states,
+            audit=audit,
+            config=config,
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
@@ -112,6 +135,9 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             verifier,
             pool_of_workers,
             definitions=definitions,
+            states=states,
+            audit=audit,
+            config=config,
             dependencies=dependencies,
             costs=delivery,
         )

@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, Final
 
+from apex.agents.config import parse_models, read_config
 from apex.agents.costs import DEFAULT_MODELS, Model
 from apex.common.settings import HTTP_SCHEMES, ConfigError, Env, ServiceSettings, missing_setting
 
 __all__ = ["AgentSettings"]
 
 SERVICE: Final = "apex.agents"
-_MODEL_FIELDS: Final = ("context_window", "input_micros_per_1k", "output_micros_per_1k")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,6 +47,8 @@ class AgentSettings(ServiceSettings):
     cost_interval: float = 1.0
     cost_timeout: float = 5.0
     error_log_interval: float = 60.0
+    # State, audit, reload and shutdown (apex.agents.config): the reloadable config file.
+    agents_config: str | None = None
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -85,6 +86,7 @@ class AgentSettings(ServiceSettings):
             "cost_interval": env.number("APEX_COST_INTERVAL", 1.0, unit="seconds"),
             "cost_timeout": env.number("APEX_COST_TIMEOUT", 5.0, unit="seconds"),
             "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
+            "agents_config": _agents_config(env, _models(env, "APEX_MODELS")),
         }
 
 
@@ -111,18 +113,12 @@ def _models(env: Env, variable: str) -> Mapping[str, Model]:
         table = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{variable} is not valid JSON: {exc}") from None
-    if not isinstance(table, dict) or not table:
-        raise ConfigError(f"{variable} must be a non-empty JSON object of models")
-    models: dict[str, Model] = {}
-    for name, entry in table.items():
-        if not isinstance(entry, dict) or set(entry) != set(_MODEL_FIELDS):
-            raise ConfigError(
-                f"{variable}: model {name!r} needs exactly {', '.join(_MODEL_FIELDS)}"
-            )
-        values = [entry[field] for field in _MODEL_FIELDS]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise ConfigError(f"{variable}: model {name!r}: each value is a whole number >= 0")
-        if values[0] < 1:
-            raise ConfigError(f"{variable}: model {name!r}: context_window must be at least 1")
-        models[name] = Model(*values)
-    return MappingProxyType(models)
+    return parse_models(table, variable)
+
+
+def _agents_config(env: Env, models: Mapping[str, Model]) -> str | None:
+    """The reloadable config file's path, checked now: a bad file stops the start."""
+    path = env.get("APEX_AGENTS_CONFIG")
+    if path is not None:
+        read_config(path, default_models=models)
+    return path

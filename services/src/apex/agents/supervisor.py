@@ -18,6 +18,7 @@ from typing import Any, Final
 from apex.agents.graph import Step, Workflow, WorkflowError, aggregate, holds, step_input
 from apex.agents.llm import LlmError
 from apex.agents.runs import Usage, WorkflowOutcome
+from apex.agents.state import step_record
 
 __all__ = ["CallAgent", "SaveSteps", "Supervisor"]
 
@@ -105,18 +106,7 @@ class Supervisor:
 
 
 def _record(step: Step) -> dict[str, Any]:
-    return {
-        "id": step.id,
-        "agent": step.agent,
-        "status": "pending",
-        "result": None,
-        "error": None,
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-        "cost_micros": 0,
-        "provider": None,
-        "attempts": 0,
-        "tool_calls": [],
-    }
+    return step_record(step.id, step.agent)
 
 
 def _settle(record: dict[str, Any], task: asyncio.Task[tuple[str, Usage]]) -> str | None:
@@ -127,13 +117,7 @@ def _settle(record: dict[str, Any], task: asyncio.Task[tuple[str, Usage]]) -> st
         record.update(status="failed", error=exc.reason)
         return str(record["id"])
     record.update(
-        status="succeeded",
-        result=content,
-        usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
-        cost_micros=usage.cost_micros,
-        provider=usage.provider,
-        attempts=usage.attempts,
-        tool_calls=list(usage.tool_calls),
+        step_record(record["id"], record["agent"], status="succeeded", result=content, usage=usage)
     )
     return None
 

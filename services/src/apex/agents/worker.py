@@ -9,31 +9,42 @@ it, and the task then finds the run final and does nothing. A job is acknowledge
 once its run is final: a worker that dies mid-job leaves it pending, and another worker
 claims it after ``APEX_JOB_CLAIM_IDLE`` seconds. A run of a workflow is handed to
 :class:`apex.agents.supervisor.Supervisor`, one LLM call per step.
+
+A run captures the config current when a worker starts it (``apex.agents.config``) and
+keeps it to its end. Its state is persisted as a new version after every change of a step
+record and at its end (``apex.agents.state``), and its end is in its audit trail. Stopping
+the pool (SIGTERM, ``POST /admin/shutdown``) is an emergency shutdown: the consumers take
+no more jobs, each run in flight here is cancelled and marked ``interrupted`` with its
+state, and its job queued again, so a worker (after a restart) resumes it from its last
+state: the steps that succeeded are not called again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
 import time
 import uuid
-from typing import Final
+from collections.abc import Awaitable, Sequence
+from typing import Any, Final
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from apex.agents.audit import AuditLog
 from apex.agents.calls import MAIN_STEP, AgentCaller, CallContext
+from apex.agents.config import AgentConfig, ConfigHolder
 from apex.agents.graph import Workflow
 from apex.agents.jobs import Job, JobQueue
 from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
+from apex.agents.state import StateStore, step_record, usage_of
 from apex.agents.supervisor import Supervisor
 
 __all__ = ["WorkerPool"]
@@ -57,8 +68,15 @@ class WorkerPool:
         caller: AgentCaller,
         redis: Redis,
         metrics: Metrics,
+        states: StateStore,
+        audit: AuditLog,
+        config: ConfigHolder,
     ) -> None:
         self._settings = settings
+        self._states = states
+        self._audit = audit
+        self._config = config
+        self._jobs: dict[uuid.UUID, Job] = {}
         self._store = store
         self._queue = queue
         self._caller = caller
@@ -79,9 +97,12 @@ class WorkerPool:
             consumer = f"{self._name}-{index}"
             self._tasks.append(asyncio.create_task(self._consume(consumer), name=consumer))
 
-    async def stop(self) -> None:
-        """Stop every consumer and the work in flight (its jobs stay pending)."""
+    async def stop(self) -> list[uuid.UUID]:
+        """Stop every consumer and the work in flight: each run in flight is marked
+        ``interrupted`` with its state and its job queued again (its old delivery
+        acknowledged); the runs interrupted. A second call does nothing."""
         self._stopping = True
+        held = dict(self._jobs)
         tasks = {*self._tasks, *self._inflight.values()}
         # Cancelled again until done: on Python 3.11 a cancellation that lands as a
         # client-side timeout expires can come out as a TimeoutError (an OSError), which
@@ -92,6 +113,30 @@ class WorkerPool:
             _, tasks = await asyncio.wait(tasks, timeout=_ERROR_PAUSE)
         self._tasks.clear()
         self._inflight.clear()
+        self._jobs.clear()
+        return [run_id for run_id, job in held.items() if await self._interrupt(job)]
+
+    async def _interrupt(self, job: Job) -> bool:
+        """Persist the job's run as interrupted and queue it again; False when it was not
+        running (then its job stays pending: whoever claims it finds it final or runs it)."""
+        errors = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        try:
+            if not await self._store.interrupt(job.run_id):
+                return False
+        except errors as exc:
+            log.warning("run %s: interrupt: %s: %s", job.run_id, type(exc).__name__, exc)
+            return False  # still running: its job is claimed after APEX_JOB_CLAIM_IDLE
+        try:
+            await self._states.snapshot(job.run_id)
+            run = await self._store.get(job.run_id)
+            if run is not None:
+                await self._audit.record(run, "run.interrupted")
+                await self._queue.enqueue(run.id, run.priority)
+            await self._queue.ack(job)
+        except errors as exc:
+            # Its job stays pending: a worker claims it after APEX_JOB_CLAIM_IDLE.
+            log.warning("run %s: requeue: %s: %s", job.run_id, type(exc).__name__, exc)
+        return True
 
     async def _consume(self, consumer: str) -> None:
         idle = self._settings.job_claim_idle
@@ -116,6 +161,7 @@ class WorkerPool:
         """Run the job's run to a final state (unless it is final already), then XACK."""
         task = asyncio.create_task(self._work(job.run_id))
         self._inflight[job.run_id] = task
+        self._jobs[job.run_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job, consumer))
         try:
             await task
@@ -128,6 +174,7 @@ class WorkerPool:
             heartbeat.cancel()
             if self._inflight.get(job.run_id) is task:
                 del self._inflight[job.run_id]
+                self._jobs.pop(job.run_id, None)
         await self._queue.ack(job)
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
@@ -144,43 +191,80 @@ class WorkerPool:
         run = await self._store.start(run_id)
         if run is None:
             return  # final already: cancelled, or finished by another delivery
+        # The run keeps the config it started with, whatever a reload does meanwhile.
+        config = self._config.current
         if run.workflow is not None:
-            await self._work_workflow(run)
+            await self._work_workflow(run, config)
             return
-        try:
-            content, usage = await asyncio.wait_for(
-                self._caller.call(CallContext(run, MAIN_STEP), run.agent or "", run.input),
-                self._settings.run_timeout,
-            )
-        except TimeoutError:
-            if await self._store.fail(run.id, "run_timeout", status="timed_out"):
-                self._metrics.runs.labels("timed_out").inc()
-            return
-        except LlmError as exc:
-            if await self._store.fail(run.id, exc.reason):
-                self._metrics.runs.labels("failed").inc()
-            return
-        if await self._store.succeed(run.id, content, usage):
-            self._metrics.runs.labels("succeeded").inc()
+        await self._work_agent(run, config)
 
-    async def _work_workflow(self, run: Run) -> None:
+    async def _work_agent(self, run: Run, config: AgentConfig) -> None:
+        """Run a single-agent run's one step (``main``), unless a restored state holds its
+        answer already."""
+        agent = run.agent or ""
+        done = [s for s in run.steps if s.get("id") == MAIN_STEP and s["status"] == "succeeded"]
+        if done:
+            record = done[0]
+        else:
+            await self._save(run, [step_record(MAIN_STEP, agent, status="running")])
+            try:
+                content, usage = await asyncio.wait_for(
+                    self._caller.call(CallContext(run, MAIN_STEP, config), agent, run.input),
+                    self._settings.run_timeout,
+                )
+            except TimeoutError:
+                timed_out = step_record(MAIN_STEP, agent, status="failed", error="run_timeout")
+                await self._save(run, [timed_out])
+                fail = self._store.fail(run.id, "run_timeout", status="timed_out")
+                await self._finish(run, fail, "timed_out", "run_timeout")
+                return
+            except LlmError as exc:
+                failed = step_record(MAIN_STEP, agent, status="failed", error=exc.reason)
+                await self._save(run, [failed])
+                await self._finish(run, self._store.fail(run.id, exc.reason), "failed", exc.reason)
+                return
+            record = step_record(MAIN_STEP, agent, status="succeeded", result=content, usage=usage)
+            await self._save(run, [record])
+        succeed = self._store.succeed(run.id, record["result"], usage_of(record))
+        await self._finish(run, succeed, "succeeded", None)
+
+    async def _work_workflow(self, run: Run, config: AgentConfig) -> None:
         """Run a workflow's steps through the supervisor within APEX_RUN_TIMEOUT."""
         workflow = Workflow.of(run.workflow or {})
 
         async def call_step(step: str, agent_name: str, text: str) -> tuple[str, Usage]:
-            return await self._caller.call(CallContext(run, step), agent_name, text)
+            return await self._caller.call(CallContext(run, step, config), agent_name, text)
 
-        supervisor = Supervisor(call_step, functools.partial(self._store.save_steps, run.id))
+        async def save(steps: list[dict[str, Any]]) -> None:
+            await self._save(run, steps)
+
+        supervisor = Supervisor(call_step, save)
         try:
             outcome = await asyncio.wait_for(
                 supervisor.run(workflow, run.input, run.steps), self._settings.run_timeout
             )
         except TimeoutError:
-            if await self._store.fail(run.id, "run_timeout", status="timed_out"):
-                self._metrics.runs.labels("timed_out").inc()
+            fail = self._store.fail(run.id, "run_timeout", status="timed_out")
+            await self._finish(run, fail, "timed_out", "run_timeout")
             return
-        if await self._store.finish_workflow(run.id, outcome):
-            self._metrics.runs.labels(outcome.status).inc()
+        finish = self._store.finish_workflow(run.id, outcome)
+        await self._finish(run, finish, outcome.status, outcome.error)
+
+    async def _save(self, run: Run, steps: Sequence[dict[str, Any]]) -> None:
+        """Save the running run's step records, and its state as a new version."""
+        if await self._store.save_steps(run.id, list(steps)):
+            await self._states.snapshot(run.id)
+
+    async def _finish(
+        self, run: Run, transition: Awaitable[bool], status: str, error: str | None
+    ) -> None:
+        """Make the run final by ``transition``; if it did (not final before), count it,
+        persist its final state and audit its end."""
+        if not await transition:
+            return
+        self._metrics.runs.labels(status).inc()
+        await self._states.snapshot(run.id)
+        await self._audit.record(run, "run.finished", status=status, error=error)
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
