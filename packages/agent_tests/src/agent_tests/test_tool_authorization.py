@@ -15,6 +15,7 @@ import pytest
 from agent_tests.client import (
     READ_RUNS,
     RUN_AGENTS,
+    AgentUser,
     MakeUser,
     admin_headers,
     agent_definition,
@@ -41,6 +42,19 @@ async def geographer(agents_client: httpx.AsyncClient, admin_token: str) -> None
     assert response.status_code == 201, response.text
 
 
+async def tool_events(
+    client: httpx.AsyncClient, user: AgentUser, run_id: str
+) -> list[tuple[str, str]]:
+    """The run's tool events in its audit trail: (kind, tool)."""
+    response = await client.get(f"/v1/runs/{run_id}/audit", headers=user.headers)
+    assert response.status_code == 200, response.text
+    return [
+        (e["kind"], e["data"]["tool"])
+        for e in response.json()["events"]
+        if e["kind"].startswith("tool.")
+    ]
+
+
 def script(fake_llm: FakeLlm) -> None:
     ask = ToolCall("lookup", {"key": "Kenya"}, id="call_1")
     fake_llm.reply(LlmReply(tool_calls=(ask,)), "Done.")
@@ -64,6 +78,7 @@ async def test_a_tool_the_user_may_not_use_never_runs_and_the_model_is_told(
         None,
         "permission_denied",
     )
+    assert await tool_events(agents_client, user, run["run_id"]) == [("tool.denied", "lookup")]
 
 
 async def test_a_user_holding_the_permission_gets_the_tool_run(
@@ -77,3 +92,4 @@ async def test_a_user_holding_the_permission_gets_the_tool_run(
     assert second.messages[-1] == {"role": "tool", "tool_call_id": "call_1", "content": "Nairobi"}
     (record,) = run["tool_calls"]
     assert (record["name"], record["allowed"], record["result"]) == ("lookup", True, "Nairobi")
+    assert await tool_events(agents_client, user, run["run_id"]) == [("tool.called", "lookup")]
