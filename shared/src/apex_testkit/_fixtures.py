@@ -28,6 +28,7 @@ from apex_testkit._worker import Worker, worker_slot
 if TYPE_CHECKING:
     from apex_testkit._fakes.llm import FakeLlm
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.otel import FakeOtelCollector
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
     from apex_testkit._fakes.smtp import Mailbox
@@ -227,6 +228,15 @@ def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
     `add_model(...)`, `calls`, `hanging`. L4: the target's `[sandboxes.llm]`."""
     with fake_of(apex_worker, "llm") as fake:
         yield cast("FakeLlm", fake)
+
+
+@pytest.fixture
+def otel_collector(apex_worker: Worker) -> Iterator[FakeOtelCollector]:
+    """The OpenTelemetry collector (OTLP/HTTP traces), reset: `endpoint` (the `/v1/traces`
+    URL an exporter posts to), `spans`, `await wait_for_spans(trace_id=, name=, count=)`.
+    L2/L3 only (no L4 sandbox yet)."""
+    with fake_of(apex_worker, "otel") as fake:
+        yield cast("FakeOtelCollector", fake)
 
 
 @pytest.fixture
