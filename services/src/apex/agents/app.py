@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from apex.agents.routes import router
 from apex.agents.service import AgentService, open_service
 from apex.agents.settings import AgentSettings
+from apex.agents.tracing import ServerSpans
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
 
 __all__ = ["create_app"]
@@ -35,6 +36,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
     app.state.service = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(ServerSpans)
     app.include_router(router)
 
     @app.get("/healthz")

@@ -11,7 +11,8 @@ feature of the service hooks in at its stage, not around the caller):
    asks for (``tools``);
 5. check the answer against the quality gate, re-asking with the reasons (``quality``);
 6. count usage and cost (``metrics``), send the cost to apex.data (``costs``), record
-   the audit events (``audit``) and the trace span (``tracing``).
+   the audit events (``audit``) and the trace span (``tracing``: the call of stage 4 is
+   a span of its own, with the provider's usage).
 
 The caller raises :class:`apex.agents.llm.LlmError` (``reason``: the contract's error
 code) when the step has no answer.
@@ -29,6 +30,7 @@ from apex.agents.llm import LlmError, Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
+from apex.agents.tracing import Tracing
 
 __all__ = ["MAIN_STEP", "AgentCaller", "CallContext"]
 
@@ -47,10 +49,18 @@ class CallContext:
 class AgentCaller:
     """Makes one agent call of a run (the stages in the module's docstring)."""
 
-    def __init__(self, settings: AgentSettings, *, provider: Provider, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        provider: Provider,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
+        self._tracing = tracing if tracing is not None else Tracing(None)
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
@@ -64,8 +74,12 @@ class AgentCaller:
             {"role": "user", "content": text},
         ]
         try:
-            completion = await self._provider.complete(
-                agent.model, messages, max_tokens=agent.max_tokens
+            completion = await self._tracing.llm_call(
+                self._provider.complete(agent.model, messages, max_tokens=agent.max_tokens),
+                run_id=context.run.id,
+                step=context.step,
+                model=agent.model,
+                provider=self._provider.name,
             )
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)

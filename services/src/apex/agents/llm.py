@@ -4,8 +4,9 @@ The SDK's own retries are off (``max_retries=0``): :class:`Provider` retries a 4
 a timeout or a lost connection itself, up to ``APEX_LLM_RETRIES`` times after the first
 attempt, waiting the provider's ``retry-after`` on a 429 (capped at the call timeout) and
 a short backoff otherwise. Any other error (400, 401, 404: the request itself is wrong)
-fails at once. Cancelling the awaiting task closes the HTTP connection: the provider sees
-the client go away.
+fails at once. Each request carries the current span's ``traceparent``
+(``apex.agents.tracing``). Cancelling the awaiting task closes the HTTP connection: the
+provider sees the client go away.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Final
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
+
+from apex.agents.tracing import trace_headers
 
 __all__ = ["Completion", "LlmError", "Provider"]
 
@@ -77,7 +80,10 @@ class Provider:
             attempt += 1
             try:
                 answer = await self._client.chat.completions.create(
-                    model=model, messages=list(messages), max_tokens=max_tokens
+                    model=model,
+                    messages=list(messages),
+                    max_tokens=max_tokens,
+                    extra_headers=trace_headers(),
                 )
             except _RETRYABLE as exc:
                 if attempt > self._retries:

@@ -27,6 +27,7 @@ from apex.agents.metrics import CONTENT_TYPE
 from apex.agents.runs import Run
 from apex.agents.service import AgentService
 from apex.agents.settings import SERVICE
+from apex.agents.tracing import current_traceparent
 from apex.common.http import ApiError, bearer_token, require_json_body
 from apex.common.shared_config import config_report
 from apex.data.callers import Caller
@@ -138,7 +139,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         workflow=None if workflow is None else workflow.to_json(),
     )
     if created:
-        await service.queue.enqueue(run.id, run.priority)
+        await service.queue.enqueue(run.id, run.priority, traceparent=current_traceparent())
         service.metrics.runs.labels("submitted").inc()
     return JSONResponse(
         {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200

@@ -1,8 +1,8 @@
 """The running agents service: what its lifespan opens, for the routes and the workers.
 
 :func:`open_service` opens the PostgreSQL pool (acting as ``apex_app``, migration 0010),
-Redis, the LLM provider, the context-token verifier (audience ``apex-agents``) and the
-worker pool, and closes them after its block.
+Redis, the LLM provider, the context-token verifier (audience ``apex-agents``), the
+tracer (``tracing``) and the worker pool, and closes them after its block.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
+from apex.agents.tracing import Tracing
 from apex.agents.worker import WorkerPool
 from apex.data.callers import Verifier
 from apex.data.pool import create_pool
@@ -44,6 +45,7 @@ class AgentService:
     provider: Provider
     verifier: Verifier
     workers: WorkerPool
+    tracing: Tracing = dataclasses.field(default_factory=lambda: Tracing(None))
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -64,7 +66,10 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
     """Open everything ``settings`` names and start ``workers`` consumer tasks; stop and
     close it all after the block."""
     metrics = Metrics()
+    tracing = Tracing(settings.otel_endpoint)
     async with contextlib.AsyncExitStack() as stack:
+        # Last out: the spans of the work the workers stop are exported too.
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
@@ -81,12 +86,18 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics)
+        caller = AgentCaller(settings, provider=provider, metrics=metrics, tracing=tracing)
         pool_of_workers = WorkerPool(
-            settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
+            settings,
+            store=store,
+            queue=queue,
+            caller=caller,
+            redis=redis,
+            metrics=metrics,
+            tracing=tracing,
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
-            settings, metrics, store, queue, redis, provider, verifier, pool_of_workers
+            settings, metrics, store, queue, redis, provider, verifier, pool_of_workers, tracing
         )

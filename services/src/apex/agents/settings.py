@@ -42,6 +42,8 @@ class AgentSettings(ServiceSettings):
     job_claim_idle: float = 30.0
     run_timeout: float = 120.0
     models: Mapping[str, Model] = dataclasses.field(default_factory=lambda: DEFAULT_MODELS)
+    # Tracing (apex.agents.tracing): the OTLP/HTTP traces URL; None: no export.
+    otel_endpoint: str | None = None
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -73,6 +75,7 @@ class AgentSettings(ServiceSettings):
             "job_claim_idle": env.number("APEX_JOB_CLAIM_IDLE", 30.0, unit="seconds"),
             "run_timeout": env.number("APEX_RUN_TIMEOUT", 120.0, unit="seconds"),
             "models": _models(env, "APEX_MODELS"),
+            "otel_endpoint": env.url("APEX_OTEL_ENDPOINT", HTTP_SCHEMES),
         }
 
 

@@ -24,6 +24,7 @@ import uuid
 from typing import Final
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -35,6 +36,7 @@ from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.supervisor import Supervisor
+from apex.agents.tracing import Tracing
 
 __all__ = ["WorkerPool"]
 
@@ -57,8 +59,10 @@ class WorkerPool:
         caller: AgentCaller,
         redis: Redis,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing if tracing is not None else Tracing(None)
         self._store = store
         self._queue = queue
         self._caller = caller
@@ -114,7 +118,7 @@ class WorkerPool:
 
     async def _handle(self, job: Job, consumer: str) -> None:
         """Run the job's run to a final state (unless it is final already), then XACK."""
-        task = asyncio.create_task(self._work(job.run_id))
+        task = asyncio.create_task(self._traced_work(job))
         self._inflight[job.run_id] = task
         heartbeat = asyncio.create_task(self._heartbeat(job, consumer))
         try:
@@ -129,6 +133,16 @@ class WorkerPool:
             if self._inflight.get(job.run_id) is task:
                 del self._inflight[job.run_id]
         await self._queue.ack(job)
+
+    async def _traced_work(self, job: Job) -> None:
+        """The job's work in a span continuing the submitting request's trace."""
+        await self._tracing.traced(
+            self._work(job.run_id),
+            "agents.job",
+            traceparent=job.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes={"apex.run_id": str(job.run_id), "apex.worker": self._name},
+        )
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of
