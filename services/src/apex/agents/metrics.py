@@ -6,12 +6,15 @@ metric).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# apex_agents_run_seconds' buckets: a cached answer, a quick model, a slow one, up to the
+# default APEX_RUN_TIMEOUT (120 s).
+RUN_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -47,6 +50,14 @@ class Metrics:
         self.jobs_claimed = Counter(
             "apex_agents_jobs_claimed",
             "Jobs taken over from a consumer that left them unacknowledged (XAUTOCLAIM)",
+            registry=registry,
+        )
+
+        self.run_seconds = Histogram(
+            "apex_agents_run_seconds",
+            "Seconds a worker spent on a job's run, from taking the job to its run's end "
+            "(one observation per job worked to the end, not for a cancelled one)",
+            buckets=RUN_SECONDS_BUCKETS,
             registry=registry,
         )
 

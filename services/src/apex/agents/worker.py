@@ -135,7 +135,9 @@ class WorkerPool:
         await self._queue.ack(job)
 
     async def _traced_work(self, job: Job) -> None:
-        """The job's work in a span continuing the submitting request's trace."""
+        """The job's work in a span continuing the submitting request's trace, timed
+        (apex_agents_run_seconds)."""
+        started = time.perf_counter()
         await self._tracing.traced(
             self._work(job.run_id),
             "agents.job",
@@ -143,6 +145,7 @@ class WorkerPool:
             kind=SpanKind.CONSUMER,
             attributes={"apex.run_id": str(job.run_id), "apex.worker": self._name},
         )
+        self._metrics.run_seconds.observe(time.perf_counter() - started)
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of
