@@ -15,6 +15,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # apex_agents_run_seconds' buckets: a cached answer, a quick model, a slow one, up to the
 # default APEX_RUN_TIMEOUT (120 s).
 RUN_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# apex_agents_gc_pause_seconds' buckets: 0.1 ms (a young collection) to 0.5 s.
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 
 
 class Metrics:
@@ -58,6 +60,13 @@ class Metrics:
             "Seconds a worker spent on a job's run, from taking the job to its run's end "
             "(one observation per job worked to the end, not for a cancelled one)",
             buckets=RUN_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.gc_pause = Histogram(
+            "apex_agents_gc_pause_seconds",
+            "Garbage-collection pauses of the process, by generation (gc.callbacks)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
             registry=registry,
         )
 

@@ -16,6 +16,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from apex.agents.calls import AgentCaller
+from apex.agents.gcpauses import watch_gc
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
@@ -70,6 +71,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
     async with contextlib.AsyncExitStack() as stack:
         # Last out: the spans of the work the workers stop are exported too.
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+        stack.enter_context(watch_gc(metrics.gc_pause))
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
