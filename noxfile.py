@@ -512,7 +512,8 @@ def lint(session: nox.Session) -> None:
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
+        # types-psutil: psutil ships no type information (agent_tests' benchmarks use it).
+        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17", "types-psutil"],
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")

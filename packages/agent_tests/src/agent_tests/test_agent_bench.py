@@ -64,18 +64,39 @@ BATCH = 1000
 # The documented bound: RSS growth of the second 1,000 runs, bytes per run.
 MAX_GROWTH_PER_RUN = 4096
 COLD_STARTS = 5
+# Seconds a context token is used before a new one is minted.
+TOKEN_AGE = 30.0
 ANSWER = "A benchmark answer."
 # What the fake answers unscripted: "Fake answer to: " and the question's first tokens.
 DEFAULT_ANSWER = "Fake answer to: Benchmark question"
 
 
+class FreshUser:
+    """A user of one tenant whose context token is never older than TOKEN_AGE seconds
+    (context tokens live APEX_CONTEXT_TOKEN_TTL, 60 s: a benchmark outlives one)."""
+
+    def __init__(self, make: MakeUser) -> None:
+        self._make = make
+        self._user: AgentUser | None = None
+        self._minted = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> AgentUser:
+        async with self._lock:
+            if self._user is None or time.monotonic() - self._minted > TOKEN_AGE:
+                tenant = "new" if self._user is None else self._user.tenant_id
+                self._user = await self._make(tenant=tenant, permissions=(RUN_AGENTS, READ_RUNS))
+                self._minted = time.monotonic()
+            return self._user
+
+
 @pytest.fixture
-async def runner(make_agent_user: MakeUser) -> AgentUser:
-    return await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS))
+def runner(make_agent_user: MakeUser) -> FreshUser:
+    return FreshUser(make_agent_user)
 
 
 async def _drive(
-    client: httpx.AsyncClient, user: AgentUser, db: Any, count: int, first: int
+    client: httpx.AsyncClient, user: FreshUser, db: Any, count: int, first: int
 ) -> tuple[float, list[str]]:
     """`count` runs by LANES closed-loop clients; (seconds, run ids)."""
     pending: dict[str, asyncio.Future[None]] = {}
@@ -86,7 +107,7 @@ async def _drive(
         loop = asyncio.get_running_loop()
         for number in numbers:
             # A distinct input per run: a response cache must not answer it.
-            run_id = await submit(client, user, input=f"Benchmark question {number}?")
+            run_id = await submit(client, await user.get(), input=f"Benchmark question {number}?")
             ids.append(run_id)
             done = pending[run_id] = loop.create_future()
             await done
@@ -150,7 +171,7 @@ def _gc(before: Samples, after: Samples) -> tuple[float, float]:
 @GC
 async def test_agent_runs_throughput_latency_memory_cpu_and_gc(
     clean_platform: Platform,
-    runner: AgentUser,
+    runner: FreshUser,
     fake_llm: FakeLlm,
     agents_db: Any,
     admin_token: str,
@@ -219,7 +240,7 @@ async def test_agent_runs_throughput_latency_memory_cpu_and_gc(
 @COLD
 async def test_cold_start_to_the_first_agent_response(
     clean_platform: Platform,
-    runner: AgentUser,
+    runner: FreshUser,
     fake_llm: FakeLlm,
     redis_namespace: RedisNamespace,
     apex_level: Level,
@@ -232,13 +253,14 @@ async def test_cold_start_to_the_first_agent_response(
             "APEX_AGENTS_WORKERS": "1",
             "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}cold-{uuid.uuid4().hex[:8]}:",
         }
+        user = await runner.get()
         started = time.perf_counter()
         async with (
             clean_platform.start("agents", **settings) as fresh,
             httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
         ):
             healthy.append(time.perf_counter() - started)
-            run = await final_run(client, runner, await submit(client, runner))
+            run = await final_run(client, user, await submit(client, user))
             answered.append(time.perf_counter() - started)
         assert (run["status"], run["result"]) == ("succeeded", ANSWER)
     bench_report(
