@@ -512,8 +512,12 @@ def lint(session: nox.Session) -> None:
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        # types-psutil: psutil ships no type information (agent_tests' benchmarks use it).
-        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17", "types-psutil"],
+        # Type stubs: psutil (agent_tests' benchmarks) and protobuf (the kit's otel fake)
+        # ship no type information.
+        extra=[
+            *["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
+            *["types-psutil", "types-protobuf"],
+        ],
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
