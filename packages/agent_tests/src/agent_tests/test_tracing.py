@@ -205,3 +205,29 @@ async def test_without_an_endpoint_nothing_is_exported_and_the_traceparent_passe
     # No span of this service: the provider's parent is the client's own span.
     assert call.traceparent == header
     assert otel_collector.requests == []
+
+
+async def test_a_stopping_instance_flushes_its_spans(
+    clean_platform: Platform,
+    runner: AgentUser,
+    fake_llm: FakeLlm,
+    otel_collector: FakeOtelCollector,
+    redis_namespace: RedisNamespace,
+) -> None:
+    settings = {
+        "APEX_OTEL_ENDPOINT": otel_collector.endpoint,
+        "APEX_AGENTS_WORKERS": "1",
+        "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}flush-{uuid.uuid4().hex[:8]}:",
+    }
+    fake_llm.reply(ANSWER)
+    header, trace_id, _ = _traceparent()
+    async with (
+        clean_platform.start("agents", **settings) as instance,
+        httpx.AsyncClient(base_url=instance.url, timeout=30) as client,
+    ):
+        run = await final_run(client, runner, await _submit(client, runner, header))
+        await instance.stop()
+    assert run["status"] == "succeeded", run
+    # Stopped: its last batch was exported on the way out, nothing left to wait for.
+    names = sorted(s.name for s in otel_collector.spans if s.trace_id == trace_id)
+    assert names == ["POST /v1/runs", "agents.job", "llm.chat"]
