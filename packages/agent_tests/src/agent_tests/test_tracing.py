@@ -108,13 +108,15 @@ async def test_the_clients_trace_continues_through_the_job_and_worker_to_the_llm
     async with clean_platform.start("agents", APEX_AGENTS_WORKERS="1", **traced):
         run_id = await _submit(api, runner, header)
         run = await final_run(api, runner, run_id)
+        # While the worker's instance runs: its batches are exported every second.
+        collected = await otel_collector.wait_for_spans(
+            trace_id=trace_id, count=3, timeout=EXPORT_WAIT
+        )
     assert (run["status"], run["result"]) == ("succeeded", ANSWER)
 
     (call,) = fake_llm.calls
     assert _parts(call.traceparent)[0] == trace_id
-    spans = _by_name(
-        await otel_collector.wait_for_spans(trace_id=trace_id, count=3, timeout=EXPORT_WAIT)
-    )
+    spans = _by_name(collected)
     assert set(spans) == {"POST /v1/runs", "agents.job", "llm.chat"}
     server, job, llm = spans["POST /v1/runs"], spans["agents.job"], spans["llm.chat"]
     assert server.parent_span_id == client_span

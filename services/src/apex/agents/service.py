@@ -69,7 +69,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
     metrics = Metrics()
     tracing = Tracing(settings.otel_endpoint)
     async with contextlib.AsyncExitStack() as stack:
-        # Last out: the spans of the work the workers stop are exported too.
+        # Shut down on the way out whatever happens (a second shutdown is a no-op).
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         stack.enter_context(watch_gc(metrics.gc_pause))
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
@@ -98,6 +98,9 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             metrics=metrics,
             tracing=tracing,
         )
+        # Flushed as soon as the workers have stopped (the spans of the work they stop
+        # included), before anything slower is closed.
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
