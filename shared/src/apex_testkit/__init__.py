@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "Mailbox": "apex_testkit._fakes.smtp",
     "FakeSms": "apex_testkit._fakes.sms",
     "FakeLlm": "apex_testkit._fakes.llm",
+    "FakeOtelCollector": "apex_testkit._fakes.otel",
+    "CollectedSpan": "apex_testkit._fakes.otel",
     "LlmReply": "apex_testkit._fakes.llm_script",
     "LlmRequest": "apex_testkit._fakes.llm_script",
     "ToolCall": "apex_testkit._fakes.llm_script",
@@ -63,9 +65,11 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "WRAPPING_EMAIL",
+    "CollectedSpan",
     "DeadlineExceeded",
     "FakeIdp",
     "FakeLlm",
+    "FakeOtelCollector",
     "FakePayments",
     "FakeSamlIdp",
     "FakeSms",
@@ -111,6 +115,7 @@ if TYPE_CHECKING:
         prompt_tokens,
     )
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.otel import CollectedSpan, FakeOtelCollector
     from apex_testkit._fakes.payments import FakePayments, WebhookDelivery, stripe_signature
     from apex_testkit._fakes.saml import WRAPPING_EMAIL, FakeSamlIdp, parse_authn_request
     from apex_testkit._fakes.sms import FakeSms

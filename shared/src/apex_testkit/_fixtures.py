@@ -28,6 +28,7 @@ from apex_testkit._worker import Worker, worker_slot
 if TYPE_CHECKING:
     from apex_testkit._fakes.llm import FakeLlm
     from apex_testkit._fakes.oidc import FakeIdp
+    from apex_testkit._fakes.otel import FakeOtelCollector
     from apex_testkit._fakes.payments import FakePayments
     from apex_testkit._fakes.saml import FakeSamlIdp
     from apex_testkit._fakes.sms import FakeSms
@@ -240,6 +241,15 @@ def fake_payments(apex_worker: Worker) -> Iterator[FakePayments]:
     `[sandboxes.payments]`."""
     with fake_of(apex_worker, "payments") as fake:
         yield cast("FakePayments", fake)
+
+
+@pytest.fixture
+def otel_collector(apex_worker: Worker) -> Iterator[FakeOtelCollector]:
+    """The OpenTelemetry collector (OTLP/HTTP traces), reset: `endpoint` (the `/v1/traces`
+    URL an exporter posts to), `spans`, `await wait_for_spans(trace_id=, name=, count=)`.
+    L2/L3 only (no L4 sandbox yet)."""
+    with fake_of(apex_worker, "otel") as fake:
+        yield cast("FakeOtelCollector", fake)
 
 
 @pytest.fixture

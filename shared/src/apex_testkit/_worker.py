@@ -194,8 +194,8 @@ class Worker:
         return self._clickhouse
 
     def fake(self, name: str) -> FakeClient:
-        """This worker's fake third party `name` (oidc, saml, smtp, sms), started on first
-        use: in a thread at L2, as a process of the run at L3; reset with the rest."""
+        """This worker's fake third party `name` (oidc, saml, smtp, sms, llm, otel), started
+        on first use: in a thread at L2, as a process of the run at L3; reset with the rest."""
         if name not in self._fakes:
             # The fakes stand in for third parties of a platform that is ours (L2/L3).
             require_level(self.settings.level, OWN_PLATFORM, f"the {name} fake")

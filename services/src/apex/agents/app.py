@@ -15,6 +15,7 @@ from apex.agents.config import reload_on_signal
 from apex.agents.routes import router
 from apex.agents.service import AgentService, open_service
 from apex.agents.settings import AgentSettings
+from apex.agents.tracing import ServerSpans
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
 
 __all__ = ["create_app"]
@@ -45,6 +46,7 @@ def create_app(settings: AgentSettings, *, reload_on_sighup: bool = False) -> Fa
     app.state.service = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(ServerSpans)
     app.include_router(router)
     app.include_router(definition_routes.router)
 

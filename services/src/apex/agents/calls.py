@@ -11,7 +11,8 @@ feature of the service hooks in at its stage, not around the caller):
    asks for (``tools``);
 5. check the answer against the quality gate, re-asking with the reasons (``quality``);
 6. count usage and cost (``metrics``), send the cost to apex.data (``costs``), record
-   the audit events (``audit``) and the trace span (``tracing``).
+   the audit events (``audit``) and the trace span (``tracing``: the call of stage 4 is
+   a span of its own, with the provider's usage).
 
 The caller raises :class:`apex.agents.llm.LlmError` (``reason``: the contract's error
 code) when the step has no answer.
@@ -33,6 +34,7 @@ from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.tools import converse
+from apex.agents.tracing import Tracing
 
 __all__ = ["MAIN_STEP", "AgentCaller", "CallContext"]
 
@@ -63,6 +65,7 @@ class AgentCaller:
         definitions: DefinitionStore,
         audit: AuditLog,
         costs: CostLedger | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
@@ -70,6 +73,7 @@ class AgentCaller:
         self._definitions = definitions
         self._costs = costs
         self._audit = audit
+        self._tracing = tracing if tracing is not None else Tracing(None)
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
@@ -90,8 +94,14 @@ class AgentCaller:
         ]
         try:
             completion = await converse(
-                lambda history, specs: self._provider.complete(
-                    agent.model, history, max_tokens=agent.max_tokens, tools=specs
+                lambda history, specs: self._tracing.llm_call(
+                    self._provider.complete(
+                        agent.model, history, max_tokens=agent.max_tokens, tools=specs
+                    ),
+                    run_id=context.run.id,
+                    step=context.step,
+                    model=agent.model,
+                    provider=self._provider.name,
                 ),
                 messages,
                 tools,

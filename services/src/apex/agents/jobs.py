@@ -7,6 +7,9 @@ another consumer left unacknowledged for ``APEX_JOB_CLAIM_IDLE`` seconds with XA
 (a worker that died mid-job; a live worker resets the idle time of the jobs it holds).
 A stream or group that disappeared (a flushed Redis) is
 made again. Cancellations are published on ``<prefix>agents:cancel`` for every worker.
+
+A message also carries ``traceparent`` when the submitting request was traced (the W3C
+trace context the worker continues, ``apex.agents.tracing``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ PRIORITIES: Final = ("high", "normal", "low")
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One delivered message: its stream and id (for XACK) and the run it names."""
+    """One delivered message: its stream and id (for XACK), the run it names and the
+    ``traceparent`` of the request that submitted it (apex.agents.tracing), if any."""
 
     stream: str
     message_id: str
     run_id: uuid.UUID
+    traceparent: str | None = None
 
 
 class JobQueue:
@@ -50,8 +55,13 @@ class JobQueue:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def enqueue(self, run_id: uuid.UUID, priority: str) -> None:
-        await self._redis.xadd(self.streams[priority], {"run_id": str(run_id)})
+    async def enqueue(
+        self, run_id: uuid.UUID, priority: str, *, traceparent: str | None = None
+    ) -> None:
+        fields: dict[Any, Any] = {"run_id": str(run_id)}
+        if traceparent is not None:
+            fields["traceparent"] = traceparent
+        await self._redis.xadd(self.streams[priority], fields)
 
     async def next(self, consumer: str, *, block: float) -> Job | None:
         """The next new job for ``consumer`` by priority, waiting up to ``block`` seconds."""
@@ -114,4 +124,4 @@ class JobQueue:
 
 
 def _job(stream: object, message_id: object, fields: dict[str, str]) -> Job:
-    return Job(str(stream), str(message_id), uuid.UUID(fields["run_id"]))
+    return Job(str(stream), str(message_id), uuid.UUID(fields["run_id"]), fields.get("traceparent"))

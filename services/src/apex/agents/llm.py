@@ -4,8 +4,9 @@ The SDK's own retries are off (``max_retries=0``): :class:`Provider` retries a 4
 a timeout or a lost connection itself, up to ``APEX_LLM_RETRIES`` times after the first
 attempt, waiting the provider's ``retry-after`` on a 429 (capped at the call timeout) and
 a short backoff otherwise. Any other error (400, 401, 404: the request itself is wrong)
-fails at once. Cancelling the awaiting task closes the HTTP connection: the provider sees
-the client go away.
+fails at once. Each request carries the current span's ``traceparent``
+(``apex.agents.tracing``). Cancelling the awaiting task closes the HTTP connection: the
+provider sees the client go away.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
     ChatCompletionToolParam,
 )
+
+from apex.agents.tracing import trace_headers
 
 __all__ = ["Completion", "LlmError", "LlmToolCall", "Provider"]
 
@@ -130,11 +133,19 @@ class Provider:
         """One request; ``tools`` only when there are some (a request without tools is
         unchanged by them)."""
         create = self._client.chat.completions.create
+        # The request carries the current span's `traceparent` (apex.agents.tracing).
+        headers = trace_headers()
         if tools:
             return await create(
-                model=model, messages=list(messages), max_tokens=max_tokens, tools=list(tools)
+                model=model,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                tools=list(tools),
+                extra_headers=headers,
             )
-        return await create(model=model, messages=list(messages), max_tokens=max_tokens)
+        return await create(
+            model=model, messages=list(messages), max_tokens=max_tokens, extra_headers=headers
+        )
 
     def retry_wait(self, exc: Exception, attempt: int) -> float:
         """Seconds before the next attempt: a 429's retry-after (at most the call timeout),

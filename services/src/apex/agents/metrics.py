@@ -6,12 +6,17 @@ metric).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# apex_agents_run_seconds' buckets: a cached answer, a quick model, a slow one, up to the
+# default APEX_RUN_TIMEOUT (120 s).
+RUN_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# apex_agents_gc_pause_seconds' buckets: 0.1 ms (a young collection) to 0.5 s.
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 
 
 class Metrics:
@@ -54,6 +59,21 @@ class Metrics:
             "apex_agents_step_errors",
             "Agent calls (a run's step) that ended without an answer, by error",
             ["error"],
+            registry=registry,
+        )
+
+        self.run_seconds = Histogram(
+            "apex_agents_run_seconds",
+            "Seconds a worker spent on a job's run, from taking the job to its run's end "
+            "(one observation per job worked to the end, not for a cancelled one)",
+            buckets=RUN_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.gc_pause = Histogram(
+            "apex_agents_gc_pause_seconds",
+            "Garbage-collection pauses of the process, by generation (gc.callbacks)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
             registry=registry,
         )
 

@@ -41,6 +41,7 @@ from apex.agents.runs import FINAL, Run
 from apex.agents.service import AgentService
 from apex.agents.settings import SERVICE
 from apex.agents.state import RestoreError
+from apex.agents.tracing import current_traceparent
 from apex.common.http import ApiError, bearer_token, require_json_body
 from apex.common.settings import ConfigError
 from apex.common.shared_config import config_report
@@ -173,7 +174,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     if created:
         await service.states.snapshot(run.id)
         await service.audit.record(run, "run.submitted", priority=run.priority)
-        await service.queue.enqueue(run.id, run.priority)
+        await service.queue.enqueue(run.id, run.priority, traceparent=current_traceparent())
         service.metrics.runs.labels("submitted").inc()
     return JSONResponse(
         {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200

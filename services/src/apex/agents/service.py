@@ -4,8 +4,8 @@
 Redis, the LLM provider, the context-token verifier (audience ``apex-agents``), the
 worker pool and, when apex.data and the usage credential are set, the cost records'
 delivery to apex.data (``apex.agents.cost_records``), and closes them after its block.
-It also holds the run states, the audit trail and the reloadable config (``state``,
-``audit``, ``config``).
+It also holds the tracer (``tracing``), the run states, the audit trail and the
+reloadable config (``state``, ``audit``, ``config``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from apex.agents.config import ConfigHolder
 from apex.agents.cost_records import CostDelivery, CostLedger
 from apex.agents.definitions import DefinitionStore
 from apex.agents.dependencies import DependencyErrors
+from apex.agents.gcpauses import watch_gc
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
 from apex.agents.state import StateStore
+from apex.agents.tracing import Tracing
 from apex.agents.worker import WorkerPool
 from apex.data.callers import Verifier
 from apex.data.pool import create_pool
@@ -62,6 +64,7 @@ class AgentService:
     config: ConfigHolder
     dependencies: DependencyErrors | None = None
     costs: CostDelivery | None = None
+    tracing: Tracing = dataclasses.field(default_factory=lambda: Tracing(None))
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -82,7 +85,11 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
     """Open everything ``settings`` names and start ``workers`` consumer tasks; stop and
     close it all after the block."""
     metrics = Metrics()
+    tracing = Tracing(settings.otel_endpoint)
     async with contextlib.AsyncExitStack() as stack:
+        # Shut down on the way out whatever happens (a second shutdown is a no-op).
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+        stack.enter_context(watch_gc(metrics.gc_pause))
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
@@ -111,6 +118,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             definitions=definitions,
             audit=audit,
             costs=ledger,
+            tracing=tracing,
         )
         pool_of_workers = WorkerPool(
             settings,
@@ -122,7 +130,11 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             states=states,
             audit=audit,
             config=config,
+            tracing=tracing,
         )
+        # Flushed as soon as the workers have stopped (the spans of the work they stop
+        # included), before anything slower is closed.
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
@@ -140,6 +152,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             config=config,
             dependencies=dependencies,
             costs=delivery,
+            tracing=tracing,
         )
 
 

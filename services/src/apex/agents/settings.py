@@ -49,6 +49,8 @@ class AgentSettings(ServiceSettings):
     error_log_interval: float = 60.0
     # State, audit, reload and shutdown (apex.agents.config): the reloadable config file.
     agents_config: str | None = None
+    # Tracing (apex.agents.tracing): the OTLP/HTTP traces URL; None: no export.
+    otel_endpoint: str | None = None
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class AgentSettings(ServiceSettings):
             "cost_timeout": env.number("APEX_COST_TIMEOUT", 5.0, unit="seconds"),
             "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
             "agents_config": _agents_config(env, _models(env, "APEX_MODELS")),
+            "otel_endpoint": env.url("APEX_OTEL_ENDPOINT", HTTP_SCHEMES),
         }
 
 

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -46,6 +47,7 @@ from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.state import StateStore, step_record, usage_of
 from apex.agents.supervisor import Supervisor
+from apex.agents.tracing import Tracing
 
 __all__ = ["WorkerPool"]
 
@@ -71,12 +73,14 @@ class WorkerPool:
         states: StateStore,
         audit: AuditLog,
         config: ConfigHolder,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
         self._states = states
         self._audit = audit
         self._config = config
         self._jobs: dict[uuid.UUID, Job] = {}
+        self._tracing = tracing if tracing is not None else Tracing(None)
         self._store = store
         self._queue = queue
         self._caller = caller
@@ -159,7 +163,7 @@ class WorkerPool:
 
     async def _handle(self, job: Job, consumer: str) -> None:
         """Run the job's run to a final state (unless it is final already), then XACK."""
-        task = asyncio.create_task(self._work(job.run_id))
+        task = asyncio.create_task(self._traced_work(job))
         self._inflight[job.run_id] = task
         self._jobs[job.run_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job, consumer))
@@ -176,6 +180,19 @@ class WorkerPool:
                 del self._inflight[job.run_id]
                 self._jobs.pop(job.run_id, None)
         await self._queue.ack(job)
+
+    async def _traced_work(self, job: Job) -> None:
+        """The job's work in a span continuing the submitting request's trace, timed
+        (apex_agents_run_seconds)."""
+        started = time.perf_counter()
+        await self._tracing.traced(
+            self._work(job.run_id),
+            "agents.job",
+            traceparent=job.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes={"apex.run_id": str(job.run_id), "apex.worker": self._name},
+        )
+        self._metrics.run_seconds.observe(time.perf_counter() - started)
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of

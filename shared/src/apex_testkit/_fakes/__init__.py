@@ -1,6 +1,6 @@
 """Fakes of the platform's third parties: an OIDC provider, a SAML IdP, an SMTP server,
-Twilio's SMS API and an OpenAI-compatible LLM provider, each a real server on 127.0.0.1
-with a request log and a control API.
+Twilio's SMS API, an OpenAI-compatible LLM provider and an OpenTelemetry collector
+(OTLP/HTTP traces), each a real server on 127.0.0.1 with a request log and a control API.
 
 At L2 a fake runs in a thread of the test process, at L3 as a process of its own
 (`python -m apex_testkit._fakes NAME --fd N`); the test-side client is the same object
@@ -18,7 +18,7 @@ from apex_testkit._fakes._server import FakeServer, RunningFake, start_fake
 from apex_testkit._run import Run
 
 # Fake name -> its module (SERVER: the FakeServer class, CLIENT: the FakeClient class).
-FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm", "payments")
+FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm", "payments", "otel")
 
 
 def server_class(name: str) -> type[FakeServer]:

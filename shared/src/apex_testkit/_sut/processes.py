@@ -62,6 +62,12 @@ class ServiceProcess:
             raise RuntimeError(f"{self.module} ({self.name}) {what}:\n{log_tail(self.log)}")
         return self.url
 
+    @property
+    def pid(self) -> int | None:
+        """Its process id while it runs (None before start and after stop or kill): what
+        a benchmark reads the process's CPU time and memory of."""
+        return None if self._ref is None else self._ref.pid
+
     def stop(self) -> None:
         """Graceful: SIGTERM (the service drains and exits), SIGKILL after 10 s."""
         if self._ref is not None:
