@@ -233,17 +233,17 @@ class WorkerPool:
                 timed_out = step_record(MAIN_STEP, agent, status="failed", error="run_timeout")
                 await self._save(run, [timed_out])
                 fail = self._store.fail(run.id, "run_timeout", status="timed_out")
-                await self._finish(run, fail, "timed_out", "run_timeout")
+                await self._finish(run, fail, "timed_out")
                 return
             except LlmError as exc:
                 failed = step_record(MAIN_STEP, agent, status="failed", error=exc.reason)
                 await self._save(run, [failed])
-                await self._finish(run, self._store.fail(run.id, exc.reason), "failed", exc.reason)
+                await self._finish(run, self._store.fail(run.id, exc.reason), "failed")
                 return
             record = step_record(MAIN_STEP, agent, status="succeeded", result=content, usage=usage)
             await self._save(run, [record])
         succeed = self._store.succeed(run.id, record["result"], usage_of(record))
-        await self._finish(run, succeed, "succeeded", None)
+        await self._finish(run, succeed, "succeeded")
 
     async def _work_workflow(self, run: Run, config: AgentConfig) -> None:
         """Run a workflow's steps through the supervisor within APEX_RUN_TIMEOUT."""
@@ -262,26 +262,24 @@ class WorkerPool:
             )
         except TimeoutError:
             fail = self._store.fail(run.id, "run_timeout", status="timed_out")
-            await self._finish(run, fail, "timed_out", "run_timeout")
+            await self._finish(run, fail, "timed_out")
             return
         finish = self._store.finish_workflow(run.id, outcome)
-        await self._finish(run, finish, outcome.status, outcome.error)
+        await self._finish(run, finish, outcome.status)
 
     async def _save(self, run: Run, steps: Sequence[dict[str, Any]]) -> None:
         """Save the running run's step records, and its state as a new version."""
         if await self._store.save_steps(run.id, list(steps)):
             await self._states.snapshot(run.id)
 
-    async def _finish(
-        self, run: Run, transition: Awaitable[bool], status: str, error: str | None
-    ) -> None:
-        """Make the run final by ``transition``; if it did (not final before), count it,
-        persist its final state and audit its end."""
+    async def _finish(self, run: Run, transition: Awaitable[bool], status: str) -> None:
+        """Make the run final by ``transition``; if it did (not final before), count it and
+        persist its final state (its ``run.finished`` audit event is written by the
+        transition itself: migration 0021)."""
         if not await transition:
             return
         self._metrics.runs.labels(status).inc()
         await self._states.snapshot(run.id)
-        await self._audit.record(run, "run.finished", status=status, error=error)
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
