@@ -13,8 +13,14 @@ feature of the service hooks in at its stage, not around the caller):
 6. count usage and cost (``metrics``), send the cost to apex.data (``costs``), record
    the audit events (``audit``) and the trace span (``tracing``).
 
+Stages 2 to 5 repeat for each re-ask of the quality gate (the conversation grows by the
+failing answer and the follow-up message, so stage 2 may drop its oldest messages); the
+step's usage is the sum over its attempts.
+
 The caller raises :class:`apex.agents.llm.LlmError` (``reason``: the contract's error
-code) when the step has no answer.
+code) when the step has no answer: :class:`apex.agents.context.ContextTooLarge` before
+any call, :class:`apex.agents.quality.QualityRejected` (with the usage spent) when every
+attempt failed the gate.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import dataclasses
 
 from openai.types.chat import ChatCompletionMessageParam
 
-from apex.agents.costs import cost_micros
-from apex.agents.definitions import BUILTIN_AGENTS
-from apex.agents.llm import LlmError, Provider
+from apex.agents import quality
+from apex.agents.cache import ResponseCache, key_of
+from apex.agents.context import fit
+from apex.agents.costs import Model, cost_micros
+from apex.agents.definitions import BUILTIN_AGENTS, Agent
+from apex.agents.llm import Completion, LlmError, Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
@@ -34,6 +43,8 @@ __all__ = ["MAIN_STEP", "AgentCaller", "CallContext"]
 
 # The step name of a single-agent run's one call (a workflow's steps have their own ids).
 MAIN_STEP = "main"
+# The provider a cached answer is recorded under (in provider_path): no provider answered.
+CACHE_PROVIDER = "cache"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +58,18 @@ class CallContext:
 class AgentCaller:
     """Makes one agent call of a run (the stages in the module's docstring)."""
 
-    def __init__(self, settings: AgentSettings, *, provider: Provider, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        provider: Provider,
+        metrics: Metrics,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
+        self._cache = cache
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
         """The answer of ``agent_name`` to ``text`` and its usage (counted in the metrics);
@@ -63,9 +82,56 @@ class AgentCaller:
             {"role": "system", "content": agent.system},
             {"role": "user", "content": text},
         ]
+        spent: Usage | None = None
+        reasons: list[str] = []
+        for _attempt in range(self._settings.quality_retries + 1):
+            request = fit(
+                messages, context_window=model.context_window, max_tokens=agent.max_tokens
+            )
+            digest = self._cache_key(context, agent, request)
+            completion, usage = await self._answer(agent, model, request, digest)
+            spent = usage if spent is None else _plus(spent, usage)
+            reasons = quality.check(
+                completion.content,
+                finish_reason=completion.finish_reason,
+                output_schema=agent.output_schema,
+            )
+            if not reasons:
+                if digest is not None and not usage.cached and self._cache is not None:
+                    await self._cache.put(digest, completion.content)
+                return completion.content, spent
+            messages.append({"role": "assistant", "content": completion.content})
+            messages.append({"role": "user", "content": quality.reask(reasons)})
+        assert spent is not None  # noqa: S101 - the loop ran at least once
+        raise quality.QualityRejected(reasons, spent)
+
+    def _cache_key(
+        self, context: CallContext, agent: Agent, request: list[ChatCompletionMessageParam]
+    ) -> str | None:
+        """The request's cache digest; None when it is not to be cached (cache off, the
+        run's ``cache: false``, a temperature other than 0)."""
+        if self._cache is None or not self._cache.enabled or not context.run.use_cache:
+            return None
+        return key_of(
+            agent.model, request, temperature=agent.temperature, max_tokens=agent.max_tokens
+        )
+
+    async def _answer(
+        self,
+        agent: Agent,
+        model: Model,
+        request: list[ChatCompletionMessageParam],
+        digest: str | None,
+    ) -> tuple[Completion, Usage]:
+        """The cached answer to ``request`` (zero usage and cost) or the provider's."""
+        if digest is not None and self._cache is not None:
+            content = await self._cache.get(digest)
+            if content is not None:
+                hit = Completion(content=content, prompt_tokens=0, completion_tokens=0, attempts=0)
+                return hit, Usage(0, 0, 0, provider=CACHE_PROVIDER, attempts=0, cached=True)
         try:
             completion = await self._provider.complete(
-                agent.model, messages, max_tokens=agent.max_tokens
+                agent.model, request, max_tokens=agent.max_tokens, temperature=agent.temperature
             )
         except LlmError as exc:
             self._count_calls(exc.attempts, ok=False)
@@ -79,7 +145,7 @@ class AgentCaller:
             attempts=completion.attempts,
         )
         self._count_tokens(agent.model, usage)
-        return completion.content, usage
+        return completion, usage
 
     def _count_calls(self, attempts: int, *, ok: bool) -> None:
         calls = self._metrics.llm_calls
@@ -91,3 +157,16 @@ class AgentCaller:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(model_name, "completion").inc(usage.completion_tokens)
         self._metrics.cost.labels(model_name).inc(usage.cost_micros)
+
+
+def _plus(before: Usage, after: Usage) -> Usage:
+    """Two attempts' usage together: tokens, cost and attempts summed; the later one's
+    provider; cached only when both were."""
+    return Usage(
+        prompt_tokens=before.prompt_tokens + after.prompt_tokens,
+        completion_tokens=before.completion_tokens + after.completion_tokens,
+        cost_micros=before.cost_micros + after.cost_micros,
+        provider=after.provider,
+        attempts=before.attempts + after.attempts,
+        cached=before.cached and after.cached,
+    )

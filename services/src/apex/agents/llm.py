@@ -40,6 +40,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    # "stop", or "length" when max_tokens cut the answer (the quality gate refuses it).
+    finish_reason: str = "stop"
 
 
 class LlmError(Exception):
@@ -69,15 +71,24 @@ class Provider:
         await self._client.close()
 
     async def complete(
-        self, model: str, messages: Sequence[ChatCompletionMessageParam], *, max_tokens: int
+        self,
+        model: str,
+        messages: Sequence[ChatCompletionMessageParam],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
     ) -> Completion:
-        """The provider's answer to ``messages``; LlmError when it gave none."""
+        """The provider's answer to ``messages`` (at ``temperature``; None: the provider's
+        default); LlmError when it gave none."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 answer = await self._client.chat.completions.create(
-                    model=model, messages=list(messages), max_tokens=max_tokens
+                    model=model,
+                    messages=list(messages),
+                    max_tokens=max_tokens,
+                    temperature=temperature,
                 )
             except _RETRYABLE as exc:
                 if attempt > self._retries:
@@ -97,6 +108,7 @@ class Provider:
                 prompt_tokens=answer.usage.prompt_tokens,
                 completion_tokens=answer.usage.completion_tokens,
                 attempts=attempt,
+                finish_reason=answer.choices[0].finish_reason,
             )
 
     def retry_wait(self, exc: Exception, attempt: int) -> float:

@@ -1,9 +1,11 @@
 """apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
 
-- ``POST /v1/runs {agent | workflow, input, priority?, idempotency_key}``
+- ``POST /v1/runs {agent | workflow, input, priority?, idempotency_key, cache?}``
   (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue; the same
   key again: 200 with the first run, nothing queued. A workflow is checked first (unknown
-  agent or step, a cycle: 422, nothing stored).
+  agent or step, a cycle: 422, nothing stored); an input that cannot fit its agent's
+  context window is 422 ``context_too_large``, nothing stored. ``cache: false``: the run
+  neither reads nor writes the response cache.
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
@@ -21,6 +23,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from apex.agents.context import ContextTooLarge, check_input
 from apex.agents.definitions import BUILTIN_AGENTS
 from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.metrics import CONTENT_TYPE
@@ -103,6 +106,7 @@ class RunIn(BaseModel):
     input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
     priority: Literal["high", "normal", "low"] = "normal"
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    cache: bool = True
 
 
 def _workflow_of(body: RunIn) -> Workflow | None:
@@ -128,6 +132,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     stored)."""
     caller.require(RUN_AGENTS)
     workflow = _workflow_of(body)
+    _check_context(service, body, workflow)
     run, created = await service.store.submit(
         tenant_id=caller.tenant_id,
         user_id=caller.user_id,
@@ -136,6 +141,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         priority=body.priority,
         idempotency_key=body.idempotency_key,
         workflow=None if workflow is None else workflow.to_json(),
+        use_cache=body.cache,
     )
     if created:
         await service.queue.enqueue(run.id, run.priority)
@@ -143,6 +149,26 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     return JSONResponse(
         {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200
     )
+
+
+def _check_context(service: AgentService, body: RunIn, workflow: Workflow | None) -> None:
+    """422 ``context_too_large`` when the run's input (each step's own input) with its
+    agent's system message cannot fit the agent's model (dependency outputs only add)."""
+    asks: list[tuple[str | None, str, str]] = [(None, body.agent or "", body.input)]
+    if workflow is not None:
+        asks = [(s.id, s.agent, body.input if s.input is None else s.input) for s in workflow.steps]
+    for step_id, agent_name, text in asks:
+        agent = BUILTIN_AGENTS[agent_name]
+        model = service.settings.models.get(agent.model)
+        if model is None:
+            continue  # no such model: the run fails unknown_agent at its worker
+        try:
+            check_input(
+                agent.system, text, context_window=model.context_window, max_tokens=agent.max_tokens
+            )
+        except ContextTooLarge as exc:
+            where = "" if step_id is None else f"step {step_id!r}: "
+            raise ApiError(422, exc.reason, where + exc.detail) from exc
 
 
 async def _run_of(run_id: str, caller: Caller, service: AgentService) -> Run:

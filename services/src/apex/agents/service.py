@@ -15,6 +15,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.agents.cache import ResponseCache
 from apex.agents.calls import AgentCaller
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
@@ -81,7 +82,8 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics)
+        cache = ResponseCache(redis, settings.redis_prefix, ttl=settings.llm_cache_ttl)
+        caller = AgentCaller(settings, provider=provider, metrics=metrics, cache=cache)
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )
