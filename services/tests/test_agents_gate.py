@@ -57,12 +57,11 @@ def test_the_oldest_non_system_messages_go_first_until_it_fits() -> None:
         msg("user", "c" * 40),
     )
     kept_all_but_first = tokens("s" * 40) + tokens("b" * 400) + tokens("c" * 40)
-    trimmed = fit([system, first, answer, last], context_window=kept_all_but_first + 7, max_tokens=7)
+    messages = [system, first, answer, last]
+    trimmed = fit(messages, context_window=kept_all_but_first + 7, max_tokens=7)
     assert trimmed == [system, answer, last]
     # One token less: the assistant's answer goes too; the system and last user stay.
-    trimmed = fit(
-        [system, first, answer, last], context_window=kept_all_but_first + 6, max_tokens=7
-    )
+    trimmed = fit(messages, context_window=kept_all_but_first + 6, max_tokens=7)
     assert trimmed == [system, last]
 
 
@@ -104,7 +103,7 @@ def test_an_empty_answer_fails(answer: str) -> None:
         "I can't help with that.",
         "i cannot do this",
         "Sorry, I can not answer",
-        "I’m unable to comply.",
+        "I\u2019m unable to comply.",  # a typographic apostrophe
         "I am unable to say",
         "I won't.",
         "As an AI language model, I have no opinion.",
