@@ -15,6 +15,16 @@ from apex.agents.cache import key_of
 from apex.agents.context import ContextTooLarge, estimate, fit
 from apex.agents.definitions import BUILTIN_AGENTS
 from apex.agents.quality import check
+from apex.agents.settings import AgentSettings
+from apex.common.settings import ConfigError
+
+REQUIRED = {
+    "APEX_DATABASE_URL": "postgresql://u:pw@db:5432/apex",
+    "APEX_REDIS_URL": "redis://cache:6379/0",
+    "APEX_AUTH_URL": "http://auth:8000/",
+    "APEX_LLM_BASE_URL": "http://llm:9000/v1/",
+    "APEX_LLM_API_KEY": "sk-secret",
+}
 
 
 def tokens(text: str) -> int:
@@ -25,6 +35,44 @@ def tokens(text: str) -> int:
 def msg(role: str, content: str) -> ChatCompletionMessageParam:
     message: Any = {"role": role, "content": content}
     return message  # type: ignore[no-any-return]
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def test_the_settings_default_to_the_contracts() -> None:
+    settings = AgentSettings.from_env(REQUIRED)
+    assert (settings.llm_cache_ttl, settings.quality_retries) == (3600.0, 1)
+
+
+def test_the_settings_are_read_and_0_is_allowed() -> None:
+    env = {**REQUIRED, "APEX_LLM_CACHE_TTL": "0", "APEX_QUALITY_RETRIES": "0"}
+    assert AgentSettings.from_env(env).llm_cache_ttl == 0.0
+    assert AgentSettings.from_env(env).quality_retries == 0
+    env = {**REQUIRED, "APEX_LLM_CACHE_TTL": "0.25", "APEX_QUALITY_RETRIES": "3"}
+    assert (
+        AgentSettings.from_env(env).llm_cache_ttl,
+        AgentSettings.from_env(env).quality_retries,
+    ) == (
+        0.25,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("APEX_LLM_CACHE_TTL", "-1"),
+        ("APEX_LLM_CACHE_TTL", "soon"),
+        ("APEX_LLM_CACHE_TTL", "inf"),
+        ("APEX_LLM_CACHE_TTL", "nan"),
+        ("APEX_QUALITY_RETRIES", "-1"),
+        ("APEX_QUALITY_RETRIES", "1.5"),
+    ],
+)
+def test_a_bad_value_is_a_config_error_naming_it(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        AgentSettings.from_env({**REQUIRED, variable: value})
 
 
 # --- context ------------------------------------------------------------------------------
