@@ -29,6 +29,7 @@ from agent_tests.client import (
     AgentUser,
     MakeUser,
     OpenAgents,
+    admin_headers,
     final_run,
     run_body,
     submit,
@@ -91,6 +92,13 @@ def assert_from_cache(run: dict[str, Any], answer: str = ANSWER) -> None:
     assert (run["cost_micros"], run["provider_path"]) == (0, ["cache"])
 
 
+async def metric_lines(client: httpx.AsyncClient, admin_token: str, name: str) -> set[str]:
+    """The samples of one counter in `/metrics`."""
+    response = await client.get("/metrics", headers=admin_headers(admin_token))
+    assert response.status_code == 200, response.text
+    return {line for line in response.text.splitlines() if line.startswith(f"{name}{{")}
+
+
 async def run_of(client: httpx.AsyncClient, user: AgentUser, **fields: Any) -> dict[str, Any]:
     return await final_run(client, user, await submit(client, user, **fields))
 
@@ -103,6 +111,7 @@ async def test_a_second_identical_run_is_answered_from_the_cache(
     fake_llm: FakeLlm,
     redis_namespace: RedisNamespace,
     prefix: str,
+    admin_token: str,
 ) -> None:
     client = await agents_with(APEX_REDIS_PREFIX=prefix)
     fake_llm.reply(ANSWER)
@@ -117,6 +126,10 @@ async def test_a_second_identical_run_is_answered_from_the_cache(
     second = await run_of(client, runner)
     assert_from_cache(second)
     assert len(chat_calls(fake_llm)) == 1
+    assert await metric_lines(client, admin_token, "apex_agents_cache_total") == {
+        'apex_agents_cache_total{result="miss"} 1.0',
+        'apex_agents_cache_total{result="hit"} 1.0',
+    }
 
 
 @pytest.mark.L2
@@ -216,7 +229,7 @@ async def test_a_ttl_of_0_turns_the_cache_off(
 
 @pytest.mark.L2
 async def test_an_answer_the_quality_gate_rejected_is_not_cached(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, prefix: str
+    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, prefix: str, admin_token: str
 ) -> None:
     client = await agents_with(APEX_REDIS_PREFIX=prefix, APEX_QUALITY_RETRIES="0")
     fake_llm.reply("I cannot answer that.", ANSWER)
@@ -224,6 +237,10 @@ async def test_an_answer_the_quality_gate_rejected_is_not_cached(
     run = await run_of(client, runner)
     assert (run["status"], run["result"], run["cached"]) == ("succeeded", ANSWER, False)
     assert len(chat_calls(fake_llm)) == 2
+    assert await metric_lines(client, admin_token, "apex_agents_quality_total") == {
+        'apex_agents_quality_total{verdict="failed"} 1.0',
+        'apex_agents_quality_total{verdict="passed"} 1.0',
+    }
 
 
 @REDIS_CACHE

@@ -96,6 +96,7 @@ class AgentCaller:
                 finish_reason=completion.finish_reason,
                 output_schema=agent.output_schema,
             )
+            self._metrics.quality.labels("failed" if reasons else "passed").inc()
             if not reasons:
                 if digest is not None and not usage.cached and self._cache is not None:
                     await self._cache.put(digest, completion.content)
@@ -126,6 +127,7 @@ class AgentCaller:
         """The cached answer to ``request`` (zero usage and cost) or the provider's."""
         if digest is not None and self._cache is not None:
             content = await self._cache.get(digest)
+            self._metrics.cache.labels("miss" if content is None else "hit").inc()
             if content is not None:
                 hit = Completion(content=content, prompt_tokens=0, completion_tokens=0, attempts=0)
                 return hit, Usage(0, 0, 0, provider=CACHE_PROVIDER, attempts=0, cached=True)
