@@ -49,6 +49,18 @@ class Metrics:
             "Jobs taken over from a consumer that left them unacknowledged (XAUTOCLAIM)",
             registry=registry,
         )
+        self.cache = Counter(
+            "apex_agents_cache",
+            "Response cache lookups by result (hit, miss); a request not cached is not counted",
+            ["result"],
+            registry=registry,
+        )
+        self.quality = Counter(
+            "apex_agents_quality",
+            "Answers checked by the quality gate, by verdict (passed, failed)",
+            ["verdict"],
+            registry=registry,
+        )
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

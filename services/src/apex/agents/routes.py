@@ -1,11 +1,13 @@
 """apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
 
-- ``POST /v1/runs {agent | workflow, agent_version?, input, priority?, idempotency_key}``
-  (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue; the same
-  key again: 200 with the first run, nothing queued. A workflow is checked first (unknown
-  agent or step, a cycle: 422, nothing stored); an agent's version is resolved (its
-  latest unless named) with its tools (422 ``incompatible``), and the user's permissions
-  (the context token's ``perms``) are kept with the run for its tool calls.
+- ``POST /v1/runs {agent | workflow, agent_version?, input, priority?, idempotency_key,
+  cache?}`` (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue;
+  the same key again: 200 with the first run, nothing queued. A workflow is checked first
+  (unknown agent or step, a cycle: 422, nothing stored); an agent's version is resolved
+  (its latest unless named) with its tools (422 ``incompatible``), and the user's
+  permissions (the context token's ``perms``) are kept with the run for its tool calls.
+  An input that cannot fit its agent's context window is 422 ``context_too_large``,
+  nothing stored. ``cache: false``: the run neither reads nor writes the response cache.
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
@@ -23,6 +25,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from apex.agents.context import ContextTooLarge, check_input
 from apex.agents.definitions import DefinitionError
 from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.metrics import CONTENT_TYPE
@@ -106,6 +109,7 @@ class RunIn(BaseModel):
     input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
     priority: Literal["high", "normal", "low"] = "normal"
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    cache: bool = True
 
 
 async def _workflow_of(body: RunIn, service: AgentService) -> tuple[Workflow | None, str | None]:
@@ -146,6 +150,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     """Queue a run of an agent or of a workflow (checked before anything is stored)."""
     caller.require(RUN_AGENTS)
     workflow, agent_version = await _workflow_of(body, service)
+    await _check_context(service, body, workflow, agent_version)
     run, created = await service.store.submit(
         tenant_id=caller.tenant_id,
         user_id=caller.user_id,
@@ -156,6 +161,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
         workflow=None if workflow is None else workflow.to_json(),
         agent_version=agent_version,
         permissions=caller.permissions,
+        use_cache=body.cache,
     )
     if created:
         await service.queue.enqueue(run.id, run.priority)
@@ -163,6 +169,33 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     return JSONResponse(
         {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200
     )
+
+
+async def _check_context(
+    service: AgentService, body: RunIn, workflow: Workflow | None, agent_version: str | None
+) -> None:
+    """422 ``context_too_large`` when the run's input (each step's own input) with its
+    agent's system message cannot fit the agent's model (dependency outputs only add).
+    The agent is the version the run will call: the pinned one of a run of one agent,
+    each step's agent's latest."""
+    versions = await service.definitions.agent_versions()
+    asks: list[tuple[str | None, str, str]] = [(None, body.agent or "", body.input)]
+    if workflow is not None:
+        asks = [(s.id, s.agent, body.input if s.input is None else s.input) for s in workflow.steps]
+    for step_id, agent_name, text in asks:
+        known = versions[agent_name]
+        pinned = [a for a in known if a.version == agent_version] if step_id is None else []
+        agent = pinned[0] if pinned else known[-1]
+        model = service.settings.models.get(agent.model)
+        if model is None:
+            continue  # no such model: the run fails unknown_agent at its worker
+        try:
+            check_input(
+                agent.system, text, context_window=model.context_window, max_tokens=agent.max_tokens
+            )
+        except ContextTooLarge as exc:
+            where = "" if step_id is None else f"step {step_id!r}: "
+            raise ApiError(422, exc.reason, where + exc.detail) from exc
 
 
 async def _run_of(run_id: str, caller: Caller, service: AgentService) -> Run:

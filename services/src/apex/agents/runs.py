@@ -1,14 +1,14 @@
 """Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migrations 0015,
-0016 and 0017).
+0016, 0017 and 0018).
 
 A run is of one agent or of a workflow (its declaration, each step's record and the
 merge's conflicting keys are kept with it).
 
 A run is ``queued`` when submitted, ``running`` once a worker took its job, then one of
-``succeeded``, ``failed`` or ``cancelled`` (the final states: a final run never changes
-again). Each transition is one conditional UPDATE, so two workers holding the same job
-(a redelivery) finish it once, and a cancel wins over a late answer. Every read and
-write names the tenant, so another tenant's run is not found.
+``succeeded``, ``failed``, ``rejected`` (by the quality gate) or ``cancelled`` (the final
+states: a final run never changes again). Each transition is one conditional UPDATE, so
+two workers holding the same job (a redelivery) finish it once, and a cancel wins over a
+late answer. Every read and write names the tenant, so another tenant's run is not found.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Usage:
     provider: str
     attempts: int
     tool_calls: tuple[dict[str, Any], ...] = ()
+    # Answered from the response cache (no provider call: zero tokens, zero cost).
+    cached: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Run:
     agent_version: str | None = None
     permissions: frozenset[str] = frozenset()
     tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    use_cache: bool = True
+    cached: bool = False
+    quality_reasons: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Run:
@@ -110,6 +115,9 @@ class Run:
             agent_version=row["agent_version"],
             permissions=frozenset(json.loads(row["permissions"])),
             tool_calls=json.loads(row["tool_calls"]),
+            use_cache=row["use_cache"],
+            cached=row["cached"],
+            quality_reasons=json.loads(row["quality_reasons"]),
         )
 
     def view(self) -> dict[str, Any]:
@@ -129,19 +137,23 @@ class Run:
             "cost_micros": self.cost_micros,
             "provider_path": self.provider_path,
             "tool_calls": self.tool_calls,
+            "cached": self.cached,
+            "quality_reasons": self.quality_reasons,
         }
         if self.workflow is not None:
             view["workflow"] = self.workflow
             view["conflicts"] = self.conflicts
             failed = [step["id"] for step in self.steps if step.get("status") == "failed"]
             view["failed_step"] = failed[0] if failed else None
+            ran = [step for step in self.steps if step.get("status") == "succeeded"]
+            view["cached"] = bool(ran) and all(step.get("cached") for step in ran)
         return view
 
 
 _COLUMNS: Final = (
     "id, tenant_id, user_id, agent, input, priority, status, result, error, prompt_tokens, "
     "completion_tokens, cost_micros, provider_path, workflow, steps, conflicts, agent_version, "
-    "permissions, tool_calls"
+    "permissions, tool_calls, use_cache, cached, quality_reasons"
 )
 
 
@@ -168,14 +180,15 @@ class RunStore:
         workflow: dict[str, Any] | None = None,
         agent_version: str | None = None,
         permissions: frozenset[str] = frozenset(),
+        use_cache: bool = True,
     ) -> tuple[Run, bool]:
         """The new queued run (of an agent, or of a workflow), True; or the tenant's run
         with this key, False."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
-                f"idempotency_key, workflow, agent_version, permissions) "
-                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+                f"idempotency_key, workflow, agent_version, permissions, use_cache) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11) "
                 f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
                 uuid.uuid4(),
                 tenant_id,
@@ -187,6 +200,7 @@ class RunStore:
                 None if workflow is None else json.dumps(workflow),
                 agent_version,
                 json.dumps(sorted(permissions)),
+                use_cache,
             )
             if row is not None:
                 return Run.of(row), True
@@ -231,10 +245,33 @@ class RunStore:
                 "UPDATE agent_runs SET status = 'succeeded', result = $2, prompt_tokens = $3, "
                 "completion_tokens = $4, cost_micros = $5, "
                 "provider_path = provider_path || jsonb_build_array($6::text), "
+                "llm_attempts = llm_attempts + $7, tool_calls = $8::jsonb, cached = $9, "
+                "updated_at = now(), finished_at = now() WHERE id = $1 AND status = 'running'",
+                run_id,
+                result,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cost_micros,
+                usage.provider,
+                usage.attempts,
+                json.dumps(list(usage.tool_calls)),
+                usage.cached,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def reject(self, run_id: uuid.UUID, reasons: list[str], usage: Usage) -> bool:
+        """Mark the run ``rejected`` by the quality gate (error ``quality_failed``, no
+        result) with the reasons and the usage of every attempt (billed all the same) and
+        the tool calls they made; False when the run was final already."""
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE agent_runs SET status = 'rejected', error = 'quality_failed', "
+                "quality_reasons = $2::jsonb, prompt_tokens = $3, completion_tokens = $4, "
+                "cost_micros = $5, provider_path = provider_path || jsonb_build_array($6::text), "
                 "llm_attempts = llm_attempts + $7, tool_calls = $8::jsonb, updated_at = now(), "
                 "finished_at = now() WHERE id = $1 AND status = 'running'",
                 run_id,
-                result,
+                json.dumps(reasons),
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cost_micros,

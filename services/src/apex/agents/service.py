@@ -15,6 +15,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.agents.cache import ResponseCache
 from apex.agents.calls import AgentCaller
 from apex.agents.definitions import DefinitionStore
 from apex.agents.jobs import JobQueue
@@ -84,7 +85,10 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
         definitions = DefinitionStore(pool)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics, definitions=definitions)
+        cache = ResponseCache(redis, settings.redis_prefix, ttl=settings.llm_cache_ttl)
+        caller = AgentCaller(
+            settings, provider=provider, metrics=metrics, definitions=definitions, cache=cache
+        )
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -42,6 +43,10 @@ class AgentSettings(ServiceSettings):
     job_claim_idle: float = 30.0
     run_timeout: float = 120.0
     models: Mapping[str, Model] = dataclasses.field(default_factory=lambda: DEFAULT_MODELS)
+    # The response cache and the quality gate (contract: APEX_LLM_CACHE_TTL, 0 = off;
+    # APEX_QUALITY_RETRIES, re-asks of a failing answer).
+    llm_cache_ttl: float = 3600.0
+    quality_retries: int = 1
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -73,6 +78,8 @@ class AgentSettings(ServiceSettings):
             "job_claim_idle": env.number("APEX_JOB_CLAIM_IDLE", 30.0, unit="seconds"),
             "run_timeout": env.number("APEX_RUN_TIMEOUT", 120.0, unit="seconds"),
             "models": _models(env, "APEX_MODELS"),
+            "llm_cache_ttl": _seconds_or_off(env, "APEX_LLM_CACHE_TTL", 3600.0),
+            "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
         }
 
 
@@ -114,3 +121,17 @@ def _models(env: Env, variable: str) -> Mapping[str, Model]:
             raise ConfigError(f"{variable}: model {name!r}: context_window must be at least 1")
         models[name] = Model(*values)
     return MappingProxyType(models)
+
+
+def _seconds_or_off(env: Env, variable: str, default: float) -> float:
+    """A finite number of seconds >= 0 (0: off)."""
+    text = env.get(variable)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a number of seconds, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"{variable} must be a finite number >= 0 (0: off), got {text!r}")
+    return value

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from apex.agents.graph import Step, Workflow, WorkflowError, aggregate, holds, step_input
 from apex.agents.llm import LlmError
+from apex.agents.quality import QUALITY_FAILED, QualityRejected
 from apex.agents.runs import Usage, WorkflowOutcome
 
 __all__ = ["CallAgent", "SaveSteps", "Supervisor"]
@@ -116,6 +117,7 @@ def _record(step: Step) -> dict[str, Any]:
         "provider": None,
         "attempts": 0,
         "tool_calls": [],
+        "cached": False,
     }
 
 
@@ -123,19 +125,29 @@ def _settle(record: dict[str, Any], task: asyncio.Task[tuple[str, Usage]]) -> st
     """Record a finished step's answer or error; its id when it failed."""
     try:
         content, usage = task.result()
+    except QualityRejected as exc:
+        # Its attempts' tokens are billed all the same (summed into the run's usage).
+        record.update(status="failed", error=exc.reason, quality_reasons=exc.reasons)
+        _spent(record, exc.usage)
+        return str(record["id"])
     except LlmError as exc:
         record.update(status="failed", error=exc.reason)
         return str(record["id"])
+    record.update(status="succeeded", result=content)
+    _spent(record, usage)
+    return None
+
+
+def _spent(record: dict[str, Any], usage: Usage) -> None:
+    """Record what a step's calls used and cost, and whether the cache answered."""
     record.update(
-        status="succeeded",
-        result=content,
         usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
         cost_micros=usage.cost_micros,
         provider=usage.provider,
         attempts=usage.attempts,
         tool_calls=list(usage.tool_calls),
+        cached=usage.cached,
     )
-    return None
 
 
 def _outcome(
@@ -159,7 +171,8 @@ def _outcome(
             result, conflicts = combined.result, combined.conflicts
         except WorkflowError as exc:
             status, error = "failed", exc.code
-    ran = [record for record in steps if record["status"] == "succeeded"]
+    # A step the quality gate rejected spent tokens: they are billed with the others.
+    ran = [r for r in steps if r["status"] == "succeeded" or r["error"] == QUALITY_FAILED]
     providers: list[str] = []
     for record in ran:
         if record["provider"] not in providers:

@@ -32,6 +32,7 @@ from apex.agents.graph import Workflow
 from apex.agents.jobs import Job, JobQueue
 from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
+from apex.agents.quality import QualityRejected
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.supervisor import Supervisor
@@ -155,6 +156,10 @@ class WorkerPool:
         except TimeoutError:
             if await self._store.fail(run.id, "run_timeout", status="timed_out"):
                 self._metrics.runs.labels("timed_out").inc()
+            return
+        except QualityRejected as exc:
+            if await self._store.reject(run.id, exc.reasons, exc.usage):
+                self._metrics.runs.labels("rejected").inc()
             return
         except LlmError as exc:
             if await self._store.fail(run.id, exc.reason):
