@@ -80,7 +80,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
-        queue = JobQueue(redis, settings.redis_prefix)
+        queue = JobQueue(redis, settings.redis_prefix, aging=settings.job_aging)
         caller = AgentCaller(settings, provider=provider, metrics=metrics)
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics

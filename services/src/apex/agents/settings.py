@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -42,6 +43,13 @@ class AgentSettings(ServiceSettings):
     job_claim_idle: float = 30.0
     run_timeout: float = 120.0
     models: Mapping[str, Model] = dataclasses.field(default_factory=lambda: DEFAULT_MODELS)
+    # The job queue's retries, aging and per-tenant limits (apex.agents.jobs, .limits).
+    job_retries: int = 3
+    job_backoff: tuple[float, float] = (0.5, 30.0)
+    job_aging: float = 10.0
+    tenant_max_running: int = 4
+    tenant_max_queued: int = 1000
+    tenant_token_budget: int = 1_000_000
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -73,6 +81,7 @@ class AgentSettings(ServiceSettings):
             "job_claim_idle": env.number("APEX_JOB_CLAIM_IDLE", 30.0, unit="seconds"),
             "run_timeout": env.number("APEX_RUN_TIMEOUT", 120.0, unit="seconds"),
             "models": _models(env, "APEX_MODELS"),
+            **_queue_settings(env),
         }
 
 
@@ -114,3 +123,36 @@ def _models(env: Env, variable: str) -> Mapping[str, Model]:
             raise ConfigError(f"{variable}: model {name!r}: context_window must be at least 1")
         models[name] = Model(*values)
     return MappingProxyType(models)
+
+
+def _queue_settings(env: Env) -> dict[str, Any]:
+    """The job queue's retries, backoff and aging, and the per-tenant limits."""
+    return {
+        "job_retries": env.whole_number("APEX_JOB_RETRIES", 3, unit="attempts"),
+        "job_backoff": _backoff(env, "APEX_JOB_BACKOFF", (0.5, 30.0)),
+        "job_aging": env.number("APEX_JOB_AGING", 10.0, unit="seconds"),
+        "tenant_max_running": env.whole_number("APEX_TENANT_MAX_RUNNING", 4, unit="runs"),
+        "tenant_max_queued": env.whole_number("APEX_TENANT_MAX_QUEUED", 1000, unit="runs"),
+        "tenant_token_budget": env.whole_number(
+            "APEX_TENANT_TOKEN_BUDGET", 1_000_000, unit="tokens"
+        ),
+    }
+
+
+def _backoff(env: Env, variable: str, default: tuple[float, float]) -> tuple[float, float]:
+    """``base/cap``: seconds, 0 < base <= cap, both finite."""
+    text = env.get(variable)
+    if text is None:
+        return default
+    parts = text.split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        base, cap = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(
+            f"{variable} must be `base/cap` in seconds (e.g. 0.5/30), got {text!r}"
+        ) from None
+    if not (0 < base <= cap < math.inf):
+        raise ConfigError(f"{variable} needs finite seconds with 0 < base <= cap, got {text!r}")
+    return base, cap
