@@ -281,10 +281,10 @@ class JobQueue:
         for priority, stream in self.streams.items():
             try:
                 group = await self._group(stream)
-            except ResponseError:
+            except ResponseError:  # no stream yet: nothing was ever queued
                 group = None
-            if group is None:
-                queues[priority] = {"depth": 0, "pending": 0}
+            if group is None:  # no worker made the group yet: every job waits
+                queues[priority] = {"depth": int(await self._redis.xlen(stream)), "pending": 0}
                 continue
             depth = group.get("lag")
             if depth is None:  # Redis cannot tell (entries deleted): count them

@@ -40,7 +40,9 @@ class TenantLimits:
     async def admit(self, conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
         """Raise LimitExceeded unless the tenant may queue one more run (``conn`` is in
         the transaction that will store it)."""
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", tenant_id)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", tenant_id
+        )
         spent = await conn.fetchval(
             "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM agent_runs "
             "WHERE tenant_id = $1 AND finished_at >= "

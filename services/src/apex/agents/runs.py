@@ -234,7 +234,8 @@ class RunStore:
                 return "final"
             if row["status"] == "queued":
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", row["tenant_id"]
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))",
+                    row["tenant_id"],
                 )
                 running = await conn.fetchval(
                     "SELECT count(*) FROM agent_runs WHERE tenant_id = $1 AND status = 'running'",
