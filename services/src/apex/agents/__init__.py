@@ -6,7 +6,9 @@ gives the ASGI app, whose lifespan starts ``APEX_AGENTS_WORKERS`` worker tasks;
 ``python -m apex.agents migrate|rollback|status`` manages the platform's schema (its
 tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings``,
 ``definitions`` (the built-in agents), ``runs`` (the run state machine in PostgreSQL),
-``jobs`` (the Redis Streams queue), ``worker``, ``llm`` (the provider through the official
+``jobs`` (the Redis Streams queue: priorities with aging, scheduled jobs, dead letters),
+``retries`` (retries with backoff, deferrals, dead letters), ``limits`` (per-tenant
+limits at submit), ``worker``, ``llm`` (the provider through the official
 ``openai`` SDK), ``costs`` (the model price table), ``metrics``, ``service``, ``routes``,
 ``app``.
 """
