@@ -73,7 +73,10 @@ async def _settled(api: httpx.AsyncClient, admin_token: str, dead: int) -> dict[
         idle = all(q == {"depth": 0, "pending": 0} for q in report["queues"].values())
         return report if idle and report["dlq"] == dead and report["scheduled"] == 0 else None
 
-    report: dict[str, Any] = await eventually(settled, timeout=30, message="the queue settled")
+    report: dict[str, Any] | None = await eventually(
+        settled, timeout=30, message="the queue settled"
+    )
+    assert report is not None  # eventually returns a truthy value
     return report
 
 
