@@ -176,19 +176,17 @@ async def test_messages_naming_no_run_are_dead_lettered_and_the_queue_goes_on(
         good.append(await submit(api, runner, input="second good job"))
         redis.xadd(stream, {"run_id": "not-a-uuid"})
         redis.xadd(stream, {"run_id": not_stored})
+        # Due at once in the scheduled set, but not a job the service wrote.
+        redis.zadd(f"{prefix}agents:scheduled", {"not a job": 0})
         good.append(await submit(api, runner, input="third good job"))
     finally:
         redis.close()
     async with clean_platform.start("agents", APEX_REDIS_PREFIX=prefix, APEX_AGENTS_WORKERS="1"):
         for run_id in good:
             assert (await final_run(api, runner, run_id))["status"] == "succeeded"
-        report = await _settled(api, admin_token, dead=3)
+        report = await _settled(api, admin_token, dead=4)
     letters = sorted((x["reason"], x["run_id"]) for x in report["dead_letters"])
-    assert letters == [
-        ("invalid_message", ""),
-        ("invalid_message", ""),
-        ("unknown_run", not_stored),
-    ]
+    assert letters == [("invalid_message", "")] * 3 + [("unknown_run", not_stored)]
     texts = sorted(call.last_user_text for call in fake_llm.calls)
     assert texts == ["first good job", "second good job", "third good job"]  # each once
     assert await agents_db.fetchval("SELECT count(*) FROM agent_runs") == 3

@@ -65,9 +65,14 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local streams = {high = KEYS[2], normal = KEYS[3], low = KEYS[4]}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
-  local job = cjson.decode(member)
-  local stream = streams[job.priority] or KEYS[3]
-  redis.call('XADD', stream, '*', 'run_id', job.run_id, 'attempt', tostring(job.attempt))
+  local ok, job = pcall(cjson.decode, member)
+  if ok and type(job) == 'table' and type(job.run_id) == 'string' then
+    local stream = streams[job.priority] or KEYS[3]
+    redis.call('XADD', stream, '*', 'run_id', job.run_id, 'attempt', tostring(job.attempt))
+  else
+    -- Not one of ours: queued as it is, a message naming no run (dead-lettered).
+    redis.call('XADD', KEYS[3], '*', 'member', member)
+  end
   redis.call('ZREM', KEYS[1], member)
 end
 local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
