@@ -61,6 +61,21 @@ class Metrics:
             ["verdict"],
             registry=registry,
         )
+        self.job_retries = Counter(
+            "apex_agents_job_retries",
+            "Job attempts that failed and were queued again after their backoff",
+            registry=registry,
+        )
+        self.jobs_deferred = Counter(
+            "apex_agents_jobs_deferred",
+            "Jobs read while their tenant was at APEX_TENANT_MAX_RUNNING, read again later",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "apex_agents_jobs_dead",
+            "Jobs moved to the dead-letter stream",
+            registry=registry,
+        )
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["FINAL", "Run", "RunStore", "Usage", "WorkflowOutcome"]
+__all__ = ["FINAL", "Admit", "Run", "RunStore", "Usage", "WorkflowOutcome"]
 
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
 _ACTIVE: Final = ("queued", "running")
@@ -33,6 +34,11 @@ _CLOSE_STEPS: Final = (
     "WHEN 'pending' THEN s || '{\"status\": \"not_run\"}'::jsonb ELSE s END ORDER BY i) "
     "FROM jsonb_array_elements(steps) WITH ORDINALITY AS t(s, i)), '[]'::jsonb)"
 )
+
+
+# Checks a new run of a tenant before it is stored (in the insert's transaction), raising
+# to refuse it: apex.agents.limits.TenantLimits.admit.
+Admit = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +187,22 @@ class RunStore:
         agent_version: str | None = None,
         permissions: frozenset[str] = frozenset(),
         use_cache: bool = True,
+        admit: Admit | None = None,
     ) -> tuple[Run, bool]:
         """The new queued run (of an agent, or of a workflow), True; or the tenant's run
-        with this key, False."""
-        async with self._pool.acquire() as conn:
+        with this key, False. ``admit`` (the tenant's limits) runs before a new run is
+        stored, in its transaction, and raises to refuse it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if admit is not None:
+                row = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM agent_runs "  # noqa: S608 - constant columns
+                    "WHERE tenant_id = $1 AND idempotency_key = $2",
+                    tenant_id,
+                    idempotency_key,
+                )
+                if row is not None:
+                    return Run.of(row), False
+                await admit(conn, tenant_id)
             row = await conn.fetchrow(
                 f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
                 f"idempotency_key, workflow, agent_version, permissions, use_cache) "
@@ -237,6 +255,50 @@ class RunStore:
                 list(_ACTIVE),
             )
         return None if row is None else Run.of(row)
+
+    async def start_within(self, run_id: uuid.UUID, max_running: int) -> Run | str:
+        """Mark the run running unless its tenant has ``max_running`` runs running (a
+        running run, redelivered, is taken again). The run, or why not: ``"busy"`` (the
+        tenant is at its limit), ``"final"``, ``"missing"`` (no such run). The tenant's
+        count is read under a transaction lock of the tenant, so two workers never both
+        take its last slot."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT tenant_id, status FROM agent_runs WHERE id = $1", run_id
+            )
+            if row is None:
+                return "missing"
+            if row["status"] not in _ACTIVE:
+                return "final"
+            if row["status"] == "queued":
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))",
+                    row["tenant_id"],
+                )
+                running = await conn.fetchval(
+                    "SELECT count(*) FROM agent_runs WHERE tenant_id = $1 AND status = 'running'",
+                    row["tenant_id"],
+                )
+                if running >= max_running:
+                    return "busy"
+            started = await conn.fetchrow(
+                f"UPDATE agent_runs SET status = 'running', updated_at = now() "  # noqa: S608
+                f"WHERE id = $1 AND status = ANY($2::text[]) RETURNING {_COLUMNS}",
+                run_id,
+                list(_ACTIVE),
+            )
+        return "final" if started is None else Run.of(started)
+
+    async def requeue(self, run_id: uuid.UUID) -> bool:
+        """Put a running run back to queued (its job waits for a retry); False when it is
+        not running."""
+        async with self._pool.acquire() as conn:
+            outcome = await conn.execute(
+                "UPDATE agent_runs SET status = 'queued', updated_at = now() "
+                "WHERE id = $1 AND status = 'running'",
+                run_id,
+            )
+        return bool(outcome == "UPDATE 1")
 
     async def succeed(self, run_id: uuid.UUID, result: str, usage: Usage) -> bool:
         """Record the answer and its usage; False when the run was final already."""

@@ -83,7 +83,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
-        queue = JobQueue(redis, settings.redis_prefix)
+        queue = JobQueue(redis, settings.redis_prefix, aging=settings.job_aging)
         definitions = DefinitionStore(pool)
         cache = ResponseCache(redis, settings.redis_prefix, ttl=settings.llm_cache_ttl)
         caller = AgentCaller(

@@ -33,6 +33,7 @@ from apex.agents.jobs import Job, JobQueue
 from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
 from apex.agents.quality import QualityRejected
+from apex.agents.retries import NotStarted, Retries
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.supervisor import Supervisor
@@ -69,6 +70,7 @@ class WorkerPool:
         self._stopping = False
         self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._retries = Retries(settings, store=store, queue=queue, metrics=metrics)
 
     async def start(self, count: int) -> None:
         """Start ``count`` consumers (and the cancel listener when count > 0)."""
@@ -99,6 +101,7 @@ class WorkerPool:
         last_claim = -idle
         while not self._stopping:
             try:
+                due = await self._queue.promote()
                 if time.monotonic() - last_claim >= idle / 2:
                     last_claim = time.monotonic()
                     for job in await self._queue.claim(consumer, idle):
@@ -106,7 +109,8 @@ class WorkerPool:
                             continue  # this process is still working on it
                         self._metrics.jobs_claimed.inc()
                         await self._handle(job, consumer)
-                fresh = await self._queue.next(consumer, block=min(_BLOCK_SECONDS, idle / 2))
+                block = min(_BLOCK_SECONDS, idle / 2, _BLOCK_SECONDS if due is None else due)
+                fresh = await self._queue.next(consumer, block=block)
                 if fresh is not None:
                     await self._handle(fresh, consumer)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -114,7 +118,16 @@ class WorkerPool:
                 await asyncio.sleep(_ERROR_PAUSE)
 
     async def _handle(self, job: Job, consumer: str) -> None:
-        """Run the job's run to a final state (unless it is final already), then XACK."""
+        """Run the job's run to a final state (unless it is final already), then XACK; a
+        failing attempt is retried, the last one dead-lettered (:mod:`apex.agents.retries`)."""
+        if job.run_id is None:
+            await self._retries.bury(job, "invalid_message", "the message names no valid run")
+            return
+        if job.attempt > self._settings.job_retries:
+            await self._retries.bury(
+                job, "worker_lost", f"delivered {job.attempt} times, never acknowledged"
+            )
+            return
         task = asyncio.create_task(self._work(job.run_id))
         self._inflight[job.run_id] = task
         heartbeat = asyncio.create_task(self._heartbeat(job, consumer))
@@ -125,6 +138,12 @@ class WorkerPool:
             if current is not None and current.cancelling():
                 raise  # the pool is stopping: the job stays pending for another worker
             self._metrics.runs.labels("cancelled").inc()
+        except NotStarted as exc:
+            await self._retries.not_started(job, exc.why)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of an attempt is retried
+            await self._retries.failed(job, exc)
+            return
         finally:
             heartbeat.cancel()
             if self._inflight.get(job.run_id) is task:
@@ -142,9 +161,11 @@ class WorkerPool:
                 log.warning("job %s: heartbeat: %s: %s", job.message_id, type(exc).__name__, exc)
 
     async def _work(self, run_id: uuid.UUID) -> None:
-        run = await self._store.start(run_id)
-        if run is None:
-            return  # final already: cancelled, or finished by another delivery
+        run = await self._store.start_within(run_id, self._settings.tenant_max_running)
+        if run == "final":
+            return  # cancelled, or finished by another delivery
+        if isinstance(run, str):
+            raise NotStarted(run)  # its tenant is at APEX_TENANT_MAX_RUNNING, or no run
         if run.workflow is not None:
             await self._work_workflow(run)
             return
