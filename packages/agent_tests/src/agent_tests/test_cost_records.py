@@ -159,7 +159,8 @@ async def test_cost_per_tenant_agent_and_model_is_a_clickhouse_query(
     fake_llm.reply("one", "two, a longer answer", "three, the longest answer of them all")
     runs: dict[str, list[dict[str, Any]]] = {}
     for user in (first, first, second):
-        run_id = await submit(agents_client, user, input=f"question of {user.user_id}")
+        # Uncached: the first user's second run asks what the first asked.
+        run_id = await submit(agents_client, user, input=f"question of {user.user_id}", cache=False)
         run = await final_run(agents_client, user, run_id)
         assert run["status"] == "succeeded", run
         runs.setdefault(user.tenant_id or "", []).append(run)

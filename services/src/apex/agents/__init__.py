@@ -7,10 +7,14 @@ gives the ASGI app, whose lifespan starts ``APEX_AGENTS_WORKERS`` worker tasks;
 tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings``,
 ``definitions`` (versioned agent and tool definitions), ``semver``, ``tools`` (the
 built-in tools, argument validation, authorization, the tool-call loop), ``runs`` (the
-run state machine in PostgreSQL), ``jobs`` (the Redis Streams queue), ``worker``, ``llm``
-(the provider through the official ``openai`` SDK), ``costs`` (the model price table),
-``state`` (run states, versions, restore), ``audit`` (the audit trail), ``config`` (the
-reloadable config), ``metrics``, ``service``, ``routes``, ``definition_routes``, ``app``.
+run state machine in PostgreSQL), ``jobs`` (the Redis Streams queue: priorities with
+aging, scheduled jobs, dead letters), ``retries`` (retries with backoff, deferrals, dead
+letters), ``limits`` (per-tenant limits at submit), ``worker``, ``llm`` (the provider
+through the official ``openai`` SDK), ``context`` (the context window), ``cache`` (the
+response cache), ``quality`` (the quality gate), ``calls`` (the one agent call path),
+``costs`` (the model price table), ``state`` (run states, versions, restore), ``audit``
+(the audit trail), ``config`` (the reloadable config), ``metrics``, ``service``,
+``routes``, ``definition_routes``, ``app``.
 """
 
 from __future__ import annotations

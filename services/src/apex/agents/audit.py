@@ -1,5 +1,5 @@
 """The audit trail of runs: ordered events in PostgreSQL (``agent_audit_events``,
-migration 0018).
+migration 0020; ``run.finished`` written by migration 0021's trigger).
 
 Any module records an event with :meth:`AuditLog.record` (``service.audit``, or the
 ``audit`` the caller and the workers hold): the run (its tenant and id), the event's

@@ -14,32 +14,44 @@ feature of the service hooks in at its stage, not around the caller):
    the audit events (``audit``) and the trace span (``tracing``: the call of stage 4 is
    a span of its own, with the provider's usage).
 
+Stages 2 to 5 repeat for each re-ask of the quality gate (the conversation grows by the
+failing answer and the follow-up message, so stage 2 may drop its oldest messages); the
+step's usage is the sum over its attempts.
+
 The caller raises :class:`apex.agents.llm.LlmError` (``reason``: the contract's error
-code) when the step has no answer.
+code) when the step has no answer: :class:`apex.agents.context.ContextTooLarge` before
+any call, :class:`apex.agents.quality.QualityRejected` (with the usage spent) when every
+attempt failed the gate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from openai.types.chat import ChatCompletionMessageParam
 
+from apex.agents import quality
 from apex.agents.audit import AuditLog
+from apex.agents.cache import ResponseCache, key_of
 from apex.agents.config import AgentConfig
+from apex.agents.context import fit
 from apex.agents.cost_records import CostLedger, CostRecord
-from apex.agents.costs import cost_micros
-from apex.agents.definitions import DefinitionError, DefinitionStore
-from apex.agents.llm import LlmError, Provider
+from apex.agents.costs import Model, cost_micros
+from apex.agents.definitions import Agent, DefinitionError, DefinitionStore
+from apex.agents.llm import Completion, LlmError, Provider
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
-from apex.agents.tools import converse
+from apex.agents.tools import Conversation, Tool, converse
 from apex.agents.tracing import Tracing
 
 __all__ = ["MAIN_STEP", "AgentCaller", "CallContext"]
 
 # The step name of a single-agent run's one call (a workflow's steps have their own ids).
 MAIN_STEP = "main"
+# The provider a cached answer is recorded under (in provider_path): no provider answered.
+CACHE_PROVIDER = "cache"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +76,7 @@ class AgentCaller:
         metrics: Metrics,
         definitions: DefinitionStore,
         audit: AuditLog,
+        cache: ResponseCache | None = None,
         costs: CostLedger | None = None,
         tracing: Tracing | None = None,
     ) -> None:
@@ -71,8 +84,9 @@ class AgentCaller:
         self._provider = provider
         self._metrics = metrics
         self._definitions = definitions
-        self._costs = costs
         self._audit = audit
+        self._cache = cache
+        self._costs = costs
         self._tracing = tracing if tracing is not None else Tracing(None)
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
@@ -92,18 +106,96 @@ class AgentCaller:
             {"role": "system", "content": agent.system},
             {"role": "user", "content": text},
         ]
+        spent: Usage | None = None
+        reasons: list[str] = []
+        for attempt in range(1, self._settings.quality_retries + 2):
+            request = fit(
+                messages, context_window=model.context_window, max_tokens=agent.max_tokens
+            )
+            digest = self._cache_key(context, agent, tools, request)
+            completion, usage = await self._answer(
+                context, agent, model, tools, request, digest, call=attempt
+            )
+            spent = usage if spent is None else _plus(spent, usage)
+            reasons = quality.check(
+                completion.content,
+                finish_reason=completion.finish_reason,
+                output_schema=agent.output_schema,
+            )
+            self._metrics.quality.labels("failed" if reasons else "passed").inc()
+            if not reasons:
+                if digest is not None and not usage.cached and self._cache is not None:
+                    await self._cache.put(digest, completion.content)
+                return completion.content, spent
+            await self._audit.record(
+                context.run, "quality.failed", step=context.step, reasons=list(reasons)
+            )
+            messages.append({"role": "assistant", "content": completion.content})
+            messages.append({"role": "user", "content": quality.reask(reasons)})
+        assert spent is not None  # noqa: S101 - the loop ran at least once
+        raise quality.QualityRejected(reasons, spent)
+
+    def _cache_key(
+        self,
+        context: CallContext,
+        agent: Agent,
+        tools: Mapping[str, Tool],
+        request: list[ChatCompletionMessageParam],
+    ) -> str | None:
+        """The request's cache digest; None when it is not to be cached (cache off, the
+        run's ``cache: false``, a temperature other than 0, a tool needing a permission)."""
+        if self._cache is None or not self._cache.enabled or not context.run.use_cache:
+            return None
+        # A tool's result may depend on the asker's permissions, which the key does not
+        # hold: such an answer is never shared (notes-agents.md § Merging tools and gate).
+        if any(tool.permission is not None for tool in tools.values()):
+            return None
+        return key_of(
+            agent.model,
+            request,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            tools=[tool.spec() for tool in tools.values()],
+        )
+
+    async def _answer(
+        self,
+        context: CallContext,
+        agent: Agent,
+        model: Model,
+        tools: Mapping[str, Tool],
+        request: list[ChatCompletionMessageParam],
+        digest: str | None,
+        *,
+        call: int,
+    ) -> tuple[Conversation, Usage]:
+        """The cached answer to ``request`` (zero usage and cost) or the provider's, with
+        the tool calls it asked for run (``tools.converse``); the ``call``-th of the step.
+        Each answer is audited (``llm.called``, ``cached``) and its cost sent on."""
+        if digest is not None and self._cache is not None:
+            content = await self._cache.get(digest)
+            self._metrics.cache.labels("miss" if content is None else "hit").inc()
+            if content is not None:
+                hit = Completion(content=content, prompt_tokens=0, completion_tokens=0, attempts=0)
+                usage = Usage(0, 0, 0, provider=CACHE_PROVIDER, attempts=0, cached=True)
+                await self._audit_answer(context, agent, usage)
+                return Conversation((hit,), ()), usage
         try:
-            completion = await converse(
+            conversation = await converse(
                 lambda history, specs: self._tracing.llm_call(
                     self._provider.complete(
-                        agent.model, history, max_tokens=agent.max_tokens, tools=specs
+                        agent.model,
+                        history,
+                        max_tokens=agent.max_tokens,
+                        temperature=agent.temperature,
+                        tools=specs,
                     ),
                     run_id=context.run.id,
                     step=context.step,
                     model=agent.model,
                     provider=self._provider.name,
                 ),
-                messages,
+                request,
                 tools,
                 context.run.permissions,
             )
@@ -120,21 +212,27 @@ class AgentCaller:
                 attempts=exc.attempts,
             )
             raise
-        self._count_calls(completion.attempts, ok=True)
+        self._count_calls(conversation.attempts, ok=True)
         usage = Usage(
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            prompt_tokens=conversation.prompt_tokens,
+            completion_tokens=conversation.completion_tokens,
             # Rounded up once per provider call (notes-agents.md), summed over the rounds.
             cost_micros=sum(
-                cost_micros(model, r.prompt_tokens, r.completion_tokens) for r in completion.rounds
+                cost_micros(model, r.prompt_tokens, r.completion_tokens)
+                for r in conversation.rounds
             ),
             provider=self._provider.name,
-            attempts=completion.attempts,
-            tool_calls=completion.tool_calls,
+            attempts=conversation.attempts,
+            tool_calls=conversation.tool_calls,
         )
         self._count_tokens(agent.model, usage)
         if self._costs is not None:  # stage 6: the cost on its way to apex.data
-            await self._costs.append(_record(context, 1, agent_name, agent.model, usage))
+            await self._costs.append(_record(context, call, agent.name, agent.model, usage))
+        await self._audit_answer(context, agent, usage)
+        return conversation, usage
+
+    async def _audit_answer(self, context: CallContext, agent: Agent, usage: Usage) -> None:
+        """An answer in the audit trail: ``llm.called``, then each tool call it made."""
         await self._audit.record(
             context.run,
             "llm.called",
@@ -143,20 +241,18 @@ class AgentCaller:
             model=agent.model,
             tokens={"prompt": usage.prompt_tokens, "completion": usage.completion_tokens},
             cost_micros=usage.cost_micros,
-            cached=False,
+            cached=usage.cached,
             attempts=usage.attempts,
         )
         for record in usage.tool_calls:
-            kind = "tool.called" if record.get("allowed") else "tool.denied"
             await self._audit.record(
                 context.run,
-                kind,
+                "tool.called" if record.get("allowed") else "tool.denied",
                 step=context.step,
                 tool=record.get("name"),
                 version=record.get("version"),
                 error=record.get("error"),
             )
-        return completion.content, usage
 
     def _count_calls(self, attempts: int, *, ok: bool) -> None:
         calls = self._metrics.llm_calls
@@ -168,6 +264,20 @@ class AgentCaller:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(model_name, "completion").inc(usage.completion_tokens)
         self._metrics.cost.labels(model_name).inc(usage.cost_micros)
+
+
+def _plus(before: Usage, after: Usage) -> Usage:
+    """Two attempts' usage together: tokens, cost and attempts summed, tool calls in
+    order; the later one's provider; cached only when both were."""
+    return Usage(
+        prompt_tokens=before.prompt_tokens + after.prompt_tokens,
+        completion_tokens=before.completion_tokens + after.completion_tokens,
+        cost_micros=before.cost_micros + after.cost_micros,
+        provider=after.provider,
+        attempts=before.attempts + after.attempts,
+        tool_calls=before.tool_calls + after.tool_calls,
+        cached=before.cached and after.cached,
+    )
 
 
 def _record(context: CallContext, call: int, agent: str, model: str, usage: Usage) -> CostRecord:

@@ -2,9 +2,9 @@
 ``{"error", "detail"}``).
 
 - ``POST /v1/agents {name, version, model, system, tools?: {name: range}, max_tokens,
-  output_schema?}``: 201 with the definition; 422 ``incompatible`` when a tool it names
-  has no current version in its range, 409 ``version_exists``; nothing stored on a
-  refusal.
+  temperature? (0 to 2, default 0), output_schema?}``: 201 with the definition; 422
+  ``incompatible`` when a tool it names has no current version in its range, 409
+  ``version_exists``; nothing stored on a refusal.
 - ``POST /v1/tools {name, version, description, parameters, permission?}``: 201; 409
   ``incompatible`` (naming the agents) when the version is outside the range of an
   agent's latest version, 409 ``not_newer``; 422 ``unknown_tool`` (no implementation),
@@ -57,6 +57,8 @@ class AgentIn(BaseModel):
         dict[DefName, Annotated[str, Field(max_length=100)]], Field(max_length=MAX_TOOLS)
     ] = {}
     max_tokens: Annotated[int, Field(ge=1, le=100_000)]
+    # The quality gate and the response cache read it (only temperature 0 is cached).
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     output_schema: dict[str, Any] | None = None
 
 

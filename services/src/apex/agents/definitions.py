@@ -1,11 +1,11 @@
 """Versioned agent and tool definitions, and their compatibility.
 
 An agent is ``{name, version, model, system, tools: {name: "<semver range>"}, max_tokens,
-output_schema?}``; a tool ``{name, version, description, parameters, permission?}``
-(:class:`apex.agents.tools.Tool`). The built-in ones (agent ``assistant`` 1.0.0, tools
-``calculator``, ``lookup`` and ``echo`` 1.0.0) are in the code; registered versions are in
-PostgreSQL (``agent_definitions``, ``agent_tool_versions``: migration 0017), so every
-process sees them.
+temperature?, output_schema?}``; a tool ``{name, version, description, parameters,
+permission?}`` (:class:`apex.agents.tools.Tool`). The built-in ones (agents ``assistant``
+and ``extractor`` 1.0.0, tools ``calculator``, ``lookup`` and ``echo`` 1.0.0) are in the
+code; registered versions are in PostgreSQL (``agent_definitions``,
+``agent_tool_versions``: migration 0017), so every process sees them.
 
 The rules (notes-agents.md § Tools and definitions):
 
@@ -18,6 +18,10 @@ The rules (notes-agents.md § Tools and definitions):
   ``incompatible``, naming the agents): to move a tool to a new major version, first
   register an agent version whose range allows it.
 - A run of an agent without ``agent_version`` runs the agent's latest version.
+
+The built-in ``extractor`` answers JSON only, checked against its ``output_schema`` by the
+quality gate. Every agent asks at ``temperature`` 0 unless its definition says otherwise
+(so its answers may be cached: only temperature 0 requests are).
 
 Registrations take one transaction-scoped advisory lock, so two of them never check
 against a state the other is changing.
@@ -55,7 +59,8 @@ class DefinitionError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Agent:
     """An agent: its model, its system message, its answer's token bound, its tools (name
-    -> semver range) and the JSON Schema its answer must fit, if any."""
+    -> semver range), its sampling temperature and the JSON Schema its answer must fit
+    (None: free text)."""
 
     name: str
     version: str
@@ -63,6 +68,7 @@ class Agent:
     system: str
     max_tokens: int
     tools: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    temperature: float = 0.0
     output_schema: Mapping[str, Any] | None = None
 
     @classmethod
@@ -74,6 +80,7 @@ class Agent:
             system=data["system"],
             max_tokens=data["max_tokens"],
             tools=dict(data.get("tools") or {}),
+            temperature=data.get("temperature", 0.0),
             output_schema=data.get("output_schema"),
         )
 
@@ -85,6 +92,7 @@ class Agent:
             "system": self.system,
             "tools": dict(self.tools),
             "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
             "output_schema": None if self.output_schema is None else dict(self.output_schema),
         }
 
@@ -104,6 +112,24 @@ BUILTIN_AGENTS: Final[Mapping[str, Agent]] = MappingProxyType(
             model="gpt-4o-mini",
             system="You are a helpful assistant.",
             max_tokens=256,
+        ),
+        "extractor": Agent(
+            name="extractor",
+            version="1.0.0",
+            model="gpt-4o-mini",
+            system=(
+                "Extract the city and the country the text names. Answer with a JSON "
+                'object {"city": ..., "country": ...} and nothing else.'
+            ),
+            max_tokens=256,
+            output_schema=MappingProxyType(
+                {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                    "required": ["city", "country"],
+                    "additionalProperties": False,
+                }
+            ),
         ),
     }
 )

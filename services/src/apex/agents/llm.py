@@ -58,6 +58,9 @@ class Completion:
     completion_tokens: int
     attempts: int
     tool_calls: tuple[LlmToolCall, ...] = ()
+    # "stop", or "length" when max_tokens cut the answer (the quality gate refuses it);
+    # "tool_calls" when the model asked for tools.
+    finish_reason: str = "stop"
 
 
 class LlmError(Exception):
@@ -93,14 +96,15 @@ class Provider:
         *,
         max_tokens: int,
         tools: Sequence[ChatCompletionToolParam] = (),
+        temperature: float | None = None,
     ) -> Completion:
-        """The provider's answer to ``messages`` (offering ``tools``, if any); LlmError
-        when it gave none."""
+        """The provider's answer to ``messages`` (offering ``tools``, if any; at
+        ``temperature``, None: the provider's default); LlmError when it gave none."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                answer = await self._create(model, messages, max_tokens, tools)
+                answer = await self._create(model, messages, max_tokens, tools, temperature)
             except _RETRYABLE as exc:
                 if attempt > self._retries:
                     raise LlmError(
@@ -121,6 +125,7 @@ class Provider:
                 completion_tokens=answer.usage.completion_tokens,
                 attempts=attempt,
                 tool_calls=_tool_calls(message.tool_calls),
+                finish_reason=answer.choices[0].finish_reason,
             )
 
     async def _create(
@@ -129,6 +134,7 @@ class Provider:
         messages: Sequence[ChatCompletionMessageParam],
         max_tokens: int,
         tools: Sequence[ChatCompletionToolParam],
+        temperature: float | None,
     ) -> ChatCompletion:
         """One request; ``tools`` only when there are some (a request without tools is
         unchanged by them)."""
@@ -140,11 +146,16 @@ class Provider:
                 model=model,
                 messages=list(messages),
                 max_tokens=max_tokens,
+                temperature=temperature,
                 tools=list(tools),
                 extra_headers=headers,
             )
         return await create(
-            model=model, messages=list(messages), max_tokens=max_tokens, extra_headers=headers
+            model=model,
+            messages=list(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            extra_headers=headers,
         )
 
     def retry_wait(self, exc: Exception, attempt: int) -> float:

@@ -54,6 +54,33 @@ class Metrics:
             "Jobs taken over from a consumer that left them unacknowledged (XAUTOCLAIM)",
             registry=registry,
         )
+        self.cache = Counter(
+            "apex_agents_cache",
+            "Response cache lookups by result (hit, miss); a request not cached is not counted",
+            ["result"],
+            registry=registry,
+        )
+        self.quality = Counter(
+            "apex_agents_quality",
+            "Answers checked by the quality gate, by verdict (passed, failed)",
+            ["verdict"],
+            registry=registry,
+        )
+        self.job_retries = Counter(
+            "apex_agents_job_retries",
+            "Job attempts that failed and were queued again after their backoff",
+            registry=registry,
+        )
+        self.jobs_deferred = Counter(
+            "apex_agents_jobs_deferred",
+            "Jobs read while their tenant was at APEX_TENANT_MAX_RUNNING, read again later",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "apex_agents_jobs_dead",
+            "Jobs moved to the dead-letter stream",
+            registry=registry,
+        )
         # -- error aggregation (001#88) --------------------------------------------------
         self.step_errors = Counter(
             "apex_agents_step_errors",

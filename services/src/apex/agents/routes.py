@@ -1,11 +1,15 @@
 """apex.agents' HTTP routes (JSON; errors ``{"error", "detail"}``).
 
-- ``POST /v1/runs {agent | workflow, agent_version?, input, priority?, idempotency_key}``
-  (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the queue; the same
-  key again: 200 with the first run, nothing queued. A workflow is checked first (unknown
-  agent or step, a cycle: 422, nothing stored); an agent's version is resolved (its
-  latest unless named) with its tools (422 ``incompatible``), and the user's permissions
-  (the context token's ``perms``) are kept with the run for its tool calls.
+- ``POST /v1/runs {agent | workflow, agent_version?, input, priority?, idempotency_key,
+  cache?, run_at?}`` (``agents:run``): 202 ``{run_id, status: "queued"}`` and a job on the
+  queue (at ``run_at``: scheduled); the same key again: 200 with the first run, nothing
+  queued. A workflow is checked first (unknown agent or step, a cycle: 422, nothing
+  stored); an agent's version is resolved (its latest unless named) with its tools (422
+  ``incompatible``), and the user's permissions (the context token's ``perms``) are kept
+  with the run for its tool calls. An input that cannot fit its agent's context window is
+  422 ``context_too_large``; then ``run_at`` (422), then the tenant's limits (429
+  ``token_budget_exceeded``, ``too_many_runs``); nothing stored on a refusal. ``cache:
+  false``: the run neither reads nor writes the response cache.
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
   stopped; a final run is answered as it is.
@@ -21,11 +25,13 @@
 - ``POST /admin/config/reload`` (admin token): APEX_AGENTS_CONFIG read again (invalid:
   422 ``invalid_config``, the old config stays); ``POST /admin/shutdown {"mode":
   "emergency"}`` (admin token): the workers stop, their runs in flight ``interrupted``.
+- ``GET /admin/queues`` (admin token): the job queue's depths, pending, scheduled, DLQ.
 - ``GET /metrics`` (admin token): Prometheus text.
 """
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import uuid
 from typing import Annotated, Any, Final, Literal
@@ -34,8 +40,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from apex.agents.context import ContextTooLarge, check_input
 from apex.agents.definitions import DefinitionError
 from apex.agents.graph import Workflow, WorkflowError, check
+from apex.agents.jobs import parse_run_at
+from apex.agents.limits import LimitExceeded, TenantLimits
 from apex.agents.metrics import CONTENT_TYPE
 from apex.agents.runs import FINAL, Run
 from apex.agents.service import AgentService
@@ -120,6 +129,8 @@ class RunIn(BaseModel):
     input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
     priority: Literal["high", "normal", "low"] = "normal"
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    cache: bool = True
+    run_at: Annotated[str, Field(max_length=64)] | None = None
 
 
 async def _workflow_of(body: RunIn, service: AgentService) -> tuple[Workflow | None, str | None]:
@@ -155,30 +166,82 @@ async def _workflow_of(body: RunIn, service: AgentService) -> tuple[Workflow | N
     return workflow, None
 
 
+def _run_at_of(body: RunIn) -> datetime.datetime | None:
+    """When a scheduled run is due (None: now); 422 ``invalid_run_at`` unless it is an
+    RFC 3339 date-time in the future, at most 30 days ahead."""
+    if body.run_at is None:
+        return None
+    try:
+        return parse_run_at(body.run_at, datetime.datetime.now(datetime.UTC))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_run_at", str(exc)) from exc
+
+
 @router.post("/v1/runs", dependencies=[Depends(require_json_body)])
 async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONResponse:
     """Queue a run of an agent or of a workflow (checked before anything is stored)."""
     caller.require(RUN_AGENTS)
     workflow, agent_version = await _workflow_of(body, service)
-    run, created = await service.store.submit(
-        tenant_id=caller.tenant_id,
-        user_id=caller.user_id,
-        agent=body.agent,
-        input_text=body.input,
-        priority=body.priority,
-        idempotency_key=body.idempotency_key,
-        workflow=None if workflow is None else workflow.to_json(),
-        agent_version=agent_version,
-        permissions=caller.permissions,
+    await _check_context(service, body, workflow, agent_version)
+    run_at = _run_at_of(body)
+    settings = service.settings
+    limits = TenantLimits(
+        token_budget=settings.tenant_token_budget, max_queued=settings.tenant_max_queued
     )
+    try:
+        run, created = await service.store.submit(
+            tenant_id=caller.tenant_id,
+            user_id=caller.user_id,
+            agent=body.agent,
+            input_text=body.input,
+            priority=body.priority,
+            idempotency_key=body.idempotency_key,
+            workflow=None if workflow is None else workflow.to_json(),
+            agent_version=agent_version,
+            permissions=caller.permissions,
+            use_cache=body.cache,
+            admit=limits.admit,
+        )
+    except LimitExceeded as exc:
+        raise ApiError(429, exc.code, exc.detail) from exc
     if created:
         await service.states.snapshot(run.id)
         await service.audit.record(run, "run.submitted", priority=run.priority)
+    if created and run_at is not None:
+        await service.queue.schedule(run.id, run.priority, run_at.timestamp())
+    elif created:
         await service.queue.enqueue(run.id, run.priority, traceparent=current_traceparent())
         service.metrics.runs.labels("submitted").inc()
     return JSONResponse(
         {"run_id": str(run.id), "status": run.status}, status_code=202 if created else 200
     )
+
+
+async def _check_context(
+    service: AgentService, body: RunIn, workflow: Workflow | None, agent_version: str | None
+) -> None:
+    """422 ``context_too_large`` when the run's input (each step's own input) with its
+    agent's system message cannot fit the agent's model (dependency outputs only add).
+    The agent is the version the run will call: the pinned one of a run of one agent,
+    each step's agent's latest."""
+    versions = await service.definitions.agent_versions()
+    asks: list[tuple[str | None, str, str]] = [(None, body.agent or "", body.input)]
+    if workflow is not None:
+        asks = [(s.id, s.agent, body.input if s.input is None else s.input) for s in workflow.steps]
+    for step_id, agent_name, text in asks:
+        known = versions[agent_name]
+        pinned = [a for a in known if a.version == agent_version] if step_id is None else []
+        agent = pinned[0] if pinned else known[-1]
+        model = service.settings.models.get(agent.model)
+        if model is None:
+            continue  # no such model: the run fails unknown_agent at its worker
+        try:
+            check_input(
+                agent.system, text, context_window=model.context_window, max_tokens=agent.max_tokens
+            )
+        except ContextTooLarge as exc:
+            where = "" if step_id is None else f"step {step_id!r}: "
+            raise ApiError(422, exc.reason, where + exc.detail) from exc
 
 
 async def _run_of(run_id: str, caller: Caller, service: AgentService) -> Run:
@@ -338,3 +401,10 @@ async def shutdown(body: ShutdownIn, service: Service) -> dict[str, Any]:
     as ``interrupted`` with its state and queued again for the next worker."""
     interrupted = await service.workers.stop()
     return {"mode": body.mode, "interrupted": [str(run_id) for run_id in interrupted]}
+
+
+@router.get("/admin/queues", dependencies=[Depends(require_admin)])
+async def queues(service: Service) -> dict[str, Any]:
+    """The job queue: per priority the jobs waiting and pending (delivered, not
+    acknowledged), the jobs scheduled for later, the dead letters (count, newest)."""
+    return await service.queue.report()

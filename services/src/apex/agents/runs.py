@@ -1,16 +1,16 @@
 """Runs and their state machine, persisted in PostgreSQL (``agent_runs``, migrations 0015,
-0016 and 0017).
+0016, 0017 and 0022).
 
 A run is of one agent or of a workflow (its declaration, each step's record and the
 merge's conflicting keys are kept with it).
 
 A run is ``queued`` when submitted, ``running`` once a worker took its job, then one of
-``succeeded``, ``failed`` or ``cancelled`` (the final states: a final run never changes
-again). A running run whose worker shut down is ``interrupted`` until a worker takes it
-again (it resumes from its last state: ``apex.agents.state``). Each transition is one
-conditional UPDATE, so two workers holding the same job (a redelivery) finish it once,
-and a cancel wins over a late answer. Every read and write names the tenant, so another
-tenant's run is not found.
+``succeeded``, ``failed``, ``rejected`` (by the quality gate) or ``cancelled`` (the final
+states: a final run never changes again). A running run whose worker shut down is
+``interrupted`` until a worker takes it again (it resumes from its last state:
+``apex.agents.state``). Each transition is one conditional UPDATE, so two workers holding
+the same job (a redelivery) finish it once, and a cancel wins over a late answer. Every
+read and write names the tenant, so another tenant's run is not found.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["FINAL", "Run", "RunStore", "Usage", "WorkflowOutcome"]
+__all__ = ["FINAL", "Admit", "Run", "RunStore", "Usage", "WorkflowOutcome"]
 
 FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed_out"})
 _ACTIVE: Final = ("queued", "running", "interrupted")
@@ -37,6 +38,11 @@ _CLOSE_STEPS: Final = (
 )
 
 
+# Checks a new run of a tenant before it is stored (in the insert's transaction), raising
+# to refuse it: apex.agents.limits.TenantLimits.admit.
+Admit = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Usage:
     """What a run's LLM calls used, by the provider's report, and what it cost."""
@@ -47,6 +53,8 @@ class Usage:
     provider: str
     attempts: int
     tool_calls: tuple[dict[str, Any], ...] = ()
+    # Answered from the response cache (no provider call: zero tokens, zero cost).
+    cached: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +97,9 @@ class Run:
     agent_version: str | None = None
     permissions: frozenset[str] = frozenset()
     tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    use_cache: bool = True
+    cached: bool = False
+    quality_reasons: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> Run:
@@ -112,6 +123,9 @@ class Run:
             agent_version=row["agent_version"],
             permissions=frozenset(json.loads(row["permissions"])),
             tool_calls=json.loads(row["tool_calls"]),
+            use_cache=row["use_cache"],
+            cached=row["cached"],
+            quality_reasons=json.loads(row["quality_reasons"]),
         )
 
     def view(self) -> dict[str, Any]:
@@ -132,12 +146,16 @@ class Run:
             "provider_path": self.provider_path,
             "tool_calls": self.tool_calls,
             "errors": self.errors(),
+            "cached": self.cached,
+            "quality_reasons": self.quality_reasons,
         }
         if self.workflow is not None:
             view["workflow"] = self.workflow
             view["conflicts"] = self.conflicts
             failed = [step["id"] for step in self.steps if step.get("status") == "failed"]
             view["failed_step"] = failed[0] if failed else None
+            ran = [step for step in self.steps if step.get("status") == "succeeded"]
+            view["cached"] = bool(ran) and all(step.get("cached") for step in ran)
         return view
 
     def errors(self) -> list[dict[str, str | None]]:
@@ -160,7 +178,7 @@ class Run:
 _COLUMNS: Final = (
     "id, tenant_id, user_id, agent, input, priority, status, result, error, prompt_tokens, "
     "completion_tokens, cost_micros, provider_path, workflow, steps, conflicts, agent_version, "
-    "permissions, tool_calls"
+    "permissions, tool_calls, use_cache, cached, quality_reasons"
 )
 
 
@@ -187,14 +205,27 @@ class RunStore:
         workflow: dict[str, Any] | None = None,
         agent_version: str | None = None,
         permissions: frozenset[str] = frozenset(),
+        use_cache: bool = True,
+        admit: Admit | None = None,
     ) -> tuple[Run, bool]:
         """The new queued run (of an agent, or of a workflow), True; or the tenant's run
-        with this key, False."""
-        async with self._pool.acquire() as conn:
+        with this key, False. ``admit`` (the tenant's limits) runs before a new run is
+        stored, in its transaction, and raises to refuse it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if admit is not None:
+                row = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM agent_runs "  # noqa: S608 - constant columns
+                    "WHERE tenant_id = $1 AND idempotency_key = $2",
+                    tenant_id,
+                    idempotency_key,
+                )
+                if row is not None:
+                    return Run.of(row), False
+                await admit(conn, tenant_id)
             row = await conn.fetchrow(
                 f"INSERT INTO agent_runs (id, tenant_id, user_id, agent, input, priority, "  # noqa: S608 - constant columns
-                f"idempotency_key, workflow, agent_version, permissions) "
-                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+                f"idempotency_key, workflow, agent_version, permissions, use_cache) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11) "
                 f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
                 uuid.uuid4(),
                 tenant_id,
@@ -206,6 +237,7 @@ class RunStore:
                 None if workflow is None else json.dumps(workflow),
                 agent_version,
                 json.dumps(sorted(permissions)),
+                use_cache,
             )
             if row is not None:
                 return Run.of(row), True
@@ -243,6 +275,50 @@ class RunStore:
             )
         return None if row is None else Run.of(row)
 
+    async def start_within(self, run_id: uuid.UUID, max_running: int) -> Run | str:
+        """Mark the run running unless its tenant has ``max_running`` runs running (a
+        running run, redelivered, is taken again). The run, or why not: ``"busy"`` (the
+        tenant is at its limit), ``"final"``, ``"missing"`` (no such run). The tenant's
+        count is read under a transaction lock of the tenant, so two workers never both
+        take its last slot."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT tenant_id, status FROM agent_runs WHERE id = $1", run_id
+            )
+            if row is None:
+                return "missing"
+            if row["status"] not in _ACTIVE:
+                return "final"
+            if row["status"] in ("queued", "interrupted"):  # not yet counted as running
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))",
+                    row["tenant_id"],
+                )
+                running = await conn.fetchval(
+                    "SELECT count(*) FROM agent_runs WHERE tenant_id = $1 AND status = 'running'",
+                    row["tenant_id"],
+                )
+                if running >= max_running:
+                    return "busy"
+            started = await conn.fetchrow(
+                f"UPDATE agent_runs SET status = 'running', updated_at = now() "  # noqa: S608
+                f"WHERE id = $1 AND status = ANY($2::text[]) RETURNING {_COLUMNS}",
+                run_id,
+                list(_ACTIVE),
+            )
+        return "final" if started is None else Run.of(started)
+
+    async def requeue(self, run_id: uuid.UUID) -> bool:
+        """Put a running run back to queued (its job waits for a retry); False when it is
+        not running."""
+        async with self._pool.acquire() as conn:
+            outcome = await conn.execute(
+                "UPDATE agent_runs SET status = 'queued', updated_at = now() "
+                "WHERE id = $1 AND status = 'running'",
+                run_id,
+            )
+        return bool(outcome == "UPDATE 1")
+
     async def succeed(self, run_id: uuid.UUID, result: str, usage: Usage) -> bool:
         """Record the answer and its usage; False when the run was final already."""
         async with self._pool.acquire() as conn:
@@ -250,10 +326,33 @@ class RunStore:
                 "UPDATE agent_runs SET status = 'succeeded', result = $2, prompt_tokens = $3, "
                 "completion_tokens = $4, cost_micros = $5, "
                 "provider_path = provider_path || jsonb_build_array($6::text), "
+                "llm_attempts = llm_attempts + $7, tool_calls = $8::jsonb, cached = $9, "
+                "updated_at = now(), finished_at = now() WHERE id = $1 AND status = 'running'",
+                run_id,
+                result,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cost_micros,
+                usage.provider,
+                usage.attempts,
+                json.dumps(list(usage.tool_calls)),
+                usage.cached,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def reject(self, run_id: uuid.UUID, reasons: list[str], usage: Usage) -> bool:
+        """Mark the run ``rejected`` by the quality gate (error ``quality_failed``, no
+        result) with the reasons and the usage of every attempt (billed all the same) and
+        the tool calls they made; False when the run was final already."""
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE agent_runs SET status = 'rejected', error = 'quality_failed', "
+                "quality_reasons = $2::jsonb, prompt_tokens = $3, completion_tokens = $4, "
+                "cost_micros = $5, provider_path = provider_path || jsonb_build_array($6::text), "
                 "llm_attempts = llm_attempts + $7, tool_calls = $8::jsonb, updated_at = now(), "
                 "finished_at = now() WHERE id = $1 AND status = 'running'",
                 run_id,
-                result,
+                json.dumps(reasons),
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cost_micros,

@@ -20,6 +20,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from apex.agents.audit import AuditLog
+from apex.agents.cache import ResponseCache
 from apex.agents.calls import AgentCaller
 from apex.agents.config import ConfigHolder
 from apex.agents.cost_records import CostDelivery, CostLedger
@@ -105,7 +106,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
-        queue = JobQueue(redis, settings.redis_prefix)
+        queue = JobQueue(redis, settings.redis_prefix, aging=settings.job_aging)
         definitions = DefinitionStore(pool)
         states, audit = StateStore(pool), AuditLog(pool)
         config = ConfigHolder(settings.agents_config, settings.models)
@@ -117,6 +118,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             metrics=metrics,
             definitions=definitions,
             audit=audit,
+            cache=ResponseCache(redis, settings.redis_prefix, ttl=settings.llm_cache_ttl),
             costs=ledger,
             tracing=tracing,
         )

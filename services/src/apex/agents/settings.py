@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -51,6 +52,17 @@ class AgentSettings(ServiceSettings):
     agents_config: str | None = None
     # Tracing (apex.agents.tracing): the OTLP/HTTP traces URL; None: no export.
     otel_endpoint: str | None = None
+    # The response cache and the quality gate (contract: APEX_LLM_CACHE_TTL, 0 = off;
+    # APEX_QUALITY_RETRIES, re-asks of a failing answer).
+    llm_cache_ttl: float = 3600.0
+    quality_retries: int = 1
+    # The job queue's retries, aging and per-tenant limits (apex.agents.jobs, .limits).
+    job_retries: int = 3
+    job_backoff: tuple[float, float] = (0.5, 30.0)
+    job_aging: float = 10.0
+    tenant_max_running: int = 4
+    tenant_max_queued: int = 1000
+    tenant_token_budget: int = 1_000_000
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -90,6 +102,9 @@ class AgentSettings(ServiceSettings):
             "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
             "agents_config": _agents_config(env, _models(env, "APEX_MODELS")),
             "otel_endpoint": env.url("APEX_OTEL_ENDPOINT", HTTP_SCHEMES),
+            "llm_cache_ttl": _seconds_or_off(env, "APEX_LLM_CACHE_TTL", 3600.0),
+            "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
+            **_queue_settings(env),
         }
 
 
@@ -125,3 +140,50 @@ def _agents_config(env: Env, models: Mapping[str, Model]) -> str | None:
     if path is not None:
         read_config(path, default_models=models)
     return path
+
+
+def _seconds_or_off(env: Env, variable: str, default: float) -> float:
+    """A finite number of seconds >= 0 (0: off)."""
+    text = env.get(variable)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a number of seconds, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"{variable} must be a finite number >= 0 (0: off), got {text!r}")
+    return value
+
+
+def _queue_settings(env: Env) -> dict[str, Any]:
+    """The job queue's retries, backoff and aging, and the per-tenant limits."""
+    return {
+        "job_retries": env.whole_number("APEX_JOB_RETRIES", 3, unit="attempts"),
+        "job_backoff": _backoff(env, "APEX_JOB_BACKOFF", (0.5, 30.0)),
+        "job_aging": env.number("APEX_JOB_AGING", 10.0, unit="seconds"),
+        "tenant_max_running": env.whole_number("APEX_TENANT_MAX_RUNNING", 4, unit="runs"),
+        "tenant_max_queued": env.whole_number("APEX_TENANT_MAX_QUEUED", 1000, unit="runs"),
+        "tenant_token_budget": env.whole_number(
+            "APEX_TENANT_TOKEN_BUDGET", 1_000_000, unit="tokens"
+        ),
+    }
+
+
+def _backoff(env: Env, variable: str, default: tuple[float, float]) -> tuple[float, float]:
+    """``base/cap``: seconds, 0 < base <= cap, both finite."""
+    text = env.get(variable)
+    if text is None:
+        return default
+    parts = text.split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        base, cap = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(
+            f"{variable} must be `base/cap` in seconds (e.g. 0.5/30), got {text!r}"
+        ) from None
+    if not (0 < base <= cap < math.inf):
+        raise ConfigError(f"{variable} needs finite seconds with 0 < base <= cap, got {text!r}")
+    return base, cap

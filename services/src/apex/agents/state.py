@@ -1,4 +1,4 @@
-"""Runs' states, persisted with versions (``agent_run_states``, migration 0018), and restore.
+"""Runs' states, persisted with versions (``agent_run_states``, migration 0020), and restore.
 
 A state is what ``agent_runs`` holds of a run's progress: its status, its step records
 (a workflow's steps; a single-agent run's one step ``main``), its result and error.
@@ -89,6 +89,7 @@ def step_record(
         "provider": None if usage is None else usage.provider,
         "attempts": 0 if usage is None else usage.attempts,
         "tool_calls": [] if usage is None else list(usage.tool_calls),
+        "cached": False if usage is None else usage.cached,
     }
 
 
@@ -106,6 +107,7 @@ def usage_of(record: dict[str, Any]) -> Usage:
         provider=record["provider"],
         attempts=record["attempts"],
         tool_calls=tuple(record.get("tool_calls") or ()),
+        cached=bool(record.get("cached", False)),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from apex.agents.graph import Step, Workflow, WorkflowError, aggregate, holds, step_input
 from apex.agents.llm import LlmError
+from apex.agents.quality import QUALITY_FAILED, QualityRejected
 from apex.agents.runs import Usage, WorkflowOutcome
 from apex.agents.state import step_record
 
@@ -113,13 +114,27 @@ def _settle(record: dict[str, Any], task: asyncio.Task[tuple[str, Usage]]) -> st
     """Record a finished step's answer or error; its id when it failed."""
     try:
         content, usage = task.result()
+    except QualityRejected as exc:
+        # Its attempts' tokens are billed all the same (summed into the run's usage).
+        record.update(status="failed", error=exc.reason, quality_reasons=exc.reasons)
+        _spent(record, exc.usage)
+        return str(record["id"])
     except LlmError as exc:
         record.update(status="failed", error=exc.reason)
         return str(record["id"])
-    record.update(
-        step_record(record["id"], record["agent"], status="succeeded", result=content, usage=usage)
-    )
+    record.update(status="succeeded", result=content)
+    _spent(record, usage)
     return None
+
+
+# The fields of a step record that say what its calls used (``state.step_record``).
+_USAGE_FIELDS: Final = ("usage", "cost_micros", "provider", "attempts", "tool_calls", "cached")
+
+
+def _spent(record: dict[str, Any], usage: Usage) -> None:
+    """Record what a step's calls used and cost, and whether the cache answered."""
+    spent = step_record(record["id"], record["agent"], usage=usage)
+    record.update({key: spent[key] for key in _USAGE_FIELDS})
 
 
 def _outcome(
@@ -143,7 +158,8 @@ def _outcome(
             result, conflicts = combined.result, combined.conflicts
         except WorkflowError as exc:
             status, error = "failed", exc.code
-    ran = [record for record in steps if record["status"] == "succeeded"]
+    # A step the quality gate rejected spent tokens: they are billed with the others.
+    ran = [r for r in steps if r["status"] == "succeeded" or r["error"] == QUALITY_FAILED]
     providers: list[str] = []
     for record in ran:
         if record["provider"] not in providers:

@@ -274,6 +274,11 @@ class Conversation:
         return self.rounds[-1].content
 
     @property
+    def finish_reason(self) -> str:
+        """The last round's (the quality gate refuses an answer ``length`` cut)."""
+        return self.rounds[-1].finish_reason
+
+    @property
     def prompt_tokens(self) -> int:
         return sum(r.prompt_tokens for r in self.rounds)
 

@@ -43,6 +43,8 @@ from apex.agents.graph import Workflow
 from apex.agents.jobs import Job, JobQueue
 from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
+from apex.agents.quality import QualityRejected
+from apex.agents.retries import NotStarted, Retries
 from apex.agents.runs import Run, RunStore, Usage
 from apex.agents.settings import AgentSettings
 from apex.agents.state import StateStore, step_record, usage_of
@@ -90,6 +92,7 @@ class WorkerPool:
         self._stopping = False
         self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._retries = Retries(settings, store=store, queue=queue, metrics=metrics)
 
     async def start(self, count: int) -> None:
         """Start ``count`` consumers (and the cancel listener when count > 0)."""
@@ -118,28 +121,28 @@ class WorkerPool:
         self._tasks.clear()
         self._inflight.clear()
         self._jobs.clear()
-        return [run_id for run_id, job in held.items() if await self._interrupt(job)]
+        return [run_id for run_id, job in held.items() if await self._interrupt(run_id, job)]
 
-    async def _interrupt(self, job: Job) -> bool:
+    async def _interrupt(self, run_id: uuid.UUID, job: Job) -> bool:
         """Persist the job's run as interrupted and queue it again; False when it was not
         running (then its job stays pending: whoever claims it finds it final or runs it)."""
         errors = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
         try:
-            if not await self._store.interrupt(job.run_id):
+            if not await self._store.interrupt(run_id):
                 return False
         except errors as exc:
-            log.warning("run %s: interrupt: %s: %s", job.run_id, type(exc).__name__, exc)
+            log.warning("run %s: interrupt: %s: %s", run_id, type(exc).__name__, exc)
             return False  # still running: its job is claimed after APEX_JOB_CLAIM_IDLE
         try:
-            await self._states.snapshot(job.run_id)
-            run = await self._store.get(job.run_id)
+            await self._states.snapshot(run_id)
+            run = await self._store.get(run_id)
             if run is not None:
                 await self._audit.record(run, "run.interrupted")
                 await self._queue.enqueue(run.id, run.priority)
             await self._queue.ack(job)
         except errors as exc:
             # Its job stays pending: a worker claims it after APEX_JOB_CLAIM_IDLE.
-            log.warning("run %s: requeue: %s: %s", job.run_id, type(exc).__name__, exc)
+            log.warning("run %s: requeue: %s: %s", run_id, type(exc).__name__, exc)
         return True
 
     async def _consume(self, consumer: str) -> None:
@@ -147,6 +150,7 @@ class WorkerPool:
         last_claim = -idle
         while not self._stopping:
             try:
+                due = await self._queue.promote()
                 if time.monotonic() - last_claim >= idle / 2:
                     last_claim = time.monotonic()
                     for job in await self._queue.claim(consumer, idle):
@@ -154,7 +158,8 @@ class WorkerPool:
                             continue  # this process is still working on it
                         self._metrics.jobs_claimed.inc()
                         await self._handle(job, consumer)
-                fresh = await self._queue.next(consumer, block=min(_BLOCK_SECONDS, idle / 2))
+                block = min(_BLOCK_SECONDS, idle / 2, _BLOCK_SECONDS if due is None else due)
+                fresh = await self._queue.next(consumer, block=block)
                 if fresh is not None:
                     await self._handle(fresh, consumer)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -162,8 +167,17 @@ class WorkerPool:
                 await asyncio.sleep(_ERROR_PAUSE)
 
     async def _handle(self, job: Job, consumer: str) -> None:
-        """Run the job's run to a final state (unless it is final already), then XACK."""
-        task = asyncio.create_task(self._traced_work(job))
+        """Run the job's run to a final state (unless it is final already), then XACK; a
+        failing attempt is retried, the last one dead-lettered (:mod:`apex.agents.retries`)."""
+        if job.run_id is None:
+            await self._retries.bury(job, "invalid_message", "the message names no valid run")
+            return
+        if job.attempt > self._settings.job_retries:
+            await self._retries.bury(
+                job, "worker_lost", f"delivered {job.attempt} times, never acknowledged"
+            )
+            return
+        task = asyncio.create_task(self._traced_work(job, job.run_id))
         self._inflight[job.run_id] = task
         self._jobs[job.run_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job, consumer))
@@ -174,6 +188,12 @@ class WorkerPool:
             if current is not None and current.cancelling():
                 raise  # the pool is stopping: the job stays pending for another worker
             self._metrics.runs.labels("cancelled").inc()
+        except NotStarted as exc:
+            await self._retries.not_started(job, exc.why)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of an attempt is retried
+            await self._retries.failed(job, exc)
+            return
         finally:
             heartbeat.cancel()
             if self._inflight.get(job.run_id) is task:
@@ -181,16 +201,16 @@ class WorkerPool:
                 self._jobs.pop(job.run_id, None)
         await self._queue.ack(job)
 
-    async def _traced_work(self, job: Job) -> None:
-        """The job's work in a span continuing the submitting request's trace, timed
-        (apex_agents_run_seconds)."""
+    async def _traced_work(self, job: Job, run_id: uuid.UUID) -> None:
+        """The work on ``job``'s run in a span continuing the submitting request's trace,
+        timed (apex_agents_run_seconds)."""
         started = time.perf_counter()
         await self._tracing.traced(
-            self._work(job.run_id),
+            self._work(run_id),
             "agents.job",
             traceparent=job.traceparent,
             kind=SpanKind.CONSUMER,
-            attributes={"apex.run_id": str(job.run_id), "apex.worker": self._name},
+            attributes={"apex.run_id": str(run_id), "apex.worker": self._name},
         )
         self._metrics.run_seconds.observe(time.perf_counter() - started)
 
@@ -205,9 +225,11 @@ class WorkerPool:
                 log.warning("job %s: heartbeat: %s: %s", job.message_id, type(exc).__name__, exc)
 
     async def _work(self, run_id: uuid.UUID) -> None:
-        run = await self._store.start(run_id)
-        if run is None:
-            return  # final already: cancelled, or finished by another delivery
+        run = await self._store.start_within(run_id, self._settings.tenant_max_running)
+        if run == "final":
+            return  # cancelled, or finished by another delivery
+        if isinstance(run, str):
+            raise NotStarted(run)  # its tenant is at APEX_TENANT_MAX_RUNNING, or no run
         # The run keeps the config it started with, whatever a reload does meanwhile.
         config = self._config.current
         if run.workflow is not None:
@@ -234,6 +256,15 @@ class WorkerPool:
                 await self._save(run, [timed_out])
                 fail = self._store.fail(run.id, "run_timeout", status="timed_out")
                 await self._finish(run, fail, "timed_out")
+                return
+            except QualityRejected as exc:
+                rejected = step_record(
+                    MAIN_STEP, agent, status="failed", error=exc.reason, usage=exc.usage
+                )
+                rejected["quality_reasons"] = list(exc.reasons)
+                await self._save(run, [rejected])
+                reject = self._store.reject(run.id, exc.reasons, exc.usage)
+                await self._finish(run, reject, "rejected")
                 return
             except LlmError as exc:
                 failed = step_record(MAIN_STEP, agent, status="failed", error=exc.reason)
