@@ -230,6 +230,15 @@ def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
 
 
 @pytest.fixture
+def fake_llm_fallback(apex_worker: Worker) -> Iterator[FakeLlm]:
+    """The second OpenAI-compatible LLM provider (a `FakeLlm` of its own, reset), standing
+    in for apex.agents' fallback provider (third party `llm_fallback`). L4: the target's
+    `[sandboxes.llm_fallback]`."""
+    with fake_of(apex_worker, "llm_fallback") as fake:
+        yield cast("FakeLlm", fake)
+
+
+@pytest.fixture
 def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
     """A factory: `fault_proxy(upstream_url)` starts a FaultProxy to it (use
     `proxy.url_for(upstream_url)` as the new URL); every one is stopped after the test."""
