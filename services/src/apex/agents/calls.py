@@ -7,8 +7,8 @@ feature of the service hooks in at its stage, not around the caller):
 1. resolve the agent's definition and its model's price (``definitions``, ``costs``);
 2. build the messages and fit them into the model's context window (``context``);
 3. answer from the response cache when the request may be cached (``cache``);
-4. call the providers (``llm``: retries, failover, breakers), running tool calls the model
-   asks for (``tools``);
+4. call the providers (``failover``: in order, each behind its ``breaker``; ``llm``:
+   retries), running tool calls the model asks for (``tools``);
 5. check the answer against the quality gate, re-asking with the reasons (``quality``);
 6. count usage and cost (``metrics``), send the cost to apex.data (``costs``), record
    the audit events (``audit``) and the trace span (``tracing``).
@@ -25,7 +25,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from apex.agents.costs import cost_micros
 from apex.agents.definitions import BUILTIN_AGENTS
-from apex.agents.llm import LlmError, Provider
+from apex.agents.failover import Failover
+from apex.agents.llm import LlmError
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
@@ -47,9 +48,9 @@ class CallContext:
 class AgentCaller:
     """Makes one agent call of a run (the stages in the module's docstring)."""
 
-    def __init__(self, settings: AgentSettings, *, provider: Provider, metrics: Metrics) -> None:
+    def __init__(self, settings: AgentSettings, *, providers: Failover, metrics: Metrics) -> None:
         self._settings = settings
-        self._provider = provider
+        self._providers = providers
         self._metrics = metrics
 
     async def call(self, context: CallContext, agent_name: str, text: str) -> tuple[str, Usage]:
@@ -63,29 +64,18 @@ class AgentCaller:
             {"role": "system", "content": agent.system},
             {"role": "user", "content": text},
         ]
-        try:
-            completion = await self._provider.complete(
-                agent.model, messages, max_tokens=agent.max_tokens
-            )
-        except LlmError as exc:
-            self._count_calls(exc.attempts, ok=False)
-            raise
-        self._count_calls(completion.attempts, ok=True)
+        # Stage 4: failover across the providers (requests counted per provider there).
+        answer = await self._providers.complete(agent.model, messages, max_tokens=agent.max_tokens)
+        completion = answer.completion
         usage = Usage(
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             cost_micros=cost_micros(model, completion.prompt_tokens, completion.completion_tokens),
-            provider=self._provider.name,
-            attempts=completion.attempts,
+            provider=answer.provider,
+            attempts=answer.attempts,
         )
         self._count_tokens(agent.model, usage)
         return completion.content, usage
-
-    def _count_calls(self, attempts: int, *, ok: bool) -> None:
-        calls = self._metrics.llm_calls
-        name = self._provider.name
-        calls.labels(name, "retried").inc(attempts - 1)
-        calls.labels(name, "ok" if ok else "failed").inc()
 
     def _count_tokens(self, model_name: str, usage: Usage) -> None:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)

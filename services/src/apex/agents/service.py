@@ -16,6 +16,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from apex.agents.calls import AgentCaller
+from apex.agents.failover import Failover
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
@@ -41,7 +42,7 @@ class AgentService:
     store: RunStore
     queue: JobQueue
     redis: Redis
-    provider: Provider
+    providers: Failover
     verifier: Verifier
     workers: WorkerPool
 
@@ -69,24 +70,35 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(pool.close)
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
         stack.push_async_callback(redis.aclose)
-        provider = Provider(
-            "llm",
-            settings.llm_base_url,
-            settings.llm_api_key,
-            timeout=settings.llm_timeout,
-            retries=settings.llm_retries,
-        )
-        stack.push_async_callback(provider.aclose)
+        providers = _providers(settings, metrics)
+        stack.push_async_callback(providers.aclose)
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix)
-        caller = AgentCaller(settings, provider=provider, metrics=metrics)
+        caller = AgentCaller(settings, providers=providers, metrics=metrics)
         pool_of_workers = WorkerPool(
             settings, store=store, queue=queue, caller=caller, redis=redis, metrics=metrics
         )
         await pool_of_workers.start(workers)
         stack.push_async_callback(pool_of_workers.stop)
         yield AgentService(
-            settings, metrics, store, queue, redis, provider, verifier, pool_of_workers
+            settings, metrics, store, queue, redis, providers, verifier, pool_of_workers
         )
+
+
+def _providers(settings: AgentSettings, metrics: Metrics) -> Failover:
+    """The providers in failover order: ``llm``, then ``llm_fallback`` if configured."""
+    urls = [("llm", settings.llm_base_url, settings.llm_api_key)]
+    if settings.llm_fallback_base_url and settings.llm_fallback_api_key:
+        urls.append(("llm_fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key))
+    providers = [
+        Provider(name, url, key, timeout=settings.llm_timeout, retries=settings.llm_retries)
+        for name, url, key in urls
+    ]
+    return Failover(
+        providers,
+        failures=settings.breaker_failures,
+        reset=settings.breaker_reset,
+        metrics=metrics,
+    )
