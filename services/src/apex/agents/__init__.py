@@ -6,8 +6,9 @@ gives the ASGI app, whose lifespan starts ``APEX_AGENTS_WORKERS`` worker tasks;
 ``python -m apex.agents migrate|rollback|status`` manages the platform's schema (its
 tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings``,
 ``definitions`` (the built-in agents), ``runs`` (the run state machine in PostgreSQL),
-``jobs`` (the Redis Streams queue), ``worker``, ``llm`` (the provider through the official
-``openai`` SDK), ``costs`` (the model price table), ``metrics``, ``service``, ``routes``,
+``jobs`` (the Redis Streams queue), ``worker``, ``llm`` (a provider through the official
+``openai`` SDK), ``failover`` (the providers in order), ``breaker`` (one per provider),
+``costs`` (the model price table), ``metrics``, ``service``, ``routes``,
 ``app``.
 """
 
