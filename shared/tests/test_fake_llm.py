@@ -25,6 +25,7 @@ import openai
 import pytest
 from conftest import finish, inner_env
 
+from apex import topology
 from apex_testkit import (
     FakeLlm,
     LlmReply,
@@ -40,6 +41,7 @@ from apex_testkit._fakes import attach, start
 from apex_testkit._fakes.llm import embedding
 from apex_testkit._level import Level
 from apex_testkit._sandboxes import fake_of
+from apex_testkit._sut.wiring import party_env
 from apex_testkit._target import load_target
 
 MODEL = "gpt-4o-mini"
@@ -115,6 +117,24 @@ def test_the_sdk_gets_an_answer_with_exact_usage_and_the_log_has_the_request(fak
     # Unscripted: a default answer naming the question.
     default = _client(fake_llm).chat.completions.create(model=MODEL, messages=USER)
     assert default.choices[0].message.content == "Fake answer to: " + USER[0]["content"]
+
+
+def test_the_fallback_fake_is_a_second_llm_fake_of_its_own(fake_llm, fake_llm_fallback):
+    """`fake_llm_fallback` (apex.agents' `llm_fallback`) is another server, with its own
+    script and request log, wired into the agents service's fallback settings."""
+    assert fake_llm_fallback.base_url != fake_llm.base_url
+    assert fake_llm_fallback.api_key != fake_llm.api_key
+    fake_llm.reply("from the primary")
+    fake_llm_fallback.reply("from the fallback")
+    answer = _client(fake_llm_fallback).chat.completions.create(model=MODEL, messages=USER)
+    assert answer.choices[0].message.content == "from the fallback"
+    assert [c.status for c in fake_llm_fallback.calls] == [200]
+    assert fake_llm.calls == []
+    party = topology.service("agents").third_party("llm_fallback")
+    assert party_env("agents", party, fake_llm_fallback) == {
+        "APEX_LLM_FALLBACK_BASE_URL": fake_llm_fallback.base_url,
+        "APEX_LLM_FALLBACK_API_KEY": fake_llm_fallback.api_key,
+    }
 
 
 def test_the_sdk_streams_chunks_a_usage_chunk_and_done(fake_llm):

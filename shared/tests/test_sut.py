@@ -77,7 +77,7 @@ def test_stack_runs_a_command_against_the_platform(tmp_path: Path):
     loaded = load_target(target)
     assert loaded.admin_token
     # The kit's fakes served as the platform's sandboxes, and went with the stack.
-    assert sorted(loaded.sandboxes) == ["llm", "oidc", "saml", "sms", "smtp"]
+    assert sorted(loaded.sandboxes) == ["llm", "llm_fallback", "oidc", "saml", "sms", "smtp"]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{loaded.sandboxes['oidc']}/_fake/config", timeout=2)
     with pytest.raises(httpx.ConnectError):

@@ -131,6 +131,12 @@ _PAYMENTS = ThirdParty(
     },
     url="base_url",
 )
+# apex.agents' fallback provider (optional for the service: unset, no failover).
+_LLM_FALLBACK = ThirdParty(
+    "llm_fallback",
+    {"base_url": "APEX_LLM_FALLBACK_BASE_URL", "api_key": "APEX_LLM_FALLBACK_API_KEY"},
+    url="base_url",
+)
 
 # In start order: a service comes after the services it calls.
 _SERVICES: dict[str, Service] = {
@@ -158,7 +164,7 @@ _SERVICES: dict[str, Service] = {
         module="apex.agents",
         servers=("postgres", "redis"),
         calls={"auth": "APEX_AUTH_URL", "data": "APEX_DATA_URL"},
-        third_parties=(_LLM,),
+        third_parties=(_LLM, _LLM_FALLBACK),
     ),
     "billing": Service(
         "billing",

@@ -232,6 +232,15 @@ def fake_llm(apex_worker: Worker) -> Iterator[FakeLlm]:
 
 
 @pytest.fixture
+def fake_llm_fallback(apex_worker: Worker) -> Iterator[FakeLlm]:
+    """The second OpenAI-compatible LLM provider (a `FakeLlm` of its own, reset), standing
+    in for apex.agents' fallback provider (third party `llm_fallback`). L4: the target's
+    `[sandboxes.llm_fallback]`."""
+    with fake_of(apex_worker, "llm_fallback") as fake:
+        yield cast("FakeLlm", fake)
+
+
+@pytest.fixture
 def fake_payments(apex_worker: Worker) -> Iterator[FakePayments]:
     """The Stripe-compatible payment provider, reset: `base_url`, `api_key`,
     `webhook_secret`, `add_endpoint(url)`, `hold_webhooks()`,

@@ -1,7 +1,8 @@
 """002#12 service discovery and health checks: apex.agents' `/healthz`.
 
 The rule under test (notes-agents.md): `/healthz` needs no credentials and says 200 with
-a `checks` object (postgres, redis) while the service runs.
+a `checks` object (postgres, redis, and each LLM provider's breaker state: both closed on a
+fresh instance) while the service runs.
 """
 
 from __future__ import annotations
@@ -22,4 +23,6 @@ HEALTH = pytest.mark.bvj(
 async def test_healthz_answers_without_credentials(agents_client: httpx.AsyncClient) -> None:
     response = await agents_client.get("/healthz")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+    providers = {"llm": "closed", "llm_fallback": "closed"}
+    checks = {"postgres": "ok", "redis": "ok", "providers": providers}
+    assert response.json() == {"status": "ok", "checks": checks}

@@ -1,7 +1,8 @@
 """001#46 LLM provider failover, the retry half: a 429 or 5xx from the provider is
 retried by apex.agents itself (the SDK's own retries are off), up to APEX_LLM_RETRIES
-times after the first attempt; then the run fails `provider_unavailable` and costs
-nothing. (Failing over to a second provider comes with APEX_LLM_FALLBACK_*.)
+times after the first attempt; past them the call goes to the fallback provider
+(test_failover.py), and when that one fails past its retries too the run fails
+`providers_unavailable` and costs nothing.
 """
 
 from __future__ import annotations
@@ -53,16 +54,18 @@ async def test_a_429_then_a_500_are_retried_and_the_third_answer_counts(
     }
 
 
-async def test_past_the_retries_the_run_fails_and_costs_nothing(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm
+async def test_past_the_retries_of_both_providers_the_run_fails_and_costs_nothing(
+    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
     client = await agents_with(APEX_LLM_RETRIES="1")
-    fake_llm.fail_next(503, times=2)
-    fake_llm.reply("never asked for")
+    for fake in (fake_llm, fake_llm_fallback):
+        fake.fail_next(503, times=2)
+        fake.reply("never asked for")
     run = await final_run(client, runner, await submit(client, runner))
     assert run["status"] == "failed", run
-    assert run["error"] == "provider_unavailable"
+    assert run["error"] == "providers_unavailable"
     assert [c.status for c in fake_llm.calls] == [503, 503]
+    assert [c.status for c in fake_llm_fallback.calls] == [503, 503]
     assert run["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
     assert run["cost_micros"] == 0
 

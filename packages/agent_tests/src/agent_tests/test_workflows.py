@@ -194,7 +194,10 @@ async def test_a_false_condition_skips_the_step_and_its_dependants(
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_a_failing_step_fails_the_run_and_no_dependant_runs(
-    agents_client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm
+    agents_client: httpx.AsyncClient,
+    runner: AgentUser,
+    fake_llm: FakeLlm,
+    fake_llm_fallback: FakeLlm,
 ) -> None:
     def respond(request: LlmRequest) -> str:
         if task_of(request) == "task b":
@@ -202,6 +205,7 @@ async def test_a_failing_step_fails_the_run_and_no_dependant_runs(
         return "fine"
 
     fake_llm.respond_with(respond)
+    fake_llm_fallback.respond_with(respond)  # both providers fail step b
     flow = workflow(step("a"), step("b", depends_on=("a",)), step("c", depends_on=("b",)))
     run = await final_run(agents_client, runner, await submit_workflow(agents_client, runner, flow))
 
@@ -209,7 +213,7 @@ async def test_a_failing_step_fails_the_run_and_no_dependant_runs(
     status = {s["id"]: (s["status"], s["error"]) for s in run["steps"]}
     assert status == {
         "a": ("succeeded", None),
-        "b": ("failed", "provider_unavailable"),
+        "b": ("failed", "providers_unavailable"),
         "c": ("not_run", None),
     }
     tasks = [task_of(c) for c in chat_calls(fake_llm)]

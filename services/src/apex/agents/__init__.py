@@ -9,8 +9,9 @@ tables are in apex.data's migrations: ``notes-agents.md``). Modules: ``settings`
 built-in tools, argument validation, authorization, the tool-call loop), ``runs`` (the
 run state machine in PostgreSQL), ``jobs`` (the Redis Streams queue: priorities with
 aging, scheduled jobs, dead letters), ``retries`` (retries with backoff, deferrals, dead
-letters), ``limits`` (per-tenant limits at submit), ``worker``, ``llm`` (the provider
-through the official ``openai`` SDK), ``context`` (the context window), ``cache`` (the
+letters), ``limits`` (per-tenant limits at submit), ``worker``, ``llm`` (a provider
+through the official ``openai`` SDK), ``failover`` (the providers in order), ``breaker``
+(one per provider), ``context`` (the context window), ``cache`` (the
 response cache), ``quality`` (the quality gate), ``calls`` (the one agent call path),
 ``costs`` (the model price table), ``state`` (run states, versions, restore), ``audit``
 (the audit trail), ``config`` (the reloadable config), ``metrics``, ``service``,

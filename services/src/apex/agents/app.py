@@ -52,13 +52,18 @@ def create_app(settings: AgentSettings, *, reload_on_sighup: bool = False) -> Fa
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
-        """200 with each dependency's check; 503 when PostgreSQL or Redis is down."""
+        """200 with each dependency's check; 503 when PostgreSQL or Redis is down, or
+        every provider's breaker is open."""
         service = request.app.state.service
         if not isinstance(service, AgentService):
-            checks = {"postgres": "not started", "redis": "not started"}
+            checks: dict[str, object] = {"postgres": "not started", "redis": "not started"}
+            healthy = False
         else:
-            checks = await service.health()
-        healthy = all(value == "ok" for value in checks.values())
+            checks = dict(await service.health())
+            healthy = all(value == "ok" for value in checks.values())
+            # Breakers: the service answers runs while one provider may be asked.
+            checks["providers"] = service.providers.states()
+            healthy = healthy and service.providers.available()
         return JSONResponse(
             {"status": "ok" if healthy else "unavailable", "checks": checks},
             status_code=200 if healthy else 503,

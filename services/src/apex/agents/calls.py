@@ -7,8 +7,8 @@ feature of the service hooks in at its stage, not around the caller):
 1. resolve the agent's definition and its model's price (``definitions``, ``costs``);
 2. build the messages and fit them into the model's context window (``context``);
 3. answer from the response cache when the request may be cached (``cache``);
-4. call the providers (``llm``: retries, failover, breakers), running tool calls the model
-   asks for (``tools``);
+4. call the providers (``failover``: in order, each behind its ``breaker``; ``llm``:
+   retries), running tool calls the model asks for (``tools``);
 5. check the answer against the quality gate, re-asking with the reasons (``quality``);
 6. count usage and cost (``metrics``), send the cost to apex.data (``costs``), record
    the audit events (``audit``) and the trace span (``tracing``: the call of stage 4 is
@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from apex.agents import quality
 from apex.agents.audit import AuditLog
@@ -39,7 +39,8 @@ from apex.agents.context import fit
 from apex.agents.cost_records import CostLedger, CostRecord
 from apex.agents.costs import Model, cost_micros
 from apex.agents.definitions import Agent, DefinitionError, DefinitionStore
-from apex.agents.llm import Completion, LlmError, Provider
+from apex.agents.failover import Failover
+from apex.agents.llm import Completion, LlmError
 from apex.agents.metrics import Metrics
 from apex.agents.runs import Run, Usage
 from apex.agents.settings import AgentSettings
@@ -72,7 +73,7 @@ class AgentCaller:
         self,
         settings: AgentSettings,
         *,
-        provider: Provider,
+        providers: Failover,
         metrics: Metrics,
         definitions: DefinitionStore,
         audit: AuditLog,
@@ -81,7 +82,7 @@ class AgentCaller:
         tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
-        self._provider = provider
+        self._providers = providers
         self._metrics = metrics
         self._definitions = definitions
         self._audit = audit
@@ -180,39 +181,48 @@ class AgentCaller:
                 usage = Usage(0, 0, 0, provider=CACHE_PROVIDER, attempts=0, cached=True)
                 await self._audit_answer(context, agent, usage)
                 return Conversation((hit,), ()), usage
+        answered: list[str] = []  # who answered each round (failover may switch)
+        chain = self._providers.chain
+
+        async def one_round(
+            history: list[ChatCompletionMessageParam], specs: list[ChatCompletionToolParam]
+        ) -> Completion:
+            # Stage 4: failover across the providers (requests counted per provider there).
+            answer = await self._providers.complete(
+                agent.model,
+                history,
+                max_tokens=agent.max_tokens,
+                temperature=agent.temperature,
+                tools=specs,
+            )
+            answered.append(answer.provider)
+            return dataclasses.replace(answer.completion, attempts=answer.attempts)
+
         try:
             conversation = await converse(
                 lambda history, specs: self._tracing.llm_call(
-                    self._provider.complete(
-                        agent.model,
-                        history,
-                        max_tokens=agent.max_tokens,
-                        temperature=agent.temperature,
-                        tools=specs,
-                    ),
+                    one_round(history, specs),
                     run_id=context.run.id,
                     step=context.step,
                     model=agent.model,
-                    provider=self._provider.name,
+                    provider=chain,
                 ),
                 request,
                 tools,
                 context.run.permissions,
             )
         except LlmError as exc:
-            self._count_calls(exc.attempts, ok=False)
             self._metrics.step_errors.labels(exc.reason).inc()
             await self._audit.record(
                 context.run,
                 "llm.failed",
                 step=context.step,
-                provider=self._provider.name,
+                provider=chain,
                 model=agent.model,
                 error=exc.reason,
                 attempts=exc.attempts,
             )
             raise
-        self._count_calls(conversation.attempts, ok=True)
         usage = Usage(
             prompt_tokens=conversation.prompt_tokens,
             completion_tokens=conversation.completion_tokens,
@@ -221,7 +231,7 @@ class AgentCaller:
                 cost_micros(model, r.prompt_tokens, r.completion_tokens)
                 for r in conversation.rounds
             ),
-            provider=self._provider.name,
+            provider=answered[-1],
             attempts=conversation.attempts,
             tool_calls=conversation.tool_calls,
         )
@@ -253,12 +263,6 @@ class AgentCaller:
                 version=record.get("version"),
                 error=record.get("error"),
             )
-
-    def _count_calls(self, attempts: int, *, ok: bool) -> None:
-        calls = self._metrics.llm_calls
-        name = self._provider.name
-        calls.labels(name, "retried").inc(attempts - 1)
-        calls.labels(name, "ok" if ok else "failed").inc()
 
     def _count_tokens(self, model_name: str, usage: Usage) -> None:
         self._metrics.tokens.labels(model_name, "prompt").inc(usage.prompt_tokens)

@@ -6,7 +6,7 @@ metric).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -52,6 +52,18 @@ class Metrics:
         self.jobs_claimed = Counter(
             "apex_agents_jobs_claimed",
             "Jobs taken over from a consumer that left them unacknowledged (XAUTOCLAIM)",
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "apex_agents_breaker_state",
+            "Each provider's circuit breaker in this process: 0 closed, 1 open, 2 half-open",
+            ["provider"],
+            registry=registry,
+        )
+        self.breaker_opened = Counter(
+            "apex_agents_breaker_opened",
+            "Times a provider's circuit breaker opened in this process",
+            ["provider"],
             registry=registry,
         )
         self.cache = Counter(

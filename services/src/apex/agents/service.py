@@ -26,6 +26,7 @@ from apex.agents.config import ConfigHolder
 from apex.agents.cost_records import CostDelivery, CostLedger
 from apex.agents.definitions import DefinitionStore
 from apex.agents.dependencies import DependencyErrors
+from apex.agents.failover import Failover
 from apex.agents.gcpauses import watch_gc
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
@@ -56,7 +57,7 @@ class AgentService:
     store: RunStore
     queue: JobQueue
     redis: Redis
-    provider: Provider
+    providers: Failover
     verifier: Verifier
     workers: WorkerPool
     definitions: DefinitionStore
@@ -95,14 +96,8 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         stack.push_async_callback(pool.close)
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
         stack.push_async_callback(redis.aclose)
-        provider = Provider(
-            "llm",
-            settings.llm_base_url,
-            settings.llm_api_key,
-            timeout=settings.llm_timeout,
-            retries=settings.llm_retries,
-        )
-        stack.push_async_callback(provider.aclose)
+        providers = _providers(settings, metrics)
+        stack.push_async_callback(providers.aclose)
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = RunStore(pool)
@@ -114,7 +109,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         ledger, delivery = await _cost_delivery(settings, redis, metrics, dependencies, stack)
         caller = AgentCaller(
             settings,
-            provider=provider,
+            providers=providers,
             metrics=metrics,
             definitions=definitions,
             audit=audit,
@@ -145,7 +140,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
             store,
             queue,
             redis,
-            provider,
+            providers,
             verifier,
             pool_of_workers,
             definitions=definitions,
@@ -183,3 +178,20 @@ async def _cost_delivery(
     delivery.start()
     stack.push_async_callback(delivery.stop)
     return ledger, delivery
+
+
+def _providers(settings: AgentSettings, metrics: Metrics) -> Failover:
+    """The providers in failover order: ``llm``, then ``llm_fallback`` if configured."""
+    urls = [("llm", settings.llm_base_url, settings.llm_api_key)]
+    if settings.llm_fallback_base_url and settings.llm_fallback_api_key:
+        urls.append(("llm_fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key))
+    providers = [
+        Provider(name, url, key, timeout=settings.llm_timeout, retries=settings.llm_retries)
+        for name, url, key in urls
+    ]
+    return Failover(
+        providers,
+        failures=settings.breaker_failures,
+        reset=settings.breaker_reset,
+        metrics=metrics,
+    )

@@ -63,6 +63,11 @@ class AgentSettings(ServiceSettings):
     tenant_max_running: int = 4
     tenant_max_queued: int = 1000
     tenant_token_budget: int = 1_000_000
+    # Failover and breakers (notes-agents.md § Failover and breakers).
+    llm_fallback_base_url: str | None = None
+    llm_fallback_api_key: str | None = dataclasses.field(default=None, repr=False)
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -105,7 +110,28 @@ class AgentSettings(ServiceSettings):
             "llm_cache_ttl": _seconds_or_off(env, "APEX_LLM_CACHE_TTL", 3600.0),
             "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
             **_queue_settings(env),
+            **_failover(env),
         }
+
+
+def _failover(env: Env) -> dict[str, Any]:
+    """The fallback provider (both of its settings, or neither) and the breakers' window."""
+    base_url = env.url("APEX_LLM_FALLBACK_BASE_URL", HTTP_SCHEMES)
+    api_key = env.get("APEX_LLM_FALLBACK_API_KEY")
+    if base_url is not None and api_key is None:
+        raise ConfigError(
+            "APEX_LLM_FALLBACK_API_KEY must be set when APEX_LLM_FALLBACK_BASE_URL is"
+        )
+    if api_key is not None and base_url is None:
+        raise ConfigError(
+            "APEX_LLM_FALLBACK_BASE_URL must be set when APEX_LLM_FALLBACK_API_KEY is"
+        )
+    return {
+        "llm_fallback_base_url": base_url.rstrip("/") if base_url else None,
+        "llm_fallback_api_key": api_key,
+        "breaker_failures": env.whole_number("APEX_BREAKER_FAILURES", 5, unit="failures"),
+        "breaker_reset": env.number("APEX_BREAKER_RESET", 30.0, unit="seconds"),
+    }
 
 
 def _count(env: Env, variable: str, default: int, *, unit: str) -> int:

@@ -18,20 +18,27 @@ from apex_testkit._fakes._server import FakeServer, RunningFake, start_fake
 from apex_testkit._run import Run
 
 # Fake name -> its module (SERVER: the FakeServer class, CLIENT: the FakeClient class).
-FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm", "payments", "otel")
+FAKES: tuple[str, ...] = ("oidc", "saml", "smtp", "sms", "llm", "llm_fallback", "payments", "otel")
+# A fake standing in for a second third party of the same kind: its name -> the module.
+# `llm_fallback` is apex.agents' fallback provider, a second LLM fake of its own.
+_MODULES: dict[str, str] = {"llm_fallback": "llm"}
 
 
 def server_class(name: str) -> type[FakeServer]:
     if name not in FAKES:
         raise ValueError(f"no fake named {name!r}; known: {', '.join(FAKES)}")
-    cls: type[FakeServer] = importlib.import_module(f"apex_testkit._fakes.{name}").SERVER
+    cls: type[FakeServer] = importlib.import_module(_module(name)).SERVER
     return cls
 
 
 def _client_class(name: str) -> type[FakeClient]:
     server_class(name)  # a clear error for an unknown name
-    cls: type[FakeClient] = importlib.import_module(f"apex_testkit._fakes.{name}").CLIENT
+    cls: type[FakeClient] = importlib.import_module(_module(name)).CLIENT
     return cls
+
+
+def _module(name: str) -> str:
+    return f"apex_testkit._fakes.{_MODULES.get(name, name)}"
 
 
 def start(run: Run, name: str, *, process: bool) -> FakeClient:

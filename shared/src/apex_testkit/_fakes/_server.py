@@ -293,7 +293,7 @@ class _Process(_Serving):
 def main(argv: Sequence[str], servers: Callable[[str], type[FakeServer]]) -> int:
     """`python -m apex_testkit._fakes NAME --fd N [--extra-fd M]`: serve one fake."""
     parser = argparse.ArgumentParser(prog="python -m apex_testkit._fakes")
-    parser.add_argument("name", help="oidc, saml, smtp, sms, llm, payments or otel")
+    parser.add_argument("name", help="oidc, saml, smtp, sms, llm, llm_fallback, payments or otel")
     parser.add_argument("--fd", type=int, required=True, help="inherited listening HTTP socket")
     parser.add_argument("--extra-fd", type=int, help="inherited second socket (SMTP)")
     args = parser.parse_args(list(argv))
