@@ -98,10 +98,11 @@ async def test_a_workflows_steps_each_start_and_call(
 
 
 async def test_a_failed_call_and_run_are_audited_with_the_reason(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm
+    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
     client = await agents_with(APEX_LLM_RETRIES="0")
     fake_llm.fail_next(500)
+    fake_llm_fallback.fail_next(500)  # no provider answers
     run_id = await submit(client, runner)
     assert (await final_run(client, runner, run_id))["status"] == "failed"
     events = await audit_of(client, runner, run_id)
@@ -111,8 +112,8 @@ async def test_a_failed_call_and_run_are_audited_with_the_reason(
         ("llm.failed", "main"),
         ("run.finished", None),
     ]
-    assert events[2]["data"]["error"] == "provider_unavailable"
-    assert events[3]["data"] == {"status": "failed", "error": "provider_unavailable"}
+    assert events[2]["data"]["error"] == "providers_unavailable"
+    assert events[3]["data"] == {"status": "failed", "error": "providers_unavailable"}
 
 
 async def test_a_cancel_is_audited_and_nothing_after_it(

@@ -71,7 +71,10 @@ async def test_the_breaker_opens_after_the_failures_and_the_provider_gets_no_req
     admin_token: str,
 ) -> None:
     client = await agents_with(
-        APEX_BREAKER_FAILURES="2", APEX_BREAKER_RESET=LONG_RESET, APEX_LLM_RETRIES="0"
+        APEX_LLM_CACHE_TTL="0",  # every run asks the providers (no response cache)
+        APEX_BREAKER_FAILURES="2",
+        APEX_BREAKER_RESET=LONG_RESET,
+        APEX_LLM_RETRIES="0",
     )
     fake_llm.fail_next(500, times=2)
     await _answered_by(client, runner, "llm_fallback")
@@ -102,7 +105,10 @@ async def test_a_success_between_failures_keeps_the_breaker_closed(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm
 ) -> None:
     client = await agents_with(
-        APEX_BREAKER_FAILURES="2", APEX_BREAKER_RESET="601", APEX_LLM_RETRIES="0"
+        APEX_LLM_CACHE_TTL="0",  # every run asks the providers (no response cache)
+        APEX_BREAKER_FAILURES="2",
+        APEX_BREAKER_RESET="601",
+        APEX_LLM_RETRIES="0",
     )
     fake_llm.fail_next(500)
     await _answered_by(client, runner, "llm_fallback")
@@ -121,7 +127,10 @@ async def test_after_the_reset_one_trial_closes_the_breaker_or_opens_it_again(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, admin_token: str
 ) -> None:
     client = await agents_with(
-        APEX_BREAKER_FAILURES="1", APEX_BREAKER_RESET="0.2", APEX_LLM_RETRIES="0"
+        APEX_LLM_CACHE_TTL="0",  # every run asks the providers (no response cache)
+        APEX_BREAKER_FAILURES="1",
+        APEX_BREAKER_RESET="0.2",
+        APEX_LLM_RETRIES="0",
     )
     fake_llm.fail_next(500, times=2)
     await _answered_by(client, runner, "llm_fallback")  # opens the primary's breaker
@@ -157,7 +166,10 @@ async def test_every_provider_down_fails_runs_fast_and_bills_nothing(
     admin_token: str,
 ) -> None:
     client = await agents_with(
-        APEX_BREAKER_FAILURES="1", APEX_BREAKER_RESET=LONG_RESET, APEX_LLM_RETRIES="0"
+        APEX_LLM_CACHE_TTL="0",  # every run asks the providers (no response cache)
+        APEX_BREAKER_FAILURES="1",
+        APEX_BREAKER_RESET=LONG_RESET,
+        APEX_LLM_RETRIES="0",
     )
     fake_llm.fail_next(500)
     fake_llm_fallback.fail_next(503)

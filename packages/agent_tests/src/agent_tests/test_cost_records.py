@@ -101,9 +101,14 @@ async def test_an_answered_call_is_one_usage_record_of_its_tenant_with_its_label
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_each_step_of_a_workflow_is_billed_once_and_a_failed_step_not_at_all(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, agents_db: Any
+    agents_with: OpenAgents,
+    runner: AgentUser,
+    fake_llm: FakeLlm,
+    fake_llm_fallback: FakeLlm,
+    agents_db: Any,
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="0")
+    # Uncached: both workflows ask a and b the same.
+    client = await agents_with(APEX_LLM_RETRIES="0", APEX_LLM_CACHE_TTL="0")
 
     def respond(request: Any) -> str:
         if request.last_user_text.startswith("task c"):
@@ -111,6 +116,7 @@ async def test_each_step_of_a_workflow_is_billed_once_and_a_failed_step_not_at_a
         return "fine"
 
     fake_llm.respond_with(respond)
+    fake_llm_fallback.respond_with(respond)  # and the fallback's, alike
     flow = {
         "steps": [
             {"id": "a", "agent": "assistant", "input": "task a"},

@@ -43,20 +43,26 @@ async def runner(make_agent_user: MakeUser) -> AgentUser:
 
 
 async def test_failed_steps_are_listed_with_their_errors_and_counted_by_error(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, admin_token: str
+    agents_with: OpenAgents,
+    runner: AgentUser,
+    fake_llm: FakeLlm,
+    fake_llm_fallback: FakeLlm,
+    admin_token: str,
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="0")
+    client = await agents_with(APEX_LLM_RETRIES="0", APEX_LLM_CACHE_TTL="0")
 
     def respond(request: Any) -> str:
         if request.last_user_text.startswith(("task b", "broken")):
             raise RuntimeError("this provider broke")  # the fake answers 500
         return "fine"
 
+    # Both providers break alike: no failover answers for them.
     fake_llm.respond_with(respond)
+    fake_llm_fallback.respond_with(respond)
     # At L3 the instance of these settings may have served earlier tests: count from here.
     before = {
         error: await metric(client, admin_token, ERRORS, error=error)
-        for error in ("provider_unavailable", "provider_error")
+        for error in ("providers_unavailable", "provider_error")
     }
     flow = {
         "steps": [
@@ -77,12 +83,12 @@ async def test_failed_steps_are_listed_with_their_errors_and_counted_by_error(
         "failed",
         "succeeded",
     )
-    assert workflow["errors"] == [{"step": "b", "error": "provider_unavailable"}]
-    assert single["errors"] == [{"step": "main", "error": "provider_unavailable"}]
+    assert workflow["errors"] == [{"step": "b", "error": "providers_unavailable"}]
+    assert single["errors"] == [{"step": "main", "error": "providers_unavailable"}]
     assert fine["errors"] == []
-    # Two calls ended without an answer, both provider_unavailable; nothing else counted.
+    # Two calls ended without an answer, both providers_unavailable; nothing else counted.
     after = {error: await metric(client, admin_token, ERRORS, error=error) for error in before}
     assert after == {
-        "provider_unavailable": before["provider_unavailable"] + 2,
+        "providers_unavailable": before["providers_unavailable"] + 2,
         "provider_error": before["provider_error"],
     }

@@ -54,7 +54,7 @@ async def test_past_its_retries_the_primary_hands_the_request_to_the_fallback(
     fake_llm_fallback: FakeLlm,
     admin_token: str,
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="1")
+    client = await agents_with(APEX_LLM_RETRIES="1", APEX_LLM_CACHE_TTL="0")
     # At L3 the process (of these settings) may have served earlier tests: count deltas.
     series = [("llm", "failed"), ("llm", "retried"), ("llm", "ok"), ("llm_fallback", "ok")]
     before = [await _calls(client, admin_token, *labels) for labels in series]
@@ -89,7 +89,7 @@ async def _calls(client: httpx.AsyncClient, admin_token: str, provider: str, res
 async def test_a_primary_that_answers_is_the_only_provider_asked(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="1")
+    client = await agents_with(APEX_LLM_RETRIES="1", APEX_LLM_CACHE_TTL="0")
     fake_llm.fail_next(503)
     fake_llm.reply("the primary, on its retry")
     run = await final_run(client, runner, await submit(client, runner))
@@ -104,7 +104,7 @@ async def test_a_primary_that_answers_is_the_only_provider_asked(
 async def test_a_refused_request_does_not_fail_over(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="1")
+    client = await agents_with(APEX_LLM_RETRIES="1", APEX_LLM_CACHE_TTL="0")
     fake_llm.fail_next(400, message="bad request")
     run = await final_run(client, runner, await submit(client, runner))
     assert run["status"] == "failed", run
@@ -119,7 +119,7 @@ async def test_a_refused_request_does_not_fail_over(
 async def test_a_rate_limited_primary_fails_over_after_its_retries(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="1")
+    client = await agents_with(APEX_LLM_RETRIES="1", APEX_LLM_CACHE_TTL="0")
     fake_llm.fail_next(429, retry_after=0.05, times=2)
     fake_llm_fallback.reply(ANSWER)
     run = await final_run(client, runner, await submit(client, runner))
@@ -138,7 +138,7 @@ def _task(request: LlmRequest) -> str:
 async def test_each_workflow_step_fails_over_on_its_own(
     agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
-    client = await agents_with(APEX_LLM_RETRIES="0")
+    client = await agents_with(APEX_LLM_RETRIES="0", APEX_LLM_CACHE_TTL="0")
 
     def primary(request: LlmRequest) -> str:
         if _task(request) == "task first":

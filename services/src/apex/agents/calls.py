@@ -206,6 +206,7 @@ class AgentCaller:
                     step=context.step,
                     model=agent.model,
                     provider=chain,
+                    answered_by=lambda: answered[-1],
                 ),
                 request,
                 tools,

@@ -20,7 +20,7 @@ passed on unchanged (the no-op tracer keeps the incoming span context current).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from opentelemetry import trace
@@ -114,9 +114,12 @@ class Tracing:
         step: str,
         model: str,
         provider: str,
+        answered_by: Callable[[], str] | None = None,
     ) -> Completion:
         """One LLM call (its retries included) in a client span ``llm.chat`` with the
-        provider's usage; the SDK's requests carry the span's ``traceparent``."""
+        provider's usage; the SDK's requests carry the span's ``traceparent``.
+        ``provider`` names who may answer (the failover chain); ``answered_by``, read after
+        the answer, who did."""
         with self.tracer.start_as_current_span(
             "llm.chat",
             kind=SpanKind.CLIENT,
@@ -135,6 +138,8 @@ class Tracing:
                     "apex.llm.attempts": completion.attempts,
                 }
             )
+            if answered_by is not None:
+                span.set_attribute("gen_ai.system", answered_by())
             return completion
 
 
