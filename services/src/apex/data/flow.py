@@ -124,13 +124,31 @@ async def open_flow(service: DataService) -> AsyncIterator[Flow]:
     try:
         yield Flow(service, cache, relay)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, RELAY_STOP_TIMEOUT)
+        await _stop(tasks)
         await cache.close()
         await relay_pool.close()
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait, at most RELAY_STOP_TIMEOUT, until they have ended.
+
+    A cancellation can be lost: on Python 3.11 `asyncio.wait_for` returns its inner
+    result instead of raising when the cancel arrives as that result lands (asyncpg and
+    the relay's own poll use it), and the loop then carries on. So the cancel is repeated
+    until the task ends, rather than waiting out the timeout once for a task that goes on.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RELAY_STOP_TIMEOUT
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.05, deadline - loop.time()))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with an error", task.get_name(), exc_info=task.exception())
+    for task in pending:
+        log.warning("%s did not stop within %.1f s", task.get_name(), RELAY_STOP_TIMEOUT)
 
 
 def install_flow(app: FastAPI) -> None:
