@@ -104,9 +104,10 @@ async def metered(
         usage = await usage_of(billing, user, *period)
         return usage if sum(x["events"] for x in usage["lines"]) >= events else None
 
-    found: dict[str, Any] = await eventually(
+    found: dict[str, Any] | None = await eventually(
         arrived, timeout=60, message=f"{events} usage events metered"
     )
+    assert found is not None  # eventually returns a truthy value
     return found
 
 
