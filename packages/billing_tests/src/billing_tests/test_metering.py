@@ -24,14 +24,17 @@ from agent_tests.client import AUDIENCE as AGENTS
 from agent_tests.client import READ_RUNS, RUN_AGENTS, final_run, submit
 from auth_tests.access import context_token
 
-from apex_testkit import FakeLlm, eventually
+from apex_testkit import FakeLlm, FakePayments, eventually
 from billing_tests.client import (
+    MANAGE,
     READ,
     BillingUser,
     MakeUser,
     bearer,
     cents_of,
     error_of,
+    sdk,
+    subscribe,
     tenant_of,
     usage_check,
     usage_of,
@@ -213,6 +216,59 @@ async def test_the_check_reports_a_raw_event_the_aggregates_lack(
             "raw": line("llm", WRITER, 101, 10_001, 2),
         }
     ]
+
+
+@METERING
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_usage_lines_are_added_once_to_the_next_provider_invoice(
+    billing_client: httpx.AsyncClient,
+    billing_data_client: httpx.AsyncClient,
+    billing_auth_client: httpx.AsyncClient,
+    make_billing_user: MakeUser,
+    fake_payments: FakePayments,
+    admin_token: str,
+) -> None:
+    provider = sdk(fake_payments)
+    new_year = 1767225600  # 2026-01-01T00:00:00Z
+    clock = provider.v1.test_helpers.test_clocks.create(params={"frozen_time": new_year}).id
+    owner = await make_billing_user(permissions=(READ, MANAGE, RUN_AGENTS))
+    assert (await subscribe(billing_client, owner, "early", test_clock=clock)).status_code == 200
+    usage = [
+        record("a", "llm", 1200, 12_345, "2026-01-05T10:00:00Z", **WRITER),
+        record("b", "llm", 800, 20_001, "2026-01-20T08:30:00Z", **WRITER),
+        record("c", "llm", 10, 1, "2026-01-31T23:59:59Z", **PLANNER),
+        record("d", "api", 7, 0, "2026-01-10T00:00:00Z"),
+    ]
+    await write_usage(billing_data_client, billing_auth_client, owner, usage)
+    await metered(billing_client, owner, events=4)
+
+    body = {"tenant": tenant_of(owner), "from": JANUARY[0], "to": JANUARY[1]}
+    answers = []
+    for _ in range(2):  # the second call adds nothing
+        response = await billing_client.post(
+            "/admin/billing/usage-invoice", json=body, headers=bearer(admin_token)
+        )
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    items = answers[0]["invoice_items"]
+    # The priced lines only (the api line costs 0), in line order.
+    assert [(i["kind"], i["agent"], i["model"], i["amount"]) for i in items] == [
+        ("llm", "planner", "gpt-4o", 1),
+        ("llm", "writer", "gpt-4o-mini", 4),
+    ]
+    assert answers[1]["invoice_items"] == items
+    subscription = answers[0]["subscription"]
+    assert subscription is not None
+
+    # February's renewal invoice carries the usage once, with the plan's month.
+    provider.v1.test_helpers.test_clocks.advance(
+        clock, params={"frozen_time": new_year + 31 * 86400 + 60}
+    )
+    february = provider.v1.invoices.list(params={"subscription": subscription}).data[0]
+    assert february.billing_reason == "subscription_cycle"
+    assert sorted(line.amount for line in february.lines.data) == [1, 4, 2900]
+    assert february.amount_paid == 2905
 
 
 @METERING

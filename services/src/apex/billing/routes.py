@@ -26,11 +26,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.billing.ledger import check
-from apex.billing.metering import period_view
+from apex.billing.metering import invoice_usage, period_view
 from apex.billing.metrics import CONTENT_TYPE
 from apex.billing.recognition import recognise
 from apex.billing.service import BillingService
 from apex.billing.settings import SERVICE
+from apex.billing.subscriptions import LIVE
 from apex.billing.webhooks import verify
 from apex.common.http import ApiError, bearer_token, require_admin_token, require_json_body
 from apex.common.shared_config import config_report
@@ -231,10 +232,24 @@ async def ledger_check(service: Service) -> dict[str, Any]:
 
 @router.post("/admin/billing/usage-invoice", dependencies=[Admin, Depends(require_json_body)])
 async def usage_invoice(body: PeriodIn, service: Service) -> dict[str, Any]:
-    """The tenant's usage invoice of the period: one line per kind, agent and model."""
+    """The tenant's usage invoice of the period: one line per kind, agent and model; with a
+    live subscription, each priced line is added to its next provider invoice."""
     _period(body.since, body.until)
     lines = await service.metering.usage(body.tenant, body.since, body.until)
-    return period_view(body.tenant, body.since, body.until, lines)
+    document = period_view(body.tenant, body.since, body.until, lines)
+    customer = await service.store.customer(body.tenant)
+    row = await service.store.subscription(body.tenant)
+    live = customer is not None and row is not None and row.status in LIVE
+    document["subscription"] = row.subscription_id if live and row else None
+    document["invoice_items"] = (
+        await invoice_usage(
+            service.subscriptions.provider, customer, row.subscription_id, body.since,
+            body.until, lines,
+        )
+        if live and customer and row
+        else []
+    )  # fmt: skip
+    return document
 
 
 @router.get("/admin/billing/usage/check", dependencies=[Admin])
