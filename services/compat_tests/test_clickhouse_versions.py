@@ -263,6 +263,15 @@ async def test_every_statement_answers_alike_on_both(
     assert await both.agree(by_label, {"tenant": str(TENANTS[1]), **everything}) == [
         ("", "", "11", "110")
     ]
+    # apex.billing's metering: per kind, agent and model, with the count of events.
+    by_line = clickhouse_sql.USAGE_BY_LINE
+    assert await both.agree(by_line, {"tenant": tenant, **everything}) == [
+        ("images", "writer", "gpt-4o", "9", "90", "1"),
+        ("tokens", "assistant", "gpt-4o-mini", "12", "120", "2"),
+    ]
+    assert await both.agree(by_line, {"tenant": tenant, **january}) == [
+        ("tokens", "assistant", "gpt-4o-mini", "12", "120", "2")
+    ]
 
     # The backup's statements, through the real module on each engine.
     # (Each engine spells a CREATE statement its own way: the names are compared.)

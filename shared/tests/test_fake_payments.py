@@ -412,6 +412,42 @@ def test_renewals_are_paid_and_an_upgrade_is_prorated_to_the_unit(fake_payments)
     assert (renewed.status, renewed.current_period_end) == ("active", NEW_YEAR + 59 * DAY)
 
 
+def test_an_invoice_item_is_added_to_the_next_renewal_invoice(fake_payments):
+    client = sdk(fake_payments)
+    clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": NEW_YEAR})
+    customer, _ = customer_paying_with(client, "pm_card_visa", test_clock=clock.id)
+    other, _ = customer_paying_with(client, "pm_card_visa", test_clock=clock.id)
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": monthly_price(client, 1000).id}]}
+    )
+    usage = client.v1.invoice_items.create(
+        params={
+            "customer": customer.id,
+            "subscription": sub.id,
+            "amount": 437,
+            "currency": "usd",
+            "description": "Usage: llm",
+            "metadata": {"line": "llm"},
+        }
+    )
+    assert isinstance(usage, stripe.InvoiceItem)
+    assert (usage.amount, usage.subscription) == (437, sub.id)
+    assert usage.metadata.to_dict() == {"line": "llm"}
+    with pytest.raises(stripe.InvalidRequestError):  # another customer's subscription
+        client.v1.invoice_items.create(
+            params={"customer": other.id, "subscription": sub.id, "amount": 1, "currency": "usd"}
+        )
+    client.v1.test_helpers.test_clocks.advance(
+        clock.id, params={"frozen_time": NEW_YEAR + 31 * DAY + 60}
+    )
+    february = client.v1.invoices.list(params={"subscription": sub.id}).data[0]
+    assert [(line.amount, line.description) for line in february.lines.data] == [
+        (437, "Usage: llm"),
+        (1000, "1 x " + sub["items"]["data"][0].price.product),
+    ]
+    assert (february.billing_reason, february.amount_paid) == ("subscription_cycle", 1437)
+
+
 @pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
 def test_the_fake_serves_from_a_thread_and_from_a_process(apex_run, process):
     fake = start(apex_run, "payments", process=process)

@@ -5,8 +5,10 @@ Public: `BillingUser` (a platform user of one tenant with a context token for ap
 `subscription_of`, `status_of`, `ledger_of` (the tenant's ledger rows, from the database),
 `ledger_check`, `entitlements_of`, `tenant_of` (what the other services read in Redis), `sdk` (the
 official `stripe` client of the payment provider, to read its state), `prorated`
-(Stripe's prorated amount, computed here from the rule), `error_of`. `MakeUser` is the type
-of the `make_billing_user` fixture.
+(Stripe's prorated amount, computed here from the rule), `error_of`; metering:
+`usage_of` (GET /v1/billing/usage), `usage_check` (the admin check), `cents_of` (the
+price rule of notes-billing.md § Metering, written out here). `MakeUser` is the type of
+the `make_billing_user` fixture.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "BillingUser",
     "MakeUser",
     "bearer",
+    "cents_of",
     "entitlements_of",
     "error_of",
     "ledger_check",
@@ -38,6 +41,8 @@ __all__ = [
     "subscribe",
     "subscription_of",
     "tenant_of",
+    "usage_check",
+    "usage_of",
 ]
 
 # The audience apex.billing accepts context tokens for.
@@ -125,3 +130,36 @@ def error_of(response: httpx.Response) -> str:
     """The machine-readable error code of a refused response."""
     code: str = response.json()["error"]
     return code
+
+
+def cents_of(cost_micros: int) -> int:
+    """The price of a usage line (notes-billing.md § Metering): its cost in micro-dollars
+    in US cents, rounded up once per line."""
+    cents, rest = divmod(cost_micros, 10_000)
+    return cents + (1 if rest else 0)
+
+
+async def usage_of(
+    client: httpx.AsyncClient, user: BillingUser, since: str, until: str
+) -> dict[str, Any]:
+    """GET /v1/billing/usage?from&to as `user` (200 asserted)."""
+    response = await client.get(
+        "/v1/billing/usage", params={"from": since, "to": until}, headers=user.headers
+    )
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def usage_check(
+    client: httpx.AsyncClient, admin_token: str, tenant: str, since: str, until: str
+) -> dict[str, Any]:
+    """GET /admin/billing/usage/check (200 asserted)."""
+    response = await client.get(
+        "/admin/billing/usage/check",
+        params={"tenant": tenant, "from": since, "to": until},
+        headers=bearer(admin_token),
+    )
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found

@@ -2,7 +2,9 @@
 
 `billing_client` is an HTTP client of apex.billing wired for the run's level (L2: in
 process; L3: the worker's `python -m apex.billing` process; L4: the target), its payment
-provider the kit's `fake_payments`. `billing_webhooks` serves apex.billing on a socket
+provider the kit's `fake_payments`. `billing_data_client` and `billing_agents_client` are
+clients of apex.data and apex.agents (metering: usage written there is billed).
+`billing_webhooks` serves apex.billing on a socket
 and registers it as the provider's webhook endpoint, so the provider's events reach it.
 Users and their context tokens are made with the identity team's client
 (`auth_tests.access`) on this package's own auth fixtures. What the fixtures hand out
@@ -28,6 +30,20 @@ from billing_tests.client import AUDIENCE, BillingUser, MakeUser
 async def billing_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of apex.billing wired for the run's level."""
     async with clean_platform.client("billing") as client:
+        yield client
+
+
+@pytest.fixture
+async def billing_data_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.data (usage is written there, as agents and the gateway do)."""
+    async with clean_platform.client("data") as client:
+        yield client
+
+
+@pytest.fixture
+async def billing_agents_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of apex.agents (runs whose cost is billed; the kit's `fake_llm`)."""
+    async with clean_platform.client("agents") as client:
         yield client
 
 

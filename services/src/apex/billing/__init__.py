@@ -6,7 +6,8 @@ gives the ASGI app; ``python -m apex.billing`` serves it, ``python -m apex.billi
 migrate|rollback|status`` manages the platform's schema (its tables are in apex.data's
 migrations). Modules: ``settings``, ``plans`` (the tier table), ``payments`` (the provider
 through the official ``stripe`` SDK), ``store``, ``subscriptions`` (the lifecycle),
-``webhooks``, ``ledger`` (double entry), ``recognition``, ``entitlements``, ``metrics``,
+``webhooks``, ``ledger`` (double entry), ``recognition``, ``metering`` (usage from
+apex.data's ClickHouse, priced), ``entitlements``, ``metrics``,
 ``service``, ``routes``, ``app``.
 """
 

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import stripe
 
+from apex.common.http import ApiError
+
 __all__ = ["PaymentDeclined", "PaymentProvider", "ProviderUnavailable"]
 
 _NETWORK_RETRIES: Final = 2
@@ -137,6 +139,30 @@ class PaymentProvider:
             key=key,
         )
         return found
+
+    async def invoice_item(
+        self, customer: str, subscription: str, amount: int, description: str, *, key: str
+    ) -> str:
+        """A one-off line (usage) on the subscription's next invoice, in US cents; its id.
+        The same key with other parameters is 409 ``already_invoiced``."""
+        try:
+            found = await self._client.v1.invoice_items.create_async(
+                {
+                    "customer": customer,
+                    "subscription": subscription,
+                    "amount": amount,
+                    "currency": "usd",
+                    "description": description,
+                },
+                {"idempotency_key": key},
+            )
+        except stripe.IdempotencyError as exc:
+            raise ApiError(
+                409, "already_invoiced", "this period's usage was invoiced with other amounts"
+            ) from exc
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
+        return str(found.id)
 
     async def subscription(self, subscription: str) -> stripe.Subscription:
         """The subscription as the provider has it now."""

@@ -7,7 +7,11 @@
 - ``POST /v1/billing/subscription/change {plan}``, ``.../cancel``, ``.../resume``
   (``billing:manage``).
 - ``GET /v1/billing/invoices`` (``billing:read``): the tenant's paid invoices.
+- ``GET /v1/billing/usage?from&to`` (``billing:read``): metered usage by kind, agent and
+  model, priced (apex.billing.metering).
 - ``POST /v1/billing/webhooks``: the provider's events (signature only).
+- ``POST /admin/billing/usage-invoice {tenant, from, to}``: a period's usage invoice;
+  ``GET /admin/billing/usage/check?tenant&from&to``: the aggregates against the raw events.
 - ``POST /admin/billing/recognize {date}``, ``GET /admin/billing/ledger/check``,
   ``GET /admin/config``, ``GET /metrics`` (admin token).
 """
@@ -15,16 +19,19 @@
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.billing.ledger import check
+from apex.billing.metering import invoice_usage, period_view
 from apex.billing.metrics import CONTENT_TYPE
 from apex.billing.recognition import recognise
 from apex.billing.service import BillingService
 from apex.billing.settings import SERVICE
+from apex.billing.subscriptions import LIVE
 from apex.billing.webhooks import verify
 from apex.common.http import ApiError, bearer_token, require_admin_token, require_json_body
 from apex.common.shared_config import config_report
@@ -84,6 +91,31 @@ class RecognizeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     date: datetime.date
+
+
+def _period(since: datetime.datetime, until: datetime.datetime) -> None:
+    """A usage period: aware, whole seconds (ClickHouse's precision), ``from`` before ``to``."""
+    for name, value in (("from", since), ("to", until)):
+        if value.tzinfo is None:
+            raise ApiError(422, "invalid_period", f"{name} must carry a time zone")
+        if value.microsecond:
+            raise ApiError(422, "invalid_period", f"{name} must be whole seconds")
+    if since >= until:
+        raise ApiError(422, "invalid_period", "from must be before to")
+
+
+class PeriodIn(BaseModel):
+    """A tenant's usage period ``[from, to)``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    tenant: uuid.UUID
+    since: datetime.datetime = Field(alias="from")
+    until: datetime.datetime = Field(alias="to")
+
+
+From = Annotated[datetime.datetime, Query(alias="from")]
+To = Annotated[datetime.datetime, Query(alias="to")]
 
 
 @router.get("/v1/billing/plans")
@@ -148,6 +180,15 @@ async def invoices(caller: CallerDep, service: Service) -> dict[str, Any]:
     return {"invoices": await service.store.invoices(caller.tenant_id)}
 
 
+@router.get("/v1/billing/usage")
+async def usage(caller: CallerDep, service: Service, since: From, until: To) -> dict[str, Any]:
+    """The tenant's metered usage of ``[from, to)`` by kind, agent and model, priced."""
+    caller.require(READ)
+    _period(since, until)
+    lines = await service.metering.usage(caller.tenant_id, since, until)
+    return period_view(caller.tenant_id, since, until, lines)
+
+
 @router.post("/v1/billing/webhooks")
 async def webhooks(request: Request, service: Service) -> dict[str, Any]:
     """A provider event: verified by its signature, applied once."""
@@ -187,6 +228,37 @@ async def ledger_check(service: Service) -> dict[str, Any]:
     async with service.store.pool.acquire() as conn:
         results = await check(conn)
     return {"ok": all(r["ok"] for r in results.values()), "invariants": results}
+
+
+@router.post("/admin/billing/usage-invoice", dependencies=[Admin, Depends(require_json_body)])
+async def usage_invoice(body: PeriodIn, service: Service) -> dict[str, Any]:
+    """The tenant's usage invoice of the period: one line per kind, agent and model; with a
+    live subscription, each priced line is added to its next provider invoice."""
+    _period(body.since, body.until)
+    lines = await service.metering.usage(body.tenant, body.since, body.until)
+    document = period_view(body.tenant, body.since, body.until, lines)
+    customer = await service.store.customer(body.tenant)
+    row = await service.store.subscription(body.tenant)
+    live = customer is not None and row is not None and row.status in LIVE
+    document["subscription"] = row.subscription_id if live and row else None
+    document["invoice_items"] = (
+        await invoice_usage(
+            service.subscriptions.provider, customer, row.subscription_id, body.since,
+            body.until, lines,
+        )
+        if live and customer and row
+        else []
+    )  # fmt: skip
+    return document
+
+
+@router.get("/admin/billing/usage/check", dependencies=[Admin])
+async def usage_check(
+    service: Service, tenant: Annotated[uuid.UUID, Query()], since: From, until: To
+) -> dict[str, Any]:
+    """The period's aggregates recomputed from the raw events, compared to the cent."""
+    _period(since, until)
+    return await service.metering.check(tenant, since, until)
 
 
 @router.get("/admin/config", dependencies=[Admin])

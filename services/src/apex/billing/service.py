@@ -15,6 +15,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from apex.billing.metering import Metering
 from apex.billing.metrics import Metrics
 from apex.billing.payments import PaymentProvider
 from apex.billing.settings import BillingSettings
@@ -22,6 +23,7 @@ from apex.billing.store import BillingStore
 from apex.billing.subscriptions import Subscriptions
 from apex.billing.webhooks import WebhookProcessor
 from apex.data.callers import Verifier
+from apex.data.clickhouse import ClickHouse
 from apex.data.pool import create_pool
 
 __all__ = ["AUDIENCE", "BillingService", "open_service"]
@@ -41,6 +43,7 @@ class BillingService:
     verifier: Verifier
     subscriptions: Subscriptions
     webhooks: WebhookProcessor
+    metering: Metering
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -71,6 +74,10 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)
         stack.push_async_callback(verifier.aclose)
         store = BillingStore(pool)
+        clickhouse = None
+        if settings.clickhouse_url is not None:
+            clickhouse = ClickHouse.from_url(settings.clickhouse_url)
+            stack.push_async_callback(clickhouse.close)
         subscriptions = Subscriptions(settings, store=store, provider=provider, redis=redis)
         yield BillingService(
             settings,
@@ -80,4 +87,5 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             verifier,
             subscriptions,
             WebhookProcessor(subscriptions),
+            Metering(pool, clickhouse),
         )

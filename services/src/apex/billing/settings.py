@@ -19,6 +19,7 @@ from apex.common.settings import HTTP_SCHEMES, Env, ServiceSettings, missing_set
 __all__ = ["SERVICE", "BillingSettings"]
 
 SERVICE: Final = "apex.billing"
+CLICKHOUSE_SCHEMES: Final = ("clickhouse",)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,6 +37,8 @@ class BillingSettings(ServiceSettings):
     webhook_tolerance: int = 300
     payments_timeout: float = 10.0
     plans: Mapping[str, Plan] = dataclasses.field(default_factory=lambda: DEFAULT_PLANS)
+    # Metering reads apex.data's usage aggregates here (unset: /v1/billing/usage is 503).
+    clickhouse_url: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def test_mode(self) -> bool:
@@ -78,4 +81,5 @@ class BillingSettings(ServiceSettings):
             "webhook_tolerance": env.whole_number("APEX_WEBHOOK_TOLERANCE", 300, unit="seconds"),
             "payments_timeout": env.number("APEX_PAYMENTS_TIMEOUT", 10.0, unit="seconds"),
             "plans": DEFAULT_PLANS if plans is None else parse_plans(plans, "APEX_PLANS"),
+            "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", CLICKHOUSE_SCHEMES),
         }

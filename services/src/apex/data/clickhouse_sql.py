@@ -34,6 +34,7 @@ __all__ = [
     "TABLE_DIRECTORY",
     "TABLE_DIRECTORY_COLUMN",
     "TABLE_ROWS",
+    "USAGE_BY_LINE",
     "insert",
 ]
 
@@ -96,6 +97,15 @@ COSTS_BY_AGENT_MODEL: Final = (
     "AND occurred_at >= toDateTime(%(since)s) AND occurred_at < toDateTime(%(until)s) "
     "GROUP BY agent, model ORDER BY agent, model"
 )
+# apex.billing.metering (001#97): one tenant's usage in [since, until) (epoch seconds) per
+# kind, agent and model, with its count of events (each record once: FINAL).
+USAGE_BY_LINE: Final = (
+    "SELECT kind, label_values[indexOf(label_keys, 'agent')] AS agent, "
+    "label_values[indexOf(label_keys, 'model')] AS model, sum(quantity), sum(cost_micros), "
+    "count() FROM usage_events FINAL WHERE tenant_id = toUUID(%(tenant)s) "
+    "AND occurred_at >= toDateTime(%(since)s) AND occurred_at < toDateTime(%(until)s) "
+    "GROUP BY kind, agent, model ORDER BY kind, agent, model"
+)
 # apex.data.references (001#63): every event's record and user, each record once.
 EVENT_USERS: Final = "SELECT id, user_id FROM usage_events FINAL"
 # has() over strings: 18.16 converts neither an array nor string literals to UUIDs inside
@@ -146,6 +156,7 @@ STATEMENTS: Final[Mapping[str, str]] = {
     **{f"insert[{name}]": insert(name, cols) for name, cols in INSERT_COLUMNS.items()},
     "ANALYTICS": ANALYTICS,
     "COSTS_BY_AGENT_MODEL": COSTS_BY_AGENT_MODEL,
+    "USAGE_BY_LINE": USAGE_BY_LINE,
     "EVENT_USERS": EVENT_USERS,
     "DELETE_EVENTS": DELETE_EVENTS,
     "PENDING_MUTATIONS": PENDING_MUTATIONS,

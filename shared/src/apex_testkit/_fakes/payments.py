@@ -142,6 +142,8 @@ _ROUTES: Final[list[tuple[str, str, _Handler]]] = [
     ),
     ("GET", r"/v1/invoices/([^/]+)", lambda o, p, a: o.get("invoice", a[0])),
     ("POST", r"/v1/invoices/([^/]+)/pay", lambda o, p, a: o.pay_invoice(a[0])),
+    ("POST", r"/v1/invoiceitems", lambda o, p, a: o.create_invoice_item(p)),
+    ("GET", r"/v1/invoiceitems/([^/]+)", lambda o, p, a: o.get("invoiceitem", a[0])),
     ("GET", r"/v1/events", lambda o, p, a: _list(o, "event", "/v1/events", p, "type")),
     ("GET", r"/v1/events/([^/]+)", lambda o, p, a: o.get("event", a[0])),
     ("POST", r"/v1/test_helpers/test_clocks", lambda o, p, a: o.create_clock(p)),

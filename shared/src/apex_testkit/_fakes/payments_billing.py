@@ -30,6 +30,7 @@ from apex_testkit._fakes.payments_objects import (
     StripeError,
     add_interval,
     boolean,
+    currency_of,
     integer,
     invalid,
     metadata_of,
@@ -427,6 +428,45 @@ class Account(Objects):
                 self._mark_paid(invoice)
         else:
             self.pending_items.setdefault(subscription["id"], []).extend(lines)
+
+    def create_invoice_item(self, params: dict[str, Any]) -> dict[str, Any]:
+        """An invoice item (a one-off amount, e.g. metered usage) for the subscription's
+        next invoice. The fake needs `subscription` (Stripe would also take a customer's
+        next invoice of any kind) and one currency with the subscription."""
+        customer = self.get("customer", required(params, "customer"), "customer")
+        subscription = self.get("subscription", required(params, "subscription"), "subscription")
+        if subscription["customer"] != customer["id"]:
+            raise invalid("The subscription belongs to another customer.", param="subscription")
+        amount = required_integer(params, "amount")
+        currency = currency_of(params)
+        if currency != subscription["currency"]:
+            raise invalid(
+                f"The currency {currency} differs from the subscription's.", param="currency"
+            )
+        now = self.now(customer["id"])
+        description = params.get("description") or "Invoice item"
+        line = {
+            **self._line(subscription, amount, now, now, proration=False, description=description),
+            "price": None,
+            "quantity": 1,
+        }
+        self.pending_items.setdefault(subscription["id"], []).append(line)
+        return self.add(
+            {
+                "id": new_id("invoiceitem"),
+                "object": "invoiceitem",
+                "amount": amount,
+                "currency": currency,
+                "customer": customer["id"],
+                "date": now,
+                "description": description,
+                "livemode": False,
+                "metadata": metadata_of(params),
+                "period": {"start": now, "end": now},
+                "proration": False,
+                "subscription": subscription["id"],
+            }
+        )
 
     def cancel_subscription(self, sub_id: str) -> dict[str, Any]:
         subscription = self.get("subscription", sub_id)
