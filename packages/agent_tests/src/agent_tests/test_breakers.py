@@ -209,6 +209,7 @@ async def test_a_primary_gone_mid_run_opens_its_breaker_only(
         "APEX_BREAKER_FAILURES": "2",
         "APEX_BREAKER_RESET": "602",
         "APEX_LLM_RETRIES": "0",
+        "APEX_LLM_CACHE_TTL": "0",  # every run asks the providers
     }
     async with clean_platform.proxied("agents", 7, "llm", **settings) as fault:
         client = fault.client

@@ -276,10 +276,10 @@ async def test_parallel_steps_states_show_them_running_together(
 @RECOVERY
 @pytest.mark.L3
 async def test_a_failed_run_restored_before_its_failing_step_finishes(
-    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm
+    agents_with: OpenAgents, runner: AgentUser, fake_llm: FakeLlm, fake_llm_fallback: FakeLlm
 ) -> None:
     client = await agents_with(APEX_LLM_RETRIES="0")
-    failures = {"left": 1}
+    failures = {"left": 2}  # step b's first call, on each provider
 
     def answer(request: LlmRequest) -> str:
         text = request.last_user_text
@@ -289,6 +289,7 @@ async def test_a_failed_run_restored_before_its_failing_step_finishes(
         return "answer: " + text[:40]
 
     fake_llm.respond_with(answer)
+    fake_llm_fallback.respond_with(answer)  # the fallback fails b's first call too
     run_id = await submit(client, runner, agent=None, workflow=CHAIN)
     failed = await final_run(client, runner, run_id)
     assert (failed["status"], failed["error"], failed["failed_step"]) == (
