@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -547,6 +548,67 @@ def coverage(session: nox.Session) -> None:
     Posargs: data files or directories to combine instead of reports/coverage/.
     """
     combine_coverage(session, session.posargs or [str(COVERAGE_DIR)])
+
+
+@register("report", tags=["report"])
+def report(session: nox.Session) -> None:
+    """The test report from every JUnit file in reports/junit/ and the catalogue:
+    reports/report.html (self-contained), reports/report.md (also appended to
+    $GITHUB_STEP_SUMMARY when set) and, with chromium on PATH, reports/report.png.
+    Posargs go to `python -m tools.report` (--help)."""
+    args = list(session.posargs)
+    if not any(a.startswith("--screenshot") for a in args):
+        if shutil.which("chromium"):
+            args.append(f"--screenshot={REPORTS / 'report.png'}")
+        else:
+            session.warn("no chromium on PATH (tools/setup.sh installs it): no report.png")
+    # Standard library only: the venv is bare.
+    session.run("python", "-m", "tools.report", *args)
+
+
+FLAKES_FILE = REPORTS / "flakes.json"
+FLAKES_USAGE = "usage: nox -s flakes -- N [SESSION] [PYTEST ARGS...] (SESSION: l2, l3-auth, ...)"
+
+
+def flakes_target(session: nox.Session, name: str) -> tuple[str, list[TestPackage]]:
+    """(level, packages) of a level session's name: `l2` (every package) or `l2-auth`."""
+    level, _, area = name.partition("-")
+    packages = [p for p in PACKAGES if not area or p.area == area]
+    if level not in LEVELS or not packages:
+        session.error(f"flakes: {name!r} is not a level session (l2, l3-auth, ...); {FLAKES_USAGE}")
+    return level, packages
+
+
+@register("flakes", tags=["flakes"])
+def flakes(session: nox.Session) -> None:
+    """Run a level session's tests N times in random order (pytest-randomly, a new seed
+    each run) and record per test runs, failures and the failing seeds in
+    reports/flakes.json (merged across invocations). Nothing is retried; the session fails
+    when any run had a failure. Posargs: N [SESSION (default l2)] [pytest args...]."""
+    args = list(session.posargs)
+    if not args or not args[0].isdigit() or int(args[0]) < 1:
+        session.error(FLAKES_USAGE)
+    runs = int(args.pop(0))
+    name = args.pop(0) if args and not args[0].startswith("-") else "l2"
+    level, packages = flakes_target(session, name)
+    if level == "l4" and not has_target(args):
+        session.error("flakes: L4 needs a deployment (--target FILE or APEX_TEST_TARGET)")
+    install_packages(session, packages)
+    failed_runs = 0
+    for run in range(1, runs + 1):
+        seed = random.SystemRandom().randrange(1, 2**32)
+        junit = REPORTS / "flakes" / f"{name}-{seed}.xml"
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        session.log(f"flakes: run {run}/{runs} of {name}, --randomly-seed={seed}")
+        xdist = [*xdist_workers(args), *xdist_schedule(args)]
+        pytest = [*level_pytest(level, packages), f"--randomly-seed={seed}", *xdist, *args]
+        # 1: some test failed (recorded below, never retried); anything else stops the loop.
+        session.run(*pytest, f"--junitxml={junit}", success_codes=[0, 1], **STOP_TIMEOUTS)
+        record = ["python", "-m", "tools.report.record_flakes", str(junit)]
+        session.run(*record, f"--session={name}", f"--seed={seed}", f"--flakes={FLAKES_FILE}")
+        failed_runs += json.loads(FLAKES_FILE.read_text(encoding="utf-8"))["runs"][-1]["failed"] > 0
+    if failed_runs:
+        session.error(f"flakes: {failed_runs} of {runs} runs of {name} had failures")
 
 
 @register(

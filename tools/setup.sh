@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set a machine up to run the Apex tests: the server binaries the test kit starts
-# (PostgreSQL, Redis, ClickHouse), Python 3 with pip, Node.js with npm, and nox + uv.
+# (PostgreSQL, Redis, ClickHouse), Python 3 with pip, Node.js with npm, Chromium (the
+# report's selftest), and nox + uv.
 #
 # Debian/Ubuntu. Idempotent: installs only what is missing and says what it does.
 # Non-interactive (CI, no stdin). Uses sudo for apt when not run as root.
@@ -35,9 +36,11 @@ python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 # node + npm: the selftests hold the LLM fake to the official Node `openai` SDK too.
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
+# chromium: the report's selftest renders reports/report.html in headless Chromium.
+have chromium || missing+=(chromium)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "server binaries, python3 + pip, node + npm: present"
+    say "server binaries, python3 + pip, node + npm, chromium: present"
 else
     say "installing with apt: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
