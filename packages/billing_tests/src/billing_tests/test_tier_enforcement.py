@@ -30,8 +30,6 @@ TIERS = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [TIERS, pytest.mark.L2, pytest.mark.L3]
 
-ENFORCING: dict[str, str] = {"APEX_PLAN_LIMITS": "on"}
-
 
 @pytest.fixture
 async def owner(make_billing_user: MakeUser) -> BillingUser:
@@ -42,14 +40,14 @@ async def owner(make_billing_user: MakeUser) -> BillingUser:
 @pytest.fixture
 async def enforcing_auth(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """A client of apex.auth enforcing plan limits."""
-    async with clean_platform.client("auth", **ENFORCING) as client:
+    async with clean_platform.client("auth", APEX_PLAN_LIMITS="on") as client:
         yield client
 
 
 @pytest.fixture
 async def enforcing_gateway(clean_platform: Platform) -> AsyncIterator[str]:
     """The ws:// base URL of apex.gateway enforcing plan limits."""
-    async with clean_platform.serve("gateway", **ENFORCING) as url:
+    async with clean_platform.serve("gateway", APEX_PLAN_LIMITS="on") as url:
         yield url
 
 
