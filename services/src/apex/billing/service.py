@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from apex.billing.metrics import Metrics
 from apex.billing.payments import PaymentProvider
+from apex.billing.refunds import Refunds
 from apex.billing.settings import BillingSettings
 from apex.billing.store import BillingStore
 from apex.billing.subscriptions import Subscriptions
@@ -41,6 +42,7 @@ class BillingService:
     verifier: Verifier
     subscriptions: Subscriptions
     webhooks: WebhookProcessor
+    refunds: Refunds
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -72,6 +74,7 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
         stack.push_async_callback(verifier.aclose)
         store = BillingStore(pool)
         subscriptions = Subscriptions(settings, store=store, provider=provider, redis=redis)
+        refunds = Refunds(store, provider)
         yield BillingService(
             settings,
             Metrics(),
@@ -79,5 +82,6 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             redis,
             verifier,
             subscriptions,
-            WebhookProcessor(subscriptions),
+            WebhookProcessor(subscriptions, refunds),
+            refunds,
         )
