@@ -101,7 +101,8 @@ async def test_a_tenants_payments_end_to_end(
     provider.v1.subscriptions.cancel(subscription.id)
 
     async def ended() -> bool:
-        return (await subscription_of(billing_client, owner))["plan"] == "free"
+        plan: str = (await subscription_of(billing_client, owner))["plan"]
+        return plan == "free"
 
     await eventually(ended, timeout=30, message="the provider's cancellation applied")
     await eventually(settled, timeout=30, message="every event acknowledged")
