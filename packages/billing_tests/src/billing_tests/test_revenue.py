@@ -78,6 +78,7 @@ async def test_a_month_is_recognised_day_by_day_once(
         "recognised_within_billed",
         "deferred_not_negative",
         "accounts_sum_to_zero",
+        "refunded_within_paid",
     }
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from apex.auth import audit, keys, passwords, users
+from apex.auth import audit, keys, passwords, seats, users
 from apex.auth.context import AuthContext, get_context, require_admin
 from apex.common.http import ApiError, require_json_body
 from apex.common.shared_config import config_report
@@ -80,6 +80,8 @@ async def create_user(body: CreateUser, context: Context) -> dict[str, Any]:
     hasher = passwords.hasher(context.settings.password_hash_cost)
     password_hash = await hasher.hash(body.password) if body.password else None
     async with context.pool.acquire() as conn, conn.transaction():
+        if context.settings.plan_limits and body.tenant_id is not None:
+            await seats.take(conn, context.redis, context.settings.redis_prefix, body.tenant_id)
         try:
             user = await users.create_user(
                 conn,

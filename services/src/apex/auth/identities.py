@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -34,11 +34,14 @@ from apex.auth.logins import LoginUser, load_user
 __all__ = [
     "ExternalProfile",
     "ProvisioningError",
+    "TakeSeat",
     "provision",
     "sync_groups",
 ]
 
 MAX_GROUPS = 500
+# Awaited with the tenant before a user of a tenant is created; raises to refuse.
+TakeSeat = Callable[[uuid.UUID], Awaitable[None]]
 # permcache keeps permver:<uid> for twice its cache TTL (300 s).
 
 
@@ -59,10 +62,16 @@ class ExternalProfile:
 
 
 async def provision(
-    conn: asyncpg.Connection, profile: ExternalProfile, *, trusted_domains: frozenset[str]
+    conn: asyncpg.Connection,
+    profile: ExternalProfile,
+    *,
+    trusted_domains: frozenset[str],
+    take_seat: TakeSeat | None = None,
 ) -> LoginUser:
     """The user of ``profile`` (found, linked or created), in the caller's transaction;
-    ``trusted_domains``: the e-mail domains this IdP may vouch for."""
+    ``trusted_domains``: the e-mail domains this IdP may vouch for; ``take_seat``, when
+    given, is awaited with the tenant before a user of a tenant is created (it raises to
+    refuse: ``apex.auth.seats``)."""
     # One provisioning per external identity at a time: two first logins must not
     # create two users.
     await conn.execute(
@@ -75,7 +84,7 @@ async def provision(
         profile.subject,
     )
     if user_id is None:
-        user_id = await _link_or_create(conn, profile, trusted_domains)
+        user_id = await _link_or_create(conn, profile, trusted_domains, take_seat)
     user = await load_user(conn, user_id=user_id)
     if user is None:  # pragma: no cover - the row was found or written in this transaction
         raise ProvisioningError("the provisioned user vanished")
@@ -83,7 +92,10 @@ async def provision(
 
 
 async def _link_or_create(
-    conn: asyncpg.Connection, profile: ExternalProfile, trusted_domains: frozenset[str]
+    conn: asyncpg.Connection,
+    profile: ExternalProfile,
+    trusted_domains: frozenset[str],
+    take_seat: TakeSeat | None,
 ) -> uuid.UUID:
     if not profile.email:
         raise ProvisioningError("the identity provider sent no e-mail address")
@@ -110,6 +122,8 @@ async def _link_or_create(
         if not (profile.email_verified or trusted):
             raise ProvisioningError("the identity provider has not verified this e-mail address")
         tenant_id = _uuid_or_none(profile.tenant)
+        if take_seat is not None and tenant_id is not None:
+            await take_seat(tenant_id)
         try:
             async with conn.transaction():  # a savepoint: a racing admin may take the address
                 created = await users.create_user(conn, email, "free", tenant_id)

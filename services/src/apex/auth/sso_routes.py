@@ -13,6 +13,7 @@ APEX_PUBLIC_URL is https in any real deployment.
 from __future__ import annotations
 
 import email.message
+import functools
 import logging
 import re
 import secrets
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse
 
-from apex.auth import identities
+from apex.auth import identities, seats
 from apex.auth.context import AuthContext, get_context
 from apex.auth.identities import ExternalProfile, ProvisioningError
 from apex.auth.logins import IdentityServices, finish_login, get_identity
@@ -243,8 +244,15 @@ async def _complete(
     error_code: str,
 ) -> dict[str, Any]:
     async with context.pool.acquire() as conn, conn.transaction():
+        take_seat = None
+        if context.settings.plan_limits:
+            take_seat = functools.partial(
+                seats.take, conn, context.redis, context.settings.redis_prefix
+            )
         try:
-            user = await identities.provision(conn, profile, trusted_domains=trusted_domains)
+            user = await identities.provision(
+                conn, profile, trusted_domains=trusted_domains, take_seat=take_seat
+            )
         except ProvisioningError as exc:
             raise ApiError(401, error_code, str(exc)) from None
         joined, left = await identities.sync_groups(

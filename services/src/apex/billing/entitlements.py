@@ -14,12 +14,9 @@ import uuid
 from redis.asyncio import Redis
 
 from apex.billing.plans import Plan
+from apex.common.entitlements import entitlements_key
 
 __all__ = ["changed_channel", "entitlements_key", "publish"]
-
-
-def entitlements_key(prefix: str, tenant: uuid.UUID) -> str:
-    return f"{prefix}billing:entitlements:{tenant}"
 
 
 def changed_channel(prefix: str) -> str:

@@ -109,7 +109,8 @@ async def balances(conn: asyncpg.Connection, tenant: uuid.UUID) -> dict[str, int
 async def check(conn: asyncpg.Connection, tenant: uuid.UUID | None = None) -> dict[str, Any]:
     """The invariants, each ``{"ok": bool, "detail": ...}``: every transaction balances;
     recognised revenue never exceeds what was billed; deferred revenue is never negative
-    (a credit balance); the sum over all accounts is zero."""
+    (a credit balance); the sum over all accounts is zero; refunds never exceed what
+    the tenant's invoices paid."""
     scope, args = ("WHERE tenant_id = $1", [tenant]) if tenant is not None else ("", [])
     unbalanced = await conn.fetch(
         "SELECT transaction_id, currency, sum(debit) AS d, sum(credit) AS c "  # noqa: S608
@@ -123,13 +124,17 @@ async def check(conn: asyncpg.Connection, tenant: uuid.UUID | None = None) -> di
         "sum(CASE WHEN account = 'deferred_revenue' AND credit > 0 AND memo LIKE 'invoice%' "
         "THEN credit ELSE 0 END) AS billed, "
         "sum(CASE WHEN account = 'deferred_revenue' THEN credit - debit ELSE 0 END) AS deferred, "
-        "sum(debit - credit) AS total "
+        "sum(debit - credit) AS total, "
+        "sum(CASE WHEN account = 'refunds' THEN debit - credit ELSE 0 END) AS refunded, "
+        "sum(CASE WHEN account = 'cash' AND debit > 0 AND memo LIKE 'invoice%' "
+        "THEN debit ELSE 0 END) AS paid "
         f"FROM billing_ledger {scope} GROUP BY tenant_id, currency",
         *args,
     )
     over = [r for r in per_tenant if r["recognised"] > r["billed"]]
     negative = [r for r in per_tenant if r["deferred"] < 0]
     nonzero = [r for r in per_tenant if r["total"] != 0]
+    over_refunded = [r for r in per_tenant if r["refunded"] > r["paid"]]
     return {
         "transactions_balance": {
             "ok": not unbalanced,
@@ -146,5 +151,9 @@ async def check(conn: asyncpg.Connection, tenant: uuid.UUID | None = None) -> di
         "accounts_sum_to_zero": {
             "ok": not nonzero,
             "detail": [str(r["tenant_id"]) for r in nonzero],
+        },
+        "refunded_within_paid": {
+            "ok": not over_refunded,
+            "detail": [str(r["tenant_id"]) for r in over_refunded],
         },
     }

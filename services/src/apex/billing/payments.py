@@ -182,6 +182,21 @@ class PaymentProvider:
             raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
         return found
 
+    async def refund(self, charge: str, amount: int, *, key: str) -> str:
+        """Refund ``amount`` of ``charge``; the refund's id."""
+        found = await self._call(
+            self._client.v1.refunds.create_async, {"charge": charge, "amount": amount}, key=key
+        )
+        return str(found.id)
+
+    async def charge(self, charge: str) -> stripe.Charge:
+        """The charge as the provider has it now (``amount_refunded``)."""
+        try:
+            found: stripe.Charge = await self._client.v1.charges.retrieve_async(charge)
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"{type(exc).__name__}: {exc.user_message}") from exc
+        return found
+
     async def _call(self, method: Any, params: dict[str, Any], *, key: str) -> Any:
         try:
             return await method(params, {"idempotency_key": key})

@@ -12,7 +12,8 @@
 - ``POST /v1/billing/webhooks``: the provider's events (signature only).
 - ``POST /admin/billing/usage-invoice {tenant, from, to}``: a period's usage invoice;
   ``GET /admin/billing/usage/check?tenant&from&to``: the aggregates against the raw events.
-- ``POST /admin/billing/recognize {date}``, ``GET /admin/billing/ledger/check``,
+- ``POST /admin/billing/recognize {date}``, ``POST /admin/billing/refunds {invoice_id,
+  amount}``, ``GET /admin/billing/ledger/check``,
   ``GET /admin/config``, ``GET /metrics`` (admin token).
 """
 
@@ -83,6 +84,15 @@ class ChangeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     plan: Name
+
+
+class RefundIn(BaseModel):
+    """A paid invoice and how much of it to refund (minor units)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    invoice_id: Annotated[str, Field(min_length=1, max_length=255)]
+    amount: Annotated[int, Field(gt=0)]
 
 
 class RecognizeIn(BaseModel):
@@ -220,6 +230,12 @@ Admin = Depends(require_admin)
 async def recognize(body: RecognizeIn, service: Service) -> dict[str, Any]:
     """Recognise revenue through the end of ``date``; how many transactions were booked."""
     return {"date": body.date.isoformat(), "booked": await recognise(service.store.pool, body.date)}
+
+
+@router.post("/admin/billing/refunds", dependencies=[Admin, Depends(require_json_body)])
+async def refund(body: RefundIn, service: Service) -> dict[str, Any]:
+    """Refund part or all of a paid invoice through the provider, booked once."""
+    return await service.refunds.refund(body.invoice_id, body.amount)
 
 
 @router.get("/admin/billing/ledger/check", dependencies=[Admin])

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from apex.billing.metering import Metering
 from apex.billing.metrics import Metrics
 from apex.billing.payments import PaymentProvider
+from apex.billing.refunds import Refunds
 from apex.billing.settings import BillingSettings
 from apex.billing.store import BillingStore
 from apex.billing.subscriptions import Subscriptions
@@ -44,6 +45,7 @@ class BillingService:
     subscriptions: Subscriptions
     webhooks: WebhookProcessor
     metering: Metering
+    refunds: Refunds
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -79,6 +81,7 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             clickhouse = ClickHouse.from_url(settings.clickhouse_url)
             stack.push_async_callback(clickhouse.close)
         subscriptions = Subscriptions(settings, store=store, provider=provider, redis=redis)
+        refunds = Refunds(store, provider)
         yield BillingService(
             settings,
             Metrics(),
@@ -86,6 +89,7 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             redis,
             verifier,
             subscriptions,
-            WebhookProcessor(subscriptions),
+            WebhookProcessor(subscriptions, refunds),
             Metering(pool, clickhouse),
+            refunds,
         )

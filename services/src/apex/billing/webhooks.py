@@ -8,7 +8,8 @@ each event id in ``billing_events`` in the same transaction as its effect: a rep
 the id and changes nothing, and an effect that fails rolls the id back so the provider's
 retry runs it again. Events carry no state the processor trusts: a subscription event makes
 it fetch the subscription from the provider (the newest state wins, whatever the order of
-arrival), an ``invoice.paid`` makes it fetch the invoice and book it.
+arrival), an ``invoice.paid`` makes it fetch the invoice and book it, a ``charge.refunded``
+makes it book what the provider refunded of the charge and the ledger lacks (``refunds``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Final
 import stripe
 
 from apex.billing.payments import ProviderUnavailable
+from apex.billing.refunds import Refunds
 from apex.billing.store import SubscriptionRow
 from apex.billing.subscriptions import Subscriptions
 from apex.common.http import ApiError
@@ -52,8 +54,9 @@ def verify(payload: bytes, signature: str | None, secret: str, tolerance: int) -
 class WebhookProcessor:
     """Applies verified events once."""
 
-    def __init__(self, subscriptions: Subscriptions) -> None:
+    def __init__(self, subscriptions: Subscriptions, refunds: Refunds) -> None:
         self.subscriptions = subscriptions
+        self.refunds = refunds
 
     async def process(self, event: stripe.Event) -> dict[str, Any]:
         """Apply ``event`` unless it was applied before; what happened."""
@@ -77,6 +80,8 @@ class WebhookProcessor:
                     tenant = await store.tenant_of_customer(str(invoice.customer))
                     if tenant is not None:
                         await self.subscriptions.record_invoice(conn, tenant, invoice)
+                elif event.type == "charge.refunded":
+                    await self.refunds.catch_up(conn, str(obj["id"]))
         except ProviderUnavailable as exc:
             # Nothing was recorded: the provider retries the delivery.
             raise ApiError(503, "provider_unavailable", str(exc)) from exc

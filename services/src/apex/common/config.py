@@ -119,6 +119,8 @@ class Settings(ServiceSettings):
     sign_in_per_ip: RateLimit = _DEFAULT_SIGN_IN_PER_IP
     idp_trusted_domains: frozenset[str] = frozenset()
     saml_trusted_domains: frozenset[str] = frozenset()
+    # APEX_PLAN_LIMITS: apex.auth refuses a user over the tenant's plan's seats (402).
+    plan_limits: bool = False
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -142,6 +144,7 @@ class Settings(ServiceSettings):
             **_identity_settings(env),
             **_resilience_settings(env),
             **_security_settings(env),
+            "plan_limits": env.switch("APEX_PLAN_LIMITS", False),
         }
 
 

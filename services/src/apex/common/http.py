@@ -71,23 +71,31 @@ class ApiError(Exception):
         detail: str,
         *,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = dict(headers or {})
+        # Fields of the body beside error and detail (e.g. a plan limit's, 402).
+        self.extra = dict(extra or {})
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    """The JSON error body every service answers with; a 401 without a challenge of its own
-    gets the RFC 6750 one for a refused credential."""
+    """The JSON error body every service answers with (``extra``: further fields); a 401
+    without a challenge of its own gets the RFC 6750 one for a refused credential."""
     all_headers = dict(headers or {})
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", bearer_challenge())
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=all_headers)
+    body = {**(extra or {}), "error": code, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=all_headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -103,7 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, ApiError):  # pragma: no cover - registered for ApiError only
         raise exc
-    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers, exc.extra)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -121,6 +121,13 @@ class Env:
         """The value of ``name`` as it is (empty included), or ``default`` when unset."""
         return self._environ.get(name, default)
 
+    def switch(self, name: str, default: bool) -> bool:
+        """``on`` or ``off`` (any case); ConfigError naming the variable for anything else."""
+        value = self.text(name, "on" if default else "off").strip().lower()
+        if value not in ("on", "off"):
+            raise ConfigError(f"{name} must be on or off, got {value!r}")
+        return value == "on"
+
     def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
         """A URL with one of ``schemes`` and a host (a unix:// URL needs none)."""
         value = self.get(name)

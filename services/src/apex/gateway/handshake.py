@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from apex.common import entitlements
 from apex.common.challenges import BearerError, bearer_challenge
 from apex.common.shared_config import config_report
 from apex.gateway import handler
@@ -120,17 +121,29 @@ async def process_request(
         resume_from = int(resume_text)
     connection_id = uuid.uuid4().hex
     limit = gateway.settings.max_connections_per_user
+    plan: entitlements.Entitlements | None = None
     try:
         principal = await gateway.auth.verify(token[: MAX_TOKEN + 1])
+        if gateway.settings.plan_limits and principal.tenant_id:
+            plan = await entitlements.read(
+                gateway.redis, gateway.settings.redis_prefix, principal.tenant_id
+            )
         reserved = await gateway.registry.reserve_tab(
-            principal.user_id, principal.tenant_id, connection_id, limit=limit
+            principal.user_id,
+            principal.tenant_id,
+            connection_id,
+            limit=limit,
+            tenant_limit=plan.limits["ws_connections"] if plan else None,
         )
     except TokenRejected as exc:
         return error_response(exc.status, exc.code, exc.detail)
     except RedisError:
         return error_response(503, "unavailable", "Redis is unavailable; retry later")
-    if not reserved:
+    if reserved == "user_limit":
         return error_response(429, "too_many_connections", f"at most {limit} connections per user")
+    if reserved == "tenant_limit" and plan is not None:
+        # Before the upgrade, like every refusal: nothing was registered (notes-gateway.md).
+        return json_response(402, entitlements.refusal(plan, "ws_connections"))
     ws.principal = principal
     ws.connection_id = connection_id
     ws.resume_from = resume_from

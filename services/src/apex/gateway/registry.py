@@ -11,6 +11,9 @@
   is reserved at the handshake by one script that counts the user's live tabs on every
   instance and adds the new one only under the limit: parallel handshakes, on one
   instance or several, never admit more than APEX_WS_MAX_CONNECTIONS_PER_USER.
+- ``<prefix>ws:tenant-tabs:<tenant>``: set of the tenant's tabs (``<instance>/<connection
+  id>``), counted by the same script against the tenant's plan's ``ws_connections`` when
+  the gateway enforces plan limits (tabs of dead instances are pruned the same way).
 - ``<prefix>ws:online:<tenant>``: set of the tenant's users with at least one tab (the
   audience of the tenant's broadcasts; ``-`` stands for "no tenant").
 """
@@ -20,30 +23,46 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "Reservation"]
 
-# KEYS: tabs zset, its sequence counter, the tenant's online set, the instances zset.
-# ARGV: member, user id, now (epoch s), the per-user limit, this instance's id.
-# Returns the new tab's rank, or 0 when the user already has `limit` live tabs.
+# What reserve_tab did: reserved the tab, or refused it for the user's or the tenant's limit.
+Reservation = Literal["reserved", "user_limit", "tenant_limit"]
+
+# KEYS: tabs zset, its sequence counter, the tenant's online set, the instances zset, the
+# tenant's tabs set.
+# ARGV: member, user id, now (epoch s), the per-user limit, this instance's id, the
+# tenant's limit (-1: none), whether the user has a tenant ("1"/"0").
+# Returns the new tab's rank, 0 when the user already has `limit` live tabs, -1 when the
+# tenant already has its limit of live tabs.
 _RESERVE_TAB = """
 local live = {[ARGV[5]] = true}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')) do
   live[id] = true
 end
-local count = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if live[string.match(member, '^([^/]*)/') or ''] then
-    count = count + 1
-  else
-    redis.call('ZREM', KEYS[1], member)
+local function count_live(key, members, remove)
+  local count = 0
+  for _, member in ipairs(members) do
+    if live[string.match(member, '^([^/]*)/') or ''] then
+      count = count + 1
+    else
+      redis.call(remove, key, member)
+    end
   end
+  return count
 end
-if count >= tonumber(ARGV[4]) then
+if count_live(KEYS[1], redis.call('ZRANGE', KEYS[1], 0, -1), 'ZREM') >= tonumber(ARGV[4]) then
   return 0
+end
+if ARGV[7] == '1' then
+  local tenant_count = count_live(KEYS[5], redis.call('SMEMBERS', KEYS[5]), 'SREM')
+  if tonumber(ARGV[6]) >= 0 and tenant_count >= tonumber(ARGV[6]) then
+    return -1
+  end
+  redis.call('SADD', KEYS[5], ARGV[1])
 end
 local rank = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], rank, ARGV[1])
@@ -74,6 +93,10 @@ class Registry:
     def online_key(self, tenant_id: str | None) -> str:
         """The set of the tenant's users with at least one tab (its broadcasts' audience)."""
         return f"{self._prefix}ws:online:{tenant_id or '-'}"
+
+    def tenant_tabs_key(self, tenant_id: str) -> str:
+        """The set of the tenant's tabs (counted against its plan's ws_connections)."""
+        return f"{self._prefix}ws:tenant-tabs:{tenant_id}"
 
     def member(self, connection_id: str) -> str:
         """The tabs-set member of one of this instance's connections."""
@@ -128,20 +151,45 @@ class Registry:
         return {str(member) for member in members} | {self.instance_id}
 
     async def reserve_tab(
-        self, user_id: str, tenant_id: str | None, connection_id: str, *, limit: int
-    ) -> bool:
+        self,
+        user_id: str,
+        tenant_id: str | None,
+        connection_id: str,
+        *,
+        limit: int,
+        tenant_limit: int | None = None,
+    ) -> Reservation:
         """Register a tab if the user has fewer than ``limit`` live tabs on all instances
-        (False: refused, nothing registered). Counting and adding are one script, so
-        parallel handshakes cannot all see room for themselves. The tab's rank (the
-        oldest leads) is its place in the order tabs registered: a tab that started
+        and the tenant fewer than ``tenant_limit`` (None: no limit); anything but
+        ``"reserved"`` is a refusal with nothing registered. Counting and adding are one
+        script, so parallel handshakes cannot all see room for themselves. The tab's rank
+        (the oldest leads) is its place in the order tabs registered: a tab that started
         earlier but registered later never outranks one that already saw itself as the
         oldest."""
         key = self._tabs_key(user_id)
-        rank = await self._reserve_tab(
-            keys=[key, f"{key}:seq", self.online_key(tenant_id), self.instances_key],
-            args=[self.member(connection_id), user_id, time.time(), limit, self.instance_id],
+        rank = int(
+            await self._reserve_tab(
+                keys=[
+                    key,
+                    f"{key}:seq",
+                    self.online_key(tenant_id),
+                    self.instances_key,
+                    self.tenant_tabs_key(tenant_id or "-"),
+                ],
+                args=[
+                    self.member(connection_id),
+                    user_id,
+                    time.time(),
+                    limit,
+                    self.instance_id,
+                    -1 if tenant_limit is None else tenant_limit,
+                    "1" if tenant_id else "0",
+                ],
+            )
         )
-        return int(rank) > 0
+        if rank > 0:
+            return "reserved"
+        return "user_limit" if rank == 0 else "tenant_limit"
 
     async def remove_tab(self, user_id: str, tenant_id: str | None, connection_id: str) -> None:
         """Drop the tab; the user leaves their tenant's online set with their last tab."""
@@ -149,7 +197,9 @@ class Registry:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(key, self.member(connection_id))
             pipe.zrange(key, 0, -1)
-            _, members = await pipe.execute()
+            if tenant_id:
+                pipe.srem(self.tenant_tabs_key(tenant_id), self.member(connection_id))
+            _, members, *_ = await pipe.execute()
         if not members:
             await self._redis.srem(self.online_key(tenant_id), user_id)
 

@@ -63,6 +63,8 @@ class GatewaySettings(ServiceSettings):
     breaker: RateLimit = _DEFAULT_BREAKER
     instance_ttl: float = 5.0
     session_sweep: float = 2.0
+    # APEX_PLAN_LIMITS: refuse a connection over the tenant's plan's ws_connections (402).
+    plan_limits: bool = False
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -101,6 +103,7 @@ class GatewaySettings(ServiceSettings):
             "breaker": env.rate("APEX_WS_BREAKER", "5/30"),
             "instance_ttl": env.number("APEX_WS_INSTANCE_TTL", 5.0),
             "session_sweep": env.number("APEX_WS_SESSION_SWEEP", 2.0, unit="seconds"),
+            "plan_limits": env.switch("APEX_PLAN_LIMITS", False),
         }
 
 
