@@ -97,12 +97,10 @@ def test_registration_is_undone_after_the_test():
 
 
 def test_a_third_party_with_no_fake_is_named(apex_worker):
-    payments = topology.ThirdParty("payments", {"base_url": "TOY_PAYMENTS_URL"}, url="base_url")
-    topology.register(
-        topology.Service("toy_billing", module="toy_service", third_parties=(payments,))
-    )
+    crm = topology.ThirdParty("crm", {"base_url": "TOY_CRM_URL"}, url="base_url")
+    topology.register(topology.Service("toy_billing", module="toy_service", third_parties=(crm,)))
     try:
-        with pytest.raises(LookupError, match=r"third party 'payments'.* no fake of it"):
+        with pytest.raises(LookupError, match=r"third party 'crm'.* no fake of it"):
             service_env(apex_worker, "toy_billing")
     finally:
         topology.unregister("toy_billing")

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apex import topology
 from apex_testkit import Level
 from apex_testkit._level import WrongLevel
 from apex_testkit._sut import DeployedPlatform, InProcessPlatform, ProcessPlatform, ServiceProcess
@@ -76,8 +77,11 @@ def test_stack_runs_a_command_against_the_platform(tmp_path: Path):
     assert "stopped and cleaned up" in done.stderr
     loaded = load_target(target)
     assert loaded.admin_token
-    # The kit's fakes served as the platform's sandboxes, and went with the stack.
-    assert sorted(loaded.sandboxes) == ["llm", "llm_fallback", "oidc", "saml", "sms", "smtp"]
+    # The kit's fakes served as the platform's sandboxes (one per third party the
+    # topology names), and went with the stack.
+    third_parties = {p.name for s in topology.SERVICES for p in topology.service(s).third_parties}
+    assert sorted(loaded.sandboxes) == sorted(third_parties)
+    assert {"llm", "llm_fallback", "oidc", "payments", "saml", "sms", "smtp"} <= third_parties
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{loaded.sandboxes['oidc']}/_fake/config", timeout=2)
     with pytest.raises(httpx.ConnectError):
