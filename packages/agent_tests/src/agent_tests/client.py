@@ -67,7 +67,9 @@ def admin_headers(admin_token: str) -> dict[str, str]:
 
 def run_body(**fields: Any) -> dict[str, Any]:
     """A valid `POST /v1/runs` body (agent `assistant`) with a fresh idempotency key;
-    `fields` override (or, set to None, remove) any field."""
+    `fields` override (or, set to None, remove) any field. A test that runs at L4 and is
+    not about the response cache passes `cache=False`: a deployment's cache outlives
+    tests, and the default input is the same for every run."""
     body: dict[str, Any] = {
         "agent": "assistant",
         "input": "What is the capital of France?",

@@ -40,7 +40,7 @@ async def test_a_429_then_a_500_are_retried_and_the_third_answer_counts(
     fake_llm.fail_next(429, retry_after=0.05)
     fake_llm.fail_next(500)
     fake_llm.reply("third time lucky")
-    run = await final_run(agents_client, runner, await submit(agents_client, runner))
+    run = await final_run(agents_client, runner, await submit(agents_client, runner, cache=False))
     assert run["status"] == "succeeded", run
     assert run["result"] == "third time lucky"
     calls = fake_llm.calls
@@ -61,7 +61,7 @@ async def test_past_the_retries_of_both_providers_the_run_fails_and_costs_nothin
     for fake in (fake_llm, fake_llm_fallback):
         fake.fail_next(503, times=2)
         fake.reply("never asked for")
-    run = await final_run(client, runner, await submit(client, runner))
+    run = await final_run(client, runner, await submit(client, runner, cache=False))
     assert run["status"] == "failed", run
     assert run["error"] == "providers_unavailable"
     assert [c.status for c in fake_llm.calls] == [503, 503]
@@ -75,7 +75,7 @@ async def test_a_refused_request_is_not_retried(
     agents_client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm
 ) -> None:
     fake_llm.fail_next(400, message="bad request")
-    run = await final_run(agents_client, runner, await submit(agents_client, runner))
+    run = await final_run(agents_client, runner, await submit(agents_client, runner, cache=False))
     assert run["status"] == "failed", run
     assert run["error"] == "provider_error"
     assert [c.status for c in fake_llm.calls] == [400]

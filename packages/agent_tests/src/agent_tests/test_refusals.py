@@ -109,7 +109,7 @@ async def test_another_tenants_run_is_404_to_read_and_to_cancel(
     owner: AgentUser = await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS))
     other: AgentUser = await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS))
     fake_llm.reply("mine")
-    run_id = await submit(agents_client, owner)
+    run_id = await submit(agents_client, owner, cache=False)
     await final_run(agents_client, owner, run_id)
     read = await agents_client.get(f"/v1/runs/{run_id}", headers=other.headers)
     assert read.status_code == 404, read.text

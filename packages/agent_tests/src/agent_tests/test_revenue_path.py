@@ -49,7 +49,7 @@ async def test_a_run_is_answered_and_its_cost_is_billed_to_its_tenant(
     user = await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS, BILLING_READ))
     other = await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS, BILLING_READ))
     fake_llm.reply("The answer, billed.")
-    run = await final_run(agents_client, user, await submit(agents_client, user))
+    run = await final_run(agents_client, user, await submit(agents_client, user, cache=False))
     assert (run["status"], run["result"]) == ("succeeded", "The answer, billed.")
     tokens = run["usage"]["prompt_tokens"] + run["usage"]["completion_tokens"]
     assert run["cost_micros"] > 0
