@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,10 @@ def inner_pytest(tmp_path: Path) -> InnerRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Ctrl-C reaches the inner run even when this run was started in the background
+            # of a script (SIGINT ignored, and Python installs no KeyboardInterrupt handler
+            # for an ignored SIGINT), as CI may start it.
+            preexec_fn=_default_sigint,
         )
         started.append(process)
         return process
@@ -75,6 +80,10 @@ def inner_pytest(tmp_path: Path) -> InnerRun:
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
