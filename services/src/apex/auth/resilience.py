@@ -30,6 +30,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apex.common.tasks import stop_tasks
+
 __all__ = ["REDIS_DOWN", "REVOKED_SIDS", "Mode", "Resilience"]
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ REVOKED_SIDS: Final = "revoked_sids"
 # lets through unconverted.
 REDIS_DOWN: Final[tuple[type[Exception], ...]] = (RedisError, OSError, RuntimeError)
 PROBE_TIMEOUT: Final = 2.0
+# How long stop() waits for the background tasks to end.
+_STOP_TIMEOUT: Final = 5.0
 # A refused or dropped connection degrades at once; timeouts only when repeated, so a
 # slow moment under load does not switch an instance to stateless checks.
 TIMEOUTS_TO_DEGRADE: Final = 2
@@ -115,13 +119,14 @@ class Resilience:
     async def stop(self) -> None:
         """Stop the background tasks."""
         self._stopping = True
-        for task in (self._probe_task, self._listen_task):
-            if task is not None:
-                task.cancel()
-        for task in (self._probe_task, self._listen_task):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # Cancelled again until they end: a cancel can be lost (apex.common.tasks), and
+        # the listener would go on listening.
+        still = await stop_tasks((self._probe_task, self._listen_task), _STOP_TIMEOUT)
+        for running in still:
+            log.warning("%s did not stop within %.1f s", running.get_name(), _STOP_TIMEOUT)
+        for ended in (self._probe_task, self._listen_task):
+            if ended is not None and ended.done() and not ended.cancelled():
+                ended.exception()  # retrieved: an error of a task being stopped is not news
 
     async def reset(self) -> None:
         """Forget the revocation cache and the outage state, then probe: afterwards this

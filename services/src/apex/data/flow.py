@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.common.http import ApiError
+from apex.common.tasks import stop_tasks
 from apex.data import clickhouse_sql, references, views, warming
 from apex.data.cache import Cache, CacheResult
 from apex.data.callers import BILLING_READ, Caller
@@ -130,20 +131,9 @@ async def open_flow(service: DataService) -> AsyncIterator[Flow]:
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait, at most RELAY_STOP_TIMEOUT, until they have ended.
-
-    A cancellation can be lost: on Python 3.11 `asyncio.wait_for` returns its inner
-    result instead of raising when the cancel arrives as that result lands (asyncpg and
-    the relay's own poll use it), and the loop then carries on. So the cancel is repeated
-    until the task ends, rather than waiting out the timeout once for a task that goes on.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RELAY_STOP_TIMEOUT
-    pending = {task for task in tasks if not task.done()}
-    while pending and loop.time() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(0.05, deadline - loop.time()))
+    """Cancel `tasks` until they have ended, at most RELAY_STOP_TIMEOUT (a cancellation
+    can be lost: `apex.common.tasks`); log what ended with an error or did not stop."""
+    pending = await stop_tasks(tasks, RELAY_STOP_TIMEOUT)
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("%s ended with an error", task.get_name(), exc_info=task.exception())
