@@ -32,7 +32,6 @@
 from __future__ import annotations
 
 import datetime
-import hmac
 import uuid
 from typing import Annotated, Any, Final, Literal
 
@@ -51,7 +50,7 @@ from apex.agents.service import AgentService
 from apex.agents.settings import SERVICE
 from apex.agents.state import RestoreError
 from apex.agents.tracing import current_traceparent
-from apex.common.http import ApiError, bearer_token, require_json_body
+from apex.common.http import ApiError, bearer_token, require_admin_token, require_json_body
 from apex.common.settings import ConfigError
 from apex.common.shared_config import config_report
 from apex.data.callers import Caller
@@ -339,12 +338,7 @@ async def get_audit(run_id: str, caller: CallerDep, service: Service) -> dict[st
 
 def require_admin(request: Request, service: Service) -> None:
     """The admin routes (and /metrics) answer the platform's admin token only."""
-    expected = service.settings.admin_token
-    if not expected:
-        raise ApiError(403, "forbidden", "the admin API needs APEX_ADMIN_TOKEN to be set")
-    token = bearer_token(request)
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(401, "invalid_token", "not the admin token")
+    require_admin_token(request, service.settings.admin_token)
 
 
 @router.get("/admin/config", dependencies=[Depends(require_admin)])
