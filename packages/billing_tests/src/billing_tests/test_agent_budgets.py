@@ -9,6 +9,9 @@ notes-billing.md § Tier enforcement), with APEX_PLAN_LIMITS=on, which these tes
   (APEX_PLAN_RATE_WINDOW, 60 s; an hour here, so the burst fits it however slow the
   machine) is 429 `rate_limited` with `Retry-After`; a replayed idempotency key is
   answered with its run.
+- The window slides: with a 3-second window and an operator's plan table (APEX_PLANS)
+  whose early allows 2 runs a minute, the third run is refused with a `Retry-After` of
+  at most 3 and admitted once the first left the window.
 - Nothing of a refused submission is done: no run stored, no LLM request. An upgrade
   through apex.billing lifts the limit for the very next submission.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +34,7 @@ from agent_tests.client import AUDIENCE as AGENTS
 from agent_tests.client import READ_RUNS, RUN_AGENTS, chat_calls, final_run, run_body
 from auth_tests.access import context_token
 
-from apex_testkit import FakeLlm, Platform
+from apex_testkit import FakeLlm, Platform, eventually
 from billing_tests.client import MANAGE, READ, BillingUser, MakeUser, subscribe, tenant_of
 
 TIERS = pytest.mark.bvj(
@@ -165,3 +169,65 @@ async def test_the_plans_requests_per_minute_refuse_a_run_until_an_upgrade(
     again = await enforcing_agents.post("/v1/runs", json=bodies[-1], headers=user.headers)
     assert again.status_code == 202, again.text
     assert await runs_of(billing_db, owner) == FREE_REQUESTS_PER_MINUTE + 1
+
+
+# An operator's plan table (APEX_PLANS): the contract's free and early, but early allows
+# only 2 runs a minute.
+FREE = {
+    "requests_per_minute": FREE_REQUESTS_PER_MINUTE,
+    "tokens_per_day": FREE_TOKENS_PER_DAY,
+    "seats": 1,
+    "ws_connections": 2,
+}
+SLOW_EARLY = {
+    "free": {"price": 0, **FREE},
+    "early": {
+        "price": 2900,
+        "requests_per_minute": 2,
+        "tokens_per_day": 2_000_000,
+        "seats": 5,
+        "ws_connections": 20,
+    },
+}
+
+
+async def test_the_rate_window_slides_and_retry_after_says_when(
+    clean_platform: Platform, make_billing_user: MakeUser, billing_auth_client: httpx.AsyncClient,
+    billing_db: Any,
+) -> None:  # fmt: skip
+    billing = clean_platform.client("billing", APEX_PLANS=json.dumps(SLOW_EARLY))
+    agents = clean_platform.client("agents", APEX_PLAN_LIMITS="on", APEX_PLAN_RATE_WINDOW="3")
+    async with billing as billing_client, agents as agents_client:
+        user = await make_billing_user(permissions=(READ, MANAGE, RUN_AGENTS, READ_RUNS))
+        upgraded = await subscribe(billing_client, user, "early")
+        assert upgraded.status_code == 200, upgraded.text
+        owner = Owner(user, dataclasses.replace(
+            user, token=await context_token(billing_auth_client, user.tokens, AGENTS)
+        ))  # fmt: skip
+        tomorrow = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)).isoformat()
+        bodies = [run_body(run_at=tomorrow) for _ in range(3)]
+        for body in bodies[:2]:
+            response = await agents_client.post("/v1/runs", json=body, headers=owner.agents.headers)
+            assert response.status_code == 202, response.text
+        refused = await agents_client.post("/v1/runs", json=bodies[2], headers=owner.agents.headers)
+        assert refused.status_code == 429, refused.text
+        body = refused.json()
+        assert (body["error"], body["limit"], body["allowed"], body["plan"]) == (
+            "rate_limited",
+            "requests_per_minute",
+            2,
+            "early",
+        )
+        assert 1 <= int(refused.headers["Retry-After"]) <= 3
+        assert await runs_of(billing_db, owner) == 2
+
+        async def admitted() -> bool:
+            response = await agents_client.post(
+                "/v1/runs", json=bodies[2], headers=owner.agents.headers
+            )
+            assert response.status_code in (202, 429), response.text
+            return response.status_code == 202
+
+        # Once the first run leaves the 3-second window, one more is admitted.
+        await eventually(admitted, timeout=30, message="admitted once the window slid")
+        assert await runs_of(billing_db, owner) == 3
