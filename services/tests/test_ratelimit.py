@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apex.auth.ratelimit import retry_after_seconds
+from apex.common.ratelimit import retry_after_seconds
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.common.config import RateLimit
+from apex.common.ratelimit import SlidingWindowLimiter
 from apex_testkit import eventually
 
 

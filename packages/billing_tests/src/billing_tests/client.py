@@ -7,8 +7,9 @@ Public: `BillingUser` (a platform user of one tenant with a context token for ap
 official `stripe` client of the payment provider, to read its state), `prorated`
 (Stripe's prorated amount, computed here from the rule), `error_of`; metering:
 `usage_of` (GET /v1/billing/usage), `usage_check` (the admin check), `cents_of` (the
-price rule of notes-billing.md § Metering, written out here). `MakeUser` is the type of
-the `make_billing_user` fixture.
+price rule of notes-billing.md § Metering, written out here), `record` and `write_usage`
+(usage written to apex.data as a user), `metered` (waits until usage reached billing).
+`MakeUser` is the type of the `make_billing_user` fixture.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, Final
 
 import httpx
 import stripe
-from auth_tests.access import ServiceUser, bearer
+from auth_tests.access import ServiceUser, bearer, context_token
 
-from apex_testkit import FakePayments
+from apex_testkit import FakePayments, eventually
 
 __all__ = [
     "AUDIENCE",
@@ -35,7 +36,9 @@ __all__ = [
     "error_of",
     "ledger_check",
     "ledger_of",
+    "metered",
     "prorated",
+    "record",
     "sdk",
     "status_of",
     "subscribe",
@@ -43,6 +46,7 @@ __all__ = [
     "tenant_of",
     "usage_check",
     "usage_of",
+    "write_usage",
 ]
 
 # The audience apex.billing accepts context tokens for.
@@ -162,4 +166,51 @@ async def usage_check(
     )
     assert response.status_code == 200, response.text
     found: dict[str, Any] = response.json()
+    return found
+
+
+async def write_usage(
+    data: httpx.AsyncClient,
+    auth: httpx.AsyncClient,
+    user: BillingUser,
+    records: list[dict[str, Any]],
+) -> list[int]:
+    """POST /v1/usage of each record as `user` (a context token for apex.data); the
+    statuses (201 new, 200 an idempotency key seen before)."""
+    headers = bearer(await context_token(auth, user.tokens, "apex-data"))
+    statuses = []
+    for record in records:
+        body = {"user_id": user.key_user.user_id, **record}
+        response = await data.post("/v1/usage", json=body, headers=headers)
+        assert response.status_code in (200, 201), response.text
+        statuses.append(response.status_code)
+    return statuses
+
+
+def record(key: str, kind: str, quantity: int, cost: int, at: str, **labels: str) -> dict[str, Any]:
+    """A usage record of `POST /v1/usage` (apex.data) with these labels."""
+    return {
+        "kind": kind,
+        "quantity": quantity,
+        "cost_micros": cost,
+        "idempotency_key": key,
+        "occurred_at": at,
+        "labels": labels,
+    }
+
+
+async def metered(
+    billing: httpx.AsyncClient, user: BillingUser, *, events: int, period: tuple[str, str]
+) -> dict[str, Any]:
+    """The user's usage of `period` (`[from, to)`) once at least `events` of its events
+    reached it (apex.data's relay copies them to ClickHouse)."""
+
+    async def arrived() -> dict[str, Any] | None:
+        usage = await usage_of(billing, user, *period)
+        return usage if sum(x["events"] for x in usage["lines"]) >= events else None
+
+    found: dict[str, Any] | None = await eventually(
+        arrived, timeout=60, message=f"{events} usage events metered"
+    )
+    assert found is not None  # eventually returns a truthy value
     return found

@@ -118,6 +118,45 @@ async def test_a_paying_card_converts_the_tenant_and_unlocks_the_tier_everywhere
     ]
 
 
+@pytest.mark.L4
+async def test_a_conversion_through_the_api_reports_the_paid_tier_at_once(
+    billing_client: httpx.AsyncClient, owner: BillingUser, fake_payments: FakePayments
+) -> None:
+    """001#96 as a deployment shows it, through its API and the payment sandbox only (no
+    database or Redis at L4): the tenant's state and limits before and after, the
+    provider's subscription and paid first invoice, the platform's invoice. The local
+    stack runs with APEX_PLAN_LIMITS off (notes-billing.md deviation 3: the other teams'
+    L4 tests put several users and connections in plan-less tenants), so that auth, the
+    gateway and agents then enforce the new limits is proven at L2/L3
+    (`test_tier_enforcement.py`, `test_agent_budgets.py`)."""
+    before = await subscription_of(billing_client, owner)
+    assert (before["plan"], before["status"], before["limits"]) == ("free", "none", FREE_LIMITS)
+    response = await subscribe(billing_client, owner, "early")
+    assert response.status_code == 200, response.text
+    try:
+        state = response.json()
+        assert (state["plan"], state["status"]) == ("early", "active")
+        assert (state["limits"], state["cancel_at_period_end"]) == (EARLY_LIMITS, False)
+        assert await subscription_of(billing_client, owner) == state
+        # The sandbox (reset for this test) has this one subscription, its invoice paid.
+        provider = sdk(fake_payments)
+        [subscription] = provider.v1.subscriptions.list().data
+        assert subscription.status == "active"
+        assert subscription["items"]["data"][0]["price"]["unit_amount"] == 2900
+        invoice = provider.v1.invoices.retrieve(str(subscription.latest_invoice))
+        assert (invoice.status, invoice.amount_paid) == ("paid", 2900)
+        invoices = await billing_client.get("/v1/billing/invoices", headers=owner.headers)
+        assert invoices.status_code == 200, invoices.text
+        assert [i["amount_paid"] for i in invoices.json()["invoices"]] == [
+            {"amount": 2900, "currency": "usd"}
+        ]
+    finally:
+        # Leave no renewing subscription on a deployment: it ends with the period.
+        cancel = "/v1/billing/subscription/cancel"
+        ended = await billing_client.post(cancel, headers=owner.headers)
+        assert ended.status_code == 200, ended.text
+
+
 @pytest.mark.parametrize(
     ("card", "decline_code"),
     [

@@ -24,20 +24,22 @@ from agent_tests.client import AUDIENCE as AGENTS
 from agent_tests.client import READ_RUNS, RUN_AGENTS, final_run, submit
 from auth_tests.access import context_token
 
-from apex_testkit import FakeLlm, FakePayments, eventually
+from apex_testkit import FakeLlm, FakePayments
 from billing_tests.client import (
     MANAGE,
     READ,
-    BillingUser,
     MakeUser,
     bearer,
     cents_of,
     error_of,
+    metered,
+    record,
     sdk,
     subscribe,
     tenant_of,
     usage_check,
     usage_of,
+    write_usage,
 )
 
 METERING = pytest.mark.bvj(
@@ -54,35 +56,6 @@ WRITER = {"agent": "writer", "model": "gpt-4o-mini", "provider": "llm", "run_id"
 PLANNER = {"agent": "planner", "model": "gpt-4o", "provider": "llm", "run_id": "r2"}
 
 
-async def write_usage(
-    data: httpx.AsyncClient,
-    auth: httpx.AsyncClient,
-    user: BillingUser,
-    records: list[dict[str, Any]],
-) -> list[int]:
-    """POST /v1/usage of each record as `user` (a context token for apex.data); the
-    statuses (201 new, 200 an idempotency key seen before)."""
-    headers = bearer(await context_token(auth, user.tokens, "apex-data"))
-    statuses = []
-    for record in records:
-        body = {"user_id": user.key_user.user_id, **record}
-        response = await data.post("/v1/usage", json=body, headers=headers)
-        assert response.status_code in (200, 201), response.text
-        statuses.append(response.status_code)
-    return statuses
-
-
-def record(key: str, kind: str, quantity: int, cost: int, at: str, **labels: str) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "quantity": quantity,
-        "cost_micros": cost,
-        "idempotency_key": key,
-        "occurred_at": at,
-        "labels": labels,
-    }
-
-
 def line(
     kind: str, labels: dict[str, str], quantity: int, cost: int, events: int
 ) -> dict[str, Any]:
@@ -96,22 +69,6 @@ def line(
         "events": events,
         "price": {"amount": cents_of(cost), "currency": "usd"},
     }
-
-
-async def metered(
-    billing: httpx.AsyncClient, user: BillingUser, events: int, period: tuple[str, str] = JANUARY
-) -> dict[str, Any]:
-    """The user's usage once at least `events` events of the period reached it."""
-
-    async def arrived() -> dict[str, Any] | None:
-        usage = await usage_of(billing, user, *period)
-        return usage if sum(x["events"] for x in usage["lines"]) >= events else None
-
-    found: dict[str, Any] | None = await eventually(
-        arrived, timeout=60, message=f"{events} usage events metered"
-    )
-    assert found is not None  # eventually returns a truthy value
-    return found
 
 
 @METERING
@@ -142,7 +99,7 @@ async def test_usage_is_metered_once_per_event_priced_per_line_and_checked(
     theirs = [record("a", "llm", 999, 50_000, "2026-01-05T10:00:00Z", **WRITER)]
     assert await write_usage(billing_data_client, billing_auth_client, other, theirs) == [201]
 
-    usage = await metered(billing_client, user, events=4)
+    usage = await metered(billing_client, user, events=4, period=JANUARY)
     # Per line, rounded up once: 32,346 micro-dollars is 4 cents (per event it would be 5).
     expected = [
         line("api", {}, 7, 0, 1),
@@ -152,7 +109,7 @@ async def test_usage_is_metered_once_per_event_priced_per_line_and_checked(
     assert usage["tenant_id"] == tenant_of(user)
     assert usage["lines"] == expected
     assert usage["total"] == {"amount": 0 + 1 + 4, "currency": "usd"}
-    their_usage = await metered(billing_client, other, events=1)
+    their_usage = await metered(billing_client, other, events=1, period=JANUARY)
     assert their_usage["lines"] == [line("llm", WRITER, 999, 50_000, 1)]
     assert their_usage["total"] == {"amount": 5, "currency": "usd"}
 
@@ -188,7 +145,7 @@ async def test_the_check_reports_a_raw_event_the_aggregates_lack(
     user = await make_billing_user(permissions=(READ, RUN_AGENTS))
     first = [record("a", "llm", 100, 10_000, "2026-01-05T10:00:00Z", **WRITER)]
     await write_usage(billing_data_client, billing_auth_client, user, first)
-    await metered(billing_client, user, events=1)
+    await metered(billing_client, user, events=1, period=JANUARY)
     assert (await usage_check(billing_client, admin_token, tenant_of(user), *JANUARY))["ok"]
 
     # A record in PostgreSQL that never reached ClickHouse (no outbox row).
@@ -241,7 +198,7 @@ async def test_usage_lines_are_added_once_to_the_next_provider_invoice(
         record("d", "api", 7, 0, "2026-01-10T00:00:00Z"),
     ]
     await write_usage(billing_data_client, billing_auth_client, owner, usage)
-    await metered(billing_client, owner, events=4)
+    await metered(billing_client, owner, events=4, period=JANUARY)
 
     body = {"tenant": tenant_of(owner), "from": JANUARY[0], "to": JANUARY[1]}
     answers = []

@@ -8,7 +8,8 @@
   ``incompatible``), and the user's permissions (the context token's ``perms``) are kept
   with the run for its tool calls. An input that cannot fit its agent's context window is
   422 ``context_too_large``; then ``run_at`` (422), then the tenant's limits (429
-  ``token_budget_exceeded``, ``too_many_runs``); nothing stored on a refusal. ``cache:
+  ``token_budget_exceeded``, ``too_many_runs``; with APEX_PLAN_LIMITS on, the plan's:
+  ``apex.agents.plan_limits``); nothing stored on a refusal. ``cache:
   false``: the run neither reads nor writes the response cache.
 - ``GET /v1/runs/{id}`` (``agents:read``): the run; another tenant's run is 404.
 - ``POST /v1/runs/{id}/cancel`` (``agents:run``): the run cancelled, its LLM call in flight
@@ -45,6 +46,7 @@ from apex.agents.graph import Workflow, WorkflowError, check
 from apex.agents.jobs import parse_run_at
 from apex.agents.limits import LimitExceeded, TenantLimits
 from apex.agents.metrics import CONTENT_TYPE
+from apex.agents.plan_limits import PlanLimits
 from apex.agents.runs import FINAL, Run
 from apex.agents.service import AgentService
 from apex.agents.settings import SERVICE
@@ -187,6 +189,15 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
     limits = TenantLimits(
         token_budget=settings.tenant_token_budget, max_queued=settings.tenant_max_queued
     )
+    admit = limits.admit
+    if settings.plan_limits:
+        plan = PlanLimits(
+            service.redis,
+            settings.redis_prefix,
+            window=settings.plan_rate_window,
+            max_queued=settings.tenant_max_queued,
+        )
+        admit = plan.admit
     try:
         run, created = await service.store.submit(
             tenant_id=caller.tenant_id,
@@ -199,7 +210,7 @@ async def submit_run(body: RunIn, caller: CallerDep, service: Service) -> JSONRe
             agent_version=agent_version,
             permissions=caller.permissions,
             use_cache=body.cache,
-            admit=limits.admit,
+            admit=admit,
         )
     except LimitExceeded as exc:
         raise ApiError(429, exc.code, exc.detail) from exc

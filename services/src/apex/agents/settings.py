@@ -68,6 +68,10 @@ class AgentSettings(ServiceSettings):
     llm_fallback_api_key: str | None = dataclasses.field(default=None, repr=False)
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    # Plan limits (apex.agents.plan_limits): APEX_PLAN_LIMITS on admits runs against the
+    # tenant's plan (tokens per day, run submissions per APEX_PLAN_RATE_WINDOW seconds).
+    plan_limits: bool = False
+    plan_rate_window: float = 60.0
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -111,6 +115,8 @@ class AgentSettings(ServiceSettings):
             "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
             **_queue_settings(env),
             **_failover(env),
+            "plan_limits": env.switch("APEX_PLAN_LIMITS", False),
+            "plan_rate_window": env.number("APEX_PLAN_RATE_WINDOW", 60.0, unit="seconds"),
         }
 
 

@@ -22,11 +22,11 @@ from apex.auth.context import AuthContext, require_admin
 from apex.auth.guard import Guard, GuardMiddleware
 from apex.auth.logins import IdentityServices
 from apex.auth.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.auth.sessions import SessionStore
 from apex.auth.tokens import Signer
 from apex.common.config import ConfigError, Settings
 from apex.common.http import BodyLimitMiddleware, install_error_handlers
+from apex.common.ratelimit import SlidingWindowLimiter
 from apex.data.migrations import load_migrations
 from apex.data.pool import create_pool
 

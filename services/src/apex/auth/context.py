@@ -13,12 +13,12 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from apex.auth import audit
-from apex.auth.ratelimit import SlidingWindowLimiter
 from apex.auth.resilience import REDIS_DOWN
 from apex.auth.sessions import Session, SessionStore
 from apex.auth.tokens import AccessClaims, Signer, TokenError
 from apex.common.config import Settings
 from apex.common.http import ApiError, bearer_token
+from apex.common.ratelimit import SlidingWindowLimiter
 
 if TYPE_CHECKING:
     from apex.auth.guard import Guard

@@ -25,13 +25,13 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apex.auth.permcache import PERMISSIONS_CHANGED, Loader, PermissionCache
-from apex.auth.ratelimit import Decision, SlidingWindowLimiter
 from apex.auth.resilience import REDIS_DOWN, Resilience
 from apex.auth.sessions import Session
 from apex.auth.tokens import AccessClaims
 from apex.common.config import RateLimit, Settings, lifetime
 from apex.common.http import ApiError, bearer_token, error_response
 from apex.common.identity import CONTEXT_TOKEN_TYPE
+from apex.common.ratelimit import Decision, SlidingWindowLimiter
 
 if TYPE_CHECKING:
     from apex.auth.context import AuthContext

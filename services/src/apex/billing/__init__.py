@@ -7,8 +7,9 @@ migrate|rollback|status`` manages the platform's schema (its tables are in apex.
 migrations). Modules: ``settings``, ``plans`` (the tier table), ``payments`` (the provider
 through the official ``stripe`` SDK), ``store``, ``subscriptions`` (the lifecycle),
 ``webhooks``, ``ledger`` (double entry), ``recognition``, ``metering`` (usage from
-apex.data's ClickHouse, priced), ``entitlements``, ``metrics``,
-``service``, ``routes``, ``app``.
+apex.data's ClickHouse, priced), ``usage_invoices`` (a period's usage on the provider's
+invoices, corrected when usage arrives late), ``schedule`` (the periodic invoicing and
+recognition), ``entitlements``, ``metrics``, ``service``, ``routes``, ``app``.
 """
 
 from __future__ import annotations

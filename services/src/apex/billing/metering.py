@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import Any, Final
 
 import asyncpg
 
-from apex.billing.payments import PaymentProvider
 from apex.common.http import ApiError
 from apex.data import clickhouse_sql
 from apex.data.clickhouse import ClickHouse, ClickHouseError
@@ -35,7 +33,6 @@ __all__ = [
     "MICROS_PER_CENT",
     "Line",
     "Metering",
-    "invoice_usage",
     "period_view",
     "price_of",
 ]
@@ -99,32 +96,6 @@ def period_view(
         "lines": [line.view() for line in lines],
         "total": {"amount": total, "currency": CURRENCY},
     }
-
-
-async def invoice_usage(
-    provider: PaymentProvider,
-    customer: str,
-    subscription: str,
-    since: datetime.datetime,
-    until: datetime.datetime,
-    lines: list[Line],
-) -> list[dict[str, Any]]:
-    """Each priced line (price above 0) as an invoice item on the subscription's next
-    provider invoice, keyed by the customer, the period and the line: a repeated call adds
-    nothing twice."""
-    items = []
-    for line in lines:
-        amount = price_of(line.cost_micros)
-        if amount == 0:
-            continue
-        what = "\0".join((customer, since.isoformat(), until.isoformat(), *line.key))
-        key = f"usage:{hashlib.sha256(what.encode()).hexdigest()}"
-        label = " ".join(part for part in line.key if part)
-        description = f"Usage {since.isoformat()} to {until.isoformat()}: {label}"
-        item = await provider.invoice_item(customer, subscription, amount, description, key=key)
-        items.append({"kind": line.kind, "agent": line.agent, "model": line.model,
-                      "amount": amount, "invoice_item": item})  # fmt: skip
-    return items
 
 
 def _lines(rows: Iterable[tuple[Any, ...]]) -> list[Line]:

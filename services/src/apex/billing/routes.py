@@ -10,7 +10,9 @@
 - ``GET /v1/billing/usage?from&to`` (``billing:read``): metered usage by kind, agent and
   model, priced (apex.billing.metering).
 - ``POST /v1/billing/webhooks``: the provider's events (signature only).
-- ``POST /admin/billing/usage-invoice {tenant, from, to}``: a period's usage invoice;
+- ``POST /admin/billing/usage-invoice {tenant, from, to}``: a period's usage invoice
+  (apex.billing.usage_invoices: late usage corrected); ``POST
+  /admin/billing/schedule/run``: one pass of the schedule (apex.billing.schedule);
   ``GET /admin/billing/usage/check?tenant&from&to``: the aggregates against the raw events.
 - ``POST /admin/billing/recognize {date}``, ``POST /admin/billing/refunds {invoice_id,
   amount}``, ``GET /admin/billing/ledger/check``,
@@ -27,12 +29,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from apex.billing.ledger import check
-from apex.billing.metering import invoice_usage, period_view
+from apex.billing.metering import period_view
 from apex.billing.metrics import CONTENT_TYPE
 from apex.billing.recognition import recognise
 from apex.billing.service import BillingService
 from apex.billing.settings import SERVICE
 from apex.billing.subscriptions import LIVE
+from apex.billing.usage_invoices import invoice_period
 from apex.billing.webhooks import verify
 from apex.common.http import ApiError, bearer_token, require_admin_token, require_json_body
 from apex.common.shared_config import config_report
@@ -257,15 +260,21 @@ async def usage_invoice(body: PeriodIn, service: Service) -> dict[str, Any]:
     row = await service.store.subscription(body.tenant)
     live = customer is not None and row is not None and row.status in LIVE
     document["subscription"] = row.subscription_id if live and row else None
-    document["invoice_items"] = (
-        await invoice_usage(
-            service.subscriptions.provider, customer, row.subscription_id, body.since,
-            body.until, lines,
-        )
-        if live and customer and row
-        else []
-    )  # fmt: skip
+    document["invoice_items"] = []
+    if live and customer and row:
+        document["invoice_items"], _ = await invoice_period(
+            service.store.pool, service.subscriptions.provider, tenant=body.tenant,
+            customer=customer, subscription=row.subscription_id, since=body.since,
+            until=body.until, lines=lines,
+        )  # fmt: skip
     return document
+
+
+@router.post("/admin/billing/schedule/run", dependencies=[Admin])
+async def run_schedule(service: Service) -> dict[str, Any]:
+    """One pass of the schedule now: closed usage periods invoiced (late usage corrected)
+    and revenue recognised through yesterday."""
+    return await service.schedule.run_once()
 
 
 @router.get("/admin/billing/usage/check", dependencies=[Admin])

@@ -1,8 +1,9 @@
 """The running billing service: what its lifespan opens, for the routes.
 
 :func:`open_service` opens the PostgreSQL pool (acting as ``apex_app``), Redis, the
-payment provider's client and the context-token verifier (audience ``apex-billing``), and
-closes them after its block.
+payment provider's client and the context-token verifier (audience ``apex-billing``),
+starts the schedule (``apex.billing.schedule``), and stops and closes them after its
+block.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from apex.billing.metering import Metering
 from apex.billing.metrics import Metrics
 from apex.billing.payments import PaymentProvider
 from apex.billing.refunds import Refunds
+from apex.billing.schedule import Schedule
 from apex.billing.settings import BillingSettings
 from apex.billing.store import BillingStore
 from apex.billing.subscriptions import Subscriptions
@@ -46,6 +48,7 @@ class BillingService:
     webhooks: WebhookProcessor
     metering: Metering
     refunds: Refunds
+    schedule: Schedule
 
     async def health(self) -> dict[str, str]:
         """Each dependency's check: ok, or why not."""
@@ -82,6 +85,11 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             stack.push_async_callback(clickhouse.close)
         subscriptions = Subscriptions(settings, store=store, provider=provider, redis=redis)
         refunds = Refunds(store, provider)
+        metering = Metering(pool, clickhouse)
+        schedule = Schedule(settings, pool, metering, provider)
+        # Stopped first on the way out, before what its pass uses is closed.
+        schedule.start()
+        stack.push_async_callback(schedule.stop)
         yield BillingService(
             settings,
             Metrics(),
@@ -90,6 +98,7 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
             verifier,
             subscriptions,
             WebhookProcessor(subscriptions, refunds),
-            Metering(pool, clickhouse),
+            metering,
             refunds,
+            schedule,
         )

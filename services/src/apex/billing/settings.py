@@ -39,6 +39,11 @@ class BillingSettings(ServiceSettings):
     plans: Mapping[str, Plan] = dataclasses.field(default_factory=lambda: DEFAULT_PLANS)
     # Metering reads apex.data's usage aggregates here (unset: /v1/billing/usage is 503).
     clickhouse_url: str | None = dataclasses.field(default=None, repr=False)
+    # The schedule (apex.billing.schedule): seconds between passes (0: none), the usage
+    # period's length (seconds, epoch-aligned), how long an invoiced period is corrected.
+    schedule_interval: float = 3600.0
+    usage_period: int = 86_400
+    usage_late_window: float = 604_800.0
 
     @property
     def test_mode(self) -> bool:
@@ -82,4 +87,14 @@ class BillingSettings(ServiceSettings):
             "payments_timeout": env.number("APEX_PAYMENTS_TIMEOUT", 10.0, unit="seconds"),
             "plans": DEFAULT_PLANS if plans is None else parse_plans(plans, "APEX_PLANS"),
             "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", CLICKHOUSE_SCHEMES),
+            "schedule_interval": _seconds_or_off(env, "APEX_BILLING_SCHEDULE_INTERVAL", 3600.0),
+            "usage_period": env.whole_number("APEX_USAGE_PERIOD", 86_400, unit="seconds"),
+            "usage_late_window": env.number("APEX_USAGE_LATE_WINDOW", 604_800.0, unit="seconds"),
         }
+
+
+def _seconds_or_off(env: Env, variable: str, default: float) -> float:
+    """Seconds > 0, or ``0``/``off``: off (0.0)."""
+    if (env.get(variable) or "").strip().lower() in ("0", "off"):
+        return 0.0
+    return env.number(variable, default, unit="seconds")

@@ -2,9 +2,10 @@
 
 apex.billing writes the hash ``<prefix>billing:entitlements:<tenant>`` (``plan`` and one
 field per limit) on every change of the tenant's plan; a tenant without the hash is on
-``free``, whose limits are the contract's table (:data:`FREE`). apex.auth (``seats``) and
-apex.gateway (``ws_connections``) read it with :func:`read` at the moment they admit
-something, one ``HGETALL`` per check: that is cheaper than keeping a cache coherent with
+``free``, whose limits are the contract's table (:data:`FREE`). apex.auth (``seats``),
+apex.gateway (``ws_connections``) and apex.agents (``tokens_per_day``,
+``requests_per_minute``) read it with :func:`read` at the moment they admit something,
+one ``HGETALL`` per check: that is cheaper than keeping a cache coherent with
 ``billing:changed`` (notes-billing.md § Tier enforcement), and an upgrade applies at once.
 
 :func:`refusal` is the body of the 402 ``plan_limit_exceeded`` answer: ``limit`` (the

@@ -5,6 +5,8 @@ script drops the events older than the window, counts the rest and, if below the
 limit, records the new event: Redis runs scripts one at a time, so a concurrent burst
 against a limit of N gets exactly N acceptances, whatever the number of service
 instances. Time comes from the Redis server, so instances with skewed clocks agree.
+apex.auth limits its API and sign-ins with it, apex.agents a plan's run submissions per
+minute (``apex.agents.plan_limits``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from apex.common.config import RateLimit
+from apex.common.settings import RateLimit
 
 __all__ = ["Decision", "SlidingWindowLimiter", "retry_after_seconds"]
 
