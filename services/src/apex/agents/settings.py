@@ -68,6 +68,11 @@ class AgentSettings(ServiceSettings):
     llm_fallback_api_key: str | None = dataclasses.field(default=None, repr=False)
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    # Run events to the user's WebSocket connections (apex.agents.run_events): on|off, and
+    # the users' logs' cap and TTL, the gateway's own variables (one log, one cap).
+    run_events: bool = True
+    ws_replay_buffer: int = 1000
+    ws_stream_ttl: int = 86_400
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -111,7 +116,18 @@ class AgentSettings(ServiceSettings):
             "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
             **_queue_settings(env),
             **_failover(env),
+            **_run_events(env),
         }
+
+
+def _run_events(env: Env) -> dict[str, Any]:
+    """Run events to the user's connections: APEX_RUN_EVENTS, and the users' logs' cap and
+    TTL as the gateway reads them (APEX_WS_REPLAY_BUFFER, APEX_WS_STREAM_TTL)."""
+    return {
+        "run_events": env.switch("APEX_RUN_EVENTS", True),
+        "ws_replay_buffer": env.whole_number("APEX_WS_REPLAY_BUFFER", 1000),
+        "ws_stream_ttl": env.whole_number("APEX_WS_STREAM_TTL", 86_400, unit="seconds"),
+    }
 
 
 def _failover(env: Env) -> dict[str, Any]:

@@ -190,9 +190,11 @@ class WorkerPool:
             self._metrics.runs.labels("cancelled").inc()
         except NotStarted as exc:
             await self._retries.not_started(job, exc.why)
+            await self._audit.flush(job.run_id)  # a dead-lettered run's run.finished
             return
         except Exception as exc:  # noqa: BLE001 - any failure of an attempt is retried
             await self._retries.failed(job, exc)
+            await self._audit.flush(job.run_id)  # a dead-lettered run's run.finished
             return
         finally:
             heartbeat.cancel()
@@ -311,6 +313,7 @@ class WorkerPool:
             return
         self._metrics.runs.labels(status).inc()
         await self._states.snapshot(run.id)
+        await self._audit.flush(run.id)  # its run.finished, to the user's connections
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
