@@ -215,6 +215,9 @@ class WorkerPool:
             attributes={"apex.run_id": str(run_id), "apex.worker": self._name},
         )
         self._metrics.run_seconds.observe(time.perf_counter() - started)
+        # The run's run.finished (a trigger writes it) to the user's connections, once
+        # the run is counted and timed.
+        await self._audit.flush(run_id)
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of
@@ -313,7 +316,6 @@ class WorkerPool:
             return
         self._metrics.runs.labels(status).inc()
         await self._states.snapshot(run.id)
-        await self._audit.flush(run.id)  # its run.finished, to the user's connections
 
     async def _listen(self) -> None:
         """Cancel the work of each run named on the cancel channel, if it is here."""
