@@ -64,8 +64,8 @@ FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed
 MakeUser = Callable[..., Awaitable[AgentUser]]
 # `await agents_with(APEX_LLM_RETRIES="0", ...)`: what `agents_with` hands out.
 OpenAgents = Callable[..., Awaitable[httpx.AsyncClient]]
-# `await agent_socket(user)`: what `agent_socket` hands out.
-OpenSocket = Callable[[AgentUser], Awaitable[WsClient]]
+# `await agent_socket(user, base_url=None, last_seq=None)`: what `agent_socket` hands out.
+OpenSocket = Callable[..., Awaitable[WsClient]]
 # The run events' frame type on the gateway (contract-agents.md § Routes).
 RUN_EVENT: Final = "run.event"
 

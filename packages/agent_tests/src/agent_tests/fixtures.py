@@ -66,14 +66,17 @@ async def agents_with(
 
 @pytest.fixture
 async def agent_socket(clean_platform: Platform) -> AsyncIterator[OpenSocket]:
-    """`await agent_socket(user)`: a WebSocket of the gateway wired for the run's level
-    (`ws_tests.client.WsClient`, welcomed), signed in with the user's access token; every
-    socket is closed after the test."""
+    """`await agent_socket(user, base_url=None, last_seq=None)`: a WebSocket of the gateway
+    wired for the run's level (or of the gateway at `base_url`; `last_seq`: resume after
+    it), a `ws_tests.client.WsClient`, welcomed, signed in with the user's access token;
+    every socket is closed after the test."""
     opened: list[WsClient] = []
     async with clean_platform.serve("gateway") as url:
 
-        async def connect(user: AgentUser) -> WsClient:
-            client = await open_ws(url, user.tokens.access)
+        async def connect(
+            user: AgentUser, *, base_url: str | None = None, last_seq: int | None = None
+        ) -> WsClient:
+            client = await open_ws(base_url or url, user.tokens.access, last_seq=last_seq)
             opened.append(client)
             return client
 

@@ -8,7 +8,9 @@ connection of the submitting user as `{"type": "run.event", "seq", "run_id", "te
 "event": {"seq", "kind", "step", "data", "at"}}` (`event` as `GET /v1/runs/{id}/audit`
 lists it), `run.finished` with the run as `GET /v1/runs/{id}` answers it (its result and
 usage); another user's connections (of the same tenant or another) never get it; a
-connection opened later gets no earlier event.
+connection opened later gets no earlier event, one that resumes from its `last_seq`
+gets what it missed, also across a gateway restart (events are best effort, the run does
+not wait for a gateway).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from agent_tests.client import (
     run_events,
     submit,
 )
-from apex_testkit import FakeLlm, completion_tokens, prompt_tokens
+from apex_testkit import FakeLlm, Platform, completion_tokens, prompt_tokens
 
 COLD = pytest.mark.bvj(
     segment="early", goal="A new user sees the first agent response on its socket at once",
@@ -142,3 +144,27 @@ async def test_a_socket_opened_later_gets_no_earlier_event(
     frames = await run_events(late)
     assert_events_of(frames, second, runner)  # its first frame is the new run's event 1
     assert late.welcome["last_seq"] == frames[0]["seq"] - 1
+
+
+async def test_a_socket_resuming_after_a_gateway_restart_gets_the_events_it_missed(
+    clean_platform: Platform,
+    agents_client: httpx.AsyncClient,
+    make_agent_user: MakeUser,
+    agent_socket: OpenSocket,
+    fake_llm: FakeLlm,
+) -> None:
+    runner = await make_agent_user(permissions=(RUN_AGENTS, READ_RUNS))
+    async with clean_platform.start("gateway") as gateway:
+        seen = (await agent_socket(runner, base_url=gateway.url)).welcome["last_seq"]
+    # That gateway is gone: the run completes all the same.
+    fake_llm.reply(ANSWER)
+    run_id = await submit(agents_client, runner, cache=False)
+    run = await final_run(agents_client, runner, run_id)
+    assert (run["status"], run["result"]) == ("succeeded", ANSWER)
+
+    async with clean_platform.start("gateway") as restarted:
+        socket = await agent_socket(runner, base_url=restarted.url, last_seq=seen)
+        frames = await run_events(socket)
+    assert_events_of(frames, run_id, runner)
+    assert frames[0]["seq"] == seen + 1
+    assert frames[-1]["run"] == run
