@@ -6,8 +6,10 @@ body with a fresh idempotency key), `submit`, `final_run` (waits for a run to re
 `until` (polls a quick check with a deadline), `cost_micros` (the contract's cost of a
 call under a price), `bearer`, `admin_headers`, `error_of`, `agent_definition` (a valid
 `POST /v1/agents` body), `chat_calls` (the fake provider's chat completion requests),
-`Held` (a `fake_llm` responder that holds chosen answers until released). `MakeUser` and
-`OpenAgents` are the types of the `make_agent_user` and `agents_with` fixtures.
+`Held` (a `fake_llm` responder that holds chosen answers until released), `run_events`
+(a run's `run.event` frames on a user's WebSocket, up to its `run.finished`). `MakeUser`,
+`OpenAgents` and `OpenSocket` are the types of the `make_agent_user`, `agents_with` and
+`agent_socket` fixtures.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Final
 
 import httpx
 from auth_tests.access import ServiceUser, bearer
+from ws_tests.client import Frame, WsClient
 
 from apex_testkit import FakeLlm, LlmRequest, eventually
 
@@ -27,10 +30,12 @@ __all__ = [
     "FINAL",
     "READ_RUNS",
     "RUN_AGENTS",
+    "RUN_EVENT",
     "AgentUser",
     "Held",
     "MakeUser",
     "OpenAgents",
+    "OpenSocket",
     "admin_headers",
     "agent_definition",
     "bearer",
@@ -39,6 +44,7 @@ __all__ = [
     "error_of",
     "final_run",
     "run_body",
+    "run_events",
     "submit",
     "until",
 ]
@@ -58,6 +64,10 @@ FINAL: Final = frozenset({"succeeded", "failed", "rejected", "cancelled", "timed
 MakeUser = Callable[..., Awaitable[AgentUser]]
 # `await agents_with(APEX_LLM_RETRIES="0", ...)`: what `agents_with` hands out.
 OpenAgents = Callable[..., Awaitable[httpx.AsyncClient]]
+# `await agent_socket(user, base_url=None, last_seq=None)`: what `agent_socket` hands out.
+OpenSocket = Callable[..., Awaitable[WsClient]]
+# The run events' frame type on the gateway (contract-agents.md § Routes).
+RUN_EVENT: Final = "run.event"
 
 
 def admin_headers(admin_token: str) -> dict[str, str]:
@@ -184,3 +194,12 @@ class Held:
 
     def release(self) -> None:
         self._released.set()
+
+
+async def run_events(socket: WsClient, *, timeout: float = 30.0) -> list[Frame]:
+    """The `run.event` frames `socket` receives, in order, up to and with the first
+    `run.finished` (of any run); frames of other types stay in its inbox."""
+    frames: list[Frame] = []
+    while not frames or frames[-1]["event"]["kind"] != "run.finished":
+        frames.append(await socket.expect(RUN_EVENT, timeout=timeout))
+    return frames

@@ -4,8 +4,9 @@
 process, its worker tasks in the app's lifespan; L3: the worker's `python -m apex.agents`
 process; L4: the target), its LLM provider the kit's `fake_llm`. Users and their context
 tokens are made with the identity team's client (`auth_tests.client`) on this package's
-own fixtures (`agent_auth_client`, `agent_auth_admin`). What the fixtures hand out lives in
-the public module `client`.
+own fixtures (`agent_auth_client`, `agent_auth_admin`). `agent_socket` opens WebSockets
+of the gateway with the ws team's client (`ws_tests.client`), never with its fixtures.
+What the fixtures hand out lives in the public module `client`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ import httpx
 import pytest
 from auth_tests.access import service_user
 from auth_tests.client import AuthAdmin, run_namespace
+from ws_tests.client import WsClient, close_quietly, open_ws
 
-from agent_tests.client import AUDIENCE, AgentUser, MakeUser, OpenAgents, admin_headers
+from agent_tests.client import (
+    AUDIENCE,
+    AgentUser,
+    MakeUser,
+    OpenAgents,
+    OpenSocket,
+    admin_headers,
+)
 from apex_testkit import Level, Platform, RedisNamespace, eventually
 
 
@@ -53,6 +62,28 @@ async def agents_with(
             return await stack.enter_async_context(client)
 
         yield open_client
+
+
+@pytest.fixture
+async def agent_socket(clean_platform: Platform) -> AsyncIterator[OpenSocket]:
+    """`await agent_socket(user, base_url=None, last_seq=None)`: a WebSocket of the gateway
+    wired for the run's level (or of the gateway at `base_url`; `last_seq`: resume after
+    it), a `ws_tests.client.WsClient`, welcomed, signed in with the user's access token;
+    every socket is closed after the test."""
+    opened: list[WsClient] = []
+    async with clean_platform.serve("gateway") as url:
+
+        async def connect(
+            user: AgentUser, *, base_url: str | None = None, last_seq: int | None = None
+        ) -> WsClient:
+            client = await open_ws(base_url or url, user.tokens.access, last_seq=last_seq)
+            opened.append(client)
+            return client
+
+        try:
+            yield connect
+        finally:
+            await asyncio.gather(*(close_quietly(client) for client in opened))
 
 
 @pytest.fixture

@@ -164,5 +164,12 @@ async def test_definitions_need_the_admin_token(
     body = agent_definition("planner")
     response = await agents_client.post("/v1/agents", json=body, headers=runner.headers)
     assert response.status_code == 401, response.text
+    assert set(response.json()) == {"error", "detail"}  # the contract's error shape
+    anonymous = await agents_client.post("/v1/agents", json=body)
+    assert anonymous.status_code == 401, anonymous.text
+    tool = await agents_client.post("/v1/tools", json=CALCULATOR_2, headers=runner.headers)
+    assert tool.status_code == 401, tool.text
+    # Nothing was registered: no planner, calculator still at its one version.
     missing = await agents_client.get("/v1/agents/planner", headers=admin)
     assert missing.status_code == 404, missing.text
+    assert await versions_of(agents_client, admin, "/v1/tools/calculator") == ["1.0.0"]

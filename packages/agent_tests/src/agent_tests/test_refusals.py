@@ -44,6 +44,11 @@ async def test_no_token_is_401_and_runs_nothing(
 ) -> None:
     response = await agents_client.post("/v1/runs", json=run_body())
     assert response.status_code == 401, response.text
+    # RFC 6750 section 3.1: a request without credentials gets a challenge, no error code.
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer"), challenge
+    assert "error=" not in challenge, challenge
+    assert set(response.json()) == {"error", "detail"}  # the contract's error shape
     await _nothing_happened(agents_db, fake_llm)
 
 
@@ -99,6 +104,7 @@ async def test_a_bad_body_is_422_and_runs_nothing(
     user = await make_agent_user(permissions=(RUN_AGENTS,))
     response = await agents_client.post("/v1/runs", json=run_body(**change), headers=user.headers)
     assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error", "detail"}  # the contract's error shape
     await _nothing_happened(agents_db, fake_llm)
 
 

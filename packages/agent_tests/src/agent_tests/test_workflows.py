@@ -313,9 +313,11 @@ async def test_a_workflow_that_cannot_run_is_422_naming_the_fault_and_runs_nothi
 @DEPENDENCIES
 @pytest.mark.L2
 @pytest.mark.parametrize(
-    "fields",
-    [{}, {"agent": "assistant", "workflow": workflow(step("a"))},
-     {"workflow": {"steps": []}}, {"workflow": {"steps": [step("a")], "aggregate": "sum"}}],
+    ("fields", "error"),
+    [({}, "invalid_request"),
+     ({"agent": "assistant", "workflow": workflow(step("a"))}, "invalid_request"),
+     ({"workflow": {"steps": []}}, "invalid_workflow"),
+     ({"workflow": {"steps": [step("a")], "aggregate": "sum"}}, "invalid_workflow")],
     ids=["neither", "both", "no-steps", "unknown-rule"],
 )  # fmt: skip
 async def test_a_run_names_one_agent_or_one_valid_workflow(
@@ -324,8 +326,10 @@ async def test_a_run_names_one_agent_or_one_valid_workflow(
     fake_llm: FakeLlm,
     agents_db: Any,
     fields: dict[str, Any],
+    error: str,
 ) -> None:
     body = run_body(**{"agent": None, **fields})
     response = await agents_client.post("/v1/runs", json=body, headers=runner.headers)
     assert response.status_code == 422, response.text
+    assert error_of(response) == error  # notes-agents.md § Choices: Workflows
     await _nothing_happened(agents_db, fake_llm)

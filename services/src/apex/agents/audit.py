@@ -8,17 +8,28 @@ Any module records an event with :meth:`AuditLog.record` (``service.audit``, or 
 tokens, cached}``, ``llm.failed``, ``tool.called``, ``tool.denied``, ``quality.failed``,
 ``breaker.opened``, ``run.cancelled``, ``run.interrupted``, ``run.restored``,
 ``run.finished``. ``GET /v1/runs/{id}/audit`` reads them in the order they were recorded.
+
+The events of one run are written one at a time (``RUN_LOCK``, a transaction lock of the
+run), and after each the ``relay`` hook, when set, sends the run's new events on
+(``apex.agents.run_events``: to the user's WebSocket connections); :meth:`AuditLog.flush`
+does that for events written elsewhere (``run.finished``, by a trigger).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import asyncpg
 
-__all__ = ["EVENTS", "AuditLog", "Audited"]
+__all__ = ["EVENTS", "RUN_LOCK", "AuditLog", "Audited", "Relay"]
+
+# The transaction lock of one run's audit trail (seed 1: the tenants' locks use seed 0).
+RUN_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 1))"
+# What sends a run's new events on (``apex.agents.run_events.RunEvents.relay``).
+Relay = Callable[[uuid.UUID], Awaitable[None]]
 
 EVENTS: Final = frozenset(
     {
@@ -51,8 +62,9 @@ class Audited(Protocol):
 class AuditLog:
     """The audit events table, through a pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, relay: Relay | None = None) -> None:
         self._pool = pool
+        self._relay = relay
 
     async def record(
         self, run: Audited, kind: str, *, step: str | None = None, **data: Any
@@ -61,7 +73,8 @@ class AuditLog:
         (JSON values)."""
         if kind not in EVENTS:
             raise ValueError(f"unknown audit event {kind!r}; known: {', '.join(sorted(EVENTS))}")
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(RUN_LOCK, run.id)
             await conn.execute(
                 "INSERT INTO agent_audit_events (run_id, tenant_id, kind, step, data) "
                 "VALUES ($1, $2, $3, $4, $5::jsonb)",
@@ -71,6 +84,12 @@ class AuditLog:
                 step,
                 json.dumps(data),
             )
+        await self.flush(run.id)
+
+    async def flush(self, run_id: uuid.UUID) -> None:
+        """Send the run's events not sent yet on (the ``relay``; best effort)."""
+        if self._relay is not None:
+            await self._relay(run_id)
 
     async def events(self, run_id: uuid.UUID, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
         """The run's events in the order they were recorded, as the route answers them:

@@ -194,6 +194,9 @@ class AgentCaller:
                 max_tokens=agent.max_tokens,
                 temperature=agent.temperature,
                 tools=specs,
+                on_open=lambda provider: self._audit.record(
+                    context.run, "breaker.opened", step=context.step, provider=provider
+                ),
             )
             answered.append(answer.provider)
             return dataclasses.replace(answer.completion, attempts=answer.attempts)

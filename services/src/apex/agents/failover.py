@@ -9,13 +9,15 @@ breaker and hands the call to the next. When none answers, the call fails
 refuse it too, and the provider is up (its breaker counts a success). Requests per
 provider and result are counted in ``apex_agents_llm_calls_total``; each breaker's state
 is the ``apex_agents_breaker_state`` gauge, its openings
-``apex_agents_breaker_opened_total``.
+``apex_agents_breaker_opened_total``; a call whose failure opens a breaker (or opens it
+again after a failed trial) tells its ``on_open`` (the run's ``breaker.opened`` audit
+event).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
@@ -23,7 +25,10 @@ from apex.agents.breaker import Breaker, State
 from apex.agents.llm import Completion, LlmError, Provider
 from apex.agents.metrics import Metrics
 
-__all__ = ["Answer", "Failover"]
+__all__ = ["Answer", "Failover", "OnOpen"]
+
+# Told the name of a provider whose breaker a call's failure opened.
+OnOpen = Callable[[str], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +82,11 @@ class Failover:
         max_tokens: int,
         tools: Sequence[ChatCompletionToolParam] = (),
         temperature: float | None = None,
+        on_open: OnOpen | None = None,
     ) -> Answer:
         """The first provider's answer, in order; LlmError ``providers_unavailable`` when
-        none answered, ``provider_error`` when one refused the request."""
+        none answered, ``provider_error`` when one refused the request. ``on_open`` is told
+        each provider whose breaker this call's failure opened."""
         attempts = 0
         down: list[str] = []
         for provider, breaker in self._chain:
@@ -99,7 +106,10 @@ class Failover:
                 if exc.reason != "provider_unavailable":
                     breaker.success()  # it answered: the request is what it refused
                     raise LlmError(exc.reason, exc.detail, attempts) from exc
+                was_open = breaker.state is State.OPEN
                 breaker.failure()
+                if on_open is not None and not was_open and breaker.state is State.OPEN:
+                    await on_open(provider.name)
                 down.append(exc.detail)
                 continue
             finally:

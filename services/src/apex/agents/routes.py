@@ -115,8 +115,10 @@ class WorkflowIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: Annotated[list[StepIn], Field(min_length=1, max_length=MAX_STEPS)]
-    aggregate: Literal["merge", "first", "vote"] = "merge"
+    # No steps or an unknown rule is refused by apex.agents.graph.check with its own code,
+    # `invalid_workflow` (notes-agents.md § Choices: Workflows), not as a malformed body.
+    steps: Annotated[list[StepIn], Field(max_length=MAX_STEPS)]
+    aggregate: Annotated[str, Field(max_length=50)] = "merge"
 
 
 class RunIn(BaseModel):

@@ -4,8 +4,9 @@
 Redis, the LLM provider, the context-token verifier (audience ``apex-agents``), the
 worker pool and, when apex.data and the usage credential are set, the cost records'
 delivery to apex.data (``apex.agents.cost_records``), and closes them after its block.
-It also holds the tracer (``tracing``), the run states, the audit trail and the
-reloadable config (``state``, ``audit``, ``config``).
+It also holds the tracer (``tracing``), the run states, the audit trail (relaying run
+events to the users' connections: ``run_events``) and the reloadable config (``state``,
+``audit``, ``config``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
+import asyncpg
 from redis.asyncio import Redis
 
-from apex.agents.audit import AuditLog
+from apex.agents.audit import AuditLog, Relay
 from apex.agents.cache import ResponseCache
 from apex.agents.calls import AgentCaller
 from apex.agents.config import ConfigHolder
@@ -31,11 +33,13 @@ from apex.agents.gcpauses import watch_gc
 from apex.agents.jobs import JobQueue
 from apex.agents.llm import Provider
 from apex.agents.metrics import Metrics
+from apex.agents.run_events import RunEvents
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
 from apex.agents.state import StateStore
 from apex.agents.tracing import Tracing
 from apex.agents.worker import WorkerPool
+from apex.common.user_logs import UserLogs
 from apex.data.callers import Verifier
 from apex.data.pool import create_pool
 
@@ -103,7 +107,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
         store = RunStore(pool)
         queue = JobQueue(redis, settings.redis_prefix, aging=settings.job_aging)
         definitions = DefinitionStore(pool)
-        states, audit = StateStore(pool), AuditLog(pool)
+        states, audit = StateStore(pool), AuditLog(pool, _run_events(settings, pool, redis))
         config = ConfigHolder(settings.agents_config, settings.models)
         dependencies = DependencyErrors(metrics.registry, settings.error_log_interval)
         ledger, delivery = await _cost_delivery(settings, redis, metrics, dependencies, stack)
@@ -178,6 +182,19 @@ async def _cost_delivery(
     delivery.start()
     stack.push_async_callback(delivery.stop)
     return ledger, delivery
+
+
+def _run_events(settings: AgentSettings, pool: asyncpg.Pool, redis: Redis) -> Relay | None:
+    """The relay of run events to the users' connections (None: APEX_RUN_EVENTS=off)."""
+    if not settings.run_events:
+        return None
+    logs = UserLogs(
+        redis,
+        prefix=settings.redis_prefix,
+        buffer=settings.ws_replay_buffer,
+        ttl=settings.ws_stream_ttl,
+    )
+    return RunEvents(pool, redis, logs, prefix=settings.redis_prefix).relay
 
 
 def _providers(settings: AgentSettings, metrics: Metrics) -> Failover:

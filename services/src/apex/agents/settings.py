@@ -72,6 +72,11 @@ class AgentSettings(ServiceSettings):
     # tenant's plan (tokens per day, run submissions per APEX_PLAN_RATE_WINDOW seconds).
     plan_limits: bool = False
     plan_rate_window: float = 60.0
+    # Run events to the user's WebSocket connections (apex.agents.run_events): on|off, and
+    # the users' logs' cap and TTL, the gateway's own variables (one log, one cap).
+    run_events: bool = True
+    ws_replay_buffer: int = 1000
+    ws_stream_ttl: int = 86_400
 
     @classmethod
     def _read(cls, env: Env) -> dict[str, Any]:
@@ -117,7 +122,18 @@ class AgentSettings(ServiceSettings):
             **_failover(env),
             "plan_limits": env.switch("APEX_PLAN_LIMITS", False),
             "plan_rate_window": env.number("APEX_PLAN_RATE_WINDOW", 60.0, unit="seconds"),
+            **_run_events(env),
         }
+
+
+def _run_events(env: Env) -> dict[str, Any]:
+    """Run events to the user's connections: APEX_RUN_EVENTS, and the users' logs' cap and
+    TTL as the gateway reads them (APEX_WS_REPLAY_BUFFER, APEX_WS_STREAM_TTL)."""
+    return {
+        "run_events": env.switch("APEX_RUN_EVENTS", True),
+        "ws_replay_buffer": env.whole_number("APEX_WS_REPLAY_BUFFER", 1000),
+        "ws_stream_ttl": env.whole_number("APEX_WS_STREAM_TTL", 86_400, unit="seconds"),
+    }
 
 
 def _failover(env: Env) -> dict[str, Any]:

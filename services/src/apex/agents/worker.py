@@ -190,9 +190,11 @@ class WorkerPool:
             self._metrics.runs.labels("cancelled").inc()
         except NotStarted as exc:
             await self._retries.not_started(job, exc.why)
+            await self._audit.flush(job.run_id)  # a dead-lettered run's run.finished
             return
         except Exception as exc:  # noqa: BLE001 - any failure of an attempt is retried
             await self._retries.failed(job, exc)
+            await self._audit.flush(job.run_id)  # a dead-lettered run's run.finished
             return
         finally:
             heartbeat.cancel()
@@ -213,6 +215,9 @@ class WorkerPool:
             attributes={"apex.run_id": str(run_id), "apex.worker": self._name},
         )
         self._metrics.run_seconds.observe(time.perf_counter() - started)
+        # The run's run.finished (a trigger writes it) to the user's connections, once
+        # the run is counted and timed.
+        await self._audit.flush(run_id)
 
     async def _heartbeat(self, job: Job, consumer: str) -> None:
         """Keep the job ours while its work runs (its idle time reset every third of
