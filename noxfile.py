@@ -32,6 +32,10 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["l2"]
 
 ROOT = Path(__file__).parent
+# The CI tools (tools/shards.py, ...) import as `tools` from the repo root: nox's own
+# console script does not put the noxfile's directory on sys.path.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 REPORTS = Path("reports")
 COVERAGE_DIR = REPORTS / "coverage"
 LEVELS = ("l2", "l3", "l4")
@@ -252,12 +256,79 @@ def xdist_schedule(posargs: Sequence[str]) -> list[str]:
     return [] if chosen or no_xdist else ["--dist=worksteal"]
 
 
-def pytest_args(session: nox.Session) -> list[str]:
-    """Options every measured pytest run gets: junit, xdist, then posargs."""
+def pytest_args(session: nox.Session, posargs: Sequence[str] | None = None) -> list[str]:
+    """Options every measured pytest run gets: junit, xdist, then posargs (default: the
+    session's)."""
+    posargs = session.posargs if posargs is None else posargs
     junit = REPORTS / "junit" / f"{session.name}.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
-    xdist = [*xdist_workers(session.posargs), *xdist_schedule(session.posargs)]
-    return [f"--junitxml={junit}", *xdist, *session.posargs]
+    xdist = [*xdist_workers(posargs), *xdist_schedule(posargs)]
+    return [f"--junitxml={junit}", *xdist, *posargs]
+
+
+# -- duration shards (CI: tools/plan_matrix.py plans them, tools/shards.py splits) ------
+
+SHARD_USAGE = "--shard I/N runs the I-th of N duration-balanced parts (1 <= I <= N)"
+
+
+def split_shard(posargs: Sequence[str]) -> tuple[tuple[int, int] | None, list[str]]:
+    """(`--shard I/N` as (I, N) or None, the other posargs); a bad value raises ValueError."""
+    from tools import shards  # noqa: PLC0415 - the repo root joins sys.path after the imports
+
+    rest, shard = list(posargs), None
+    for i, arg in enumerate(rest):
+        if arg == "--shard" or arg.startswith("--shard="):
+            value = arg.partition("=")[2] if "=" in arg else (rest[i + 1 : i + 2] or [""])[0]
+            del rest[i : i + (1 if "=" in arg else 2)]
+            shard = shards.parse_shard(value)
+            break
+    return shard, rest
+
+
+def take_shard(session: nox.Session) -> tuple[tuple[int, int] | None, list[str]]:
+    """split_shard of the session's posargs; a bad `--shard` stops the session."""
+    try:
+        return split_shard(session.posargs)
+    except ValueError as error:
+        session.error(f"{error}; {SHARD_USAGE}")
+
+
+def collected_nodeids(output: str) -> list[str]:
+    """The node ids `pytest --collect-only -q` printed (its first block of lines)."""
+    nodeids = []
+    for line in output.splitlines():
+        if not line.strip() and nodeids:
+            break
+        if "::" in line and not line.startswith(" "):
+            nodeids.append(line.strip())
+    return nodeids
+
+
+def shard_targets(
+    session: nox.Session, shard: tuple[int, int], collect: Sequence[str]
+) -> list[str]:
+    """pytest's arguments for shard I of N: collect (the `collect` command), split the tests
+    with the stored durations of this session (.ci/durations.json) and name this shard's
+    node ids in an argument file (`@file`, read by pytest)."""
+    from tools import shards  # noqa: PLC0415 - the repo root joins sys.path after the imports
+
+    index, total = shard
+    output = session.run(*collect, "--collect-only", "-q", "-p", "no:randomly", silent=True)
+    nodeids = collected_nodeids(str(output))
+    keys = {shards.key_of_nodeid(n): n for n in nodeids}
+    durations = shards.load_durations(ROOT / shards.DURATIONS).get(session.name, {})
+    plan = shards.assign(list(keys), durations, total)
+    mine = [keys[key] for key in plan.shards[index - 1]]
+    unknown = sum(1 for key in keys if key not in durations)
+    session.log(
+        f"shard {index}/{total}: {len(mine)} of {len(keys)} tests, expected "
+        f"{plan.seconds[index - 1]:.0f} s ({unknown} tests without a stored duration)"
+    )
+    if not mine:
+        session.skip(f"shard {index}/{total} has no tests ({len(keys)} tests in {total} shards)")
+    argfile = Path(session.create_tmp()) / f"shard-{index}-of-{total}.txt"
+    argfile.write_text("\n".join(mine) + "\n", encoding="utf-8")
+    return [f"@{argfile}"]
 
 
 def has_target(posargs: Sequence[str]) -> bool:
@@ -273,17 +344,31 @@ def install_packages(session: nox.Session, packages: Sequence[TestPackage]) -> N
     install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
 
 
-def level_pytest(level: str, packages: Sequence[TestPackage]) -> list[str]:
-    """The pytest command of `packages` at `level`, before the session's options."""
-    return ["pytest", "--pyargs", *(p.module for p in packages), f"--level={level.upper()}"]
+def level_pytest(
+    level: str, packages: Sequence[TestPackage], targets: Sequence[str] | None = None
+) -> list[str]:
+    """The pytest command of `packages` at `level` (or of `targets` of theirs), before the
+    session's options."""
+    targets = [p.module for p in packages] if targets is None else targets
+    return ["pytest", "--pyargs", *targets, f"--level={level.upper()}"]
 
 
 def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
     """Run `packages` at `level` (l2, l3 or l4)."""
     install_packages(session, packages)
+    shard, posargs = take_shard(session)
+    targets = None
+    if shard:
+        placeholder = []
+        if level == "l4":  # collecting at L4 needs a target; nothing is contacted
+            target = Path(session.create_tmp()) / "collect-target.toml"
+            session.run("python", "tools/collect_target.py", str(target))
+            placeholder = [f"--target={target}"]
+        collect = [*level_pytest(level, packages), *placeholder]
+        targets = shard_targets(session, shard, collect)
     env = coverage_env(session)
-    pytest = [*level_pytest(level, packages), *pytest_args(session)]
-    if level != "l4" or has_target(session.posargs):
+    pytest = [*level_pytest(level, packages, targets), *pytest_args(session, posargs)]
+    if level != "l4" or has_target(posargs):
         run_measured(session, *pytest, env=env)
         return
     # No deployment given: start the whole platform as a local stack around the run.
@@ -409,9 +494,8 @@ def _define_level_sessions(level: str) -> None:
             run_level(session, level, [package])
 
         one_package.__doc__ = f"{level.upper()} tests of {package.module} ({package.team})."
-        register(f"{level}-{package.area}", tags=[level, package.area], allow_parallel=True)(
-            one_package
-        )
+        tags = [level, package.area, "shardable"]
+        register(f"{level}-{package.area}", tags=tags, allow_parallel=True)(one_package)
 
 
 for _level in LEVELS:
@@ -465,12 +549,18 @@ def node_clients(session: nox.Session) -> dict[str, str]:
     return {"NODE_PATH": str(prefix / "node_modules")}
 
 
-@register("unit", tags=["ci-each-python"], allow_parallel=True)
+@register("unit", tags=["ci-each-python", "shardable"], allow_parallel=True)
 def unit(session: nox.Session) -> None:
     """Unit tests of the platform (services/tests), some on the test kit's real servers."""
     install(session, SHARED, SERVICES, extra=["./services[test]", *TEST_TOOLS])
+    shard, posargs = take_shard(session)
+    targets = shard_targets(session, shard, ["pytest", "services/tests"]) if shard else []
     run_measured(
-        session, "pytest", "services/tests", *pytest_args(session), env=coverage_env(session)
+        session,
+        "pytest",
+        *(targets or ["services/tests"]),
+        *pytest_args(session, posargs),
+        env=coverage_env(session),
     )
 
 
