@@ -8,6 +8,7 @@ way nox's own noxfile generates its sessions. ``nox -l`` shows what exists.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -36,6 +37,10 @@ ROOT = Path(__file__).parent
 # console script does not put the noxfile's directory on sys.path.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tools import shards  # noqa: E402
+from tools.affected import affected_tests, default_base  # noqa: E402
+
 REPORTS = Path("reports")
 COVERAGE_DIR = REPORTS / "coverage"
 LEVELS = ("l2", "l3", "l4")
@@ -273,8 +278,6 @@ SHARD_USAGE = "--shard I/N runs the I-th of N duration-balanced parts (1 <= I <=
 
 def split_shard(posargs: Sequence[str]) -> tuple[tuple[int, int] | None, list[str]]:
     """(`--shard I/N` as (I, N) or None, the other posargs); a bad value raises ValueError."""
-    from tools import shards  # noqa: PLC0415 - the repo root joins sys.path after the imports
-
     rest, shard = list(posargs), None
     for i, arg in enumerate(rest):
         if arg == "--shard" or arg.startswith("--shard="):
@@ -295,7 +298,7 @@ def take_shard(session: nox.Session) -> tuple[tuple[int, int] | None, list[str]]
 
 def collected_nodeids(output: str) -> list[str]:
     """The node ids `pytest --collect-only -q` printed (its first block of lines)."""
-    nodeids = []
+    nodeids: list[str] = []
     for line in output.splitlines():
         if not line.strip() and nodeids:
             break
@@ -310,8 +313,6 @@ def shard_targets(
     """pytest's arguments for shard I of N: collect (the `collect` command), split the tests
     with the stored durations of this session (.ci/durations.json) and name this shard's
     node ids in an argument file (`@file`, read by pytest)."""
-    from tools import shards  # noqa: PLC0415 - the repo root joins sys.path after the imports
-
     index, total = shard
     output = session.run(*collect, "--collect-only", "-q", "-p", "no:randomly", silent=True)
     nodeids = collected_nodeids(str(output))
@@ -699,6 +700,72 @@ def flakes(session: nox.Session) -> None:
         failed_runs += json.loads(FLAKES_FILE.read_text(encoding="utf-8"))["runs"][-1]["failed"] > 0
     if failed_runs:
         session.error(f"flakes: {failed_runs} of {runs} runs of {name} had failures")
+
+
+AFFECTED_MAP = REPORTS / "affected" / "map.json"
+
+
+def affected_options(posargs: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The affected session's own options, and the rest (for pytest)."""
+    parser = argparse.ArgumentParser(prog="nox -s affected --", add_help=False, allow_abbrev=False)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--base")
+    parser.add_argument("--map", type=Path, default=AFFECTED_MAP)
+    parser.add_argument("--area", action="append", default=[])
+    parser.add_argument("--list", action="store_true")
+    options, rest = parser.parse_known_args(list(posargs))
+    return options, rest
+
+
+@register("affected", tags=["fast"])
+def affected(session: nox.Session) -> None:
+    """L2 tests affected by the changes since a base (`--base REF`, default: the merge-base
+    with main): those whose recorded lines changed, new and changed tests; the whole L2 when
+    the map is missing or stale (it says why). `--record`: run the whole L2 with per-test
+    coverage contexts and write the map (reports/affected/map.json). Also `--area AREA`
+    (repeat; default every package), `--map FILE`, `--list` (print, do not run); the rest
+    goes to pytest."""
+    options, rest = affected_options(session.posargs)
+    unknown = sorted(set(options.area) - {p.area for p in PACKAGES})
+    if unknown:
+        session.error(f"affected: no package of area {', '.join(unknown)}")
+    packages = [p for p in PACKAGES if not options.area or p.area in options.area]
+    install_packages(session, packages)
+    xdist = [*xdist_workers(rest), *xdist_schedule(rest)]
+    junit = REPORTS / "affected" / ("record.xml" if options.record else "run.xml")
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    if options.record:
+        # PYTHONPATH: the contexts plugin is tools/affected/contexts.py (xdist's workers too).
+        env = coverage_env(session) | {"PYTHONPATH": str(ROOT)}
+        pytest = [*level_pytest("l2", packages), "-p", "tools.affected.contexts"]
+        run_measured(session, *pytest, f"--junitxml={junit}", *xdist, *rest, env=env)
+        build = ["python", "-m", "tools.affected", "build", f"--data={env['COVERAGE_FILE']}"]
+        session.run(*build, f"--out={options.map}", *(f"--package={p.module}" for p in packages))
+        return
+    collect = [*level_pytest("l2", packages), "--collect-only", "-q", "-p", "no:randomly"]
+    nodeids = collected_nodeids(str(session.run(*collect, silent=True)))
+    keys = {shards.key_of_nodeid(n): n for n in nodeids}
+    base = options.base or default_base(ROOT)
+    modules = [p.module for p in packages]
+    selection = affected_tests(ROOT, options.map, base, list(keys), modules)
+    for note in selection.notes:
+        session.log(f"affected: {note}")
+    targets = None
+    if selection.full:
+        session.log(f"affected: running the whole L2 of {', '.join(modules)}: {selection.reason}")
+    else:
+        session.log(f"affected: {selection.reason} since {base[:12]} (map {options.map})")
+        if options.list:
+            print("\n".join(selection.tests))
+        if not selection.tests:
+            session.skip("affected: no L2 test is affected")
+        argfile = Path(session.create_tmp()) / "affected.txt"
+        argfile.write_text("\n".join(keys[t] for t in selection.tests) + "\n", encoding="utf-8")
+        targets = [f"@{argfile}"]
+    if options.list:
+        return
+    pytest = [*level_pytest("l2", packages, targets), f"--junitxml={junit}", *xdist, *rest]
+    session.run(*pytest, **STOP_TIMEOUTS)
 
 
 @register(
