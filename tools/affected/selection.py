@@ -8,9 +8,10 @@ Rules, per changed file (paths relative to the repo root):
 - a test module of a package (`packages/*/src/**/test_*.py`): all its tests;
 - other Python code of the kit, the platform or a package (`shared/src`, `services/src`,
   `packages/*/src`): the tests that ran a changed or removed line; for inserted lines, the
-  tests that ran the nearest test-run line above and below; when a changed line ran outside
-  any test (imports: a `def` line, a module constant), every test that ran the file. A
-  file no recorded test ran selects nothing (it is named);
+  tests that ran the nearest test-run line above and below; when a changed line, or a line
+  next to inserted ones, runs at import (a `def` line, a module constant: the map's
+  `outside` lines), every test that ran the file. A file no recorded test ran selects
+  nothing (it is named);
 - anything else (a `pyproject.toml`, SQL, the noxfile): the whole session.
 
 Tests collected now that the map does not know (new tests) always run.
@@ -86,10 +87,10 @@ def _tests_of_change(cmap: Mapping[str, Any], entry: Mapping[str, Any], ch: File
     touched = set(ch.lines)
     ordered = sorted(run)
     for after in ch.inserted_after:
+        if {after, after + 1} & outside:  # new import-time code (a constant, a function)
+            return _file_tests(cmap, entry)
         above = [line for line in ordered if line <= after]
         below = [line for line in ordered if line > after]
-        if not above and not below and outside:
-            return _file_tests(cmap, entry)
         touched.update(above[-1:] + below[:1])
     return {t for line in touched if line in run for t in cmap["sets"][run[line]]}
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tools.affected import FileChange, affected_tests, parse_diff, select
-from tools.affected.coverage_map import build_map
+from tools.affected.coverage_map import build_map, import_time_lines
 
 ROOT = Path(__file__).parents[2]
 APP = "services/src/apex/auth/tokens.py"
@@ -142,6 +142,40 @@ def test_a_module_no_test_ran_is_named_and_selects_nothing() -> None:
 
     assert selection.tests == ()
     assert any("new_module.py: new, and no recorded test ran it" in n for n in selection.notes)
+
+
+def test_lines_inserted_at_module_level_select_every_test_of_the_file() -> None:
+    # After line 4 (blank, before `def revoke` on line 5): a new module-level statement.
+    selection = select(tiny_map(), [FileChange(APP, inserted_after=frozenset({4}))], TESTS)
+
+    assert selection.tests == tuple(TESTS)
+
+
+def test_import_time_lines_are_statements_outside_function_bodies() -> None:
+    source = textwrap.dedent(
+        """\
+        \"\"\"Module docstring.\"\"\"
+        LIMIT = 12
+
+
+        @decorate
+        def check(
+            value,
+        ):
+            \"\"\"Docstring.\"\"\"
+            return value < LIMIT
+
+
+        class Box:
+            size = 3
+
+            def get(self):
+                return self.size
+        """
+    )
+
+    # A class statement spans its blank lines too (15): a change there selects the file.
+    assert import_time_lines(source) == {2, 5, 6, 7, 8, 13, 14, 15, 16}
 
 
 # -- staleness, on a tiny git repository ---------------------------------------------
