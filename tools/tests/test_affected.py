@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tools.affected import FileChange, affected_tests, parse_diff, select
+from tools.affected import FileChange, affected_tests, default_base, parse_diff, select
 from tools.affected.coverage_map import build_map, import_time_lines
 
 ROOT = Path(__file__).parents[2]
@@ -294,3 +294,14 @@ def test_the_contexts_plugin_records_which_test_ran_which_line(tmp_path: Path) -
     assert [cmap["tests"][i] for i in sets[lines["2"]]] == ["test_mod::test_one"]
     assert [cmap["tests"][i] for i in sets[lines["6"]]] == ["test_mod::test_two"]
     assert {1, 5} <= set(cmap["files"]["mod.py"]["outside"])  # the def lines: import time
+
+
+def test_the_default_base_is_the_merge_base_with_main(repo: Path) -> None:
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "topic")
+    (repo / "README.md").write_text("notes\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "topic")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "topic 2")
+
+    assert default_base(repo) == first

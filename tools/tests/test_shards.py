@@ -129,6 +129,12 @@ def test_an_aggregate_run_counts_for_the_per_area_sessions(tmp_path: Path) -> No
     }
 
 
+def test_a_shard_jobs_file_counts_for_its_session(tmp_path: Path) -> None:
+    junit = write_junit(tmp_path / "l2-ws-2of3.xml", [("ws_tests.test_b", "test_2", 2.0)], 1000)
+
+    assert shards.junit_durations(junit, AREAS) == {"l2-ws": {"ws_tests.test_b::test_2": 2.0}}
+
+
 def test_refresh_keeps_the_newest_run_of_each_test_and_what_no_file_mentions(
     tmp_path: Path,
 ) -> None:
