@@ -584,7 +584,8 @@ def clickhouse_compat(session: nox.Session) -> None:
 
 @register("bench", tags=["perf"])
 def bench(session: nox.Session) -> None:
-    """Benchmarks (tests marked perf): numbers printed and written to reports/bench/."""
+    """Benchmarks (tests marked perf): numbers printed and written to reports/bench/, and
+    appended with the commit and the machine to reports/bench/history.jsonl."""
     # The plugins the kit's per-test reset is compared with: in this env only.
     plugins = ["pytest-postgresql>=7", "pytest-redis>=3"]
     install(session, SHARED, SERVICES, *(p.path for p in PACKAGES), extra=[*TEST_TOOLS, *plugins])
@@ -595,8 +596,20 @@ def bench(session: nox.Session) -> None:
     # -s: the tables the benchmarks print are the point.
     pytest = ["pytest", "--perf", "-m", "perf", "-p", "no:xdist", "--level", "L3", "-s"]
     pytest += ["--pyargs", "shared/tests"]
+    # This run's numbers go to a fresh directory, then into reports/bench/ and its history
+    # (tools/report/record_bench.py); an APEX_BENCH_DIR of the caller's is used as given.
+    chosen = os.environ.get("APEX_BENCH_DIR")
+    run_dir = Path(chosen) if chosen else Path(session.create_tmp()) / "bench-run"
+    if not chosen:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    env = {"APEX_BENCH_DIR": str(run_dir.resolve())}
     # Exit code 5 (no test marked perf yet) is not a failure; pytest says so.
-    session.run(*pytest, *(p.module for p in PACKAGES), *session.posargs, success_codes=[0, 5])
+    packages = [p.module for p in PACKAGES]
+    session.run(*pytest, *packages, *session.posargs, env=env, success_codes=[0, 5])
+    bench_dir = run_dir if chosen else REPORTS / "bench"
+    session.run(
+        "python", "-m", "tools.report.record_bench", str(run_dir), f"--bench-dir={bench_dir}"
+    )
 
 
 @register("lint", tags=["ci-once"], allow_parallel=True)

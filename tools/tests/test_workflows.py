@@ -17,13 +17,13 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 NOX_SESSION = re.compile(r"nox (?:-\S+ )*-s ([\w-]+)")
 
 
-def load(name: str) -> dict[str, Any]:
+def load(name: str) -> dict[Any, Any]:
     data = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
 
 
-def triggers(workflow: dict[str, Any]) -> dict[str, Any]:
+def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
     # YAML 1.1 reads the bare key `on` as true.
     found = workflow.get("on", workflow.get(True))
     assert isinstance(found, dict)
