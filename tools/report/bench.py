@@ -66,6 +66,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _numbers(prefix: str, rows: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of `rows`, nested tables too (`prefix.table.key`), context keys left out."""
+    found: dict[str, float] = {}
+    for key, value in sorted(rows.items()):
+        if isinstance(value, Mapping):
+            found.update(_numbers(f"{prefix}.{key}", value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            found.update({} if key in CONTEXT_KEYS else {f"{prefix}.{key}": float(value)})
+    return found
+
+
 def run_entry(
     files: Mapping[str, Mapping[str, Any]], commit: str, dirty: bool, time: str
 ) -> dict[str, Any]:
@@ -78,10 +89,7 @@ def run_entry(
                 continue
             if isinstance(rows.get("loadavg_1min"), int | float):
                 load[f"{name}.{section}"] = float(rows["loadavg_1min"])
-            for key, value in sorted(rows.items()):
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if number and key not in CONTEXT_KEYS:
-                    metrics[f"{name}.{section}.{key}"] = float(value)
+            metrics.update(_numbers(f"{name}.{section}", rows))
     return {
         "time": time,
         "commit": commit,

@@ -36,12 +36,17 @@ def test_a_run_entry_holds_the_numbers_not_the_context() -> None:
         "db": {
             "failover": {"level": "L3", "cpus": 2, "loadavg_1min": 3.0, "lost": 0, "ok": True},
             "relay": {"rows_per_second": 8508.1, "note": "text"},
-        }
+        },
+        "testkit": {"reset": {"nothing touched": {"median_ms": 0.4, "cpus": 2}}},
     }
 
     entry = bench.run_entry(files, "abc", False, "2026-12-06T00:00:00+00:00")
 
-    assert entry["metrics"] == {"db.failover.lost": 0.0, "db.relay.rows_per_second": 8508.1}
+    assert entry["metrics"] == {
+        "db.failover.lost": 0.0,
+        "db.relay.rows_per_second": 8508.1,
+        "testkit.reset.nothing touched.median_ms": 0.4,
+    }
     assert entry["load"] == {"db.failover": 3.0}
     assert (entry["commit"], entry["dirty"]) == ("abc", False)
     assert entry["machine"]["key"] == bench.machine()["key"]
