@@ -32,7 +32,7 @@ def test_which_way_is_better_comes_from_the_name(metric: str, expected: str | No
 
 
 def test_a_run_entry_holds_the_numbers_not_the_context() -> None:
-    files = {
+    files: dict[str, Any] = {
         "db": {
             "failover": {"level": "L3", "cpus": 2, "loadavg_1min": 3.0, "lost": 0, "ok": True},
             "relay": {"rows_per_second": 8508.1, "note": "text"},
