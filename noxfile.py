@@ -317,7 +317,14 @@ def shard_targets(
     output = session.run(*collect, "--collect-only", "-q", "-p", "no:randomly", silent=True)
     nodeids = collected_nodeids(str(output))
     keys = {shards.key_of_nodeid(n): n for n in nodeids}
-    durations = shards.load_durations(ROOT / shards.DURATIONS).get(session.name, {})
+    stored = shards.load_durations(ROOT / shards.DURATIONS)
+    # An aggregate (`l2`) has no durations of its own: its per-area sessions' count.
+    durations = stored.get(session.name) or {
+        key: seconds
+        for name, tests in stored.items()
+        if name.startswith(f"{session.name}-")
+        for key, seconds in tests.items()
+    }
     plan = shards.assign(list(keys), durations, total)
     mine = [keys[key] for key in plan.shards[index - 1]]
     unknown = sum(1 for key in keys if key not in durations)
