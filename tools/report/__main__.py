@@ -1,5 +1,5 @@
 """Build the report: `python -m tools.report [--junit DIR] [--catalogue FILE]
-[--flakes FILE] [--out DIR] [--screenshot PNG]`.
+[--flakes FILE] [--bench-history FILE] [--noise FRACTION] [--out DIR] [--screenshot PNG]`.
 
 Writes OUT/report.html and OUT/report.md, and appends the Markdown to
 $GITHUB_STEP_SUMMARY when that is set; with --screenshot, a PNG of the page rendered
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from tools.report.aggregate import build_report
+from tools.report.bench import NOISE, compare, load_history
 from tools.report.browser import screenshot
 from tools.report.catalogue import parse_catalogue
 from tools.report.flakes import load_flakes, records
@@ -23,6 +24,7 @@ from tools.report.html_page import render_html
 from tools.report.junit import latest_results
 from tools.report.markdown_summary import render_markdown
 from tools.report.sources import (
+    BENCH_HISTORY,
     CATALOGUE,
     FLAKES,
     JUNIT_DIR,
@@ -37,6 +39,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--junit", type=Path, default=JUNIT_DIR, help="dir of JUnit *.xml")
     parser.add_argument("--catalogue", type=Path, default=CATALOGUE)
     parser.add_argument("--flakes", type=Path, default=FLAKES, help="read when it exists")
+    parser.add_argument(
+        "--bench-history", type=Path, default=BENCH_HISTORY, help="read when it exists"
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=NOISE,
+        help="benchmark changes within this fraction are noise (default %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--screenshot", type=Path, help="write a PNG of the page here")
     args = parser.parse_args(argv)
@@ -47,6 +58,11 @@ def main(argv: list[str]) -> int:
         )
         return 2
     results = latest_results(files)
+    try:
+        bench = compare(load_history(args.bench_history), args.noise)
+    except ValueError as error:
+        print(f"report: {error}", file=sys.stderr)
+        return 2
     report = build_report(
         results,
         parse_catalogue(args.catalogue),
@@ -55,8 +71,8 @@ def main(argv: list[str]) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = args.out / "report.html", args.out / "report.md"
-    html_path.write_text(render_html(report), encoding="utf-8")
-    markdown = render_markdown(report)
+    html_path.write_text(render_html(report, bench=bench), encoding="utf-8")
+    markdown = render_markdown(report, bench=bench)
     md_path.write_text(markdown, encoding="utf-8")
     if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(summary, "a", encoding="utf-8") as handle:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from tools.report.aggregate import LEVELS, Report
+from tools.report.bench import BenchComparison, bench_table_rows, describe
 from tools.report.charts import bar_chart
 
 __all__ = ["render_html"]
@@ -49,8 +50,22 @@ def _segments(mrr: dict[str, int]) -> str:
     return ", ".join(f"{seg}: {_money(v)}" for seg, v in sorted(mrr.items())) or "-"
 
 
-def render_html(report: Report, title: str = "Apex test report") -> str:
-    """The whole page."""
+def _bench(bench: BenchComparison | None) -> list[str]:
+    """The benchmark section: the latest run against the previous one of its machine."""
+    if bench is None:
+        return ["<h2>Benchmarks</h2>", "<p>No benchmark history (nox -s bench).</p>"]
+    head = ["metric", "better", "previous", "latest", "change", "verdict"]
+    return [
+        "<h2>Benchmarks</h2>",
+        f'<p id="bench-summary">{escape(describe(bench))}</p>',
+        _table("bench", head, bench_table_rows(bench)),
+    ]
+
+
+def render_html(
+    report: Report, title: str = "Apex test report", bench: BenchComparison | None = None
+) -> str:
+    """The whole page; `bench`: the benchmark comparison, when there is a history."""
     cover = report.coverage_by_level()
     charts = [
         bar_chart(
@@ -185,6 +200,7 @@ def render_html(report: Report, title: str = "Apex test report") -> str:
             uncovered,
             f"<h2>Flake rate per test ({len(report.flakes)} tests)</h2>",
             flakes if report.flakes else "<p>No flake runs recorded (nox -s flakes).</p>",
+            *_bench(bench),
             "</body></html>",
             "",
         ]

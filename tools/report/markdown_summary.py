@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tools.report.aggregate import Report
+from tools.report.bench import BenchComparison, bench_markdown
 
 __all__ = ["render_markdown"]
 
@@ -11,8 +12,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(report: Report, title: str = "Apex test report") -> str:
-    """Totals, teams, coverage by level, uncovered scenarios, the flakiest tests."""
+def render_markdown(
+    report: Report, title: str = "Apex test report", bench: BenchComparison | None = None
+) -> str:
+    """Totals, teams, coverage by level, uncovered scenarios, the flakiest tests, and the
+    benchmark comparison when given."""
     lines = [
         f"## {title}",
         "",
@@ -44,4 +48,6 @@ def render_markdown(report: Report, title: str = "Apex test report") -> str:
             for f in flaky
         ]
     lines.append("")
+    if bench is not None:
+        lines.append(bench_markdown(bench))
     return "\n".join(lines)

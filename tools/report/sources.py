@@ -5,7 +5,15 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-__all__ = ["CATALOGUE", "FLAKES", "JUNIT_DIR", "OUT_DIR", "junit_files", "package_teams"]
+__all__ = [
+    "BENCH_HISTORY",
+    "CATALOGUE",
+    "FLAKES",
+    "JUNIT_DIR",
+    "OUT_DIR",
+    "junit_files",
+    "package_teams",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 # A copy of the user's catalogue (kept beside the repository with the design notes).
@@ -13,6 +21,7 @@ CATALOGUE = ROOT / "docs" / "CATALOGUE.md"
 OUT_DIR = Path("reports")
 JUNIT_DIR = OUT_DIR / "junit"
 FLAKES = OUT_DIR / "flakes.json"
+BENCH_HISTORY = OUT_DIR / "bench" / "history.jsonl"
 
 
 def junit_files(directory: Path) -> list[Path]:

@@ -18,6 +18,10 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.fixture(name="noxfile", scope="module")
 def _noxfile() -> ModuleType:
+    # Loaded once per process: xdist's worksteal can tear a module fixture down between
+    # chunks of this module's tests, and a second load registers every session again.
+    if (loaded := sys.modules.get("apex_noxfile")) is not None:
+        return loaded
     spec = importlib.util.spec_from_file_location("apex_noxfile", ROOT / "noxfile.py")
     assert spec is not None
     assert spec.loader is not None
@@ -291,3 +295,46 @@ def test_xdist_schedule_is_worksteal_unless_chosen(
     noxfile: ModuleType, posargs: list[str], expected: list[str]
 ) -> None:
     assert noxfile.xdist_schedule(posargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("posargs", "shard", "rest"),
+    [
+        (["-k", "x"], None, ["-k", "x"]),
+        (["--shard", "2/3", "-x"], (2, 3), ["-x"]),
+        (["-x", "--shard=1/2"], (1, 2), ["-x"]),
+    ],
+)
+def test_shard_is_taken_out_of_the_posargs(
+    noxfile: ModuleType, posargs: list[str], shard: tuple[int, int] | None, rest: list[str]
+) -> None:
+    assert noxfile.split_shard(posargs) == (shard, rest)
+
+
+@pytest.mark.parametrize("posargs", [["--shard"], ["--shard", "3/2"], ["--shard=x"]])
+def test_a_bad_shard_is_refused(noxfile: ModuleType, posargs: list[str]) -> None:
+    with pytest.raises(ValueError, match="I/N"):
+        noxfile.split_shard(posargs)
+
+
+def test_collected_node_ids_are_read_from_collect_only_output(noxfile: ModuleType) -> None:
+    output = (
+        "nox > pytest --collect-only -q\n"
+        ".nox/l2-auth/lib/python3.11/site-packages/auth_tests/test_a.py::test_x[a b]\n"
+        ".nox/l2-auth/lib/python3.11/site-packages/auth_tests/test_a.py::TestY::test_z\n"
+        "\n"
+        "2 tests collected in 0.50s\n"
+        "warnings summary: thing.py::test_w\n"
+    )
+
+    assert noxfile.collected_nodeids(output) == [
+        ".nox/l2-auth/lib/python3.11/site-packages/auth_tests/test_a.py::test_x[a b]",
+        ".nox/l2-auth/lib/python3.11/site-packages/auth_tests/test_a.py::TestY::test_z",
+    ]
+
+
+def test_per_area_sessions_and_unit_take_a_shard(noxfile: ModuleType) -> None:
+    shardable = {s.name for s in noxfile.SESSIONS if "shardable" in s.tags}
+    per_area = {f"{level}-{p.area}" for p in noxfile.PACKAGES for level in noxfile.LEVELS}
+
+    assert shardable == per_area | {"unit"}
