@@ -9,7 +9,9 @@ reported usage, `apex_agents_cost_micros_total{model}` the runs' cost, and the h
 `apex_agents_run_seconds` one observation per job a worker worked to its run's end, of
 at least the provider's latency; `apex_agents_gc_pause_seconds{generation}` each garbage
 collection of the process (001#85). Counters are per process, so each test compares two
-scrapes of its own instance.
+scrapes of its own instance. A worker counts and times a run just after the run's final
+state is stored, so a client that saw the state final waits for the timing, the last of
+them, before it compares.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from agent_tests.client import (
     submit,
 )
 from agent_tests.prometheus import Samples, sample, scrape
-from apex_testkit import FakeLlm, completion_tokens, prompt_tokens
+from apex_testkit import FakeLlm, completion_tokens, eventually, prompt_tokens
 
 METRICS = pytest.mark.bvj(
     segment="platform", goal="Operators see runs, tokens and spend as they happen",
@@ -53,6 +55,20 @@ def _moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return sample(after, name, **labels) - sample(before, name, **labels)
 
 
+async def _scrape_once_timed(
+    client: httpx.AsyncClient, admin_token: str, before: Samples, runs: int
+) -> Samples:
+    """The first scrape in which ``runs`` more runs were timed than in ``before``."""
+
+    async def timed() -> Samples | None:
+        after = await scrape(client, admin_token)
+        return after if _moved(before, after, "apex_agents_run_seconds_count") >= runs else None
+
+    after = await eventually(timed, timeout=10, message=f"{runs} runs timed in /metrics")
+    assert after is not None
+    return after
+
+
 @pytest.mark.L2
 @pytest.mark.L3
 async def test_counters_move_by_exactly_the_runs_tokens_and_cost_made(
@@ -67,7 +83,7 @@ async def test_counters_move_by_exactly_the_runs_tokens_and_cost_made(
     for n in range(RUNS):  # one after another: the n-th call gets the n-th answer
         run = await final_run(client, runner, await submit(client, runner, input=f"Q{n}?"))
         runs.append(run)
-    after = await scrape(client, admin_token)
+    after = await _scrape_once_timed(client, admin_token, before, RUNS)
 
     assert [(r["status"], r["result"]) for r in runs] == [("succeeded", a) for a in answers]
     calls = fake_llm.calls
@@ -105,7 +121,7 @@ async def test_a_failed_run_counts_a_failure_and_no_tokens_nor_cost(
     fake_llm.fail_next(400)  # not retried: the request itself is wrong
     before = await scrape(client, admin_token)
     run = await final_run(client, runner, await submit(client, runner))
-    after = await scrape(client, admin_token)
+    after = await _scrape_once_timed(client, admin_token, before, 1)
     assert (run["status"], run["error"]) == ("failed", "provider_error")
 
     def moved(name: str, **labels: str) -> float:
