@@ -62,6 +62,7 @@ class Worker:
         self._redis_replica: redis_replicas.RedisReplica | None = None
         self._postgres: str | None = None
         self._postgres_replica: pg_replicas.PostgresReplica | None = None
+        self._clones: postgres.SpareClones | None = None
         self._clickhouse: str | None = None
         self._fakes: dict[str, FakeClient] = {}
         # (the server it needs, or None for a fake; the reset)
@@ -160,6 +161,18 @@ class Worker:
             self._resets.append(("postgres", reset))
             self._closers.append(reset.close)
         return self._postgres
+
+    def migrated_clone(self) -> tuple[str, str]:
+        """(name, DSN) of a new clone of the run's migrated template, the caller's to drop;
+        made ahead while the test before ran (`postgres.SpareClones`)."""
+        if self._clones is None:
+            with self.guard("postgres"):
+                server = self.server("postgres")
+            prefix = f"{self.run.name}_e{self.slot}"
+            self._clones = postgres.SpareClones(self.run, server, prefix, self._migrate)
+            self._closers.append(self._clones.close)
+        with self.guard("postgres"):
+            return self._clones.take()
 
     def postgres_replica(self) -> pg_replicas.PostgresReplica:
         """This worker's database on the run's read replica (and on the primary). Before
