@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -238,5 +239,12 @@ class Worker:
                 raise
 
     def close(self) -> None:
-        for closer in self._closers:
-            closer()
+        """Release what this worker made, all at once: each closer mostly waits (a fake's
+        server notices its stop within uvicorn's 0.1 s tick, then shuts down: 0.18 s each,
+        0.7 s for four one after the other at the end of every worker)."""
+        if not self._closers:
+            return
+        with ThreadPoolExecutor(len(self._closers), thread_name_prefix="apex-close") as pool:
+            closing = [pool.submit(closer) for closer in self._closers]
+        for done in closing:
+            done.result()  # the first failure, once every closer has run
