@@ -143,14 +143,16 @@ def migrated_database(apex_worker: Worker, apex_level: Level) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _own_database(worker: Worker, *, migrated: bool) -> Iterator[str]:
-    with worker.guard("postgres"):
-        server = worker.server("postgres")
-        name = f"{worker.run.name}_e{worker.slot}_{secrets.token_hex(3)}"
-        if not server.owned:
-            worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
-        if migrated:
-            dsn = postgres.clone_template(worker.run, server, name, migrate)
-        else:
+    if migrated:
+        name, dsn = worker.migrated_clone()
+        with worker.guard("postgres"):
+            server = worker.server("postgres")
+    else:
+        with worker.guard("postgres"):
+            server = worker.server("postgres")
+            name = f"{worker.run.name}_e{worker.slot}_{secrets.token_hex(3)}"
+            if not server.owned:
+                worker.run.record(f"pg-db-{name}", "pg_database", url=server.url, name=name)
             dsn = postgres.create_database(server, name)
     yield dsn
     with worker.guard("postgres"):

@@ -168,9 +168,10 @@ async def test_a_batch_over_the_limit_is_refused_whole(
 async def test_a_batch_failing_after_its_copy_leaves_nothing_and_goes_whole_next_time(
     data_with: OpenData, user: DataUser, db_connect: Connect, data_db: Any
 ) -> None:
-    # 2 s: past it the locked insert fails; within it, on a loaded machine, a batch of
-    # 1,000 goes through once the lock is gone.
-    client = await data_with(APEX_DB_STATEMENT_TIMEOUT="2")
+    # 0.5 s: past it the locked insert fails, while the COPY of 1,000 rows before it (a
+    # few ms) fits even on a loaded machine. The batch is sent again through an instance
+    # with the default timeout, so the retry never races the window.
+    client = await data_with(APEX_DB_STATEMENT_TIMEOUT="0.5")
     records = _records(user, 1_000)
     # The COPY goes into the batch's temporary table; its INSERT into usage_records then
     # waits for this lock past the statement timeout: the batch fails half done.
@@ -184,7 +185,7 @@ async def test_a_batch_failing_after_its_copy_leaves_nothing_and_goes_whole_next
     await lock.rollback()
     assert await usage_count(data_db) == 0
     assert await outbox_count(data_db) == 0
-    stored = await _post(client, user, records)
+    stored = await _post(await data_with(), user, records)
     assert stored.status_code == 201, stored.text
     assert stored.json() == {"inserted": 1_000}
     assert await usage_count(data_db, user.tenant_id) == 1_000

@@ -75,15 +75,18 @@ async def test_client_that_stops_answering_pings_is_reaped_and_a_healthy_one_sta
     before = await _reaped(gateway)
     assert await gateway.connections() == 2
 
+    loop = asyncio.get_running_loop()
     freeze(zombie)
+    frozen_at = loop.time()
     await _reaped_reaches(gateway, before + 1)
 
     assert await _reaped(gateway) == before + 1  # the zombie only
     assert await gateway.connections() == 1
     thaw(zombie)
     await zombie.closed(timeout=10)  # its socket is gone (close code is the library's)
-    # The healthy client, idle all along, is still there two reaping deadlines later.
-    await stays_open(healthy, 2 * (INTERVAL + TIMEOUT))
+    # The healthy client, idle all along, is still there two reaping deadlines after the
+    # zombie froze: it answered every ping of them (the zombie's reaping took one of them).
+    await stays_open(healthy, frozen_at + 2 * (INTERVAL + TIMEOUT) - loop.time())
     assert await _reaped(gateway) == before + 1
 
 

@@ -12,7 +12,9 @@ The cache is never the truth. A node that is down or cut, an entry evicted under
 ``maxmemory`` or one that is corrupt (not JSON, or another schema version: it is deleted)
 are misses, answered by computing from PostgreSQL. One caller per key recomputes under
 load: a lock (``SET NX PX``, APEX_CACHE_LOCK_TTL) held by the first, while the others
-wait for its entry (or, past the lock's life, compute for themselves without storing).
+wait for its entry (or, past the lock's life, compute for themselves without storing);
+whoever takes the lock reads again first, since an entry stored and its lock released
+after its miss is a hit, not a second recompute.
 
 Adding nodes (001#72): append them to the list, roll the new list out to every instance,
 then :meth:`Cache.migrate_from` (old list) moves the current entries of the tenants the
@@ -379,6 +381,14 @@ class Cache:
                 if waited is not None:
                     self._count("hit")
                     return waited, "hit"
+            else:
+                # Another caller may have stored the entry and released its lock between
+                # this caller's read that missed and its lock: read again before computing.
+                stored = await self._read(node, key)
+                if stored is not None:
+                    await node.eval(_RELEASE, 1, lock, token)
+                    self._count("hit")
+                    return stored, "hit"
         except RedisError:
             return await self._computed(compute)
         try:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,47 @@ def clone_template(
         return create_database(server, name, template=template)
 
 
+class SpareClones:
+    """Clones of the run's template made one ahead, in a thread of their own.
+
+    A clone costs about 0.15 s of the server's time (CREATE DATABASE copies the template's
+    files); a test that asks for a migrated database of its own takes the one made while
+    the test before it ran, and the next one is made while it runs. Each is a fresh clone,
+    used by one test and dropped after it, as when the test made it itself.
+    """
+
+    def __init__(self, run: Run, server: Server, prefix: str, init: Callable[[str], None]) -> None:
+        self._run = run
+        self._server = server
+        self._prefix = prefix
+        self._init = init
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apex-clones")
+        self._next: Future[tuple[str, str]] | None = None
+
+    def take(self) -> tuple[str, str]:
+        """(name, DSN) of a new clone, the caller's to drop; the next is started now."""
+        taken = self._next if self._next is not None else self._start()
+        self._next = self._start()
+        return taken.result()
+
+    def _start(self) -> Future[tuple[str, str]]:
+        return self._threads.submit(self._clone)
+
+    def _clone(self) -> tuple[str, str]:
+        name = f"{self._prefix}_{secrets.token_hex(3)}"
+        if not self._server.owned:
+            self._run.record(f"pg-db-{name}", "pg_database", url=self._server.url, name=name)
+        return name, clone_template(self._run, self._server, name, self._init)
+
+    def close(self) -> None:
+        """Drop the clone made for nobody."""
+        spare, self._next = self._next, None
+        if spare is not None:
+            with contextlib.suppress(Exception):  # a failed clone left nothing to drop
+                drop_database(self._server.url, spare.result()[0])
+        self._threads.shutdown()
+
+
 # The tables of schema public, and a fingerprint of that set (a test may create or drop
 # tables of its own): the probe below is rebuilt when the fingerprint changes.
 _TABLES = """
@@ -425,6 +467,7 @@ __all__ = [
     "SERVER_SETTINGS",
     "SERVICE",
     "DatabaseReset",
+    "SpareClones",
     "clone_template",
     "create_database",
     "drop_database",
