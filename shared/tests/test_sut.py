@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from apex import topology
 from apex_testkit import Level
 from apex_testkit._level import WrongLevel
+from apex_testkit._processes import ProcessRef, start_time
 from apex_testkit._sut import DeployedPlatform, InProcessPlatform, ProcessPlatform, ServiceProcess
 from apex_testkit._sut.wiring import proxiable, service_env
 from apex_testkit._target import load_target
@@ -48,6 +51,41 @@ def test_l3_instances_are_processes_reused_and_stopped(apex_worker):
     for process in (first, second):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{process.url}/healthz", timeout=2)
+
+
+def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    try:
+        process = platform.instance("auth")
+        process.send_signal(signal.SIGSTOP)
+        with pytest.raises(httpx.TimeoutException):  # frozen: accepted by the kernel, unread
+            httpx.get(f"{process.url}/healthz", timeout=1)
+        process.send_signal(signal.SIGCONT)
+        assert httpx.get(f"{process.url}/healthz", timeout=10).status_code == 200
+        for ending in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+            with pytest.raises(ValueError, match=r"stop\(\) or kill\(\)"):
+                process.send_signal(ending)
+        assert httpx.get(f"{process.url}/healthz", timeout=10).status_code == 200
+    finally:
+        platform.close()
+    with pytest.raises(ProcessLookupError, match="not running"):
+        process.send_signal(signal.SIGHUP)
+
+
+def test_a_signal_never_reaches_a_process_that_reused_the_pid(apex_worker):
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: received.append(number))
+    try:
+        process = ServiceProcess(apex_worker.run, "apex.auth", {}, "selftest-reused-pid")
+        # This test's own PID with another start time: a PID the kernel gave to another process.
+        started = start_time(os.getpid())
+        assert started is not None
+        process._ref = ProcessRef(os.getpid(), started + 1)
+        with pytest.raises(ProcessLookupError):
+            process.send_signal(signal.SIGUSR1)
+        assert received == []
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _stack(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

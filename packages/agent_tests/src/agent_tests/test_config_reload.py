@@ -3,8 +3,7 @@ APEX_AGENTS_CONFIG again; runs that start after it use the new config (a new mod
 their cost), runs in flight keep the config they started with (a workflow whose second
 step starts after the reload is still priced at the old price); an invalid file is 422
 and the old config stays. 003 config hot reload (L3): runs before, during and after a
-reload all finish, none dropped. (SIGHUP is not tested: the kit gives tests no PID of a
-service process; the route does the same reload.)
+reload all finish, none dropped. SIGHUP (L3): test_config_sighup.py.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ from apex_testkit._worker import Worker
 _LIMITS: Final = httpx.Limits(keepalive_expiry=2.0)
 
 
+# Signals that end a service process: the handle's stop() and kill() send them (and forget
+# the process), send_signal() does not.
+_ENDINGS: Final = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT})
+
+
 class ServiceProcess:
     """One instance of a platform service as an OS process on a loopback socket:
     `python -m <module> --fd N`, answering GET /healthz."""
@@ -67,6 +72,17 @@ class ServiceProcess:
         """Its process id while it runs (None before start and after stop or kill): what
         a benchmark reads the process's CPU time and memory of."""
         return None if self._ref is None else self._ref.pid
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to this process alone (SIGHUP to reload its config, SIGSTOP and SIGCONT
+        to freeze and thaw it), by its PID once checked to be the process this handle
+        started; ProcessLookupError when it is not running (never started, stopped, killed,
+        exited). Ending it is `stop()` or `kill()`, which also forget it."""
+        if sig in _ENDINGS:
+            raise ValueError(f"{sig.name} ends the process: use stop() or kill()")
+        if self._ref is None or not self._ref.alive():
+            raise ProcessLookupError(f"{self.module} ({self.name}) is not running")
+        os.kill(self._ref.pid, sig)
 
     def stop(self) -> None:
         """Graceful: SIGTERM (the service drains and exits), SIGKILL after 10 s."""
