@@ -1,6 +1,8 @@
 """apex.billing's metrics, exposed in the Prometheus text format (prometheus-client).
 
-One :class:`Metrics` per app, on its own registry.
+One :class:`Metrics` per app, on its own registry. Every label value a counter can take
+is exported from the start at 0 (Prometheus' advice for known label sets): a fresh
+instance's scrape shows each series, and a rate over a first increment starts from 0.
 """
 
 from __future__ import annotations
@@ -8,9 +10,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "SUBSCRIPTION_CHANGES", "WEBHOOK_OUTCOMES", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+SUBSCRIPTION_CHANGES = ("subscribed", "upgraded", "downgraded", "canceled", "resumed", "declined")
+WEBHOOK_OUTCOMES = ("processed", "duplicate", "rejected")
 
 
 class Metrics:
@@ -31,6 +35,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        for kind in SUBSCRIPTION_CHANGES:
+            self.subscriptions.labels(kind)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -169,21 +169,31 @@ async def subscribe(body: SubscribeIn, caller: CallerDep, service: Service) -> d
 async def change(body: ChangeIn, caller: CallerDep, service: Service) -> dict[str, Any]:
     """Upgrade (prorated, invoiced now) or downgrade (credited to the next invoice)."""
     caller.require(MANAGE)
-    return await service.subscriptions.change(caller.tenant_id, body.plan)
+    before = (await service.subscriptions.state(caller.tenant_id))["plan"]
+    state = await service.subscriptions.change(caller.tenant_id, body.plan)
+    if state["plan"] != before:
+        plans = service.subscriptions
+        upgraded = plans.plan(state["plan"]).price > plans.plan(before).price
+        service.metrics.subscriptions.labels("upgraded" if upgraded else "downgraded").inc()
+    return state
 
 
 @router.post("/v1/billing/subscription/cancel")
 async def cancel(caller: CallerDep, service: Service) -> dict[str, Any]:
     """End the subscription at the end of its period."""
     caller.require(MANAGE)
-    return await service.subscriptions.cancel(caller.tenant_id, cancel=True)
+    state = await service.subscriptions.cancel(caller.tenant_id, cancel=True)
+    service.metrics.subscriptions.labels("canceled").inc()
+    return state
 
 
 @router.post("/v1/billing/subscription/resume")
 async def resume(caller: CallerDep, service: Service) -> dict[str, Any]:
     """Undo a cancellation before the period ends."""
     caller.require(MANAGE)
-    return await service.subscriptions.cancel(caller.tenant_id, cancel=False)
+    state = await service.subscriptions.cancel(caller.tenant_id, cancel=False)
+    service.metrics.subscriptions.labels("resumed").inc()
+    return state
 
 
 @router.get("/v1/billing/invoices")
