@@ -125,3 +125,26 @@ def test_bvj_reaches_the_junit_report(test_package, inner_pytest, tmp_path: Path
     xml = (tmp_path / "junit.xml").read_text()
     assert '<property name="bvj_scenario" value="001#10"' in xml
     assert '<property name="bvj_mrr" value="8000"' in xml
+
+
+def test_every_bvj_marker_of_a_test_reaches_the_junit_report(
+    test_package, inner_pytest, tmp_path: Path
+):
+    project = test_package(
+        "test_two.py",
+        """
+        import pytest
+
+        @pytest.mark.L2
+        @pytest.mark.bvj(segment="mid", goal="a", mrr=100, scenario="001#10")
+        @pytest.mark.bvj(segment="enterprise", goal="b", mrr=200, scenario="001#11")
+        def test_two_scenarios():
+            pass
+        """,
+    )
+    code, out = finish(inner_pytest(str(project), f"--junitxml={tmp_path / 'junit.xml'}"))
+    assert code == 0, out
+    xml = (tmp_path / "junit.xml").read_text()
+    assert '<property name="bvj_scenario" value="001#10"' in xml
+    assert '<property name="bvj_scenario" value="001#11"' in xml
+    assert '<property name="bvj_mrr" value="200"' in xml

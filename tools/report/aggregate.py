@@ -34,6 +34,8 @@ class ScenarioRow:
     failed: dict[str, int]  # level -> failing tests (failures and errors)
     mrr: dict[str, int]  # segment -> MRR protected (max over passing tests)
     in_catalogue: bool
+    # A combined row ("003:a, b, c"): the parts no test names ("003:b" names part b).
+    parts_missing: tuple[str, ...] = ()
 
     @property
     def levels_run(self) -> tuple[str, ...]:
@@ -111,16 +113,21 @@ def build_report(
     failed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     mrr: dict[str, dict[str, int]] = defaultdict(dict)
     owner: dict[str, str] = {s.id: s.team for s in catalogue}
+    row_of_part = _parts(catalogue)
+    named: set[str] = set()
     for r in results:
         if not r.scenario or r.module not in teams or not r.level:
             continue
-        owner.setdefault(r.scenario, teams[r.module])
-        if r.outcome == "passed":
-            passed[r.scenario][r.level] += 1
-            seg = mrr[r.scenario]
-            seg[r.segment] = max(seg.get(r.segment, 0), r.mrr)
-        elif r.outcome in FAILED:
-            failed[r.scenario][r.level] += 1
+        for named_id, segment, value in ((r.scenario, r.segment, r.mrr), *r.also):
+            named.add(named_id)
+            scenario = row_of_part.get(named_id, named_id)
+            owner.setdefault(scenario, teams[r.module])
+            if r.outcome == "passed":
+                passed[scenario][r.level] += 1
+                seg = mrr[scenario]
+                seg[segment] = max(seg.get(segment, 0), value)
+            elif r.outcome in FAILED:
+                failed[scenario][r.level] += 1
     ids = [s.id for s in catalogue] + sorted(set(owner) - set(known))
     rows = tuple(
         ScenarioRow(
@@ -132,6 +139,9 @@ def build_report(
             failed=dict(failed.get(sid, {})),
             mrr=dict(mrr.get(sid, {})),
             in_catalogue=sid in known,
+            parts_missing=tuple(
+                part for part, row in row_of_part.items() if row == sid and part not in named
+            ),
         )
         for sid in ids
     )
@@ -146,6 +156,17 @@ def build_report(
         failed=sum(1 for r in results if r.outcome in FAILED),
         skipped=sum(1 for r in results if r.outcome == "skipped"),
     )
+
+
+def _parts(catalogue: Sequence[Scenario]) -> dict[str, str]:
+    """Each part of a combined 003 row ("003:a, b" -> "003:a", "003:b") to the row's id:
+    tests name the part they prove."""
+    parts = {}
+    for row in catalogue:
+        head, _, names = row.id.partition(":")
+        if head == "003" and "," in names:
+            parts.update({f"003:{name.strip()}": row.id for name in names.split(",")})
+    return parts
 
 
 def _teams(

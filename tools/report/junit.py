@@ -23,6 +23,8 @@ class TestResult:
     goal: str = ""
     mrr: int = 0
     scenario: str = ""
+    # (scenario, segment, mrr) of the test's further bvj markers, when it has several.
+    also: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def level(self) -> str:
@@ -63,9 +65,9 @@ def parse_junit(path: Path) -> list[TestResult]:
         raise ValueError(f"{path}: root element <{root.tag}>, expected <testsuites>")
     results = []
     for case in root.iter("testcase"):
-        props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        groups = _bvj_groups((p.get("name", ""), p.get("value", "")) for p in case.iter("property"))
+        props = groups[0] if groups else {}
         module, dotted = _module(case.get("classname", ""))
-        mrr = props.get("bvj_mrr", "0")
         results.append(
             TestResult(
                 session=path.stem,
@@ -75,11 +77,33 @@ def parse_junit(path: Path) -> list[TestResult]:
                 seconds=float(case.get("time", "0") or 0),
                 segment=props.get("bvj_segment", ""),
                 goal=props.get("bvj_goal", ""),
-                mrr=int(float(mrr)) if mrr else 0,
+                mrr=_mrr(props),
                 scenario=props.get("bvj_scenario", ""),
+                also=tuple(
+                    (g.get("bvj_scenario", ""), g.get("bvj_segment", ""), _mrr(g))
+                    for g in groups[1:]
+                ),
             )
         )
     return results
+
+
+def _mrr(group: dict[str, str]) -> int:
+    value = group.get("bvj_mrr", "0")
+    return int(float(value)) if value else 0
+
+
+def _bvj_groups(properties: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """The testcase's `bvj_*` properties as one dict per bvj marker: a marker's run of
+    properties ends where a name comes again."""
+    groups: list[dict[str, str]] = []
+    for name, value in properties:
+        if not name.startswith("bvj_"):
+            continue
+        if not groups or name in groups[-1]:
+            groups.append({})
+        groups[-1][name] = value
+    return groups
 
 
 def latest_results(files: Iterable[Path]) -> list[TestResult]:

@@ -40,6 +40,12 @@ def render_markdown(
         lines += ["", "Scenarios with failing tests: " + ", ".join(s.id for s in failing)]
     lines += ["", f"### Uncovered scenarios ({len(report.uncovered)})", ""]
     lines += [f"- {_cell(s.id)} ({s.team}): {_cell(s.title)}" for s in report.uncovered]
+    partly = [s for s in report.scenarios if s.covered and s.parts_missing]
+    if partly:
+        lines += ["", f"### Combined rows with parts no test names ({len(partly)})", ""]
+        lines += [
+            f"- {_cell(s.id)} ({s.team}): {_cell(', '.join(s.parts_missing))}" for s in partly
+        ]
     flaky = [f for f in report.flakes if f.failures]
     if report.flakes:
         lines += ["", f"### Flaky tests ({len(flaky)} of {len(report.flakes)})", ""]

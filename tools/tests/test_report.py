@@ -153,6 +153,24 @@ def test_mrr_is_counted_once_per_scenario_and_segment(junit_dir: Path, catalogue
     assert report.coverage_by_level() == {"L2": (2, 3), "L3": (1, 3), "L4": (0, 1)}
 
 
+def test_a_test_with_two_bvj_markers_covers_both_scenarios(tmp_path: Path, catalogue: Path) -> None:
+    # The kit writes one run of bvj_* properties per marker, the closest first.
+    both = case("test_both", "001#1", 8000).replace(
+        "</properties>",
+        '<property name="bvj_segment" value="enterprise" /><property name="bvj_goal" value="g" />'
+        '<property name="bvj_mrr" value="3000" /><property name="bvj_scenario" value="001#9" />'
+        "</properties>",
+    )
+    (result,) = parse_junit(junit(tmp_path / "l2-auth.xml", both))
+    assert (result.scenario, result.mrr) == ("001#1", 8000)
+    assert result.also == (("001#9", "enterprise", 3000),)
+    report = build_report([result], parse_catalogue(catalogue), {"auth_tests": "identity"})
+    by_id = {s.id: s for s in report.scenarios}
+    assert by_id["001#1"].passed == {"L2": 1}
+    assert by_id["001#9"].passed == {"L2": 1}
+    assert by_id["001#9"].mrr == {"enterprise": 3000}
+
+
 def test_flakes_merge_across_runs_and_keep_failing_seeds(tmp_path: Path) -> None:
     path = tmp_path / "flakes.json"
     failing = junit(tmp_path / "a.xml", case("test_a", "001#1", 1, body="<failure />"))

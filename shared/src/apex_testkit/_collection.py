@@ -116,9 +116,10 @@ def deselect(
 
 
 def annotate(item: pytest.Item) -> None:
-    """Carry the BVJ into reports (JUnit XML properties)."""
-    bvj = item.get_closest_marker("bvj")
-    if bvj is not None:
+    """Carry the BVJ into reports (JUnit XML properties): every bvj marker of the test,
+    the closest first, each as its run of `bvj_<field>` properties (a test that proves two
+    scenarios counts for both)."""
+    for bvj in item.iter_markers("bvj"):
         item.user_properties.extend((f"bvj_{key}", str(value)) for key, value in bvj.kwargs.items())
 
 

@@ -43,6 +43,13 @@ CASCADE = pytest.mark.bvj(
     mrr=10000, scenario="001#86",
 )  # fmt: skip
 
+# The part of the catalogue's combined 003 agents row these tests prove.
+PIPELINE_BREAKING = pytest.mark.bvj(
+    segment="enterprise", goal="The agent pipeline stops calling a provider that keeps failing",
+    mrr=10000, scenario="003:pipeline circuit breaking",
+)  # fmt: skip
+pytestmark = [PIPELINE_BREAKING]
+
 STATE = "apex_agents_breaker_state"
 OPENED = "apex_agents_breaker_opened_total"
 # Long enough that an open breaker stays open for the whole test.

@@ -35,7 +35,12 @@ COSTS = pytest.mark.bvj(
     segment="enterprise", goal="Every LLM token a tenant's agents spend is billed at its price",
     mrr=15000, scenario="001#48",
 )  # fmt: skip
-pytestmark = [COSTS, pytest.mark.L2, pytest.mark.L3]
+# The part of the catalogue's combined 003 agents row these tests prove.
+PIPELINE_COSTS = pytest.mark.bvj(
+    segment="enterprise", goal="The agent pipeline records every call's cost",
+    mrr=15000, scenario="003:cost tracking",
+)  # fmt: skip
+pytestmark = [COSTS, PIPELINE_COSTS, pytest.mark.L2, pytest.mark.L3]
 
 ANSWER = "Paris is the capital of France."
 # Prices no default has: the cost is the table's, not a constant of the service.

@@ -45,7 +45,12 @@ ERROR_HANDLING = pytest.mark.bvj(
     segment="enterprise", goal="One bad message never stops the queue",
     mrr=10000, scenario="004#14",
 )  # fmt: skip
-pytestmark = [pytest.mark.L3]
+# The part of the catalogue's combined 003 agents row these tests prove.
+PIPELINE_DLQ = pytest.mark.bvj(
+    segment="enterprise", goal="The agent pipeline sets failed jobs aside, never loses them",
+    mrr=12000, scenario="003:DLQ",
+)  # fmt: skip
+pytestmark = [pytest.mark.L3, PIPELINE_DLQ]
 
 
 @pytest.fixture

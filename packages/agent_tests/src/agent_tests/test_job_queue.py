@@ -1,6 +1,7 @@
-"""002#6 message queue on Redis Streams with a consumer group: a worker killed mid-job
-leaves its job pending; another worker claims it after APEX_JOB_CLAIM_IDLE (XAUTOCLAIM)
-and finishes the run once. L3: the worker is a process, killed with SIGKILL.
+"""002#6 message queue on Redis Streams with a consumer group, and 001#94 failure
+injection: a worker killed mid-job leaves its job pending; another worker claims it after
+APEX_JOB_CLAIM_IDLE (XAUTOCLAIM) and finishes the run once. L3: the worker is a process,
+killed with SIGKILL.
 
 The test's instances use a Redis prefix of their own, so that no other apex.agents
 process of this pytest worker (started by earlier tests, still consuming the worker's
@@ -30,7 +31,13 @@ QUEUE = pytest.mark.bvj(
     segment="enterprise", goal="No agent run is lost or run twice when a worker dies",
     mrr=12000, scenario="002#6",
 )  # fmt: skip
-pytestmark = [QUEUE, pytest.mark.L3]
+# 001#94 failure injection: a worker killed mid-call (the injected failure), the run's
+# calls and usage counted (its impact), another worker finishing it once (recovery).
+INJECTION = pytest.mark.bvj(
+    segment="enterprise", goal="A worker killed mid-run costs the customer nothing",
+    mrr=8000, scenario="001#94",
+)  # fmt: skip
+pytestmark = [QUEUE, INJECTION, pytest.mark.L3]
 
 
 async def test_a_killed_workers_job_is_claimed_and_finished_once(

@@ -32,7 +32,12 @@ LIMITS = pytest.mark.bvj(
     segment="enterprise", goal="One tenant cannot take the platform's capacity or overspend",
     mrr=10000, scenario="001#36",
 )  # fmt: skip
-pytestmark = [LIMITS, pytest.mark.L2, pytest.mark.L3]
+# The part of the catalogue's combined 003 agents row these tests prove.
+PIPELINE_POOL = pytest.mark.bvj(
+    segment="enterprise", goal="The agent pipeline shares its workers fairly between tenants",
+    mrr=10000, scenario="003:resource pool",
+)  # fmt: skip
+pytestmark = [LIMITS, PIPELINE_POOL, pytest.mark.L2, pytest.mark.L3]
 
 PERMISSIONS = (RUN_AGENTS, READ_RUNS)
 
