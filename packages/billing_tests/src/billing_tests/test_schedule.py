@@ -52,28 +52,34 @@ NEW_YEAR = 1767225600  # 2026-01-01T00:00:00Z
 WRITER = {"agent": "writer", "model": "gpt-4o-mini"}
 
 
-def scheduled(clean_platform: Platform, interval: str) -> Any:
-    """A client of apex.billing with its schedule every `interval` seconds (or off),
-    usage periods of PERIOD seconds, periods corrected for an hour."""
-    return clean_platform.client(
-        "billing",
-        APEX_BILLING_SCHEDULE_INTERVAL=interval,
-        APEX_USAGE_PERIOD=str(PERIOD),
-        APEX_USAGE_LATE_WINDOW="3600",
-    )
+def settings(interval: str) -> dict[str, str]:
+    """apex.billing's settings here: its schedule every `interval` seconds (or off), usage
+    periods of PERIOD seconds, periods corrected for an hour."""
+    return {
+        "APEX_BILLING_SCHEDULE_INTERVAL": interval,
+        "APEX_USAGE_PERIOD": str(PERIOD),
+        "APEX_USAGE_LATE_WINDOW": "3600",
+    }
 
 
 @pytest.fixture
 async def scheduled_billing(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    """apex.billing running its schedule every 0.2 s."""
-    async with scheduled(clean_platform, "0.2") as client:
+    """apex.billing running its schedule every 0.2 s: an instance of this test alone.
+
+    Its loop ends with the test. The worker's instance of these settings would be kept
+    for the next tests and go on running passes over their tenants, invoicing and
+    correcting periods before their own passes do."""
+    async with (
+        clean_platform.start("billing", **settings("0.2")) as instance,
+        httpx.AsyncClient(base_url=instance.url) as client,
+    ):
         yield client
 
 
 @pytest.fixture
 async def manual_billing(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """apex.billing with its schedule off: passes only through the admin route."""
-    async with scheduled(clean_platform, "off") as client:
+    async with clean_platform.client("billing", **settings("off")) as client:
         yield client
 
 
