@@ -79,7 +79,7 @@ async def scheduled_billing(clean_platform: Platform) -> AsyncIterator[httpx.Asy
 @pytest.fixture
 async def manual_billing(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """apex.billing with its schedule off: passes only through the admin route."""
-    async with clean_platform.client("billing", **settings("off")) as client:
+    async with clean_platform.client("billing", instance=0, **settings("off")) as client:
         yield client
 
 
