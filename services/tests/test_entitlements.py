@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from apex.billing.entitlements import upgrades
+from apex.billing.plans import LIMITS, Plan
 from apex.common import entitlements
 from apex.common.config import Settings
 from apex.common.settings import ConfigError
@@ -71,3 +73,37 @@ def test_plan_limits_are_off_unless_switched_on(settings_type: Any) -> None:
     assert settings_type.from_env({**base, "APEX_PLAN_LIMITS": "ON"}).plan_limits is True
     with pytest.raises(ConfigError, match="APEX_PLAN_LIMITS must be on or off"):
         settings_type.from_env({**base, "APEX_PLAN_LIMITS": "yes"})
+
+
+def _plans(**rows: tuple[int, int, int]) -> dict[str, Plan]:
+    """A plan table: name -> (price, requests per minute, seats); other limits alike."""
+    return {
+        name: Plan(name, price, rate, 100_000, seats, 2)
+        for name, (price, rate, seats) in rows.items()
+    }
+
+
+def test_billing_publishes_where_an_upgrade_leads_in_its_own_table() -> None:
+    # An operator's table: "team" is dearer than "solo" yet allows fewer runs a minute.
+    plans = _plans(
+        free=(0, 60, 1), solo=(1_000, 600, 1), team=(5_000, 100, 10), big=(9_000, 900, 10)
+    )
+    assert upgrades(plans["free"], plans)["requests_per_minute"] == "solo"
+    assert upgrades(plans["free"], plans)["seats"] == "team"
+    assert upgrades(plans["solo"], plans)["requests_per_minute"] == "big"
+    assert upgrades(plans["big"], plans) == dict.fromkeys(LIMITS)
+
+
+def test_a_published_upgrade_is_the_refusals_and_an_empty_one_is_none() -> None:
+    key = entitlements.entitlements_key("p:", "t1")
+    published = {
+        "plan": "solo",
+        "requests_per_minute": "600",
+        f"{entitlements.UPGRADE_TO}requests_per_minute": "big",
+        f"{entitlements.UPGRADE_TO}seats": "",
+    }
+    found = _read({key: published}, "t1")
+    assert entitlements.refusal(found, "requests_per_minute")["upgrade_to"] == "big"
+    assert entitlements.refusal(found, "seats")["upgrade_to"] is None
+    # Not published (a hash written before the field existed): the contract's table.
+    assert entitlements.refusal(found, "ws_connections")["upgrade_to"] == "early"

@@ -212,12 +212,15 @@ async def test_the_rate_window_slides_and_retry_after_says_when(
         refused = await agents_client.post("/v1/runs", json=bodies[2], headers=owner.agents.headers)
         assert refused.status_code == 429, refused.text
         body = refused.json()
+        # The operator's table has no plan above early: nothing to upgrade to (the
+        # contract's table would point to free, which allows 60).
         assert (body["error"], body["limit"], body["allowed"], body["plan"]) == (
             "rate_limited",
             "requests_per_minute",
             2,
             "early",
         )
+        assert body["upgrade_to"] is None, body
         assert 1 <= int(refused.headers["Retry-After"]) <= 3
         assert await runs_of(billing_db, owner) == 2
 

@@ -106,7 +106,11 @@ async def test_a_paying_card_converts_the_tenant_and_unlocks_the_tier_everywhere
     assert (invoice.status, invoice.amount_paid) == ("paid", 2900)
     # Every service reads the new limits at once.
     published = await entitlements_of(billing_redis, redis_namespace.prefix, owner)
-    assert published == {"plan": "early", **{k: str(v) for k, v in EARLY_LIMITS.items()}}
+    assert published == {
+        "plan": "early",
+        **{k: str(v) for k, v in EARLY_LIMITS.items()},
+        **{f"upgrade_to:{k}": "mid" for k in EARLY_LIMITS},
+    }
     # The payment is booked: cash in, revenue deferred.
     assert await ledger_of(billing_db, owner) == [
         (f"invoice:{invoice.id}", "cash", 2900, 0),

@@ -265,4 +265,6 @@ class Subscriptions:
 
     async def _publish(self, row: SubscriptionRow) -> None:
         plan = self.plan(row.plan if row.status in LIVE else FREE)
-        await publish(self.redis, self.settings.redis_prefix, row.tenant_id, plan)
+        await publish(
+            self.redis, self.settings.redis_prefix, row.tenant_id, plan, self.settings.plans
+        )

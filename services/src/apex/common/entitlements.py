@@ -9,8 +9,11 @@ one ``HGETALL`` per check: that is cheaper than keeping a cache coherent with
 ``billing:changed`` (notes-billing.md § Tier enforcement), and an upgrade applies at once.
 
 :func:`refusal` is the body of the 402 ``plan_limit_exceeded`` answer: ``limit`` (the
-limit's name), ``allowed`` (its value on the plan), ``plan`` and ``upgrade_to`` (the
-smallest tier of the contract's table that allows more, or null).
+limit's name), ``allowed`` (its value on the plan), ``plan`` and ``upgrade_to``: the
+cheapest plan above the tenant's that allows more, or null. apex.billing publishes it
+with the limits (field ``upgrade_to:<limit>``), from its own plan table (APEX_PLANS); for
+a tenant without published entitlements (or a hash without the field) it is the
+smallest tier of the contract's table that allows more.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-__all__ = ["FREE", "TIERS", "Entitlements", "entitlements_key", "read", "refusal"]
+__all__ = ["FREE", "TIERS", "UPGRADE_TO", "Entitlements", "entitlements_key", "read", "refusal"]
 
 # The contract's plan table (contract-billing.md § Plans), cheapest first: what a tenant
 # without published entitlements may use, and where an upgrade leads.
@@ -55,14 +58,21 @@ TIERS: Final[Mapping[str, Mapping[str, int]]] = MappingProxyType(
         },
     }
 )
+# The prefix of the published fields naming, per limit, the plan to upgrade to ("": none).
+UPGRADE_TO: Final = "upgrade_to:"
 
 
 @dataclasses.dataclass(frozen=True)
 class Entitlements:
-    """A tenant's plan and its limits (name -> whole number)."""
+    """A tenant's plan and its limits (name -> whole number), and per limit the plan a
+    refusal points to (None: the top; a limit not in ``upgrades``: the contract's
+    table decides)."""
 
     plan: str
     limits: Mapping[str, int]
+    upgrades: Mapping[str, str | None] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def allows(self, limit: str, in_use: int) -> bool:
         """Whether one more of ``limit`` fits beside ``in_use``."""
@@ -88,13 +98,23 @@ async def read(redis: Redis, prefix: str, tenant: uuid.UUID | str) -> Entitlemen
         name: int(fields[name]) if fields.get(name, "").isdigit() else default
         for name, default in FREE.limits.items()
     }
-    return Entitlements(fields.get("plan") or FREE.plan, MappingProxyType(limits))
+    upgrades = {
+        name[len(UPGRADE_TO) :]: value or None
+        for name, value in fields.items()
+        if name.startswith(UPGRADE_TO)
+    }
+    return Entitlements(
+        fields.get("plan") or FREE.plan, MappingProxyType(limits), MappingProxyType(upgrades)
+    )
 
 
 def refusal(entitlements: Entitlements, limit: str) -> dict[str, Any]:
     """The body of the 402 ``plan_limit_exceeded`` answer for ``limit``."""
     allowed = entitlements.limits[limit]
-    upgrade_to = next((name for name, row in TIERS.items() if row[limit] > allowed), None)
+    if limit in entitlements.upgrades:
+        upgrade_to = entitlements.upgrades[limit]
+    else:
+        upgrade_to = next((name for name, row in TIERS.items() if row[limit] > allowed), None)
     return {
         "error": "plan_limit_exceeded",
         "detail": f"the {entitlements.plan} plan allows {allowed} {limit.replace('_', ' ')}"
