@@ -15,6 +15,7 @@ with a reason and holds up no other (`GET /admin/costs`: `waiting`, `dead`).
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -218,5 +219,58 @@ async def test_a_record_apex_data_cannot_take_is_set_aside_and_holds_up_no_other
         ((_, fields),) = dead
         assert fields["run_id"] == "not-a-record"
         assert fields["reason"].startswith("malformed entry")
+    finally:
+        redis.close()
+
+
+def _entry(user: AgentUser, run_id: str, occurred_at: str) -> dict[str, str]:
+    """A cost record of `user`'s tenant as the stream holds it (one call of 15 tokens)."""
+    assert user.tenant_id is not None
+    return {
+        "tenant_id": user.tenant_id, "user_id": user.user_id, "run_id": run_id,
+        "step": "main", "call": "1", "agent": "assistant", "model": "gpt-4o-mini",
+        "provider": "llm", "prompt_tokens": "10", "completion_tokens": "5",
+        "cost_micros": "150", "occurred_at": occurred_at,
+    }  # fmt: skip
+
+
+@COSTS
+@pytest.mark.L2
+@pytest.mark.L3
+async def test_a_record_apex_data_refuses_is_set_aside_and_the_rest_of_its_batch_stored(
+    agents_with: OpenAgents,
+    runner: AgentUser,
+    agents_db: Any,
+    redis_namespace: RedisNamespace,
+    admin_token: str,
+) -> None:
+    """A tenant's records of one delivery cycle go to apex.data as one batch, which is
+    stored whole or refused whole: one record apex.data refuses (422: its `occurred_at`
+    is no time) must cost the others of its batch nothing."""
+    prefix = f"{redis_namespace.prefix}refused-{uuid.uuid4().hex[:8]}:"
+    client = await agents_with(APEX_REDIS_PREFIX=prefix)
+    refused, stored = str(uuid.uuid4()), str(uuid.uuid4())
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    redis = redis_namespace.client()
+    try:
+        # In one transaction, so that one delivery cycle reads both.
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{prefix}agents:costs", _entry(runner, refused, "not a time"))  # type: ignore[arg-type]
+            pipe.xadd(f"{prefix}agents:costs", _entry(runner, stored, now))  # type: ignore[arg-type]
+            pipe.execute()
+
+        async def settled() -> bool:
+            status = await admin_json(client, admin_token, "/admin/costs")
+            return bool((status["waiting"], status["dead"]) == (0, 1))
+
+        await eventually(settled, timeout=30, message="both records settled")
+        (row,) = await rows_of(agents_db, [stored], 1)
+        assert (row.idempotency_key, row.quantity, row.cost_micros) == (f"{stored}:main:1", 15, 150)
+        assert await usage_rows(agents_db, [refused]) == []
+        # decode_responses: ids and fields are str.
+        dead: list[tuple[str, dict[str, str]]] = redis.xrange(f"{prefix}agents:costs:dead")  # type: ignore[assignment]
+        ((_, fields),) = dead
+        assert fields["run_id"] == refused
+        assert fields["reason"].startswith("HTTP 422"), fields["reason"]
     finally:
         redis.close()

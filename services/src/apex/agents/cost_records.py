@@ -4,15 +4,19 @@ Stage 6 of :class:`apex.agents.calls.AgentCaller` appends a :class:`CostRecord` 
 Redis stream ``<prefix>agents:costs`` (:class:`CostLedger`): a run never waits for
 apex.data, so apex.data down or hanging fails no run (001#89, 001#91). A
 :class:`CostDelivery` task in every process of the service sends the stream's records,
-oldest first, to apex.data's ``POST /v1/usage`` (kind ``llm``, quantity the call's
-tokens, idempotency key ``<run_id>:<step>:<call>``, labels ``{agent, model, provider,
-run_id}``) with the usage writers' service credential (``APEX_USAGE_TOKEN``, the
-run's tenant in ``X-Apex-Tenant``; notes-agents.md says why), and deletes a record from
-the stream only once apex.data answered 201 (stored) or 200 (stored before). So a record
-is never lost (it stays until apex.data has it) and never doubled (a record sent twice,
-by two processes or after a crash between the answer and the delete, is one row in
-apex.data by its idempotency key). A record apex.data refuses as malformed (422) cannot
-succeed later: it moves to ``<prefix>agents:costs:dead`` with the reason.
+oldest first, to apex.data (kind ``llm``, quantity the call's tokens, idempotency key
+``<run_id>:<step>:<call>``, labels ``{agent, model, provider, run_id}``) with the usage
+writers' service credential (``APEX_USAGE_TOKEN``, the run's tenant in
+``X-Apex-Tenant``; notes-agents.md says why): the records of a cycle, one tenant's at a
+time, in one ``POST /v1/usage/batch`` (one transaction in apex.data: all stored, or
+none). It deletes records from the stream only once apex.data answered 201 (``inserted``
+counts the new ones; the others were stored before). So a record is never lost (it
+stays until apex.data has it) and never doubled (a record sent twice, by two processes
+or after a crash between the answer and the delete, is one row in apex.data by its
+idempotency key). A batch apex.data refuses (422: a record in it is malformed) is sent
+again record by record through ``POST /v1/usage``, so the good ones are stored and the
+malformed one, which cannot succeed later, moves to ``<prefix>agents:costs:dead`` with
+the reason.
 
 A delivery cycle sends at most ``APEX_COST_BATCH`` records and stops at the first
 failure; after a failing cycle the next one starts ``APEX_COST_INTERVAL`` seconds later,
@@ -234,36 +238,90 @@ class CostDelivery:
             return 0, False
         self.cycles += 1
         sent = 0
-        for entry_id, fields in entries:
-            outcome, reason = await self._send(fields)
-            if outcome is None:
+        for tenant, group in _by_tenant(entries).items():
+            done = await self._send_tenant(tenant, group)
+            if done is None:
                 return None, False
-            if outcome == "dead":
-                dead = {**fields, "reason": reason}
-                await ledger.redis.xadd(ledger.dead, dead)  # type: ignore[arg-type]
-            await ledger.redis.xdel(ledger.stream, entry_id)
-            ledger.records.labels(outcome).inc()
-            sent += 1
-            self.delivered += 1
+            sent += done
         return sent, len(entries) == self._batch
 
-    async def _send(self, fields: Mapping[str, str]) -> tuple[str | None, str]:
-        """POST one record: (``delivered``, 201), (``duplicate``, 200: stored before),
-        (``dead``, why: a malformed entry or a 422), (None, why: apex.data failing, try
-        again later)."""
+    async def _send_tenant(
+        self, tenant: str, entries: list[tuple[str, dict[str, str]]]
+    ) -> int | None:
+        """Deliver one tenant's entries of a cycle: the well-formed ones in one batch
+        (record by record if apex.data refuses the batch), the malformed ones to the dead
+        stream. The entries handled, or None when apex.data failed (what is left stays)."""
+        ledger = self._ledger
+        records: list[tuple[str, dict[str, str], CostRecord]] = []
+        for entry_id, fields in entries:
+            try:
+                records.append((entry_id, fields, CostRecord.of(fields)))
+            except (KeyError, ValueError, TypeError) as exc:
+                why = f"malformed entry: {type(exc).__name__}: {exc}"
+                await self._settle(entry_id, fields, "dead", why)
+        if not records:
+            return len(entries)
+        outcome = await self._post_batch(tenant, [record for _, _, record in records])
+        if outcome is None:
+            return None
+        if isinstance(outcome, int):
+            await ledger.redis.xdel(ledger.stream, *(entry_id for entry_id, _, _ in records))
+            ledger.records.labels("delivered").inc(outcome)
+            ledger.records.labels("duplicate").inc(len(records) - outcome)
+            self.delivered += len(records)
+            return len(entries)
+        # Refused whole (422): one by one, so that only the malformed record is dead.
+        for entry_id, fields, record in records:
+            result, reason = await self._send(record)
+            if result is None:
+                return None
+            await self._settle(entry_id, fields, result, reason)
+        return len(entries)
+
+    async def _settle(self, entry_id: str, fields: dict[str, str], outcome: str, why: str) -> None:
+        """Take one entry off the stream after its ``outcome`` (to the dead stream first
+        when ``dead``), and count it."""
+        ledger = self._ledger
+        if outcome == "dead":
+            dead = {**fields, "reason": why}
+            await ledger.redis.xadd(ledger.dead, dead)  # type: ignore[arg-type]
+        await ledger.redis.xdel(ledger.stream, entry_id)
+        ledger.records.labels(outcome).inc()
+        self.delivered += 1
+
+    async def _post_batch(self, tenant: str, records: list[CostRecord]) -> int | str | None:
+        """POST one tenant's records as a batch: how many apex.data stored anew (201),
+        ``"refused"`` (422: some record is malformed), or None (apex.data failing)."""
+        body = {"records": [record.usage_body() for record in records]}
+        response = await self._post("/v1/usage/batch", tenant, body)
+        if response is None:
+            return None
+        if response.status_code == 201:
+            self._errors.recovered(DATA)
+            return int(response.json()["inserted"])
+        if response.status_code == 422:
+            return "refused"
+        self._errors.failed(DATA, f"HTTP {response.status_code}")
+        return None
+
+    async def _post(self, path: str, tenant: str, body: dict[str, Any]) -> httpx.Response | None:
+        """POST ``body`` to apex.data for ``tenant``; None (counted) when it cannot be reached."""
         try:
-            record = CostRecord.of(fields)
-        except (KeyError, ValueError, TypeError) as exc:
-            return "dead", f"malformed entry: {type(exc).__name__}: {exc}"
-        try:
-            response = await self._http.post(
-                "/v1/usage",
-                json=record.usage_body(),
-                headers={"Authorization": f"Bearer {self._token}", TENANT_HEADER: record.tenant_id},
+            return await self._http.post(
+                path,
+                json=body,
+                headers={"Authorization": f"Bearer {self._token}", TENANT_HEADER: tenant},
             )
         except httpx.HTTPError as exc:
             self._errors.failed(DATA, type(exc).__name__)
-            return None, type(exc).__name__
+            return None
+
+    async def _send(self, record: CostRecord) -> tuple[str | None, str]:
+        """POST one record: (``delivered``, 201), (``duplicate``, 200: stored before),
+        (``dead``, why: a 422), (None, why: apex.data failing, try again later)."""
+        response = await self._post("/v1/usage", record.tenant_id, record.usage_body())
+        if response is None:
+            return None, "unreachable"
         status = response.status_code
         if status in (200, 201):
             self._errors.recovered(DATA)
@@ -275,3 +333,14 @@ class CostDelivery:
         # 401/403 (the credential: an operator's fix), 429, 5xx: the record waits.
         self._errors.failed(DATA, f"HTTP {status}")
         return None, f"HTTP {status}"
+
+
+def _by_tenant(
+    entries: list[tuple[str, dict[str, str]]],
+) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """The entries by the tenant they name (``""`` for none: malformed), each tenant's in
+    stream order, tenants in the order of their oldest entry."""
+    groups: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for entry_id, fields in entries:
+        groups.setdefault(fields.get("tenant_id", ""), []).append((entry_id, fields))
+    return groups

@@ -110,7 +110,7 @@ class AgentSettings(ServiceSettings):
             "models": _models(env, "APEX_MODELS"),
             # -- costs to apex.data and degradation ------------------------------------
             "usage_token": env.get("APEX_USAGE_TOKEN"),
-            "cost_batch": env.whole_number("APEX_COST_BATCH", 100, unit="records"),
+            "cost_batch": _cost_batch(env),
             "cost_interval": env.number("APEX_COST_INTERVAL", 1.0, unit="seconds"),
             "cost_timeout": env.number("APEX_COST_TIMEOUT", 5.0, unit="seconds"),
             "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
@@ -124,6 +124,21 @@ class AgentSettings(ServiceSettings):
             "plan_rate_window": env.number("APEX_PLAN_RATE_WINDOW", 60.0, unit="seconds"),
             **_run_events(env),
         }
+
+
+# The most records apex.data takes in one POST /v1/usage/batch (contract-data.md).
+MOST_COST_BATCH: Final = 10_000
+
+
+def _cost_batch(env: Env) -> int:
+    """APEX_COST_BATCH: records per delivery cycle, sent as one batch per tenant."""
+    batch = env.whole_number("APEX_COST_BATCH", 100, unit="records")
+    if batch > MOST_COST_BATCH:
+        raise ConfigError(
+            f"APEX_COST_BATCH must be at most {MOST_COST_BATCH} (apex.data's largest "
+            f"batch), got {batch}"
+        )
+    return batch
 
 
 def _run_events(env: Env) -> dict[str, Any]:
