@@ -346,7 +346,12 @@ async def _store_reset_token(context: AuthContext, email: str, token: str) -> Lo
         user = await load_user(conn, email=email)
         if user is None:
             return None
-        # A new request invalidates the user's older tokens.
+        # A new request invalidates the user's older tokens. Requests of one user take turns
+        # (a lock until commit): two at once each invalidated what was committed before
+        # either inserted, and both tokens stayed valid.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"password-reset:{user.id}"
+        )
         await conn.execute(
             "UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
             user.id,
