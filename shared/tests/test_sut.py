@@ -16,7 +16,13 @@ from apex import topology
 from apex_testkit import Level
 from apex_testkit._level import WrongLevel
 from apex_testkit._processes import ProcessRef, start_time
-from apex_testkit._sut import DeployedPlatform, InProcessPlatform, ProcessPlatform, ServiceProcess
+from apex_testkit._sut import (
+    DeployedPlatform,
+    InProcessPlatform,
+    ProcessPlatform,
+    ServiceProcess,
+    processes,
+)
 from apex_testkit._sut.wiring import proxiable, service_env
 from apex_testkit._target import load_target
 
@@ -51,6 +57,33 @@ def test_l3_instances_are_processes_reused_and_stopped(apex_worker):
     for process in (first, second):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{process.url}/healthz", timeout=2)
+
+
+def test_l3_keeps_the_defaults_and_the_last_used_idle_instances_and_stops_the_rest(
+    apex_worker, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(processes, "KEEP_IDLE", 1)
+    platform = ProcessPlatform(apex_worker)
+    try:
+        default = platform.instance("auth")
+        oldest = platform.instance("auth", 1, via_proxy=("redis",))
+        platform.reset()  # the next test: it uses another
+        newer = platform.instance("auth", 2)
+        platform.reset()  # the next: the oldest idle one is not stopped yet (one is kept)
+        assert httpx.get(f"{oldest.url}/healthz").status_code == 200
+        current = platform.instance("auth", 3)
+        platform.reset()  # two idle besides the default: the least recently used goes
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{oldest.url}/healthz", timeout=2)
+        with pytest.raises(LookupError, match="no proxy to redis for auth instance 1"):
+            platform.proxy("auth", 1, "redis")
+        for kept in (default, newer, current):
+            assert httpx.get(f"{kept.url}/healthz").status_code == 200
+        again = platform.instance("auth", 1, via_proxy=("redis",))
+        assert again is not oldest, "asked for again: a new process"
+        assert httpx.get(f"{again.url}/healthz").status_code == 200
+    finally:
+        platform.close()
 
 
 def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):
