@@ -130,3 +130,17 @@ def test_the_worker_command_names_a_missing_setting(
     assert main(["worker"]) == 2
     assert "APEX_DATABASE_URL" in capsys.readouterr().err
     assert main(["worker", "--extra"]) == 2
+
+
+# APEX_COST_BATCH: 100 records by default, at most what apex.data takes in one batch.
+
+
+def test_the_cost_batch_is_100_by_default_and_up_to_apex_datas_largest() -> None:
+    assert load_settings(REQUIRED).cost_batch == 100
+    assert load_settings({**REQUIRED, "APEX_COST_BATCH": "10000"}).cost_batch == 10_000
+
+
+@pytest.mark.parametrize(("value", "message"), [("10001", "at most 10000"), ("0", "at least 1")])
+def test_a_cost_batch_apex_data_would_refuse_is_a_config_error(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"APEX_COST_BATCH must be {message}"):
+        load_settings({**REQUIRED, "APEX_COST_BATCH": value})
