@@ -207,6 +207,8 @@ async def test_requests_at_once_leave_one_token_that_resets(
     resets = [await _reset(auth_client, _token_of(mail), NEW_PASSWORD) for mail in mails]
     assert sorted(r.status_code for r in resets) == [204, 400, 400], [r.text for r in resets]
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
+    old = await password_login(auth_client, person.email, person.password)
+    assert (old.status_code, error_of(old)) == (401, "invalid_credentials")
 
 
 @pytest.fixture

@@ -252,9 +252,7 @@ class ProcessPlatform(Platform):
 
         Only instances that no one used since the last reset: neither the previous test
         nor a fixture of the test beginning now holds one of them."""
-        idle = [
-            key for key, used in self._used.items() if used < self._epoch and key[1:] != (0, (), ())
-        ]
+        idle = [key for key, used in self._used.items() if used < self._epoch and not _default(key)]
         idle.sort(key=self._used.__getitem__, reverse=True)
         victims = idle[KEEP_IDLE:]
         if not victims:
@@ -275,7 +273,7 @@ class ProcessPlatform(Platform):
     def close(self) -> None:
         # Dependents first: a gateway stops before the auth service it calls; the others
         # all at once (one by one, a worker's last teardown took 70-80 s).
-        defaults = [key for key in self._instances if key[1:] == (0, (), ())]
+        defaults = [key for key in self._instances if _default(key)]
         _stop_all([p for key, p in self._instances.items() if key not in defaults])
         for key in reversed(defaults):
             self._instances[key].stop()
@@ -286,6 +284,11 @@ class ProcessPlatform(Platform):
         self._proxies.clear()
         self._own_proxies.clear()
         self._used.clear()
+
+
+def _default(key: _Key) -> bool:
+    """Whether `key` is a service's default instance: number 0, no settings, no proxy."""
+    return key[1:] == (0, (), ())
 
 
 def _stop_all(processes: list[ServiceProcess]) -> None:
