@@ -277,7 +277,8 @@ async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_wor
 def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
     in_loop = InProcessPlatform(apex_worker)
     try:
-        with pytest.raises(WrongLevel, match=r"exists at L3 only, and this run is L2: mark the test"):
+        level_lacks = r"exists at L3 only, and this run is L2: mark the test"
+        with pytest.raises(WrongLevel, match=level_lacks):
             in_loop.instance("auth")
         with pytest.raises(WrongLevel, match=r"fault proxy .* L3 only"):
             in_loop.proxy("auth", 0, "redis")
