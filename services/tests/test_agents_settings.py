@@ -31,6 +31,7 @@ def test_the_defaults_are_the_contracts() -> None:
     assert settings.llm_base_url == "http://llm:9000/v1"
     assert (settings.llm_timeout, settings.llm_retries) == (30.0, 2)
     assert (settings.workers, settings.job_claim_idle, settings.run_timeout) == (2, 30.0, 120.0)
+    assert settings.otel_export_delay == 1.0
     assert settings.models == DEFAULT_MODELS
     assert DEFAULT_MODELS["gpt-4o-mini"] == Model(128_000, 150, 600)
     assert "sk-secret" not in repr(settings)
@@ -49,8 +50,10 @@ def test_every_setting_is_read() -> None:
             "APEX_JOB_CLAIM_IDLE": "0.5",
             "APEX_RUN_TIMEOUT": "9",
             "APEX_MODELS": json.dumps(models),
+            "APEX_OTEL_EXPORT_DELAY": "0.05",
         }
     )
+    assert settings.otel_export_delay == 0.05
     assert settings.data_url == "http://data:8000"
     assert (settings.llm_timeout, settings.llm_retries, settings.workers) == (2.5, 0, 0)
     assert (settings.job_claim_idle, settings.run_timeout) == (0.5, 9.0)
@@ -76,6 +79,7 @@ def test_a_missing_required_setting_is_named(variable: str) -> None:
         ("APEX_AGENTS_WORKERS", "1.5"),
         ("APEX_JOB_CLAIM_IDLE", "nan-ish"),
         ("APEX_RUN_TIMEOUT", "-3"),
+        ("APEX_OTEL_EXPORT_DELAY", "0"),
         ("APEX_MODELS", "{"),
         ("APEX_MODELS", "{}"),
         ("APEX_MODELS", '{"m": {"context_window": 1}}'),

@@ -8,6 +8,7 @@ packages use: in process (L2) and as a process (L3).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,8 +73,13 @@ async def _exercise(platform: Platform, toy: str, redis_namespace) -> None:
 
 async def test_l2_wires_a_registered_service_in_process(toy, apex_worker, redis_namespace):
     platform = InProcessPlatform(apex_worker)
-    platform.reset()
-    await _exercise(platform, toy, redis_namespace)
+    try:
+        platform.reset()
+        await _exercise(platform, toy, redis_namespace)
+    finally:
+        # Its apps' loop serves apex.auth (the toy calls it) until closed: left open, the
+        # serving task was destroyed pending when the worker's process ended.
+        await asyncio.to_thread(platform.close)
 
 
 async def test_l3_runs_a_registered_service_as_a_process(toy, apex_worker, redis_namespace):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -226,6 +227,24 @@ async def test_l2_serves_a_service_on_a_real_socket_kept_running_for_the_worker(
             await client.get("/healthz")
 
 
+async def test_l2_clients_opened_at_once_share_one_kept_running_server(apex_worker):
+    """Two blocks of one test that ask for the worker's apex.auth at the same moment get
+    the same server, and closing the platform leaves none running."""
+    platform = InProcessPlatform(apex_worker)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = await asyncio.gather(
+                *(stack.enter_async_context(platform.serve("auth")) for _ in range(2))
+            )
+            assert urls[0] == urls[1]
+            assert len(platform.live.running_apps) == 1
+    finally:
+        await asyncio.to_thread(platform.close)
+    async with httpx.AsyncClient(base_url=urls[0]) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/healthz")
+
+
 async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_worker):
     processes = ProcessPlatform(apex_worker)
     try:
@@ -241,25 +260,32 @@ async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_wor
         processes.close()
 
     in_loop = InProcessPlatform(apex_worker)
-    async with in_loop.start("auth") as served:
-        async with httpx.AsyncClient(base_url=served.url) as client:
-            assert (await client.get("/healthz")).status_code == 200
-        await served.stop()
-        with pytest.raises(RuntimeError, match="L3 only"):
-            await served.kill()
-        async with httpx.AsyncClient(base_url=served.url) as client:
-            with pytest.raises(httpx.ConnectError):
-                await client.get("/healthz")
+    try:
+        async with in_loop.start("auth") as served:
+            async with httpx.AsyncClient(base_url=served.url) as client:
+                assert (await client.get("/healthz")).status_code == 200
+            await served.stop()
+            with pytest.raises(RuntimeError, match="L3 only"):
+                await served.kill()
+            async with httpx.AsyncClient(base_url=served.url) as client:
+                with pytest.raises(httpx.ConnectError):
+                    await client.get("/healthz")
+    finally:
+        await asyncio.to_thread(in_loop.close)
 
 
 def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
     in_loop = InProcessPlatform(apex_worker)
-    with pytest.raises(WrongLevel, match=r"exists at L3 only, and this run is L2: mark the test"):
-        in_loop.instance("auth")
-    with pytest.raises(WrongLevel, match=r"fault proxy .* L3 only"):
-        in_loop.proxy("auth", 0, "redis")
-    with pytest.raises(WrongLevel, match=r"platform.proxied\('auth'\) .* L3 only"):
-        in_loop.proxied("auth", 0, "redis")
+    try:
+        level_lacks = r"exists at L3 only, and this run is L2: mark the test"
+        with pytest.raises(WrongLevel, match=level_lacks):
+            in_loop.instance("auth")
+        with pytest.raises(WrongLevel, match=r"fault proxy .* L3 only"):
+            in_loop.proxy("auth", 0, "redis")
+        with pytest.raises(WrongLevel, match=r"platform.proxied\('auth'\) .* L3 only"):
+            in_loop.proxied("auth", 0, "redis")
+    finally:
+        in_loop.close()
     target = tmp_path / "target.toml"
     target.write_text('[services.auth]\nurl = "http://127.0.0.1:9"\n')
     deployed = DeployedPlatform(load_target(target))

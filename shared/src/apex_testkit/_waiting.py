@@ -50,7 +50,7 @@ async def eventually(
     *,
     timeout: float,
     interval: float = 0.01,
-    max_interval: float = 0.2,
+    max_interval: float = 0.05,
     message: str = "condition",
 ) -> T:
     """Async twin of `wait_for`: await `condition()` until it returns a truthy value."""

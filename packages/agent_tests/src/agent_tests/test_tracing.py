@@ -49,6 +49,8 @@ pytestmark = [TRACING, pytest.mark.L2, pytest.mark.L3]
 ANSWER = "Traced answer."
 # How long a span may take to reach the collector: the batch is exported every second.
 EXPORT_WAIT = 15.0
+# APEX_OTEL_EXPORT_DELAY of these tests: the service exports every 50 ms, not every second.
+EXPORT_DELAY = "0.05"
 
 
 def _traceparent() -> tuple[str, str, str]:
@@ -98,6 +100,7 @@ async def test_the_clients_trace_continues_through_the_job_and_worker_to_the_llm
 ) -> None:
     traced = {
         "APEX_OTEL_ENDPOINT": otel_collector.endpoint,
+        "APEX_OTEL_EXPORT_DELAY": EXPORT_DELAY,
         "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}trace-{uuid.uuid4().hex[:8]}:",
     }
     # The API takes no jobs: a worker of another instance runs the run, so the trace
@@ -153,7 +156,9 @@ async def test_without_a_client_traceparent_the_run_starts_a_trace_of_its_own(
     fake_llm: FakeLlm,
     otel_collector: FakeOtelCollector,
 ) -> None:
-    client = await agents_with(APEX_OTEL_ENDPOINT=otel_collector.endpoint)
+    client = await agents_with(
+        APEX_OTEL_ENDPOINT=otel_collector.endpoint, APEX_OTEL_EXPORT_DELAY=EXPORT_DELAY
+    )
     fake_llm.reply(ANSWER)
     run = await final_run(client, runner, await _submit(client, runner, None))
     assert run["status"] == "succeeded", run
@@ -172,7 +177,9 @@ async def test_each_workflow_step_is_an_llm_span_of_the_runs_trace(
     fake_llm: FakeLlm,
     otel_collector: FakeOtelCollector,
 ) -> None:
-    client = await agents_with(APEX_OTEL_ENDPOINT=otel_collector.endpoint)
+    client = await agents_with(
+        APEX_OTEL_ENDPOINT=otel_collector.endpoint, APEX_OTEL_EXPORT_DELAY=EXPORT_DELAY
+    )
     flow = {
         "steps": [
             {"id": "draft", "agent": "assistant"},
@@ -218,6 +225,8 @@ async def test_a_stopping_instance_flushes_its_spans(
 ) -> None:
     settings = {
         "APEX_OTEL_ENDPOINT": otel_collector.endpoint,
+        # No export on its schedule during the test: the spans arrive only by the flush.
+        "APEX_OTEL_EXPORT_DELAY": "600",
         "APEX_AGENTS_WORKERS": "1",
         "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}flush-{uuid.uuid4().hex[:8]}:",
     }

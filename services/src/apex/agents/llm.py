@@ -25,6 +25,7 @@ from openai.types.chat import (
 )
 
 from apex.agents.tracing import trace_headers
+from apex.common.tls import client_tls_context
 
 __all__ = ["Completion", "LlmError", "LlmToolCall", "Provider"]
 
@@ -82,8 +83,14 @@ class Provider:
         self.name = name
         self._timeout = timeout
         self._retries = retries
+        # The SDK's own HTTP client would load the CA bundle afresh for every provider
+        # an app starts with (tens of milliseconds each): it verifies with the process's.
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(verify=client_tls_context()),
         )
 
     async def aclose(self) -> None:

@@ -91,7 +91,7 @@ async def open_service(settings: AgentSettings, *, workers: int) -> AsyncIterato
     """Open everything ``settings`` names and start ``workers`` consumer tasks; stop and
     close it all after the block."""
     metrics = Metrics()
-    tracing = Tracing(settings.otel_endpoint)
+    tracing = Tracing(settings.otel_endpoint, settings.otel_export_delay)
     async with contextlib.AsyncExitStack() as stack:
         # Shut down on the way out whatever happens (a second shutdown is a no-op).
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)

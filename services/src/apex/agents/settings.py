@@ -52,6 +52,9 @@ class AgentSettings(ServiceSettings):
     agents_config: str | None = None
     # Tracing (apex.agents.tracing): the OTLP/HTTP traces URL; None: no export.
     otel_endpoint: str | None = None
+    # How often spans are exported (the SDK's default is 5 s: a trace would reach the
+    # collector long after its run ended).
+    otel_export_delay: float = 1.0
     # The response cache and the quality gate (contract: APEX_LLM_CACHE_TTL, 0 = off;
     # APEX_QUALITY_RETRIES, re-asks of a failing answer).
     llm_cache_ttl: float = 3600.0
@@ -116,6 +119,7 @@ class AgentSettings(ServiceSettings):
             "error_log_interval": env.number("APEX_ERROR_LOG_INTERVAL", 60.0, unit="seconds"),
             "agents_config": _agents_config(env, _models(env, "APEX_MODELS")),
             "otel_endpoint": env.url("APEX_OTEL_ENDPOINT", HTTP_SCHEMES),
+            "otel_export_delay": env.number("APEX_OTEL_EXPORT_DELAY", 1.0, unit="seconds"),
             "llm_cache_ttl": _seconds_or_off(env, "APEX_LLM_CACHE_TTL", 3600.0),
             "quality_retries": _count(env, "APEX_QUALITY_RETRIES", 1, unit="re-asks"),
             **_queue_settings(env),

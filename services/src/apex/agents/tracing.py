@@ -11,8 +11,8 @@ W3C Trace Context (``traceparent``):
 - each LLM call of the run is a client span ``llm.chat`` (:meth:`Tracing.llm_call`), and
   the SDK's request to the provider carries its ``traceparent`` (:func:`trace_headers`).
 
-Spans go through a ``BatchSpanProcessor`` (exported every :data:`EXPORT_DELAY_MS`, and
-flushed when the service stops). Without APEX_OTEL_ENDPOINT the tracer is the API's
+Spans go through a ``BatchSpanProcessor`` (exported every APEX_OTEL_EXPORT_DELAY, 1 s
+by default, and flushed when the service stops). Without APEX_OTEL_ENDPOINT the tracer is the API's
 no-op tracer: no span is recorded nor exported, and a client's ``traceparent`` is still
 passed on unchanged (the no-op tracer keeps the incoming span context current).
 """
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from apex.agents.llm import Completion
 
 __all__ = [
-    "EXPORT_DELAY_MS",
     "SERVICE_NAME",
     "TRACEPARENT",
     "ServerSpans",
@@ -48,9 +47,6 @@ __all__ = [
 
 SERVICE_NAME: Final = "apex.agents"
 TRACEPARENT: Final = "traceparent"
-# How often the batch processor exports (the SDK's default is 5 s: a trace would reach
-# the collector long after its run ended).
-EXPORT_DELAY_MS: Final = 1000
 # Seconds an export may take before the exporter gives up on it.
 _EXPORT_TIMEOUT: Final = 5.0
 # Requests that get a server span: the API's, not health checks nor metrics scrapes.
@@ -61,9 +57,10 @@ T = TypeVar("T")
 
 
 class Tracing:
-    """The service's tracer: the SDK's, exporting to ``endpoint``; or the no-op tracer."""
+    """The service's tracer: the SDK's, exporting to ``endpoint`` every ``export_delay``
+    seconds; or the no-op tracer."""
 
-    def __init__(self, endpoint: str | None) -> None:
+    def __init__(self, endpoint: str | None, export_delay: float = 1.0) -> None:
         self._provider: TracerProvider | None = None
         if endpoint is None:
             self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -75,7 +72,7 @@ class Tracing:
         )
         exporter = OTLPSpanExporter(endpoint=endpoint, timeout=_EXPORT_TIMEOUT)
         provider.add_span_processor(
-            BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS)
+            BatchSpanProcessor(exporter, schedule_delay_millis=export_delay * 1000)
         )
         self._provider = provider
         self.tracer = provider.get_tracer(SERVICE_NAME)

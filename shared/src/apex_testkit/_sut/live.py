@@ -168,6 +168,13 @@ class LiveApps:
         if running is None:
             await self._evict(key[0])
             running = await start()
+            # Another client of the same app (a test opening two at once) may have started
+            # one while this one was starting: the first to finish is the instance, the
+            # other is stopped, never left running unreferenced until the process ends.
+            first = self._running.pop(key, None)
+            if first is not None:
+                await self._loop.run_async(_stop(running))
+                running = first
         self._running[key] = running  # the most recently used last
         if running.users == 0:
             hook = getattr(importlib.import_module(key[1]), RESET_HOOK)
