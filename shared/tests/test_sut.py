@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from apex import topology
-from apex_testkit import Level
+from apex_testkit import Level, wait_for
 from apex_testkit._level import WrongLevel
 from apex_testkit._processes import ProcessRef, start_time
 from apex_testkit._sut import (
@@ -74,6 +74,7 @@ def test_l3_keeps_the_defaults_and_the_last_used_idle_instances_and_stops_the_re
         assert httpx.get(f"{oldest.url}/healthz").status_code == 200
         current = platform.instance("auth", 3)
         platform.reset()  # two idle besides the default: the least recently used goes
+        wait_for(lambda: oldest.pid is None, timeout=15, message="the evicted one stopped")
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{oldest.url}/healthz", timeout=2)
         with pytest.raises(LookupError, match="no proxy to redis for auth instance 1"):

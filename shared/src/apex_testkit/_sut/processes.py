@@ -4,7 +4,8 @@ Each service instance is `python -m <module> --fd N` on a loopback socket the ki
 started on first use, one per worker (and per settings); a test may start its own
 (`start`), and reach a dependency of an instance through a fault proxy (`via_proxy`,
 `proxied`). The default instances live as long as the worker; of the others, the
-KEEP_IDLE most recently used are kept between tests and the rest stopped (`reset`).
+KEEP_IDLE most recently used are kept between tests and the rest stopped (`reset`) in
+the background: the test that begins does not wait for them to drain.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -124,6 +125,9 @@ class ProcessPlatform(Platform):
         self._epoch = 0
         self._used: dict[_Key, int] = {}
         self._own_proxies: dict[_Key, list[FaultProxy]] = {}
+        # Stops of evicted instances under way (`_stop_idle`); close() waits for them.
+        self._evicting = _evictor()
+        self._evictions: list[Future[None]] = []
 
     @property
     def admin_token(self) -> str:
@@ -251,7 +255,9 @@ class ProcessPlatform(Platform):
         """Stop the least recently used instances beyond KEEP_IDLE (and their proxies).
 
         Only instances that no one used since the last reset: neither the previous test
-        nor a fixture of the test beginning now holds one of them."""
+        nor a fixture of the test beginning now holds one of them. They stop in the
+        background (a graceful stop drains the service's loops: 0.8-1.2 s for apex.agents,
+        which the beginning test waited for); close() waits for every stop."""
         idle = [key for key, used in self._used.items() if used < self._epoch and not _default(key)]
         idle.sort(key=self._used.__getitem__, reverse=True)
         victims = idle[KEEP_IDLE:]
@@ -265,12 +271,17 @@ class ProcessPlatform(Platform):
         for name, proxy in list(self._proxies.items()):
             if proxy in proxies:
                 del self._proxies[name]
-        _stop_all(processes)
         for proxy in proxies:
-            proxy.stop()
             self._all_proxies.remove(proxy)
+        # Kept until close(): those under way, and any that failed (close raises it).
+        self._evictions = [f for f in self._evictions if not f.done() or f.exception()]
+        self._evictions.append(self._evicting.submit(_stop_evicted, processes, proxies))
 
     def close(self) -> None:
+        self._evicting.shutdown()  # waits for the evicted instances' stops
+        self._evicting = _evictor()  # no thread until it is used
+        failed = [e for e in (f.exception() for f in self._evictions) if e is not None]
+        self._evictions.clear()
         # Dependents first: a gateway stops before the auth service it calls; the others
         # all at once (one by one, a worker's last teardown took 70-80 s).
         defaults = [key for key in self._instances if _default(key)]
@@ -284,11 +295,24 @@ class ProcessPlatform(Platform):
         self._proxies.clear()
         self._own_proxies.clear()
         self._used.clear()
+        if failed:
+            raise failed[0]  # a stop that failed fails the worker's teardown
 
 
 def _default(key: _Key) -> bool:
     """Whether `key` is a service's default instance: number 0, no settings, no proxy."""
     return key[1:] == (0, (), ())
+
+
+def _evictor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="apex-evict")
+
+
+def _stop_evicted(processes: list[ServiceProcess], proxies: list[FaultProxy]) -> None:
+    """Stop evicted instances, then the fault proxies that stood in front of them."""
+    _stop_all(processes)
+    for proxy in proxies:
+        proxy.stop()
 
 
 def _stop_all(processes: list[ServiceProcess]) -> None:
