@@ -177,7 +177,7 @@ def render_html(
         f"{report.total} tests from {len(report.sessions)} sessions "
         f"({', '.join(report.sessions) or 'none'}): {report.passed} passed, "
         f"{report.failed} failed, {report.skipped} skipped. "
-        f"{len(report.uncovered)} catalogue scenarios have no test."
+        f"{len(report.uncovered)} catalogue scenarios have no test that ran."
     )
     return "\n".join(
         [
