@@ -217,7 +217,7 @@ def install(session: nox.Session, *paths: str, extra: Sequence[str] = ()) -> Non
         session.install("--force-reinstall", "--no-deps", *dists, env=INSTALL_ENV)
 
 
-def measuring_coverage() -> bool:
+def measuring_coverage(session: nox.Session) -> bool:
     """Whether the test sessions measure coverage: APEX_COVERAGE=on|off; unset, on in CI
     (CI set, as GitHub Actions and .ci/run set it) and off on a developer's machine, where
     it made `nox -s l2` 1.3-1.5x slower (870 tests: pytest 58-66 s without, 86 s with it)."""
@@ -225,7 +225,7 @@ def measuring_coverage() -> bool:
     if chosen in ("on", "off"):
         return chosen == "on"
     if chosen:
-        raise SystemExit(f"APEX_COVERAGE must be on or off, got {chosen!r}")
+        session.error(f"APEX_COVERAGE must be on or off, got {chosen!r}")
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -247,7 +247,7 @@ def coverage_env(session: nox.Session, *, always: bool = False) -> dict[str, str
     # Also when not measuring: an older run's data must not pass for this one's.
     for stale in [data_file, *COVERAGE_DIR.glob(f"{data_file.name}.*")]:
         stale.unlink(missing_ok=True)
-    if not (always or measuring_coverage()):
+    if not (always or measuring_coverage(session)):
         return {}
     return {
         "COVERAGE_FILE": str(data_file.resolve()),
@@ -822,7 +822,7 @@ def ci(session: nox.Session) -> None:
     coverage report."""
     # The report is this session's own body, so it runs only after every requirement,
     # with or without -j (a `coverage` requirement could start alongside l4).
-    if not measuring_coverage():
+    if not measuring_coverage(session):
         session.log("coverage was not measured (outside CI; APEX_COVERAGE=on measures it)")
         return
     combine_coverage(session, [str(COVERAGE_DIR)])

@@ -47,10 +47,10 @@ TRACING = pytest.mark.bvj(
 pytestmark = [TRACING, pytest.mark.L2, pytest.mark.L3]
 
 ANSWER = "Traced answer."
-# How long a span may take to reach the collector: the batch is exported every second.
-EXPORT_WAIT = 15.0
 # APEX_OTEL_EXPORT_DELAY of these tests: the service exports every 50 ms, not every second.
 EXPORT_DELAY = "0.05"
+# How long a span may take to reach the collector (a deadline, not the expected wait).
+EXPORT_WAIT = 15.0
 
 
 def _traceparent() -> tuple[str, str, str]:

@@ -396,6 +396,8 @@ async def test_the_email_address_is_matched_case_insensitively(
     token = await _request_token(auth_client, mailbox, person.email.upper())
     assert (await _reset(auth_client, token, NEW_PASSWORD)).status_code == 204
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
+    old = await password_login(auth_client, person.email, person.password)
+    assert (old.status_code, error_of(old)) == (401, "invalid_credentials")
 
 
 @pytest.mark.L4

@@ -125,7 +125,7 @@ class ProcessPlatform(Platform):
         self._epoch = 0
         self._used: dict[_Key, int] = {}
         self._own_proxies: dict[_Key, list[FaultProxy]] = {}
-        # Stops of evicted instances under way (`_stop_idle`); close() waits for them.
+        # Stops of evicted instances (`_stop_idle`); close() waits and raises a failed one.
         self._evicting = _evictor()
         self._evictions: list[Future[None]] = []
 
@@ -273,8 +273,6 @@ class ProcessPlatform(Platform):
                 del self._proxies[name]
         for proxy in proxies:
             self._all_proxies.remove(proxy)
-        # Kept until close(): those under way, and any that failed (close raises it).
-        self._evictions = [f for f in self._evictions if not f.done() or f.exception()]
         self._evictions.append(self._evicting.submit(_stop_evicted, processes, proxies))
 
     def close(self) -> None:
