@@ -22,6 +22,7 @@ from apex_testkit._sut import (
     InProcessPlatform,
     ProcessPlatform,
     ServiceProcess,
+    process_summary,
     processes,
 )
 from apex_testkit._sut.wiring import proxiable, service_env
@@ -86,6 +87,32 @@ def test_l3_keeps_the_defaults_and_the_last_used_idle_instances_and_stops_the_re
         assert httpx.get(f"{again.url}/healthz").status_code == 200
     finally:
         platform.close()
+
+
+def test_l3_the_run_summary_counts_the_processes_started_and_stopped_as_idle(
+    apex_worker, monkeypatch: pytest.MonkeyPatch
+):
+    def tally() -> dict:
+        stored = apex_worker.run.read(f"{processes.TALLY}{apex_worker.slot}") or {}
+        return {"auth": len(stored.get("started", {}).get("apex.auth", [])),
+                "evicted": stored.get("evicted", 0)}  # fmt: skip
+
+    before = tally()
+    monkeypatch.setattr(processes, "KEEP_IDLE", 0)
+    platform = ProcessPlatform(apex_worker)
+    try:
+        platform.instance("auth", 1)
+        platform.reset()
+        platform.instance("auth", 2)
+        platform.reset()  # instance 1 is idle: stopped
+    finally:
+        platform.close()
+    assert tally() == {"auth": before["auth"] + 2, "evicted": before["evicted"] + 1}
+    lines = process_summary(apex_worker.run)
+    auth = next(line for line in lines if line.startswith("apex.auth: "))
+    assert f"apex.auth: {before['auth'] + 2} started, " in auth
+    assert "s until healthy (median " in auth
+    assert lines[-1].endswith(f"{before['evicted'] + 1} stopped as idle (more than 0 per worker)")
 
 
 def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):

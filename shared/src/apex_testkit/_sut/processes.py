@@ -14,8 +14,10 @@ import asyncio
 import os
 import secrets
 import signal
+import statistics
 import sys
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Final
@@ -52,9 +54,12 @@ class ServiceProcess:
         self.log = run.path / f"{name}.log"
         self.url = ""
         self._ref: ProcessRef | None = None
+        # From spawn to the first 200 of /healthz (the run's summary adds them up).
+        self.ready_seconds = 0.0
 
     def start(self, timeout: float = 60.0) -> str:
         """Start it and wait until /healthz answers 200; return its base URL."""
+        began = time.perf_counter()
         sock = listening_socket()
         host, port = sock.getsockname()[:2]
         argv = [sys.executable, "-m", self.module, "--fd", str(sock.fileno())]
@@ -68,6 +73,7 @@ class ServiceProcess:
             self.stop()
             what = f"exited with code {process.returncode}" if outcome else "never became healthy"
             raise RuntimeError(f"{self.module} ({self.name}) {what}:\n{log_tail(self.log)}")
+        self.ready_seconds = time.perf_counter() - began
         return self.url
 
     @property
@@ -128,6 +134,9 @@ class ProcessPlatform(Platform):
         # Stops of evicted instances (`_stop_idle`); close() waits and raises a failed one.
         self._evicting = _evictor()
         self._evictions: list[Future[None]] = []
+        # What the worker's processes cost: module -> seconds until healthy, one per start.
+        self._started: dict[str, list[float]] = {}
+        self._evicted = 0
 
     @property
     def admin_token(self) -> str:
@@ -144,10 +153,26 @@ class ProcessPlatform(Platform):
             self._own_proxies[key] = [self._proxies[(service, instance, d)] for d in via_proxy]
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
             process = self._process(service, env, name)
-            process.start()
+            self._count(process.start, process)
             self._instances[key] = process
         self._used[key] = self._epoch
         return self._instances[key]
+
+    def _count(self, start: Callable[[], str], process: ServiceProcess) -> None:
+        """Start `process` and add its time until healthy to the worker's tally."""
+        start()
+        self._started.setdefault(process.module, []).append(process.ready_seconds)
+
+    def _store_tally(self) -> None:
+        """Add this platform's tally to its worker's in the run directory (a worker may close
+        more than one platform: the selftests do), and start a new one."""
+        name = f"{TALLY}{self.worker.slot}"
+        stored = self.worker.run.read(name) or {"started": {}, "evicted": 0}
+        for module, seconds in self._started.items():
+            stored["started"].setdefault(module, []).extend(seconds)
+        stored["evicted"] += self._evicted
+        self.worker.run.store(name, stored)
+        self._started, self._evicted = {}, 0
 
     def _proxy_to(
         self, service: str, instance: int, dependency: str, env: Mapping[str, str]
@@ -192,7 +217,7 @@ class ProcessPlatform(Platform):
         env = {**wiring.service_env(self.worker, service), **settings}
         name = f"{service}-w{self.worker.slot}-own-{secrets.token_hex(4)}"
         process = self._process(service, env, name)
-        await asyncio.to_thread(process.start)
+        await asyncio.to_thread(self._count, process.start, process)
 
         async def stop() -> None:
             await asyncio.to_thread(process.stop)
@@ -264,6 +289,7 @@ class ProcessPlatform(Platform):
         if not victims:
             return
         processes = [self._instances.pop(key) for key in victims]
+        self._evicted += len(processes)
         proxies = []
         for key in victims:
             del self._used[key]
@@ -293,8 +319,39 @@ class ProcessPlatform(Platform):
         self._proxies.clear()
         self._own_proxies.clear()
         self._used.clear()
+        self._store_tally()
         if failed:
             raise failed[0]  # a stop that failed fails the worker's teardown
+
+
+# The run-directory files (`Run.store`) of each worker's tally of processes.
+TALLY: Final = "l3-processes-w"
+
+
+def process_summary(run: Run) -> list[str]:
+    """Lines for the run's summary: per service, the processes its workers started and how
+    long they took to become healthy, and how many idle ones were stopped (KEEP_IDLE).
+    Empty unless an L3 worker ran."""
+    started: dict[str, list[float]] = {}
+    evicted = 0
+    for path in sorted(run.path.glob(f"{TALLY}*.json")):
+        tally = run.read(path.stem) or {}
+        for module, seconds in tally.get("started", {}).items():
+            started.setdefault(module, []).extend(seconds)
+        evicted += int(tally.get("evicted", 0))
+    if not started:
+        return []
+    lines = [
+        f"{module}: {len(seconds)} started, {sum(seconds):.1f} s until healthy "
+        f"(median {statistics.median(seconds):.2f} s)"
+        for module, seconds in sorted(started.items())
+    ]
+    every = [s for seconds in started.values() for s in seconds]
+    lines.append(
+        f"all: {len(every)} processes started, {sum(every):.1f} s until healthy; "
+        f"{evicted} stopped as idle (more than {KEEP_IDLE} per worker)"
+    )
+    return lines
 
 
 def _default(key: _Key) -> bool:
