@@ -25,6 +25,7 @@ from apex_testkit._sut import (
     process_summary,
     processes,
 )
+from apex_testkit._sut.spares import WarmSpare
 from apex_testkit._sut.wiring import proxiable, service_env
 from apex_testkit._target import load_target
 
@@ -110,9 +111,41 @@ def test_l3_the_run_summary_counts_the_processes_started_and_stopped_as_idle(
     assert tally() == {"auth": before["auth"] + 2, "evicted": before["evicted"] + 1}
     lines = process_summary(apex_worker.run)
     auth = next(line for line in lines if line.startswith("apex.auth: "))
-    assert f"apex.auth: {before['auth'] + 2} started, " in auth
+    assert f"apex.auth: {before['auth'] + 2} started (" in auth
     assert "s until healthy (median " in auth
     assert lines[-1].endswith(f"{before['evicted'] + 1} stopped as idle (more than 0 per worker)")
+
+
+def test_l3_a_later_instance_starts_in_a_warm_spare_with_its_own_settings(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    admin = {"Authorization": f"Bearer {platform.admin_token}"}
+    try:
+        first = platform.instance("auth", 1, APEX_SETTINGS_VERSION="first")
+        second = platform.instance("auth", 2, APEX_SETTINGS_VERSION="second")
+        assert (first.warm, second.warm) == (False, True)
+        assert second.pid not in (None, first.pid)
+        for process, version in ((first, "first"), (second, "second")):
+            report = httpx.get(f"{process.url}/admin/config", headers=admin, timeout=10).json()
+            assert report["settings"]["APEX_SETTINGS_VERSION"] == version
+        spare = platform._spares["apex.auth"]  # the next one's, importing or waiting
+        assert spare.process.poll() is None
+    finally:
+        platform.close()
+    wait_for(lambda: spare.process.poll() is not None, timeout=15, message="the spare ended")
+    for process in (first, second):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{process.url}/healthz", timeout=2)
+
+
+def test_a_warm_spare_that_cannot_import_its_service_is_the_same_clear_error(apex_worker):
+    spare = WarmSpare(apex_worker.run, "apex.no_such_service", "selftest-broken-spare")
+    process = ServiceProcess(apex_worker.run, "apex.no_such_service", {}, "selftest-broken")
+    with pytest.raises(RuntimeError) as caught:
+        process.start(timeout=30, spare=spare)
+    message = str(caught.value)
+    assert "apex.no_such_service (selftest-broken-spare) exited with code 1" in message
+    assert "No module named 'apex.no_such_service'" in message
+    assert spare.process.poll() == 1
 
 
 def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):
