@@ -17,6 +17,7 @@ from apex import topology
 from apex_testkit import Level, wait_for
 from apex_testkit._level import WrongLevel
 from apex_testkit._processes import ProcessRef, start_time
+from apex_testkit._run import Run
 from apex_testkit._sut import (
     DeployedPlatform,
     InProcessPlatform,
@@ -90,7 +91,7 @@ def test_l3_keeps_the_defaults_and_the_last_used_idle_instances_and_stops_the_re
         platform.close()
 
 
-def test_l3_the_run_summary_counts_the_processes_started_and_stopped_as_idle(
+def test_l3_a_worker_tallies_the_processes_it_started_and_stopped_as_idle(
     apex_worker, monkeypatch: pytest.MonkeyPatch
 ):
     def tally() -> dict:
@@ -109,11 +110,21 @@ def test_l3_the_run_summary_counts_the_processes_started_and_stopped_as_idle(
     finally:
         platform.close()
     assert tally() == {"auth": before["auth"] + 2, "evicted": before["evicted"] + 1}
-    lines = process_summary(apex_worker.run)
-    auth = next(line for line in lines if line.startswith("apex.auth: "))
-    assert f"apex.auth: {before['auth'] + 2} started (" in auth
-    assert "s until healthy (median " in auth
-    assert lines[-1].endswith(f"{before['evicted'] + 1} stopped as idle (more than 0 per worker)")
+
+
+def test_the_run_summary_adds_up_every_workers_tally(tmp_path: Path):
+    run = Run(tmp_path / "run-1-abcd", owner=True)
+    run.path.mkdir()
+    assert process_summary(run) == []  # no L3 worker ran
+    run.store(f"{processes.TALLY}0", {"started": {"apex.auth": [1.0, 0.5], "apex.data": [2.0]},
+                                      "warm": {"apex.auth": 1}, "evicted": 2})  # fmt: skip
+    run.store(f"{processes.TALLY}1", {"started": {"apex.auth": [0.25]}, "warm": {}, "evicted": 1})
+    assert process_summary(run) == [
+        "apex.auth: 3 started (1 warm), 1.8 s until healthy (median 0.50 s)",
+        "apex.data: 1 started (0 warm), 2.0 s until healthy (median 2.00 s)",
+        f"all: 4 processes started (1 warm), 3.8 s until healthy; 3 stopped as idle "
+        f"(more than {processes.KEEP_IDLE} per worker)",
+    ]
 
 
 def test_l3_a_later_instance_starts_in_a_warm_spare_with_its_own_settings(apex_worker):
