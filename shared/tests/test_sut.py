@@ -17,13 +17,16 @@ from apex import topology
 from apex_testkit import Level, wait_for
 from apex_testkit._level import WrongLevel
 from apex_testkit._processes import ProcessRef, start_time
+from apex_testkit._run import Run
 from apex_testkit._sut import (
     DeployedPlatform,
     InProcessPlatform,
     ProcessPlatform,
     ServiceProcess,
+    process_summary,
     processes,
 )
+from apex_testkit._sut.spares import WarmSpare
 from apex_testkit._sut.wiring import proxiable, service_env
 from apex_testkit._target import load_target
 
@@ -86,6 +89,74 @@ def test_l3_keeps_the_defaults_and_the_last_used_idle_instances_and_stops_the_re
         assert httpx.get(f"{again.url}/healthz").status_code == 200
     finally:
         platform.close()
+
+
+def test_l3_a_worker_tallies_the_processes_it_started_and_stopped_as_idle(
+    apex_worker, monkeypatch: pytest.MonkeyPatch
+):
+    def tally() -> dict:
+        stored = apex_worker.run.read(f"{processes.TALLY}{apex_worker.slot}") or {}
+        return {"auth": len(stored.get("started", {}).get("apex.auth", [])),
+                "evicted": stored.get("evicted", 0)}  # fmt: skip
+
+    before = tally()
+    monkeypatch.setattr(processes, "KEEP_IDLE", 0)
+    platform = ProcessPlatform(apex_worker)
+    try:
+        platform.instance("auth", 1)
+        platform.reset()
+        platform.instance("auth", 2)
+        platform.reset()  # instance 1 is idle: stopped
+    finally:
+        platform.close()
+    assert tally() == {"auth": before["auth"] + 2, "evicted": before["evicted"] + 1}
+
+
+def test_the_run_summary_adds_up_every_workers_tally(tmp_path: Path):
+    run = Run(tmp_path / "run-1-abcd", owner=True)
+    run.path.mkdir()
+    assert process_summary(run) == []  # no L3 worker ran
+    run.store(f"{processes.TALLY}0", {"started": {"apex.auth": [1.0, 0.5], "apex.data": [2.0]},
+                                      "warm": {"apex.auth": 1}, "evicted": 2})  # fmt: skip
+    run.store(f"{processes.TALLY}1", {"started": {"apex.auth": [0.25]}, "warm": {}, "evicted": 1})
+    assert process_summary(run) == [
+        "apex.auth: 3 started (1 warm), 1.8 s until healthy (median 0.50 s)",
+        "apex.data: 1 started (0 warm), 2.0 s until healthy (median 2.00 s)",
+        f"all: 4 processes started (1 warm), 3.8 s until healthy; 3 stopped as idle "
+        f"(more than {processes.KEEP_IDLE} per worker)",
+    ]
+
+
+def test_l3_a_later_instance_starts_in_a_warm_spare_with_its_own_settings(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    admin = {"Authorization": f"Bearer {platform.admin_token}"}
+    try:
+        first = platform.instance("auth", 1, APEX_SETTINGS_VERSION="first")
+        second = platform.instance("auth", 2, APEX_SETTINGS_VERSION="second")
+        assert (first.warm, second.warm) == (False, True)
+        assert second.pid not in (None, first.pid)
+        for process, version in ((first, "first"), (second, "second")):
+            report = httpx.get(f"{process.url}/admin/config", headers=admin, timeout=10).json()
+            assert report["settings"]["APEX_SETTINGS_VERSION"] == version
+        spare = platform._spares["apex.auth"]  # the next one's, importing or waiting
+        assert spare.process.poll() is None
+    finally:
+        platform.close()
+    wait_for(lambda: spare.process.poll() is not None, timeout=15, message="the spare ended")
+    for process in (first, second):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{process.url}/healthz", timeout=2)
+
+
+def test_a_warm_spare_that_cannot_import_its_service_is_the_same_clear_error(apex_worker):
+    spare = WarmSpare(apex_worker.run, "apex.no_such_service", "selftest-broken-spare")
+    process = ServiceProcess(apex_worker.run, "apex.no_such_service", {}, "selftest-broken")
+    with pytest.raises(RuntimeError) as caught:
+        process.start(timeout=30, spare=spare)
+    message = str(caught.value)
+    assert "apex.no_such_service (selftest-broken-spare) exited with code 1" in message
+    assert "No module named 'apex.no_such_service'" in message
+    assert spare.process.poll() == 1
 
 
 def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):

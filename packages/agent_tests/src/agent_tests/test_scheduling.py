@@ -10,6 +10,7 @@ one LLM request arrived after run_at.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 import httpx
@@ -58,6 +59,13 @@ async def _schedule(client: httpx.AsyncClient, runner: AgentUser, run_at: str) -
     return run_id
 
 
+async def _drained(client: httpx.AsyncClient, admin_token: str) -> bool:
+    """Nothing scheduled, nothing queued, nothing taken and not yet acknowledged."""
+    report = await queue_report(client, admin_token)
+    queues = report["queues"].values()
+    return report["scheduled"] == 0 and all(q == {"depth": 0, "pending": 0} for q in queues)
+
+
 async def test_a_scheduled_run_waits_for_run_at_then_runs_once(
     client: httpx.AsyncClient, runner: AgentUser, fake_llm: FakeLlm, admin_token: str
 ) -> None:
@@ -73,9 +81,13 @@ async def test_a_scheduled_run_waits_for_run_at_then_runs_once(
     calls = fake_llm.calls
     assert len(calls) == 1
     assert calls[0].time >= run_at.timestamp()  # no worker took it before run_at
-    report = await queue_report(client, admin_token)
-    assert report["scheduled"] == 0
-    assert all(q == {"depth": 0, "pending": 0} for q in report["queues"].values())
+    # The worker acknowledges the job after it has stored the run's end: wait for the ack.
+    await eventually(
+        functools.partial(_drained, client, admin_token),
+        timeout=30,
+        message="the scheduled job acknowledged",
+    )
+    assert len(fake_llm.calls) == 1
 
 
 async def test_a_scheduled_run_cancelled_before_run_at_never_runs(
@@ -86,13 +98,12 @@ async def test_a_scheduled_run_cancelled_before_run_at_never_runs(
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
 
-    async def done_with() -> bool:
-        # Moved to its stream when due, taken, found final and acknowledged.
-        report = await queue_report(client, admin_token)
-        queues = report["queues"].values()
-        return report["scheduled"] == 0 and all(q == {"depth": 0, "pending": 0} for q in queues)
-
-    await eventually(done_with, timeout=30, message="the scheduled job taken and acknowledged")
+    # Moved to its stream when due, taken, found final and acknowledged.
+    await eventually(
+        functools.partial(_drained, client, admin_token),
+        timeout=30,
+        message="the scheduled job taken and acknowledged",
+    )
     run = await final_run(client, runner, run_id)
     assert run["status"] == "cancelled"
     assert fake_llm.calls == []

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from apex_testkit._collection import deselect, in_test_package
 from apex_testkit._level import Level
-from apex_testkit._settings import SETTINGS, KitSettings
-from apex_testkit._sut import Platform, platform_for
+from apex_testkit._settings import RUN, SETTINGS, KitSettings
+from apex_testkit._sut import Platform, platform_for, process_summary
 from apex_testkit._worker import Worker
 
 ENV = "APEX_TEST_LEVEL"
@@ -73,3 +74,14 @@ def platform(apex_settings: KitSettings, apex_worker: Worker) -> Iterator[Platfo
     wired = platform_for(apex_settings, apex_worker)
     yield wired
     wired.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """L3: the service processes the workers started, and what they cost (the run's owner
+    only: every worker has stored its tally by then)."""
+    run = config.stash.get(RUN, None)
+    lines = process_summary(run) if run is not None and run.owner else []
+    if lines:
+        terminalreporter.write_sep("-", "apex-testkit service processes (L3)")
+        for line in lines:
+            terminalreporter.write_line(line)

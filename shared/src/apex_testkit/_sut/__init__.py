@@ -16,7 +16,7 @@ from apex_testkit._settings import KitSettings
 from apex_testkit._sut.deployed import DeployedPlatform
 from apex_testkit._sut.in_process import InProcessPlatform
 from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
-from apex_testkit._sut.processes import ProcessPlatform, ServiceProcess
+from apex_testkit._sut.processes import ProcessPlatform, ServiceProcess, process_summary
 from apex_testkit._worker import Worker
 
 
@@ -38,4 +38,5 @@ __all__ = [
     "RunningService",
     "ServiceProcess",
     "platform_for",
+    "process_summary",
 ]

@@ -5,7 +5,9 @@ started on first use, one per worker (and per settings); a test may start its ow
 (`start`), and reach a dependency of an instance through a fault proxy (`via_proxy`,
 `proxied`). The default instances live as long as the worker; of the others, the
 KEEP_IDLE most recently used are kept between tests and the rest stopped (`reset`) in
-the background: the test that begins does not wait for them to drain.
+the background: the test that begins does not wait for them to drain. Once a service has
+an instance, a warm spare of it (`spares`) imports the service for its next one; a test's
+own instance (`start`) is always a cold `python -m` start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import asyncio
 import os
 import secrets
 import signal
+import statistics
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -28,6 +32,7 @@ from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spaw
 from apex_testkit._run import Run, record_process
 from apex_testkit._sut import wiring
 from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
+from apex_testkit._sut.spares import WarmSpare
 from apex_testkit._tls import tls_context
 from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
@@ -52,22 +57,36 @@ class ServiceProcess:
         self.log = run.path / f"{name}.log"
         self.url = ""
         self._ref: ProcessRef | None = None
+        # From spawn (or a warm spare's settings) to the first 200 of /healthz (the run's
+        # summary adds them up), and whether a warm spare was it.
+        self.ready_seconds = 0.0
+        self.warm = False
 
-    def start(self, timeout: float = 60.0) -> str:
-        """Start it and wait until /healthz answers 200; return its base URL."""
-        sock = listening_socket()
-        host, port = sock.getsockname()[:2]
-        argv = [sys.executable, "-m", self.module, "--fd", str(sock.fileno())]
+    def start(self, timeout: float = 60.0, spare: WarmSpare | None = None) -> str:
+        """Start it (in `spare`, a warm interpreter of its module, if given and still
+        waiting) and wait until /healthz answers 200; return its base URL."""
+        began = time.perf_counter()
         env = {**os.environ, **self.env}
-        process = spawn(argv, log=self.log, env=env, pass_fds=[sock.fileno()], die_with_parent=True)
-        sock.close()
-        self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
-        self.url = f"http://{host}:{port}"
+        if spare is not None and spare.take(env):
+            self.name, self.log, self.url = spare.name, spare.log, spare.url
+            process, self._ref = spare.process, spare.ref
+            self.warm = True
+        else:
+            sock = listening_socket()
+            host, port = sock.getsockname()[:2]
+            argv = [sys.executable, "-m", self.module, "--fd", str(sock.fileno())]
+            process = spawn(
+                argv, log=self.log, env=env, pass_fds=[sock.fileno()], die_with_parent=True
+            )
+            sock.close()
+            self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
+            self.url = f"http://{host}:{port}"
         outcome = wait_healthy(process, f"{self.url}/healthz", timeout=timeout)
         if outcome != "ready":
             self.stop()
             what = f"exited with code {process.returncode}" if outcome else "never became healthy"
             raise RuntimeError(f"{self.module} ({self.name}) {what}:\n{log_tail(self.log)}")
+        self.ready_seconds = time.perf_counter() - began
         return self.url
 
     @property
@@ -128,6 +147,13 @@ class ProcessPlatform(Platform):
         # Stops of evicted instances (`_stop_idle`); close() waits and raises a failed one.
         self._evicting = _evictor()
         self._evictions: list[Future[None]] = []
+        # What the worker's processes cost: module -> seconds until healthy, one per start,
+        # and how many of those starts were warm spares'.
+        self._started: dict[str, list[float]] = {}
+        self._warm: dict[str, int] = {}
+        self._evicted = 0
+        # Module -> the interpreter that imports it for the next instance (`spares`).
+        self._spares: dict[str, WarmSpare] = {}
 
     @property
     def admin_token(self) -> str:
@@ -144,10 +170,33 @@ class ProcessPlatform(Platform):
             self._own_proxies[key] = [self._proxies[(service, instance, d)] for d in via_proxy]
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
             process = self._process(service, env, name)
-            process.start()
+            process.start(spare=self._spares.pop(process.module, None))
+            self._count(process)
+            # The next instance of this service is likely to come: its imports start now.
+            spare_name = f"{service}-w{self.worker.slot}-spare-{len(self._instances)}"
+            self._spares[process.module] = WarmSpare(self.worker.run, process.module, spare_name)
             self._instances[key] = process
         self._used[key] = self._epoch
         return self._instances[key]
+
+    def _count(self, process: ServiceProcess) -> None:
+        """Add a started process's time until healthy to the worker's tally."""
+        self._started.setdefault(process.module, []).append(process.ready_seconds)
+        if process.warm:
+            self._warm[process.module] = self._warm.get(process.module, 0) + 1
+
+    def _store_tally(self) -> None:
+        """Add this platform's tally to its worker's in the run directory (a worker may close
+        more than one platform: the selftests do), and start a new one."""
+        name = f"{TALLY}{self.worker.slot}"
+        stored = self.worker.run.read(name) or {"started": {}, "warm": {}, "evicted": 0}
+        for module, seconds in self._started.items():
+            stored["started"].setdefault(module, []).extend(seconds)
+        for module, count in self._warm.items():
+            stored["warm"][module] = stored["warm"].get(module, 0) + count
+        stored["evicted"] += self._evicted
+        self.worker.run.store(name, stored)
+        self._started, self._warm, self._evicted = {}, {}, 0
 
     def _proxy_to(
         self, service: str, instance: int, dependency: str, env: Mapping[str, str]
@@ -193,6 +242,7 @@ class ProcessPlatform(Platform):
         name = f"{service}-w{self.worker.slot}-own-{secrets.token_hex(4)}"
         process = self._process(service, env, name)
         await asyncio.to_thread(process.start)
+        self._count(process)
 
         async def stop() -> None:
             await asyncio.to_thread(process.stop)
@@ -264,6 +314,7 @@ class ProcessPlatform(Platform):
         if not victims:
             return
         processes = [self._instances.pop(key) for key in victims]
+        self._evicted += len(processes)
         proxies = []
         for key in victims:
             del self._used[key]
@@ -276,6 +327,9 @@ class ProcessPlatform(Platform):
         self._evictions.append(self._evicting.submit(_stop_evicted, processes, proxies))
 
     def close(self) -> None:
+        for spare in self._spares.values():
+            spare.discard()
+        self._spares.clear()
         self._evicting.shutdown()  # waits for the evicted instances' stops
         self._evicting = _evictor()  # no thread until it is used
         failed = [e for e in (f.exception() for f in self._evictions) if e is not None]
@@ -293,8 +347,42 @@ class ProcessPlatform(Platform):
         self._proxies.clear()
         self._own_proxies.clear()
         self._used.clear()
+        self._store_tally()
         if failed:
             raise failed[0]  # a stop that failed fails the worker's teardown
+
+
+# The run-directory files (`Run.store`) of each worker's tally of processes.
+TALLY: Final = "l3-processes-w"
+
+
+def process_summary(run: Run) -> list[str]:
+    """Lines for the run's summary: per service, the processes its workers started and how
+    long they took to become healthy, and how many idle ones were stopped (KEEP_IDLE).
+    Empty unless an L3 worker ran."""
+    started: dict[str, list[float]] = {}
+    warm: dict[str, int] = {}
+    evicted = 0
+    for path in sorted(run.path.glob(f"{TALLY}*.json")):
+        tally = run.read(path.stem) or {}
+        for module, seconds in tally.get("started", {}).items():
+            started.setdefault(module, []).extend(seconds)
+        for module, count in tally.get("warm", {}).items():
+            warm[module] = warm.get(module, 0) + int(count)
+        evicted += int(tally.get("evicted", 0))
+    if not started:
+        return []
+    lines = [
+        f"{module}: {len(seconds)} started ({warm.get(module, 0)} warm), "
+        f"{sum(seconds):.1f} s until healthy (median {statistics.median(seconds):.2f} s)"
+        for module, seconds in sorted(started.items())
+    ]
+    every = [s for seconds in started.values() for s in seconds]
+    lines.append(
+        f"all: {len(every)} processes started ({sum(warm.values())} warm), {sum(every):.1f} s "
+        f"until healthy; {evicted} stopped as idle (more than {KEEP_IDLE} per worker)"
+    )
+    return lines
 
 
 def _default(key: _Key) -> bool:
