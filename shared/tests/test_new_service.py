@@ -19,7 +19,8 @@ import redis
 
 from apex import topology
 from apex_testkit import Platform
-from apex_testkit._sut import InProcessPlatform, ProcessPlatform
+from apex_testkit._sut import InProcessPlatform, ProcessPlatform, ServiceProcess
+from apex_testkit._sut.spares import WarmSpare
 from apex_testkit._sut.wiring import service_env
 
 HERE = Path(__file__).parent
@@ -96,6 +97,19 @@ async def test_l3_runs_a_registered_service_as_a_process(toy, apex_worker, redis
                 await _wiring(mine.url)
     finally:
         platform.close()
+
+
+def test_l3_a_service_that_is_a_plain_module_starts_in_a_warm_spare(toy, apex_worker):
+    # toy_service is a module, not a package: it has no __main__ to import ahead.
+    env = service_env(apex_worker, toy) | {"TOY_AUTH_URL": "http://127.0.0.1:9"}
+    spare = WarmSpare(apex_worker.run, "toy_service", "selftest-toy-spare")
+    process = ServiceProcess(apex_worker.run, "toy_service", env, "selftest-toy")
+    try:
+        url = process.start(timeout=30, spare=spare)
+        assert process.warm
+        assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    finally:
+        process.stop()
 
 
 def test_registration_is_undone_after_the_test():

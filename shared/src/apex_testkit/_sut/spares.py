@@ -30,7 +30,8 @@ _PROGRAM: Final = """\
 import importlib, json, os, runpy, sys
 module, orders = sys.argv[1], int(sys.argv[2])
 service = importlib.import_module(module)
-importlib.import_module(module + ".__main__")
+if hasattr(service, "__path__"):  # a package: `python -m` runs its __main__
+    importlib.import_module(module + ".__main__")
 getattr(service, "create_app", None) or getattr(service, "create_server", None)
 with os.fdopen(orders, encoding="utf-8") as pipe:
     raw = pipe.read()
