@@ -191,6 +191,7 @@ async def test_a_new_request_invalidates_older_tokens(
 @pytest.mark.L4
 async def test_requests_at_once_leave_one_token_that_resets(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
     mailbox: Mailbox,
 ) -> None:
@@ -209,6 +210,7 @@ async def test_requests_at_once_leave_one_token_that_resets(
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
     old = await password_login(auth_client, person.email, person.password)
     assert (old.status_code, error_of(old)) == (401, "invalid_credentials")
+    assert (await _actions(auth_admin, person.user_id)).count("password.reset") == 1
 
 
 @pytest.fixture
@@ -265,17 +267,26 @@ async def test_an_expired_token_is_refused(
 )
 @pytest.mark.L4
 async def test_bad_tokens_are_refused_alike(
-    auth_client: httpx.AsyncClient, person: PasswordUser, token: str, answer: tuple[int, str]
+    auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
+    person: PasswordUser,
+    token: str,
+    answer: tuple[int, str],
 ) -> None:
     response = await _reset(auth_client, token, NEW_PASSWORD)
 
     assert (response.status_code, error_of(response)) == answer
+    # Nothing changed: the old password works, the new one does not, no reset audited.
     assert (await password_login(auth_client, person.email, person.password)).status_code == 200
+    refused = await password_login(auth_client, person.email, NEW_PASSWORD)
+    assert (refused.status_code, error_of(refused)) == (401, "invalid_credentials")
+    assert "password.reset" not in await _actions(auth_admin, person.user_id)
 
 
 @pytest.mark.L4
 async def test_a_weak_new_password_is_refused(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
     mailbox: Mailbox,
 ) -> None:
@@ -286,6 +297,9 @@ async def test_a_weak_new_password_is_refused(
     assert (weak.status_code, error_of(weak)) == (422, "weak_password")
     old = await password_login(auth_client, person.email, person.password)
     assert old.status_code == 200, "the weak password was not set"
+    not_set = await password_login(auth_client, person.email, "short")
+    assert (not_set.status_code, error_of(not_set)) == (401, "invalid_credentials")
+    assert "password.reset" not in await _actions(auth_admin, person.user_id)
     # SUT notes: the password is checked before the token, so the token is not spent.
     assert (await _reset(auth_client, token, NEW_PASSWORD)).status_code == 204
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
@@ -390,6 +404,7 @@ async def test_smtp_failure_is_hidden_from_the_caller_audited_and_retryable(
 @pytest.mark.L4
 async def test_the_email_address_is_matched_case_insensitively(
     auth_client: httpx.AsyncClient,
+    auth_admin: AuthAdmin,
     person: PasswordUser,
     mailbox: Mailbox,
 ) -> None:
@@ -398,6 +413,8 @@ async def test_the_email_address_is_matched_case_insensitively(
     assert (await password_login(auth_client, person.email, NEW_PASSWORD)).status_code == 200
     old = await password_login(auth_client, person.email, person.password)
     assert (old.status_code, error_of(old)) == (401, "invalid_credentials")
+    # The reset is the person's own (the upper-cased address found their account).
+    assert (await _actions(auth_admin, person.user_id)).count("password.reset") == 1
 
 
 @pytest.mark.L4
