@@ -138,11 +138,14 @@ def test_l3_a_later_instance_starts_in_a_warm_spare_with_its_own_settings(apex_w
         for process, version in ((first, "first"), (second, "second")):
             report = httpx.get(f"{process.url}/admin/config", headers=admin, timeout=10).json()
             assert report["settings"]["APEX_SETTINGS_VERSION"] == version
-        spare = platform._spares["apex.auth"]  # the next one's, importing or waiting
-        assert spare.process.poll() is None
+        # The next ones', importing or waiting.
+        spares = list(platform._spares["apex.auth"])
+        assert len(spares) == processes.SPARES
+        assert all(spare.process.poll() is None for spare in spares)
     finally:
         platform.close()
-    wait_for(lambda: spare.process.poll() is not None, timeout=15, message="the spare ended")
+    for spare in spares:
+        wait_for(lambda s=spare: s.process.poll() is not None, timeout=15, message="spare ended")
     for process in (first, second):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{process.url}/healthz", timeout=2)
@@ -346,6 +349,32 @@ async def test_started_instances_are_fresh_and_can_be_stopped_or_killed(apex_wor
         await asyncio.to_thread(in_loop.close)
 
 
+async def test_l3_an_own_instance_takes_a_warm_spare_and_a_cold_start_none(apex_worker):
+    platform = ProcessPlatform(apex_worker)
+    admin = {"Authorization": f"Bearer {platform.admin_token}"}
+    try:
+        platform.instance("auth")
+        oldest, newest = platform._spares["apex.auth"]
+        async with (
+            platform.start("auth", APEX_SETTINGS_VERSION="own") as own,
+            httpx.AsyncClient(timeout=10, headers=admin) as http,
+        ):
+            assert own.url == oldest.url, "the oldest spare became the test's instance"
+            report = (await http.get(f"{own.url}/admin/config")).json()
+            assert report["settings"]["APEX_SETTINGS_VERSION"] == "own"
+            waiting = list(platform._spares["apex.auth"])  # a copy: the pool's list changes
+            assert waiting[0] is newest
+            assert len(waiting) == processes.SPARES
+            async with platform.cold_start("auth", APEX_SETTINGS_VERSION="cold") as cold:
+                assert cold.url not in {spare.url for spare in waiting}
+                assert platform._spares["apex.auth"] == waiting, "no spare taken"
+                report = (await http.get(f"{cold.url}/admin/config")).json()
+                assert report["settings"]["APEX_SETTINGS_VERSION"] == "cold"
+        assert platform._warm == {"apex.auth": 1}
+    finally:
+        await asyncio.to_thread(platform.close)
+
+
 def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
     in_loop = InProcessPlatform(apex_worker)
     try:
@@ -363,6 +392,8 @@ def test_what_a_level_lacks_is_one_clear_error(apex_worker, tmp_path: Path):
     deployed = DeployedPlatform(load_target(target))
     with pytest.raises(WrongLevel, match=r"platform.start\('auth'\) exists at L2/L3 only"):
         deployed.start("auth")
+    with pytest.raises(WrongLevel, match=r"platform.cold_start\('auth'\) exists at L2/L3"):
+        deployed.cold_start("auth")
     with pytest.raises(WrongLevel, match=r"reconfiguring auth \(APEX_X\) exists at L2/L3 only"):
         deployed.client("auth", APEX_X="1")
     with pytest.raises(WrongLevel, match="L4: mark the test for L3 only"):

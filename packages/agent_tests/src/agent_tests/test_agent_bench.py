@@ -256,7 +256,7 @@ async def test_cold_start_to_the_first_agent_response(
         user = await runner.get()
         started = time.perf_counter()
         async with (
-            clean_platform.start("agents", **settings) as fresh,
+            clean_platform.cold_start("agents", **settings) as fresh,
             httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
         ):
             healthy.append(time.perf_counter() - started)

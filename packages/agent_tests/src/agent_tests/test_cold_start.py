@@ -42,7 +42,7 @@ async def test_a_fresh_instance_answers_its_first_run(
         "APEX_REDIS_PREFIX": f"{redis_namespace.prefix}cold-{uuid.uuid4().hex[:8]}:",
     }
     async with (
-        clean_platform.start("agents", **settings) as fresh,
+        clean_platform.cold_start("agents", **settings) as fresh,
         httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
     ):
         health = await client.get("/healthz")

@@ -38,7 +38,7 @@ async def test_billing_start_to_healthy_and_to_first_subscription(
         owner = await make_billing_user(permissions=(READ, MANAGE))
         began = time.perf_counter()
         async with (
-            clean_platform.start("billing") as running,
+            clean_platform.cold_start("billing") as running,
             httpx.AsyncClient(base_url=running.url, timeout=30) as client,
         ):
 

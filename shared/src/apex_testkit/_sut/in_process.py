@@ -81,7 +81,7 @@ class InProcessPlatform(Platform):
     ) -> AsyncIterator[str]:
         if not self._serves_live(service, settings):
             # A fresh instance in the test's loop.
-            async with self._start(service, settings) as running:
+            async with self._start(service, settings, cold=False) as running:
                 yield running.url
             return
         # The worker's running server of these settings and number (its memory reset),
@@ -106,8 +106,10 @@ class InProcessPlatform(Platform):
 
     @asynccontextmanager
     async def _start(
-        self, service: str, settings: Mapping[str, str]
+        self, service: str, settings: Mapping[str, str], *, cold: bool
     ) -> AsyncIterator[RunningService]:
+        # `cold` changes nothing here: L2 has no interpreter to start, and every start runs
+        # the app's lifespan afresh (the app object may be a pooled one, as for clients).
         async with contextlib.AsyncExitStack() as stack:
             env = wiring.service_env(self.worker, service)
             for called, setting in wiring.calls(service).items():

@@ -96,9 +96,22 @@ class Platform(abc.ABC):
 
     def start(self, service: str, **settings: str) -> AbstractAsyncContextManager[RunningService]:
         """A fresh instance of `service` for this test alone (with these settings), that the
-        test may stop or, at L3, kill; stopped at the end of the block. L2/L3 only."""
+        test may stop or, at L3, kill; stopped at the end of the block. L2/L3 only.
+
+        At L3 the process may be a warm spare: an interpreter that had already imported the
+        service when it got these settings (the service's own start, its lifespan, is
+        still fresh). `cold_start` when the start itself is under test."""
         self.require(*OWN_PLATFORM, what=f"platform.start({service!r})")
-        return self._start(service, settings)
+        return self._start(service, settings, cold=False)
+
+    def cold_start(
+        self, service: str, **settings: str
+    ) -> AbstractAsyncContextManager[RunningService]:
+        """`start`, but at L3 a new interpreter from its first import (`python -m`, never a
+        warm spare): for tests and benchmarks of a service's cold start. At L2 it is
+        `start` (a new lifespan; there is no interpreter to start). L2/L3 only."""
+        self.require(*OWN_PLATFORM, what=f"platform.cold_start({service!r})")
+        return self._start(service, settings, cold=True)
 
     def instance(
         self, service: str, instance: int = 0, *, via_proxy: Sequence[str] = (), **settings: str
@@ -152,7 +165,7 @@ class Platform(abc.ABC):
     ) -> AbstractAsyncContextManager[str]: ...
 
     def _start(
-        self, service: str, settings: Mapping[str, str]
+        self, service: str, settings: Mapping[str, str], *, cold: bool
     ) -> AbstractAsyncContextManager[RunningService]:
         raise NotImplementedError  # levels without it never get here (start checks)
 

@@ -6,8 +6,8 @@ started on first use, one per worker (and per settings); a test may start its ow
 `proxied`). The default instances live as long as the worker; of the others, the
 KEEP_IDLE most recently used are kept between tests and the rest stopped (`reset`) in
 the background: the test that begins does not wait for them to drain. Once a service has
-an instance, a warm spare of it (`spares`) imports the service for its next one; a test's
-own instance (`start`) is always a cold `python -m` start.
+an instance, SPARES warm spares of it (`spares`) import the service for its next ones,
+shared instances and a test's own (`start`) alike; `cold_start` never takes one.
 """
 
 from __future__ import annotations
@@ -128,6 +128,11 @@ _Key = tuple[str, int, tuple[tuple[str, str], ...], tuple[str, ...]]
 # URL, a Redis prefix of the test's own), so kept for the worker's life they piled up: 90
 # processes and 7 GB after five minutes of `nox -s l3`, each still running its loops.
 KEEP_IDLE: Final = 8
+# Warm spares a worker keeps per service module once it has started one. Tests that start
+# instances of their own often start two in a row (one to crash, one that takes over), and
+# a spare taken before its imports are done saves only part of a start. Each idle spare
+# holds 60-100 MB.
+SPARES: Final = 2
 
 
 class ProcessPlatform(Platform):
@@ -152,8 +157,10 @@ class ProcessPlatform(Platform):
         self._started: dict[str, list[float]] = {}
         self._warm: dict[str, int] = {}
         self._evicted = 0
-        # Module -> the interpreter that imports it for the next instance (`spares`).
-        self._spares: dict[str, WarmSpare] = {}
+        # Module -> the interpreters that import it for its next instances (`spares`), the
+        # oldest first; how many the worker spawned (their names).
+        self._spares: dict[str, list[WarmSpare]] = {}
+        self._spawned = 0
 
     @property
     def admin_token(self) -> str:
@@ -170,14 +177,27 @@ class ProcessPlatform(Platform):
             self._own_proxies[key] = [self._proxies[(service, instance, d)] for d in via_proxy]
             name = f"{service}-w{self.worker.slot}-{len(self._instances)}"
             process = self._process(service, env, name)
-            process.start(spare=self._spares.pop(process.module, None))
-            self._count(process)
-            # The next instance of this service is likely to come: its imports start now.
-            spare_name = f"{service}-w{self.worker.slot}-spare-{len(self._instances)}"
-            self._spares[process.module] = WarmSpare(self.worker.run, process.module, spare_name)
+            process.start(spare=self._spare(process.module))
+            self._started_one(service, process)
             self._instances[key] = process
         self._used[key] = self._epoch
         return self._instances[key]
+
+    def _spare(self, module: str) -> WarmSpare | None:
+        """The oldest warm spare of `module` (the likeliest to have finished its imports), if
+        the worker has one."""
+        spares = self._spares.get(module)
+        return spares.pop(0) if spares else None
+
+    def _started_one(self, service: str, process: ServiceProcess) -> None:
+        """Count a started process, and spawn the spares of its module's next instances:
+        more are likely to come, and their imports start now, while the tests run."""
+        self._count(process)
+        spares = self._spares.setdefault(process.module, [])
+        while len(spares) < SPARES:
+            self._spawned += 1
+            name = f"{service}-w{self.worker.slot}-spare-{self._spawned}"
+            spares.append(WarmSpare(self.worker.run, process.module, name))
 
     def _count(self, process: ServiceProcess) -> None:
         """Add a started process's time until healthy to the worker's tally."""
@@ -236,13 +256,14 @@ class ProcessPlatform(Platform):
 
     @asynccontextmanager
     async def _start(
-        self, service: str, settings: Mapping[str, str]
+        self, service: str, settings: Mapping[str, str], *, cold: bool
     ) -> AsyncIterator[RunningService]:
         env = {**wiring.service_env(self.worker, service), **settings}
         name = f"{service}-w{self.worker.slot}-own-{secrets.token_hex(4)}"
         process = self._process(service, env, name)
-        await asyncio.to_thread(process.start)
-        self._count(process)
+        spare = None if cold else self._spare(process.module)
+        await asyncio.to_thread(process.start, spare=spare)
+        self._started_one(service, process)
 
         async def stop() -> None:
             await asyncio.to_thread(process.stop)
@@ -327,8 +348,9 @@ class ProcessPlatform(Platform):
         self._evictions.append(self._evicting.submit(_stop_evicted, processes, proxies))
 
     def close(self) -> None:
-        for spare in self._spares.values():
-            spare.discard()
+        for spares in self._spares.values():
+            for spare in spares:
+                spare.discard()
         self._spares.clear()
         self._evicting.shutdown()  # waits for the evicted instances' stops
         self._evicting = _evictor()  # no thread until it is used
