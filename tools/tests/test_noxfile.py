@@ -4,6 +4,7 @@ sizing, import contracts."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -338,3 +339,31 @@ def test_per_area_sessions_and_unit_take_a_shard(noxfile: ModuleType) -> None:
     per_area = {f"{level}-{p.area}" for p in noxfile.PACKAGES for level in noxfile.LEVELS}
 
     assert shardable == per_area | {"unit"}
+
+
+def test_a_dist_is_stale_until_its_sources_are_recorded_and_again_once_they_change(
+    noxfile: ModuleType, tmp_path: Path
+) -> None:
+    module = tmp_path / "shared" / "src" / "kit" / "__init__.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("VERSION = 1\n", encoding="utf-8")
+    record = tmp_path / "venv" / noxfile.INSTALLED_RECORD
+    digest = noxfile.source_digest("./shared", tmp_path)
+
+    assert noxfile.stale_dists({"kit": digest}, record) == ["kit"]  # never installed
+    record.parent.mkdir()
+    record.write_text("not json", encoding="utf-8")
+    assert noxfile.stale_dists({"kit": digest}, record) == ["kit"]  # a record unread
+    record.write_text(json.dumps({"kit": digest, "other": "x"}), encoding="utf-8")
+    assert noxfile.stale_dists({"kit": digest}, record) == []
+
+    # Caches and build output are not sources; a changed line is.
+    for written in ("src/kit/__pycache__/x.pyc", "src/kit.egg-info/PKG-INFO", "build/lib/x.py"):
+        (tmp_path / "shared" / written).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "shared" / written).write_text("built", encoding="utf-8")
+    assert noxfile.source_digest("./shared", tmp_path) == digest
+    module.write_text("VERSION = 2\n", encoding="utf-8")
+    changed = noxfile.source_digest("./shared", tmp_path)
+    assert noxfile.stale_dists({"kit": changed}, record) == ["kit"]
+    (tmp_path / "shared" / "src" / "kit" / "new.py").write_text("", encoding="utf-8")
+    assert noxfile.source_digest("./shared", tmp_path) != changed  # a new, empty file
