@@ -171,10 +171,13 @@ class PaymentsServer(FakeServer):
         self.wake = asyncio.Event()
         self.delivered = asyncio.Condition()
         self._sender: asyncio.Task[None] | None = None
+        # Counts resets: a delivery under way when one comes belongs to the test before.
+        self._generation = 0
         self.reset()
 
     def reset(self) -> None:
         super().reset()
+        self._generation += 1
         self.objects = Account(self._on_event)
         self.idempotency: dict[str, tuple[str, str, int, dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
@@ -350,8 +353,11 @@ class PaymentsServer(FakeServer):
     async def _send_forever(self) -> None:
         async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
             while True:
+                generation = self._generation
                 due = [] if self.held else [p for p in self.pending if p.due <= time.monotonic()]
                 for pending in due:
+                    if self._generation != generation:
+                        break  # reset during a send of this round: the rest was dropped
                     self.pending.remove(pending)
                     await self._send(client, pending)
                 self.wake.clear()
@@ -370,11 +376,14 @@ class PaymentsServer(FakeServer):
         }
         status: int | None = None
         error: str | None = None
+        generation = self._generation
         try:
             answer = await client.post(endpoint["url"], content=payload, headers=headers)
             status = answer.status_code
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        if self._generation != generation:
+            return  # reset meanwhile: neither logged nor retried in the next test
         self.deliveries.append(
             WebhookDelivery(
                 event["id"],
