@@ -26,6 +26,7 @@ import pytest
 import stripe
 
 from apex_testkit import FakePayments, stripe_signature, wait_for
+from apex_testkit._fakes import payments as payments_fake
 from apex_testkit._fakes import start
 
 # 2026-01-01T00:00:00Z: where the test clocks start.
@@ -47,12 +48,16 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.statuses: list[int] = []
+        # Set: each delivery is answered only once it is set (cleared: the next waits).
+        self.answer: threading.Event | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if receiver.answer is not None:
+                    receiver.answer.wait(timeout=30)
                 self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -294,6 +299,65 @@ def test_a_failed_delivery_is_retried_until_acknowledged(fake_payments, receiver
     attempts = [(d.attempt, d.status) for d in fake_payments.deliveries]
     assert attempts == [(1, 500), (2, 503), (3, 200)]
     assert len({json.loads(body)["id"] for _, body in receiver.received}) == 1
+
+
+def two_events_due_and_the_first_delivery_under_way(
+    fake_payments: FakePayments, receiver: Receiver
+) -> None:
+    """Two events due at once, the endpoint holding its answer to the first."""
+    receiver.answer = threading.Event()
+    fake_payments.add_endpoint(receiver.url, events=("customer.created",))
+    client = sdk(fake_payments)
+    fake_payments.hold_webhooks()
+    client.v1.customers.create()
+    client.v1.customers.create()
+    fake_payments.release_webhooks()
+    wait_for(lambda: receiver.received, timeout=10, message="the first delivery under way")
+
+
+def the_next_tests_event_is_delivered_alone(
+    fake_payments: FakePayments, receiver: Receiver
+) -> None:
+    """After a reset: a new endpoint's event is delivered and the only one logged, and
+    the first test's second event was not delivered before it (it was dropped)."""
+    fake_payments.add_endpoint(receiver.url, events=("customer.created",))
+    made = sdk(fake_payments).v1.customers.create(params={"name": "next test"}).id
+    wait_for(lambda: fake_payments.deliveries, timeout=10, message="the next test's event")
+    assert [(d.attempt, d.status) for d in fake_payments.deliveries] == [(1, 200)]
+    assert len(receiver.received) == 2
+    assert receiver.events()[-1]["data"]["object"]["id"] == made
+
+
+def test_a_reset_returns_once_the_delivery_under_way_was_answered(fake_payments, receiver):
+    """What a webhook under way tells the platform must be done before the kit wipes the
+    platform's state for the next test (the worker resets its fakes before its servers),
+    else it lands in that test's state (an L3 billing test found an event of the test
+    before processed); no other delivery starts meanwhile."""
+    two_events_due_and_the_first_delivery_under_way(fake_payments, receiver)
+    resetting = threading.Thread(target=fake_payments.reset)
+    resetting.start()
+    resetting.join(timeout=0.5)  # it would have returned at once
+    assert resetting.is_alive(), "the reset did not wait for the delivery under way"
+    receiver.answer.set()
+    resetting.join(timeout=10)
+    assert not resetting.is_alive()
+    assert fake_payments.deliveries == []
+    the_next_tests_event_is_delivered_alone(fake_payments, receiver)
+
+
+def test_a_reset_that_stops_waiting_for_a_hanging_delivery_drops_it(
+    fake_payments, receiver, monkeypatch
+):
+    """An endpoint that answers after the reset stopped waiting: its answer is neither
+    logged nor retried in the next test, and the sender goes on with the next test's
+    events. It stopped for good when the events due with that delivery were gone from its
+    queue (two tests' renewals at L3 were never booked)."""
+    monkeypatch.setattr(payments_fake, "SETTLE_TIMEOUT", 0.05)
+    two_events_due_and_the_first_delivery_under_way(fake_payments, receiver)
+    fake_payments.reset()
+    assert receiver.answer is not None
+    receiver.answer.set()
+    the_next_tests_event_is_delivered_alone(fake_payments, receiver)
 
 
 def test_held_events_can_be_delivered_in_reverse_and_resent(fake_payments, receiver):

@@ -71,6 +71,16 @@ def test_a_cut_link_makes_lag_measurable_and_promotion_takes_writes(
     assert replica.client().mget("before", "during", "after") == ["1", "2", "3"]
 
 
+def test_a_pairs_master_syncs_its_replica_through_a_file(redis_pair: RedisPair) -> None:
+    """Not diskless: after a diskless first sync Redis 7 streams writes to the replica only
+    from its next ACK (once a second), and a test's first write arrived up to 1 s late."""
+    master = redis.Redis.from_url(redis_pair.primary_url, decode_responses=True)
+    assert master.config_get("repl-diskless-sync") == {"repl-diskless-sync": "no"}
+    master.set("first", "1")
+    redis_pair.replica.wait_synced()
+    assert redis_pair.replica.client().get("first") == "1"
+
+
 @pytest.mark.parametrize("service", [replicas.REPLICA, replicas.NODE_SERVICES[0]])
 def test_an_external_redis_has_no_servers_of_the_kit_beside_it(service, monkeypatch) -> None:
     """The run's Redis is external (url): the kit has no binary to start more from."""

@@ -217,7 +217,10 @@ class Worker:
 
             client = _fakes.start(self.run, name, process=self.settings.level is Level.L3)
             self._fakes[name] = client
-            self._resets.append((None, client.reset))
+            # Reset before the servers: a fake may still be acting on the platform (a
+            # webhook under way to a service that stores what it is told), which must be
+            # over before the servers are wiped, or it lands in the next test's state.
+            self._resets.insert(0, (None, client.reset))
             self._closers.append(client.close)
         return self._fakes[name]
 

@@ -70,10 +70,10 @@ async def test_a_low_job_waiting_past_the_aging_window_goes_before_newer_high_jo
     api = await agents_with(APEX_AGENTS_WORKERS="0", APEX_REDIS_PREFIX=prefix)
     low = await submit(api, runner, priority="low", input="the low job")
     high = [await submit(api, runner, priority="high", input=f"high job {n}") for n in range(highs)]
-    # Each answer takes 50 ms at least: the 16 high jobs take 0.8 s or more, far past the
-    # 0.3 s the low job may wait behind them.
-    fake_llm.set_latency(0.05)
-    worker = {"APEX_REDIS_PREFIX": prefix, "APEX_AGENTS_WORKERS": "1", "APEX_JOB_AGING": "0.3"}
+    # Each answer takes 25 ms at least: the first 12 high jobs take 0.3 s or more, twice
+    # the 0.15 s the low job may wait behind them, so at least 4 are still waiting then.
+    fake_llm.set_latency(0.025)
+    worker = {"APEX_REDIS_PREFIX": prefix, "APEX_AGENTS_WORKERS": "1", "APEX_JOB_AGING": "0.15"}
     async with clean_platform.start("agents", **worker):
         for run_id in [low, *high]:
             assert (await final_run(api, runner, run_id))["status"] == "succeeded"

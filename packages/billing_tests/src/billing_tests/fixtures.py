@@ -9,6 +9,9 @@ and registers it as the provider's webhook endpoint, so the provider's events re
 Users and their context tokens are made with the identity team's client
 (`auth_tests.access`) on this package's own auth fixtures. What the fixtures hand out
 lives in the public module `client`.
+
+At L2/L3 both wait `SHORT_PROVIDER_RETRIES` before the payment SDK's retries of a failing
+provider call, not the SDK's 0.5 s and 0.5-1 s (APEX_PAYMENTS_RETRY_DELAY).
 """
 
 from __future__ import annotations
@@ -22,14 +25,26 @@ import pytest
 from auth_tests.access import service_user
 from auth_tests.client import AuthAdmin, run_namespace
 
-from apex_testkit import FakePayments, Platform, RedisNamespace
+from apex_testkit import FakePayments, Level, Platform, RedisNamespace
 from billing_tests.client import AUDIENCE, BillingUser, MakeUser
+
+# A test that fails provider calls (`fake_payments.fail_next`) waits out the SDK's retries:
+# 20 ms, then 20-40 ms, instead of 0.5 s, then 0.5-1 s (two retries: 1-1.5 s per call).
+SHORT_PROVIDER_RETRIES = {"APEX_PAYMENTS_RETRY_DELAY": "0.02"}
+
+
+def _provider_retries(platform: Platform) -> dict[str, str]:
+    """apex.billing's settings of `billing_client` and `billing_webhooks`: short provider
+    retries at L2/L3 (one instance with the same settings for both); none at L4."""
+    return {} if platform.level is Level.L4 else SHORT_PROVIDER_RETRIES
 
 
 @pytest.fixture
 async def billing_client(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of apex.billing wired for the run's level."""
-    async with clean_platform.client("billing") as client:
+    async with clean_platform.client(
+        "billing", instance=0, **_provider_retries(clean_platform)
+    ) as client:
         yield client
 
 
@@ -53,7 +68,9 @@ async def billing_webhooks(
 ) -> AsyncIterator[str]:
     """apex.billing served on a socket (L2: in the test's loop; L3: the worker's process)
     and registered as the provider's webhook endpoint for every event; its base URL."""
-    async with clean_platform.serve("billing") as url:
+    async with clean_platform.serve(
+        "billing", instance=0, **_provider_retries(clean_platform)
+    ) as url:
         fake_payments.add_endpoint(f"{url}/v1/billing/webhooks")
         yield url
 

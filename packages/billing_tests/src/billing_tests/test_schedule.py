@@ -3,13 +3,15 @@ once they close, revenue recognised daily, and usage that arrives for an invoice
 corrected, so invoices agree with the raw events to the cent.
 
 The rules under test: time is cut into periods of APEX_USAGE_PERIOD seconds aligned to
-the Unix epoch (2 s here); a pass (every APEX_BILLING_SCHEDULE_INTERVAL seconds, or
-`POST /admin/billing/schedule/run`) invoices each closed period of a live subscription
-once, as invoice items on its next provider invoice priced by the line rule (cents
-rounded up once per line), corrects an invoiced period whose lines grew (one more item:
-the line's new price minus what was invoiced), and recognises revenue through yesterday
-(a paid January 2026 is wholly recognised by now). Running a pass again books and
-invoices nothing. The renewal invoice is read at the provider (test clock at 2026-01-01).
+the Unix epoch (here 1 s, the shortest, where the schedule invoices a period once it
+closed, and 2 s where usage arrives late, one second into an invoiced period); a pass
+(every APEX_BILLING_SCHEDULE_INTERVAL seconds, or `POST /admin/billing/schedule/run`)
+invoices each closed period of a live subscription once, as invoice items on its next
+provider invoice priced by the line rule (cents rounded up once per line), corrects an
+invoiced period whose lines grew (one more item: the line's new price minus what was
+invoiced), and recognises revenue through yesterday (a paid January 2026 is wholly
+recognised by now). Running a pass again books and invoices nothing. The renewal invoice
+is read at the provider (test clock at 2026-01-01).
 """
 
 from __future__ import annotations
@@ -47,17 +49,20 @@ SCHEDULE = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [SCHEDULE, pytest.mark.L2, pytest.mark.L3]
 
+# Usage periods (APEX_USAGE_PERIOD, whole seconds): the scheduled test waits for its
+# period to close, the correction test writes late usage one second into its period.
+SCHEDULED_PERIOD = 1
 PERIOD = 2
 NEW_YEAR = 1767225600  # 2026-01-01T00:00:00Z
 WRITER = {"agent": "writer", "model": "gpt-4o-mini"}
 
 
-def settings(interval: str) -> dict[str, str]:
+def settings(interval: str, period: int) -> dict[str, str]:
     """apex.billing's settings here: its schedule every `interval` seconds (or off), usage
-    periods of PERIOD seconds, periods corrected for an hour."""
+    periods of `period` seconds, periods corrected for an hour."""
     return {
         "APEX_BILLING_SCHEDULE_INTERVAL": interval,
-        "APEX_USAGE_PERIOD": str(PERIOD),
+        "APEX_USAGE_PERIOD": str(period),
         "APEX_USAGE_LATE_WINDOW": "3600",
     }
 
@@ -70,7 +75,7 @@ async def scheduled_billing(clean_platform: Platform) -> AsyncIterator[httpx.Asy
     for the next tests and go on running passes over their tenants, invoicing and
     correcting periods before their own passes do."""
     async with (
-        clean_platform.start("billing", **settings("0.2")) as instance,
+        clean_platform.start("billing", **settings("0.2", SCHEDULED_PERIOD)) as instance,
         httpx.AsyncClient(base_url=instance.url) as client,
     ):
         yield client
@@ -79,7 +84,7 @@ async def scheduled_billing(clean_platform: Platform) -> AsyncIterator[httpx.Asy
 @pytest.fixture
 async def manual_billing(clean_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """apex.billing with its schedule off: passes only through the admin route."""
-    async with clean_platform.client("billing", instance=0, **settings("off")) as client:
+    async with clean_platform.client("billing", instance=0, **settings("off", PERIOD)) as client:
         yield client
 
 
@@ -95,13 +100,13 @@ async def converted_on_new_year(
     return owner, clock.id
 
 
-def current_period() -> tuple[datetime.datetime, datetime.datetime]:
-    """The usage period that holds this second."""
+def current_period(length: int) -> tuple[datetime.datetime, datetime.datetime]:
+    """The usage period of `length` seconds that holds this second."""
     now = int(datetime.datetime.now(datetime.UTC).timestamp())
-    start = now // PERIOD * PERIOD
+    start = now // length * length
     return (
         datetime.datetime.fromtimestamp(start, datetime.UTC),
-        datetime.datetime.fromtimestamp(start + PERIOD, datetime.UTC),
+        datetime.datetime.fromtimestamp(start + length, datetime.UTC),
     )
 
 
@@ -153,7 +158,7 @@ async def test_the_schedule_invoices_closed_periods_and_recognises_revenue_once(
     admin_token: str,
 ) -> None:
     owner, clock = await converted_on_new_year(scheduled_billing, make_billing_user, fake_payments)
-    period = current_period()
+    period = current_period(SCHEDULED_PERIOD)
     usage = [record("a", "llm", 1200, 12_345, iso(period[0]), **WRITER)]
     await write_usage(billing_data_client, billing_auth_client, owner, usage)
 
@@ -190,7 +195,7 @@ async def test_usage_arriving_for_an_invoiced_period_is_corrected_to_the_cent(
     admin_token: str,
 ) -> None:
     owner, clock = await converted_on_new_year(manual_billing, make_billing_user, fake_payments)
-    period = current_period()
+    period = current_period(PERIOD)
     window = (iso(period[0]), iso(period[1]))
     first = [record("a", "llm", 1200, 12_345, window[0], **WRITER)]
     await write_usage(billing_data_client, billing_auth_client, owner, first)

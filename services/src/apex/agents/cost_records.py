@@ -28,7 +28,6 @@ cycles (plus the one that was failing when it came back: 001#93).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -41,6 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from apex.agents.dependencies import DependencyErrors
+from apex.common.tasks import stop_tasks, wait_event
 from apex.common.tls import client_tls_context
 
 __all__ = ["KIND", "CostDelivery", "CostLedger", "CostRecord"]
@@ -53,8 +53,8 @@ KIND: Final = "llm"
 TENANT_HEADER: Final = "X-Apex-Tenant"
 DATA: Final = "data"
 REDIS: Final = "redis"
-# How long stop() waits for the task between two cancellations.
-_STOP_PAUSE: Final = 0.5
+# How long stop() waits for the task to end (cancelling it again meanwhile).
+_STOP_TIMEOUT: Final = 5.0
 _FIELDS: Final = (
     "tenant_id", "user_id", "run_id", "step", "call", "agent", "model", "provider",
     "prompt_tokens", "completion_tokens", "cost_micros", "occurred_at",
@@ -193,15 +193,13 @@ class CostDelivery:
 
     async def stop(self) -> None:
         """Stop the task (the records not sent stay in the stream) and close the client."""
+        # The flag first: a cancellation a library swallows (apex.common.tasks) ends the
+        # loop at its next check; stop_tasks cancels again only if it is still running.
         self._stopping = True
         task = self._task
-        # Cancelled again until done: on Python 3.11 a cancellation that lands as a
-        # timeout expires (the idle wait's, a request's) can come out as a TimeoutError,
-        # which the loop survives; the flag ends it on its next turn.
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=_STOP_PAUSE)
-        if task is not None and not task.cancelled() and task.exception() is not None:
+        if await stop_tasks([task], _STOP_TIMEOUT):
+            log.error("cost delivery did not stop within %s s", _STOP_TIMEOUT)
+        elif task is not None and not task.cancelled() and task.exception() is not None:
             log.warning("cost delivery ended with %r", task.exception())
         await self._http.aclose()
 
@@ -210,20 +208,24 @@ class CostDelivery:
         return {**await self._ledger.backlog(), "cycles": self.cycles, "delivered": self.delivered}
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while True:
             try:
                 sent, more = await self.cycle()
             except (RedisError, OSError) as exc:
                 self._errors.failed(REDIS, f"{type(exc).__name__}: {exc}")
                 sent, more = None, False
+            if self._stopping:
+                # stop() came during the cycle, and its cancellation was swallowed (the
+                # Redis client finished the command it was cancelled in): no idle wait.
+                # The waits below end with a cancellation (wait_event never swallows it).
+                return
             if more:
                 continue
             if sent is None:
                 # apex.data (or Redis) failing: new records must not hurry the next try.
                 await asyncio.sleep(self._interval)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ledger.appended.wait(), self._interval)
+            await wait_event(self._ledger.appended, self._interval)
             self._ledger.appended.clear()
 
     async def cycle(self) -> tuple[int | None, bool]:

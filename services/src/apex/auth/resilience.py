@@ -30,7 +30,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from apex.common.tasks import stop_tasks
+from apex.common.tasks import stop_tasks, wait_event
 
 __all__ = ["REDIS_DOWN", "REVOKED_SIDS", "Mode", "Resilience"]
 
@@ -113,8 +113,7 @@ class Resilience:
         self._start_listener()
         # Wait (briefly) for the subscription: events published right after startup
         # must reach this instance.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_subscription.wait(), 5)
+        await wait_event(self._first_subscription, 5)
 
     async def stop(self) -> None:
         """Stop the background tasks."""

@@ -4,7 +4,8 @@
 is APEX_PAYMENTS_BASE_URL, and every write carries an idempotency key derived from what it
 does (the tenant, the plan, the subscription), so a retried request never makes a second
 customer, price or subscription. The SDK retries a lost connection or a 5xx twice itself
-(``max_network_retries``: it reuses the idempotency key). A card the provider declines
+(``max_network_retries``: it reuses the idempotency key), with its own backoff scaled to
+start from APEX_PAYMENTS_RETRY_DELAY (its default is the SDK's). A card the provider declines
 raises :class:`PaymentDeclined` with its decline code; a provider that does not answer
 raises :class:`ProviderUnavailable`.
 """
@@ -38,7 +39,19 @@ class ProviderUnavailable(Exception):
 class _HttpxClient(stripe.HTTPXClient):
     """The SDK's httpx client, handing a request's form-encoded body to httpx as
     ``content=``: the SDK passes it as ``data=``, which httpx deprecates for text (a
-    DeprecationWarning per provider write). The bytes sent are the same."""
+    DeprecationWarning per provider write). The bytes sent are the same. Its retries wait
+    the SDK's backoff scaled so that the first wait is ``retry_delay`` seconds."""
+
+    def __init__(self, *, timeout: float, retry_delay: float) -> None:
+        super().__init__(timeout=timeout)
+        self._retry_scale = retry_delay / stripe.HTTPClient.INITIAL_DELAY
+
+    def _sleep_time_seconds(self, num_retries: int) -> float:
+        # The SDK's backoff (doubling from INITIAL_DELAY, jitter, never under INITIAL_DELAY,
+        # at most MAX_DELAY) reads the class constant ``HTTPClient.INITIAL_DELAY`` by name,
+        # so an attribute of this subclass would not change it: its result is scaled
+        # instead (a scale of exactly 1 at the default, the SDK's own delays).
+        return super()._sleep_time_seconds(num_retries) * self._retry_scale
 
     def _get_request_args_kwargs(  # type: ignore[no-untyped-def]
         self, method: str, url: str, headers: Any, post_data: Any
@@ -55,8 +68,8 @@ class _HttpxClient(stripe.HTTPXClient):
 class PaymentProvider:
     """The provider's API as apex.billing uses it."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float) -> None:
-        self._http = _HttpxClient(timeout=timeout)
+    def __init__(self, base_url: str, api_key: str, *, timeout: float, retry_delay: float) -> None:
+        self._http = _HttpxClient(timeout=timeout, retry_delay=retry_delay)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": base_url},

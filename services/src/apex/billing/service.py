@@ -73,7 +73,10 @@ async def open_service(settings: BillingSettings) -> AsyncIterator[BillingServic
         redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2)
         stack.push_async_callback(redis.aclose)
         provider = PaymentProvider(
-            settings.payments_base_url, settings.payments_api_key, timeout=settings.payments_timeout
+            settings.payments_base_url,
+            settings.payments_api_key,
+            timeout=settings.payments_timeout,
+            retry_delay=settings.payments_retry_delay,
         )
         stack.push_async_callback(provider.aclose)
         verifier = Verifier(settings.auth_url, settings.jwt_issuer, AUDIENCE)

@@ -1,10 +1,10 @@
 """apex.billing's settings, read from ``APEX_*`` environment variables.
 
 :class:`BillingSettings` derives from :class:`apex.common.settings.ServiceSettings` and
-adds where apex.auth and apex.data are, the payment provider (its API base, secret key
-and webhook secret), the webhook tolerance and the plan table. A bad value raises
-:class:`apex.common.settings.ConfigError` naming the variable. The table of settings is in
-``services/docs/contract-billing.md``.
+adds where apex.auth and apex.data are, the payment provider (its API base, secret key,
+webhook secret, timeout and retry delay), the webhook tolerance and the plan table. A
+bad value raises :class:`apex.common.settings.ConfigError` naming the variable. The
+table of settings is in ``services/docs/contract-billing.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class BillingSettings(ServiceSettings):
     payments_webhook_secret: str = dataclasses.field(repr=False)
     webhook_tolerance: int = 300
     payments_timeout: float = 10.0
+    # Seconds before the SDK's first retry of a provider call (its later ones back off
+    # from it); the default is the SDK's own (stripe.HTTPClient.INITIAL_DELAY).
+    payments_retry_delay: float = 0.5
     plans: Mapping[str, Plan] = dataclasses.field(default_factory=lambda: DEFAULT_PLANS)
     # Metering reads apex.data's usage aggregates here (unset: /v1/billing/usage is 503).
     clickhouse_url: str | None = dataclasses.field(default=None, repr=False)
@@ -85,6 +88,7 @@ class BillingSettings(ServiceSettings):
             "payments_base_url": base_url.rstrip("/"),
             "webhook_tolerance": env.whole_number("APEX_WEBHOOK_TOLERANCE", 300, unit="seconds"),
             "payments_timeout": env.number("APEX_PAYMENTS_TIMEOUT", 10.0, unit="seconds"),
+            "payments_retry_delay": env.number("APEX_PAYMENTS_RETRY_DELAY", 0.5, unit="seconds"),
             "plans": DEFAULT_PLANS if plans is None else parse_plans(plans, "APEX_PLANS"),
             "clickhouse_url": env.url("APEX_CLICKHOUSE_URL", CLICKHOUSE_SCHEMES),
             "schedule_interval": _seconds_or_off(env, "APEX_BILLING_SCHEDULE_INTERVAL", 3600.0),

@@ -1,19 +1,21 @@
-"""Stopping background tasks whose cancellation can be lost.
+"""Stopping background tasks whose cancellation can be lost, and their idle waits.
 
-On Python 3.11 a cancellation can be swallowed: ``asyncio.wait_for`` (used inside asyncpg,
-redis-py's pub/sub and the services' own loops) returns its inner result instead of
-raising when the cancel arrives as that result lands, and the task carries on. Awaiting a
-cancelled task once can then wait for ever. :func:`stop_tasks` repeats the cancel until
-every task has ended, within a deadline.
+On Python 3.11 a cancellation can be swallowed: ``asyncio.wait_for`` (used inside asyncpg
+and redis-py's pub/sub) returns its inner result instead of raising when the cancel
+arrives as that result lands, and redis-py 8.2 can finish a command it was cancelled in
+and return its reply; the task carries on. Awaiting a cancelled task once can then wait
+for ever. :func:`stop_tasks` repeats the cancel until every task has ended, within a
+deadline. A loop's own idle wait uses :func:`wait_event`, which never swallows one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["stop_tasks"]
+__all__ = ["stop_tasks", "wait_event"]
 
 # How often a task that is still running is cancelled again.
 _REPEAT = 0.05
@@ -32,3 +34,16 @@ async def stop_tasks(
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(_REPEAT, deadline - loop.time()))
     return pending
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set, at most ``timeout`` seconds; whether it is set.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` swallows a
+    cancellation of the waiting task that arrives as the event is set, and its inner task
+    adds a step between the two; ``asyncio.timeout`` tells its own expiry from the task's
+    cancellation, which always comes out as CancelledError."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()

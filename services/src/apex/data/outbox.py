@@ -16,7 +16,6 @@ once. The ClickHouse SQL is in :mod:`apex.data.clickhouse_sql` (18.16 and curren
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from apex.common.tasks import wait_event
 from apex.data.cache import Cache
 from apex.data.clickhouse import ClickHouse, ClickHouseError
 from apex.data.clickhouse_sql import (
@@ -385,8 +385,7 @@ class Relay:
                     # A background loop that dies is a relay that silently stops: log it
                     # and keep going.
                     log.exception("outbox relay pass failed unexpectedly")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                await wait_event(self._wake, self._poll)
         finally:
             if listener is not None and not listener.is_closed():
                 # terminate, not close: a relay that is told to stop must not wait on a

@@ -61,6 +61,10 @@ class FakeServer(abc.ABC):
         """Forget what earlier tests did: state and request log."""
         self.requests.clear()
 
+    async def settle(self) -> None:  # noqa: B027 - optional hook
+        """Wait (briefly) until nothing the fake started reaches the platform any more (a
+        webhook under way): called on the server's loop just before `reset`."""
+
     async def start(self, extra: socket.socket | None) -> None:  # noqa: B027 - optional hook
         """Start what the fake serves besides HTTP (on `extra`), on the server's loop."""
 
@@ -78,6 +82,7 @@ class FakeServer(abc.ABC):
             return JSONResponse({"status": "ok", "fake": self.name})
 
         async def reset(request: Request) -> Response:
+            await self.settle()
             self.reset()
             return Response(status_code=204)
 
@@ -225,6 +230,7 @@ def start_thread(
             raise RuntimeError(f"fake {server.name} did not stop within 10 s")
 
     async def reset_here() -> None:
+        await server.settle()
         server.reset()
 
     def reset() -> None:

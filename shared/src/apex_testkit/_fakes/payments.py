@@ -54,6 +54,9 @@ __all__ = ["FakePayments", "PaymentsServer", "WebhookDelivery", "stripe_signatur
 # most cap (Stripe retries for three days; tests make it short).
 DEFAULT_BACKOFF: Final = (0.05, 2.0)
 DELIVERY_TIMEOUT: Final = 10.0
+# How long a reset waits for the delivery under way to be answered (the reset's caller
+# gives up after 10 s).
+SETTLE_TIMEOUT: Final = 5.0
 _Handler = Callable[[Account, dict[str, Any], tuple[str, ...]], dict[str, Any]]
 
 
@@ -171,10 +174,18 @@ class PaymentsServer(FakeServer):
         self.wake = asyncio.Event()
         self.delivered = asyncio.Condition()
         self._sender: asyncio.Task[None] | None = None
+        # Counts resets: a delivery under way when one comes belongs to the test before.
+        self._generation = 0
+        # Set while no delivery is under way; settling: a reset is coming, start none.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._settling = False
         self.reset()
 
     def reset(self) -> None:
         super().reset()
+        self._generation += 1
+        self._settling = False
         self.objects = Account(self._on_event)
         self.idempotency: dict[str, tuple[str, str, int, dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
@@ -191,6 +202,14 @@ class PaymentsServer(FakeServer):
             "webhook_secret": self.webhook_secret,
             "api_version": API_VERSION,
         }
+
+    async def settle(self) -> None:
+        # The platform may write what a webhook tells it: one under way must be answered
+        # (its effects done) before the kit wipes the platform's state for the next test.
+        self._settling = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await self._idle.wait()
 
     async def start(self, extra: Any) -> None:
         self._sender = asyncio.create_task(self._send_forever())
@@ -350,8 +369,11 @@ class PaymentsServer(FakeServer):
     async def _send_forever(self) -> None:
         async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
             while True:
+                generation = self._generation
                 due = [] if self.held else [p for p in self.pending if p.due <= time.monotonic()]
                 for pending in due:
+                    if self._generation != generation or self._settling:
+                        break  # a reset came (or is coming): the rest was (will be) dropped
                     self.pending.remove(pending)
                     await self._send(client, pending)
                 self.wake.clear()
@@ -370,11 +392,17 @@ class PaymentsServer(FakeServer):
         }
         status: int | None = None
         error: str | None = None
+        generation = self._generation
+        self._idle.clear()
         try:
             answer = await client.post(endpoint["url"], content=payload, headers=headers)
             status = answer.status_code
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._idle.set()
+        if self._generation != generation:
+            return  # reset meanwhile: neither logged nor retried in the next test
         self.deliveries.append(
             WebhookDelivery(
                 event["id"],
