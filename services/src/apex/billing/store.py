@@ -61,6 +61,15 @@ class BillingStore:
             )
         return found
 
+    async def tenant_of_subscription(self, subscription: str) -> uuid.UUID | None:
+        """The tenant whose subscription is recorded under this provider id, if any."""
+        async with self.pool.acquire() as conn:
+            found: uuid.UUID | None = await conn.fetchval(
+                "SELECT tenant_id FROM billing_subscriptions WHERE subscription_id = $1",
+                subscription,
+            )
+        return found
+
     async def save_customer(self, tenant: uuid.UUID, customer: str) -> None:
         async with self.pool.acquire() as conn:
             await conn.execute(

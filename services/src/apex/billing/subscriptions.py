@@ -79,7 +79,7 @@ class Subscriptions:
     @contextlib.asynccontextmanager
     async def _locked(self, tenant: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
         async with self.store.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:{tenant}")
+            await _lock(conn, tenant)
             yield conn
 
     async def subscribe(
@@ -171,12 +171,21 @@ class Subscriptions:
         self, conn: asyncpg.Connection, subscription_id: str
     ) -> SubscriptionRow | None:
         """Record the subscription as the provider has it now (a webhook said it changed);
-        None when it is no tenant's, or a newer state is recorded already."""
+        None when it is no tenant's, or a newer state is recorded already.
+
+        Under the tenant's lock, for the rest of the webhook's transaction: a change of the
+        tenant's holds it from before its provider call until its state is recorded, and a
+        state fetched meanwhile (the old plan) would be recorded as newer than the change's.
+        """
+        tenant = await self.store.tenant_of_subscription(subscription_id)
+        if tenant is None:  # a subscription not recorded yet: its customer says whose
+            subscription = await self.provider.subscription(subscription_id)
+            tenant = await self.store.tenant_of_customer(str(subscription.customer))
+            if tenant is None:
+                return None
+        await _lock(conn, tenant)
         started = time.time_ns()
         subscription = await self.provider.subscription(subscription_id)
-        tenant = await self.store.tenant_of_customer(str(subscription.customer))
-        if tenant is None:
-            return None
         price = str(subscription["items"]["data"][0]["price"]["id"])
         plan = await self.store.plan_of_price(price)
         if plan is None:
@@ -268,3 +277,8 @@ class Subscriptions:
         await publish(
             self.redis, self.settings.redis_prefix, row.tenant_id, plan, self.settings.plans
         )
+
+
+async def _lock(conn: asyncpg.Connection, tenant: uuid.UUID) -> None:
+    """Take the tenant's lock until the end of `conn`'s transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:{tenant}")
