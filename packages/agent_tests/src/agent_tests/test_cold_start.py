@@ -17,7 +17,14 @@ import pytest
 
 from agent_tests.client import READ_RUNS, RUN_AGENTS, MakeUser, final_run, run_body, submit
 from agent_tests.prometheus import sample, scrape
-from apex_testkit import FakeLlm, Platform, RedisNamespace, completion_tokens, prompt_tokens
+from apex_testkit import (
+    FakeLlm,
+    Platform,
+    RedisNamespace,
+    completion_tokens,
+    prompt_tokens,
+    tls_context,
+)
 
 COLD = pytest.mark.bvj(
     segment="early", goal="A new agents instance answers its first user at once",
@@ -43,7 +50,7 @@ async def test_a_fresh_instance_answers_its_first_run(
     }
     async with (
         clean_platform.cold_start("agents", **settings) as fresh,
-        httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=fresh.url, timeout=30, verify=tls_context()) as client,
     ):
         health = await client.get("/healthz")
         assert health.status_code == 200, health.text
