@@ -16,12 +16,13 @@ import httpx
 import pytest
 
 from agent_tests.client import READ_RUNS, RUN_AGENTS, MakeUser, final_run, run_body, submit
-from agent_tests.prometheus import sample, scrape
+from agent_tests.prometheus import Samples, sample, scrape
 from apex_testkit import (
     FakeLlm,
     Platform,
     RedisNamespace,
     completion_tokens,
+    eventually,
     prompt_tokens,
     tls_context,
 )
@@ -55,7 +56,14 @@ async def test_a_fresh_instance_answers_its_first_run(
         health = await client.get("/healthz")
         assert health.status_code == 200, health.text
         run = await final_run(client, runner, await submit(client, runner))
-        samples = await scrape(client, admin_token)
+
+        async def counted() -> Samples | None:
+            # The worker counts a run just after storing its end, which a read may see first.
+            samples = await scrape(client, admin_token)
+            done = sample(samples, "apex_agents_runs_total", outcome="succeeded")
+            return samples if done else None
+
+        samples = await eventually(counted, timeout=10, message="the run counted in /metrics")
     assert (run["status"], run["result"], run["error"]) == ("succeeded", ANSWER, None)
     (call,) = fake_llm.calls
     assert call.json["messages"][-1] == {"role": "user", "content": run_body()["input"]}
