@@ -64,6 +64,7 @@ async def test_a_fresh_instance_answers_its_first_run(
             return samples if done else None
 
         samples = await eventually(counted, timeout=10, message="the run counted in /metrics")
+        assert samples is not None  # eventually returns a truthy value
     assert (run["status"], run["result"], run["error"]) == ("succeeded", ANSWER, None)
     (call,) = fake_llm.calls
     assert call.json["messages"][-1] == {"role": "user", "content": run_body()["input"]}
