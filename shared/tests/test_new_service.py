@@ -83,6 +83,30 @@ async def test_l2_wires_a_registered_service_in_process(toy, apex_worker, redis_
         await asyncio.to_thread(platform.close)
 
 
+async def test_l2_serves_a_service_without_the_reset_hook_afresh_on_its_previous_address(
+    toy, apex_worker, redis_namespace
+):
+    """A service the kit cannot keep running (no reset hook) is served afresh for each
+    block, on the address its previous instance of those settings had: a service calling
+    it keeps the same settings (its URL), so the worker reuses the caller's app. Two at
+    once get two addresses; a started instance (the test may stop it) gets one of its own."""
+    platform = InProcessPlatform(apex_worker)
+    try:
+        platform.reset()
+        async with platform.serve(toy) as first:
+            assert (await _wiring(first))["auth"] == "ok"
+        async with platform.serve(toy) as again, platform.serve(toy) as beside:
+            assert again == first
+            assert beside != first
+            assert (await _wiring(again))["auth"] == "ok"
+            assert (await _wiring(beside))["auth"] == "ok"
+        async with platform.start(toy) as mine:
+            assert mine.url not in (first, beside)
+        assert _hits(redis_namespace) == 3  # each served instance was a live one
+    finally:
+        await asyncio.to_thread(platform.close)
+
+
 async def test_l3_runs_a_registered_service_as_a_process(toy, apex_worker, redis_namespace):
     platform = ProcessPlatform(apex_worker)
     try:

@@ -35,7 +35,15 @@ from agent_tests.client import (
     submit,
 )
 from agent_tests.prometheus import Samples, sample, scrape
-from apex_testkit import FakeLlm, Level, Platform, RedisNamespace, bench_report, eventually
+from apex_testkit import (
+    FakeLlm,
+    Level,
+    Platform,
+    RedisNamespace,
+    bench_report,
+    eventually,
+    tls_context,
+)
 
 MEMORY = pytest.mark.bvj(
     segment="platform", goal="Agents run for weeks without leaking memory",
@@ -189,7 +197,7 @@ async def test_agent_runs_throughput_latency_memory_cpu_and_gc(
     assert service.pid is not None
     process = psutil.Process(service.pid)
     fake_llm.set_latency(LATENCY)
-    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=service.url, timeout=30, verify=tls_context()) as client:
         await _latencies(agents_db, (await _drive(client, runner, agents_db, WARMUP, 0))[1])
         rss = [process.memory_info().rss]
         cpu_before = process.cpu_times()
@@ -257,7 +265,7 @@ async def test_cold_start_to_the_first_agent_response(
         started = time.perf_counter()
         async with (
             clean_platform.cold_start("agents", **settings) as fresh,
-            httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
+            httpx.AsyncClient(base_url=fresh.url, timeout=30, verify=tls_context()) as client,
         ):
             healthy.append(time.perf_counter() - started)
             run = await final_run(client, user, await submit(client, user))

@@ -16,8 +16,16 @@ import httpx
 import pytest
 
 from agent_tests.client import READ_RUNS, RUN_AGENTS, MakeUser, final_run, run_body, submit
-from agent_tests.prometheus import sample, scrape
-from apex_testkit import FakeLlm, Platform, RedisNamespace, completion_tokens, prompt_tokens
+from agent_tests.prometheus import Samples, sample, scrape
+from apex_testkit import (
+    FakeLlm,
+    Platform,
+    RedisNamespace,
+    completion_tokens,
+    eventually,
+    prompt_tokens,
+    tls_context,
+)
 
 COLD = pytest.mark.bvj(
     segment="early", goal="A new agents instance answers its first user at once",
@@ -43,12 +51,20 @@ async def test_a_fresh_instance_answers_its_first_run(
     }
     async with (
         clean_platform.cold_start("agents", **settings) as fresh,
-        httpx.AsyncClient(base_url=fresh.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=fresh.url, timeout=30, verify=tls_context()) as client,
     ):
         health = await client.get("/healthz")
         assert health.status_code == 200, health.text
         run = await final_run(client, runner, await submit(client, runner))
-        samples = await scrape(client, admin_token)
+
+        async def counted() -> Samples | None:
+            # The worker counts a run just after storing its end, which a read may see first.
+            samples = await scrape(client, admin_token)
+            done = sample(samples, "apex_agents_runs_total", outcome="succeeded")
+            return samples if done else None
+
+        samples = await eventually(counted, timeout=10, message="the run counted in /metrics")
+        assert samples is not None  # eventually returns a truthy value
     assert (run["status"], run["result"], run["error"]) == ("succeeded", ANSWER, None)
     (call,) = fake_llm.calls
     assert call.json["messages"][-1] == {"role": "user", "content": run_body()["input"]}

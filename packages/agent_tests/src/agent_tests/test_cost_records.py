@@ -248,7 +248,9 @@ async def test_a_record_apex_data_refuses_is_set_aside_and_the_rest_of_its_batch
     stored whole or refused whole: one record apex.data refuses (422: its `occurred_at`
     is no time) must cost the others of its batch nothing."""
     prefix = f"{redis_namespace.prefix}refused-{uuid.uuid4().hex[:8]}:"
-    client = await agents_with(APEX_REDIS_PREFIX=prefix)
+    # Written to the stream here, not by a run: the delivery finds them at its next look
+    # (APEX_COST_INTERVAL, 1 s by default), not woken by a record of its own.
+    client = await agents_with(APEX_REDIS_PREFIX=prefix, APEX_COST_INTERVAL="0.05")
     refused, stored = str(uuid.uuid4()), str(uuid.uuid4())
     now = datetime.datetime.now(datetime.UTC).isoformat()
     redis = redis_namespace.client()

@@ -31,7 +31,7 @@ from agent_tests.client import (
     until,
 )
 from agent_tests.queues import break_run, counter, job_stream, mend_run, queue_report
-from apex_testkit import FakeLlm, Platform, RedisNamespace, eventually
+from apex_testkit import FakeLlm, Platform, RedisNamespace, eventually, tls_context
 
 DEAD_LETTERS = pytest.mark.bvj(
     segment="enterprise", goal="A job that cannot be done is set aside with its reason, never lost",
@@ -105,7 +105,7 @@ async def test_a_job_failing_every_attempt_is_dead_lettered_and_its_run_failed(
     }
     async with (
         clean_platform.start("agents", **worker_settings) as worker,
-        httpx.AsyncClient(base_url=worker.url, timeout=30) as worker_client,
+        httpx.AsyncClient(base_url=worker.url, timeout=30, verify=tls_context()) as worker_client,
     ):
         run = await final_run(api, runner, run_id)
         assert (run["status"], run["error"]) == ("failed", "job_failed")
@@ -146,7 +146,7 @@ async def test_a_failing_attempt_is_retried_and_the_run_finishes_once(
     }
     async with (
         clean_platform.start("agents", **worker_settings) as worker,
-        httpx.AsyncClient(base_url=worker.url, timeout=30) as worker_client,
+        httpx.AsyncClient(base_url=worker.url, timeout=30, verify=tls_context()) as worker_client,
     ):
 
         async def retried() -> bool:

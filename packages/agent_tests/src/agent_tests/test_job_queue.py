@@ -25,7 +25,14 @@ from agent_tests.client import (
     submit,
     until,
 )
-from apex_testkit import FakeLlm, Platform, RedisNamespace, completion_tokens, prompt_tokens
+from apex_testkit import (
+    FakeLlm,
+    Platform,
+    RedisNamespace,
+    completion_tokens,
+    prompt_tokens,
+    tls_context,
+)
 
 QUEUE = pytest.mark.bvj(
     segment="enterprise", goal="No agent run is lost or run twice when a worker dies",
@@ -65,7 +72,7 @@ async def test_a_killed_workers_job_is_claimed_and_finished_once(
     assert status.json()["status"] == "running", status.text
     async with (
         clean_platform.start("agents", **workers) as rescuer,
-        httpx.AsyncClient(base_url=rescuer.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=rescuer.url, timeout=30, verify=tls_context()) as client,
     ):
         run = await final_run(client, runner, run_id)
         assert (run["status"], run["result"]) == ("succeeded", "finished by the second worker")

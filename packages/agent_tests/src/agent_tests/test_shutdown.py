@@ -29,7 +29,7 @@ from agent_tests.client import (
     submit,
     until,
 )
-from apex_testkit import FakeLlm, LlmRequest, Platform, RedisNamespace
+from apex_testkit import FakeLlm, LlmRequest, Platform, RedisNamespace, tls_context
 
 SHUTDOWN = pytest.mark.bvj(
     segment="enterprise", goal="An emergency stop loses no run and repeats no paid step",
@@ -123,7 +123,7 @@ async def test_sigterm_interrupts_the_run_and_a_new_worker_resumes_it(
         held.release()
     async with (
         clean_platform.start("agents", **workers) as restarted,
-        httpx.AsyncClient(base_url=restarted.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=restarted.url, timeout=30, verify=tls_context()) as client,
     ):
         await assert_resumed(client, runner, run_id, fake_llm)
 
@@ -145,7 +145,7 @@ async def test_the_admin_routes_emergency_shutdown_interrupts_and_another_worker
     try:
         async with (
             clean_platform.start("agents", **workers) as doomed,
-            httpx.AsyncClient(base_url=doomed.url, timeout=30) as worker,
+            httpx.AsyncClient(base_url=doomed.url, timeout=30, verify=tls_context()) as worker,
         ):
             run_id = await submit(api, runner, agent=None, workflow=CHAIN)
             await until(lambda: held.held == 1, message="step b's call is held")

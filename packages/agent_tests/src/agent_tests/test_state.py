@@ -29,7 +29,7 @@ from agent_tests.client import (
     submit,
     until,
 )
-from apex_testkit import FakeLlm, LlmRequest
+from apex_testkit import FakeLlm, LlmRequest, eventually
 
 STATE = pytest.mark.bvj(
     segment="enterprise", goal="A run's progress is kept step by step, resumable from any step",
@@ -83,6 +83,18 @@ async def state_of(
     return state
 
 
+async def settled(client: httpx.AsyncClient, user: AgentUser, run_id: str) -> dict[str, Any]:
+    """The run once final (`final_run`) and its final state version stored: the worker
+    stores that version just after the run's end, which a read of the run may see first."""
+    run = await final_run(client, user, run_id)
+
+    async def stored() -> bool:
+        return bool((await state_of(client, user, run_id))["status"] == run["status"])
+
+    await eventually(stored, timeout=10, message=f"run {run_id}'s final state version")
+    return run
+
+
 async def history(client: httpx.AsyncClient, user: AgentUser, run_id: str) -> list[Any]:
     """(status, [step statuses]) of every version, 1..latest."""
     latest = (await state_of(client, user, run_id))["latest"]
@@ -98,7 +110,7 @@ async def test_every_step_change_is_a_new_state_version(
     agents_client: httpx.AsyncClient, runner: AgentUser, agents_db: Any
 ) -> None:
     run_id = await submit(agents_client, runner, agent=None, workflow=CHAIN)
-    run = await final_run(agents_client, runner, run_id)
+    run = await settled(agents_client, runner, run_id)
     assert run["status"] == "succeeded"
     ok = "succeeded"
     assert await history(agents_client, runner, run_id) == [
@@ -131,7 +143,7 @@ async def test_a_single_agent_runs_state_holds_its_main_step(
     agents_client: httpx.AsyncClient, runner: AgentUser
 ) -> None:
     run_id = await submit(agents_client, runner)
-    run = await final_run(agents_client, runner, run_id)
+    run = await settled(agents_client, runner, run_id)
     assert await history(agents_client, runner, run_id) == [
         ("queued", []),
         ("running", ["running"]),
@@ -150,7 +162,7 @@ async def test_restore_reuses_the_steps_that_succeeded_and_runs_the_rest_again(
 ) -> None:
     # Without the response cache, which would answer b and c's repeated requests.
     run_id = await submit(agents_client, runner, agent=None, workflow=CHAIN, cache=False)
-    first = await final_run(agents_client, runner, run_id)
+    first = await settled(agents_client, runner, run_id)
     assert first["status"] == "succeeded"
     assert [calls_of(fake_llm, s) for s in "abc"] == [1, 1, 1]
     # Version 3: a succeeded, b running (the history test pins the versions).
@@ -167,7 +179,7 @@ async def test_restore_reuses_the_steps_that_succeeded_and_runs_the_rest_again(
         "restored_from": 3,
         "version": 7,
     }
-    again = await final_run(agents_client, runner, run_id)
+    again = await settled(agents_client, runner, run_id)
     assert again["status"] == "succeeded"
     assert [calls_of(fake_llm, s) for s in "abc"] == [1, 2, 2]  # a reused, b and c again
     assert again["steps"][0] == first["steps"][0]  # a's record, answer and usage kept
@@ -231,7 +243,7 @@ async def test_refused_reads_and_restores_change_nothing(
         assert held.held == 1
     finally:
         held.release()
-    run = await final_run(agents_client, runner, run_id)
+    run = await settled(agents_client, runner, run_id)
     assert run["status"] == "succeeded"
     assert [calls_of(fake_llm, s) for s in "abc"] == [1, 1, 1]
 
@@ -258,7 +270,7 @@ async def test_parallel_steps_states_show_them_running_together(
         assert [s["status"] for s in during["steps"]] == ["running", "running", "pending"]
     finally:
         held.release()
-    run = await final_run(agents_client, runner, run_id)
+    run = await settled(agents_client, runner, run_id)
     assert run["status"] == "succeeded"
     versions = await history(agents_client, runner, run_id)
     assert versions[0] == ("queued", [])
@@ -291,7 +303,7 @@ async def test_a_failed_run_restored_before_its_failing_step_finishes(
     fake_llm.respond_with(answer)
     fake_llm_fallback.respond_with(answer)  # the fallback fails b's first call too
     run_id = await submit(client, runner, agent=None, workflow=CHAIN)
-    failed = await final_run(client, runner, run_id)
+    failed = await settled(client, runner, run_id)
     assert (failed["status"], failed["error"], failed["failed_step"]) == (
         "failed",
         "step_failed",
@@ -302,7 +314,7 @@ async def test_a_failed_run_restored_before_its_failing_step_finishes(
         f"/v1/runs/{run_id}/restore", json={"version": 3}, headers=runner.headers
     )
     assert restored.status_code == 202, restored.text
-    run = await final_run(client, runner, run_id)
+    run = await settled(client, runner, run_id)
     assert run["status"] == "succeeded"
     assert [s["status"] for s in run["steps"]] == ["succeeded"] * 3
     assert [calls_of(fake_llm, s) for s in "abc"] == [1, 2, 1]

@@ -38,6 +38,7 @@ from apex_testkit import (
     RedisNamespace,
     completion_tokens,
     prompt_tokens,
+    tls_context,
 )
 
 TRACING = pytest.mark.bvj(
@@ -234,7 +235,7 @@ async def test_a_stopping_instance_flushes_its_spans(
     header, trace_id, _ = _traceparent()
     async with (
         clean_platform.start("agents", **settings) as instance,
-        httpx.AsyncClient(base_url=instance.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=instance.url, timeout=30, verify=tls_context()) as client,
     ):
         run = await final_run(client, runner, await _submit(client, runner, header))
         await instance.stop()

@@ -51,6 +51,7 @@ from apex_testkit._fakes.llm_script import (
     Responder,
     ResponderFunction,
 )
+from apex_testkit._tls import tls_context
 
 V1 = "/v1"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -348,7 +349,9 @@ class LlmServer(FakeServer):
             "body": body.decode("utf-8", errors="replace"),
         }
         try:
-            async with httpx.AsyncClient(timeout=60) as client:
+            # The process's TLS context: a client of its own loaded the CA bundle for every
+            # scripted answer (tens of milliseconds holding the GIL, the test's loop too).
+            async with httpx.AsyncClient(timeout=60, verify=tls_context()) as client:
                 answer = await client.post(self.responder, json=sent)
         except httpx.HTTPError as exc:
             return _error(500, f"the test's LLM responder is unreachable: {exc!r}", "server_error")

@@ -12,14 +12,17 @@ test may stop), serves a fresh instance (and the services it calls) on loopback 
 inside the test's own event loop. All through the service contract:
 `<module>.load_settings(env)`, then `create_app(settings)` (run under uvicorn) or
 `create_server(settings)` (its own server). Apps are reused by later tests of the worker
-with the same settings, each time with a fresh lifespan (`apps.AppPool`).
+with the same settings, each time with a fresh lifespan (`apps.AppPool`); a service served
+afresh keeps its address from one test to the next (`Addresses`), so the settings of the
+services calling it stay the same too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
@@ -28,7 +31,7 @@ from asgi_lifespan import LifespanManager
 from apex_testkit._level import Level
 from apex_testkit._processes import listening_socket
 from apex_testkit._sut import wiring
-from apex_testkit._sut.apps import AppPool, make_app
+from apex_testkit._sut.apps import MAX_SETTINGS, AppPool, make_app
 from apex_testkit._sut.asgi_serving import serving_asgi
 from apex_testkit._sut.live import LiveApps
 from apex_testkit._sut.platform import Platform, RunningService
@@ -45,6 +48,7 @@ class InProcessPlatform(Platform):
         self.worker = worker
         self.apps = AppPool()
         self.live = LiveApps(make_app)
+        self.addresses = Addresses()
 
     @property
     def admin_token(self) -> str:
@@ -80,8 +84,10 @@ class InProcessPlatform(Platform):
         self, service: str, instance: int, settings: Mapping[str, str]
     ) -> AsyncIterator[str]:
         if not self._serves_live(service, settings):
-            # A fresh instance in the test's loop.
-            async with self._start(service, settings, cold=False) as running:
+            # A fresh instance in the test's loop, on the address the worker's earlier
+            # instances of these settings had.
+            fresh = self._start(service, settings, cold=False, addresses=self.addresses)
+            async with fresh as running:
                 yield running.url
             return
         # The worker's running server of these settings and number (its memory reset),
@@ -106,8 +112,15 @@ class InProcessPlatform(Platform):
 
     @asynccontextmanager
     async def _start(
-        self, service: str, settings: Mapping[str, str], *, cold: bool
+        self,
+        service: str,
+        settings: Mapping[str, str],
+        *,
+        cold: bool,
+        addresses: Addresses | None = None,
     ) -> AsyncIterator[RunningService]:
+        """A fresh instance in the test's loop, on a new socket (`start`: the test may stop
+        it, and then its address refuses connections) or one of `addresses`."""
         # `cold` changes nothing here: L2 has no interpreter to start, and every start runs
         # the app's lifespan afresh (the app object may be a pooled one, as for clients).
         async with contextlib.AsyncExitStack() as stack:
@@ -115,7 +128,14 @@ class InProcessPlatform(Platform):
             for called, setting in wiring.calls(service).items():
                 if setting not in settings:  # a test may point it elsewhere (a proxy)
                     env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
-            served = _serve_in_loop(service, {**env, **settings}, self.apps)
+            env = {**env, **settings}
+            if addresses is None:
+                sock = listening_socket()
+            else:
+                # A duplicate: the instance closes it when it stops, the address stays.
+                kept = stack.enter_context(addresses.listener(wiring.module(service), env))
+                sock = kept.dup()
+            served = _serve_in_loop(service, env, self.apps, sock)
             yield await stack.enter_async_context(served)
 
     def reset(self) -> None:
@@ -123,13 +143,55 @@ class InProcessPlatform(Platform):
 
     def close(self) -> None:
         self.live.close()
+        self.addresses.close()
+
+
+class Addresses:
+    """The listening sockets of the services a worker serves afresh for each test (no
+    reset hook), by module and settings: the next instance of those settings gets the
+    same address. A client of a service that calls one (apex.agents calls apex.data)
+    has its URL in its settings: with a new port each test, the caller's settings were
+    new each test, so `apps.AppPool` never reused its app (each test made one and set up
+    its first requests) and kept up to MAX_SETTINGS apps no later test could use.
+    Between instances the socket listens with nobody accepting: the instance's callers
+    stopped before it did. `start` and `cold_start` never use these: a stopped
+    instance's address must refuse connections."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, tuple[tuple[str, str], ...]], list[socket.socket]] = {}
+
+    @contextlib.contextmanager
+    def listener(self, module_name: str, env: Mapping[str, str]) -> Iterator[socket.socket]:
+        """A listening socket for an instance of `module_name` with `env`, for this block
+        alone; closed after a block that failed (connections may wait in its backlog)."""
+        key = (module_name, tuple(sorted(env.items())))
+        idle = self._idle.pop(key, [])
+        self._idle[key] = idle  # most recently used last
+        sock = idle.pop() if idle else listening_socket()
+        try:
+            yield sock
+        except BaseException:
+            sock.close()
+            raise
+        self._idle.setdefault(key, []).append(sock)
+        while len(self._idle) > MAX_SETTINGS:
+            for stale in self._idle.pop(next(iter(self._idle))):
+                stale.close()
+
+    def close(self) -> None:
+        """Close every socket."""
+        idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for sock in socks:
+                sock.close()
 
 
 @asynccontextmanager
 async def _serve_in_loop(
-    service: str, env: dict[str, str], apps: AppPool
+    service: str, env: dict[str, str], apps: AppPool, sock: socket.socket
 ) -> AsyncIterator[RunningService]:
-    """Serve `service` in the running event loop on an ephemeral loopback port.
+    """Serve `service` in the running event loop on the listening `sock` (loopback),
+    closed when the instance stops.
 
     An ASGI service (`create_app(settings)`) runs under uvicorn; a service with its own
     server (`create_server(settings)`, the gateway) serves the socket itself
@@ -137,7 +199,6 @@ async def _serve_in_loop(
     """
     name = wiring.module(service)
     module = importlib.import_module(name)
-    sock = listening_socket()
     host, port = sock.getsockname()[:2]
     url = wiring.service_url(service, f"http://{host}:{port}")
     try:
