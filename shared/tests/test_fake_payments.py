@@ -153,8 +153,10 @@ def test_errors_raise_the_sdks_exception_classes(fake_payments):
         client.v1.payment_intents.create(params={"amount": 100, "currency": "xyz"})
     assert currency.value.param == "currency"
     fake_payments.fail_next(429)
+    assert fake_payments.faults_left == 1
     with pytest.raises(stripe.RateLimitError):
         client.v1.customers.list()
+    assert fake_payments.faults_left == 0
     fake_payments.fail_next(500)
     with pytest.raises(stripe.APIError):
         client.v1.customers.list()

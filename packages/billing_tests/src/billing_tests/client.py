@@ -32,6 +32,7 @@ __all__ = [
     "MakeUser",
     "bearer",
     "cents_of",
+    "change",
     "entitlements_of",
     "error_of",
     "ledger_check",
@@ -84,6 +85,16 @@ async def subscription_of(client: httpx.AsyncClient, user: BillingUser) -> dict[
     assert response.status_code == 200, response.text
     found: dict[str, Any] = response.json()
     return found
+
+
+async def change(client: httpx.AsyncClient, user: BillingUser, plan: str) -> dict[str, Any]:
+    """Change `user`'s subscription to `plan` (200 asserted); the state answered."""
+    response = await client.post(
+        "/v1/billing/subscription/change", json={"plan": plan}, headers=user.headers
+    )
+    assert response.status_code == 200, response.text
+    state: dict[str, Any] = response.json()
+    return state
 
 
 def tenant_of(user: BillingUser) -> str:

@@ -18,6 +18,7 @@ from billing_tests.client import (
     READ,
     BillingUser,
     MakeUser,
+    change,
     entitlements_of,
     error_of,
     ledger_check,
@@ -55,15 +56,6 @@ def clock(fake_payments: FakePayments) -> str:
 
 def advance(fake_payments: FakePayments, clock: str, to: int) -> None:
     sdk(fake_payments).v1.test_helpers.test_clocks.advance(clock, params={"frozen_time": to})
-
-
-async def change(client: httpx.AsyncClient, user: BillingUser, plan: str) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/billing/subscription/change", json={"plan": plan}, headers=user.headers
-    )
-    assert response.status_code == 200, response.text
-    state: dict[str, Any] = response.json()
-    return state
 
 
 async def test_an_upgrade_is_prorated_and_paid_at_once(

@@ -6,6 +6,7 @@ ends in the provider's state whatever order events arrive in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from apex_testkit import FakePayments, RedisNamespace, eventually, stripe_signature
+from apex_testkit import FakePayments, Platform, RedisNamespace, eventually, stripe_signature
 from billing_tests.client import (
     MANAGE,
     READ,
     BillingUser,
     MakeUser,
+    change,
     entitlements_of,
     error_of,
     ledger_of,
@@ -200,3 +202,40 @@ async def test_a_delivery_the_platform_cannot_process_is_retried_by_the_provider
     # retries of it): two deliveries failed, the third was applied.
     assert [d.status for d in failed] == [503, 503, 200]
     assert await processed_events(billing_db) == processed + 1
+
+
+async def test_a_subscription_event_during_a_plan_change_does_not_undo_it(
+    clean_platform: Platform,
+    billing_client: httpx.AsyncClient,
+    billing_webhooks: str,
+    owner: BillingUser,
+    fake_payments: FakePayments,
+) -> None:
+    assert (await subscribe(billing_client, owner, "mid")).status_code == 200
+
+    async def delivered() -> bool:
+        return all_delivered(fake_payments)
+
+    await eventually(delivered, timeout=30, message="the subscription's events delivered")
+    # An event about the subscription, waiting at the provider: a webhook that makes
+    # apex.billing fetch the subscription (its plan still mid).
+    provider = sdk(fake_payments)
+    subscription = provider.v1.subscriptions.list().data[0].id
+    fake_payments.hold_webhooks()
+    provider.v1.subscriptions.update(subscription, params={"metadata": {"note": "meanwhile"}})
+    # The change's first provider request fails and the SDK retries it a second later:
+    # for that second the change is under way and its state not recorded.
+    slow_retry = {"APEX_PAYMENTS_RETRY_DELAY": "1"}
+    async with clean_platform.client("billing", instance=1, **slow_retry) as changing_client:
+        fake_payments.fail_next(500)
+        changing = asyncio.create_task(change(changing_client, owner, "early"))
+
+        async def failed_once() -> bool:
+            return fake_payments.faults_left == 0
+
+        await eventually(failed_once, timeout=30, message="the change's first request failed")
+        fake_payments.release_webhooks()
+        state = await changing
+    assert state["plan"] == "early"
+    await eventually(delivered, timeout=30, message="every event delivered")
+    assert (await subscription_of(billing_client, owner))["plan"] == "early"

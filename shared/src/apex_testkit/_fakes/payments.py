@@ -458,6 +458,9 @@ class PaymentsServer(FakeServer):
         self.faults.extend([int(body["status"])] * int(body.get("times", 1)))
         return Response(status_code=204)
 
+    async def faults_left(self, request: Request) -> Response:
+        return JSONResponse({"left": len(self.faults)})
+
     async def settings_of(self, request: Request) -> Response:
         body = await request.json()
         if "dunning_days" in body:
@@ -484,6 +487,7 @@ class PaymentsServer(FakeServer):
             Route(f"{CONTROL}/webhooks/resend", self.resend, methods=["POST"]),
             Route(f"{CONTROL}/deliveries", self.delivery_log),
             Route(f"{CONTROL}/faults", self.add_faults, methods=["POST"]),
+            Route(f"{CONTROL}/faults", self.faults_left, methods=["GET"]),
             Route(f"{CONTROL}/settings", self.settings_of, methods=["POST"]),
             Route("/v1/webhook_endpoints", self.webhook_endpoints, methods=["GET", "POST"]),
             Route("/v1/{rest:path}", self.api, methods=methods),
@@ -543,6 +547,12 @@ class FakePayments(FakeClient):
     def fail_next(self, status: int, *, times: int = 1) -> None:
         """The next `times` API requests answer `status` (500: api_error, 429: rate limit)."""
         self._call("POST", "faults", status=status, times=times)
+
+    @property
+    def faults_left(self) -> int:
+        """How many of the failures `fail_next` scripted are still to come: 0 once the
+        requests they were for have been answered."""
+        return int(self._call("GET", "faults")["left"])
 
     def set_dunning(self, days: tuple[int, ...]) -> None:
         """Retry a failed renewal after these days (then cancel the subscription)."""
