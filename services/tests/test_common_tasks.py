@@ -9,34 +9,36 @@ from apex.common.tasks import stop_tasks
 
 
 async def test_a_task_that_lost_its_cancel_is_cancelled_again_until_it_ends() -> None:
-    lost = asyncio.Event()
+    started, lost = asyncio.Event(), asyncio.Event()
 
     async def carries_on() -> None:
         try:
+            started.set()
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             lost.set()  # as `asyncio.wait_for` returns its result instead, on Python 3.11
         await asyncio.sleep(60)  # e.g. a consumer's next blocking XREADGROUP
 
     task = asyncio.create_task(carries_on())
-    await asyncio.sleep(0)  # started: waiting in its first sleep
+    await started.wait()  # in its first sleep once this test runs again
     assert await stop_tasks([task, None], timeout=30) == set()
     assert lost.is_set()
     assert task.cancelled()
 
 
 async def test_a_task_still_running_at_the_deadline_is_handed_back() -> None:
-    stop = asyncio.Event()
+    started, stop = asyncio.Event(), asyncio.Event()
 
     async def refuses() -> None:
         while not stop.is_set():
             try:
+                started.set()
                 await asyncio.sleep(60)
             except asyncio.CancelledError:
                 continue  # every cancel swallowed
 
     task = asyncio.create_task(refuses())
-    await asyncio.sleep(0)
+    await started.wait()
     try:
         assert await stop_tasks([task], timeout=0.2) == {task}
         assert not task.done()

@@ -14,14 +14,16 @@ are `apex_testkit._sut.live`'s.)
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Generic, TypeVar
 
 # Distinct settings a worker keeps apps for: far more than the suite uses today; past
 # it the least recently used settings' apps are dropped (an app holds no connections
 # between tests, only memory).
 MAX_SETTINGS = 64
+
+T = TypeVar("T")
 
 
 def make_app(module_name: str, env: Mapping[str, str]) -> Any:
@@ -30,25 +32,45 @@ def make_app(module_name: str, env: Mapping[str, str]) -> Any:
     return module.create_app(module.load_settings(dict(env)))
 
 
-class AppPool:
-    """Idle apps of one worker, by module and settings."""
+class IdlePool(Generic[T]):
+    """Idle things of one worker (apps, listening sockets), by module and settings, for
+    one user at a time; past MAX_SETTINGS settings the least recently used ones' are
+    dropped (`discard`)."""
 
-    def __init__(self) -> None:
-        self._idle: dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]] = {}
+    def __init__(self, discard: Callable[[T], None] = lambda _: None) -> None:
+        self._idle: dict[tuple[str, tuple[tuple[str, str], ...]], list[T]] = {}
+        self._discard = discard
 
     @contextmanager
-    def app(self, module_name: str, env: Mapping[str, str]) -> Iterator[Any]:
-        """An app of `module_name` (`create_app(load_settings(env))`) for this block alone;
-        idle again after it unless the block failed (its lifespan may not have ended)."""
+    def take(self, module_name: str, env: Mapping[str, str], make: Callable[[], T]) -> Iterator[T]:
+        """An idle one of `module_name` with `env` (else `make()`) for this block alone;
+        idle again after it unless the block failed (then discarded)."""
         key = (module_name, tuple(sorted(env.items())))
         idle = self._idle.pop(key, [])
         self._idle[key] = idle  # most recently used last
-        app = idle.pop() if idle else make_app(module_name, env)
-        yield app
-        self._idle.setdefault(key, []).append(app)
+        thing = idle.pop() if idle else make()
+        try:
+            yield thing
+        except BaseException:
+            self._discard(thing)
+            raise
+        self._idle.setdefault(key, []).append(thing)
         while len(self._idle) > MAX_SETTINGS:
-            del self._idle[next(iter(self._idle))]
+            for stale in self._idle.pop(next(iter(self._idle))):
+                self._discard(stale)
 
     def clear(self) -> None:
-        """Forget every idle app."""
-        self._idle.clear()
+        """Discard every idle one."""
+        idle, self._idle = self._idle, {}
+        for things in idle.values():
+            for thing in things:
+                self._discard(thing)
+
+
+class AppPool(IdlePool[Any]):
+    """Idle apps of one worker, by module and settings."""
+
+    def app(self, module_name: str, env: Mapping[str, str]) -> AbstractContextManager[Any]:
+        """An app of `module_name` (`create_app(load_settings(env))`) for this block alone;
+        idle again after it unless the block failed (its lifespan may not have ended)."""
+        return self.take(module_name, env, lambda: make_app(module_name, env))

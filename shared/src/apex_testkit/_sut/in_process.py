@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
@@ -31,7 +31,7 @@ from asgi_lifespan import LifespanManager
 from apex_testkit._level import Level
 from apex_testkit._processes import listening_socket
 from apex_testkit._sut import wiring
-from apex_testkit._sut.apps import MAX_SETTINGS, AppPool, make_app
+from apex_testkit._sut.apps import AppPool, IdlePool, make_app
 from apex_testkit._sut.asgi_serving import serving_asgi
 from apex_testkit._sut.live import LiveApps
 from apex_testkit._sut.platform import Platform, RunningService
@@ -86,7 +86,7 @@ class InProcessPlatform(Platform):
         if not self._serves_live(service, settings):
             # A fresh instance in the test's loop, on the address the worker's earlier
             # instances of these settings had.
-            fresh = self._start(service, settings, cold=False, addresses=self.addresses)
+            fresh = self._start(service, settings, cold=False, keep_address=True)
             async with fresh as running:
                 yield running.url
             return
@@ -117,10 +117,11 @@ class InProcessPlatform(Platform):
         settings: Mapping[str, str],
         *,
         cold: bool,
-        addresses: Addresses | None = None,
+        keep_address: bool = False,
     ) -> AsyncIterator[RunningService]:
         """A fresh instance in the test's loop, on a new socket (`start`: the test may stop
-        it, and then its address refuses connections) or one of `addresses`."""
+        it, and then its address refuses connections) or, `keep_address`, on the address
+        the worker's earlier instances of these settings had (`Addresses`)."""
         # `cold` changes nothing here: L2 has no interpreter to start, and every start runs
         # the app's lifespan afresh (the app object may be a pooled one, as for clients).
         async with contextlib.AsyncExitStack() as stack:
@@ -129,12 +130,12 @@ class InProcessPlatform(Platform):
                 if setting not in settings:  # a test may point it elsewhere (a proxy)
                     env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
             env = {**env, **settings}
-            if addresses is None:
-                sock = listening_socket()
-            else:
+            if keep_address:
                 # A duplicate: the instance closes it when it stops, the address stays.
-                kept = stack.enter_context(addresses.listener(wiring.module(service), env))
+                kept = stack.enter_context(self.addresses.listener(wiring.module(service), env))
                 sock = kept.dup()
+            else:
+                sock = listening_socket()
             served = _serve_in_loop(service, env, self.apps, sock)
             yield await stack.enter_async_context(served)
 
@@ -143,10 +144,10 @@ class InProcessPlatform(Platform):
 
     def close(self) -> None:
         self.live.close()
-        self.addresses.close()
+        self.addresses.clear()
 
 
-class Addresses:
+class Addresses(IdlePool[socket.socket]):
     """The listening sockets of the services a worker serves afresh for each test (no
     reset hook), by module and settings: the next instance of those settings gets the
     same address. A client of a service that calls one (apex.agents calls apex.data)
@@ -155,35 +156,18 @@ class Addresses:
     its first requests) and kept up to MAX_SETTINGS apps no later test could use.
     Between instances the socket listens with nobody accepting: the instance's callers
     stopped before it did. `start` and `cold_start` never use these: a stopped
-    instance's address must refuse connections."""
+    instance's address must refuse connections. A socket is closed once dropped, or
+    after a block that failed (connections may wait in its backlog)."""
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, tuple[tuple[str, str], ...]], list[socket.socket]] = {}
+        super().__init__(discard=socket.socket.close)
 
-    @contextlib.contextmanager
-    def listener(self, module_name: str, env: Mapping[str, str]) -> Iterator[socket.socket]:
+    def listener(
+        self, module_name: str, env: Mapping[str, str]
+    ) -> contextlib.AbstractContextManager[socket.socket]:
         """A listening socket for an instance of `module_name` with `env`, for this block
-        alone; closed after a block that failed (connections may wait in its backlog)."""
-        key = (module_name, tuple(sorted(env.items())))
-        idle = self._idle.pop(key, [])
-        self._idle[key] = idle  # most recently used last
-        sock = idle.pop() if idle else listening_socket()
-        try:
-            yield sock
-        except BaseException:
-            sock.close()
-            raise
-        self._idle.setdefault(key, []).append(sock)
-        while len(self._idle) > MAX_SETTINGS:
-            for stale in self._idle.pop(next(iter(self._idle))):
-                stale.close()
-
-    def close(self) -> None:
-        """Close every socket."""
-        idle, self._idle = self._idle, {}
-        for socks in idle.values():
-            for sock in socks:
-                sock.close()
+        alone."""
+        return self.take(module_name, env, listening_socket)
 
 
 @asynccontextmanager
