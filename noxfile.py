@@ -48,7 +48,7 @@ LEVELS = ("l2", "l3", "l4")
 # Distributions built from this repo; always reinstalled so code changes are picked up.
 SHARED = "./shared"
 SERVICES = "./services"
-TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10")
+TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10.4")
 INSTALL_ENV = {"UV_COMPILE_BYTECODE": "1"}  # this machine sets PYTHONDONTWRITEBYTECODE=1
 JOBS_ENV = "APEX_NOX_JOBS"
 # Ctrl-C: give pytest and the stack time to stop their servers before nox escalates.
@@ -467,7 +467,7 @@ def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage])
 
 def combine_coverage(session: nox.Session, sources: Sequence[str]) -> None:
     """Combine coverage data files (or directories of them) into terminal, HTML, XML."""
-    session.install("coverage>=7.10", env=INSTALL_ENV)
+    session.install("coverage>=7.10.4", env=INSTALL_ENV)
     # Not beside the sessions' files: every report command would combine those again
     # (and delete them).
     data_file = COVERAGE_DIR / "combined" / ".coverage"
@@ -712,7 +712,7 @@ def lint(session: nox.Session) -> None:
         # Type stubs: psutil (agent_tests' benchmarks), protobuf (the kit's otel fake) and
         # PyYAML (tools/tests reads the workflows) ship no type information.
         extra=[
-            *["ruff", "mypy", "nox", "coverage>=7.10", "import-linter>=2.17"],
+            *["ruff", "mypy", "nox", "coverage>=7.10.4", "import-linter>=2.17"],
             *["types-psutil", "types-protobuf", "types-PyYAML"],
         ],
     )

@@ -20,7 +20,7 @@ import redis
 from apex import topology
 from apex_testkit import Platform
 from apex_testkit._sut import InProcessPlatform, ProcessPlatform, ServiceProcess
-from apex_testkit._sut.spares import WarmSpare
+from apex_testkit._sut.spares import SpareTemplate
 from apex_testkit._sut.wiring import service_env
 
 HERE = Path(__file__).parent
@@ -126,14 +126,15 @@ async def test_l3_runs_a_registered_service_as_a_process(toy, apex_worker, redis
 def test_l3_a_service_that_is_a_plain_module_starts_in_a_warm_spare(toy, apex_worker):
     # toy_service is a module, not a package: it has no __main__ to import ahead.
     env = service_env(apex_worker, toy) | {"TOY_AUTH_URL": "http://127.0.0.1:9"}
-    spare = WarmSpare(apex_worker.run, "toy_service", "selftest-toy-spare")
+    template = SpareTemplate(apex_worker.run, "toy_service", "selftest-toy-template")
     process = ServiceProcess(apex_worker.run, "toy_service", env, "selftest-toy")
     try:
-        url = process.start(timeout=30, spare=spare)
+        url = process.start(timeout=30, spare=template.fork("selftest-toy-spare"))
         assert process.warm
         assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
     finally:
         process.stop()
+        template.close()
 
 
 def test_registration_is_undone_after_the_test():

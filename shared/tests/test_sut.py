@@ -26,7 +26,7 @@ from apex_testkit._sut import (
     process_summary,
     processes,
 )
-from apex_testkit._sut.spares import WarmSpare
+from apex_testkit._sut.spares import SpareTemplate
 from apex_testkit._sut.wiring import proxiable, service_env
 from apex_testkit._target import load_target
 
@@ -138,28 +138,67 @@ def test_l3_a_later_instance_starts_in_a_warm_spare_with_its_own_settings(apex_w
         for process, version in ((first, "first"), (second, "second")):
             report = httpx.get(f"{process.url}/admin/config", headers=admin, timeout=10).json()
             assert report["settings"]["APEX_SETTINGS_VERSION"] == version
-        # The next ones', importing or waiting.
+        # The next ones', forked by the module's template and waiting.
         spares = list(platform._spares["apex.auth"])
         assert len(spares) == processes.SPARES
-        assert all(spare.process.poll() is None for spare in spares)
+        refs = [ProcessRef.of(spare.pid) for spare in spares]
+        template = platform._templates["apex.auth"]
+        assert {_parent(ref.pid) for ref in refs} == {template.ref.pid}
+        assert second.pid not in {ref.pid for ref in refs}
     finally:
         platform.close()
-    for spare in spares:
-        wait_for(lambda s=spare: s.process.poll() is not None, timeout=15, message="spare ended")
+    for ref in (*refs, template.ref):
+        wait_for(lambda r=ref: not r.alive(), timeout=15, message="spare or template ended")
     for process in (first, second):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{process.url}/healthz", timeout=2)
 
 
-def test_a_warm_spare_that_cannot_import_its_service_is_the_same_clear_error(apex_worker):
-    spare = WarmSpare(apex_worker.run, "apex.no_such_service", "selftest-broken-spare")
-    process = ServiceProcess(apex_worker.run, "apex.no_such_service", {}, "selftest-broken")
-    with pytest.raises(RuntimeError) as caught:
-        process.start(timeout=30, spare=spare)
-    message = str(caught.value)
-    assert "apex.no_such_service (selftest-broken-spare) exited with code 1" in message
-    assert "No module named 'apex.no_such_service'" in message
-    assert spare.process.poll() == 1
+def test_a_spare_whose_template_cannot_import_its_service_is_the_same_clear_error(apex_worker):
+    template = SpareTemplate(apex_worker.run, "apex.no_such_service", "selftest-broken-template")
+    try:
+        spare = template.fork("selftest-broken-spare")
+        process = ServiceProcess(apex_worker.run, "apex.no_such_service", {}, "selftest-broken")
+        with pytest.raises(RuntimeError) as caught:
+            process.start(timeout=30, spare=spare)
+        # No spare to take: a plain start, which fails as a service that cannot be imported.
+        message = str(caught.value)
+        assert "apex.no_such_service (selftest-broken) exited with code 1" in message
+        assert "No module named apex.no_such_service" in message
+        assert spare.pid is None
+        assert "No module named 'apex.no_such_service'" in template.log.read_text()
+    finally:
+        template.close()
+    assert template._process.returncode == 1
+
+
+def test_l3_a_spare_is_a_process_of_its_own_that_ends_with_its_template(apex_worker):
+    template = SpareTemplate(apex_worker.run, "apex.auth", "selftest-template")
+    try:
+        taken, idle = template.fork("selftest-spare-taken"), template.fork("selftest-spare-idle")
+        process = ServiceProcess(
+            apex_worker.run, "apex.auth", service_env(apex_worker, "auth"), "selftest-forked"
+        )
+        process.start(timeout=30, spare=taken)
+        assert (process.warm, process.url) == (True, taken.url)
+        pid = process.pid
+        assert pid is not None
+        assert pid != template.ref.pid
+        # Its own session (stopped by process group like a spawned service).
+        assert os.getsid(pid) == pid
+        assert _parent(pid) == template.ref.pid
+        assert httpx.get(f"{process.url}/healthz", timeout=10).status_code == 200
+        # An ended spare's status is read from /proc: its template never reaps it.
+        ref = ProcessRef.of(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not ref.alive(), timeout=10, message="the killed spare ended")
+        assert ref.status() == "killed by signal 9 (SIGKILL)"
+        idle_ref = ProcessRef.of(idle.pid)
+        # The template killed (a worker killed, then its template): its spares end too.
+        os.kill(template.ref.pid, signal.SIGKILL)
+        wait_for(lambda: not idle_ref.alive(), timeout=10, message="the idle spare ended")
+    finally:
+        template.close()
 
 
 def test_a_signal_reaches_the_service_process_the_handle_started(apex_worker):
@@ -406,3 +445,8 @@ def test_what_a_fault_proxy_can_stand_in_for_comes_from_the_topology():
         *("oidc", "saml", "smtp", "sms"),
     }
     assert proxiable("auth")["oidc"] == "APEX_IDP_ISSUER"
+
+
+def _parent(pid: int) -> int:
+    """The parent process id of `pid` (from /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

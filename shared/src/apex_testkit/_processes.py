@@ -255,13 +255,13 @@ def listening_socket(host: str = "127.0.0.1") -> socket.socket:
 
 
 def wait_healthy(
-    process: subprocess.Popen[bytes], health_url: str, *, timeout: float, interval: float = 0.02
+    exited: Callable[[], bool], health_url: str, *, timeout: float, interval: float = 0.02
 ) -> str | None:
-    """Wait until `health_url` answers 200 ("ready") or `process` exits ("exited");
-    None when neither happened within `timeout` seconds."""
+    """Wait until `health_url` answers 200 ("ready") or the process has ended (`exited()`
+    says so: "exited"); None when neither happened within `timeout` seconds."""
 
     def state() -> str | None:
-        if process.poll() is not None:
+        if exited():
             return "exited"
         try:
             healthy = httpx.get(health_url, timeout=2).status_code == 200

@@ -274,7 +274,12 @@ def start_fake(
         child.wait(timeout=5)
         run.forget(resource)
 
-    outcome = wait_healthy(child, f"{url}{CONTROL}/health", timeout=START_TIMEOUT, interval=0.01)
+    outcome = wait_healthy(
+        lambda: child.poll() is not None,
+        f"{url}{CONTROL}/health",
+        timeout=START_TIMEOUT,
+        interval=0.01,
+    )
     if outcome != "ready":
         stop_process()
         raise RuntimeError(f"fake {name} ({resource}) did not start:\n{log_tail(log)}")

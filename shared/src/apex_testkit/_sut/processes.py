@@ -6,8 +6,9 @@ started on first use, one per worker (and per settings); a test may start its ow
 `proxied`). The default instances live as long as the worker; of the others, the
 KEEP_IDLE most recently used are kept between tests and the rest stopped (`reset`) in
 the background: the test that begins does not wait for them to drain. Once a service has
-an instance, SPARES warm spares of it (`spares`) import the service for its next ones,
-shared instances and a test's own (`start`) alike; `cold_start` never takes one.
+an instance, SPARES warm spares of it (`spares`: forked from a template that imported the
+service once) wait for its next ones, shared instances and a test's own (`start`) alike;
+`cold_start` never takes one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from apex_testkit._processes import ProcessRef, listening_socket, log_tail, spaw
 from apex_testkit._run import Run, record_process
 from apex_testkit._sut import wiring
 from apex_testkit._sut.platform import Platform, ProxiedService, RunningService
-from apex_testkit._sut.spares import WarmSpare
+from apex_testkit._sut.spares import SpareTemplate, WarmSpare
 from apex_testkit._tls import tls_context
 from apex_testkit._waiting import eventually
 from apex_testkit._worker import Worker
@@ -63,13 +64,19 @@ class ServiceProcess:
         self.warm = False
 
     def start(self, timeout: float = 60.0, spare: WarmSpare | None = None) -> str:
-        """Start it (in `spare`, a warm interpreter of its module, if given and still
-        waiting) and wait until /healthz answers 200; return its base URL."""
+        """Start it (in `spare`, a forked interpreter of its module, if given and its
+        template still runs) and wait until /healthz answers 200; return its base URL."""
         began = time.perf_counter()
         env = {**os.environ, **self.env}
-        if spare is not None and spare.take(env):
+        taken = spare.take(env) if spare is not None else None
+        if spare is not None and taken is not None:
             self.name, self.log, self.url = spare.name, spare.log, spare.url
-            process, self._ref = spare.process, spare.ref
+            ref = self._ref = taken
+
+            def ended() -> str | None:
+                # A spare's parent is its template, which never reaps it: /proc tells.
+                return None if ref.alive() else ref.status()
+
             self.warm = True
         else:
             sock = listening_socket()
@@ -81,10 +88,15 @@ class ServiceProcess:
             sock.close()
             self._ref = record_process(self.run, self.name, process.pid, grace=10.0)
             self.url = f"http://{host}:{port}"
-        outcome = wait_healthy(process, f"{self.url}/healthz", timeout=timeout)
+
+            def ended() -> str | None:
+                code = process.poll()
+                return None if code is None else f"exited with code {code}"
+
+        outcome = wait_healthy(lambda: ended() is not None, f"{self.url}/healthz", timeout=timeout)
         if outcome != "ready":
+            what = ended() or "never became healthy"
             self.stop()
-            what = f"exited with code {process.returncode}" if outcome else "never became healthy"
             raise RuntimeError(f"{self.module} ({self.name}) {what}:\n{log_tail(self.log)}")
         self.ready_seconds = time.perf_counter() - began
         return self.url
@@ -129,9 +141,8 @@ _Key = tuple[str, int, tuple[tuple[str, str], ...], tuple[str, ...]]
 # processes and 7 GB after five minutes of `nox -s l3`, each still running its loops.
 KEEP_IDLE: Final = 8
 # Warm spares a worker keeps per service module once it has started one. Tests that start
-# instances of their own often start two in a row (one to crash, one that takes over), and
-# a spare taken before its imports are done saves only part of a start. Each idle spare
-# holds 60-100 MB.
+# instances of their own often start two in a row (one to crash, one that takes over). An
+# idle spare shares most of its memory with its template (copy-on-write).
 SPARES: Final = 2
 
 
@@ -157,9 +168,10 @@ class ProcessPlatform(Platform):
         self._started: dict[str, list[float]] = {}
         self._warm: dict[str, int] = {}
         self._evicted = 0
-        # Module -> the interpreters that import it for its next instances (`spares`), the
-        # oldest first; how many the worker spawned (their names).
+        # Module -> the processes forked for its next instances (`spares`), the oldest
+        # first, and the template that forks them; how many the worker forked (their names).
         self._spares: dict[str, list[WarmSpare]] = {}
+        self._templates: dict[str, SpareTemplate] = {}
         self._spawned = 0
 
     @property
@@ -193,11 +205,15 @@ class ProcessPlatform(Platform):
         """Count a started process, and spawn the spares of its module's next instances:
         more are likely to come, and their imports start now, while the tests run."""
         self._count(process)
-        spares = self._spares.setdefault(process.module, [])
+        module = process.module
+        if module not in self._templates:
+            name = f"{service}-w{self.worker.slot}-template"
+            self._templates[module] = SpareTemplate(self.worker.run, module, name)
+        spares = self._spares.setdefault(module, [])
         while len(spares) < SPARES:
             self._spawned += 1
             name = f"{service}-w{self.worker.slot}-spare-{self._spawned}"
-            spares.append(WarmSpare(self.worker.run, process.module, name))
+            spares.append(self._templates[module].fork(name))
 
     def _count(self, process: ServiceProcess) -> None:
         """Add a started process's time until healthy to the worker's tally."""
@@ -363,6 +379,10 @@ class ProcessPlatform(Platform):
         for key in reversed(defaults):
             self._instances[key].stop()
         self._instances.clear()
+        # Last: a template's end ends the processes it forked.
+        for template in self._templates.values():
+            template.close()
+        self._templates.clear()
         for proxy in self._all_proxies:
             proxy.stop()
         self._all_proxies.clear()
