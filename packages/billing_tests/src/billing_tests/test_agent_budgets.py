@@ -174,8 +174,9 @@ async def test_the_plans_requests_per_minute_refuse_a_run_until_an_upgrade(
 
 
 # The window that slides in its test: the few local round trips from the first admitted
-# run to the refused third fit in it with room to spare on a loaded machine. The
-# Retry-After of the refusal, the seconds left of the first run's 1.5 rounded up, is 1 or 2.
+# run to the refused third fit in it with room to spare on a loaded machine (a 1 s window
+# left CI's slowest requests too little). The Retry-After of the refusal, the seconds left
+# of the first run's 1.5 rounded up, is 1 or 2.
 SLIDING_WINDOW = 1.5
 # An operator's plan table (APEX_PLANS): the contract's free and early, but early allows
 # only 2 runs a minute.

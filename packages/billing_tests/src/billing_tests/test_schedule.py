@@ -3,8 +3,8 @@ once they close, revenue recognised daily, and usage that arrives for an invoice
 corrected, so invoices agree with the raw events to the cent.
 
 The rules under test: time is cut into periods of APEX_USAGE_PERIOD seconds aligned to
-the Unix epoch (here 1 s, the shortest, where the schedule invoices a period once it
-closed, and 2 s where usage arrives late, one second into an invoiced period); a pass
+the Unix epoch (here 1 s, the shortest: each test waits for its period to close; late
+usage arrives for the same second after its period was invoiced); a pass
 (every APEX_BILLING_SCHEDULE_INTERVAL seconds, or `POST /admin/billing/schedule/run`)
 invoices each closed period of a live subscription once, as invoice items on its next
 provider invoice priced by the line rule (cents rounded up once per line), corrects an
@@ -49,10 +49,9 @@ SCHEDULE = pytest.mark.bvj(
 )  # fmt: skip
 pytestmark = [SCHEDULE, pytest.mark.L2, pytest.mark.L3]
 
-# Usage periods (APEX_USAGE_PERIOD, whole seconds): the scheduled test waits for its
-# period to close, the correction test writes late usage one second into its period.
-SCHEDULED_PERIOD = 1
-PERIOD = 2
+# Usage periods (APEX_USAGE_PERIOD, whole seconds): the shortest, as both tests wait
+# for their period to close (half of it on average).
+PERIOD = 1
 NEW_YEAR = 1767225600  # 2026-01-01T00:00:00Z
 WRITER = {"agent": "writer", "model": "gpt-4o-mini"}
 
@@ -75,7 +74,7 @@ async def scheduled_billing(clean_platform: Platform) -> AsyncIterator[httpx.Asy
     for the next tests and go on running passes over their tenants, invoicing and
     correcting periods before their own passes do."""
     async with (
-        clean_platform.start("billing", **settings("0.2", SCHEDULED_PERIOD)) as instance,
+        clean_platform.start("billing", **settings("0.2", PERIOD)) as instance,
         httpx.AsyncClient(base_url=instance.url) as client,
     ):
         yield client
@@ -158,7 +157,7 @@ async def test_the_schedule_invoices_closed_periods_and_recognises_revenue_once(
     admin_token: str,
 ) -> None:
     owner, clock = await converted_on_new_year(scheduled_billing, make_billing_user, fake_payments)
-    period = current_period(SCHEDULED_PERIOD)
+    period = current_period(PERIOD)
     usage = [record("a", "llm", 1200, 12_345, iso(period[0]), **WRITER)]
     await write_usage(billing_data_client, billing_auth_client, owner, usage)
 
@@ -207,9 +206,8 @@ async def test_usage_arriving_for_an_invoiced_period_is_corrected_to_the_cent(
 
     await eventually(invoiced, timeout=60, message="the period invoiced once closed")
 
-    # Late: the same line of the same period, after it was invoiced.
-    late_at = iso(period[0] + datetime.timedelta(seconds=1))
-    late = [record("b", "llm", 800, 20_001, late_at, **WRITER)]
+    # Late: the same line of the same period (its one second), after it was invoiced.
+    late = [record("b", "llm", 800, 20_001, window[0], **WRITER)]
     await write_usage(billing_data_client, billing_auth_client, owner, late)
     await metered(manual_billing, owner, events=2, period=window)
     corrected = await run_pass(manual_billing, admin_token)

@@ -224,7 +224,8 @@ async def test_a_subscription_event_during_a_plan_change_does_not_undo_it(
     fake_payments.hold_webhooks()
     provider.v1.subscriptions.update(subscription, params={"metadata": {"note": "meanwhile"}})
     # The change's first provider request fails and the SDK retries it a second later:
-    # for that second the change is under way and its state not recorded.
+    # for that second the change is under way and its state not recorded. The held event's
+    # delivery and the subscription fetch it makes must fit in it on a loaded machine.
     slow_retry = {"APEX_PAYMENTS_RETRY_DELAY": "1"}
     async with clean_platform.client("billing", instance=1, **slow_retry) as changing_client:
         fake_payments.fail_next(500)

@@ -42,8 +42,8 @@ pytestmark = [pytest.mark.L2, pytest.mark.L3]
 USAGE_VERSION = 11
 VIEW_MIGRATION = "usage_daily"
 # Traffic holds its lock until the test ends it, so any bound proves the give-up; a
-# short one keeps the test short.
-SHORT_LOCK_TIMEOUT = 0.2
+# short one keeps the test short (50 ms: each blocked test waits it out once).
+SHORT_LOCK_TIMEOUT = 0.05
 LOCK_TIMEOUT = 5.0
 NEWEST = load_migrations()[-1].version
 
