@@ -176,9 +176,10 @@ async def test_a_hanging_data_service_makes_no_run_time_out(
     admin_token: str,
 ) -> None:
     proxy, data_url = data_proxy
-    # A request to apex.data may hang longer than a whole run may take.
+    # A request to apex.data may hang longer than a whole run may take (the test waits out
+    # the one under way when the proxy clears: a blackholed connection stays silent).
     client = await agents_with(
-        APEX_DATA_URL=data_url, APEX_RUN_TIMEOUT="5", **{**SETTINGS, "APEX_COST_TIMEOUT": "10"}
+        APEX_DATA_URL=data_url, APEX_RUN_TIMEOUT="3", **{**SETTINGS, "APEX_COST_TIMEOUT": "4"}
     )
     proxy.blackhole()
     runs = await _complete_runs(client, runner, fake_llm, RUNS)
