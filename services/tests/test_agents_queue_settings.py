@@ -31,6 +31,7 @@ def test_the_queue_defaults_are_the_contracts() -> None:
     )
     assert (settings.tenant_max_running, settings.tenant_token_budget) == (4, 1_000_000)
     assert settings.tenant_max_queued == 1000
+    assert settings.tenant_wait == 0.2
 
 
 def test_every_queue_setting_is_read() -> None:
@@ -43,11 +44,13 @@ def test_every_queue_setting_is_read() -> None:
             "APEX_TENANT_MAX_RUNNING": "1",
             "APEX_TENANT_MAX_QUEUED": "7",
             "APEX_TENANT_TOKEN_BUDGET": "99",
+            "APEX_TENANT_WAIT": "0.02",
         }
     )
     assert (settings.job_retries, settings.job_backoff, settings.job_aging) == (5, (0.01, 2.0), 0.3)
     assert (settings.tenant_max_running, settings.tenant_max_queued) == (1, 7)
     assert settings.tenant_token_budget == 99
+    assert settings.tenant_wait == 0.02
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,10 @@ def test_every_queue_setting_is_read() -> None:
         ("APEX_TENANT_MAX_RUNNING", "0"),
         ("APEX_TENANT_MAX_QUEUED", "-1"),
         ("APEX_TENANT_TOKEN_BUDGET", "1.5"),
+        ("APEX_TENANT_WAIT", "0"),
+        ("APEX_TENANT_WAIT", "-0.2"),
+        ("APEX_TENANT_WAIT", "inf"),
+        ("APEX_TENANT_WAIT", "soon"),
     ],
 )
 def test_a_bad_queue_setting_names_its_variable(variable: str, value: str) -> None:

@@ -1,5 +1,6 @@
 """apex.agents' settings (every bad value a ConfigError naming its variable) and its pure
-parts: the cost of a call, the provider's retry wait."""
+parts: the cost of a call, the provider's retry wait (a 429's retry-after, else the
+APEX_LLM_BACKOFF full jitter)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def test_the_defaults_are_the_contracts() -> None:
     assert (settings.auth_url, settings.data_url) == ("http://auth:8000", None)
     assert settings.llm_base_url == "http://llm:9000/v1"
     assert (settings.llm_timeout, settings.llm_retries) == (30.0, 2)
+    assert settings.llm_backoff == (0.05, 1.0)
     assert (settings.workers, settings.job_claim_idle, settings.run_timeout) == (2, 30.0, 120.0)
     assert settings.otel_export_delay == 1.0
     assert settings.models == DEFAULT_MODELS
@@ -46,6 +48,7 @@ def test_every_setting_is_read() -> None:
             "APEX_DATA_URL": "http://data:8000/",
             "APEX_LLM_TIMEOUT": "2.5",
             "APEX_LLM_RETRIES": "0",
+            "APEX_LLM_BACKOFF": "0.001/0.01",
             "APEX_AGENTS_WORKERS": "0",
             "APEX_JOB_CLAIM_IDLE": "0.5",
             "APEX_RUN_TIMEOUT": "9",
@@ -56,6 +59,7 @@ def test_every_setting_is_read() -> None:
     assert settings.otel_export_delay == 0.05
     assert settings.data_url == "http://data:8000"
     assert (settings.llm_timeout, settings.llm_retries, settings.workers) == (2.5, 0, 0)
+    assert settings.llm_backoff == (0.001, 0.01)
     assert (settings.job_claim_idle, settings.run_timeout) == (0.5, 9.0)
     assert dict(settings.models) == {"m": Model(10, 1, 2)}
 
@@ -76,6 +80,10 @@ def test_a_missing_required_setting_is_named(variable: str) -> None:
         ("APEX_LLM_TIMEOUT", "0"),
         ("APEX_LLM_RETRIES", "-1"),
         ("APEX_LLM_RETRIES", "two"),
+        ("APEX_LLM_BACKOFF", "0.05"),
+        ("APEX_LLM_BACKOFF", "0/1"),
+        ("APEX_LLM_BACKOFF", "2/1"),
+        ("APEX_LLM_BACKOFF", "0.05/inf"),
         ("APEX_AGENTS_WORKERS", "1.5"),
         ("APEX_JOB_CLAIM_IDLE", "nan-ish"),
         ("APEX_RUN_TIMEOUT", "-3"),
@@ -119,9 +127,29 @@ def _rate_limited(headers: dict[str, str]) -> openai.RateLimitError:
 async def test_a_429_waits_its_retry_after_capped_at_the_timeout(
     headers: dict[str, str], wait: float
 ) -> None:
-    provider = Provider("llm", "http://llm/v1", "key", timeout=5.0, retries=2)
+    provider = Provider("llm", "http://llm/v1", "key", timeout=5.0, retries=2, backoff=(9, 9))
     try:
         assert provider.retry_wait(_rate_limited(headers), 1) == wait
+    finally:
+        await provider.aclose()
+
+
+async def test_another_retry_waits_full_jitter_under_the_backoffs_cap() -> None:
+    provider = Provider("llm", "http://llm/v1", "key", timeout=5.0, retries=2, backoff=(0.5, 3))
+    error = openai.InternalServerError(
+        "down",
+        response=httpx.Response(500, request=httpx.Request("POST", "http://llm/v1")),
+        body=None,
+    )
+    try:
+        waits = {n: [provider.retry_wait(error, n) for _ in range(200)] for n in (1, 2, 5)}
+        assert all(w >= 0 for ws in waits.values() for w in ws)
+        assert max(waits[1]) <= 1.0  # base * 2^1
+        assert max(waits[2]) <= 2.0
+        assert max(waits[5]) <= 3.0  # the cap
+        assert max(waits[5]) > 1.0  # under the cap, not under the first retry's bound
+        # A 429 without retry-after backs off as well.
+        assert provider.retry_wait(_rate_limited({}), 1) <= 1.0
     finally:
         await provider.aclose()
 

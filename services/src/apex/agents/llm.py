@@ -3,17 +3,16 @@
 The SDK's own retries are off (``max_retries=0``): :class:`Provider` retries a 429, a 5xx,
 a timeout or a lost connection itself, up to ``APEX_LLM_RETRIES`` times after the first
 attempt, waiting the provider's ``retry-after`` on a 429 (capped at the call timeout) and
-a short backoff otherwise. Any other error (400, 401, 404: the request itself is wrong)
-fails at once. Each request carries the current span's ``traceparent``
-(``apex.agents.tracing``). Cancelling the awaiting task closes the HTTP connection: the
-provider sees the client go away.
+a short full-jitter backoff otherwise (``APEX_LLM_BACKOFF``). Any other error (400, 401,
+404: the request itself is wrong) fails at once. Each request carries the current span's
+``traceparent`` (``apex.agents.tracing``). Cancelling the awaiting task closes the HTTP
+connection: the provider sees the client go away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 from collections.abc import Sequence
 from typing import Final
 
@@ -24,14 +23,12 @@ from openai.types.chat import (
     ChatCompletionToolParam,
 )
 
+from apex.agents.jobs import backoff
 from apex.agents.tracing import trace_headers
 from apex.common.tls import client_tls_context
 
 __all__ = ["Completion", "LlmError", "LlmToolCall", "Provider"]
 
-# A retry without a retry-after waits uniform(0, min(cap, base * 2^n)) seconds.
-_BACKOFF_BASE: Final = 0.05
-_BACKOFF_CAP: Final = 1.0
 _RETRYABLE: Final = (
     openai.RateLimitError,
     openai.InternalServerError,
@@ -78,11 +75,19 @@ class Provider:
     """One OpenAI-compatible provider."""
 
     def __init__(
-        self, name: str, base_url: str, api_key: str, *, timeout: float, retries: int
+        self,
+        name: str,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: tuple[float, float],
     ) -> None:
         self.name = name
         self._timeout = timeout
         self._retries = retries
+        self._backoff = backoff
         # The SDK's own HTTP client would load the CA bundle afresh for every provider
         # an app starts with (tens of milliseconds each): it verifies with the process's.
         self._client = openai.AsyncOpenAI(
@@ -167,12 +172,15 @@ class Provider:
 
     def retry_wait(self, exc: Exception, attempt: int) -> float:
         """Seconds before the next attempt: a 429's retry-after (at most the call timeout),
-        else exponential backoff with full jitter."""
+        else exponential backoff with full jitter: uniform(0, min(cap, base * 2^attempt))
+        after failed attempt number ``attempt`` (APEX_LLM_BACKOFF ``base/cap``)."""
         if isinstance(exc, openai.RateLimitError):
             after = _retry_after(exc.response.headers)
             if after is not None:
                 return min(after, self._timeout)
-        return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+        base, cap = self._backoff
+        # jobs.backoff(n, ...) is uniform(0, min(cap, base * 2^(n-1))).
+        return backoff(attempt + 1, base, cap)
 
 
 def _tool_calls(calls: Sequence[object] | None) -> tuple[LlmToolCall, ...]:

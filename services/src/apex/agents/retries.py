@@ -7,7 +7,7 @@ dead-letter it.
   (``APEX_JOB_BACKOFF`` ``base/cap``), the run back to ``queued`` meanwhile, up to
   ``APEX_JOB_RETRIES`` attempts; the last failing attempt fails the run with reason
   ``job_failed`` and puts the job in the dead letters.
-- A job whose tenant is at ``APEX_TENANT_MAX_RUNNING`` waits :data:`TENANT_WAIT` seconds
+- A job whose tenant is at ``APEX_TENANT_MAX_RUNNING`` waits ``APEX_TENANT_WAIT`` seconds
   and is read again (not an attempt).
 - A job naming no run (``invalid_message``), a run that is not stored (``unknown_run``)
   and a job delivered more than ``APEX_JOB_RETRIES`` times (``worker_lost``: its workers
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final
 
 import asyncpg
 
@@ -27,11 +26,9 @@ from apex.agents.metrics import Metrics
 from apex.agents.runs import RunStore
 from apex.agents.settings import AgentSettings
 
-__all__ = ["TENANT_WAIT", "NotStarted", "Retries"]
+__all__ = ["NotStarted", "Retries"]
 
 log = logging.getLogger(__name__)
-# Seconds a job of a tenant at its running limit waits before it is read again.
-TENANT_WAIT: Final = 0.2
 
 
 class NotStarted(Exception):
@@ -76,7 +73,7 @@ class Retries:
         """The run did not start: ``busy`` (its tenant is at its limit: read again soon)
         or ``missing`` (dead-lettered ``unknown_run``)."""
         if why == "busy":
-            await self._queue.later(job, TENANT_WAIT, attempt=job.attempt)
+            await self._queue.later(job, self._settings.tenant_wait, attempt=job.attempt)
             self._metrics.jobs_deferred.inc()
             return
         await self.bury(job, "unknown_run", "no such run is stored")

@@ -203,7 +203,14 @@ def _providers(settings: AgentSettings, metrics: Metrics) -> Failover:
     if settings.llm_fallback_base_url and settings.llm_fallback_api_key:
         urls.append(("llm_fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key))
     providers = [
-        Provider(name, url, key, timeout=settings.llm_timeout, retries=settings.llm_retries)
+        Provider(
+            name,
+            url,
+            key,
+            timeout=settings.llm_timeout,
+            retries=settings.llm_retries,
+            backoff=settings.llm_backoff,
+        )
         for name, url, key in urls
     ]
     return Failover(

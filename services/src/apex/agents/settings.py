@@ -38,6 +38,8 @@ class AgentSettings(ServiceSettings):
     llm_api_key: str = dataclasses.field(repr=False)
     llm_timeout: float = 30.0
     llm_retries: int = 2
+    # A provider's retry without a retry-after waits uniform(0, min(cap, base * 2^n)).
+    llm_backoff: tuple[float, float] = (0.05, 1.0)
     workers: int = 2
     job_claim_idle: float = 30.0
     run_timeout: float = 120.0
@@ -64,6 +66,8 @@ class AgentSettings(ServiceSettings):
     job_backoff: tuple[float, float] = (0.5, 30.0)
     job_aging: float = 10.0
     tenant_max_running: int = 4
+    # Seconds a job of a tenant at tenant_max_running waits before it is read again.
+    tenant_wait: float = 0.2
     tenant_max_queued: int = 1000
     tenant_token_budget: int = 1_000_000
     # Failover and breakers (notes-agents.md § Failover and breakers).
@@ -107,6 +111,7 @@ class AgentSettings(ServiceSettings):
             "llm_api_key": llm_api_key,
             "llm_timeout": env.number("APEX_LLM_TIMEOUT", 30.0, unit="seconds"),
             "llm_retries": _count(env, "APEX_LLM_RETRIES", 2, unit="retries"),
+            "llm_backoff": _backoff(env, "APEX_LLM_BACKOFF", (0.05, 1.0)),
             "workers": _count(env, "APEX_AGENTS_WORKERS", 2, unit="worker tasks"),
             "job_claim_idle": env.number("APEX_JOB_CLAIM_IDLE", 30.0, unit="seconds"),
             "run_timeout": env.number("APEX_RUN_TIMEOUT", 120.0, unit="seconds"),
@@ -224,12 +229,14 @@ def _seconds_or_off(env: Env, variable: str, default: float) -> float:
 
 
 def _queue_settings(env: Env) -> dict[str, Any]:
-    """The job queue's retries, backoff and aging, and the per-tenant limits."""
+    """The job queue's retries, backoff and aging, and the per-tenant limits (and how long
+    a job of a tenant at its running limit waits)."""
     return {
         "job_retries": env.whole_number("APEX_JOB_RETRIES", 3, unit="attempts"),
         "job_backoff": _backoff(env, "APEX_JOB_BACKOFF", (0.5, 30.0)),
         "job_aging": env.number("APEX_JOB_AGING", 10.0, unit="seconds"),
         "tenant_max_running": env.whole_number("APEX_TENANT_MAX_RUNNING", 4, unit="runs"),
+        "tenant_wait": env.number("APEX_TENANT_WAIT", 0.2, unit="seconds"),
         "tenant_max_queued": env.whole_number("APEX_TENANT_MAX_QUEUED", 1000, unit="runs"),
         "tenant_token_budget": env.whole_number(
             "APEX_TENANT_TOKEN_BUDGET", 1_000_000, unit="tokens"

@@ -29,6 +29,14 @@ TEST_COSTS = {
     "APEX_PASSWORD_HASH_MEMORY_KIB": "8",
     "APEX_PASSWORD_HASH_PARALLELISM": "1",
 }
+# L2/L3: apex.agents' fixed waits that no test is about, short (production: an LLM retry
+# without retry-after waits up to 0.1 s, then 0.2 s; a job of a tenant at its running
+# limit is read again 0.2 s later). Their defaults have unit tests (services/tests); a
+# test about one of them sets it itself.
+TEST_WAITS = {
+    "APEX_LLM_BACKOFF": "0.001/0.01",
+    "APEX_TENANT_WAIT": "0.02",
+}
 
 
 def migrate(dsn: str) -> None:
@@ -138,7 +146,7 @@ def service_env(worker: Worker, service: str) -> dict[str, str]:
     for server in entry.servers:
         env |= server_env(worker, server)
     if worker.settings.level in (Level.L2, Level.L3):
-        env |= TEST_COSTS
+        env |= TEST_COSTS | TEST_WAITS
         for party in entry.third_parties:
             env |= third_party_env(worker, service, party)
     return env
