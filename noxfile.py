@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 
 nox.needs_version = ">=2026.10.20"
 nox.options.default_venv_backend = "uv|virtualenv"
-# Warm runs reuse each session's venv; the local dists are reinstalled every run.
+# Warm runs reuse each session's venv; a local dist is rebuilt when its files changed.
 nox.options.reuse_venv = "yes"
 # Bare `nox` runs the main job.
 nox.options.sessions = ["l2"]
@@ -50,6 +50,11 @@ SHARED = "./shared"
 SERVICES = "./services"
 TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10.4")
 INSTALL_ENV = {"UV_COMPILE_BYTECODE": "1"}  # this machine sets PYTHONDONTWRITEBYTECODE=1
+# The level sessions' pytest may cache the test modules it rewrites (for its assert
+# messages) beside them in the venv's site-packages: with PYTHONDONTWRITEBYTECODE set,
+# each pytest process rewrote every test module again at every run (about 2 s of each
+# worker's collection of `nox -s l2`). The source tree gets no bytecode either way.
+KEEP_REWRITTEN_TESTS: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": None}
 JOBS_ENV = "APEX_NOX_JOBS"
 # Ctrl-C: give pytest and the stack time to stop their servers before nox escalates.
 STOP_TIMEOUTS: dict[str, Any] = {"interrupt_timeout": 30.0, "terminate_timeout": 10.0}
@@ -313,13 +318,13 @@ def coverage_env(session: nox.Session, *, always: bool = False) -> dict[str, str
     }
 
 
-def run_measured(session: nox.Session, *args: str, env: dict[str, str]) -> None:
+def run_measured(session: nox.Session, *args: str, env: Mapping[str, str | None]) -> None:
     """Run a command under coverage_env, then merge its per-process data files."""
     if "COVERAGE_FILE" not in env:
-        session.run(*args, env=env, **STOP_TIMEOUTS)
+        session.run(*args, env=dict(env), **STOP_TIMEOUTS)
         return
     try:
-        session.run(*args, env=env, **STOP_TIMEOUTS)
+        session.run(*args, env=dict(env), **STOP_TIMEOUTS)
     finally:
         # One file per session (`.coverage.<session>`), even when the tests failed.
         combine_env = {"COVERAGE_FILE": env["COVERAGE_FILE"], "COVERAGE_PROCESS_START": None}
@@ -451,7 +456,7 @@ def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage])
             placeholder = [f"--target={target}"]
         collect = [*level_pytest(level, packages), *placeholder]
         targets = shard_targets(session, shard, collect)
-    env = coverage_env(session)
+    env = coverage_env(session) | KEEP_REWRITTEN_TESTS
     pytest = [*level_pytest(level, packages, targets), *pytest_args(session, posargs)]
     if level != "l4" or has_target(posargs):
         run_measured(session, *pytest, env=env)

@@ -242,14 +242,25 @@ def listening_socket(host: str = "127.0.0.1") -> socket.socket:
     Handing the socket itself to the child (`--fd`) leaves no window in which another
     process could take the port.
     """
+    sock = bound_socket(host)
+    sock.listen(1024)
+    return sock
+
+
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (0: an ephemeral port) and not listening yet
+    (it refuses connections until it listens), inheritable by a child process."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose `proto` says TCP,
     # and an accepted socket takes the listening one's. Without it a server in this
     # process (an L2 service, a fake) that writes a reply in pieces (a multi-line SMTP
     # EHLO, headers then body) waits out the peer's delayed ACK: 40 ms a reply.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
 from asgi_lifespan import LifespanManager
 
 from apex_testkit._level import Level
-from apex_testkit._processes import listening_socket
+from apex_testkit._processes import bound_socket, listening_socket
 from apex_testkit._sut import wiring
 from apex_testkit._sut.apps import AppPool, IdlePool, make_app
 from apex_testkit._sut.asgi_serving import serving_asgi
@@ -131,7 +131,8 @@ class InProcessPlatform(Platform):
                     env[setting] = await stack.enter_async_context(self._serve(called, 0, {}))
             env = {**env, **settings}
             if keep_address:
-                # A duplicate: the instance closes it when it stops, the address stays.
+                # A duplicate: the instance closes it as it stops; then the listener
+                # closes and the address refuses connections until its next instance.
                 kept = stack.enter_context(self.addresses.listener(wiring.module(service), env))
                 sock = kept.dup()
             else:
@@ -147,27 +148,60 @@ class InProcessPlatform(Platform):
         self.addresses.clear()
 
 
-class Addresses(IdlePool[socket.socket]):
-    """The listening sockets of the services a worker serves afresh for each test (no
-    reset hook), by module and settings: the next instance of those settings gets the
-    same address. A client of a service that calls one (apex.agents calls apex.data)
-    has its URL in its settings: with a new port each test, the caller's settings were
-    new each test, so `apps.AppPool` never reused its app (each test made one and set up
-    its first requests) and kept up to MAX_SETTINGS apps no later test could use.
-    Between instances the socket listens with nobody accepting: the instance's callers
-    stopped before it did. `start` and `cold_start` never use these: a stopped
-    instance's address must refuse connections. A socket is closed once dropped, or
-    after a block that failed (connections may wait in its backlog)."""
+class Addresses(IdlePool["_Address"]):
+    """The addresses of the services a worker serves afresh for each test (no reset
+    hook), by module and settings: the next instance of those settings gets the same
+    address. A client of a service that calls one (apex.agents calls apex.data) has its
+    URL in its settings: with a new port each test, the caller's settings were new each
+    test, so `apps.AppPool` never reused its app (each test made one and set up its
+    first requests) and kept up to MAX_SETTINGS apps no later test could use.
+    Between instances an address refuses connections: it is held by a socket that is
+    bound but not listening. A listening one nobody accepted on held a caller that
+    outlived the instance in its backlog: the payments fake delivering a webhook of the
+    test before to apex.billing's address waited there until the next test's reset gave
+    up on it (5-10 s). `start` and `cold_start` never use these."""
 
     def __init__(self) -> None:
-        super().__init__(discard=socket.socket.close)
+        super().__init__(discard=lambda address: address.close())
 
-    def listener(
-        self, module_name: str, env: Mapping[str, str]
-    ) -> contextlib.AbstractContextManager[socket.socket]:
-        """A listening socket for an instance of `module_name` with `env`, for this block
-        alone."""
-        return self.take(module_name, env, listening_socket)
+    @contextlib.contextmanager
+    def listener(self, module_name: str, env: Mapping[str, str]) -> Iterator[socket.socket]:
+        """A listening socket on the address of `module_name` with `env`, for this block
+        alone; the address refuses connections again after it."""
+        with self.take(module_name, env, _Address) as address, address.listening() as sock:
+            yield sock
+
+
+class _Address:
+    """A loopback address kept by a socket bound to it, listening only while served."""
+
+    def __init__(self) -> None:
+        self._sock = bound_socket()
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[socket.socket]:
+        """The address's socket, listening, for this block alone."""
+        sock = self._sock
+        try:
+            sock.listen(1024)
+        except OSError:  # another socket listens on the port: a new address
+            sock.close()
+            sock = self._sock = bound_socket()
+            sock.listen(1024)
+        try:
+            yield sock
+        finally:
+            # Closed (after the instance closed its duplicates), the listener resets the
+            # connections waiting in its backlog; a new socket keeps the port, unlistening.
+            port = sock.getsockname()[1]
+            sock.close()
+            try:
+                self._sock = bound_socket(port=port)
+            except OSError:  # taken meanwhile: the next instance gets a new address
+                self._sock = bound_socket()
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 @asynccontextmanager
