@@ -22,6 +22,7 @@ spares it forked: an ended one stays a zombie, whose exit status the kit reads f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -199,13 +200,14 @@ class WarmSpare:
         (recorded in the run). None if there is no spare (its template ended: the service's
         imports failed, and the template's log says why)."""
         pid = self.pid
-        try:
-            if pid is not None:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it has ended already
                 self.ref = record_process(self.template.run, self.name, pid, grace=10.0)
+        try:
             with open(self._orders, "wb") as pipe:  # closes the pipe: the end of the order
                 if self.ref is not None:
                     pipe.write(json.dumps(dict(env)).encode())
-        except (BrokenPipeError, ProcessLookupError):
+        except BrokenPipeError:
             self._end()
             return None
         return self.ref
