@@ -197,6 +197,35 @@ def test_nox_parallel_env_counts_like_the_option(
 
 
 @pytest.mark.parametrize(
+    ("env", "posargs", "extra", "expected"),
+    [
+        ({}, [], 1, ["-n", "9"]),
+        ({"APEX_NOX_JOBS": "2"}, [], 1, ["-n", "5"]),
+        ({"APEX_NOX_JOBS": "16"}, [], 1, ["-n", "2"]),
+        ({"APEX_TEST_WORKERS": "2"}, [], 1, ["-n", "2"]),
+        ({}, ["-n", "2"], 1, []),
+    ],
+)
+def test_l3_sessions_get_a_worker_more_than_their_cores(
+    noxfile: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    posargs: list[str],
+    extra: int,
+    expected: list[str],
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("APEX_NOX_JOBS", raising=False)
+    monkeypatch.delenv("APEX_TEST_WORKERS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    assert noxfile.level_workers("l3") == extra
+    assert noxfile.level_workers("l2") == 0
+    assert noxfile.xdist_workers(posargs, extra=noxfile.level_workers("l3")) == expected
+
+
+@pytest.mark.parametrize(
     ("env", "posargs", "expected"),
     [
         ({}, [], ["-n", "auto"]),
