@@ -141,6 +141,12 @@ async def test_sessions_revoked_before_the_outage_stay_refused(
         # Revoked through ANOTHER instance: this one learns it from pub/sub / revoked_sids.
         assert (await elsewhere.post("/auth/logout", headers=there.bearer)).status_code == 204
         await AuthAdmin(elsewhere, admin_token).revoke_api_key(other_key.key_id)
+        # Degraded mode refuses what the instance knew at its last sync (the contract's
+        # bounded staleness): its /healthz probes Redis, which syncs the revoked set, so the
+        # revocations above are known before the outage, not only if pub/sub or the next
+        # background probe (APEX_REDIS_PROBE_INTERVAL) beat the proxy going down.
+        synced = await fault.client.get("/healthz")
+        assert (synced.status_code, synced.json()["mode"]) == (200, "normal"), synced.text
 
         await _await_degraded(fault, keeper)
 
