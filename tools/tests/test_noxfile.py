@@ -196,9 +196,25 @@ def test_nox_parallel_env_counts_like_the_option(
     assert noxfile._concurrent_sessions(["-s", "selftest", "unit"]) == 2
 
 
+def test_l3_sessions_get_a_worker_more_than_their_cores(noxfile: ModuleType) -> None:
+    assert noxfile.level_workers("l3") == 1
+    assert noxfile.level_workers("l2") == 0
+    assert noxfile.level_workers("l4") == 0
+
+
 @pytest.mark.parametrize(
     ("env", "posargs", "extra", "expected"),
     [
+        ({}, [], 0, ["-n", "auto"]),
+        ({"APEX_NOX_JOBS": "1"}, [], 0, ["-n", "auto"]),
+        ({"APEX_NOX_JOBS": "2"}, [], 0, ["-n", "4"]),
+        ({"APEX_NOX_JOBS": "3"}, [], 0, ["-n", "2"]),
+        ({"APEX_NOX_JOBS": "16"}, [], 0, ["-n", "1"]),
+        ({"APEX_NOX_JOBS": "2", "APEX_TEST_WORKERS": "7"}, [], 0, ["-n", "7"]),
+        ({}, ["-n", "0"], 0, []),
+        ({}, ["-n3"], 0, []),
+        ({}, ["--numprocesses=3"], 0, []),
+        # An L3 session's extra worker: on top of its share of the cores, never over a choice.
         ({}, [], 1, ["-n", "9"]),
         ({"APEX_NOX_JOBS": "2"}, [], 1, ["-n", "5"]),
         ({"APEX_NOX_JOBS": "16"}, [], 1, ["-n", "2"]),
@@ -206,7 +222,7 @@ def test_nox_parallel_env_counts_like_the_option(
         ({}, ["-n", "2"], 1, []),
     ],
 )
-def test_l3_sessions_get_a_worker_more_than_their_cores(
+def test_xdist_workers(
     noxfile: ModuleType,
     monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str],
@@ -220,39 +236,7 @@ def test_l3_sessions_get_a_worker_more_than_their_cores(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
-    assert noxfile.level_workers("l3") == extra
-    assert noxfile.level_workers("l2") == 0
-    assert noxfile.xdist_workers(posargs, extra=noxfile.level_workers("l3")) == expected
-
-
-@pytest.mark.parametrize(
-    ("env", "posargs", "expected"),
-    [
-        ({}, [], ["-n", "auto"]),
-        ({"APEX_NOX_JOBS": "1"}, [], ["-n", "auto"]),
-        ({"APEX_NOX_JOBS": "2"}, [], ["-n", "4"]),
-        ({"APEX_NOX_JOBS": "3"}, [], ["-n", "2"]),
-        ({"APEX_NOX_JOBS": "16"}, [], ["-n", "1"]),
-        ({"APEX_NOX_JOBS": "2", "APEX_TEST_WORKERS": "7"}, [], ["-n", "7"]),
-        ({}, ["-n", "0"], []),
-        ({}, ["-n3"], []),
-        ({}, ["--numprocesses=3"], []),
-    ],
-)
-def test_xdist_workers(
-    noxfile: ModuleType,
-    monkeypatch: pytest.MonkeyPatch,
-    env: dict[str, str],
-    posargs: list[str],
-    expected: list[str],
-) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    monkeypatch.delenv("APEX_NOX_JOBS", raising=False)
-    monkeypatch.delenv("APEX_TEST_WORKERS", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-    assert noxfile.xdist_workers(posargs) == expected
+    assert noxfile.xdist_workers(posargs, extra=extra) == expected
 
 
 def test_a_target_is_given_by_option_or_env(

@@ -68,10 +68,10 @@ class ServiceProcess:
         template still runs) and wait until /healthz answers 200; return its base URL."""
         began = time.perf_counter()
         env = {**os.environ, **self.env}
-        taken = spare.take(env) if spare is not None else None
-        if spare is not None and taken is not None:
+        ref = spare.take(env) if spare is not None else None
+        if spare is not None and ref is not None:
             self.name, self.log, self.url = spare.name, spare.log, spare.url
-            ref = self._ref = taken
+            self._ref = ref
 
             def ended() -> str | None:
                 # A spare's parent is its template, which never reaps it: /proc tells.
