@@ -461,10 +461,22 @@ def level_pytest(
     return ["pytest", "--pyargs", *targets, f"--level={level.upper()}"]
 
 
+def chosen_packages(
+    packages: Sequence[TestPackage], posargs: Sequence[str]
+) -> tuple[list[TestPackage], list[str]]:
+    """The packages of `packages` that posargs name by module (`auth_tests ws_tests`: those
+    alone, in one run), else all of them; and the other posargs."""
+    modules = {p.module: p for p in packages}
+    named = [a for a in posargs if a in modules]
+    rest = [a for a in posargs if a not in modules]
+    return ([modules[m] for m in dict.fromkeys(named)] if named else list(packages)), rest
+
+
 def run_level(session: nox.Session, level: str, packages: Sequence[TestPackage]) -> None:
-    """Run `packages` at `level` (l2, l3 or l4)."""
+    """Run `packages` at `level` (l2, l3 or l4), or those of them posargs name."""
     install_packages(session, packages)
     shard, posargs = take_shard(session)
+    packages, posargs = chosen_packages(packages, posargs)
     targets = None
     if shard:
         placeholder = []
@@ -786,7 +798,10 @@ def report(session: nox.Session) -> None:
 
 
 FLAKES_FILE = REPORTS / "flakes.json"
-FLAKES_USAGE = "usage: nox -s flakes -- N [SESSION] [PYTEST ARGS...] (SESSION: l2, l3-auth, ...)"
+FLAKES_USAGE = (
+    "usage: nox -s flakes -- N [SESSION] [PACKAGES...] [PYTEST ARGS...] "
+    "(SESSION: l2, l3-auth, ...; PACKAGES: auth_tests ws_tests ...)"
+)
 
 
 def flakes_target(session: nox.Session, name: str) -> tuple[str, list[TestPackage]]:
@@ -813,6 +828,7 @@ def flakes(session: nox.Session) -> None:
     if level == "l4" and not has_target(args):
         session.error("flakes: L4 needs a deployment (--target FILE or APEX_TEST_TARGET)")
     install_packages(session, packages)
+    packages, args = chosen_packages(packages, args)
     failed_runs = 0
     for run in range(1, runs + 1):
         seed = random.SystemRandom().randrange(1, 2**32)

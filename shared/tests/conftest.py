@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from apex_testkit._processes import free_port, spawn
+from apex_testkit._provisioning._binaries import find_binary
+from apex_testkit._waiting import wait_for
 
 pytest_plugins = ["pytester"]
 
@@ -32,6 +38,30 @@ def inner_env(**extra: str) -> dict[str, str]:
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env | extra
+
+
+@contextlib.contextmanager
+def own_redis(folder: Path, *args: str, password: str | None = None) -> Iterator[int]:
+    """A Redis server of the test's own, started with `args` (its log in `folder`); its
+    port. `password`: what `args` make it want."""
+    port = free_port()
+    argv = [str(find_binary(["redis-server", "valkey-server"]))]
+    argv += ["--port", str(port), "--bind", "127.0.0.1", "--save", "", *args]
+    process = spawn(argv, log=folder / f"redis-{port}.log")
+
+    def answers() -> bool:
+        try:
+            with redis.Redis(port=port, password=password, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(answers, timeout=30, message="the test's own redis up")
+        yield port
+    finally:
+        process.kill()
+        process.wait()
 
 
 InnerRun = Callable[..., subprocess.Popen[str]]

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import asyncpg
-from conftest import finish, inner_env
+import pytest
+import redis
+from conftest import finish, inner_env, own_redis
 
-from apex_testkit import _loop
+from apex_testkit import RedisNamespace, _loop
 from apex_testkit._provisioning.clickhouse import client as clickhouse_client
 from apex_testkit._waiting import wait_for
 
@@ -227,6 +229,24 @@ def test_reset_empties_what_a_test_wrote(
     assert ch.execute("SELECT count() FROM r") == [(0,)]
     migrations = _loop.run(_migrations(postgres_database))
     assert migrations > 0, "the schema and its migration history survive a reset"
+
+
+def test_a_redis_reset_logs_in_with_the_urls_password(tmp_path: Path):
+    with own_redis(tmp_path, "--requirepass", "pw 1", password="pw 1") as port:
+        namespace = RedisNamespace(f"redis://:pw%201@127.0.0.1:{port}/2", "w1:", exclusive=True)
+        client = redis.Redis(port=port, password="pw 1", db=2)
+        client.set("w1:k", "v")
+
+        namespace.reset()
+
+        assert client.dbsize() == 0
+        wrong = RedisNamespace(f"redis://:nope@127.0.0.1:{port}/2", "w1:", exclusive=True)
+        client.set("w1:k", "v")
+        with pytest.raises(redis.ResponseError, match="WRONGPASS"):
+            wrong.reset()
+        assert client.dbsize() == 1
+        client.close()
+        namespace.close()
 
 
 async def _migrations(dsn: str) -> int:

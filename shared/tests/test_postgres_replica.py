@@ -15,6 +15,7 @@ from apex_testkit import PostgresPair, PostgresReplica, _loop
 from apex_testkit._provisioning import postgres_replica
 from apex_testkit._provisioning._chain import ServiceUnavailable, obtain
 from apex_testkit._run import Run
+from apex_testkit._waiting import wait_for
 
 
 async def _execute(dsn: str, *statements: str) -> None:
@@ -104,6 +105,29 @@ async def _writable_port(dsn: str) -> int:
         return int(await conn.fetchval("SELECT inet_server_port()"))
     finally:
         await conn.close()
+
+
+def _segments() -> set[int]:
+    """The ids of the System V shared memory segments."""
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(line.split()[1]) for line in lines}
+
+
+def test_killed_servers_leave_no_shared_memory_behind(apex_worker) -> None:
+    """A killed PostgreSQL leaves its System V segment (named in its postmaster.pid) and
+    its dynamic shared memory; once the pair is closed, neither is left."""
+    posix_before = set(Path("/dev/shm").glob("PostgreSQL.*"))
+    pair = apex_worker.postgres_pair()
+    try:
+        pid_file = pair._nodes["primary"].folder / "data" / "postmaster.pid"
+        shmid = int(pid_file.read_text().splitlines()[6].split()[1])
+        pair.kill_primary()
+        assert shmid in _segments(), "the killed server's segment outlives it"
+    finally:
+        pair.close()  # kills the replica too
+    # Removed at once; gone once the killed server's last backend has left.
+    wait_for(lambda: shmid not in _segments(), timeout=10, message="the segment gone")
+    assert set(Path("/dev/shm").glob("PostgreSQL.*")) <= posix_before
 
 
 def test_a_multi_host_url_finds_the_new_primary(postgres_pair: PostgresPair) -> None:

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import redis as redis_py
-from conftest import finish, inner_env
+from conftest import finish, inner_env, own_redis
 
 from apex_testkit import _loop
-from apex_testkit._processes import free_port, spawn
 from apex_testkit._provisioning import SERVICES
-from apex_testkit._provisioning._binaries import find_binary
 from apex_testkit._provisioning._chain import _provide
 from apex_testkit._run import Run
-from apex_testkit._waiting import wait_for
 
 SECRET = "s3cret-Pw"
 WRONG = "wrong-Pw"
@@ -109,24 +105,8 @@ def test_mask_secrets_hides_passwords_in_urls():
 @pytest.fixture
 def protected_redis(tmp_path: Path) -> Iterator[int]:
     """A Redis server that wants the password SECRET; its port."""
-    binary = find_binary(["redis-server", "valkey-server"])
-    port = free_port()
-    argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    process = spawn([*argv, "--requirepass", SECRET], log=tmp_path / "redis.log")
-
-    def answers() -> bool:
-        try:
-            with redis_py.Redis(port=port, password=SECRET, socket_connect_timeout=1) as client:
-                return bool(client.ping())
-        except redis_py.RedisError:
-            return False
-
-    try:
-        wait_for(answers, timeout=30, message="password-protected redis up")
+    with own_redis(tmp_path, "--requirepass", SECRET, password=SECRET) as port:
         yield port
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from conftest import inner_env
 
 from apex_testkit import wait_for
+from apex_testkit._run import base_dir
 
 READY_TIMEOUT = 180.0
 GONE_TIMEOUT = 60.0
@@ -95,8 +95,7 @@ def runs_env() -> dict[str, str]:
 
 
 def runs_dir() -> Path:
-    root = os.environ.get("APEX_TEST_TMPDIR") or tempfile.gettempdir()
-    return Path(root) / f"apex-testkit-{os.geteuid()}"
+    return base_dir()
 
 
 @pytest.fixture

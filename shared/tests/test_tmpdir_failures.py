@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import finish, inner_env
 
+from apex_testkit import _run as runs
 from apex_testkit._provisioning._chain import Unavailable
 
 USES_POSTGRES = """
@@ -92,6 +93,23 @@ def reachable_dir() -> Iterator[Path]:
 
 
 @needs_mount
+def test_runs_live_in_memory_when_it_has_room(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("APEX_TEST_TMPDIR", raising=False)
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    monkeypatch.setattr(runs, "MEMORY_ROOT", memory)
+    monkeypatch.setattr(runs, "MEMORY_ROOM", 1)
+    assert runs._temp_root() == memory
+    monkeypatch.setattr(runs, "MEMORY_ROOM", 1 << 62)  # no room: the temp dir
+    assert runs._temp_root() == Path(tempfile.gettempdir())
+    monkeypatch.setattr(runs, "MEMORY_ROOT", tmp_path / "absent")
+    monkeypatch.setattr(runs, "MEMORY_ROOM", 1)
+    assert runs._temp_root() == Path(tempfile.gettempdir())
+    monkeypatch.setenv("APEX_TEST_TMPDIR", str(tmp_path))  # the user's choice wins
+    monkeypatch.setattr(runs, "MEMORY_ROOT", memory)
+    assert runs._temp_root() == tmp_path
+
+
 def test_a_read_only_tmpdir_is_one_clear_error(test_package, tmp_path: Path):
     """Item 5: pytest and `apex-testkit stack` say which directory, what is wrong and the
     fix, once; no INTERNALERROR, no traceback."""

@@ -325,6 +325,33 @@ def test_shard_is_taken_out_of_the_posargs(
     assert noxfile.split_shard(posargs) == (shard, rest)
 
 
+@pytest.mark.parametrize(
+    ("posargs", "modules", "rest"),
+    [
+        ([], ["agent_tests", "auth_tests", "ws_tests"], []),
+        (
+            ["-x", "-k", "refresh"],
+            ["agent_tests", "auth_tests", "ws_tests"],
+            ["-x", "-k", "refresh"],
+        ),
+        (["ws_tests", "-x", "auth_tests", "ws_tests"], ["ws_tests", "auth_tests"], ["-x"]),
+        (["billing_tests"], ["agent_tests", "auth_tests", "ws_tests"], ["billing_tests"]),
+    ],
+)
+def test_a_level_runs_the_packages_posargs_name(
+    noxfile: ModuleType, posargs: list[str], modules: list[str], rest: list[str]
+) -> None:
+    packages = [
+        noxfile.TestPackage(
+            area, f"{area}_tests", f"apex-{area}-tests", f"./packages/{area}_tests", "t"
+        )
+        for area in ("agent", "auth", "ws")
+    ]
+    chosen, others = noxfile.chosen_packages(packages, posargs)
+    assert [p.module for p in chosen] == modules
+    assert others == rest
+
+
 @pytest.mark.parametrize("posargs", [["--shard"], ["--shard", "3/2"], ["--shard=x"]])
 def test_a_bad_shard_is_refused(noxfile: ModuleType, posargs: list[str]) -> None:
     with pytest.raises(ValueError, match="I/N"):

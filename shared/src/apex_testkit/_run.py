@@ -39,11 +39,17 @@ SHARED_TEMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108
 # Cleaners by resource kind; provisioning modules register theirs (e.g. dropping a
 # database in an external server). Processes and containers are handled here.
 _cleaners: dict[str, Callable[[dict[str, Any]], None]] = {}
+_after_processes: set[str] = set()
 
 
-def register_cleaner(kind: str, cleaner: Callable[[dict[str, Any]], None]) -> None:
-    """Declare how to remove a resource of `kind` that a run recorded."""
+def register_cleaner(
+    kind: str, cleaner: Callable[[dict[str, Any]], None], *, after_processes: bool = False
+) -> None:
+    """Declare how to remove a resource of `kind` that a run recorded: before the run's
+    processes are stopped (a namespace in a server), or after (what a process left)."""
     _cleaners[kind] = cleaner
+    if after_processes:
+        _after_processes.add(kind)
 
 
 class RunDirError(RuntimeError):
@@ -51,7 +57,8 @@ class RunDirError(RuntimeError):
 
 
 def base_dir() -> Path:
-    """Where runs live: APEX_TEST_TMPDIR or the system temp dir, one folder per user."""
+    """Where runs live: APEX_TEST_TMPDIR, else /dev/shm (in memory) when it has room, else
+    the system temp dir; one folder per user."""
     path = _temp_root() / f"apex-testkit-{os.geteuid()}"
     try:
         return _own_folder(path)
@@ -60,7 +67,27 @@ def base_dir() -> Path:
 
 
 def _temp_root() -> Path:
-    return Path(os.environ.get("APEX_TEST_TMPDIR") or tempfile.gettempdir())
+    chosen = os.environ.get("APEX_TEST_TMPDIR")
+    if chosen:
+        return Path(chosen)
+    return MEMORY_ROOT if _memory_has_room(MEMORY_ROOT) else Path(tempfile.gettempdir())
+
+
+# The servers' files in memory: PostgreSQL and ClickHouse make and delete files for every
+# database clone and TRUNCATE, and on a disk filesystem (ext4) finding a free inode among
+# the recently deleted ones was a sixth of a `nox -s l2`'s CPU (perf: PostgreSQL's kernel
+# time, 4x its own). A container's /dev/shm (64 MB by default) has no room: then the temp
+# dir, as before.
+MEMORY_ROOT = Path("/dev/shm")  # noqa: S108 - a directory of the system's, every user's
+MEMORY_ROOM = 2 << 30  # bytes free: an `nox -s l3` keeps under 1 GiB there
+
+
+def _memory_has_room(root: Path) -> bool:
+    try:
+        stats = os.statvfs(root)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize >= MEMORY_ROOM and os.access(root, os.W_OK | os.X_OK)
 
 
 def _own_folder(path: Path) -> Path:
@@ -89,7 +116,7 @@ def disk_fix(exc: OSError) -> str | None:
 def disk_problem(path: Path, exc: OSError) -> str:
     """What is wrong with the kit's directory `path` (read-only, full, ...) and the fix."""
     chosen = os.environ.get("APEX_TEST_TMPDIR")
-    where = f"APEX_TEST_TMPDIR={chosen}" if chosen else f"the system temp dir {_temp_root()}"
+    where = f"APEX_TEST_TMPDIR={chosen}" if chosen else f"the default run root {_temp_root()}"
     problem = f"apex-testkit cannot write its run files under {where} ({path}): {exc}"
     fix = disk_fix(exc) or "Fix: set APEX_TEST_TMPDIR=<a directory you can write>"
     return f"{problem}\n{fix}"
@@ -172,6 +199,17 @@ class Run:
 
     def forget(self, resource: str) -> None:
         (self.path / RESOURCES / f"{resource}.json").unlink(missing_ok=True)
+
+    def clean(self, resource: str) -> None:
+        """Remove a recorded resource now (its cleaner, as at the run's end), then forget
+        it; nothing when it is not recorded."""
+        path = self.path / RESOURCES / f"{resource}.json"
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        _clean(record)
+        path.unlink(missing_ok=True)
 
     def read(self, name: str) -> dict[str, Any] | None:
         """A value another process of this run stored with `store`."""
@@ -271,12 +309,18 @@ def _cleanup_unlocked(run_dir: Path) -> None:
             records.append(json.loads(path.read_text()))
     # Namespaces inside servers first (they need their server), then processes and
     # containers, all at once: the slowest stop bounds the teardown, not their sum; then
-    # the directories those processes used.
-    late = ("process", "container")
-    errors = [_clean_all([r for r in records if r["kind"] not in (*late, "dir")])]
-    errors.append(_clean_all([r for r in records if r["kind"] in late]))
-    errors.append(_clean_all([r for r in records if r["kind"] == "dir"]))
-    errors = [e for e in errors if e]
+    # what those processes left (read from their directories); then the directories.
+    if any(r["kind"] not in _cleaners for r in records):
+        # Cleaners are registered on import of the module that records the kind.
+        import apex_testkit._provisioning  # noqa: F401, PLC0415
+    stopping = ("process", "container")
+    phases = [
+        [r for r in records if r["kind"] not in (*stopping, *_after_processes, "dir")],
+        [r for r in records if r["kind"] in stopping],
+        [r for r in records if r["kind"] in _after_processes],
+        [r for r in records if r["kind"] == "dir"],
+    ]
+    errors = [error for phase in phases if (error := _clean_all(phase))]
     shutil.rmtree(run_dir, ignore_errors=True)
     if errors:
         left = mask_secrets("; ".join(errors))
@@ -308,10 +352,6 @@ def _clean(record: dict[str, Any]) -> None:
         if path.name.startswith("data-run-"):  # only ever what `Run.server_dir` made
             shutil.rmtree(path, ignore_errors=True)
         return
-    if kind not in _cleaners:
-        # Cleaners are registered on import of the module that records the kind.
-        import apex_testkit._provisioning  # noqa: F401, PLC0415
-
     _cleaners[kind](record)
 
 

@@ -113,6 +113,7 @@ class Worker:
                 namespace.reset()
             self._redis = namespace
             self._resets.append(("redis", namespace.reset))
+            self._closers.append(namespace.close)
         return self._redis
 
     def redis_nodes(self) -> tuple[redis.RedisNamespace, ...]:
@@ -125,6 +126,7 @@ class Worker:
                     namespace.reset()
                 namespaces.append(namespace)
                 self._resets.append((service.name, namespace.reset))
+                self._closers.append(namespace.close)
             self._redis_nodes = tuple(namespaces)
         return self._redis_nodes
 

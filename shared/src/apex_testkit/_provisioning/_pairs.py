@@ -54,6 +54,8 @@ def close(run: Run, nodes: Iterable[Node], link: FaultProxy | None, sig: signal.
     for node in nodes:
         node.stop(sig)
         run.forget(node.name)
+        # What a killed server leaves outside its folder (PostgreSQL's shared memory).
+        run.clean(f"{node.name}-shared-memory")
         shutil.rmtree(node.folder, ignore_errors=True)
         run.forget(f"dir-{node.name}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import secrets
@@ -42,6 +43,9 @@ SERVER_SETTINGS = (
     "listen_addresses=127.0.0.1", "unix_socket_directories=", "fsync=off",
     "synchronous_commit=off", "full_page_writes=off", "max_connections=400",
     "deadlock_timeout=200ms",
+    # Dynamic shared memory as files in the data directory, gone with it: POSIX segments
+    # (the default) are files in /dev/shm that a killed server leaves there for good.
+    "dynamic_shared_memory_type=mmap",
 )  # fmt: skip
 
 
@@ -185,6 +189,7 @@ def start_cluster(
     """Start the server of the cluster in `folder`/data (SERVER_SETTINGS, then `settings`)
     on an ephemeral port, recorded in the run as `name`; its log is `folder`/server.log."""
     data = folder / "data"
+    run.record(f"{name}-shared-memory", "pg_shared_memory", data=str(data))
 
     def argv(port: int) -> list[str]:
         pairs = [arg for setting in (*SERVER_SETTINGS, *settings) for arg in ("-c", setting)]
@@ -462,6 +467,40 @@ def _drop_recorded(record: dict[str, Any]) -> None:
 
 
 register_cleaner("pg_database", _drop_recorded)
+
+IPC_RMID = 0  # <sys/ipc.h>
+
+
+def _release_shared_memory(record: dict[str, Any]) -> None:
+    """The System V segment of a server that did not shut down (killed): it outlives the
+    server, and each one counts against the kernel's limit of segments (kernel.shmmni).
+
+    A server that shut down removed it and its postmaster.pid; one that was killed left
+    both, and the file names the segment (key and id on its 7th line). Its backends may
+    still be attached for a moment after it: the segment goes once they have left."""
+    try:
+        lines = (Path(record["data"]) / "postmaster.pid").read_text().splitlines()
+        key, shmid = (int(word) for word in lines[6].split())
+    except (OSError, IndexError, ValueError):
+        return
+    if _segment_key(shmid) == key:
+        ctypes.CDLL(None, use_errno=True).shmctl(shmid, IPC_RMID, None)
+
+
+def _segment_key(shmid: int) -> int | None:
+    """The key of System V segment `shmid`, if it exists."""
+    try:
+        table = Path("/proc/sysvipc/shm").read_text().splitlines()
+    except OSError:
+        return None
+    for line in table[1:]:  # key shmid perms size cpid lpid nattch ...
+        fields = line.split()
+        if int(fields[1]) == shmid:
+            return int(fields[0])
+    return None
+
+
+register_cleaner("pg_shared_memory", _release_shared_memory, after_processes=True)
 
 __all__ = [
     "SERVER_SETTINGS",
