@@ -45,7 +45,7 @@ from tools.affected import affected_tests, default_base  # noqa: E402
 REPORTS = Path("reports")
 COVERAGE_DIR = REPORTS / "coverage"
 LEVELS = ("l2", "l3", "l4")
-# Distributions built from this repo; always reinstalled so code changes are picked up.
+# Distributions built from this repo; rebuilt when their files changed (`install`).
 SHARED = "./shared"
 SERVICES = "./services"
 TEST_TOOLS = ("pytest-xdist", "pytest-randomly", "coverage>=7.10.4")

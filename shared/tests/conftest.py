@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from apex_testkit._processes import free_port, spawn
-from apex_testkit._provisioning._binaries import find_binary
-from apex_testkit._waiting import wait_for
+from apex_testkit._processes import ProcessRef
+from apex_testkit._provisioning._binaries import find_binary, reap
+from apex_testkit._provisioning.redis import start_redis
+from apex_testkit._run import Run
 
 pytest_plugins = ["pytester"]
 
@@ -41,27 +44,28 @@ def inner_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def own_redis(folder: Path, *args: str, password: str | None = None) -> Iterator[int]:
-    """A Redis server of the test's own, started with `args` (its log in `folder`); its
-    port. `password`: what `args` make it want."""
-    port = free_port()
-    argv = [str(find_binary(["redis-server", "valkey-server"]))]
-    argv += ["--port", str(port), "--bind", "127.0.0.1", "--save", "", *args]
-    process = spawn(argv, log=folder / f"redis-{port}.log")
+def own_redis(run: Run, *args: str, password: str | None = None) -> Iterator[int]:
+    """A Redis server of the test's own, started as the kit starts the run's (`args` after
+    the kit's own), stopped and its files removed after the block; its port. `password`:
+    what `args` make it want."""
+    name = f"own-redis-{secrets.token_hex(3)}"
 
-    def answers() -> bool:
+    def answers(url: str) -> bool:
         try:
-            with redis.Redis(port=port, password=password, socket_connect_timeout=1) as client:
+            with redis.Redis.from_url(url, password=password, socket_connect_timeout=1) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
 
+    binary = str(find_binary(["redis-server", "valkey-server"]))
+    started = start_redis(run, name, binary, args, answers)
     try:
-        wait_for(answers, timeout=30, message="the test's own redis up")
-        yield port
+        yield started.port
     finally:
-        process.kill()
-        process.wait()
+        ProcessRef(started.pid, started.started).stop()
+        reap(started.pid)
+        run.forget(name)
+        shutil.rmtree(run.path / name, ignore_errors=True)
 
 
 InnerRun = Callable[..., subprocess.Popen[str]]

@@ -231,8 +231,8 @@ def test_reset_empties_what_a_test_wrote(
     assert migrations > 0, "the schema and its migration history survive a reset"
 
 
-def test_a_redis_reset_logs_in_with_the_urls_password(tmp_path: Path):
-    with own_redis(tmp_path, "--requirepass", "pw 1", password="pw 1") as port:
+def test_a_redis_reset_logs_in_with_the_urls_password(apex_worker):
+    with own_redis(apex_worker.run, "--requirepass", "pw 1", password="pw 1") as port:
         namespace = RedisNamespace(f"redis://:pw%201@127.0.0.1:{port}/2", "w1:", exclusive=True)
         client = redis.Redis(port=port, password="pw 1", db=2)
         client.set("w1:k", "v")

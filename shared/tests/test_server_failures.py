@@ -103,9 +103,9 @@ def test_mask_secrets_hides_passwords_in_urls():
 
 
 @pytest.fixture
-def protected_redis(tmp_path: Path) -> Iterator[int]:
+def protected_redis(apex_worker) -> Iterator[int]:
     """A Redis server that wants the password SECRET; its port."""
-    with own_redis(tmp_path, "--requirepass", SECRET, password=SECRET) as port:
+    with own_redis(apex_worker.run, "--requirepass", SECRET, password=SECRET) as port:
         yield port
 
 

@@ -17,7 +17,7 @@ A spare is a process of its own: its own PID and session, its own log, signalled
 stopped by PID like any other. It dies with the template (PR_SET_PDEATHSIG), which dies
 with the worker, so a killed worker leaves none behind. The template never reaps the
 spares it forked: an ended one stays a zombie, whose exit status the kit reads from /proc
-(`ProcessRef.exit_code`), until the template ends after the worker's last instance.
+(`ProcessRef.status`), until the template ends after the worker's last instance.
 """
 
 from __future__ import annotations
